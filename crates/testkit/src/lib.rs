@@ -1,0 +1,130 @@
+//! Real servers for tests: a Samba AD domain controller, OpenLDAP `slapd`, and PostgreSQL.
+//!
+//! Each server runs on a loopback address (`127.0.0.x`), in a temporary folder of its own,
+//! as a child process that is stopped by PID when its handle is dropped (also while a test panics).
+//! Seeding helpers add OUs, users, groups and contacts over LDAP/LDAPS.
+//! [`directory`] generates deterministic synthetic directories for benchmarks.
+//!
+//! What this crate does not do: it knows nothing of the sync engine, stores or connectors.
+//! It is a dev-dependency of the crates under test and of `xtask`, never a runtime dependency.
+//!
+//! Availability policy ([`available`]): when a server cannot start, a test fails under `CI=true`
+//! with the server's own error output; elsewhere it is skipped with the reason printed.
+
+pub mod directory;
+pub mod ldap;
+mod net;
+pub mod postgres;
+mod process;
+pub mod samba;
+pub mod slapd;
+pub mod tls;
+
+use std::path::PathBuf;
+
+pub use net::LoopbackAddr;
+
+/// Why a test server could not be started or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A program the server needs is not installed.
+    #[error("`{program}` is not installed ({hint})")]
+    MissingProgram {
+        /// The program looked for.
+        program: String,
+        /// What to install.
+        hint: &'static str,
+    },
+    /// A setup command exited with an error; `output` is what it printed.
+    #[error("`{command}` failed with {status}:\n{output}")]
+    CommandFailed {
+        /// The command line that ran.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// Its stdout and stderr.
+        output: String,
+    },
+    /// The server process started but did not answer in time, or died; `log` is its output.
+    #[error("{server} did not become ready within {seconds} s:\n{log}")]
+    NotReady {
+        /// Which server.
+        server: &'static str,
+        /// How long we waited.
+        seconds: u64,
+        /// The server's own log output.
+        log: String,
+    },
+    /// No free loopback address or port could be found.
+    #[error("no free loopback address: {0}")]
+    NoAddress(String),
+    /// A file-system operation failed.
+    #[error("{what} ({path}): {source}")]
+    Io {
+        /// What we were doing.
+        what: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// An LDAP operation failed.
+    #[error("LDAP {operation} failed: {message}")]
+    Ldap {
+        /// The operation, with the DN it concerned.
+        operation: String,
+        /// The server's answer.
+        message: String,
+    },
+    /// Certificate generation failed.
+    #[error("test certificate: {0}")]
+    Certificate(String),
+}
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// True when running under CI (`CI=true`), where a server that cannot start is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+}
+
+/// Applies the availability policy to a server start.
+///
+/// Returns the server when it started. When it did not: panics under `CI=true`, with the
+/// server's own error output; otherwise prints why and returns `None` so the test can return early.
+///
+/// ```no_run
+/// let Some(dc) = testkit::available(testkit::samba::SambaDc::start_default()) else { return };
+/// ```
+#[track_caller]
+pub fn available<T>(started: Result<T>) -> Option<T> {
+    match started {
+        Ok(server) => Some(server),
+        Err(err) if in_ci() => {
+            panic!("test server could not start (CI=true, so this fails): {err}")
+        }
+        Err(err) => {
+            eprintln!("SKIPPED: test server could not start: {err}");
+            None
+        }
+    }
+}
+
+pub(crate) fn io_err(
+    what: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { what, path, source }
+}
+
+/// The folder where templates shared by all tests of a run are kept.
+///
+/// `ISTHMUS_TESTKIT_DIR` overrides it; the default is `$TMPDIR/isthmus-testkit`.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("ISTHMUS_TESTKIT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("isthmus-testkit"))
+}
