@@ -12,7 +12,10 @@ use anyhow::Context;
 
 /// Where a crate sits in the architecture (see ARCHITECTURE.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code, reason = "every layer is checked by the tests; crates fill them as the workspace grows")]
+#[allow(
+    dead_code,
+    reason = "every layer is checked by the tests; crates fill them as the workspace grows"
+)]
 pub enum Layer {
     /// No I/O, no async: model, rules, expression language, engine.
     PureCore,

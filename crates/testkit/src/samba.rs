@@ -75,7 +75,11 @@ impl SambaTemplate {
     pub fn shared(config: &SambaConfig) -> Result<Self> {
         let root = crate::shared_dir().join("samba");
         std::fs::create_dir_all(&root).map_err(io_err("create template folder", &root))?;
-        let name = format!("{}-{}-v{TEMPLATE_FORMAT}", config.realm.to_ascii_lowercase(), samba_version()?);
+        let name = format!(
+            "{}-{}-v{TEMPLATE_FORMAT}",
+            config.realm.to_ascii_lowercase(),
+            samba_version()?
+        );
         let dir = root.join(&name);
         let lock_path = root.join(format!("{name}.lock"));
         let lock = std::fs::File::create(&lock_path)
