@@ -151,7 +151,7 @@ pub fn check_layering(graph: &Graph, layers: &[(&str, Layer)]) -> Vec<String> {
 /// Reads the real workspace graph from `cargo metadata`.
 pub fn workspace_graph(root: &Path) -> anyhow::Result<Graph> {
     let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["metadata", "--format-version", "1"])
         .current_dir(root)
         .output()
         .context("run cargo metadata")?;
