@@ -34,6 +34,7 @@ pub enum Layer {
 /// Every workspace crate and its layer.
 pub const LAYERS: &[(&str, Layer)] = &[
     ("model", Layer::PureCore),
+    ("sync-expr", Layer::PureCore),
     ("isthmus", Layer::Binary),
     ("testkit", Layer::TestSupport),
     ("xtask", Layer::TestSupport),
@@ -224,7 +225,10 @@ pub fn check_sources(root: &Path) -> anyhow::Result<Vec<String>> {
             ));
         }
         let ignore_attr = concat!("#[", "ignore");
-        if text.lines().any(|line| line.trim_start().starts_with(ignore_attr)) {
+        if text
+            .lines()
+            .any(|line| line.trim_start().starts_with(ignore_attr))
+        {
             problems.push(format!("{relative}: `#[ignore]` hides a test; assert today's behaviour with a FIXME instead"));
         }
     }
