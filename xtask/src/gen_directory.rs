@@ -69,17 +69,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     eprintln!("wrote {} and {}", ad_path.display(), ol_path.display());
 
     if let Some(template_dir) = &args.samba_template {
-        let started = Instant::now();
-        eprintln!(
-            "provisioning {} into {} …",
-            samba.realm,
+        anyhow::ensure!(
+            !template_dir.exists(),
+            "{} already exists; remove it or pick another folder",
             template_dir.display()
         );
-        let template = SambaTemplate::provision_into(template_dir, &samba)?;
+        let started = Instant::now();
+        let template = SambaTemplate::shared(&samba)?.copy_to(template_dir)?;
+        let entries = directory.people.len() + directory.groups.len() + directory.contacts.len();
         eprintln!(
-            "provisioned in {:.1} s; loading {} entries with ldbadd …",
-            started.elapsed().as_secs_f64(),
-            directory.people.len() + directory.groups.len() + directory.contacts.len()
+            "copied the {} template in {:.1} s; loading {entries} entries with ldbadd (slow for large directories: see docs/testing.md) …",
+            samba.realm,
+            started.elapsed().as_secs_f64()
         );
         let started = Instant::now();
         template.load_ldif(&ad_path)?;

@@ -232,3 +232,66 @@ async fn dropping_the_dc_stops_its_process_and_frees_its_address() {
     );
     assert!(!dir.exists(), "{} was not removed", dir.display());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_directory_bulk_loads_into_a_template() {
+    use testkit::directory::{GenConfig, generate, write_ad_ldif};
+    use testkit::samba::SambaTemplate;
+
+    let config = SambaConfig::default();
+    let Some(shared) = available(SambaTemplate::shared(&config)) else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let template = shared.copy_to(&scratch.path().join("template")).unwrap();
+    let directory = generate(&GenConfig {
+        users: 200,
+        groups: 12,
+        contacts: 7,
+        ..GenConfig::default()
+    });
+    let ldif = scratch.path().join("ad.ldif");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&ldif).unwrap());
+    write_ad_ldif(&directory, &config.base_dn(), &mut out).unwrap();
+    drop(out);
+    template.load_ldif(&ldif).unwrap();
+
+    let dc = SambaDc::start_from(&template).unwrap();
+    let mut admin = dc.admin().await.unwrap();
+    let people_ou = format!("OU=Isthmus People,{}", dc.base_dn());
+    let users = admin
+        .conn()
+        .search(
+            &people_ou,
+            Scope::Subtree,
+            "(objectClass=user)",
+            &["objectGUID"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(users.len(), 200);
+    assert!(
+        users
+            .iter()
+            .all(|user| user.bin_attrs["objectGUID"][0].len() == 16),
+        "AD assigned every objectGUID"
+    );
+    let all_staff = format!("CN=All Staff,OU=Isthmus Groups,{}", dc.base_dn());
+    let group = admin
+        .conn()
+        .search(&all_staff, Scope::Base, "(objectClass=group)", &["member"])
+        .await
+        .unwrap();
+    assert_eq!(group[0].attrs["member"].len(), 200);
+    let contacts = admin
+        .conn()
+        .search(
+            &dc.base_dn(),
+            Scope::Subtree,
+            "(objectClass=contact)",
+            &["cn"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(contacts.len(), 7);
+}
