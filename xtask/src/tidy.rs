@@ -35,6 +35,7 @@ pub enum Layer {
 pub const LAYERS: &[(&str, Layer)] = &[
     ("model", Layer::PureCore),
     ("sync-expr", Layer::PureCore),
+    ("sync-rules", Layer::PureCore),
     ("isthmus", Layer::Binary),
     ("testkit", Layer::TestSupport),
     ("xtask", Layer::TestSupport),
