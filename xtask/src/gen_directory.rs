@@ -40,13 +40,8 @@ pub struct Args {
 
 /// Runs the generator.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let config = GenConfig {
-        users: args.users,
-        groups: args.groups,
-        contacts: args.contacts,
-        domains: args.domains.clone(),
-        seed: args.seed,
-    };
+    let config =
+        GenConfig { users: args.users, groups: args.groups, contacts: args.contacts, domains: args.domains.clone(), seed: args.seed };
     let started = Instant::now();
     let directory = generate(&config);
     eprintln!(
@@ -59,21 +54,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
     let samba = SambaConfig::forest(&args.realm, args.realm.split('.').next().unwrap_or("CORP"));
     let ad_path = args.out.join("ad.ldif");
-    write_file(&ad_path, |out| {
-        write_ad_ldif(&directory, &samba.base_dn(), out)
-    })?;
+    write_file(&ad_path, |out| write_ad_ldif(&directory, &samba.base_dn(), out))?;
     let ol_path = args.out.join("openldap.ldif");
-    write_file(&ol_path, |out| {
-        write_openldap_ldif(&directory, testkit::slapd::SUFFIX, out)
-    })?;
+    write_file(&ol_path, |out| write_openldap_ldif(&directory, testkit::slapd::SUFFIX, out))?;
     eprintln!("wrote {} and {}", ad_path.display(), ol_path.display());
 
     if let Some(template_dir) = &args.samba_template {
-        anyhow::ensure!(
-            !template_dir.exists(),
-            "{} already exists; remove it or pick another folder",
-            template_dir.display()
-        );
+        anyhow::ensure!(!template_dir.exists(), "{} already exists; remove it or pick another folder", template_dir.display());
         let started = Instant::now();
         let template = SambaTemplate::shared(&samba)?.copy_to(template_dir)?;
         let entries = directory.people.len() + directory.groups.len() + directory.contacts.len();
@@ -84,22 +71,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
         let started = Instant::now();
         template.load_ldif(&ad_path)?;
-        eprintln!(
-            "loaded in {:.1} s; start DCs from it with SambaTemplate::at",
-            started.elapsed().as_secs_f64()
-        );
+        eprintln!("loaded in {:.1} s; start DCs from it with SambaTemplate::at", started.elapsed().as_secs_f64());
     }
     Ok(())
 }
 
-fn write_file(
-    path: &PathBuf,
-    write: impl FnOnce(&mut BufWriter<std::fs::File>) -> std::io::Result<()>,
-) -> anyhow::Result<()> {
+fn write_file(path: &PathBuf, write: impl FnOnce(&mut BufWriter<std::fs::File>) -> std::io::Result<()>) -> anyhow::Result<()> {
     let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
     let mut out = BufWriter::new(file);
     write(&mut out).with_context(|| format!("write {}", path.display()))?;
-    out.flush()
-        .with_context(|| format!("write {}", path.display()))?;
+    out.flush().with_context(|| format!("write {}", path.display()))?;
     Ok(())
 }

@@ -31,15 +31,11 @@ fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log))
         .context("bad --log filter")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match cli.command {
         Command::Quickstart => quickstart(),
         Command::CheckDn { dn } => {
-            let parsed = model::Dn::parse(&dn)
-                .with_context(|| format!("`{dn}` is not a distinguished name"))?;
+            let parsed = model::Dn::parse(&dn).with_context(|| format!("`{dn}` is not a distinguished name"))?;
             println!("{parsed}");
             Ok(())
         }
@@ -49,8 +45,6 @@ fn main() -> anyhow::Result<()> {
 fn quickstart() -> anyhow::Result<()> {
     println!("Isthmus quickstart");
     println!("The sync engine and the embedded tenant are not built yet (see the open issues).");
-    println!(
-        "This command will run an end-to-end sync into an embedded SQLite tenant once they land."
-    );
+    println!("This command will run an end-to-end sync into an embedded SQLite tenant once they land.");
     Ok(())
 }

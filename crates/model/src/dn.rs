@@ -64,27 +64,16 @@ impl Dn {
             return Ok(Dn::root());
         }
         let mut rdns = Vec::new();
-        for (index, (start, rdn_text)) in split_unescaped(text, &[',', ';']).into_iter().enumerate()
-        {
+        for (index, (start, rdn_text)) in split_unescaped(text, &[',', ';']).into_iter().enumerate() {
             let mut pairs = Vec::new();
             for (pair_start, pair) in split_unescaped(rdn_text, &['+']) {
                 let offset = start + pair_start;
                 let Some(eq) = pair.find('=') else {
-                    return Err(DnError::MissingEquals {
-                        index,
-                        text: rdn_text.to_string(),
-                    });
+                    return Err(DnError::MissingEquals { index, text: rdn_text.to_string() });
                 };
                 let attr_type = pair[..eq].trim();
-                if attr_type.is_empty()
-                    || !attr_type
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-                {
-                    return Err(DnError::BadType {
-                        index,
-                        attr_type: attr_type.to_string(),
-                    });
+                if attr_type.is_empty() || !attr_type.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+                    return Err(DnError::BadType { index, attr_type: attr_type.to_string() });
                 }
                 let value = unescape(&pair[eq + 1..], offset + eq + 1, index)?;
                 pairs.push((attr_type.to_string(), value));
@@ -101,33 +90,25 @@ impl Dn {
 
     /// The parent DN, or `None` for the root.
     pub fn parent(&self) -> Option<Dn> {
-        (!self.rdns.is_empty()).then(|| Dn {
-            rdns: self.rdns[1..].to_vec(),
-        })
+        (!self.rdns.is_empty()).then(|| Dn { rdns: self.rdns[1..].to_vec() })
     }
 
     /// True when `self` is `ancestor` or lies under it.
     pub fn is_within(&self, ancestor: &Dn) -> bool {
         self.rdns.len() >= ancestor.rdns.len()
-            && self.rdns[self.rdns.len() - ancestor.rdns.len()..]
-                .iter()
-                .zip(&ancestor.rdns)
-                .all(|(ours, theirs)| rdn_eq(ours, theirs))
+            && self.rdns[self.rdns.len() - ancestor.rdns.len()..].iter().zip(&ancestor.rdns).all(|(ours, theirs)| rdn_eq(ours, theirs))
     }
 }
 
 impl PartialEq for Dn {
     fn eq(&self, other: &Self) -> bool {
-        self.rdns.len() == other.rdns.len()
-            && self.rdns.iter().zip(&other.rdns).all(|(a, b)| rdn_eq(a, b))
+        self.rdns.len() == other.rdns.len() && self.rdns.iter().zip(&other.rdns).all(|(a, b)| rdn_eq(a, b))
     }
 }
 
 fn rdn_eq(a: &Rdn, b: &Rdn) -> bool {
     a.pairs.len() == b.pairs.len()
-        && a.pairs.iter().zip(&b.pairs).all(|((ta, va), (tb, vb))| {
-            ta.eq_ignore_ascii_case(tb) && va.to_lowercase() == vb.to_lowercase()
-        })
+        && a.pairs.iter().zip(&b.pairs).all(|((ta, va), (tb, vb))| ta.eq_ignore_ascii_case(tb) && va.to_lowercase() == vb.to_lowercase())
 }
 
 impl fmt::Display for Dn {
@@ -203,31 +184,21 @@ fn unescape(raw: &str, base_offset: usize, index: usize) -> Result<String, DnErr
             continue;
         }
         let Some((_, first)) = chars.next() else {
-            return Err(DnError::BadEscape {
-                offset: base_offset + offset,
-            });
+            return Err(DnError::BadEscape { offset: base_offset + offset });
         };
         if first.is_ascii_hexdigit() {
             let second = chars.next().map(|(_, c)| c).filter(char::is_ascii_hexdigit);
             let Some(second) = second else {
-                return Err(DnError::BadEscape {
-                    offset: base_offset + offset,
-                });
+                return Err(DnError::BadEscape { offset: base_offset + offset });
             };
             let hex = [first as u8, second as u8];
-            let text = std::str::from_utf8(&hex).map_err(|_| DnError::BadEscape {
-                offset: base_offset + offset,
-            })?;
-            let byte = u8::from_str_radix(text, 16).map_err(|_| DnError::BadEscape {
-                offset: base_offset + offset,
-            })?;
+            let text = std::str::from_utf8(&hex).map_err(|_| DnError::BadEscape { offset: base_offset + offset })?;
+            let byte = u8::from_str_radix(text, 16).map_err(|_| DnError::BadEscape { offset: base_offset + offset })?;
             bytes.push(byte);
         } else if " \"#+,;<=>\\".contains(first) {
             bytes.push(first as u8);
         } else {
-            return Err(DnError::BadEscape {
-                offset: base_offset + offset,
-            });
+            return Err(DnError::BadEscape { offset: base_offset + offset });
         }
         significant_len = bytes.len();
     }
@@ -241,21 +212,10 @@ mod tests {
 
     #[test]
     fn parses_escapes_and_round_trips() {
-        let dn =
-            Dn::parse(r"CN=Smith\, John+employeeNumber=7,OU=Sales\2BMarketing, DC=corp,DC=example")
-                .unwrap();
-        assert_eq!(
-            dn.rdns()[0].pairs,
-            vec![
-                ("CN".into(), "Smith, John".into()),
-                ("employeeNumber".into(), "7".into())
-            ]
-        );
+        let dn = Dn::parse(r"CN=Smith\, John+employeeNumber=7,OU=Sales\2BMarketing, DC=corp,DC=example").unwrap();
+        assert_eq!(dn.rdns()[0].pairs, vec![("CN".into(), "Smith, John".into()), ("employeeNumber".into(), "7".into())]);
         assert_eq!(dn.rdns()[1].pairs[0].1, "Sales+Marketing");
-        assert_eq!(
-            dn.to_string(),
-            r"CN=Smith\, John+employeeNumber=7,OU=Sales\+Marketing,DC=corp,DC=example"
-        );
+        assert_eq!(dn.to_string(), r"CN=Smith\, John+employeeNumber=7,OU=Sales\+Marketing,DC=corp,DC=example");
         assert_eq!(Dn::parse(&dn.to_string()).unwrap(), dn);
     }
 
@@ -265,10 +225,7 @@ mod tests {
         let base = Dn::parse("DC=example,DC=test").unwrap();
         assert!(user.is_within(&base));
         assert!(!base.is_within(&user));
-        assert_eq!(
-            user.parent().unwrap(),
-            Dn::parse("OU=people,DC=example,DC=test").unwrap()
-        );
+        assert_eq!(user.parent().unwrap(), Dn::parse("OU=people,DC=example,DC=test").unwrap());
         assert_ne!(user, base);
     }
 
@@ -280,29 +237,11 @@ mod tests {
 
     #[test]
     fn bad_input_names_the_problem() {
-        assert_eq!(
-            Dn::parse("CN=a,nonsense").unwrap_err(),
-            DnError::MissingEquals {
-                index: 1,
-                text: "nonsense".into()
-            }
-        );
-        assert!(matches!(
-            Dn::parse("C N=a").unwrap_err(),
-            DnError::BadType { index: 0, .. }
-        ));
-        assert_eq!(
-            Dn::parse(r"CN=a\").unwrap_err(),
-            DnError::BadEscape { offset: 4 }
-        );
-        assert_eq!(
-            Dn::parse(r"CN=a\zz").unwrap_err(),
-            DnError::BadEscape { offset: 4 }
-        );
-        assert_eq!(
-            Dn::parse(r"CN=\FF").unwrap_err(),
-            DnError::NotUtf8 { index: 0 }
-        );
+        assert_eq!(Dn::parse("CN=a,nonsense").unwrap_err(), DnError::MissingEquals { index: 1, text: "nonsense".into() });
+        assert!(matches!(Dn::parse("C N=a").unwrap_err(), DnError::BadType { index: 0, .. }));
+        assert_eq!(Dn::parse(r"CN=a\").unwrap_err(), DnError::BadEscape { offset: 4 });
+        assert_eq!(Dn::parse(r"CN=a\zz").unwrap_err(), DnError::BadEscape { offset: 4 });
+        assert_eq!(Dn::parse(r"CN=\FF").unwrap_err(), DnError::NotUtf8 { index: 0 });
     }
 
     #[test]
@@ -316,9 +255,7 @@ mod tests {
     /// Every value survives escape → parse, for a spread of awkward characters (a small exhaustive property).
     #[test]
     fn escape_then_parse_is_identity() {
-        let alphabet = [
-            ' ', '#', ',', '+', '"', '\\', '<', '>', ';', '=', 'a', 'Z', 'é', '\0',
-        ];
+        let alphabet = [' ', '#', ',', '+', '"', '\\', '<', '>', ';', '=', 'a', 'Z', 'é', '\0'];
         for first in alphabet {
             for second in alphabet {
                 for third in alphabet {

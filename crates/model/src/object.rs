@@ -117,9 +117,7 @@ impl Attributes {
 
     /// Attribute names and values, ordered by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[AttrValue])> {
-        self.0
-            .iter()
-            .map(|(name, values)| (name.as_str(), values.as_slice()))
+        self.0.iter().map(|(name, values)| (name.as_str(), values.as_slice()))
     }
 
     /// Number of attributes.
@@ -204,10 +202,7 @@ impl AttrChange {
     /// The attribute the change is about.
     pub fn name(&self) -> &str {
         match self {
-            AttrChange::Replace(name, _)
-            | AttrChange::Add(name, _)
-            | AttrChange::Delete(name, _)
-            | AttrChange::Clear(name) => name,
+            AttrChange::Replace(name, _) | AttrChange::Add(name, _) | AttrChange::Delete(name, _) | AttrChange::Clear(name) => name,
         }
     }
 }
@@ -326,17 +321,12 @@ pub struct MvObject {
 impl MvObject {
     /// The values of `name` (empty when absent).
     pub fn values(&self, name: &str) -> &[AttrValue] {
-        self.attributes
-            .get(name)
-            .map_or(&[], |attribute| attribute.values.as_slice())
+        self.attributes.get(name).map_or(&[], |attribute| attribute.values.as_slice())
     }
 
     /// The attributes without lineage.
     pub fn plain_attributes(&self) -> Attributes {
-        self.attributes
-            .iter()
-            .map(|(name, attribute)| (name.clone(), attribute.values.clone()))
-            .collect()
+        self.attributes.iter().map(|(name, attribute)| (name.clone(), attribute.values.clone())).collect()
     }
 }
 
@@ -350,14 +340,8 @@ mod tests {
 
     #[test]
     fn diff_then_apply_reaches_the_target() {
-        let before = Attributes::new()
-            .with("mail", s("a@x"))
-            .with("sn", s("Lee"))
-            .with("title", s("Eng"));
-        let after = Attributes::new()
-            .with("mail", s("b@x"))
-            .with("sn", s("Lee"))
-            .with("givenName", s("Ann"));
+        let before = Attributes::new().with("mail", s("a@x")).with("sn", s("Lee")).with("title", s("Eng"));
+        let after = Attributes::new().with("mail", s("b@x")).with("sn", s("Lee")).with("givenName", s("Ann"));
         let changes = before.diff(&after);
         assert_eq!(
             changes,
@@ -378,20 +362,11 @@ mod tests {
         let mut group = Attributes::new();
         group.set("member", vec![AttrValue::Reference("CN=a".into())]);
         group.apply(&[
-            AttrChange::Add(
-                "member".into(),
-                vec![
-                    AttrValue::Reference("CN=b".into()),
-                    AttrValue::Reference("CN=a".into()),
-                ],
-            ),
+            AttrChange::Add("member".into(), vec![AttrValue::Reference("CN=b".into()), AttrValue::Reference("CN=a".into())]),
             AttrChange::Delete("member".into(), vec![AttrValue::Reference("CN=a".into())]),
         ]);
         assert_eq!(group.get("member"), &[AttrValue::Reference("CN=b".into())]);
-        group.apply(&[AttrChange::Delete(
-            "member".into(),
-            vec![AttrValue::Reference("CN=b".into())],
-        )]);
+        group.apply(&[AttrChange::Delete("member".into(), vec![AttrValue::Reference("CN=b".into())])]);
         assert!(group.is_empty(), "an attribute without values is gone");
     }
 

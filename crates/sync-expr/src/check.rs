@@ -72,37 +72,15 @@ const OPTIONS: &[(&str, usize, &[&str])] = &[
     ("InStr", 3, &["vbTextCompare", "vbBinaryCompare"]),
     ("InStrRev", 3, &["vbTextCompare", "vbBinaryCompare"]),
     ("DNComponentRev", 2, &["DC"]),
-    (
-        "DateAdd",
-        0,
-        &["yyyy", "q", "m", "y", "d", "w", "ww", "h", "n", "s"],
-    ),
+    ("DateAdd", 0, &["yyyy", "q", "m", "y", "d", "w", "ww", "h", "n", "s"]),
 ];
 
 /// Parses and checks `text`; every problem found is reported, not just the first.
 pub fn check(text: &str, schema: &Schema) -> Result<CheckedExpr, Vec<Diagnostic>> {
-    let expr = syntax::parse(text).map_err(|err| {
-        vec![Diagnostic {
-            message: err.message,
-            at: err.span.line_col(text),
-            span: err.span,
-        }]
-    })?;
-    let mut checker = Checker {
-        text,
-        schema,
-        diagnostics: Vec::new(),
-        bound: Vec::new(),
-    };
+    let expr = syntax::parse(text).map_err(|err| vec![Diagnostic { message: err.message, at: err.span.line_col(text), span: err.span }])?;
+    let mut checker = Checker { text, schema, diagnostics: Vec::new(), bound: Vec::new() };
     checker.visit(&expr);
-    if checker.diagnostics.is_empty() {
-        Ok(CheckedExpr {
-            text: text.to_string(),
-            expr,
-        })
-    } else {
-        Err(checker.diagnostics)
-    }
+    if checker.diagnostics.is_empty() { Ok(CheckedExpr { text: text.to_string(), expr }) } else { Err(checker.diagnostics) }
 }
 
 struct Checker<'a> {
@@ -114,11 +92,7 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn report(&mut self, span: Span, message: String) {
-        self.diagnostics.push(Diagnostic {
-            message,
-            at: span.line_col(self.text),
-            span,
-        });
+        self.diagnostics.push(Diagnostic { message, at: span.line_col(self.text), span });
     }
 
     fn check_attribute(&mut self, name: &str, span: Span) {
@@ -128,13 +102,8 @@ impl Checker<'_> {
         if known.contains(name) {
             return;
         }
-        let message = match known
-            .iter()
-            .find(|candidate| candidate.eq_ignore_ascii_case(name))
-        {
-            Some(candidate) => format!(
-                "unknown attribute [{name}]; did you mean [{candidate}]? (names are case-sensitive)"
-            ),
+        let message = match known.iter().find(|candidate| candidate.eq_ignore_ascii_case(name)) {
+            Some(candidate) => format!("unknown attribute [{name}]; did you mean [{candidate}]? (names are case-sensitive)"),
             None => format!("unknown attribute [{name}]"),
         };
         self.report(span, message);
@@ -148,20 +117,13 @@ impl Checker<'_> {
                 if let Some(known) = &self.schema.parameters
                     && !known.contains(name)
                 {
-                    let list = known
-                        .iter()
-                        .map(|name| format!("%{name}%"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
+                    let list = known.iter().map(|name| format!("%{name}%")).collect::<Vec<_>>().join(", ");
                     self.report(*span, format!("unknown parameter %{name}% (known: {list})"));
                 }
             }
             Expr::Variable(name, span) => {
                 if !self.bound.contains(name) {
-                    self.report(
-                        *span,
-                        format!("${name} is not bound by an enclosing Select, Where or With"),
-                    );
+                    self.report(*span, format!("${name} is not bound by an enclosing Select, Where or With"));
                 }
             }
             Expr::Negate(operand, _) => self.visit(operand),
@@ -178,14 +140,8 @@ impl Checker<'_> {
             let message = if name.starts_with("Cert") {
                 format!("{name}: certificate functions are not supported yet")
             } else {
-                match FUNCTIONS
-                    .iter()
-                    .find(|candidate| candidate.name.eq_ignore_ascii_case(name))
-                {
-                    Some(candidate) => format!(
-                        "unknown function {name}; did you mean {}? (names are case-sensitive)",
-                        candidate.name
-                    ),
+                match FUNCTIONS.iter().find(|candidate| candidate.name.eq_ignore_ascii_case(name)) {
+                    Some(candidate) => format!("unknown function {name}; did you mean {}? (names are case-sensitive)", candidate.name),
                     None => format!("unknown function {name}"),
                 }
             };
@@ -194,42 +150,31 @@ impl Checker<'_> {
             return;
         };
         let count = args.len();
-        let arity_ok =
-            count >= function.min_args && function.max_args.is_none_or(|max| count <= max);
+        let arity_ok = count >= function.min_args && function.max_args.is_none_or(|max| count <= max);
         if !arity_ok {
             let expected = match function.max_args {
                 Some(max) if max == function.min_args => format!("{max}"),
                 Some(max) => format!("{} to {max}", function.min_args),
                 None => format!("at least {}", function.min_args),
             };
-            let plural = if expected == "1" {
-                "argument"
-            } else {
-                "arguments"
-            };
-            self.report(
-                span,
-                format!(
-                    "{name} takes {expected} {plural}, got {count} ({})",
-                    function.signature
-                ),
-            );
+            let plural = if expected == "1" { "argument" } else { "arguments" };
+            self.report(span, format!("{name} takes {expected} {plural}, got {count} ({})", function.signature));
         }
         for (option_function, index, allowed) in OPTIONS {
             if *option_function == name
                 && let Some(Expr::Str(value, literal_span)) = args.get(*index)
                 && !allowed.contains(&value.as_str())
             {
-                self.report(
-                    *literal_span,
-                    format!("{name}: \"{value}\" is not one of {}", allowed.join(", ")),
-                );
+                self.report(*literal_span, format!("{name}: \"{value}\" is not one of {}", allowed.join(", ")));
             }
         }
         match name {
             "ImportedValue" => match args.first() {
                 Some(Expr::Str(attribute, literal_span)) => self.check_attribute(attribute, *literal_span),
-                Some(other) => self.report(other.span(), "ImportedValue takes the attribute name as a string literal, e.g. ImportedValue(\"mail\")".into()),
+                Some(other) => self.report(
+                    other.span(),
+                    "ImportedValue takes the attribute name as a string literal, e.g. ImportedValue(\"mail\")".into(),
+                ),
                 None => {}
             },
             "Select" | "Where" | "With" if arity_ok => {

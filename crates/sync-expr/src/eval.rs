@@ -52,11 +52,7 @@ pub struct EvalError {
 }
 
 pub(crate) fn evaluate(text: &str, expr: &Expr, env: &mut Env<'_>) -> Result<Value, EvalError> {
-    let mut evaluator = Evaluator {
-        text,
-        env,
-        variables: Vec::new(),
-    };
+    let mut evaluator = Evaluator { text, env, variables: Vec::new() };
     evaluator.eval(expr)
 }
 
@@ -68,10 +64,7 @@ struct Evaluator<'t, 'e, 'a> {
 
 impl Evaluator<'_, '_, '_> {
     fn error(&self, span: Span, message: impl Into<String>) -> EvalError {
-        EvalError {
-            message: message.into(),
-            at: span.line_col(self.text),
-        }
+        EvalError { message: message.into(), at: span.line_col(self.text) }
     }
 
     fn eval(&mut self, expr: &Expr) -> Result<Value, EvalError> {
@@ -86,12 +79,9 @@ impl Evaluator<'_, '_, '_> {
                 Constant::Crlf => Value::str("\r\n"),
             }),
             Expr::Attribute(name, _) => Ok(self.env.source.attribute(name)),
-            Expr::Parameter(name, span) => self
-                .env
-                .parameters
-                .get(name)
-                .cloned()
-                .ok_or_else(|| self.error(*span, format!("parameter %{name}% has no value"))),
+            Expr::Parameter(name, span) => {
+                self.env.parameters.get(name).cloned().ok_or_else(|| self.error(*span, format!("parameter %{name}% has no value")))
+            }
             Expr::Variable(name, span) => self
                 .variables
                 .iter()
@@ -108,17 +98,10 @@ impl Evaluator<'_, '_, '_> {
                 })
                 .map_err(|message| self.error(*span, message))
             }
-            Expr::Binary {
-                op,
-                left,
-                right,
-                span,
-            } => {
+            Expr::Binary { op, left, right, span } => {
                 let (left, right) = (self.eval(left)?, self.eval(right)?);
-                broadcast(&[left, right], &[Param::Single, Param::Single], |args| {
-                    binary(*op, &args[0], &args[1])
-                })
-                .map_err(|message| self.error(*span, format!("`{}`: {message}", op.symbol())))
+                broadcast(&[left, right], &[Param::Single, Param::Single], |args| binary(*op, &args[0], &args[1]))
+                    .map_err(|message| self.error(*span, format!("`{}`: {message}", op.symbol())))
             }
             Expr::Call { name, args, span } => self.call(name, args, *span),
         }
@@ -131,23 +114,10 @@ impl Evaluator<'_, '_, '_> {
         match function.kind {
             Kind::Special => self.special(name, args, span),
             Kind::Plain(implementation) => {
-                let values = args
-                    .iter()
-                    .map(|arg| self.eval(arg))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let mut services = Services {
-                    now: self.env.now,
-                    random: &mut *self.env.random,
-                };
-                broadcast(&values, function.params, |call_args| {
-                    implementation(call_args, &mut services)
-                })
-                .map_err(|message| {
-                    if name == "Error" {
-                        self.error(span, message)
-                    } else {
-                        self.error(span, format!("{name}: {message}"))
-                    }
+                let values = args.iter().map(|arg| self.eval(arg)).collect::<Result<Vec<_>, _>>()?;
+                let mut services = Services { now: self.env.now, random: &mut *self.env.random };
+                broadcast(&values, function.params, |call_args| implementation(call_args, &mut services)).map_err(|message| {
+                    if name == "Error" { self.error(span, message) } else { self.error(span, format!("{name}: {message}")) }
                 })
             }
         }
@@ -159,36 +129,21 @@ impl Evaluator<'_, '_, '_> {
                 let condition = self.eval(&args[0])?;
                 if let Value::Multi(_) = condition {
                     let (then_value, else_value) = (self.eval(&args[1])?, self.eval(&args[2])?);
-                    return broadcast(
-                        &[condition, then_value, else_value],
-                        &[Param::Single; 3],
-                        |values| {
-                            Ok(if functions::truthy(&values[0])? {
-                                values[1].clone()
-                            } else {
-                                values[2].clone()
-                            })
-                        },
-                    )
+                    return broadcast(&[condition, then_value, else_value], &[Param::Single; 3], |values| {
+                        Ok(if functions::truthy(&values[0])? { values[1].clone() } else { values[2].clone() })
+                    })
                     .map_err(|message| self.error(span, format!("IIF: {message}")));
                 }
-                let chosen = functions::truthy(&condition)
-                    .map_err(|message| self.error(span, format!("IIF: {message}")))?;
+                let chosen = functions::truthy(&condition).map_err(|message| self.error(span, format!("IIF: {message}")))?;
                 self.eval(if chosen { &args[1] } else { &args[2] })
             }
             "ImportedValue" => match &args[0] {
                 Expr::Str(attribute, _) => Ok(self.env.source.imported_value(attribute)),
-                _ => Err(self.error(
-                    span,
-                    "ImportedValue takes the attribute name as a string literal",
-                )),
+                _ => Err(self.error(span, "ImportedValue takes the attribute name as a string literal")),
             },
             "Select" | "Where" | "With" => {
                 let Expr::Variable(variable, _) = &args[0] else {
-                    return Err(self.error(
-                        span,
-                        format!("{name}: the first argument must be a $variable"),
-                    ));
+                    return Err(self.error(span, format!("{name}: the first argument must be a $variable")));
                 };
                 let source = self.eval(&args[1])?;
                 if name == "With" {
@@ -205,17 +160,11 @@ impl Evaluator<'_, '_, '_> {
                     let outcome = outcome?;
                     if name == "Select" {
                         results.extend(outcome.into_list());
-                    } else if functions::truthy(&outcome)
-                        .map_err(|message| self.error(span, format!("Where: {message}")))?
-                    {
+                    } else if functions::truthy(&outcome).map_err(|message| self.error(span, format!("Where: {message}")))? {
                         results.push(item);
                     }
                 }
-                Ok(if results.is_empty() {
-                    Value::Null
-                } else {
-                    Value::Multi(results)
-                })
+                Ok(if results.is_empty() { Value::Null } else { Value::Multi(results) })
             }
             other => Err(self.error(span, format!("{other} has no evaluator"))),
         }
@@ -223,28 +172,15 @@ impl Evaluator<'_, '_, '_> {
 }
 
 /// Runs `apply` once, or once per value where a [`Param::Single`] argument is multi-valued.
-fn broadcast(
-    args: &[Value],
-    params: &[Param],
-    mut apply: impl FnMut(&[Value]) -> Result<Value, String>,
-) -> Result<Value, String> {
-    let mode = |index: usize| {
-        params
-            .get(index)
-            .or(params.last())
-            .copied()
-            .unwrap_or(Param::Whole)
-    };
+fn broadcast(args: &[Value], params: &[Param], mut apply: impl FnMut(&[Value]) -> Result<Value, String>) -> Result<Value, String> {
+    let mode = |index: usize| params.get(index).or(params.last()).copied().unwrap_or(Param::Whole);
     let mut length = None;
     for (index, arg) in args.iter().enumerate() {
         if let (Param::Single, Value::Multi(values)) = (mode(index), arg) {
             match length {
                 None => length = Some(values.len()),
                 Some(seen) if seen != values.len() => {
-                    return Err(format!(
-                        "multi-valued arguments have different numbers of values ({seen} and {})",
-                        values.len()
-                    ));
+                    return Err(format!("multi-valued arguments have different numbers of values ({seen} and {})", values.len()));
                 }
                 Some(_) => {}
             }
@@ -263,11 +199,7 @@ fn broadcast(
         }
         results.extend(apply(&call_args)?.into_list());
     }
-    Ok(if results.is_empty() {
-        Value::Null
-    } else {
-        Value::Multi(results)
-    })
+    Ok(if results.is_empty() { Value::Null } else { Value::Multi(results) })
 }
 
 fn binary(op: BinOp, left: &Value, right: &Value) -> Result<Value, String> {
@@ -277,11 +209,7 @@ fn binary(op: BinOp, left: &Value, right: &Value) -> Result<Value, String> {
             if left.is_null() && right.is_null() {
                 return Ok(Value::Null);
             }
-            Ok(Value::Str(format!(
-                "{}{}",
-                concat_text(left)?,
-                concat_text(right)?
-            )))
+            Ok(Value::Str(format!("{}{}", concat_text(left)?, concat_text(right)?)))
         }
         BinOp::Add | BinOp::Sub | BinOp::Mul => {
             let (Some(a), Some(b)) = (arithmetic_operand(left)?, arithmetic_operand(right)?) else {
@@ -292,16 +220,10 @@ fn binary(op: BinOp, left: &Value, right: &Value) -> Result<Value, String> {
                 BinOp::Sub => a.checked_sub(b),
                 _ => a.checked_mul(b),
             };
-            result
-                .map(Value::Num)
-                .ok_or_else(|| format!("{a} {} {b} overflows", op.symbol()))
+            result.map(Value::Num).ok_or_else(|| format!("{a} {} {b} overflows", op.symbol()))
         }
-        BinOp::And => Ok(Value::Bool(
-            functions::truthy(left)? && functions::truthy(right)?,
-        )),
-        BinOp::Or => Ok(Value::Bool(
-            functions::truthy(left)? || functions::truthy(right)?,
-        )),
+        BinOp::And => Ok(Value::Bool(functions::truthy(left)? && functions::truthy(right)?)),
+        BinOp::Or => Ok(Value::Bool(functions::truthy(left)? || functions::truthy(right)?)),
         BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
             let Some(ordering) = compare(left, right)? else {
                 // A comparison with Null is false, its negation true.
@@ -322,9 +244,7 @@ fn binary(op: BinOp, left: &Value, right: &Value) -> Result<Value, String> {
 fn concat_text(value: &Value) -> Result<String, String> {
     match value {
         Value::Null => Ok(String::new()),
-        Value::Str(_) | Value::Ref(_) | Value::Num(_) | Value::Bool(_) | Value::Date(_) => {
-            Ok(value.to_string())
-        }
+        Value::Str(_) | Value::Ref(_) | Value::Num(_) | Value::Bool(_) | Value::Date(_) => Ok(value.to_string()),
         other => Err(format!("cannot concatenate {}", other.type_name())),
     }
 }
@@ -333,11 +253,7 @@ fn arithmetic_operand(value: &Value) -> Result<Option<i64>, String> {
     match value {
         Value::Null => Ok(None),
         Value::Num(number) => Ok(Some(*number)),
-        Value::Str(text) => text
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("\"{text}\" is not a number")),
+        Value::Str(text) => text.trim().parse().map(Some).map_err(|_| format!("\"{text}\" is not a number")),
         other => Err(format!("{} is not a number", other.type_name())),
     }
 }
@@ -357,25 +273,16 @@ fn compare(left: &Value, right: &Value) -> Result<Option<std::cmp::Ordering>, St
         (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
         (Value::Bool(a), Value::Str(text)) | (Value::Str(text), Value::Bool(a)) => {
             let b = functions::truthy(&Value::Str(text.clone()))?;
-            if matches!(left, Value::Bool(_)) {
-                a.cmp(&b)
-            } else {
-                b.cmp(a)
-            }
+            if matches!(left, Value::Bool(_)) { a.cmp(&b) } else { b.cmp(a) }
         }
         (Value::Date(a), Value::Date(b)) => a.cmp(b),
         (Value::Bin(a), Value::Bin(b)) => a.cmp(b),
         (Value::Ref(a), Value::Ref(b)) => a.to_lowercase().cmp(&b.to_lowercase()),
-        (
-            a @ (Value::Str(_) | Value::Ref(_) | Value::Date(_)),
-            b @ (Value::Str(_) | Value::Ref(_) | Value::Date(_)),
-        ) => a.to_string().cmp(&b.to_string()),
+        (a @ (Value::Str(_) | Value::Ref(_) | Value::Date(_)), b @ (Value::Str(_) | Value::Ref(_) | Value::Date(_))) => {
+            a.to_string().cmp(&b.to_string())
+        }
         (a, b) => {
-            return Err(format!(
-                "cannot compare {} with {}",
-                a.type_name(),
-                b.type_name()
-            ));
+            return Err(format!("cannot compare {} with {}", a.type_name(), b.type_name()));
         }
     }))
 }

@@ -27,14 +27,7 @@ pub fn render_value(value: &Value) -> String {
         Value::Str(text) => format!("{text:?}"),
         Value::Bin(bytes) => format!("bin:{value}", value = Value::Bin(bytes.clone())),
         Value::Ref(dn) => format!("ref:{dn}"),
-        Value::Multi(values) => format!(
-            "[{}]",
-            values
-                .iter()
-                .map(render_value)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        Value::Multi(values) => format!("[{}]", values.iter().map(render_value).collect::<Vec<_>>().join(", ")),
         other => other.to_string(),
     }
 }
@@ -47,29 +40,21 @@ pub fn reference_markdown() -> String {
          Expressions follow Entra Connect's declarative-provisioning language: function calls, `[attribute]`, `%Parameter%`,\n\
          `\"strings\"` (write `\"\"` for a quote), numbers (`42`, `&HFF`), `True`/`False`, and the constants `NULL`,\n\
          `AuthoritativeNull`, `IgnoreThisFlow` and `CRLF`. Function and attribute names are case-sensitive.\n\n\
-         The operators `& + - * = <> < <= > >= && ||` **all have the same priority and evaluate left to right**:\n\
-         `2*5+3` is 13 and `2+5*3` is 21. Use parentheses.\n\n\
+         The operators `& + - * = <> < <= > >=` **all have the same priority and evaluate left to right**:\n\
+         `2*5+3` is 13 and `2+5*3` is 21: use parentheses. `&&` and `||` bind loosest (equal among themselves),\n\
+         so `[a] = 1 || [b] = 2` compares first, as Entra's own default rules expect.\n\n\
          A function that takes a single value and is given a multi-valued attribute runs once per value;\n\
          Null results are dropped, so `IIF(InStr([proxyAddresses],\"SIP:\")=1,NULL,[proxyAddresses])` removes the SIP addresses.\n\n\
          Every example below runs as a test, against an object with `mail` = `ann@corp.example` and `proxyAddresses` =\n\
          `SMTP:ann@corp.example`, `smtp:ann@mail.example`, `SIP:ann@corp.example`, at `Now()` = 2024-11-25T10:00:00Z.\n",
     );
-    let mut categories: Vec<functions::Category> = functions::FUNCTIONS
-        .iter()
-        .map(|function| function.category)
-        .collect();
+    let mut categories: Vec<functions::Category> = functions::FUNCTIONS.iter().map(|function| function.category).collect();
     categories.sort();
     categories.dedup();
     for category in categories {
         out.push_str(&format!("\n## {}\n", category.title()));
-        for function in functions::FUNCTIONS
-            .iter()
-            .filter(|function| function.category == category)
-        {
-            out.push_str(&format!(
-                "\n### {}\n\n`{}`\n\n{}\n\n",
-                function.name, function.signature, function.summary
-            ));
+        for function in functions::FUNCTIONS.iter().filter(|function| function.category == category) {
+            out.push_str(&format!("\n### {}\n\n`{}`\n\n{}\n\n", function.name, function.signature, function.summary));
             for (example, result) in function.examples {
                 out.push_str(&format!("- `{example}` → `{result}`\n"));
             }

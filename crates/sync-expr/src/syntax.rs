@@ -2,8 +2,10 @@
 //!
 //! The grammar is Entra Connect's: function calls, `[attribute]`, `%Parameter%`, `"strings"`
 //! (a doubled `""` is a quote), decimal and `&H` hex numbers, `True`/`False`, `$variables`, and
-//! the operators `& + - * = <> < <= > >= && ||`, which **all have equal priority and evaluate
-//! left to right** (`2*5+3` is `(2*5)+3`, and `2+5*3` is `(2+5)*3`).
+//! the operators `& + - * = <> < <= > >= && ||`. As Entra documents, operators **have equal
+//! priority and evaluate left to right** (`2+5*3` is `(2+5)*3`), except `&&` and `||`, which
+//! bind loosest (and are equal among themselves). Entra's own out-of-box rules depend on that:
+//! `IsPresent([a]) = False || [b] = "x"` must mean `(IsPresent([a]) = False) || ([b] = "x")`.
 //!
 //! The parser knows nothing of functions or attributes; [`crate::check`] does.
 
@@ -38,11 +40,7 @@ impl Span {
     pub fn line_col(&self, text: &str) -> LineCol {
         let before = &text[..self.start.min(text.len())];
         let line = before.matches('\n').count() + 1;
-        let column = before
-            .rsplit('\n')
-            .next()
-            .map_or(0, |tail| tail.chars().count())
-            + 1;
+        let column = before.rsplit('\n').next().map_or(0, |tail| tail.chars().count()) + 1;
         LineCol { line, column }
     }
 }
@@ -199,19 +197,11 @@ const MAX_DEPTH: usize = 200;
 /// Parses an expression.
 pub fn parse(text: &str) -> Result<Expr, ParseError> {
     let tokens = lex(text)?;
-    let mut parser = Parser {
-        tokens,
-        position: 0,
-        text_len: text.len(),
-        depth: 0,
-    };
+    let mut parser = Parser { tokens, position: 0, text_len: text.len(), depth: 0 };
     let expr = parser.expr()?;
     match parser.tokens.get(parser.position) {
         None => Ok(expr),
-        Some((token, span)) => Err(ParseError {
-            message: format!("unexpected {} after the expression", describe(token)),
-            span: *span,
-        }),
+        Some((token, span)) => Err(ParseError { message: format!("unexpected {} after the expression", describe(token)), span: *span }),
     }
 }
 
@@ -223,15 +213,7 @@ fn lex(text: &str) -> Result<Vec<(Token, Span)>, ParseError> {
             chars.next();
             continue;
         }
-        let single = |token| {
-            (
-                token,
-                Span {
-                    start,
-                    end: start + c.len_utf8(),
-                },
-            )
-        };
+        let single = |token| (token, Span { start, end: start + c.len_utf8() });
         match c {
             '(' | ')' | ',' | '+' | '*' | '=' => {
                 chars.next();
@@ -261,51 +243,26 @@ fn lex(text: &str) -> Result<Vec<(Token, Span)>, ParseError> {
                 if len == 2 {
                     chars.next();
                 }
-                tokens.push((
-                    Token::Op(op),
-                    Span {
-                        start,
-                        end: start + len,
-                    },
-                ));
+                tokens.push((Token::Op(op), Span { start, end: start + len }));
             }
             '|' => {
                 chars.next();
                 if chars.next_if(|&(_, next)| next == '|').is_none() {
-                    return Err(ParseError {
-                        message: "`|` must be `||`".into(),
-                        span: Span {
-                            start,
-                            end: start + 1,
-                        },
-                    });
+                    return Err(ParseError { message: "`|` must be `||`".into(), span: Span { start, end: start + 1 } });
                 }
-                tokens.push((
-                    Token::Op(BinOp::Or),
-                    Span {
-                        start,
-                        end: start + 2,
-                    },
-                ));
+                tokens.push((Token::Op(BinOp::Or), Span { start, end: start + 2 }));
             }
             '&' => {
                 chars.next();
                 match chars.peek().map(|&(_, next)| next) {
                     Some('&') => {
                         chars.next();
-                        tokens.push((
-                            Token::Op(BinOp::And),
-                            Span {
-                                start,
-                                end: start + 2,
-                            },
-                        ));
+                        tokens.push((Token::Op(BinOp::And), Span { start, end: start + 2 }));
                     }
                     Some('H' | 'h') => {
                         chars.next();
                         let mut digits = String::new();
-                        while let Some((_, digit)) = chars.next_if(|&(_, d)| d.is_ascii_hexdigit())
-                        {
+                        while let Some((_, digit)) = chars.next_if(|&(_, d)| d.is_ascii_hexdigit()) {
                             digits.push(digit);
                         }
                         let end = start + 2 + digits.len();
@@ -334,10 +291,7 @@ fn lex(text: &str) -> Result<Vec<(Token, Span)>, ParseError> {
                         None => {
                             return Err(ParseError {
                                 message: "string is not closed with `\"`".into(),
-                                span: Span {
-                                    start,
-                                    end: text.len(),
-                                },
+                                span: Span { start, end: text.len() },
                             });
                         }
                     }
@@ -354,39 +308,23 @@ fn lex(text: &str) -> Result<Vec<(Token, Span)>, ParseError> {
                         Some((_, '\n')) => {
                             return Err(ParseError {
                                 message: format!("`{c}` is not closed with `{close}` on its line"),
-                                span: Span {
-                                    start,
-                                    end: start + 1,
-                                },
+                                span: Span { start, end: start + 1 },
                             });
                         }
                         Some((_, found)) => name.push(found),
                         None => {
                             return Err(ParseError {
                                 message: format!("`{c}` is not closed with `{close}`"),
-                                span: Span {
-                                    start,
-                                    end: start + 1,
-                                },
+                                span: Span { start, end: start + 1 },
                             });
                         }
                     }
                 };
                 let name = name.trim().to_string();
                 if name.is_empty() {
-                    return Err(ParseError {
-                        message: format!("empty `{c}{close}`"),
-                        span: Span { start, end },
-                    });
+                    return Err(ParseError { message: format!("empty `{c}{close}`"), span: Span { start, end } });
                 }
-                tokens.push((
-                    if c == '[' {
-                        Token::Attribute(name)
-                    } else {
-                        Token::Parameter(name)
-                    },
-                    Span { start, end },
-                ));
+                tokens.push((if c == '[' { Token::Attribute(name) } else { Token::Parameter(name) }, Span { start, end }));
             }
             '0'..='9' => {
                 let mut digits = String::new();
@@ -394,10 +332,9 @@ fn lex(text: &str) -> Result<Vec<(Token, Span)>, ParseError> {
                     digits.push(digit);
                 }
                 let end = start + digits.len();
-                let value = digits.parse::<i64>().map_err(|_| ParseError {
-                    message: format!("`{digits}` does not fit a 64-bit number"),
-                    span: Span { start, end },
-                })?;
+                let value = digits
+                    .parse::<i64>()
+                    .map_err(|_| ParseError { message: format!("`{digits}` does not fit a 64-bit number"), span: Span { start, end } })?;
                 tokens.push((Token::Num(value), Span { start, end }));
             }
             '$' => {
@@ -405,13 +342,7 @@ fn lex(text: &str) -> Result<Vec<(Token, Span)>, ParseError> {
                 let name = take_ident(&mut chars);
                 let end = start + 1 + name.len();
                 if name.is_empty() {
-                    return Err(ParseError {
-                        message: "`$` must start a variable name".into(),
-                        span: Span {
-                            start,
-                            end: start + 1,
-                        },
-                    });
+                    return Err(ParseError { message: "`$` must start a variable name".into(), span: Span { start, end: start + 1 } });
                 }
                 tokens.push((Token::Variable(name), Span { start, end }));
             }
@@ -423,10 +354,7 @@ fn lex(text: &str) -> Result<Vec<(Token, Span)>, ParseError> {
             other => {
                 return Err(ParseError {
                     message: format!("unexpected character `{other}`"),
-                    span: Span {
-                        start,
-                        end: start + other.len_utf8(),
-                    },
+                    span: Span { start, end: start + other.len_utf8() },
                 });
             }
         }
@@ -471,47 +399,46 @@ impl Parser {
     }
 
     fn end_span(&self) -> Span {
-        Span {
-            start: self.text_len,
-            end: self.text_len,
-        }
+        Span { start: self.text_len, end: self.text_len }
     }
 
     fn expr(&mut self) -> Result<Expr, ParseError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             let span = self.peek().map_or(self.end_span(), |(_, span)| *span);
-            return Err(ParseError {
-                message: format!("expression nests deeper than {MAX_DEPTH} levels"),
-                span,
-            });
+            return Err(ParseError { message: format!("expression nests deeper than {MAX_DEPTH} levels"), span });
         }
-        let mut left = self.operand()?;
-        loop {
-            let op = match self.peek() {
-                Some((Token::Op(op), span)) => (*op, *span),
-                Some((Token::Minus, span)) => (BinOp::Sub, *span),
-                _ => break,
-            };
+        // `&&` and `||` bind loosest; everything else shares one priority, left to right.
+        let mut left = self.chain()?;
+        while let Some((Token::Op(op @ (BinOp::And | BinOp::Or)), span)) = self.peek() {
+            let (op, span) = (*op, *span);
             self.position += 1;
-            let right = self.operand()?;
-            left = Expr::Binary {
-                op: op.0,
-                left: Box::new(left),
-                right: Box::new(right),
-                span: op.1,
-            };
+            let right = self.chain()?;
+            left = Expr::Binary { op, left: Box::new(left), right: Box::new(right), span };
         }
         self.depth -= 1;
         Ok(left)
     }
 
+    /// Operands joined by the non-logical operators, all of equal priority, left to right.
+    fn chain(&mut self) -> Result<Expr, ParseError> {
+        let mut left = self.operand()?;
+        loop {
+            let op = match self.peek() {
+                Some((Token::Op(op), span)) if !matches!(op, BinOp::And | BinOp::Or) => (*op, *span),
+                Some((Token::Minus, span)) => (BinOp::Sub, *span),
+                _ => break,
+            };
+            self.position += 1;
+            let right = self.operand()?;
+            left = Expr::Binary { op: op.0, left: Box::new(left), right: Box::new(right), span: op.1 };
+        }
+        Ok(left)
+    }
+
     fn operand(&mut self) -> Result<Expr, ParseError> {
         let Some((token, span)) = self.tokens.get(self.position).cloned() else {
-            return Err(ParseError {
-                message: "the expression ends where a value was expected".into(),
-                span: self.end_span(),
-            });
+            return Err(ParseError { message: "the expression ends where a value was expected".into(), span: self.end_span() });
         };
         self.position += 1;
         Ok(match token {
@@ -523,21 +450,12 @@ impl Parser {
             Token::Minus => {
                 self.depth += 1;
                 if self.depth > MAX_DEPTH {
-                    return Err(ParseError {
-                        message: format!("expression nests deeper than {MAX_DEPTH} levels"),
-                        span,
-                    });
+                    return Err(ParseError { message: format!("expression nests deeper than {MAX_DEPTH} levels"), span });
                 }
                 let operand = self.operand()?;
                 self.depth -= 1;
                 match operand {
-                    Expr::Num(value, num_span) => Expr::Num(
-                        value.wrapping_neg(),
-                        Span {
-                            start: span.start,
-                            end: num_span.end,
-                        },
-                    ),
+                    Expr::Num(value, num_span) => Expr::Num(value.wrapping_neg(), Span { start: span.start, end: num_span.end }),
                     other => Expr::Negate(Box::new(other), span),
                 }
             }
@@ -572,10 +490,7 @@ impl Parser {
                 }
             }
             other => {
-                return Err(ParseError {
-                    message: format!("expected a value, found {}", describe(&other)),
-                    span,
-                });
+                return Err(ParseError { message: format!("expected a value, found {}", describe(&other)), span });
             }
         })
     }
@@ -596,18 +511,12 @@ impl Parser {
                 }
                 Some((token, span)) => {
                     return Err(ParseError {
-                        message: format!(
-                            "expected `,` or `)` in the argument list, found {}",
-                            describe(token)
-                        ),
+                        message: format!("expected `,` or `)` in the argument list, found {}", describe(token)),
                         span: *span,
                     });
                 }
                 None => {
-                    return Err(ParseError {
-                        message: "the argument list is not closed with `)`".into(),
-                        span: open,
-                    });
+                    return Err(ParseError { message: "the argument list is not closed with `)`".into(), span: open });
                 }
             }
         }
@@ -619,14 +528,8 @@ impl Parser {
                 self.position += 1;
                 Ok(())
             }
-            Some((token, span)) => Err(ParseError {
-                message: format!("expected `)`, found {}", describe(token)),
-                span: *span,
-            }),
-            None => Err(ParseError {
-                message: "`(` is not closed with `)`".into(),
-                span: open,
-            }),
+            Some((token, span)) => Err(ParseError { message: format!("expected `)`, found {}", describe(token)), span: *span }),
+            None => Err(ParseError { message: "`(` is not closed with `)`".into(), span: open }),
         }
     }
 }
@@ -647,13 +550,8 @@ pub fn render(expr: &Expr) -> String {
         Expr::Attribute(name, _) => format!("[{name}]"),
         Expr::Parameter(name, _) => format!("%{name}%"),
         Expr::Variable(name, _) => format!("${name}"),
-        Expr::Call { name, args, .. } => format!(
-            "{name}({})",
-            args.iter().map(render).collect::<Vec<_>>().join(", ")
-        ),
-        Expr::Binary {
-            op, left, right, ..
-        } => format!("({} {} {})", render(left), op.symbol(), render(right)),
+        Expr::Call { name, args, .. } => format!("{name}({})", args.iter().map(render).collect::<Vec<_>>().join(", ")),
+        Expr::Binary { op, left, right, .. } => format!("({} {} {})", render(left), op.symbol(), render(right)),
         Expr::Negate(operand, _) => format!("-({})", render(operand)),
     }
 }
@@ -675,10 +573,9 @@ mod tests {
         assert_eq!(shape("2+5*3"), "((2 + 5) * 3)");
         assert_eq!(shape("2*(5+3)"), "(2 * (5 + 3))");
         // No precedence at all: this is not (a = 1) || (b <> "x").
-        assert_eq!(
-            shape("[a] = 1 || [b] <> \"x\" && True"),
-            "(((([a] = 1) || [b]) <> \"x\") && True)"
-        );
+        // Logical operators bind loosest, and are equal among themselves.
+        assert_eq!(shape("[a] = 1 || [b] <> \"x\" && True"), "((([a] = 1) || ([b] <> \"x\")) && True)");
+        assert_eq!(shape("1 + 1 = 2 && 2 * 3 + 1 = 7"), "(((1 + 1) = 2) && (((2 * 3) + 1) = 7))");
         assert_eq!(shape("1 - 2 - 3"), "((1 - 2) - 3)");
     }
 
@@ -687,18 +584,9 @@ mod tests {
         assert_eq!(shape("&HFF + &h10"), "(255 + 16)");
         assert_eq!(shape("-5 + -[x]"), "(-5 + -([x]))");
         assert_eq!(shape(r#""say ""hi""""#), r#""say ""hi""""#);
-        assert_eq!(
-            shape("IIF(IsPresent([mail]),[mail],NULL)"),
-            "IIF(IsPresent([mail]), [mail], NULL)"
-        );
-        assert_eq!(
-            shape("%Domain.Netbios% & \"\\\" & [sAMAccountName]"),
-            "((%Domain.Netbios% & \"\\\") & [sAMAccountName])"
-        );
-        assert_eq!(
-            shape("Select($item, [proxyAddresses], LCase($item))"),
-            "Select($item, [proxyAddresses], LCase($item))"
-        );
+        assert_eq!(shape("IIF(IsPresent([mail]),[mail],NULL)"), "IIF(IsPresent([mail]), [mail], NULL)");
+        assert_eq!(shape("%Domain.Netbios% & \"\\\" & [sAMAccountName]"), "((%Domain.Netbios% & \"\\\") & [sAMAccountName])");
+        assert_eq!(shape("Select($item, [proxyAddresses], LCase($item))"), "Select($item, [proxyAddresses], LCase($item))");
         assert_eq!(shape("[ms-DS-ConsistencyGuid]"), "[ms-DS-ConsistencyGuid]");
         assert_eq!(shape("Now()"), "Now()");
         assert_eq!(shape("&HFFFFFFFFFFFFFFFF"), "-1");
@@ -706,36 +594,18 @@ mod tests {
 
     #[test]
     fn errors_point_at_line_and_column() {
-        assert_eq!(
-            shape("Trim([a]"),
-            "error at 1:5: the argument list is not closed with `)`"
-        );
-        assert_eq!(
-            shape("\"open"),
-            "error at 1:1: string is not closed with `\"`"
-        );
-        assert_eq!(
-            shape("Left([a],\n  2) mail"),
-            "error at 2:6: unexpected `mail` after the expression"
-        );
-        assert_eq!(
-            shape("1 +"),
-            "error at 1:4: the expression ends where a value was expected"
-        );
+        assert_eq!(shape("Trim([a]"), "error at 1:5: the argument list is not closed with `)`");
+        assert_eq!(shape("\"open"), "error at 1:1: string is not closed with `\"`");
+        assert_eq!(shape("Left([a],\n  2) mail"), "error at 2:6: unexpected `mail` after the expression");
+        assert_eq!(shape("1 +"), "error at 1:4: the expression ends where a value was expected");
         assert_eq!(
             shape("mail"),
             "error at 1:1: `mail` is not a value: write an attribute as [mail], a parameter as %mail%, or call mail(…)"
         );
         assert_eq!(shape("[]"), "error at 1:1: empty `[]`");
         assert_eq!(shape("1 | 2"), "error at 1:3: `|` must be `||`");
-        assert_eq!(
-            shape("F(1 2)"),
-            "error at 1:5: expected `,` or `)` in the argument list, found number 2"
-        );
-        assert_eq!(
-            shape("99999999999999999999"),
-            "error at 1:1: `99999999999999999999` does not fit a 64-bit number"
-        );
+        assert_eq!(shape("F(1 2)"), "error at 1:5: expected `,` or `)` in the argument list, found number 2");
+        assert_eq!(shape("99999999999999999999"), "error at 1:1: `99999999999999999999` does not fit a 64-bit number");
         assert_eq!(shape("é ~"), "error at 1:3: unexpected character `~`");
     }
 

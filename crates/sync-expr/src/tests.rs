@@ -10,14 +10,7 @@ use crate::{Env, Schema, Value, check, functions, render_value, time};
 fn sample_object() -> BTreeMap<String, Value> {
     let mut object = BTreeMap::new();
     object.insert("mail".to_string(), Value::str("ann@corp.example"));
-    object.insert(
-        "proxyAddresses".to_string(),
-        Value::strs(&[
-            "SMTP:ann@corp.example",
-            "smtp:ann@mail.example",
-            "SIP:ann@corp.example",
-        ]),
-    );
+    object.insert("proxyAddresses".to_string(), Value::strs(&["SMTP:ann@corp.example", "smtp:ann@mail.example", "SIP:ann@corp.example"]));
     object.insert("userAccountControl".to_string(), Value::Num(514));
     object.insert("objectGUID".to_string(), Value::Bin((0u8..16).collect()));
     object.insert("displayName".to_string(), Value::str("Ann Lee"));
@@ -41,14 +34,7 @@ fn run(text: &str) -> String {
         random: &mut random,
     };
     match check(text, &Schema::default()) {
-        Err(diagnostics) => format!(
-            "check: {}",
-            diagnostics
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
+        Err(diagnostics) => format!("check: {}", diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),
         Ok(checked) => match checked.evaluate(&mut env) {
             Ok(value) => render_value(&value),
             Err(err) => format!("error: {}", err.message),
@@ -60,26 +46,15 @@ fn run(text: &str) -> String {
 fn every_function_has_examples_and_they_hold() {
     let mut failures = Vec::new();
     for function in functions::FUNCTIONS {
-        assert!(
-            !function.examples.is_empty(),
-            "{} has no example",
-            function.name
-        );
+        assert!(!function.examples.is_empty(), "{} has no example", function.name);
         for (example, expected) in function.examples {
             let actual = run(example);
             if actual != *expected {
-                failures.push(format!(
-                    "{example}\n    expected {expected}\n    got      {actual}"
-                ));
+                failures.push(format!("{example}\n    expected {expected}\n    got      {actual}"));
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} example(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} example(s) failed:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
@@ -152,10 +127,7 @@ fn the_issue_list_of_functions_is_covered() {
         "NumFromDate",
         "CRef",
     ];
-    let missing: Vec<_> = wanted
-        .iter()
-        .filter(|name| functions::lookup(name).is_none())
-        .collect();
+    let missing: Vec<_> = wanted.iter().filter(|name| functions::lookup(name).is_none()).collect();
     assert!(missing.is_empty(), "missing: {missing:?}");
 }
 
@@ -169,13 +141,10 @@ fn operators_evaluate_left_to_right_with_equal_priority() {
         ("\"a\" & 1 & True", "\"a1True\""),
         ("[givenName] & \"x\"", "\"x\""),
         ("[givenName] & [sn]", "null"),
-        ("(1 = 1) && (2 > 3)", "False"),
-        ("(1 = 2) || (2 >= 2)", "True"),
-        // Without parentheses this is ((1 = 1) && 2) > 3: a boolean compared with a number.
-        (
-            "1 = 1 && 2 > 3",
-            "error: `>`: cannot compare boolean with number",
-        ),
+        ("1 = 1 && 2 > 3", "False"),
+        ("1 = 2 || 2 >= 2", "True"),
+        // Comparisons share the arithmetic operators' priority: this is ((1 + 1) = 2) + 1.
+        ("1 + 1 = 2 + 1", "error: `+`: boolean is not a number"),
         ("\"abc\" < \"abd\"", "True"),
         ("\"10\" = 10", "True"),
         ("[missing] = NULL", "False"),
@@ -183,22 +152,13 @@ fn operators_evaluate_left_to_right_with_equal_priority() {
         ("[userAccountControl] + 1", "515"),
         ("-[userAccountControl]", "-514"),
         ("[missing] + 1", "null"),
-        (
-            "9223372036854775807 + 1",
-            "error: `+`: 9223372036854775807 + 1 overflows",
-        ),
+        ("9223372036854775807 + 1", "error: `+`: 9223372036854775807 + 1 overflows"),
         ("\"x\" + 1", "error: `+`: \"x\" is not a number"),
         ("CRLF", "\"\\r\\n\""),
         ("%Domain.Netbios% & \"\\\" & \"ann\"", "\"CORP\\\\ann\""),
-        (
-            "%Forest.FQDN%",
-            "error: parameter %Forest.FQDN% has no value",
-        ),
+        ("%Forest.FQDN%", "error: parameter %Forest.FQDN% has no value"),
         ("[objectGUID] = [objectGUID]", "True"),
-        (
-            "[objectGUID] < 1",
-            "error: `<`: cannot compare binary with number",
-        ),
+        ("[objectGUID] < 1", "error: `<`: cannot compare binary with number"),
     ];
     for (text, expected) in cases {
         assert_eq!(run(text), expected, "{text}");
@@ -208,34 +168,16 @@ fn operators_evaluate_left_to_right_with_equal_priority() {
 #[test]
 fn multi_valued_attributes_apply_per_value() {
     let cases = [
-        (
-            "LCase([proxyAddresses])",
-            "[\"smtp:ann@corp.example\", \"smtp:ann@mail.example\", \"sip:ann@corp.example\"]",
-        ),
-        (
-            "Left([proxyAddresses], 4) = \"SMTP\"",
-            "[True, False, False]",
-        ),
-        (
-            "[proxyAddresses] & \"!\"",
-            "[\"SMTP:ann@corp.example!\", \"smtp:ann@mail.example!\", \"SIP:ann@corp.example!\"]",
-        ),
-        (
-            "IIF(Left([proxyAddresses], 5) = \"smtp:\", [proxyAddresses], NULL)",
-            "[\"smtp:ann@mail.example\"]",
-        ),
+        ("LCase([proxyAddresses])", "[\"smtp:ann@corp.example\", \"smtp:ann@mail.example\", \"sip:ann@corp.example\"]"),
+        ("Left([proxyAddresses], 4) = \"SMTP\"", "[True, False, False]"),
+        ("[proxyAddresses] & \"!\"", "[\"SMTP:ann@corp.example!\", \"smtp:ann@mail.example!\", \"SIP:ann@corp.example!\"]"),
+        ("IIF(Left([proxyAddresses], 5) = \"smtp:\", [proxyAddresses], NULL)", "[\"smtp:ann@mail.example\"]"),
         (
             "Count(Split(\"a,b\", \",\") & [proxyAddresses])",
             "error: `&`: multi-valued arguments have different numbers of values (2 and 3)",
         ),
-        (
-            "Join(RemoveDuplicates(LCase(Word([proxyAddresses], 1, \":\"))), \"+\")",
-            "\"smtp+sip\"",
-        ),
-        (
-            "Item([proxyAddresses], Contains([proxyAddresses], \"SMTP:\"))",
-            "\"SMTP:ann@corp.example\"",
-        ),
+        ("Join(RemoveDuplicates(LCase(Word([proxyAddresses], 1, \":\"))), \"+\")", "\"smtp+sip\""),
+        ("Item([proxyAddresses], Contains([proxyAddresses], \"SMTP:\"))", "\"SMTP:ann@corp.example\""),
     ];
     for (text, expected) in cases {
         assert_eq!(run(text), expected, "{text}");
@@ -244,14 +186,8 @@ fn multi_valued_attributes_apply_per_value() {
 
 #[test]
 fn special_flow_values_are_returned_as_such() {
-    assert_eq!(
-        run("IIF(IsPresent([missing]), [missing], AuthoritativeNull)"),
-        "AuthoritativeNull"
-    );
-    assert_eq!(
-        run("IIF([userAccountControl] = 514, IgnoreThisFlow, 1)"),
-        "IgnoreThisFlow"
-    );
+    assert_eq!(run("IIF(IsPresent([missing]), [missing], AuthoritativeNull)"), "AuthoritativeNull");
+    assert_eq!(run("IIF([userAccountControl] = 514, IgnoreThisFlow, 1)"), "IgnoreThisFlow");
     assert_eq!(run("NULL"), "null");
 }
 
@@ -260,10 +196,7 @@ fn lazy_iif_does_not_evaluate_the_other_branch() {
     assert_eq!(run("IIF(True, 1, Error(\"never\"))"), "1");
     assert_eq!(run("IIF(False, 1, Error(\"chosen\"))"), "error: chosen");
     // Switch evaluates every argument, as Entra does.
-    assert_eq!(
-        run("Switch(True, 1, False, Error(\"evaluated\"))"),
-        "error: evaluated"
-    );
+    assert_eq!(run("Switch(True, 1, False, Error(\"evaluated\"))"), "error: evaluated");
 }
 
 #[test]
@@ -273,15 +206,9 @@ fn default_rule_expressions_evaluate() {
         run("IIF(IsPresent([mS-DS-ConsistencyGuid]), [mS-DS-ConsistencyGuid], [objectGUID])"),
         "bin:000102030405060708090A0B0C0D0E0F"
     );
-    assert_eq!(
-        run("ConvertToBase64([objectGUID])"),
-        "\"AAECAwQFBgcICQoLDA0ODw==\""
-    );
+    assert_eq!(run("ConvertToBase64([objectGUID])"), "\"AAECAwQFBgcICQoLDA0ODw==\"");
     // accountEnabled from userAccountControl.
-    assert_eq!(
-        run("IIF(BitAnd([userAccountControl], 2) = 0, True, False)"),
-        "False"
-    );
+    assert_eq!(run("IIF(BitAnd([userAccountControl], 2) = 0, True, False)"), "False");
     assert_eq!(run("IsBitSet([userAccountControl], 2) = False"), "False");
 }
 
@@ -291,12 +218,8 @@ fn errors_point_at_line_and_column() {
     let object = sample_object();
     let parameters = BTreeMap::new();
     let mut random = || 4u64;
-    let mut env = Env {
-        source: &object,
-        parameters: &parameters,
-        now: time::DateTime::from_ticks(0).expect("tick 0"),
-        random: &mut random,
-    };
+    let mut env =
+        Env { source: &object, parameters: &parameters, now: time::DateTime::from_ticks(0).expect("tick 0"), random: &mut random };
     let checked = check("Trim([mail]) &\n   CNum(\"x\")", &Schema::default()).expect("valid");
     let err = checked.evaluate(&mut env).expect_err("CNum fails");
     assert_eq!(err.to_string(), "2:4: CNum: \"x\" is not a whole number");
@@ -307,10 +230,7 @@ fn checker_reports_every_problem_with_position() {
     let schema = Schema::new(&["mail", "proxyAddresses", "sn"], &["Domain.Netbios"]);
     let problems = |text: &str| match check(text, &schema) {
         Ok(_) => Vec::new(),
-        Err(diagnostics) => diagnostics
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
+        Err(diagnostics) => diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>(),
     };
     assert_eq!(problems("Trim([mail])"), Vec::<String>::new());
     assert_eq!(
@@ -321,73 +241,35 @@ fn checker_reports_every_problem_with_position() {
             "1:16: Left takes 2 arguments, got 1 (str Left(str value, num n))",
         ]
     );
-    assert_eq!(
-        problems("%Forest.FQDN%"),
-        vec!["1:1: unknown parameter %Forest.FQDN% (known: %Domain.Netbios%)"]
-    );
-    assert_eq!(
-        problems("LCase($x)"),
-        vec!["1:7: $x is not bound by an enclosing Select, Where or With"]
-    );
-    assert_eq!(
-        problems("Select([mail], [proxyAddresses], 1)"),
-        vec!["1:8: Select: the first argument must be a $variable"]
-    );
-    assert_eq!(
-        problems("Select($p, [proxyAddresses], $p) & $p"),
-        vec!["1:36: $p is not bound by an enclosing Select, Where or With"]
-    );
+    assert_eq!(problems("%Forest.FQDN%"), vec!["1:1: unknown parameter %Forest.FQDN% (known: %Domain.Netbios%)"]);
+    assert_eq!(problems("LCase($x)"), vec!["1:7: $x is not bound by an enclosing Select, Where or With"]);
+    assert_eq!(problems("Select([mail], [proxyAddresses], 1)"), vec!["1:8: Select: the first argument must be a $variable"]);
+    assert_eq!(problems("Select($p, [proxyAddresses], $p) & $p"), vec!["1:36: $p is not bound by an enclosing Select, Where or With"]);
     assert_eq!(
         problems("ImportedValue([mail])"),
-        vec![
-            "1:15: ImportedValue takes the attribute name as a string literal, e.g. ImportedValue(\"mail\")"
-        ]
+        vec!["1:15: ImportedValue takes the attribute name as a string literal, e.g. ImportedValue(\"mail\")"]
     );
-    assert_eq!(
-        problems("ImportedValue(\"nope\")"),
-        vec!["1:15: unknown attribute [nope]"]
-    );
+    assert_eq!(problems("ImportedValue(\"nope\")"), vec!["1:15: unknown attribute [nope]"]);
     assert_eq!(
         problems("Contains([mail], \"a\", \"IgnoreCase\")"),
         vec!["1:23: Contains: \"IgnoreCase\" is not one of CaseInsensitive, CaseSensitive"]
     );
-    assert_eq!(
-        problems("DateAdd(\"days\", 1, Now())"),
-        vec!["1:9: DateAdd: \"days\" is not one of yyyy, q, m, y, d, w, ww, h, n, s"]
-    );
-    assert_eq!(
-        problems("CertThumbprint([mail])"),
-        vec!["1:1: CertThumbprint: certificate functions are not supported yet"]
-    );
-    assert_eq!(
-        problems("Switch(1)"),
-        vec![
-            "1:1: Switch takes at least 2 arguments, got 1 (var Switch(exp condition1, var value1, …))"
-        ]
-    );
-    assert_eq!(
-        problems("Now(1)"),
-        vec!["1:1: Now takes 0 arguments, got 1 (dt Now())"]
-    );
-    assert_eq!(
-        problems("Trim([mail]"),
-        vec!["1:5: the argument list is not closed with `)`"]
-    );
+    assert_eq!(problems("DateAdd(\"days\", 1, Now())"), vec!["1:9: DateAdd: \"days\" is not one of yyyy, q, m, y, d, w, ww, h, n, s"]);
+    assert_eq!(problems("CertThumbprint([mail])"), vec!["1:1: CertThumbprint: certificate functions are not supported yet"]);
+    assert_eq!(problems("Switch(1)"), vec!["1:1: Switch takes at least 2 arguments, got 1 (var Switch(exp condition1, var value1, …))"]);
+    assert_eq!(problems("Now(1)"), vec!["1:1: Now takes 0 arguments, got 1 (dt Now())"]);
+    assert_eq!(problems("Trim([mail]"), vec!["1:5: the argument list is not closed with `)`"]);
 }
 
 #[test]
 fn function_reference_is_current() {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/expression-functions.md");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/expression-functions.md");
     let generated = crate::reference_markdown();
     if std::env::var_os("UPDATE_EXPECT").is_some() {
         std::fs::write(&path, &generated).expect("write reference");
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "docs/expression-functions.md is stale: run `UPDATE_EXPECT=1 cargo test -p sync-expr`"
-    );
+    assert!(committed == generated, "docs/expression-functions.md is stale: run `UPDATE_EXPECT=1 cargo test -p sync-expr`");
 }
 
 proptest! {

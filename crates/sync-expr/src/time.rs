@@ -25,9 +25,7 @@ pub struct DateTime {
 impl DateTime {
     /// From ticks since 0001-01-01T00:00:00Z; `None` outside years 1–9999.
     pub fn from_ticks(ticks: i64) -> Option<Self> {
-        (0..=MAX_TICKS)
-            .contains(&ticks)
-            .then_some(DateTime { ticks })
+        (0..=MAX_TICKS).contains(&ticks).then_some(DateTime { ticks })
     }
 
     /// Ticks since 0001-01-01T00:00:00Z.
@@ -37,9 +35,7 @@ impl DateTime {
 
     /// From an AD FILETIME (100-ns intervals since 1601-01-01).
     pub fn from_filetime(filetime: i64) -> Option<Self> {
-        filetime
-            .checked_add(FILETIME_EPOCH_DAYS * TICKS_PER_DAY)
-            .and_then(Self::from_ticks)
+        filetime.checked_add(FILETIME_EPOCH_DAYS * TICKS_PER_DAY).and_then(Self::from_ticks)
     }
 
     /// As an AD FILETIME.
@@ -56,15 +52,7 @@ impl DateTime {
     }
 
     /// From calendar fields (UTC); `None` when a field is out of range.
-    pub fn from_parts(
-        year: i64,
-        month: i64,
-        day: i64,
-        hour: i64,
-        minute: i64,
-        second: i64,
-        fraction_ticks: i64,
-    ) -> Option<Self> {
+    pub fn from_parts(year: i64, month: i64, day: i64, hour: i64, minute: i64, second: i64, fraction_ticks: i64) -> Option<Self> {
         if !(1..=12).contains(&month)
             || day < 1
             || day > days_in_month(year, month)
@@ -76,9 +64,7 @@ impl DateTime {
             return None;
         }
         let days = days_from_civil(year, month, day)?;
-        let ticks = days * TICKS_PER_DAY
-            + (hour * 3600 + minute * 60 + second) * TICKS_PER_SECOND
-            + fraction_ticks;
+        let ticks = days * TICKS_PER_DAY + (hour * 3600 + minute * 60 + second) * TICKS_PER_SECOND + fraction_ticks;
         Self::from_ticks(ticks)
     }
 
@@ -88,15 +74,7 @@ impl DateTime {
         let rest = self.ticks % TICKS_PER_DAY;
         let (year, month, day) = civil_from_days(days);
         let seconds = rest / TICKS_PER_SECOND;
-        (
-            year,
-            month,
-            day,
-            seconds / 3600,
-            seconds / 60 % 60,
-            seconds % 60,
-            rest % TICKS_PER_SECOND,
-        )
+        (year, month, day, seconds / 3600, seconds / 60 % 60, seconds % 60, rest % TICKS_PER_SECOND)
     }
 
     /// Adds ticks; `None` when the result leaves years 1–9999.
@@ -107,10 +85,7 @@ impl DateTime {
     /// Adds calendar months, clamping the day to the new month's length (like .NET `AddMonths`).
     pub fn add_months(self, months: i64) -> Option<Self> {
         let (year, month, day, hour, minute, second, fraction) = self.parts();
-        let total = year
-            .checked_mul(12)?
-            .checked_add(month - 1)?
-            .checked_add(months)?;
+        let total = year.checked_mul(12)?.checked_add(month - 1)?.checked_add(months)?;
         let (new_year, new_month) = (total.div_euclid(12), total.rem_euclid(12) + 1);
         let new_day = day.min(days_in_month(new_year, new_month));
         Self::from_parts(new_year, new_month, new_day, hour, minute, second, fraction)
@@ -126,10 +101,7 @@ impl DateTime {
 impl fmt::Display for DateTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (year, month, day, hour, minute, second, fraction) = self.parts();
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}"
-        )?;
+        write!(f, "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}")?;
         if fraction != 0 {
             write!(f, ".{fraction:07}")?;
         }
@@ -238,14 +210,8 @@ pub fn parse(text: &str) -> Option<DateTime> {
 
 fn parse_generalized(text: &str) -> Option<DateTime> {
     let field = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
-    let (year, month, day, hour, minute, second) = (
-        field(0..4)?,
-        field(4..6)?,
-        field(6..8)?,
-        field(8..10)?,
-        field(10..12)?,
-        field(12..14)?,
-    );
+    let (year, month, day, hour, minute, second) =
+        (field(0..4)?, field(4..6)?, field(6..8)?, field(8..10)?, field(10..12)?, field(12..14)?);
     let mut rest = &text[14..];
     let mut fraction = 0;
     if let Some(after) = rest.strip_prefix(['.', ',']) {
@@ -256,13 +222,8 @@ fn parse_generalized(text: &str) -> Option<DateTime> {
         fraction = format!("{digits:0<7}").parse().ok()?;
         rest = &after[digits.len()..];
     }
-    let offset = if rest.is_empty() || rest == "Z" {
-        0
-    } else {
-        parse_offset(rest)?
-    };
-    DateTime::from_parts(year, month, day, hour, minute, second, fraction)?
-        .add_ticks(-offset * 60 * TICKS_PER_SECOND)
+    let offset = if rest.is_empty() || rest == "Z" { 0 } else { parse_offset(rest)? };
+    DateTime::from_parts(year, month, day, hour, minute, second, fraction)?.add_ticks(-offset * 60 * TICKS_PER_SECOND)
 }
 
 fn parse_offset(zone: &str) -> Option<i64> {
@@ -311,10 +272,7 @@ pub fn format(instant: DateTime, pattern: &str) -> String {
     let mut index = 0;
     while index < chars.len() {
         let c = chars[index];
-        let run = chars[index..]
-            .iter()
-            .take_while(|&&other| other == c)
-            .count();
+        let run = chars[index..].iter().take_while(|&&other| other == c).count();
         match c {
             'y' => {
                 if run <= 2 {
@@ -326,11 +284,7 @@ pub fn format(instant: DateTime, pattern: &str) -> String {
             'M' => out.push_str(&format!("{month:0width$}", width = run.min(2))),
             'd' => out.push_str(&format!("{day:0width$}", width = run.min(2))),
             'H' => out.push_str(&format!("{hour:0width$}", width = run.min(2))),
-            'h' => out.push_str(&format!(
-                "{:0width$}",
-                (hour + 11) % 12 + 1,
-                width = run.min(2)
-            )),
+            'h' => out.push_str(&format!("{:0width$}", (hour + 11) % 12 + 1, width = run.min(2))),
             'm' => out.push_str(&format!("{minute:0width$}", width = run.min(2))),
             's' => out.push_str(&format!("{second:0width$}", width = run.min(2))),
             'f' | 'F' => {
@@ -379,21 +333,14 @@ mod tests {
         let instant = DateTime::from_filetime(129_699_324_000_000_000).unwrap();
         assert_eq!(instant.to_string(), "2012-01-01T23:00:00Z");
         assert_eq!(instant.to_filetime(), 129_699_324_000_000_000);
-        assert_eq!(
-            DateTime::from_unix_seconds(0).unwrap().to_string(),
-            "1970-01-01T00:00:00Z"
-        );
+        assert_eq!(DateTime::from_unix_seconds(0).unwrap().to_string(), "1970-01-01T00:00:00Z");
     }
 
     #[test]
     fn civil_conversion_round_trips_every_day_of_some_centuries() {
         for days in (0..3_652_059).step_by(97) {
             let (year, month, day) = civil_from_days(days);
-            assert_eq!(
-                days_from_civil(year, month, day),
-                Some(days),
-                "{year}-{month}-{day}"
-            );
+            assert_eq!(days_from_civil(year, month, day), Some(days), "{year}-{month}-{day}");
         }
         assert_eq!(civil_from_days(0), (1, 1, 1));
         assert_eq!(civil_from_days(UNIX_EPOCH_DAYS), (1970, 1, 1));
@@ -402,37 +349,13 @@ mod tests {
     #[test]
     fn parses_the_documented_forms() {
         let check = |text: &str| parse(text).map(|instant| instant.to_string());
-        assert_eq!(
-            check("2013-01-10 4:00 PM -8").as_deref(),
-            Some("2013-01-11T00:00:00Z")
-        );
+        assert_eq!(check("2013-01-10 4:00 PM -8").as_deref(), Some("2013-01-11T00:00:00Z"));
         assert_eq!(check("2013-01-10").as_deref(), Some("2013-01-10T00:00:00Z"));
-        assert_eq!(
-            check("2013-01-10T16:00:00Z").as_deref(),
-            Some("2013-01-10T16:00:00Z")
-        );
-        assert_eq!(
-            check("2013-01-10T16:00:00.25+02:00").as_deref(),
-            Some("2013-01-10T14:00:00.2500000Z")
-        );
-        assert_eq!(
-            check("2013-01-10 12:30 AM").as_deref(),
-            Some("2013-01-10T00:30:00Z")
-        );
-        assert_eq!(
-            check("20140905081453.0Z").as_deref(),
-            Some("2014-09-05T08:14:53Z")
-        );
-        for bad in [
-            "",
-            "2013",
-            "2013-13-01",
-            "2013-02-30",
-            "2013-01-10 25:00",
-            "2013-01-10 4:00 XM",
-            "2013-01-10 +99",
-            "yesterday",
-        ] {
+        assert_eq!(check("2013-01-10T16:00:00Z").as_deref(), Some("2013-01-10T16:00:00Z"));
+        assert_eq!(check("2013-01-10T16:00:00.25+02:00").as_deref(), Some("2013-01-10T14:00:00.2500000Z"));
+        assert_eq!(check("2013-01-10 12:30 AM").as_deref(), Some("2013-01-10T00:30:00Z"));
+        assert_eq!(check("20140905081453.0Z").as_deref(), Some("2014-09-05T08:14:53Z"));
+        for bad in ["", "2013", "2013-13-01", "2013-02-30", "2013-01-10 25:00", "2013-01-10 4:00 XM", "2013-01-10 +99", "yesterday"] {
             assert_eq!(check(bad), None, "{bad}");
         }
     }
@@ -441,10 +364,7 @@ mod tests {
     fn formats_like_dotnet() {
         let instant = parse("2014-09-05T08:14:53.1234567Z").unwrap();
         assert_eq!(format(instant, "yyyyMMddHHmmss.0Z"), "20140905081453.0Z");
-        assert_eq!(
-            format(instant, "yyyy-MM-dd hh:mm tt"),
-            "2014-09-05 08:14 AM"
-        );
+        assert_eq!(format(instant, "yyyy-MM-dd hh:mm tt"), "2014-09-05 08:14 AM");
         assert_eq!(format(instant, "d/M/yy fff"), "5/9/14 123");
         assert_eq!(format(instant, "'year' yyyy \\d"), "year 2014 d");
     }
@@ -452,14 +372,8 @@ mod tests {
     #[test]
     fn month_arithmetic_clamps_the_day() {
         let instant = parse("2024-01-31").unwrap();
-        assert_eq!(
-            instant.add_months(1).unwrap().to_string(),
-            "2024-02-29T00:00:00Z"
-        );
-        assert_eq!(
-            instant.add_months(-13).unwrap().to_string(),
-            "2022-12-31T00:00:00Z"
-        );
+        assert_eq!(instant.add_months(1).unwrap().to_string(), "2024-02-29T00:00:00Z");
+        assert_eq!(instant.add_months(-13).unwrap().to_string(), "2022-12-31T00:00:00Z");
         assert_eq!(parse("2024-11-25").unwrap().weekday(), 1);
     }
 }

@@ -41,12 +41,7 @@ impl Value {
 
     /// A multi-valued string value.
     pub fn strs(texts: &[&str]) -> Self {
-        Value::Multi(
-            texts
-                .iter()
-                .map(|text| Value::Str(text.to_string()))
-                .collect(),
-        )
+        Value::Multi(texts.iter().map(|text| Value::Str(text.to_string())).collect())
     }
 
     /// True for `Null` and an empty multi-value.

@@ -17,30 +17,18 @@ pub const AD_TO_CLOUD: &str = include_str!("../defaults/ad-to-cloud.toml");
 /// into the cloud connector `cloud`.
 pub fn ad_to_cloud(ad_connectors: &[&str], cloud: &str) -> Result<RuleSet, Vec<RuleError>> {
     for id in ad_connectors.iter().chain([&cloud]) {
-        if id.is_empty()
-            || !id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        {
-            return Err(vec![RuleError {
-                rule: None,
-                message: format!("connector id \"{id}\" must be letters, digits, '.', '_' or '-'"),
-            }]);
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(vec![RuleError { rule: None, message: format!("connector id \"{id}\" must be letters, digits, '.', '_' or '-'") }]);
         }
     }
     if ad_connectors.is_empty() {
-        return Err(vec![RuleError {
-            rule: None,
-            message: "the default rules need at least one AD connector".into(),
-        }]);
+        return Err(vec![RuleError { rule: None, message: "the default rules need at least one AD connector".into() }]);
     }
     let cloud_id = ConnectorId(cloud.to_string());
     let mut ad_rules = Vec::new();
     let mut cloud_rules = Vec::new();
     for (index, connector) in ad_connectors.iter().enumerate() {
-        let text = AD_TO_CLOUD
-            .replace("{connector}", connector)
-            .replace("{cloud}", cloud);
+        let text = AD_TO_CLOUD.replace("{connector}", connector).replace("{cloud}", cloud);
         for mut rule in RuleSet::parse(&text)?.rules {
             if rule.connector == cloud_id {
                 if index == 0 {
@@ -79,20 +67,12 @@ mod tests {
     #[test]
     fn one_forest() {
         let set = ad_to_cloud(&["corp.example.test"], "tenant").unwrap();
-        let join = set
-            .get("In from AD - User Join (corp.example.test)")
-            .unwrap();
+        let join = set.get("In from AD - User Join (corp.example.test)").unwrap();
         assert_eq!(join.precedence, 100);
         assert_eq!(join.link_type, LinkType::Provision);
-        assert_eq!(
-            join.join.len(),
-            2,
-            "consistency GUID first, then objectGUID"
-        );
+        assert_eq!(join.join.len(), 2, "consistency GUID first, then objectGUID");
         assert_eq!(join.join[0][0].source, "mS-DS-ConsistencyGuid");
-        let enabled = set
-            .get("In from AD - User AccountEnabled (corp.example.test)")
-            .unwrap();
+        let enabled = set.get("In from AD - User AccountEnabled (corp.example.test)").unwrap();
         assert!(enabled.password_sync);
         assert_eq!(enabled.precedence, 102);
         let out = set.get("Out to Cloud - User Join").unwrap();
@@ -100,13 +80,7 @@ mod tests {
         assert!(matches!(out.flows[0].source, FlowSource::Expression(_)));
         let cloud_in = set.get("In from Cloud - User Join").unwrap();
         assert!(cloud_in.join[0][0].case_sensitive);
-        assert!(
-            cloud_in.precedence
-                > set
-                    .get("In from AD - Group Common (corp.example.test)")
-                    .unwrap()
-                    .precedence
-        );
+        assert!(cloud_in.precedence > set.get("In from AD - Group Common (corp.example.test)").unwrap().precedence);
     }
 
     #[test]
@@ -115,30 +89,15 @@ mod tests {
         let precedence = |name: &str| set.get(name).map(|rule| rule.precedence);
         assert_eq!(precedence("In from AD - User Join (corp)"), Some(100));
         assert_eq!(precedence("In from AD - User Join (fabrikam)"), Some(101));
-        assert_eq!(
-            precedence("In from AD - InetOrgPerson Join (corp)"),
-            Some(102)
-        );
-        assert_eq!(
-            precedence("In from AD - InetOrgPerson Join (fabrikam)"),
-            Some(103)
-        );
-        assert_eq!(
-            set.rules()
-                .iter()
-                .filter(|rule| rule.name.starts_with("In from Cloud - User Join"))
-                .count(),
-            1
-        );
+        assert_eq!(precedence("In from AD - InetOrgPerson Join (corp)"), Some(102));
+        assert_eq!(precedence("In from AD - InetOrgPerson Join (fabrikam)"), Some(103));
+        assert_eq!(set.rules().iter().filter(|rule| rule.name.starts_with("In from Cloud - User Join")).count(), 1);
     }
 
     #[test]
     fn bad_connector_ids_are_refused() {
         let err = ad_to_cloud(&["corp\"x"], "tenant").unwrap_err();
-        assert_eq!(
-            err[0].message,
-            "connector id \"corp\"x\" must be letters, digits, '.', '_' or '-'"
-        );
+        assert_eq!(err[0].message, "connector id \"corp\"x\" must be letters, digits, '.', '_' or '-'");
         assert!(ad_to_cloud(&[], "tenant").is_err());
     }
 }

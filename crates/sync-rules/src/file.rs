@@ -31,21 +31,11 @@ use std::fmt;
 use model::ConnectorId;
 use serde::Deserialize;
 
-use crate::{
-    Condition, Direction, Flow, FlowSource, JoinCondition, LinkType, MergeType, Operator, Rule,
-    RuleSet,
-};
+use crate::{Condition, Direction, Flow, FlowSource, JoinCondition, LinkType, MergeType, Operator, Rule, RuleSet};
 
 /// Parameters the rules may use (`%Domain.FQDN%` …); connectors supply their values.
-pub const PARAMETERS: &[&str] = &[
-    "Domain.Netbios",
-    "Domain.FQDN",
-    "Domain.LDAP",
-    "Forest.Netbios",
-    "Forest.FQDN",
-    "Forest.LDAP",
-    "Connector.ID",
-];
+pub const PARAMETERS: &[&str] =
+    &["Domain.Netbios", "Domain.FQDN", "Domain.LDAP", "Forest.Netbios", "Forest.FQDN", "Forest.LDAP", "Connector.ID"];
 
 /// A problem in a rule file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,12 +118,8 @@ struct FlowDto {
 impl RuleSet {
     /// Parses and checks a rule file. Disabled rules are left out.
     pub fn parse(text: &str) -> Result<RuleSet, Vec<RuleError>> {
-        let dto: FileDto = toml::from_str(text).map_err(|err| {
-            vec![RuleError {
-                rule: None,
-                message: format!("not a valid rule file: {err}"),
-            }]
-        })?;
+        let dto: FileDto =
+            toml::from_str(text).map_err(|err| vec![RuleError { rule: None, message: format!("not a valid rule file: {err}") }])?;
         let mut errors = Vec::new();
         let mut rules = Vec::new();
         for rule in dto.rule.into_iter().filter(|rule| !rule.disabled) {
@@ -157,10 +143,7 @@ pub(crate) fn finish(mut rules: Vec<Rule>) -> Result<RuleSet, Vec<RuleError>> {
     let mut merges: BTreeMap<(bool, &str, &str), (MergeType, &str)> = BTreeMap::new();
     for rule in &rules {
         if !names.insert(rule.name.as_str()) {
-            errors.push(RuleError {
-                rule: Some(rule.name.clone()),
-                message: "the name is used by another rule".into(),
-            });
+            errors.push(RuleError { rule: Some(rule.name.clone()), message: "the name is used by another rule".into() });
         }
         let inbound = rule.direction == Direction::Inbound;
         if let Some(other) = precedences.insert((inbound, rule.precedence), &rule.name) {
@@ -195,22 +178,13 @@ pub(crate) fn finish(mut rules: Vec<Rule>) -> Result<RuleSet, Vec<RuleError>> {
 }
 
 fn normalise(merge: MergeType) -> MergeType {
-    if merge == MergeType::Replace {
-        MergeType::Update
-    } else {
-        merge
-    }
+    if merge == MergeType::Replace { MergeType::Update } else { merge }
 }
 
 fn convert(dto: RuleDto) -> Result<Rule, Vec<RuleError>> {
     let name = dto.name.trim().to_string();
     let mut errors = Vec::new();
-    let mut problem = |message: String| {
-        errors.push(RuleError {
-            rule: Some(name.clone()),
-            message,
-        })
-    };
+    let mut problem = |message: String| errors.push(RuleError { rule: Some(name.clone()), message });
     if name.is_empty() {
         problem("the name is empty".into());
     }
@@ -227,17 +201,11 @@ fn convert(dto: RuleDto) -> Result<Rule, Vec<RuleError>> {
         "provision" => LinkType::Provision,
         "sticky-join" => LinkType::StickyJoin,
         other => {
-            problem(format!(
-                "link_type \"{other}\" is not join, provision or sticky-join"
-            ));
+            problem(format!("link_type \"{other}\" is not join, provision or sticky-join"));
             LinkType::Join
         }
     };
-    for (field, value) in [
-        ("connector", &dto.connector),
-        ("source_type", &dto.source_type),
-        ("target_type", &dto.target_type),
-    ] {
+    for (field, value) in [("connector", &dto.connector), ("source_type", &dto.source_type), ("target_type", &dto.target_type)] {
         if value.trim().is_empty() {
             problem(format!("{field} is empty"));
         }
@@ -245,54 +213,26 @@ fn convert(dto: RuleDto) -> Result<Rule, Vec<RuleError>> {
     let mut scope = Vec::new();
     for (group_index, group) in dto.scope.into_iter().enumerate() {
         if group.is_empty() {
-            problem(format!(
-                "scope group {} is empty; leave the group out instead",
-                group_index + 1
-            ));
+            problem(format!("scope group {} is empty; leave the group out instead", group_index + 1));
         }
         let mut conditions = Vec::new();
         for condition in group {
             let Some(operator) = Operator::parse(&condition.operator) else {
-                let known = Operator::ALL
-                    .iter()
-                    .map(|(spelling, _)| *spelling)
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                problem(format!(
-                    "scope operator \"{}\" is unknown (known: {known})",
-                    condition.operator
-                ));
+                let known = Operator::ALL.iter().map(|(spelling, _)| *spelling).collect::<Vec<_>>().join(", ");
+                problem(format!("scope operator \"{}\" is unknown (known: {known})", condition.operator));
                 continue;
             };
             let value = condition.value.unwrap_or_default();
-            if operator.takes_value()
-                && value.is_empty()
-                && !matches!(operator, Operator::Equal | Operator::NotEqual)
-            {
-                problem(format!(
-                    "scope clause on {} with {} needs a value",
-                    condition.attribute, condition.operator
-                ));
+            if operator.takes_value() && value.is_empty() && !matches!(operator, Operator::Equal | Operator::NotEqual) {
+                problem(format!("scope clause on {} with {} needs a value", condition.attribute, condition.operator));
             }
             if !operator.takes_value() && !value.is_empty() {
-                problem(format!(
-                    "scope clause on {} with {} takes no value",
-                    condition.attribute, condition.operator
-                ));
+                problem(format!("scope clause on {} with {} takes no value", condition.attribute, condition.operator));
             }
-            if matches!(operator, Operator::IsBitSet | Operator::IsNotBitSet)
-                && value.trim().parse::<i64>().is_err()
-            {
-                problem(format!(
-                    "scope clause on {} with {}: \"{value}\" is not a whole number",
-                    condition.attribute, condition.operator
-                ));
+            if matches!(operator, Operator::IsBitSet | Operator::IsNotBitSet) && value.trim().parse::<i64>().is_err() {
+                problem(format!("scope clause on {} with {}: \"{value}\" is not a whole number", condition.attribute, condition.operator));
             }
-            conditions.push(Condition {
-                attribute: condition.attribute,
-                operator,
-                value,
-            });
+            conditions.push(Condition { attribute: condition.attribute, operator, value });
         }
         scope.push(conditions);
     }
@@ -304,18 +244,11 @@ fn convert(dto: RuleDto) -> Result<Rule, Vec<RuleError>> {
         join.push(
             group
                 .into_iter()
-                .map(|clause| JoinCondition {
-                    source: clause.source,
-                    target: clause.target,
-                    case_sensitive: clause.case_sensitive,
-                })
+                .map(|clause| JoinCondition { source: clause.source, target: clause.target, case_sensitive: clause.case_sensitive })
                 .collect(),
         );
     }
-    let parameters = sync_expr::Schema {
-        attributes: None,
-        parameters: Some(PARAMETERS.iter().map(|name| name.to_string()).collect()),
-    };
+    let parameters = sync_expr::Schema { attributes: None, parameters: Some(PARAMETERS.iter().map(|name| name.to_string()).collect()) };
     let mut flows = Vec::new();
     let mut targets = BTreeSet::new();
     for flow in dto.flow {
@@ -329,19 +262,13 @@ fn convert(dto: RuleDto) -> Result<Rule, Vec<RuleError>> {
                 Ok(checked) => FlowSource::Expression(checked),
                 Err(diagnostics) => {
                     for diagnostic in diagnostics {
-                        problem(format!(
-                            "flow to {}: expression error at {}: {}",
-                            flow.target, diagnostic.at, diagnostic.message
-                        ));
+                        problem(format!("flow to {}: expression error at {}: {}", flow.target, diagnostic.at, diagnostic.message));
                     }
                     continue;
                 }
             },
             _ => {
-                problem(format!(
-                    "flow to {} needs exactly one of direct, constant or expression",
-                    flow.target
-                ));
+                problem(format!("flow to {} needs exactly one of direct, constant or expression", flow.target));
                 continue;
             }
         };
@@ -351,19 +278,11 @@ fn convert(dto: RuleDto) -> Result<Rule, Vec<RuleError>> {
             Some("merge-case-insensitive") => MergeType::MergeCaseInsensitive,
             Some("replace") => MergeType::Replace,
             Some(other) => {
-                problem(format!(
-                    "flow to {}: merge \"{other}\" is not update, merge, merge-case-insensitive or replace",
-                    flow.target
-                ));
+                problem(format!("flow to {}: merge \"{other}\" is not update, merge, merge-case-insensitive or replace", flow.target));
                 MergeType::Update
             }
         };
-        flows.push(Flow {
-            target: flow.target,
-            source,
-            apply_once: flow.apply_once,
-            merge,
-        });
+        flows.push(Flow { target: flow.target, source, apply_once: flow.apply_once, merge });
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -438,64 +357,34 @@ direct = "displayName"
         assert_eq!(join.scope[1][0].operator, Operator::IsNotBitSet);
         assert_eq!(join.join[0][0].target, "sourceAnchorBinary");
         assert!(matches!(join.flows[0].source, FlowSource::Expression(_)));
-        assert_eq!(
-            set.rules()[1].direction,
-            Direction::Outbound,
-            "inbound rules come first"
-        );
+        assert_eq!(set.rules()[1].direction, Direction::Outbound, "inbound rules come first");
     }
 
     #[test]
     fn every_problem_is_reported_with_its_rule() {
         let bad = GOOD
             .replace("NOTEQUAL", "DIFFERS")
-            .replace(
-                "IIF(IsNullOrEmpty([displayName]), [cn], [displayName])",
-                "IIF(IsNullOrEmpty([displayName]), [cn]",
-            )
-            .replace(
-                "link_type = \"provision\"\nprecedence = 100\nscope",
-                "link_type = \"project\"\nprecedence = 100\nscope",
-            );
+            .replace("IIF(IsNullOrEmpty([displayName]), [cn], [displayName])", "IIF(IsNullOrEmpty([displayName]), [cn]")
+            .replace("link_type = \"provision\"\nprecedence = 100\nscope", "link_type = \"project\"\nprecedence = 100\nscope");
         let found = errors(&bad);
         assert_eq!(found.len(), 3, "{found:#?}");
-        assert!(found[0].starts_with(
-            "rule \"In - Join\": link_type \"project\" is not join, provision or sticky-join"
-        ));
-        assert!(found[1].starts_with(
-            "rule \"In - Join\": scope operator \"DIFFERS\" is unknown (known: EQUAL, NOTEQUAL"
-        ));
-        assert_eq!(
-            found[2],
-            "rule \"In - Join\": flow to displayName: expression error at 1:4: the argument list is not closed with `)`"
-        );
+        assert!(found[0].starts_with("rule \"In - Join\": link_type \"project\" is not join, provision or sticky-join"));
+        assert!(found[1].starts_with("rule \"In - Join\": scope operator \"DIFFERS\" is unknown (known: EQUAL, NOTEQUAL"));
+        assert_eq!(found[2], "rule \"In - Join\": flow to displayName: expression error at 1:4: the argument list is not closed with `)`");
     }
 
     #[test]
     fn set_level_checks() {
-        let duplicate = format!(
-            "{GOOD}\n{}",
-            GOOD.split("[[rule]]")
-                .nth(1)
-                .map(|rule| format!("[[rule]]{rule}"))
-                .unwrap()
-        );
+        let duplicate = format!("{GOOD}\n{}", GOOD.split("[[rule]]").nth(1).map(|rule| format!("[[rule]]{rule}")).unwrap());
         let found = errors(&duplicate);
-        assert_eq!(
-            found[0],
-            "rule \"In - Join\": the name is used by another rule"
-        );
-        assert!(
-            found[1].contains("precedence 100 is also used by \"In - Join\""),
-            "{found:?}"
-        );
+        assert_eq!(found[0], "rule \"In - Join\": the name is used by another rule");
+        assert!(found[1].contains("precedence 100 is also used by \"In - Join\""), "{found:?}");
 
-        let merge_clash = GOOD.replace("precedence = 100\n\n[[rule.flow]]\ntarget = \"displayName\"\ndirect", "precedence = 100\n\n[[rule.flow]]\ntarget = \"displayName\"\nmerge = \"merge\"\ndirect");
-        assert_eq!(
-            errors(&merge_clash),
-            Vec::<String>::new(),
-            "different directions do not clash"
+        let merge_clash = GOOD.replace(
+            "precedence = 100\n\n[[rule.flow]]\ntarget = \"displayName\"\ndirect",
+            "precedence = 100\n\n[[rule.flow]]\ntarget = \"displayName\"\nmerge = \"merge\"\ndirect",
         );
+        assert_eq!(errors(&merge_clash), Vec::<String>::new(), "different directions do not clash");
         let two_inbound = format!(
             "{GOOD}\n[[rule]]\nname = \"In - Other\"\ndirection = \"inbound\"\nconnector = \"hr\"\nsource_type = \"person\"\ntarget_type = \"person\"\nlink_type = \"join\"\nprecedence = 50\n[[rule.flow]]\ntarget = \"displayName\"\nmerge = \"merge\"\ndirect = \"name\"\n"
         );
@@ -507,24 +396,16 @@ direct = "displayName"
     #[test]
     fn malformed_toml_and_unknown_fields_are_named() {
         assert!(
-            errors("[[rule]\nname=1")[0]
-                .starts_with("not a valid rule file: TOML parse error at line 1"),
+            errors("[[rule]\nname=1")[0].starts_with("not a valid rule file: TOML parse error at line 1"),
             "{:?}",
             errors("[[rule]\nname=1")
         );
         let unknown = GOOD.replace("precedence = 100\nscope", "precedense = 100\nscope");
-        assert!(
-            errors(&unknown)[0].contains("unknown field `precedense`"),
-            "{:?}",
-            errors(&unknown)
-        );
-        let flow_two_sources =
-            GOOD.replace("constant = \"True\"", "constant = \"True\"\ndirect = \"x\"");
+        assert!(errors(&unknown)[0].contains("unknown field `precedense`"), "{:?}", errors(&unknown));
+        let flow_two_sources = GOOD.replace("constant = \"True\"", "constant = \"True\"\ndirect = \"x\"");
         assert_eq!(
             errors(&flow_two_sources),
-            vec![
-                "rule \"In - Join\": flow to accountEnabled needs exactly one of direct, constant or expression"
-            ]
+            vec!["rule \"In - Join\": flow to accountEnabled needs exactly one of direct, constant or expression"]
         );
         let bad_param = GOOD.replace("[cn], [displayName])", "%Domain.Name%, [displayName])");
         assert!(errors(&bad_param)[0].contains("unknown parameter %Domain.Name%"));
@@ -534,10 +415,7 @@ direct = "displayName"
 
     #[test]
     fn disabled_rules_are_left_out() {
-        let disabled = GOOD.replace(
-            "name = \"Out - Join\"",
-            "name = \"Out - Join\"\ndisabled = true",
-        );
+        let disabled = GOOD.replace("name = \"Out - Join\"", "name = \"Out - Join\"\ndisabled = true");
         assert_eq!(RuleSet::parse(&disabled).unwrap().rules().len(), 1);
     }
 }

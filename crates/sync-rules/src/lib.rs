@@ -39,10 +39,7 @@ pub enum LinkType {
 
 /// A scoping-filter operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(
-    missing_docs,
-    reason = "the names are the operators of the Entra rule editor"
-)]
+#[allow(missing_docs, reason = "the names are the operators of the Entra rule editor")]
 pub enum Operator {
     Equal,
     NotEqual,
@@ -97,10 +94,7 @@ impl Operator {
         if upper == "ISBITNOTSET" {
             return Some(Operator::IsNotBitSet);
         }
-        Operator::ALL
-            .iter()
-            .find(|(name, _)| *name == upper)
-            .map(|(_, operator)| *operator)
+        Operator::ALL.iter().find(|(name, _)| *name == upper).map(|(_, operator)| *operator)
     }
 
     /// Whether the operator compares with a value (all but ISNULL/ISNOTNULL).
@@ -209,14 +203,8 @@ impl RuleSet {
     }
 
     /// The rules for `direction` and `connector`, by precedence.
-    pub fn for_connector<'a>(
-        &'a self,
-        direction: Direction,
-        connector: &'a ConnectorId,
-    ) -> impl Iterator<Item = &'a Rule> + 'a {
-        self.rules
-            .iter()
-            .filter(move |rule| rule.direction == direction && &rule.connector == connector)
+    pub fn for_connector<'a>(&'a self, direction: Direction, connector: &'a ConnectorId) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.rules.iter().filter(move |rule| rule.direction == direction && &rule.connector == connector)
     }
 
     /// A rule by name.

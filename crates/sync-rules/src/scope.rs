@@ -13,55 +13,28 @@ use crate::{Condition, Operator};
 
 /// True when `attributes` is in the scope described by `groups`.
 /// `is_member_of(group_dn)` answers ISMEMBEROF clauses.
-pub fn in_scope(
-    groups: &[Vec<Condition>],
-    attributes: &Attributes,
-    is_member_of: &dyn Fn(&str) -> bool,
-) -> bool {
-    groups.is_empty()
-        || groups.iter().any(|group| {
-            group
-                .iter()
-                .all(|condition| holds(condition, attributes, is_member_of))
-        })
+pub fn in_scope(groups: &[Vec<Condition>], attributes: &Attributes, is_member_of: &dyn Fn(&str) -> bool) -> bool {
+    groups.is_empty() || groups.iter().any(|group| group.iter().all(|condition| holds(condition, attributes, is_member_of)))
 }
 
 /// Whether one clause holds.
-pub fn holds(
-    condition: &Condition,
-    attributes: &Attributes,
-    is_member_of: &dyn Fn(&str) -> bool,
-) -> bool {
+pub fn holds(condition: &Condition, attributes: &Attributes, is_member_of: &dyn Fn(&str) -> bool) -> bool {
     let values = attributes.get(&condition.attribute);
     let wanted = condition.value.as_str();
     let any = |test: &dyn Fn(&AttrValue) -> bool| values.iter().any(test);
     match condition.operator {
         Operator::IsNull => values.is_empty(),
         Operator::IsNotNull => !values.is_empty(),
-        Operator::Equal | Operator::IsIn => {
-            any(&|value| compare(value, wanted) == Some(std::cmp::Ordering::Equal))
+        Operator::Equal | Operator::IsIn => any(&|value| compare(value, wanted) == Some(std::cmp::Ordering::Equal)),
+        Operator::NotEqual | Operator::IsNotIn => !any(&|value| compare(value, wanted) == Some(std::cmp::Ordering::Equal)),
+        Operator::LessThan => any(&|value| compare(value, wanted) == Some(std::cmp::Ordering::Less)),
+        Operator::LessThanOrEqual => {
+            any(&|value| matches!(compare(value, wanted), Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)))
         }
-        Operator::NotEqual | Operator::IsNotIn => {
-            !any(&|value| compare(value, wanted) == Some(std::cmp::Ordering::Equal))
+        Operator::GreaterThan => any(&|value| compare(value, wanted) == Some(std::cmp::Ordering::Greater)),
+        Operator::GreaterThanOrEqual => {
+            any(&|value| matches!(compare(value, wanted), Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)))
         }
-        Operator::LessThan => {
-            any(&|value| compare(value, wanted) == Some(std::cmp::Ordering::Less))
-        }
-        Operator::LessThanOrEqual => any(&|value| {
-            matches!(
-                compare(value, wanted),
-                Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
-            )
-        }),
-        Operator::GreaterThan => {
-            any(&|value| compare(value, wanted) == Some(std::cmp::Ordering::Greater))
-        }
-        Operator::GreaterThanOrEqual => any(&|value| {
-            matches!(
-                compare(value, wanted),
-                Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
-            )
-        }),
         Operator::Contains => any(&|value| folded(value).contains(&wanted.to_lowercase())),
         Operator::NotContains => !any(&|value| folded(value).contains(&wanted.to_lowercase())),
         Operator::StartsWith => any(&|value| folded(value).starts_with(&wanted.to_lowercase())),
@@ -114,11 +87,7 @@ mod tests {
     use super::*;
 
     fn condition(attribute: &str, operator: &str, value: &str) -> Condition {
-        Condition {
-            attribute: attribute.into(),
-            operator: Operator::parse(operator).unwrap(),
-            value: value.into(),
-        }
+        Condition { attribute: attribute.into(), operator: Operator::parse(operator).unwrap(), value: value.into() }
     }
 
     fn user() -> Attributes {
@@ -128,13 +97,7 @@ mod tests {
             .with("isCriticalSystemObject", AttrValue::string("FALSE"))
             .with("adminDescription", AttrValue::string("Group_x"))
             .with("whenCreatedYear", AttrValue::string("2019"));
-        attributes.set(
-            "proxyAddresses",
-            vec![
-                AttrValue::string("SMTP:ann@corp.example"),
-                AttrValue::string("smtp:a@mail.example"),
-            ],
-        );
+        attributes.set("proxyAddresses", vec![AttrValue::string("SMTP:ann@corp.example"), AttrValue::string("smtp:a@mail.example")]);
         attributes
     }
 
@@ -173,11 +136,7 @@ mod tests {
         ];
         for (attribute, operator, value, expected) in cases {
             let clause = condition(attribute, operator, value);
-            assert_eq!(
-                holds(&clause, &user(), &member_of),
-                *expected,
-                "{attribute} {operator} {value}"
-            );
+            assert_eq!(holds(&clause, &user(), &member_of), *expected, "{attribute} {operator} {value}");
         }
     }
 
@@ -186,20 +145,11 @@ mod tests {
         let no_member = |_: &str| false;
         assert!(in_scope(&[], &user(), &no_member));
         let disabled_or_ann = vec![
-            vec![
-                condition("userAccountControl", "ISNOTBITSET", "2"),
-                condition("sAMAccountName", "EQUAL", "ann"),
-            ],
+            vec![condition("userAccountControl", "ISNOTBITSET", "2"), condition("sAMAccountName", "EQUAL", "ann")],
             vec![condition("sAMAccountName", "EQUAL", "ann")],
         ];
-        assert!(
-            in_scope(&disabled_or_ann, &user(), &no_member),
-            "second group holds"
-        );
-        let both_fail = vec![
-            vec![condition("userAccountControl", "ISNOTBITSET", "2")],
-            vec![condition("sAMAccountName", "EQUAL", "x")],
-        ];
+        assert!(in_scope(&disabled_or_ann, &user(), &no_member), "second group holds");
+        let both_fail = vec![vec![condition("userAccountControl", "ISNOTBITSET", "2")], vec![condition("sAMAccountName", "EQUAL", "x")]];
         assert!(!in_scope(&both_fail, &user(), &no_member));
     }
 }

@@ -26,13 +26,7 @@ pub struct GenConfig {
 
 impl Default for GenConfig {
     fn default() -> Self {
-        GenConfig {
-            users: 100,
-            groups: 10,
-            contacts: 10,
-            domains: vec!["corp.example.test".into()],
-            seed: 1,
-        }
+        GenConfig { users: 100, groups: 10, contacts: 10, domains: vec!["corp.example.test".into()], seed: 1 }
     }
 }
 
@@ -97,9 +91,8 @@ pub struct Directory {
 }
 
 const GIVEN: &[&str] = &[
-    "Ada", "Bram", "Chloe", "Dmitri", "Elif", "Farah", "Goran", "Hana", "Ines", "Jonas", "Kofi",
-    "Lena", "Mateo", "Nora", "Oskar", "Priya", "Quentin", "Rosa", "Sven", "Tariq", "Uma", "Viktor",
-    "Wen", "Ximena", "Yusuf", "Zoe", "José", "Åsa", "Björn", "Zoë",
+    "Ada", "Bram", "Chloe", "Dmitri", "Elif", "Farah", "Goran", "Hana", "Ines", "Jonas", "Kofi", "Lena", "Mateo", "Nora", "Oskar", "Priya",
+    "Quentin", "Rosa", "Sven", "Tariq", "Uma", "Viktor", "Wen", "Ximena", "Yusuf", "Zoe", "José", "Åsa", "Björn", "Zoë",
 ];
 const SURNAMES: &[&str] = &[
     "Abara",
@@ -133,63 +126,27 @@ const SURNAMES: &[&str] = &[
     "Núñez",
     "de Vries",
 ];
-const DEPARTMENTS: &[&str] = &[
-    "Sales",
-    "Engineering",
-    "Finance",
-    "Support",
-    "Marketing",
-    "Legal",
-    "Operations",
-    "HR",
-];
-const TITLES: &[&str] = &[
-    "Associate",
-    "Specialist",
-    "Engineer",
-    "Analyst",
-    "Manager",
-    "Director",
-];
+const DEPARTMENTS: &[&str] = &["Sales", "Engineering", "Finance", "Support", "Marketing", "Legal", "Operations", "HR"];
+const TITLES: &[&str] = &["Associate", "Specialist", "Engineer", "Analyst", "Manager", "Director"];
 
 /// Generates a directory; the result depends only on `config`.
 pub fn generate(config: &GenConfig) -> Directory {
     let mut rng = SplitMix64(config.seed);
-    let domains: Vec<&str> = if config.domains.is_empty() {
-        vec!["corp.example.test"]
-    } else {
-        config.domains.iter().map(String::as_str).collect()
-    };
+    let domains: Vec<&str> =
+        if config.domains.is_empty() { vec!["corp.example.test"] } else { config.domains.iter().map(String::as_str).collect() };
     let departments: Vec<String> = DEPARTMENTS.iter().map(|name| name.to_string()).collect();
     let mut people = Vec::with_capacity(config.users);
     for index in 0..config.users {
         let given_name = GIVEN[rng.below(GIVEN.len())].to_string();
         let surname = SURNAMES[rng.below(SURNAMES.len())].to_string();
-        let account = format!(
-            "{}{}{index}",
-            ascii_fold(&given_name, 1),
-            ascii_fold(&surname, 10)
-        )
-        .to_lowercase();
+        let account = format!("{}{}{index}", ascii_fold(&given_name, 1), ascii_fold(&surname, 10)).to_lowercase();
         let domain = domains[index % domains.len()];
         let upn = format!("{account}@{domain}");
-        let mail = format!(
-            "{}.{}{index}@{domain}",
-            ascii_fold(&given_name, 20),
-            ascii_fold(&surname, 20)
-        )
-        .to_lowercase();
-        let proxy_addresses = vec![
-            format!("SMTP:{mail}"),
-            format!("smtp:{account}@mail.{domain}"),
-        ];
+        let mail = format!("{}.{}{index}@{domain}", ascii_fold(&given_name, 20), ascii_fold(&surname, 20)).to_lowercase();
+        let proxy_addresses = vec![format!("SMTP:{mail}"), format!("smtp:{account}@mail.{domain}")];
         // The first person of each department manages its later members; others report upwards.
         let department_index = rng.below(departments.len());
-        let manager = if index < departments.len() {
-            None
-        } else {
-            Some(rng.below(index.min(departments.len() * 4)))
-        };
+        let manager = if index < departments.len() { None } else { Some(rng.below(index.min(departments.len() * 4))) };
         people.push(Person {
             account,
             given_name,
@@ -206,42 +163,18 @@ pub fn generate(config: &GenConfig) -> Directory {
 
     let mut groups = Vec::with_capacity(config.groups);
     if config.groups > 0 {
-        groups.push(Group {
-            name: "All Staff".into(),
-            people: (0..people.len()).collect(),
-            groups: vec![],
-            distribution: true,
-        });
+        groups.push(Group { name: "All Staff".into(), people: (0..people.len()).collect(), groups: vec![], distribution: true });
     }
     for index in 1..config.groups {
         let department = &departments[index % departments.len()];
         let name = format!("{department} Team {index}");
-        let members: Vec<usize> = (0..people.len())
-            .filter(|&person| people[person].department == *department)
-            .collect();
+        let members: Vec<usize> = (0..people.len()).filter(|&person| people[person].department == *department).collect();
         // Thin the members out so groups differ; keep at least one.
-        let keep: Vec<usize> = members
-            .iter()
-            .copied()
-            .filter(|_| rng.below(3) != 0)
-            .collect();
-        let people_members = if keep.is_empty() {
-            members.into_iter().take(1).collect()
-        } else {
-            keep
-        };
+        let keep: Vec<usize> = members.iter().copied().filter(|_| rng.below(3) != 0).collect();
+        let people_members = if keep.is_empty() { members.into_iter().take(1).collect() } else { keep };
         // Nest: every fourth group contains the next one.
-        let nested = if index % 4 == 1 && index + 1 < config.groups {
-            vec![index + 1]
-        } else {
-            vec![]
-        };
-        groups.push(Group {
-            name,
-            people: people_members,
-            groups: nested,
-            distribution: index % 5 == 0,
-        });
+        let nested = if index % 4 == 1 && index + 1 < config.groups { vec![index + 1] } else { vec![] };
+        groups.push(Group { name, people: people_members, groups: nested, distribution: index % 5 == 0 });
     }
 
     let contacts = (0..config.contacts)
@@ -250,22 +183,12 @@ pub fn generate(config: &GenConfig) -> Directory {
             let surname = SURNAMES[rng.below(SURNAMES.len())];
             Contact {
                 name: format!("{given} {surname} (ext {index})"),
-                mail: format!(
-                    "{}.{}{index}@partner.example",
-                    ascii_fold(given, 20),
-                    ascii_fold(surname, 20)
-                )
-                .to_lowercase(),
+                mail: format!("{}.{}{index}@partner.example", ascii_fold(given, 20), ascii_fold(surname, 20)).to_lowercase(),
             }
         })
         .collect();
 
-    Directory {
-        departments,
-        people,
-        groups,
-        contacts,
-    }
+    Directory { departments, people, groups, contacts }
 }
 
 /// Writes the directory as LDIF for Active Directory under `base_dn` (e.g. `DC=corp,DC=example,DC=test`):
@@ -278,13 +201,9 @@ pub fn write_ad_ldif(dir: &Directory, base_dn: &str, out: &mut impl Write) -> io
         writeln!(out, "dn: {ou}\nobjectClass: organizationalUnit\n")?;
     }
     for department in &dir.departments {
-        writeln!(
-            out,
-            "dn: OU={department},{people_ou}\nobjectClass: organizationalUnit\n"
-        )?;
+        writeln!(out, "dn: OU={department},{people_ou}\nobjectClass: organizationalUnit\n")?;
     }
-    let person_dn =
-        |person: &Person| format!("CN={},OU={},{people_ou}", person.account, person.department);
+    let person_dn = |person: &Person| format!("CN={},OU={},{people_ou}", person.account, person.department);
     for person in &dir.people {
         writeln!(out, "dn: {}", person_dn(person))?;
         writeln!(out, "objectClass: user")?;
@@ -292,11 +211,7 @@ pub fn write_ad_ldif(dir: &Directory, base_dn: &str, out: &mut impl Write) -> io
         writeln!(out, "userAccountControl: 514")?;
         ldif_attr(out, "givenName", &person.given_name)?;
         ldif_attr(out, "sn", &person.surname)?;
-        ldif_attr(
-            out,
-            "displayName",
-            &format!("{} {}", person.given_name, person.surname),
-        )?;
+        ldif_attr(out, "displayName", &format!("{} {}", person.given_name, person.surname))?;
         writeln!(out, "userPrincipalName: {}", person.upn)?;
         writeln!(out, "mail: {}", person.mail)?;
         for address in &person.proxy_addresses {
@@ -317,15 +232,7 @@ pub fn write_ad_ldif(dir: &Directory, base_dn: &str, out: &mut impl Write) -> io
         writeln!(out, "objectClass: group")?;
         writeln!(out, "sAMAccountName: {}", group.name.replace(' ', "_"))?;
         // Universal distribution group, or global security group.
-        writeln!(
-            out,
-            "groupType: {}",
-            if group.distribution {
-                "8"
-            } else {
-                "-2147483646"
-            }
-        )?;
+        writeln!(out, "groupType: {}", if group.distribution { "8" } else { "-2147483646" })?;
         for &person in &group.people {
             writeln!(out, "member: {}", person_dn(&dir.people[person]))?;
         }
@@ -351,11 +258,7 @@ pub fn write_openldap_ldif(dir: &Directory, suffix: &str, out: &mut impl Write) 
         writeln!(out, "dn: {}", person_dn(person))?;
         writeln!(out, "objectClass: inetOrgPerson")?;
         writeln!(out, "uid: {}", person.account)?;
-        ldif_attr(
-            out,
-            "cn",
-            &format!("{} {}", person.given_name, person.surname),
-        )?;
+        ldif_attr(out, "cn", &format!("{} {}", person.given_name, person.surname))?;
         ldif_attr(out, "givenName", &person.given_name)?;
         ldif_attr(out, "sn", &person.surname)?;
         writeln!(out, "mail: {}", person.mail)?;
@@ -384,11 +287,7 @@ pub fn write_openldap_ldif(dir: &Directory, suffix: &str, out: &mut impl Write) 
         writeln!(out, "dn: mail={},ou=groups,{suffix}", contact.mail)?;
         writeln!(out, "objectClass: inetOrgPerson")?;
         ldif_attr(out, "cn", &contact.name)?;
-        ldif_attr(
-            out,
-            "sn",
-            contact.name.split(' ').nth(1).unwrap_or("Contact"),
-        )?;
+        ldif_attr(out, "sn", contact.name.split(' ').nth(1).unwrap_or("Contact"))?;
         writeln!(out, "mail: {}\n", contact.mail)?;
     }
     Ok(())
@@ -396,23 +295,16 @@ pub fn write_openldap_ldif(dir: &Directory, suffix: &str, out: &mut impl Write) 
 
 /// Writes `name: value`, base64-encoded (`name:: …`) when the value is not safe LDIF text.
 fn ldif_attr(out: &mut impl Write, name: &str, value: &str) -> io::Result<()> {
-    let safe = value.bytes().all(|byte| (0x20..0x7f).contains(&byte))
-        && !value.starts_with([' ', ':', '<'])
-        && !value.ends_with(' ');
-    if safe {
-        writeln!(out, "{name}: {value}")
-    } else {
-        writeln!(out, "{name}:: {}", base64(value.as_bytes()))
-    }
+    let safe = value.bytes().all(|byte| (0x20..0x7f).contains(&byte)) && !value.starts_with([' ', ':', '<']) && !value.ends_with(' ');
+    if safe { writeln!(out, "{name}: {value}") } else { writeln!(out, "{name}:: {}", base64(value.as_bytes())) }
 }
 
 fn base64(bytes: &[u8]) -> String {
     const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut text = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let triple = u32::from(chunk[0]) << 16
-            | u32::from(chunk.get(1).copied().unwrap_or(0)) << 8
-            | u32::from(chunk.get(2).copied().unwrap_or(0));
+        let triple =
+            u32::from(chunk[0]) << 16 | u32::from(chunk.get(1).copied().unwrap_or(0)) << 8 | u32::from(chunk.get(2).copied().unwrap_or(0));
         for position in 0..4 {
             if position <= chunk.len() {
                 text.push(TABLE[(triple >> (18 - 6 * position) & 0x3f) as usize] as char);
@@ -466,39 +358,17 @@ mod tests {
 
     #[test]
     fn same_seed_same_directory_other_seed_other_directory() {
-        let config = GenConfig {
-            users: 50,
-            groups: 6,
-            contacts: 3,
-            ..GenConfig::default()
-        };
+        let config = GenConfig { users: 50, groups: 6, contacts: 3, ..GenConfig::default() };
         assert_eq!(generate(&config), generate(&config));
-        let other = generate(&GenConfig {
-            seed: 2,
-            ..config.clone()
-        });
+        let other = generate(&GenConfig { seed: 2, ..config.clone() });
         assert_ne!(generate(&config).people, other.people);
     }
 
     #[test]
     fn accounts_are_unique_and_fit_sam_account_name() {
-        let dir = generate(&GenConfig {
-            users: 5000,
-            groups: 0,
-            contacts: 0,
-            ..GenConfig::default()
-        });
-        let mut accounts: Vec<&str> = dir
-            .people
-            .iter()
-            .map(|person| person.account.as_str())
-            .collect();
-        assert!(
-            accounts
-                .iter()
-                .all(|account| account.len() <= 20 && account.is_ascii()),
-            "{accounts:?}"
-        );
+        let dir = generate(&GenConfig { users: 5000, groups: 0, contacts: 0, ..GenConfig::default() });
+        let mut accounts: Vec<&str> = dir.people.iter().map(|person| person.account.as_str()).collect();
+        assert!(accounts.iter().all(|account| account.len() <= 20 && account.is_ascii()), "{accounts:?}");
         accounts.sort_unstable();
         accounts.dedup();
         assert_eq!(accounts.len(), 5000);
@@ -506,36 +376,20 @@ mod tests {
 
     #[test]
     fn groups_nest_forward_and_all_staff_holds_everyone() {
-        let dir = generate(&GenConfig {
-            users: 40,
-            groups: 9,
-            ..GenConfig::default()
-        });
+        let dir = generate(&GenConfig { users: 40, groups: 9, ..GenConfig::default() });
         assert_eq!(dir.groups[0].people.len(), 40);
         assert!(dir.groups.iter().any(|group| !group.groups.is_empty()));
         for (index, group) in dir.groups.iter().enumerate() {
-            assert!(
-                group.groups.iter().all(|&nested| nested > index),
-                "group {index} nests backwards"
-            );
+            assert!(group.groups.iter().all(|&nested| nested > index), "group {index} nests backwards");
             assert!(!group.people.is_empty());
         }
-        assert!(
-            dir.people
-                .iter()
-                .enumerate()
-                .all(|(index, person)| person.manager.is_none_or(|m| m != index))
-        );
+        assert!(dir.people.iter().enumerate().all(|(index, person)| person.manager.is_none_or(|m| m != index)));
     }
 
     #[test]
     fn people_spread_over_domains() {
         let domains = vec!["a.example".to_string(), "b.example".to_string()];
-        let dir = generate(&GenConfig {
-            users: 10,
-            domains,
-            ..GenConfig::default()
-        });
+        let dir = generate(&GenConfig { users: 10, domains, ..GenConfig::default() });
         assert!(dir.people[0].upn.ends_with("@a.example"));
         assert!(dir.people[1].upn.ends_with("@b.example"));
         assert!(dir.people[1].proxy_addresses[0].starts_with("SMTP:"));
@@ -547,20 +401,12 @@ mod tests {
         ldif_attr(&mut out, "sn", "Müller").unwrap();
         ldif_attr(&mut out, "sn", "Plain").unwrap();
         ldif_attr(&mut out, "sn", " leading").unwrap();
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "sn:: TcO8bGxlcg==\nsn: Plain\nsn:: IGxlYWRpbmc=\n"
-        );
+        assert_eq!(String::from_utf8(out).unwrap(), "sn:: TcO8bGxlcg==\nsn: Plain\nsn:: IGxlYWRpbmc=\n");
     }
 
     #[test]
     fn ldif_has_one_entry_per_object() {
-        let dir = generate(&GenConfig {
-            users: 20,
-            groups: 5,
-            contacts: 4,
-            ..GenConfig::default()
-        });
+        let dir = generate(&GenConfig { users: 20, groups: 5, contacts: 4, ..GenConfig::default() });
         let mut ad = Vec::new();
         write_ad_ldif(&dir, "DC=corp,DC=example,DC=test", &mut ad).unwrap();
         let ad = String::from_utf8(ad).unwrap();
@@ -569,9 +415,6 @@ mod tests {
         let mut ol = Vec::new();
         write_openldap_ldif(&dir, "dc=example,dc=test", &mut ol).unwrap();
         let ol = String::from_utf8(ol).unwrap();
-        assert_eq!(
-            ol.lines().filter(|line| line.starts_with("dn: ")).count(),
-            20 + 5 + 4
-        );
+        assert_eq!(ol.lines().filter(|line| line.starts_with("dn: ")).count(), 20 + 5 + 4);
     }
 }

@@ -112,10 +112,7 @@ pub fn available<T>(started: Result<T>) -> Option<T> {
     }
 }
 
-pub(crate) fn io_err(
-    what: &'static str,
-    path: impl Into<PathBuf>,
-) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io_err(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
     move |source| Error::Io { what, path, source }
 }
@@ -124,7 +121,5 @@ pub(crate) fn io_err(
 ///
 /// `ISTHMUS_TESTKIT_DIR` overrides it; the default is `$TMPDIR/isthmus-testkit`.
 pub fn shared_dir() -> PathBuf {
-    std::env::var_os("ISTHMUS_TESTKIT_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("isthmus-testkit"))
+    std::env::var_os("ISTHMUS_TESTKIT_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("isthmus-testkit"))
 }

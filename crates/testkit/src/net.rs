@@ -26,27 +26,17 @@ impl LoopbackAddr {
         for last in 10..=250u8 {
             let ip = Ipv4Addr::new(127, 0, 0, last);
             let path = dir.join(format!("{ip}.lock"));
-            let lock = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(io_err("open address lock", &path))?;
+            let lock =
+                OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err("open address lock", &path))?;
             if lock.try_lock().is_err() {
                 continue;
             }
             // Something outside our locks (a leftover server) may still hold the LDAP port.
-            if TcpListener::bind((ip, 0)).is_err()
-                || std::net::TcpStream::connect((ip, 389)).is_ok()
-            {
+            if TcpListener::bind((ip, 0)).is_err() || std::net::TcpStream::connect((ip, 389)).is_ok() {
                 continue;
             }
             let added_to_lo = ensure_on_lo(ip)?;
-            return Ok(LoopbackAddr {
-                ip,
-                _lock: lock,
-                added_to_lo,
-            });
+            return Ok(LoopbackAddr { ip, _lock: lock, added_to_lo });
         }
         Err(Error::NoAddress("all of 127.0.0.10-250 are taken".into()))
     }
@@ -60,9 +50,7 @@ impl LoopbackAddr {
 impl Drop for LoopbackAddr {
     fn drop(&mut self) {
         if self.added_to_lo {
-            let _ = Command::new("ip")
-                .args(["addr", "del", &format!("{}/32", self.ip), "dev", "lo"])
-                .output();
+            let _ = Command::new("ip").args(["addr", "del", &format!("{}/32", self.ip), "dev", "lo"]).output();
         }
     }
 }
@@ -73,13 +61,7 @@ fn ensure_on_lo(ip: Ipv4Addr) -> Result<bool> {
     if shown.contains(&format!("inet {ip}/")) {
         return Ok(false);
     }
-    match crate::process::run(Command::new("ip").args([
-        "addr",
-        "add",
-        &format!("{ip}/32"),
-        "dev",
-        "lo",
-    ])) {
+    match crate::process::run(Command::new("ip").args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])) {
         Ok(_) => Ok(true),
         // Another process added it between our look and our add.
         Err(Error::CommandFailed { output, .. }) if output.contains("File exists") => Ok(false),
@@ -89,16 +71,11 @@ fn ensure_on_lo(ip: Ipv4Addr) -> Result<bool> {
 
 /// A TCP port on `ip` that was free a moment ago (bind to port 0, read, release).
 pub(crate) fn free_port(ip: Ipv4Addr) -> Result<u16> {
-    let listener = TcpListener::bind((ip, 0))
-        .map_err(|err| Error::NoAddress(format!("bind {ip}:0: {err}")))?;
-    listener
-        .local_addr()
-        .map(|addr| addr.port())
-        .map_err(|err| Error::NoAddress(err.to_string()))
+    let listener = TcpListener::bind((ip, 0)).map_err(|err| Error::NoAddress(format!("bind {ip}:0: {err}")))?;
+    listener.local_addr().map(|addr| addr.port()).map_err(|err| Error::NoAddress(err.to_string()))
 }
 
 /// True when something accepts TCP connections on `ip:port`.
 pub(crate) fn answers(ip: Ipv4Addr, port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(&(ip, port).into(), std::time::Duration::from_millis(200))
-        .is_ok()
+    std::net::TcpStream::connect_timeout(&(ip, port).into(), std::time::Duration::from_millis(200)).is_ok()
 }

@@ -40,33 +40,15 @@ impl Postgres {
             return Ok(Postgres { url, private: None });
         }
         let bin = bin_dir()?;
-        let dir = tempfile::Builder::new()
-            .prefix("isthmus-pg-")
-            .tempdir()
-            .map_err(io_err("create PostgreSQL folder", std::env::temp_dir()))?;
-        let owner = if running_as_root() {
-            Some(system_user("postgres")?)
-        } else {
-            None
-        };
+        let dir =
+            tempfile::Builder::new().prefix("isthmus-pg-").tempdir().map_err(io_err("create PostgreSQL folder", std::env::temp_dir()))?;
+        let owner = if running_as_root() { Some(system_user("postgres")?) } else { None };
         if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
-                .map_err(io_err("chown", dir.path()))?;
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(io_err("chown", dir.path()))?;
         }
         let data = dir.path().join("data");
         let mut initdb = Command::new(bin.join("initdb"));
-        initdb
-            .args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-                "-D",
-            ])
-            .arg(&data);
+        initdb.args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync", "-D"]).arg(&data);
         as_user(&mut initdb, owner);
         run(&mut initdb)?;
 
@@ -75,42 +57,23 @@ impl Postgres {
         for _ in 0..3 {
             let port = free_port(ip)?;
             let mut command = Command::new(bin.join("postgres"));
-            command
-                .arg("-D")
-                .arg(&data)
-                .arg("-k")
-                .arg(dir.path())
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "-F",
-                    "-c",
-                    "max_connections=200",
-                ]);
+            command.arg("-D").arg(&data).arg("-k").arg(dir.path()).args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-F",
+                "-c",
+                "max_connections=200",
+            ]);
             as_user(&mut command, owner);
             // SIGINT is PostgreSQL's "fast" shutdown: it does not wait for clients to leave.
-            let mut process =
-                ServerProcess::spawn("postgres", command, &dir.path().join("postgres.out"))?
-                    .with_stop_signal("INT");
+            let mut process = ServerProcess::spawn("postgres", command, &dir.path().join("postgres.out"))?.with_stop_signal("INT");
             match process.wait_until(Duration::from_secs(30), || answers(ip, port)) {
                 Ok(ready_after) => {
-                    tracing::info!(
-                        port,
-                        pid = process.pid(),
-                        ms = ready_after.as_millis() as u64,
-                        "PostgreSQL ready"
-                    );
+                    tracing::info!(port, pid = process.pid(), ms = ready_after.as_millis() as u64, "PostgreSQL ready");
                     let url = format!("postgresql://postgres@127.0.0.1:{port}/postgres");
-                    return Ok(Postgres {
-                        url,
-                        private: Some(PrivateCluster {
-                            process,
-                            _dir: dir,
-                            ready_after,
-                        }),
-                    });
+                    return Ok(Postgres { url, private: Some(PrivateCluster { process, _dir: dir, ready_after }) });
                 }
                 Err(err) => last_err = Some(err),
             }
@@ -149,19 +112,11 @@ fn bin_dir() -> Result<PathBuf> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|entry| {
-            entry
-                .file_name()
-                .to_str()
-                .and_then(|name| name.parse::<u32>().ok())
-        })
+        .filter_map(|entry| entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()))
         .max();
     match newest {
         Some(version) => Ok(PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"))),
-        None => Err(Error::MissingProgram {
-            program: "postgres".into(),
-            hint: "apt-get install postgresql",
-        }),
+        None => Err(Error::MissingProgram { program: "postgres".into(), hint: "apt-get install postgresql" }),
     }
 }
 
@@ -178,8 +133,5 @@ fn system_user(name: &str) -> Result<(u32, u32)> {
         .map(|line| line.split(':').collect::<Vec<_>>())
         .find(|fields| fields.first() == Some(&name))
         .and_then(|fields| Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?)))
-        .ok_or(Error::MissingProgram {
-            program: format!("system user {name}"),
-            hint: "apt-get install postgresql",
-        })
+        .ok_or(Error::MissingProgram { program: format!("system user {name}"), hint: "apt-get install postgresql" })
 }

@@ -24,28 +24,17 @@ impl ServerProcess {
     /// Starts `command` with stdout and stderr going to `log_path`.
     pub(crate) fn spawn(name: &'static str, mut command: Command, log_path: &Path) -> Result<Self> {
         let log = File::create(log_path).map_err(io_err("create server log", log_path))?;
-        let log_err = log
-            .try_clone()
-            .map_err(io_err("clone server log", log_path))?;
+        let log_err = log.try_clone().map_err(io_err("clone server log", log_path))?;
         command.stdin(Stdio::null()).stdout(log).stderr(log_err);
         let child = command.spawn().map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => Error::MissingProgram {
                 program: format!("{:?}", command.get_program()),
                 hint: "run scripts/test-all, which installs the test servers",
             },
-            _ => Error::Io {
-                what: "start server",
-                path: log_path.to_path_buf(),
-                source,
-            },
+            _ => Error::Io { what: "start server", path: log_path.to_path_buf(), source },
         })?;
         tracing::debug!(server = name, pid = child.id(), "started");
-        Ok(ServerProcess {
-            name,
-            child,
-            log_path: log_path.to_path_buf(),
-            stop_signal: "TERM",
-        })
+        Ok(ServerProcess { name, child, log_path: log_path.to_path_buf(), stop_signal: "TERM" })
     }
 
     /// Uses `signal` (a `kill -s` name such as `INT`) instead of SIGTERM to ask the server to stop.
@@ -68,25 +57,15 @@ impl ServerProcess {
     pub(crate) fn check_alive(&mut self) -> Result<()> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(Error::NotReady {
-                server: self.name,
-                seconds: 0,
-                log: format!("process exited with {status}\n{}", self.log()),
-            }),
-            Err(source) => Err(Error::Io {
-                what: "wait for server",
-                path: self.log_path.clone(),
-                source,
-            }),
+            Ok(Some(status)) => {
+                Err(Error::NotReady { server: self.name, seconds: 0, log: format!("process exited with {status}\n{}", self.log()) })
+            }
+            Err(source) => Err(Error::Io { what: "wait for server", path: self.log_path.clone(), source }),
         }
     }
 
     /// Polls `ready` until it returns true, the process dies, or `timeout` passes.
-    pub(crate) fn wait_until(
-        &mut self,
-        timeout: Duration,
-        mut ready: impl FnMut() -> bool,
-    ) -> Result<Duration> {
+    pub(crate) fn wait_until(&mut self, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<Duration> {
         let started = Instant::now();
         loop {
             self.check_alive()?;
@@ -94,11 +73,7 @@ impl ServerProcess {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > timeout {
-                return Err(Error::NotReady {
-                    server: self.name,
-                    seconds: timeout.as_secs(),
-                    log: self.log(),
-                });
+                return Err(Error::NotReady { server: self.name, seconds: timeout.as_secs(), log: self.log() });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -109,10 +84,7 @@ impl ServerProcess {
             return;
         }
         let pid = self.child.id().to_string();
-        let _ = Command::new("kill")
-            .args(["-s", self.stop_signal, &pid])
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("kill").args(["-s", self.stop_signal, &pid]).stderr(Stdio::null()).status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -136,33 +108,18 @@ impl Drop for ServerProcess {
 /// Runs a setup command to completion; its output goes into the error when it fails.
 pub(crate) fn run(command: &mut Command) -> Result<String> {
     let rendered = format!("{command:?}");
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => Error::MissingProgram {
-                program: format!("{:?}", command.get_program()),
-                hint: "run scripts/test-all, which installs the test servers",
-            },
-            _ => Error::Io {
-                what: "run setup command",
-                path: PathBuf::from(format!("{:?}", command.get_program())),
-                source,
-            },
-        })?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = command.stdin(Stdio::null()).output().map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => Error::MissingProgram {
+            program: format!("{:?}", command.get_program()),
+            hint: "run scripts/test-all, which installs the test servers",
+        },
+        _ => Error::Io { what: "run setup command", path: PathBuf::from(format!("{:?}", command.get_program())), source },
+    })?;
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     if output.status.success() {
         Ok(text)
     } else {
-        Err(Error::CommandFailed {
-            command: rendered,
-            status: output.status.to_string(),
-            output: tail(&text),
-        })
+        Err(Error::CommandFailed { command: rendered, status: output.status.to_string(), output: tail(&text) })
     }
 }
 

@@ -45,21 +45,12 @@ impl Default for SambaConfig {
 impl SambaConfig {
     /// A forest with the kit's standard Administrator password.
     pub fn forest(realm: &str, domain: &str) -> Self {
-        SambaConfig {
-            realm: realm.to_ascii_uppercase(),
-            domain: domain.to_ascii_uppercase(),
-            admin_password: "Adm1n!Pass.Test".into(),
-        }
+        SambaConfig { realm: realm.to_ascii_uppercase(), domain: domain.to_ascii_uppercase(), admin_password: "Adm1n!Pass.Test".into() }
     }
 
     /// The domain's base DN, e.g. `DC=corp,DC=example,DC=test`.
     pub fn base_dn(&self) -> String {
-        self.realm
-            .to_ascii_lowercase()
-            .split('.')
-            .map(|label| format!("DC={label}"))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.realm.to_ascii_lowercase().split('.').map(|label| format!("DC={label}")).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -75,23 +66,15 @@ impl SambaTemplate {
     pub fn shared(config: &SambaConfig) -> Result<Self> {
         let root = crate::shared_dir().join("samba");
         std::fs::create_dir_all(&root).map_err(io_err("create template folder", &root))?;
-        let name = format!(
-            "{}-{}-v{TEMPLATE_FORMAT}",
-            config.realm.to_ascii_lowercase(),
-            samba_version()?
-        );
+        let name = format!("{}-{}-v{TEMPLATE_FORMAT}", config.realm.to_ascii_lowercase(), samba_version()?);
         let dir = root.join(&name);
         let lock_path = root.join(format!("{name}.lock"));
-        let lock = std::fs::File::create(&lock_path)
-            .map_err(io_err("create template lock", &lock_path))?;
+        let lock = std::fs::File::create(&lock_path).map_err(io_err("create template lock", &lock_path))?;
         lock.lock().map_err(io_err("lock template", &lock_path))?;
         if !dir.join("provisioned").exists() {
             Self::provision_into(&dir, config)?;
         }
-        Ok(SambaTemplate {
-            dir,
-            config: config.clone(),
-        })
+        Ok(SambaTemplate { dir, config: config.clone() })
     }
 
     /// Provisions a fresh domain into `dir` (removed first if present).
@@ -117,31 +100,21 @@ impl SambaTemplate {
             &format!("--option=log file={}/log.%m", dir.display()),
         ]))?;
         let marker = dir.join("provisioned");
-        std::fs::write(&marker, format!("{} ms\n", started.elapsed().as_millis()))
-            .map_err(io_err("mark template", &marker))?;
+        std::fs::write(&marker, format!("{} ms\n", started.elapsed().as_millis())).map_err(io_err("mark template", &marker))?;
         tracing::info!(realm = %config.realm, ms = started.elapsed().as_millis() as u64, "provisioned Samba template");
-        Ok(SambaTemplate {
-            dir: dir.to_path_buf(),
-            config: config.clone(),
-        })
+        Ok(SambaTemplate { dir: dir.to_path_buf(), config: config.clone() })
     }
 
     /// An existing template folder, e.g. one that `cargo xtask gen-directory` bulk-loaded.
     pub fn at(dir: &Path, config: SambaConfig) -> Self {
-        SambaTemplate {
-            dir: dir.to_path_buf(),
-            config,
-        }
+        SambaTemplate { dir: dir.to_path_buf(), config }
     }
 
     /// A copy of this template in `dir` (which must not exist yet), to bulk-load without
     /// touching the shared one.
     pub fn copy_to(&self, dir: &Path) -> Result<SambaTemplate> {
         run(Command::new("cp").arg("-a").arg(&self.dir).arg(dir))?;
-        Ok(SambaTemplate {
-            dir: dir.to_path_buf(),
-            config: self.config.clone(),
-        })
+        Ok(SambaTemplate { dir: dir.to_path_buf(), config: self.config.clone() })
     }
 
     /// Adds the entries of an LDIF file offline (`ldbadd` on `sam.ldb`), before any DC starts from it.
@@ -150,10 +123,7 @@ impl SambaTemplate {
     /// 4,000 users (8.7 s against 30 s). The whole file is still one transaction.
     pub fn load_ldif(&self, ldif: &Path) -> Result<()> {
         let sam = self.dir.join("private").join("sam.ldb");
-        run(Command::new("ldbadd")
-            .args(["-o", "batch_mode", "-H"])
-            .arg(&sam)
-            .arg(ldif))?;
+        run(Command::new("ldbadd").args(["-o", "batch_mode", "-H"]).arg(&sam).arg(ldif))?;
         Ok(())
     }
 
@@ -190,45 +160,24 @@ impl SambaDc {
     /// A DC copied from `template`.
     pub fn start_from(template: &SambaTemplate) -> Result<Self> {
         let addr = LoopbackAddr::reserve()?;
-        let dir = tempfile::Builder::new()
-            .prefix("isthmus-samba-")
-            .tempdir()
-            .map_err(io_err("create DC folder", std::env::temp_dir()))?;
+        let dir = tempfile::Builder::new().prefix("isthmus-samba-").tempdir().map_err(io_err("create DC folder", std::env::temp_dir()))?;
         let root = dir.path();
-        run(Command::new("cp")
-            .arg("-a")
-            .arg(template.dir.join("."))
-            .arg(root))?;
+        run(Command::new("cp").arg("-a").arg(template.dir.join(".")).arg(root))?;
         let config = template.config.clone();
         let dns_name = format!("dc1.{}", config.realm.to_ascii_lowercase());
         let tls = issue_server_cert(&root.join("tls"), &dns_name, addr.ip())?;
         let smb_conf = root.join("etc").join("smb.conf");
-        std::fs::write(&smb_conf, smb_conf_text(root, &config, addr.ip(), &tls))
-            .map_err(io_err("write smb.conf", &smb_conf))?;
+        std::fs::write(&smb_conf, smb_conf_text(root, &config, addr.ip(), &tls)).map_err(io_err("write smb.conf", &smb_conf))?;
 
         let mut command = Command::new("samba");
-        command
-            .arg("-i")
-            .arg("-M")
-            .arg("single")
-            .arg("-s")
-            .arg(&smb_conf);
+        command.arg("-i").arg("-M").arg("single").arg("-s").arg(&smb_conf);
         let mut process = ServerProcess::spawn("samba", command, &root.join("samba.out"))?;
         let ip = addr.ip();
         let ready_after = process
-            .wait_until(Duration::from_secs(60), || {
-                answers(ip, 389) && answers(ip, 636)
-            })
+            .wait_until(Duration::from_secs(60), || answers(ip, 389) && answers(ip, 636))
             .map_err(|err| with_samba_log(err, root))?;
         tracing::info!(%ip, pid = process.pid(), ms = ready_after.as_millis() as u64, "Samba DC ready");
-        Ok(SambaDc {
-            process,
-            addr,
-            dir,
-            config,
-            tls,
-            ready_after,
-        })
+        Ok(SambaDc { process, addr, dir, config, tls, ready_after })
     }
 
     /// The DC's loopback address.
@@ -275,12 +224,8 @@ impl SambaDc {
     /// An LDAPS connection bound as Administrator, with seeding helpers.
     pub async fn admin(&self) -> Result<AdAdmin> {
         let mut conn = self.connect_ldaps().await?;
-        conn.bind(&self.admin_dn(), &self.config.admin_password)
-            .await?;
-        Ok(AdAdmin {
-            conn,
-            base_dn: self.base_dn(),
-        })
+        conn.bind(&self.admin_dn(), &self.config.admin_password).await?;
+        Ok(AdAdmin { conn, base_dn: self.base_dn() })
     }
 
     /// An unbound LDAPS connection that trusts the DC's CA.
@@ -297,12 +242,7 @@ impl SambaDc {
     }
 }
 
-fn smb_conf_text(
-    root: &Path,
-    config: &SambaConfig,
-    ip: std::net::Ipv4Addr,
-    tls: &TlsFiles,
-) -> String {
+fn smb_conf_text(root: &Path, config: &SambaConfig, ip: std::net::Ipv4Addr, tls: &TlsFiles) -> String {
     let root = root.display();
     format!(
         "[global]\n\
@@ -340,17 +280,9 @@ fn smb_conf_text(
 
 fn with_samba_log(err: Error, root: &Path) -> Error {
     match err {
-        Error::NotReady {
-            server,
-            seconds,
-            log,
-        } => {
+        Error::NotReady { server, seconds, log } => {
             let samba_log = crate::process::tail_of_file(&root.join("log.samba"));
-            Error::NotReady {
-                server,
-                seconds,
-                log: format!("{log}\n--- log.samba ---\n{samba_log}"),
-            }
+            Error::NotReady { server, seconds, log: format!("{log}\n--- log.samba ---\n{samba_log}") }
         }
         other => other,
     }
@@ -358,10 +290,7 @@ fn with_samba_log(err: Error, root: &Path) -> Error {
 
 fn samba_version() -> Result<String> {
     let out = run(Command::new("samba").arg("--version"))?;
-    Ok(out
-        .trim()
-        .trim_start_matches("Version ")
-        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "_"))
+    Ok(out.trim().trim_start_matches("Version ").replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "_"))
 }
 
 /// `userAccountControl` bits used by the helpers.
@@ -419,10 +348,7 @@ pub struct AdAdmin {
 
 /// `unicodePwd` value: the password in double quotes, UTF-16LE.
 pub fn unicode_pwd(password: &str) -> Vec<u8> {
-    format!("\"{password}\"")
-        .encode_utf16()
-        .flat_map(|unit| unit.to_le_bytes())
-        .collect()
+    format!("\"{password}\"").encode_utf16().flat_map(|unit| unit.to_le_bytes()).collect()
 }
 
 impl AdAdmin {
@@ -434,29 +360,15 @@ impl AdAdmin {
     /// Creates `OU=<name>` under `parent_dn` (the domain root when `None`); returns its DN.
     pub async fn create_ou(&mut self, name: &str, parent_dn: Option<&str>) -> Result<String> {
         let dn = format!("OU={name},{}", parent_dn.unwrap_or(&self.base_dn));
-        self.conn
-            .add(
-                &dn,
-                vec![
-                    attr("objectClass", &["organizationalUnit"]),
-                    attr("ou", &[name]),
-                ],
-            )
-            .await?;
+        self.conn.add(&dn, vec![attr("objectClass", &["organizationalUnit"]), attr("ou", &[name])]).await?;
         Ok(dn)
     }
 
     /// Creates a user; returns its DN.
     pub async fn create_user(&mut self, user: &AdUser) -> Result<String> {
-        let parent = user
-            .parent_dn
-            .clone()
-            .unwrap_or_else(|| format!("CN=Users,{}", self.base_dn));
+        let parent = user.parent_dn.clone().unwrap_or_else(|| format!("CN=Users,{}", self.base_dn));
         let dn = format!("CN={},{parent}", user.sam);
-        let mut attrs = vec![
-            attr("objectClass", &["user"]),
-            attr("sAMAccountName", &[&user.sam]),
-        ];
+        let mut attrs = vec![attr("objectClass", &["user"]), attr("sAMAccountName", &[&user.sam])];
         for (name, value) in [
             ("givenName", &user.given_name),
             ("sn", &user.surname),
@@ -481,15 +393,8 @@ impl AdAdmin {
     }
 
     /// Creates a global security group with `members` (DNs; groups nest); returns its DN.
-    pub async fn create_group(
-        &mut self,
-        name: &str,
-        parent_dn: Option<&str>,
-        members: &[&str],
-    ) -> Result<String> {
-        let parent = parent_dn
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("CN=Users,{}", self.base_dn));
+    pub async fn create_group(&mut self, name: &str, parent_dn: Option<&str>, members: &[&str]) -> Result<String> {
+        let parent = parent_dn.map(str::to_string).unwrap_or_else(|| format!("CN=Users,{}", self.base_dn));
         let dn = format!("CN={name},{parent}");
         let mut attrs = vec![
             attr("objectClass", &["group"]),
@@ -507,54 +412,26 @@ impl AdAdmin {
     /// Adds members to a group.
     pub async fn add_members(&mut self, group_dn: &str, members: &[&str]) -> Result<()> {
         let values = members.iter().map(|dn| dn.as_bytes().to_vec()).collect();
-        self.conn
-            .modify(group_dn, vec![Mod::Add(b"member".to_vec(), values)])
-            .await
+        self.conn.modify(group_dn, vec![Mod::Add(b"member".to_vec(), values)]).await
     }
 
     /// Removes members from a group.
     pub async fn remove_members(&mut self, group_dn: &str, members: &[&str]) -> Result<()> {
         let values = members.iter().map(|dn| dn.as_bytes().to_vec()).collect();
-        self.conn
-            .modify(group_dn, vec![Mod::Delete(b"member".to_vec(), values)])
-            .await
+        self.conn.modify(group_dn, vec![Mod::Delete(b"member".to_vec(), values)]).await
     }
 
     /// Creates a mail contact; returns its DN.
-    pub async fn create_contact(
-        &mut self,
-        cn: &str,
-        parent_dn: Option<&str>,
-        mail: &str,
-    ) -> Result<String> {
-        let parent = parent_dn
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("CN=Users,{}", self.base_dn));
+    pub async fn create_contact(&mut self, cn: &str, parent_dn: Option<&str>, mail: &str) -> Result<String> {
+        let parent = parent_dn.map(str::to_string).unwrap_or_else(|| format!("CN=Users,{}", self.base_dn));
         let dn = format!("CN={cn},{parent}");
-        self.conn
-            .add(
-                &dn,
-                vec![
-                    attr("objectClass", &["contact"]),
-                    attr("mail", &[mail]),
-                    attr("displayName", &[cn]),
-                ],
-            )
-            .await?;
+        self.conn.add(&dn, vec![attr("objectClass", &["contact"]), attr("mail", &[mail]), attr("displayName", &[cn])]).await?;
         Ok(dn)
     }
 
     /// Sets a user's password (an administrative reset).
     pub async fn set_password(&mut self, dn: &str, password: &str) -> Result<()> {
-        self.conn
-            .modify(
-                dn,
-                vec![Mod::Replace(
-                    b"unicodePwd".to_vec(),
-                    [unicode_pwd(password)].into(),
-                )],
-            )
-            .await
+        self.conn.modify(dn, vec![Mod::Replace(b"unicodePwd".to_vec(), [unicode_pwd(password)].into())]).await
     }
 
     /// Sets the ACCOUNTDISABLE bit.
@@ -572,9 +449,7 @@ impl AdAdmin {
     /// Sets `accountExpires` to a moment in the past (1 January 2000).
     pub async fn expire(&mut self, dn: &str) -> Result<()> {
         // FILETIME of 2000-01-01T00:00:00Z.
-        self.conn
-            .replace(dn, "accountExpires", &["125911584000000000"])
-            .await
+        self.conn.replace(dn, "accountExpires", &["125911584000000000"]).await
     }
 
     /// Sets `pwdLastSet` to 0: the user must change the password at next logon.
@@ -586,53 +461,33 @@ impl AdAdmin {
     /// password until AD locks it (`lockoutTime` set).
     pub async fn lock_out(&mut self, dn: &str, ldaps_url: &str, ca_pem: &Path) -> Result<()> {
         let base_dn = self.base_dn.clone();
-        self.conn
-            .replace(&base_dn, "lockoutThreshold", &["3"])
-            .await?;
+        self.conn.replace(&base_dn, "lockoutThreshold", &["3"]).await?;
         for _ in 0..4 {
             let mut conn = Connection::connect(ldaps_url, Some(ca_pem), false).await?;
             let _wrong = conn.bind(dn, "not-the-password-0!").await;
         }
-        let entries = self
-            .conn
-            .search(dn, Scope::Base, "(objectClass=*)", &["lockoutTime"])
-            .await?;
+        let entries = self.conn.search(dn, Scope::Base, "(objectClass=*)", &["lockoutTime"]).await?;
         let locked = entries
             .first()
             .and_then(|entry| entry.attrs.get("lockoutTime"))
             .and_then(|values| values.first())
             .is_some_and(|value| value != "0");
-        if locked {
-            Ok(())
-        } else {
-            Err(Error::Ldap {
-                operation: format!("lock out {dn}"),
-                message: "lockoutTime was not set".into(),
-            })
-        }
+        if locked { Ok(()) } else { Err(Error::Ldap { operation: format!("lock out {dn}"), message: "lockoutTime was not set".into() }) }
     }
 
     /// Reads `userAccountControl`.
     pub async fn user_account_control(&mut self, dn: &str) -> Result<u32> {
-        let entries = self
-            .conn
-            .search(dn, Scope::Base, "(objectClass=*)", &["userAccountControl"])
-            .await?;
+        let entries = self.conn.search(dn, Scope::Base, "(objectClass=*)", &["userAccountControl"]).await?;
         entries
             .first()
             .and_then(|entry| entry.attrs.get("userAccountControl"))
             .and_then(|values| values.first())
             .and_then(|value| value.parse::<i64>().ok())
             .map(|value| value as u32)
-            .ok_or_else(|| Error::Ldap {
-                operation: format!("read userAccountControl of {dn}"),
-                message: "missing".into(),
-            })
+            .ok_or_else(|| Error::Ldap { operation: format!("read userAccountControl of {dn}"), message: "missing".into() })
     }
 
     async fn set_uac(&mut self, dn: &str, flags: u32) -> Result<()> {
-        self.conn
-            .replace(dn, "userAccountControl", &[&flags.to_string()])
-            .await
+        self.conn.replace(dn, "userAccountControl", &[&flags.to_string()]).await
     }
 }

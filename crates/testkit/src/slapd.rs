@@ -56,10 +56,8 @@ impl Slapd {
 
     /// A slapd that also holds the entries of `ldif` (loaded offline with `slapadd -q`).
     pub fn start_with_ldif(ldif: Option<&Path>) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("isthmus-slapd-")
-            .tempdir()
-            .map_err(io_err("create slapd folder", std::env::temp_dir()))?;
+        let dir =
+            tempfile::Builder::new().prefix("isthmus-slapd-").tempdir().map_err(io_err("create slapd folder", std::env::temp_dir()))?;
         let root = dir.path();
         let ip = Ipv4Addr::LOCALHOST;
         let tls = issue_server_cert(&root.join("tls"), "localhost", ip)?;
@@ -68,8 +66,7 @@ impl Slapd {
         let schema = root.join("samba-subset.schema");
         std::fs::write(&schema, SAMBA_SCHEMA).map_err(io_err("write schema", &schema))?;
         let conf = root.join("slapd.conf");
-        std::fs::write(&conf, slapd_conf(root, &schema, &data, &tls))
-            .map_err(io_err("write slapd.conf", &conf))?;
+        std::fs::write(&conf, slapd_conf(root, &schema, &data, &tls)).map_err(io_err("write slapd.conf", &conf))?;
 
         let base = root.join("base.ldif");
         std::fs::write(&base, base_ldif()).map_err(io_err("write base LDIF", &base))?;
@@ -84,32 +81,12 @@ impl Slapd {
             let port = free_port(ip)?;
             let ldaps_port = free_port(ip)?;
             let mut command = Command::new(slapd_program());
-            command
-                .arg("-d")
-                .arg("0")
-                .arg("-h")
-                .arg(format!("ldap://{ip}:{port}/ ldaps://{ip}:{ldaps_port}/"))
-                .arg("-f")
-                .arg(&conf);
+            command.arg("-d").arg("0").arg("-h").arg(format!("ldap://{ip}:{port}/ ldaps://{ip}:{ldaps_port}/")).arg("-f").arg(&conf);
             let mut process = ServerProcess::spawn("slapd", command, &root.join("slapd.out"))?;
-            match process.wait_until(Duration::from_secs(30), || {
-                answers(ip, port) && answers(ip, ldaps_port)
-            }) {
+            match process.wait_until(Duration::from_secs(30), || answers(ip, port) && answers(ip, ldaps_port)) {
                 Ok(ready_after) => {
-                    tracing::info!(
-                        port,
-                        pid = process.pid(),
-                        ms = ready_after.as_millis() as u64,
-                        "slapd ready"
-                    );
-                    return Ok(Slapd {
-                        process,
-                        dir,
-                        port,
-                        ldaps_port,
-                        tls,
-                        ready_after,
-                    });
+                    tracing::info!(port, pid = process.pid(), ms = ready_after.as_millis() as u64, "slapd ready");
+                    return Ok(Slapd { process, dir, port, ldaps_port, tls, ready_after });
                 }
                 Err(err) => last_err = Some(err),
             }
@@ -148,25 +125,12 @@ impl Slapd {
 
 fn slapd_program() -> PathBuf {
     let debian = PathBuf::from("/usr/sbin/slapd");
-    if debian.exists() {
-        debian
-    } else {
-        PathBuf::from("slapd")
-    }
+    if debian.exists() { debian } else { PathBuf::from("slapd") }
 }
 
 fn slapadd(conf: &Path, ldif: &Path) -> Result<()> {
-    let program = if Path::new("/usr/sbin/slapadd").exists() {
-        "/usr/sbin/slapadd"
-    } else {
-        "slapadd"
-    };
-    run(Command::new(program)
-        .arg("-q")
-        .arg("-f")
-        .arg(conf)
-        .arg("-l")
-        .arg(ldif))?;
+    let program = if Path::new("/usr/sbin/slapadd").exists() { "/usr/sbin/slapadd" } else { "slapadd" };
+    run(Command::new(program).arg("-q").arg("-f").arg(conf).arg("-l").arg(ldif))?;
     Ok(())
 }
 
@@ -228,13 +192,7 @@ impl OpenLdapAdmin {
 
     /// Creates an `inetOrgPerson` + `sambaSamAccount` under `ou=people` with `userPassword` and,
     /// when given, `sambaNTPassword` (32 hex digits); returns its DN.
-    pub async fn create_person(
-        &mut self,
-        uid: &str,
-        mail: &str,
-        password: &str,
-        nt_hash_hex: Option<&str>,
-    ) -> Result<String> {
+    pub async fn create_person(&mut self, uid: &str, mail: &str, password: &str, nt_hash_hex: Option<&str>) -> Result<String> {
         let dn = format!("uid={uid},ou=people,{SUFFIX}");
         let mut attrs = vec![
             attr("objectClass", &["inetOrgPerson", "sambaSamAccount"]),
@@ -255,32 +213,19 @@ impl OpenLdapAdmin {
     /// Creates a `groupOfNames` under `ou=groups` (it needs at least one member); returns its DN.
     pub async fn create_group(&mut self, cn: &str, members: &[&str]) -> Result<String> {
         let dn = format!("cn={cn},ou=groups,{SUFFIX}");
-        self.conn
-            .add(
-                &dn,
-                vec![
-                    attr("objectClass", &["groupOfNames"]),
-                    attr("cn", &[cn]),
-                    attr("member", members),
-                ],
-            )
-            .await?;
+        self.conn.add(&dn, vec![attr("objectClass", &["groupOfNames"]), attr("cn", &[cn]), attr("member", members)]).await?;
         Ok(dn)
     }
 
     /// Adds members to a `groupOfNames`.
     pub async fn add_members(&mut self, group_dn: &str, members: &[&str]) -> Result<()> {
         let values = members.iter().map(|dn| dn.as_bytes().to_vec()).collect();
-        self.conn
-            .modify(group_dn, vec![Mod::Add(b"member".to_vec(), values)])
-            .await
+        self.conn.modify(group_dn, vec![Mod::Add(b"member".to_vec(), values)]).await
     }
 }
 
 /// A stable relative id for `uid` (FNV-1a), so each seeded account gets its own `sambaSID`.
 fn rid_for(uid: &str) -> u32 {
-    let hash = uid.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
-        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
-    });
+    let hash = uid.bytes().fold(0x811c_9dc5_u32, |hash, byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193));
     1000 + hash % 1_000_000_000
 }

@@ -7,9 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
 
 use crate::{Error, Result, io_err};
 
@@ -30,28 +28,19 @@ pub fn issue_server_cert(dir: &Path, dns_name: &str, ip: Ipv4Addr) -> Result<Tls
     let ca_key = KeyPair::generate().map_err(cert_err)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(
-        DnType::CommonName,
-        format!("Isthmus test CA for {dns_name}"),
-    );
+    ca_params.distinguished_name.push(DnType::CommonName, format!("Isthmus test CA for {dns_name}"));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca_params.self_signed(&ca_key).map_err(cert_err)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
     let key = KeyPair::generate().map_err(cert_err)?;
     let mut params = CertificateParams::new(vec![dns_name.to_string()]).map_err(cert_err)?;
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress(IpAddr::V4(ip)));
+    params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(ip)));
     params.distinguished_name.push(DnType::CommonName, dns_name);
     let cert = params.signed_by(&key, &issuer).map_err(cert_err)?;
 
     std::fs::create_dir_all(dir).map_err(io_err("create TLS folder", dir))?;
-    let files = TlsFiles {
-        ca_pem: dir.join("ca.pem"),
-        cert_pem: dir.join("cert.pem"),
-        key_pem: dir.join("key.pem"),
-    };
+    let files = TlsFiles { ca_pem: dir.join("ca.pem"), cert_pem: dir.join("cert.pem"), key_pem: dir.join("key.pem") };
     write_private(&files.ca_pem, &ca_cert.pem())?;
     write_private(&files.cert_pem, &cert.pem())?;
     write_private(&files.key_pem, &key.serialize_pem())?;
@@ -65,11 +54,8 @@ pub fn client_config(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>> {
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_pem)
         .map_err(|err| Error::Certificate(format!("{}: {err}", ca_pem.display())))?
     {
-        let cert =
-            cert.map_err(|err| Error::Certificate(format!("{}: {err}", ca_pem.display())))?;
-        roots
-            .add(cert)
-            .map_err(|err| Error::Certificate(err.to_string()))?;
+        let cert = cert.map_err(|err| Error::Certificate(format!("{}: {err}", ca_pem.display())))?;
+        roots.add(cert).map_err(|err| Error::Certificate(err.to_string()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -84,6 +70,5 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, contents).map_err(io_err("write certificate", path))?;
     // Samba refuses a key file that others can read.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io_err("chmod certificate", path))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err("chmod certificate", path))
 }
