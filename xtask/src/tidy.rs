@@ -34,6 +34,8 @@ pub const LAYERS: &[(&str, Layer)] = &[
     ("sync-expr", Layer::PureCore),
     ("sync-rules", Layer::PureCore),
     ("sync-engine", Layer::PureCore),
+    ("store", Layer::Port),
+    ("store-sqlite", Layer::Adapter),
     ("isthmus", Layer::Binary),
     ("testkit", Layer::TestSupport),
     ("xtask", Layer::TestSupport),

@@ -1,0 +1,615 @@
+//! The embedded default store: one SQLite file (or memory), through `rusqlite` with SQLite
+//! bundled, WAL journaling, foreign keys on. Calls run on tokio's blocking pool.
+//!
+//! Implements [`store::Store`]; knows nothing of the engine or connectors. Attribute values are
+//! kept as JSON text (`store::codec`) with a side table of index keys for join lookups.
+
+mod schema;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use model::{Anchor, AttrValue, Attributes, ConnectorId, CsId, CsObject, ErrorStage, MvId, MvObject, ObjectError};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use store::codec::{self, index_key};
+use store::{CsQuery, ImportChange, ImportCounts, Matching, NewCsObject, Result, RunCounts, RunRecord, StoreError};
+
+/// A SQLite-backed store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    indexed: Option<Arc<BTreeSet<String>>>,
+}
+
+fn backend(err: rusqlite::Error) -> StoreError {
+    StoreError::Backend(Box::new(err))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`. Call [`store::Store::migrate`] next.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path).map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
+        Self::with_connection(conn)
+    }
+
+    /// A private in-memory database (tests, previews).
+    pub fn memory() -> Result<Self> {
+        Self::with_connection(Connection::open_in_memory().map_err(backend)?)
+    }
+
+    fn with_connection(conn: Connection) -> Result<Self> {
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(backend)?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), indexed: None })
+    }
+
+    /// Index only these attributes for join lookups (the join attributes of the rules), instead of all.
+    /// Lookups on other attributes then fail with a clear error.
+    pub fn index_only(mut self, attributes: BTreeSet<String>) -> Self {
+        self.indexed = Some(Arc::new(attributes));
+        self
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection, Option<&BTreeSet<String>>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.conn.clone();
+        let indexed = self.indexed.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| StoreError::Backend("the SQLite connection lock is poisoned".into()))?;
+            work(&mut guard, indexed.as_deref())
+        })
+        .await
+        .map_err(|err| StoreError::Backend(Box::new(err)))?
+    }
+}
+
+const CS_COLUMNS: &str =
+    "id, connector, anchor, dn, object_type, attributes, link, pending_import, pending_export, error_stage, error_code, error_message";
+
+fn cs_from_row(row: &Row<'_>) -> rusqlite::Result<Result<CsObject>> {
+    let anchor: Option<Vec<u8>> = row.get(2)?;
+    let attributes: String = row.get(5)?;
+    let pending_import: Option<String> = row.get(7)?;
+    let pending_export: Option<String> = row.get(8)?;
+    let error_stage: Option<String> = row.get(9)?;
+    let error_code: Option<String> = row.get(10)?;
+    let error_message: Option<String> = row.get(11)?;
+    let id: i64 = row.get(0)?;
+    let connector: String = row.get(1)?;
+    let dn: String = row.get(3)?;
+    let object_type: String = row.get(4)?;
+    let link: Option<i64> = row.get(6)?;
+    Ok((|| {
+        Ok(CsObject {
+            id: CsId(id),
+            connector: ConnectorId(connector),
+            anchor: anchor.map(Anchor),
+            dn,
+            object_type,
+            attributes: codec::attributes_from_text(&attributes)?,
+            link: link.map(MvId),
+            pending_import: pending_import.as_deref().map(codec::import_from_code).transpose()?,
+            pending_export: pending_export.as_deref().map(codec::export_from_text).transpose()?,
+            error: match (error_stage.as_deref(), error_code, error_message) {
+                (Some(stage), Some(code), Some(message)) => Some(ObjectError { stage: stage_from_code(stage)?, code, message }),
+                _ => None,
+            },
+        })
+    })())
+}
+
+fn stage_code(stage: ErrorStage) -> &'static str {
+    match stage {
+        ErrorStage::Import => "import",
+        ErrorStage::Sync => "sync",
+        ErrorStage::Export => "export",
+    }
+}
+
+fn stage_from_code(code: &str) -> Result<ErrorStage> {
+    Ok(match code {
+        "import" => ErrorStage::Import,
+        "sync" => ErrorStage::Sync,
+        "export" => ErrorStage::Export,
+        other => return Err(StoreError::Corrupt(format!("unknown error stage \"{other}\""))),
+    })
+}
+
+fn query_cs(conn: &Connection, sql_where: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<CsObject>> {
+    let sql = format!("SELECT {CS_COLUMNS} FROM cs_objects WHERE {sql_where}");
+    let mut statement = conn.prepare_cached(&sql).map_err(backend)?;
+    let rows = statement.query_map(args, cs_from_row).map_err(backend)?;
+    let mut objects = Vec::new();
+    for row in rows {
+        objects.push(row.map_err(backend)??);
+    }
+    Ok(objects)
+}
+
+fn write_cs_values(tx: &Transaction<'_>, id: i64, attributes: &Attributes, indexed: Option<&BTreeSet<String>>) -> Result<()> {
+    tx.execute("DELETE FROM cs_values WHERE cs_id = ?1", params![id]).map_err(backend)?;
+    write_values(tx, "cs_values", "cs_id", id, attributes.iter(), indexed)
+}
+
+fn write_values<'a>(
+    tx: &Transaction<'_>,
+    table: &str,
+    column: &str,
+    id: i64,
+    attributes: impl Iterator<Item = (&'a str, &'a [AttrValue])>,
+    indexed: Option<&BTreeSet<String>>,
+) -> Result<()> {
+    let sql = format!("INSERT INTO {table} ({column}, attribute, exact, folded) VALUES (?1, ?2, ?3, ?4)");
+    let mut statement = tx.prepare_cached(&sql).map_err(backend)?;
+    for (name, values) in attributes {
+        if indexed.is_some_and(|set| !set.contains(name)) {
+            continue;
+        }
+        for value in values {
+            statement
+                .execute(params![id, name, index_key(value, Matching::Exact), index_key(value, Matching::IgnoreCase)])
+                .map_err(backend)?;
+        }
+    }
+    Ok(())
+}
+
+fn insert_cs(tx: &Transaction<'_>, object: &NewCsObject, seen_run: Option<i64>, indexed: Option<&BTreeSet<String>>) -> Result<CsId> {
+    if object.anchor.as_ref().is_some_and(|anchor| anchor.0.is_empty()) {
+        return Err(StoreError::Conflict(format!("object {} has an empty anchor", object.dn)));
+    }
+    tx.execute(
+        "INSERT INTO cs_objects (connector, anchor, dn, dn_folded, object_type, attributes, link, pending_import, pending_export, seen_run) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            object.connector.0,
+            object.anchor.as_ref().map(|anchor| anchor.0.clone()),
+            object.dn,
+            object.dn.to_lowercase(),
+            object.object_type,
+            codec::attributes_to_text(&object.attributes),
+            object.link.map(|mv| mv.0),
+            object.pending_import.map(codec::import_to_code),
+            object.pending_export.as_ref().map(codec::export_to_text),
+            seen_run,
+        ],
+    )
+    .map_err(|err| match err {
+        rusqlite::Error::SqliteFailure(code, _) if code.code == rusqlite::ErrorCode::ConstraintViolation => {
+            StoreError::Conflict(format!("another object of {} has the anchor of {}", object.connector, object.dn))
+        }
+        other => backend(other),
+    })?;
+    let id = tx.last_insert_rowid();
+    write_cs_values(tx, id, &object.attributes, indexed)?;
+    Ok(CsId(id))
+}
+
+fn update_cs(tx: &Transaction<'_>, object: &CsObject, indexed: Option<&BTreeSet<String>>) -> Result<()> {
+    let changed = tx
+        .execute(
+            "UPDATE cs_objects SET anchor = ?2, dn = ?3, dn_folded = ?4, object_type = ?5, attributes = ?6, link = ?7, pending_import = ?8, \
+             pending_export = ?9, error_stage = ?10, error_code = ?11, error_message = ?12 WHERE id = ?1",
+            params![
+                object.id.0,
+                object.anchor.as_ref().map(|anchor| anchor.0.clone()),
+                object.dn,
+                object.dn.to_lowercase(),
+                object.object_type,
+                codec::attributes_to_text(&object.attributes),
+                object.link.map(|mv| mv.0),
+                object.pending_import.map(codec::import_to_code),
+                object.pending_export.as_ref().map(codec::export_to_text),
+                object.error.as_ref().map(|error| stage_code(error.stage)),
+                object.error.as_ref().map(|error| error.code.clone()),
+                object.error.as_ref().map(|error| error.message.clone()),
+            ],
+        )
+        .map_err(backend)?;
+    if changed == 0 {
+        return Err(StoreError::NotFound(object.id.to_string()));
+    }
+    write_cs_values(tx, object.id.0, &object.attributes, indexed)
+}
+
+fn check_indexed(indexed: Option<&BTreeSet<String>>, attribute: &str) -> Result<()> {
+    match indexed {
+        Some(set) if !set.contains(attribute) => {
+            Err(StoreError::Conflict(format!("attribute {attribute} is not indexed for lookups; add it to the store's index list")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn find_ids(conn: &Connection, sql: &str, fixed: &[&dyn rusqlite::ToSql], values: &[AttrValue], matching: Matching) -> Result<Vec<i64>> {
+    let mut ids = BTreeSet::new();
+    let mut statement = conn.prepare_cached(sql).map_err(backend)?;
+    for value in values {
+        let key = index_key(value, matching);
+        let mut args: Vec<&dyn rusqlite::ToSql> = fixed.to_vec();
+        args.push(&key);
+        let rows = statement.query_map(args.as_slice(), |row| row.get::<_, i64>(0)).map_err(backend)?;
+        for row in rows {
+            ids.insert(row.map_err(backend)?);
+        }
+    }
+    Ok(ids.into_iter().collect())
+}
+
+impl store::Store for SqliteStore {
+    async fn migrate(&self) -> Result<()> {
+        self.call(|conn, _| schema::migrate(conn)).await
+    }
+
+    async fn cs_get(&self, id: CsId) -> Result<Option<CsObject>> {
+        self.call(move |conn, _| Ok(query_cs(conn, "id = ?1", &[&id.0])?.pop())).await
+    }
+
+    async fn cs_by_anchor(&self, connector: &ConnectorId, anchor: &Anchor) -> Result<Option<CsObject>> {
+        let (connector, anchor) = (connector.0.clone(), anchor.0.clone());
+        self.call(move |conn, _| Ok(query_cs(conn, "connector = ?1 AND anchor = ?2", &[&connector, &anchor])?.pop())).await
+    }
+
+    async fn cs_by_dn(&self, connector: &ConnectorId, dn: &str) -> Result<Option<CsObject>> {
+        let (connector, dn) = (connector.0.clone(), dn.to_lowercase());
+        self.call(move |conn, _| {
+            Ok(query_cs(conn, "connector = ?1 AND dn_folded = ?2 ORDER BY id", &[&connector, &dn])?.into_iter().next())
+        })
+        .await
+    }
+
+    async fn cs_insert(&self, object: NewCsObject) -> Result<CsId> {
+        self.call(move |conn, indexed| {
+            let tx = conn.transaction().map_err(backend)?;
+            let id = insert_cs(&tx, &object, None, indexed)?;
+            tx.commit().map_err(backend)?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn cs_update(&self, object: &CsObject) -> Result<()> {
+        let object = object.clone();
+        self.call(move |conn, indexed| {
+            let tx = conn.transaction().map_err(backend)?;
+            update_cs(&tx, &object, indexed)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn cs_delete(&self, id: CsId) -> Result<()> {
+        self.call(move |conn, _| match conn.execute("DELETE FROM cs_objects WHERE id = ?1", params![id.0]).map_err(backend)? {
+            0 => Err(StoreError::NotFound(id.to_string())),
+            _ => Ok(()),
+        })
+        .await
+    }
+
+    async fn cs_list(&self, connector: &ConnectorId, query: &CsQuery) -> Result<Vec<CsObject>> {
+        let (connector, query) = (connector.0.clone(), query.clone());
+        self.call(move |conn, _| {
+            let mut sql_where = String::from("connector = ?1 AND id > ?2");
+            if query.pending_import {
+                sql_where.push_str(" AND pending_import IS NOT NULL");
+            }
+            if query.pending_export {
+                sql_where.push_str(" AND pending_export IS NOT NULL");
+            }
+            if query.with_error {
+                sql_where.push_str(" AND error_code IS NOT NULL");
+            }
+            sql_where.push_str(" ORDER BY id");
+            if query.limit > 0 {
+                sql_where.push_str(&format!(" LIMIT {}", query.limit));
+            }
+            let after = query.after.map_or(0, |id| id.0);
+            query_cs(conn, &sql_where, &[&connector, &after])
+        })
+        .await
+    }
+
+    async fn cs_linked_to(&self, mv: MvId) -> Result<Vec<CsObject>> {
+        self.call(move |conn, _| query_cs(conn, "link = ?1 ORDER BY id", &[&mv.0])).await
+    }
+
+    async fn cs_find(
+        &self,
+        connector: &ConnectorId,
+        object_type: &str,
+        attribute: &str,
+        values: &[AttrValue],
+        matching: Matching,
+    ) -> Result<Vec<CsId>> {
+        let (connector, object_type, attribute, values) =
+            (connector.0.clone(), object_type.to_string(), attribute.to_string(), values.to_vec());
+        self.call(move |conn, indexed| {
+            check_indexed(indexed, &attribute)?;
+            let column = if matching == Matching::Exact { "exact" } else { "folded" };
+            let sql = format!(
+                "SELECT DISTINCT o.id FROM cs_values v JOIN cs_objects o ON o.id = v.cs_id \
+                 WHERE o.connector = ?1 AND o.object_type = ?2 AND o.link IS NULL AND v.attribute = ?3 AND v.{column} = ?4"
+            );
+            Ok(find_ids(conn, &sql, &[&connector, &object_type, &attribute], &values, matching)?.into_iter().map(CsId).collect())
+        })
+        .await
+    }
+
+    async fn cs_set_error(&self, id: CsId, error: Option<&ObjectError>) -> Result<()> {
+        let error = error.cloned();
+        self.call(move |conn, _| {
+            let changed = conn
+                .execute(
+                    "UPDATE cs_objects SET error_stage = ?2, error_code = ?3, error_message = ?4 WHERE id = ?1",
+                    params![
+                        id.0,
+                        error.as_ref().map(|e| stage_code(e.stage)),
+                        error.as_ref().map(|e| e.code.clone()),
+                        error.as_ref().map(|e| e.message.clone())
+                    ],
+                )
+                .map_err(backend)?;
+            if changed == 0 { Err(StoreError::NotFound(id.to_string())) } else { Ok(()) }
+        })
+        .await
+    }
+
+    async fn commit_import_page(
+        &self,
+        connector: &ConnectorId,
+        run: i64,
+        changes: &[ImportChange],
+        watermark: Option<&[u8]>,
+    ) -> Result<ImportCounts> {
+        let (connector, changes, watermark) = (connector.clone(), changes.to_vec(), watermark.map(<[u8]>::to_vec));
+        self.call(move |conn, indexed| {
+            let tx = conn.transaction().map_err(backend)?;
+            let mut counts = ImportCounts::default();
+            for change in &changes {
+                match change {
+                    ImportChange::Upsert { anchor, dn, object_type, attributes } => {
+                        if anchor.0.is_empty() {
+                            return Err(StoreError::Conflict(format!("imported object {dn} has an empty anchor")));
+                        }
+                        let existing = query_cs(&tx, "connector = ?1 AND anchor = ?2", &[&connector.0, &anchor.0])?.pop();
+                        let existing = match existing {
+                            Some(existing) => Some(existing),
+                            // An unconfirmed export object with this DN is confirmed by the import.
+                            None => {
+                                query_cs(&tx, "connector = ?1 AND dn_folded = ?2 AND anchor IS NULL", &[&connector.0, &dn.to_lowercase()])?
+                                    .pop()
+                                    .map(|mut export_object| {
+                                        export_object.anchor = Some(anchor.clone());
+                                        export_object
+                                    })
+                            }
+                        };
+                        match existing {
+                            None => {
+                                let new = NewCsObject {
+                                    connector: connector.clone(),
+                                    anchor: Some(anchor.clone()),
+                                    dn: dn.clone(),
+                                    object_type: object_type.clone(),
+                                    attributes: attributes.clone(),
+                                    pending_import: Some(model::PendingImport::Add),
+                                    pending_export: None,
+                                    link: None,
+                                };
+                                insert_cs(&tx, &new, Some(run), indexed)?;
+                                counts.adds += 1;
+                            }
+                            Some(existing) => {
+                                let confirming = existing.pending_export.is_some() && existing.anchor.as_ref() == Some(anchor);
+                                match store::import::apply_upsert(&existing, dn, object_type, attributes) {
+                                    Some(updated) => {
+                                        update_cs(&tx, &updated, indexed)?;
+                                        counts.updates += 1;
+                                    }
+                                    None if confirming => {
+                                        update_cs(&tx, &existing, indexed)?;
+                                        counts.updates += 1;
+                                    }
+                                    None => counts.unchanged += 1,
+                                }
+                                tx.execute("UPDATE cs_objects SET seen_run = ?2 WHERE id = ?1", params![existing.id.0, run])
+                                    .map_err(backend)?;
+                            }
+                        }
+                    }
+                    ImportChange::Delete { anchor } => {
+                        match query_cs(&tx, "connector = ?1 AND anchor = ?2", &[&connector.0, &anchor.0])?
+                            .pop()
+                            .as_ref()
+                            .and_then(store::import::apply_delete)
+                        {
+                            Some(updated) => {
+                                update_cs(&tx, &updated, indexed)?;
+                                counts.deletes += 1;
+                            }
+                            None => counts.unchanged += 1,
+                        }
+                    }
+                }
+            }
+            if let Some(watermark) = watermark {
+                tx.execute(
+                    "INSERT INTO watermarks (connector, value) VALUES (?1, ?2) ON CONFLICT(connector) DO UPDATE SET value = excluded.value",
+                    params![connector.0, watermark],
+                )
+                .map_err(backend)?;
+            }
+            tx.commit().map_err(backend)?;
+            Ok(counts)
+        })
+        .await
+    }
+
+    async fn obsolete_unseen(&self, connector: &ConnectorId, import_run: i64) -> Result<u64> {
+        let connector = connector.0.clone();
+        self.call(move |conn, _| {
+            let changed = conn
+                .execute(
+                    "UPDATE cs_objects SET pending_import = 'delete' WHERE connector = ?1 AND anchor IS NOT NULL \
+                     AND (seen_run IS NULL OR seen_run < ?2) AND (pending_import IS NULL OR pending_import <> 'delete')",
+                    params![connector, import_run],
+                )
+                .map_err(backend)?;
+            Ok(changed as u64)
+        })
+        .await
+    }
+
+    async fn watermark(&self, connector: &ConnectorId) -> Result<Option<Vec<u8>>> {
+        let connector = connector.0.clone();
+        self.call(move |conn, _| {
+            conn.query_row("SELECT value FROM watermarks WHERE connector = ?1", params![connector], |row| row.get(0))
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn clear_watermark(&self, connector: &ConnectorId) -> Result<()> {
+        let connector = connector.0.clone();
+        self.call(move |conn, _| {
+            conn.execute("DELETE FROM watermarks WHERE connector = ?1", params![connector]).map(|_| ()).map_err(backend)
+        })
+        .await
+    }
+
+    async fn mv_get(&self, id: MvId) -> Result<Option<MvObject>> {
+        self.call(move |conn, _| {
+            let row: Option<(String, String)> = conn
+                .query_row("SELECT object_type, attributes FROM mv_objects WHERE id = ?1", params![id.0], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()
+                .map_err(backend)?;
+            row.map(|(object_type, attributes)| Ok(MvObject { id, object_type, attributes: codec::mv_attributes_from_text(&attributes)? }))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn mv_insert(&self, object_type: &str) -> Result<MvId> {
+        let object_type = object_type.to_string();
+        self.call(move |conn, _| {
+            conn.execute("INSERT INTO mv_objects (object_type, attributes) VALUES (?1, '{}')", params![object_type]).map_err(backend)?;
+            Ok(MvId(conn.last_insert_rowid()))
+        })
+        .await
+    }
+
+    async fn mv_update(&self, object: &MvObject) -> Result<()> {
+        let object = object.clone();
+        self.call(move |conn, indexed| {
+            let tx = conn.transaction().map_err(backend)?;
+            let changed = tx
+                .execute(
+                    "UPDATE mv_objects SET object_type = ?2, attributes = ?3 WHERE id = ?1",
+                    params![object.id.0, object.object_type, codec::mv_attributes_to_text(&object.attributes)],
+                )
+                .map_err(backend)?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(object.id.to_string()));
+            }
+            tx.execute("DELETE FROM mv_values WHERE mv_id = ?1", params![object.id.0]).map_err(backend)?;
+            let attributes = object.attributes.iter().map(|(name, attribute)| (name.as_str(), attribute.values.as_slice()));
+            write_values(&tx, "mv_values", "mv_id", object.id.0, attributes, indexed)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn mv_delete(&self, id: MvId) -> Result<()> {
+        self.call(move |conn, _| match conn.execute("DELETE FROM mv_objects WHERE id = ?1", params![id.0]).map_err(backend)? {
+            0 => Err(StoreError::NotFound(id.to_string())),
+            _ => Ok(()),
+        })
+        .await
+    }
+
+    async fn mv_find(&self, object_type: &str, attribute: &str, values: &[AttrValue], matching: Matching) -> Result<Vec<MvId>> {
+        let (object_type, attribute, values) = (object_type.to_string(), attribute.to_string(), values.to_vec());
+        self.call(move |conn, indexed| {
+            check_indexed(indexed, &attribute)?;
+            let column = if matching == Matching::Exact { "exact" } else { "folded" };
+            let sql = format!(
+                "SELECT DISTINCT m.id FROM mv_values v JOIN mv_objects m ON m.id = v.mv_id WHERE m.object_type = ?1 AND v.attribute = ?2 AND v.{column} = ?3"
+            );
+            Ok(find_ids(conn, &sql, &[&object_type, &attribute], &values, matching)?.into_iter().map(MvId).collect())
+        })
+        .await
+    }
+
+    async fn mv_list(&self, after: Option<MvId>, limit: usize) -> Result<Vec<MvId>> {
+        self.call(move |conn, _| {
+            let limit = if limit == 0 { i64::MAX } else { limit as i64 };
+            let mut statement = conn.prepare_cached("SELECT id FROM mv_objects WHERE id > ?1 ORDER BY id LIMIT ?2").map_err(backend)?;
+            let rows = statement.query_map(params![after.map_or(0, |id| id.0), limit], |row| row.get(0)).map_err(backend)?;
+            rows.map(|row| row.map(MvId).map_err(backend)).collect()
+        })
+        .await
+    }
+
+    async fn run_start(&self, connector: &ConnectorId, step: &str, started: i64) -> Result<i64> {
+        let (connector, step) = (connector.0.clone(), step.to_string());
+        self.call(move |conn, _| {
+            conn.execute(
+                "INSERT INTO runs (connector, step, started, status, adds, updates, deletes, errors) VALUES (?1, ?2, ?3, 'running', 0, 0, 0, 0)",
+                params![connector, step, started],
+            )
+            .map_err(backend)?;
+            Ok(conn.last_insert_rowid())
+        })
+        .await
+    }
+
+    async fn run_finish(&self, id: i64, finished: i64, status: &str, counts: RunCounts) -> Result<()> {
+        let status = status.to_string();
+        self.call(move |conn, _| {
+            let changed = conn
+                .execute(
+                    "UPDATE runs SET finished = ?2, status = ?3, adds = ?4, updates = ?5, deletes = ?6, errors = ?7 WHERE id = ?1",
+                    params![id, finished, status, counts.adds as i64, counts.updates as i64, counts.deletes as i64, counts.errors as i64],
+                )
+                .map_err(backend)?;
+            if changed == 0 { Err(StoreError::NotFound(format!("run {id}"))) } else { Ok(()) }
+        })
+        .await
+    }
+
+    async fn runs(&self, limit: usize) -> Result<Vec<RunRecord>> {
+        self.call(move |conn, _| {
+            let mut statement = conn
+                .prepare_cached("SELECT id, connector, step, started, finished, status, adds, updates, deletes, errors FROM runs ORDER BY id DESC LIMIT ?1")
+                .map_err(backend)?;
+            let rows = statement
+                .query_map(params![limit as i64], |row| {
+                    Ok(RunRecord {
+                        id: row.get(0)?,
+                        connector: ConnectorId(row.get(1)?),
+                        step: row.get(2)?,
+                        started: row.get(3)?,
+                        finished: row.get(4)?,
+                        status: row.get(5)?,
+                        counts: RunCounts {
+                            adds: row.get::<_, i64>(6)? as u64,
+                            updates: row.get::<_, i64>(7)? as u64,
+                            deletes: row.get::<_, i64>(8)? as u64,
+                            errors: row.get::<_, i64>(9)? as u64,
+                        },
+                    })
+                })
+                .map_err(backend)?;
+            rows.map(|row| row.map_err(backend)).collect()
+        })
+        .await
+    }
+}

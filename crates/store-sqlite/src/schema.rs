@@ -1,0 +1,87 @@
+//! Versioned migrations of the SQLite schema. Each step runs once, in a transaction, and records
+//! its number; a database from a newer program is refused rather than touched.
+
+use rusqlite::{Connection, params};
+use store::{Result, StoreError};
+
+use crate::backend;
+
+/// Migration steps; step N brings the schema to version N.
+const STEPS: &[&str] = &[
+    // 1: connector spaces, metaverse, value indexes, watermarks, run history.
+    "CREATE TABLE mv_objects (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        object_type TEXT NOT NULL,
+        attributes TEXT NOT NULL
+     );
+     CREATE TABLE cs_objects (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        connector TEXT NOT NULL,
+        anchor BLOB,
+        dn TEXT NOT NULL,
+        dn_folded TEXT NOT NULL,
+        object_type TEXT NOT NULL,
+        attributes TEXT NOT NULL,
+        link INTEGER REFERENCES mv_objects(id) ON DELETE SET NULL,
+        pending_import TEXT,
+        pending_export TEXT,
+        error_stage TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        seen_run INTEGER
+     );
+     CREATE UNIQUE INDEX cs_objects_anchor ON cs_objects(connector, anchor) WHERE anchor IS NOT NULL;
+     CREATE INDEX cs_objects_dn ON cs_objects(connector, dn_folded);
+     CREATE INDEX cs_objects_link ON cs_objects(link);
+     CREATE INDEX cs_objects_pending_import ON cs_objects(connector, id) WHERE pending_import IS NOT NULL;
+     CREATE INDEX cs_objects_pending_export ON cs_objects(connector, id) WHERE pending_export IS NOT NULL;
+     CREATE TABLE cs_values (
+        cs_id INTEGER NOT NULL REFERENCES cs_objects(id) ON DELETE CASCADE,
+        attribute TEXT NOT NULL,
+        exact TEXT NOT NULL,
+        folded TEXT NOT NULL
+     );
+     CREATE INDEX cs_values_owner ON cs_values(cs_id);
+     CREATE INDEX cs_values_exact ON cs_values(attribute, exact);
+     CREATE INDEX cs_values_folded ON cs_values(attribute, folded);
+     CREATE TABLE mv_values (
+        mv_id INTEGER NOT NULL REFERENCES mv_objects(id) ON DELETE CASCADE,
+        attribute TEXT NOT NULL,
+        exact TEXT NOT NULL,
+        folded TEXT NOT NULL
+     );
+     CREATE INDEX mv_values_owner ON mv_values(mv_id);
+     CREATE INDEX mv_values_exact ON mv_values(attribute, exact);
+     CREATE INDEX mv_values_folded ON mv_values(attribute, folded);
+     CREATE TABLE watermarks (connector TEXT PRIMARY KEY, value BLOB NOT NULL);
+     CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        connector TEXT NOT NULL,
+        step TEXT NOT NULL,
+        started INTEGER NOT NULL,
+        finished INTEGER,
+        status TEXT NOT NULL,
+        adds INTEGER NOT NULL,
+        updates INTEGER NOT NULL,
+        deletes INTEGER NOT NULL,
+        errors INTEGER NOT NULL
+     );",
+];
+
+/// The newest schema version this program knows.
+pub const VERSION: i64 = STEPS.len() as i64;
+
+pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)").map_err(backend)?;
+    let current: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |row| row.get(0)).map_err(backend)?;
+    if current > VERSION {
+        return Err(StoreError::TooNew { found: current, supported: VERSION });
+    }
+    for (index, step) in STEPS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute_batch(step).map_err(backend)?;
+        tx.execute("INSERT INTO schema_version (version) VALUES (?1)", params![index as i64 + 1]).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+    }
+    Ok(())
+}

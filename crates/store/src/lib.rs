@@ -1,0 +1,239 @@
+//! The store port: what the sync runner needs from persistent state — connector spaces,
+//! the metaverse, watermarks and run history — as one trait, [`Store`], with one conformance
+//! suite ([`testkit`], feature `testkit`) that every adapter runs (SQLite, PostgreSQL).
+//!
+//! Every method is atomic. [`Store::commit_import_page`] applies one import page *and* its
+//! watermark in one transaction, so a crash at any point resumes from the last committed page
+//! without loss or duplication.
+//!
+//! This crate knows no SQL and no I/O library; adapters do. [`codec`] is the shared encoding
+//! of attribute values for adapters that keep them as text.
+
+pub mod codec;
+pub mod import;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+use std::future::Future;
+
+use model::{Anchor, AttrValue, Attributes, ConnectorId, CsId, CsObject, MvId, MvObject, ObjectError, PendingExport, PendingImport};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The object does not exist (it may have been deleted by another process).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A uniqueness rule was broken (e.g. two CS objects with one anchor in a connector).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Stored data could not be decoded (written by a newer version, or damaged).
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    /// The database is at a schema version this program does not know.
+    #[error("database schema version {found} is newer than this program's {supported}; upgrade Isthmus")]
+    TooNew {
+        /// Version in the database.
+        found: i64,
+        /// Newest version this program knows.
+        supported: i64,
+    },
+    /// The database itself failed (connection lost, disk full …); retrying later may help.
+    #[error("database error: {0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Result of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A CS object to create (the store assigns the id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCsObject {
+    /// Connector.
+    pub connector: ConnectorId,
+    /// Anchor, `None` for an export object.
+    pub anchor: Option<Anchor>,
+    /// DN.
+    pub dn: String,
+    /// Object type.
+    pub object_type: String,
+    /// Attributes.
+    pub attributes: Attributes,
+    /// Pending import.
+    pub pending_import: Option<PendingImport>,
+    /// Pending export.
+    pub pending_export: Option<PendingExport>,
+    /// Link.
+    pub link: Option<MvId>,
+}
+
+/// One change read by an import, applied by [`Store::commit_import_page`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportChange {
+    /// The object as the directory has it now (full state): added when unknown, updated when changed.
+    Upsert {
+        /// Anchor.
+        anchor: Anchor,
+        /// DN.
+        dn: String,
+        /// Object type.
+        object_type: String,
+        /// All imported attributes.
+        attributes: Attributes,
+    },
+    /// Gone from the directory.
+    Delete {
+        /// Anchor.
+        anchor: Anchor,
+    },
+}
+
+/// What an import page did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportCounts {
+    /// New CS objects.
+    pub adds: u64,
+    /// Changed CS objects.
+    pub updates: u64,
+    /// CS objects marked deleted.
+    pub deletes: u64,
+    /// Changes that changed nothing.
+    pub unchanged: u64,
+}
+
+/// Which CS objects to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CsQuery {
+    /// Only objects with a pending import.
+    pub pending_import: bool,
+    /// Only objects with a pending export.
+    pub pending_export: bool,
+    /// Only objects with an error.
+    pub with_error: bool,
+    /// Only ids greater than this (paging).
+    pub after: Option<CsId>,
+    /// At most this many (0 = no limit).
+    pub limit: usize,
+}
+
+/// A run-profile step in the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    /// Id (assigned by the store).
+    pub id: i64,
+    /// Connector the step ran on.
+    pub connector: ConnectorId,
+    /// Step kind, e.g. `full-import`, `delta-sync`, `export`.
+    pub step: String,
+    /// Start, as Unix seconds.
+    pub started: i64,
+    /// End, as Unix seconds; `None` while running.
+    pub finished: Option<i64>,
+    /// Outcome, e.g. `success`, `completed-errors`, `stopped-deletion-threshold-exceeded`.
+    pub status: String,
+    /// Counts: adds, updates, deletes, errors.
+    pub counts: RunCounts,
+}
+
+/// Numbers of a run step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunCounts {
+    /// Objects added.
+    pub adds: u64,
+    /// Objects updated.
+    pub updates: u64,
+    /// Objects deleted.
+    pub deletes: u64,
+    /// Per-object errors.
+    pub errors: u64,
+}
+
+/// How a join lookup compares values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matching {
+    /// Exactly (binary values always match exactly).
+    Exact,
+    /// Text ignoring case.
+    IgnoreCase,
+}
+
+/// The persistent state of the sync engine.
+///
+/// Futures are `Send` so runners can move work between threads.
+pub trait Store: Send + Sync {
+    /// Creates or upgrades the schema.
+    fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// A CS object by id.
+    fn cs_get(&self, id: CsId) -> impl Future<Output = Result<Option<CsObject>>> + Send;
+    /// A CS object by anchor within a connector.
+    fn cs_by_anchor(&self, connector: &ConnectorId, anchor: &Anchor) -> impl Future<Output = Result<Option<CsObject>>> + Send;
+    /// A CS object by DN within a connector (case-insensitive).
+    fn cs_by_dn(&self, connector: &ConnectorId, dn: &str) -> impl Future<Output = Result<Option<CsObject>>> + Send;
+    /// Creates a CS object.
+    fn cs_insert(&self, object: NewCsObject) -> impl Future<Output = Result<CsId>> + Send;
+    /// Replaces a CS object's state (all fields but id and connector).
+    fn cs_update(&self, object: &CsObject) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes a CS object.
+    fn cs_delete(&self, id: CsId) -> impl Future<Output = Result<()>> + Send;
+    /// Lists a connector's CS objects by id.
+    fn cs_list(&self, connector: &ConnectorId, query: &CsQuery) -> impl Future<Output = Result<Vec<CsObject>>> + Send;
+    /// CS objects linked to an MV object.
+    fn cs_linked_to(&self, mv: MvId) -> impl Future<Output = Result<Vec<CsObject>>> + Send;
+    /// Disconnectors of a connector and type whose attribute holds one of `values`.
+    fn cs_find(
+        &self,
+        connector: &ConnectorId,
+        object_type: &str,
+        attribute: &str,
+        values: &[AttrValue],
+        matching: Matching,
+    ) -> impl Future<Output = Result<Vec<CsId>>> + Send;
+    /// Sets or clears a CS object's error.
+    fn cs_set_error(&self, id: CsId, error: Option<&ObjectError>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Applies one import page and the watermark that follows it, atomically. Upserted objects
+    /// are marked as seen by `run` (see [`Store::obsolete_unseen`]). An upsert whose anchor is
+    /// unknown but whose DN belongs to an unconfirmed export object confirms that object.
+    fn commit_import_page(
+        &self,
+        connector: &ConnectorId,
+        run: i64,
+        changes: &[ImportChange],
+        watermark: Option<&[u8]>,
+    ) -> impl Future<Output = Result<ImportCounts>> + Send;
+    /// Marks every imported CS object of a connector that `import_run` did not see as deleted
+    /// (the end of a full import: obsoletion); returns how many.
+    fn obsolete_unseen(&self, connector: &ConnectorId, import_run: i64) -> impl Future<Output = Result<u64>> + Send;
+    /// The connector's last committed watermark.
+    fn watermark(&self, connector: &ConnectorId) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+    /// Forgets the watermark (the next delta import becomes a full one).
+    fn clear_watermark(&self, connector: &ConnectorId) -> impl Future<Output = Result<()>> + Send;
+
+    /// An MV object by id.
+    fn mv_get(&self, id: MvId) -> impl Future<Output = Result<Option<MvObject>>> + Send;
+    /// Creates an empty MV object.
+    fn mv_insert(&self, object_type: &str) -> impl Future<Output = Result<MvId>> + Send;
+    /// Replaces an MV object's attributes.
+    fn mv_update(&self, object: &MvObject) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes an MV object (links to it are cleared).
+    fn mv_delete(&self, id: MvId) -> impl Future<Output = Result<()>> + Send;
+    /// MV objects of a type whose attribute holds one of `values`.
+    fn mv_find(
+        &self,
+        object_type: &str,
+        attribute: &str,
+        values: &[AttrValue],
+        matching: Matching,
+    ) -> impl Future<Output = Result<Vec<MvId>>> + Send;
+    /// MV ids after `after`, at most `limit` (0 = all).
+    fn mv_list(&self, after: Option<MvId>, limit: usize) -> impl Future<Output = Result<Vec<MvId>>> + Send;
+
+    /// Records the start of a run step; returns its id.
+    fn run_start(&self, connector: &ConnectorId, step: &str, started: i64) -> impl Future<Output = Result<i64>> + Send;
+    /// Records the end of a run step.
+    fn run_finish(&self, id: i64, finished: i64, status: &str, counts: RunCounts) -> impl Future<Output = Result<()>> + Send;
+    /// The newest run steps first.
+    fn runs(&self, limit: usize) -> impl Future<Output = Result<Vec<RunRecord>>> + Send;
+}

@@ -1,0 +1,336 @@
+//! The conformance suite every [`Store`] adapter runs. An adapter's test file calls
+//! [`conformance_tests!`](crate::conformance_tests) with an async expression that yields a fresh, migrated store.
+//!
+//! Each check panics with a message naming what broke.
+#![allow(clippy::expect_used, reason = "a test suite: failing loudly is its job")]
+
+use model::{
+    Anchor, AttrValue, Attributes, ConnectorId, CsId, ErrorStage, Lineage, MvAttribute, MvId, ObjectError, PendingExport, PendingImport,
+};
+
+use crate::{CsQuery, ImportChange, Matching, NewCsObject, RunCounts, Store, StoreError};
+
+/// Generates one `#[tokio::test]` per check, each on a store made by `$make` (an async expression).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@tests $make; cs_objects, import_pages, import_confirms_export_object, failed_page_changes_nothing,
+            obsoletion, metaverse, disconnector_lookup, run_history, migrate_is_idempotent);
+    };
+    (@tests $make:expr; $($check:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let Some(store) = $make.await else { return };
+                $crate::testkit::$check(&store).await;
+            }
+        )*
+    };
+}
+
+fn ad() -> ConnectorId {
+    ConnectorId("ad".into())
+}
+
+fn anchor(byte: u8) -> Anchor {
+    Anchor(vec![byte; 16])
+}
+
+fn user(byte: u8, dn: &str, mail: &str) -> ImportChange {
+    ImportChange::Upsert {
+        anchor: anchor(byte),
+        dn: dn.into(),
+        object_type: "user".into(),
+        attributes: Attributes::new().with("mail", AttrValue::string(mail)).with("objectGUID", AttrValue::Binary(vec![byte; 16])),
+    }
+}
+
+/// Create, read (by id, anchor, DN), update, list with filters and paging, delete.
+pub async fn cs_objects(store: &impl Store) {
+    let mut attributes = Attributes::new().with("cn", AttrValue::string("Ann"));
+    attributes.set("member", vec![AttrValue::Reference("CN=a".into()), AttrValue::Reference("CN=b".into())]);
+    let id = store
+        .cs_insert(NewCsObject {
+            connector: ad(),
+            anchor: Some(anchor(1)),
+            dn: "CN=Ann,OU=Staff,DC=corp".into(),
+            object_type: "user".into(),
+            attributes: attributes.clone(),
+            pending_import: Some(PendingImport::Add),
+            pending_export: None,
+            link: None,
+        })
+        .await
+        .expect("insert");
+    let got = store.cs_get(id).await.expect("get").expect("present");
+    assert_eq!(got.attributes, attributes, "attributes round-trip");
+    assert_eq!(got.pending_import, Some(PendingImport::Add));
+    assert_eq!(store.cs_by_anchor(&ad(), &anchor(1)).await.expect("by anchor").map(|cs| cs.id), Some(id));
+    assert_eq!(
+        store.cs_by_anchor(&ConnectorId("other".into()), &anchor(1)).await.expect("by anchor").map(|cs| cs.id),
+        None,
+        "anchors are per connector"
+    );
+    assert_eq!(store.cs_by_dn(&ad(), "cn=ann,ou=staff,dc=CORP").await.expect("by dn").map(|cs| cs.id), Some(id), "DN lookup ignores case");
+
+    let mv = store.mv_insert("person").await.expect("mv");
+    let mut changed = got.clone();
+    changed.link = Some(mv);
+    changed.pending_import = None;
+    changed.pending_export = Some(PendingExport::Update(vec![model::AttrChange::Clear("cn".into())]));
+    changed.dn = "CN=Ann,OU=Moved,DC=corp".into();
+    store.cs_update(&changed).await.expect("update");
+    assert_eq!(store.cs_get(id).await.expect("get"), Some(changed.clone()));
+    let error = ObjectError { stage: ErrorStage::Sync, code: "flow-error".into(), message: "boom".into() };
+    store.cs_set_error(id, Some(&error)).await.expect("set error");
+    assert_eq!(store.cs_get(id).await.expect("get").expect("present").error, Some(error));
+    assert_eq!(store.cs_linked_to(mv).await.expect("linked").len(), 1);
+
+    for byte in 2..=5u8 {
+        store
+            .cs_insert(NewCsObject {
+                connector: ad(),
+                anchor: Some(anchor(byte)),
+                dn: format!("CN=u{byte}"),
+                object_type: "user".into(),
+                attributes: Attributes::new(),
+                pending_import: (byte % 2 == 0).then_some(PendingImport::Update),
+                pending_export: None,
+                link: None,
+            })
+            .await
+            .expect("insert more");
+    }
+    let all = store.cs_list(&ad(), &CsQuery::default()).await.expect("list");
+    assert_eq!(all.len(), 5);
+    assert!(all.windows(2).all(|pair| pair[0].id < pair[1].id), "listed by id");
+    let pending = store.cs_list(&ad(), &CsQuery { pending_import: true, ..CsQuery::default() }).await.expect("list pending");
+    assert_eq!(pending.len(), 2, "only objects with a pending import");
+    let exports = store.cs_list(&ad(), &CsQuery { pending_export: true, ..CsQuery::default() }).await.expect("list exports");
+    assert_eq!(exports.iter().map(|cs| cs.id).collect::<Vec<_>>(), vec![id]);
+    let errors = store.cs_list(&ad(), &CsQuery { with_error: true, ..CsQuery::default() }).await.expect("list errors");
+    assert_eq!(errors.len(), 1);
+    let page = store.cs_list(&ad(), &CsQuery { after: Some(all[1].id), limit: 2, ..CsQuery::default() }).await.expect("page");
+    assert_eq!(page.iter().map(|cs| cs.id).collect::<Vec<_>>(), vec![all[2].id, all[3].id]);
+
+    store.cs_delete(id).await.expect("delete");
+    assert_eq!(store.cs_get(id).await.expect("get"), None);
+    assert!(matches!(store.cs_delete(id).await, Err(StoreError::NotFound(_))), "deleting twice is NotFound");
+}
+
+/// Import pages: adds, unchanged, updates, deletes, counts and watermarks.
+pub async fn import_pages(store: &impl Store) {
+    assert_eq!(store.watermark(&ad()).await.expect("watermark"), None);
+    let run = store.run_start(&ad(), "full-import", 1).await.expect("run");
+    let first = [user(1, "CN=a", "a@x"), user(2, "CN=b", "b@x")];
+    let counts = store.commit_import_page(&ad(), run, &first, Some(b"cookie-1")).await.expect("page 1");
+    assert_eq!((counts.adds, counts.updates, counts.deletes, counts.unchanged), (2, 0, 0, 0));
+    assert_eq!(store.watermark(&ad()).await.expect("watermark").as_deref(), Some(&b"cookie-1"[..]));
+    let a = store.cs_by_anchor(&ad(), &anchor(1)).await.expect("a").expect("a present");
+    assert_eq!(a.pending_import, Some(PendingImport::Add));
+    assert_eq!(a.attributes.get("mail"), &[AttrValue::string("a@x")]);
+
+    let again = store.commit_import_page(&ad(), run, &first, Some(b"cookie-2")).await.expect("page 2");
+    assert_eq!((again.adds, again.unchanged), (0, 2), "the same data changes nothing");
+
+    // Sync processed the adds.
+    for byte in [1, 2] {
+        let mut cs = store.cs_by_anchor(&ad(), &anchor(byte)).await.expect("get").expect("present");
+        cs.pending_import = None;
+        store.cs_update(&cs).await.expect("clear pending");
+    }
+    let changes = [user(1, "CN=a2", "a@x"), ImportChange::Delete { anchor: anchor(2) }, ImportChange::Delete { anchor: anchor(9) }];
+    let counts = store.commit_import_page(&ad(), run, &changes, Some(b"cookie-3")).await.expect("page 3");
+    assert_eq!(
+        (counts.adds, counts.updates, counts.deletes, counts.unchanged),
+        (0, 1, 1, 1),
+        "a renamed, b deleted, unknown delete ignored"
+    );
+    let a = store.cs_by_anchor(&ad(), &anchor(1)).await.expect("a").expect("a present");
+    assert_eq!((a.dn.as_str(), a.pending_import), ("CN=a2", Some(PendingImport::Update)));
+    let b = store.cs_by_anchor(&ad(), &anchor(2)).await.expect("b").expect("b present until sync");
+    assert_eq!(b.pending_import, Some(PendingImport::Delete));
+
+    let retyped =
+        [ImportChange::Upsert { anchor: anchor(1), dn: "CN=a2".into(), object_type: "contact".into(), attributes: a.attributes.clone() }];
+    store.commit_import_page(&ad(), run, &retyped, None).await.expect("page 4");
+    let a = store.cs_by_anchor(&ad(), &anchor(1)).await.expect("a").expect("a present");
+    assert_eq!((a.object_type.as_str(), a.pending_import), ("contact", Some(PendingImport::DeleteAdd)), "a type change is delete-add");
+    assert_eq!(store.watermark(&ad()).await.expect("watermark").as_deref(), Some(&b"cookie-3"[..]), "no watermark keeps the last one");
+
+    store.clear_watermark(&ad()).await.expect("clear");
+    assert_eq!(store.watermark(&ad()).await.expect("watermark"), None);
+}
+
+/// An import that finds an unconfirmed export object by DN confirms it (anchor set, link kept).
+pub async fn import_confirms_export_object(store: &impl Store) {
+    let mv = store.mv_insert("person").await.expect("mv");
+    let id = store
+        .cs_insert(NewCsObject {
+            connector: ad(),
+            anchor: None,
+            dn: "CN=New,OU=Staff,DC=corp".into(),
+            object_type: "user".into(),
+            attributes: Attributes::new().with("mail", AttrValue::string("new@x")),
+            pending_import: None,
+            pending_export: Some(PendingExport::Add(vec![])),
+            link: Some(mv),
+        })
+        .await
+        .expect("export object");
+    let run = store.run_start(&ad(), "delta-import", 1).await.expect("run");
+    let counts = store.commit_import_page(&ad(), run, &[user(7, "cn=new,ou=staff,dc=corp", "new@x")], None).await.expect("confirm");
+    assert_eq!((counts.adds, counts.updates), (0, 1));
+    let confirmed = store.cs_get(id).await.expect("get").expect("same object");
+    assert_eq!(confirmed.anchor, Some(anchor(7)));
+    assert_eq!(confirmed.link, Some(mv), "the link survives confirmation");
+    assert_eq!(store.cs_list(&ad(), &CsQuery::default()).await.expect("list").len(), 1, "no second object");
+}
+
+/// A page that fails part-way leaves no trace, and its watermark is not stored.
+pub async fn failed_page_changes_nothing(store: &impl Store) {
+    let run = store.run_start(&ad(), "delta-import", 1).await.expect("run");
+    store.commit_import_page(&ad(), run, &[user(1, "CN=a", "a@x")], Some(b"good")).await.expect("first page");
+    let bad = [
+        user(2, "CN=b", "b@x"),
+        ImportChange::Upsert { anchor: Anchor(vec![]), dn: "CN=c".into(), object_type: "user".into(), attributes: Attributes::new() },
+    ];
+    let err = store.commit_import_page(&ad(), run, &bad, Some(b"bad")).await.expect_err("an empty anchor is refused");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(store.cs_by_anchor(&ad(), &anchor(2)).await.expect("lookup"), None, "the page's first change was rolled back");
+    assert_eq!(store.watermark(&ad()).await.expect("watermark").as_deref(), Some(&b"good"[..]), "the watermark did not advance");
+}
+
+/// A full import obsoletes the imported objects it did not see, and only those.
+pub async fn obsoletion(store: &impl Store) {
+    let first = store.run_start(&ad(), "full-import", 1).await.expect("run 1");
+    store.commit_import_page(&ad(), first, &[user(1, "CN=a", "a@x"), user(2, "CN=b", "b@x")], None).await.expect("run 1 page");
+    store
+        .cs_insert(NewCsObject {
+            connector: ad(),
+            anchor: None,
+            dn: "CN=pending".into(),
+            object_type: "user".into(),
+            attributes: Attributes::new(),
+            pending_import: None,
+            pending_export: Some(PendingExport::Add(vec![])),
+            link: None,
+        })
+        .await
+        .expect("export object");
+    let second = store.run_start(&ad(), "full-import", 2).await.expect("run 2");
+    store.commit_import_page(&ad(), second, &[user(1, "CN=a", "a@x")], None).await.expect("run 2 page");
+    assert_eq!(store.obsolete_unseen(&ad(), second).await.expect("obsolete"), 1);
+    let b = store.cs_by_anchor(&ad(), &anchor(2)).await.expect("b").expect("present");
+    assert_eq!(b.pending_import, Some(PendingImport::Delete));
+    let a = store.cs_by_anchor(&ad(), &anchor(1)).await.expect("a").expect("present");
+    assert_ne!(a.pending_import, Some(PendingImport::Delete));
+    let pending = store.cs_by_dn(&ad(), "CN=pending").await.expect("export object").expect("present");
+    assert_eq!(pending.pending_import, None, "unconfirmed export objects are never obsoleted");
+    assert_eq!(store.obsolete_unseen(&ad(), second).await.expect("again"), 0, "already marked");
+}
+
+/// MV objects: attributes with lineage, lookups by value, delete clears links, paging.
+pub async fn metaverse(store: &impl Store) {
+    let id = store.mv_insert("person").await.expect("insert");
+    let mut mv = store.mv_get(id).await.expect("get").expect("present");
+    assert!(mv.attributes.is_empty());
+    let lineage = vec![Lineage { rule: "In from AD - User Join".into(), precedence: 100, connector: ad(), cs_id: CsId(3) }];
+    mv.attributes.insert("mail".into(), MvAttribute { values: vec![AttrValue::string("Ann@Corp.Example")], lineage: lineage.clone() });
+    mv.attributes
+        .insert("sourceAnchorBinary".into(), MvAttribute { values: vec![AttrValue::Binary(vec![1, 2, 3])], lineage: lineage.clone() });
+    mv.attributes.insert("sourceAnchor".into(), MvAttribute { values: vec![AttrValue::string("AQID")], lineage });
+    store.mv_update(&mv).await.expect("update");
+    assert_eq!(store.mv_get(id).await.expect("get"), Some(mv.clone()), "attributes and lineage round-trip");
+
+    let find = |attribute: &'static str, value: AttrValue, matching| async move {
+        store.mv_find("person", attribute, &[value], matching).await.expect("find")
+    };
+    assert_eq!(find("mail", AttrValue::string("ann@corp.example"), Matching::IgnoreCase).await, vec![id]);
+    assert_eq!(find("mail", AttrValue::string("ann@corp.example"), Matching::Exact).await, Vec::<MvId>::new());
+    assert_eq!(find("sourceAnchorBinary", AttrValue::Binary(vec![1, 2, 3]), Matching::IgnoreCase).await, vec![id]);
+    assert_eq!(find("sourceAnchor", AttrValue::string("aqid"), Matching::Exact).await, Vec::<MvId>::new(), "case-sensitive anchors");
+    assert_eq!(
+        store.mv_find("group", "mail", &[AttrValue::string("Ann@Corp.Example")], Matching::Exact).await.expect("find"),
+        Vec::<MvId>::new(),
+        "type matters"
+    );
+
+    mv.attributes.remove("mail");
+    store.mv_update(&mv).await.expect("update");
+    assert_eq!(
+        find("mail", AttrValue::string("ann@corp.example"), Matching::IgnoreCase).await,
+        Vec::<MvId>::new(),
+        "index follows updates"
+    );
+
+    let cs = store
+        .cs_insert(NewCsObject {
+            connector: ad(),
+            anchor: Some(anchor(1)),
+            dn: "CN=a".into(),
+            object_type: "user".into(),
+            attributes: Attributes::new(),
+            pending_import: None,
+            pending_export: None,
+            link: Some(id),
+        })
+        .await
+        .expect("cs");
+    let second = store.mv_insert("group").await.expect("second");
+    assert_eq!(store.mv_list(None, 0).await.expect("list"), vec![id, second]);
+    assert_eq!(store.mv_list(Some(id), 5).await.expect("page"), vec![second]);
+    store.mv_delete(id).await.expect("delete");
+    assert_eq!(store.mv_get(id).await.expect("get"), None);
+    assert_eq!(store.cs_get(cs).await.expect("cs").expect("present").link, None, "links to a deleted MV object are cleared");
+}
+
+/// Outbound join lookups find disconnectors only.
+pub async fn disconnector_lookup(store: &impl Store) {
+    let cloud = ConnectorId("cloud".into());
+    let mv = store.mv_insert("person").await.expect("mv");
+    for (byte, link) in [(1u8, None), (2, Some(mv))] {
+        store
+            .cs_insert(NewCsObject {
+                connector: cloud.clone(),
+                anchor: Some(anchor(byte)),
+                dn: format!("CN={byte}"),
+                object_type: "user".into(),
+                attributes: Attributes::new().with("onPremisesImmutableId", AttrValue::string("AQID")),
+                pending_import: None,
+                pending_export: None,
+                link,
+            })
+            .await
+            .expect("cs");
+    }
+    let found = store.cs_find(&cloud, "user", "onPremisesImmutableId", &[AttrValue::string("AQID")], Matching::Exact).await.expect("find");
+    assert_eq!(found.len(), 1, "the joined one is not a candidate");
+    assert_eq!(store.cs_get(found[0]).await.expect("get").expect("present").link, None);
+    assert!(
+        store
+            .cs_find(&cloud, "user", "onPremisesImmutableId", &[AttrValue::string("aqid")], Matching::Exact)
+            .await
+            .expect("find")
+            .is_empty()
+    );
+}
+
+/// Run history, newest first.
+pub async fn run_history(store: &impl Store) {
+    let first = store.run_start(&ad(), "full-import", 100).await.expect("start");
+    store.run_finish(first, 160, "success", RunCounts { adds: 5, updates: 0, deletes: 0, errors: 0 }).await.expect("finish");
+    let second = store.run_start(&ad(), "delta-sync", 200).await.expect("start");
+    let runs = store.runs(10).await.expect("runs");
+    assert_eq!(runs.iter().map(|run| run.id).collect::<Vec<_>>(), vec![second, first]);
+    assert_eq!(runs[1].finished, Some(160));
+    assert_eq!(runs[1].counts.adds, 5);
+    assert_eq!((runs[0].finished, runs[0].status.as_str()), (None, "running"));
+    assert_eq!(store.runs(1).await.expect("runs").len(), 1);
+}
+
+/// `migrate` twice is harmless.
+pub async fn migrate_is_idempotent(store: &impl Store) {
+    store.migrate().await.expect("second migrate");
+    store.mv_insert("person").await.expect("still works");
+}
