@@ -4,10 +4,10 @@
 use store::Store;
 use store_sqlite::SqliteStore;
 
-async fn fresh() -> Option<SqliteStore> {
+async fn fresh() -> Option<((), SqliteStore)> {
     let store = SqliteStore::memory().expect("open");
     store.migrate().await.expect("migrate");
-    Some(store)
+    Some(((), store))
 }
 
 store::conformance_tests!(fresh());

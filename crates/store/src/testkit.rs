@@ -1,5 +1,7 @@
 //! The conformance suite every [`Store`] adapter runs. An adapter's test file calls
-//! [`conformance_tests!`](crate::conformance_tests) with an async expression that yields a fresh, migrated store.
+//! [`conformance_tests!`](crate::conformance_tests) with an async expression that yields
+//! `Some((guard, store))`: a fresh, migrated store and whatever must outlive it (its server),
+//! or `None` to skip (the test kit's availability policy decides).
 //!
 //! Each check panics with a message naming what broke.
 #![allow(clippy::expect_used, reason = "a test suite: failing loudly is its job")]
@@ -21,7 +23,8 @@ macro_rules! conformance_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
-                let Some(store) = $make.await else { return };
+                // `_guard` keeps whatever the store needs (e.g. its server) alive until the check ends.
+                let Some((_guard, store)) = $make.await else { return };
                 $crate::testkit::$check(&store).await;
             }
         )*

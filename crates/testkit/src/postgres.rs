@@ -86,6 +86,15 @@ impl Postgres {
         &self.url
     }
 
+    /// The URL of another database on the same server.
+    pub fn database_url(&self, database: &str) -> String {
+        let base = self.url.split('?').next().unwrap_or(&self.url);
+        match base.rfind('/') {
+            Some(slash) if slash > base.find("//").map_or(0, |at| at + 1) => format!("{}/{database}", &base[..slash]),
+            _ => format!("{base}/{database}"),
+        }
+    }
+
     /// The private server's process id (`None` for an external server).
     pub fn pid(&self) -> Option<u32> {
         self.private.as_ref().map(|cluster| cluster.process.pid())

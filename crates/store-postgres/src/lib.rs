@@ -1,0 +1,552 @@
+//! The scale-out store: PostgreSQL through `tokio-postgres`, for deployments that outgrow one
+//! machine's SQLite file. Same schema shape and semantics as `store-sqlite`, proven by the same
+//! conformance suite.
+//!
+//! Secure default: connections are plain TCP for now, so only a Unix socket or a loopback
+//! address is accepted unless the URL says `sslmode=disable` explicitly (the operator then
+//! takes responsibility for the network path). TLS to PostgreSQL is a follow-up.
+//!
+//! Knows nothing of the engine or connectors.
+
+mod schema;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use model::{Anchor, AttrValue, ConnectorId, CsId, CsObject, ErrorStage, MvId, MvObject, ObjectError, PendingImport};
+use store::codec::{self, index_key};
+use store::{CsQuery, ImportChange, ImportCounts, Matching, NewCsObject, Result, RunCounts, RunRecord, StoreError};
+use tokio::sync::Mutex;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, GenericClient, NoTls, Row};
+
+/// A PostgreSQL-backed store.
+#[derive(Clone)]
+pub struct PostgresStore {
+    client: Arc<Mutex<Client>>,
+}
+
+fn backend(err: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = err.as_db_error()
+        && *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+    {
+        return StoreError::Conflict(db.message().to_string());
+    }
+    StoreError::Backend(Box::new(err))
+}
+
+impl PostgresStore {
+    /// Connects to `url` (e.g. `postgresql://isthmus@127.0.0.1:5432/isthmus`). Call [`store::Store::migrate`] next.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let config: tokio_postgres::Config = url.parse().map_err(|err| StoreError::Backend(Box::new(err)))?;
+        check_transport(url, &config)?;
+        let (client, connection) = config.connect(NoTls).await.map_err(backend)?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                eprintln!("PostgreSQL connection ended: {err}");
+            }
+        });
+        Ok(PostgresStore { client: Arc::new(Mutex::new(client)) })
+    }
+}
+
+fn check_transport(url: &str, config: &tokio_postgres::Config) -> Result<()> {
+    let explicit_plain = url.contains("sslmode=disable");
+    for host in config.get_hosts() {
+        let local = match host {
+            tokio_postgres::config::Host::Unix(_) => true,
+            tokio_postgres::config::Host::Tcp(name) => {
+                name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+        };
+        if !local && !explicit_plain {
+            return Err(StoreError::Backend(
+                format!("refusing a plain-text connection to PostgreSQL host {host:?}: TLS is not supported yet; use a loopback address or a Unix socket, or add sslmode=disable to accept the risk").into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+const CS_COLUMNS: &str =
+    "id, connector, anchor, dn, object_type, attributes, link, pending_import, pending_export, error_stage, error_code, error_message";
+
+fn cs_from_row(row: &Row) -> Result<CsObject> {
+    let get_err = |err: tokio_postgres::Error| StoreError::Corrupt(err.to_string());
+    let attributes: String = row.try_get(5).map_err(get_err)?;
+    let pending_import: Option<String> = row.try_get(7).map_err(get_err)?;
+    let pending_export: Option<String> = row.try_get(8).map_err(get_err)?;
+    let error_stage: Option<String> = row.try_get(9).map_err(get_err)?;
+    let error_code: Option<String> = row.try_get(10).map_err(get_err)?;
+    let error_message: Option<String> = row.try_get(11).map_err(get_err)?;
+    Ok(CsObject {
+        id: CsId(row.try_get(0).map_err(get_err)?),
+        connector: ConnectorId(row.try_get(1).map_err(get_err)?),
+        anchor: row.try_get::<_, Option<Vec<u8>>>(2).map_err(get_err)?.map(Anchor),
+        dn: row.try_get(3).map_err(get_err)?,
+        object_type: row.try_get(4).map_err(get_err)?,
+        attributes: codec::attributes_from_text(&attributes)?,
+        link: row.try_get::<_, Option<i64>>(6).map_err(get_err)?.map(MvId),
+        pending_import: pending_import.as_deref().map(codec::import_from_code).transpose()?,
+        pending_export: pending_export.as_deref().map(codec::export_from_text).transpose()?,
+        error: match (error_stage.as_deref(), error_code, error_message) {
+            (Some(stage), Some(code), Some(message)) => Some(ObjectError { stage: stage_from_code(stage)?, code, message }),
+            _ => None,
+        },
+    })
+}
+
+fn stage_code(stage: ErrorStage) -> &'static str {
+    match stage {
+        ErrorStage::Import => "import",
+        ErrorStage::Sync => "sync",
+        ErrorStage::Export => "export",
+    }
+}
+
+fn stage_from_code(code: &str) -> Result<ErrorStage> {
+    Ok(match code {
+        "import" => ErrorStage::Import,
+        "sync" => ErrorStage::Sync,
+        "export" => ErrorStage::Export,
+        other => return Err(StoreError::Corrupt(format!("unknown error stage \"{other}\""))),
+    })
+}
+
+async fn query_cs(client: &impl GenericClient, sql_where: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<CsObject>> {
+    let sql = format!("SELECT {CS_COLUMNS} FROM cs_objects WHERE {sql_where}");
+    let rows = client.query(&sql, args).await.map_err(backend)?;
+    rows.iter().map(cs_from_row).collect()
+}
+
+async fn write_values<'a>(
+    client: &impl GenericClient,
+    table: &str,
+    column: &str,
+    id: i64,
+    attributes: impl Iterator<Item = (&'a str, &'a [AttrValue])>,
+) -> Result<()> {
+    client.execute(&format!("DELETE FROM {table} WHERE {column} = $1"), &[&id]).await.map_err(backend)?;
+    let (mut names, mut exact, mut folded) = (Vec::new(), Vec::new(), Vec::new());
+    for (name, values) in attributes {
+        for value in values {
+            names.push(name.to_string());
+            exact.push(index_key(value, Matching::Exact));
+            folded.push(index_key(value, Matching::IgnoreCase));
+        }
+    }
+    if names.is_empty() {
+        return Ok(());
+    }
+    let sql =
+        format!("INSERT INTO {table} ({column}, attribute, exact, folded) SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[])");
+    client.execute(&sql, &[&id, &names, &exact, &folded]).await.map_err(backend)?;
+    Ok(())
+}
+
+async fn insert_cs(client: &impl GenericClient, object: &NewCsObject, seen_run: Option<i64>) -> Result<CsId> {
+    if object.anchor.as_ref().is_some_and(|anchor| anchor.0.is_empty()) {
+        return Err(StoreError::Conflict(format!("object {} has an empty anchor", object.dn)));
+    }
+    let row = client
+        .query_one(
+            "INSERT INTO cs_objects (connector, anchor, dn, dn_folded, object_type, attributes, link, pending_import, pending_export, seen_run) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+            &[
+                &object.connector.0,
+                &object.anchor.as_ref().map(|anchor| anchor.0.clone()),
+                &object.dn,
+                &object.dn.to_lowercase(),
+                &object.object_type,
+                &codec::attributes_to_text(&object.attributes),
+                &object.link.map(|mv| mv.0),
+                &object.pending_import.map(codec::import_to_code),
+                &object.pending_export.as_ref().map(codec::export_to_text),
+                &seen_run,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    let id: i64 = row.get(0);
+    write_values(client, "cs_values", "cs_id", id, object.attributes.iter()).await?;
+    Ok(CsId(id))
+}
+
+async fn update_cs(client: &impl GenericClient, object: &CsObject) -> Result<()> {
+    let changed = client
+        .execute(
+            "UPDATE cs_objects SET anchor = $2, dn = $3, dn_folded = $4, object_type = $5, attributes = $6, link = $7, pending_import = $8, \
+             pending_export = $9, error_stage = $10, error_code = $11, error_message = $12 WHERE id = $1",
+            &[
+                &object.id.0,
+                &object.anchor.as_ref().map(|anchor| anchor.0.clone()),
+                &object.dn,
+                &object.dn.to_lowercase(),
+                &object.object_type,
+                &codec::attributes_to_text(&object.attributes),
+                &object.link.map(|mv| mv.0),
+                &object.pending_import.map(codec::import_to_code),
+                &object.pending_export.as_ref().map(codec::export_to_text),
+                &object.error.as_ref().map(|error| stage_code(error.stage)),
+                &object.error.as_ref().map(|error| error.code.clone()),
+                &object.error.as_ref().map(|error| error.message.clone()),
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    if changed == 0 {
+        return Err(StoreError::NotFound(object.id.to_string()));
+    }
+    write_values(client, "cs_values", "cs_id", object.id.0, object.attributes.iter()).await
+}
+
+async fn find_ids(
+    client: &impl GenericClient,
+    sql: &str,
+    fixed: &[&(dyn ToSql + Sync)],
+    values: &[AttrValue],
+    matching: Matching,
+) -> Result<Vec<i64>> {
+    let keys: Vec<String> = values.iter().map(|value| index_key(value, matching)).collect();
+    let mut args: Vec<&(dyn ToSql + Sync)> = fixed.to_vec();
+    args.push(&keys);
+    let rows = client.query(sql, &args).await.map_err(backend)?;
+    let ids: BTreeSet<i64> = rows.iter().map(|row| row.get(0)).collect();
+    Ok(ids.into_iter().collect())
+}
+
+impl store::Store for PostgresStore {
+    async fn migrate(&self) -> Result<()> {
+        let mut client = self.client.lock().await;
+        schema::migrate(&mut client).await
+    }
+
+    async fn cs_get(&self, id: CsId) -> Result<Option<CsObject>> {
+        let client = self.client.lock().await;
+        Ok(query_cs(&*client, "id = $1", &[&id.0]).await?.pop())
+    }
+
+    async fn cs_by_anchor(&self, connector: &ConnectorId, anchor: &Anchor) -> Result<Option<CsObject>> {
+        let client = self.client.lock().await;
+        Ok(query_cs(&*client, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop())
+    }
+
+    async fn cs_by_dn(&self, connector: &ConnectorId, dn: &str) -> Result<Option<CsObject>> {
+        let client = self.client.lock().await;
+        Ok(query_cs(&*client, "connector = $1 AND dn_folded = $2 ORDER BY id", &[&connector.0, &dn.to_lowercase()])
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn cs_insert(&self, object: NewCsObject) -> Result<CsId> {
+        let mut client = self.client.lock().await;
+        let tx = client.transaction().await.map_err(backend)?;
+        let id = insert_cs(&tx, &object, None).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(id)
+    }
+
+    async fn cs_update(&self, object: &CsObject) -> Result<()> {
+        let mut client = self.client.lock().await;
+        let tx = client.transaction().await.map_err(backend)?;
+        update_cs(&tx, object).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn cs_delete(&self, id: CsId) -> Result<()> {
+        let client = self.client.lock().await;
+        match client.execute("DELETE FROM cs_objects WHERE id = $1", &[&id.0]).await.map_err(backend)? {
+            0 => Err(StoreError::NotFound(id.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    async fn cs_list(&self, connector: &ConnectorId, query: &CsQuery) -> Result<Vec<CsObject>> {
+        let mut sql_where = String::from("connector = $1 AND id > $2");
+        if query.pending_import {
+            sql_where.push_str(" AND pending_import IS NOT NULL");
+        }
+        if query.pending_export {
+            sql_where.push_str(" AND pending_export IS NOT NULL");
+        }
+        if query.with_error {
+            sql_where.push_str(" AND error_code IS NOT NULL");
+        }
+        sql_where.push_str(" ORDER BY id");
+        if query.limit > 0 {
+            sql_where.push_str(&format!(" LIMIT {}", query.limit));
+        }
+        let after = query.after.map_or(0, |id| id.0);
+        let client = self.client.lock().await;
+        query_cs(&*client, &sql_where, &[&connector.0, &after]).await
+    }
+
+    async fn cs_linked_to(&self, mv: MvId) -> Result<Vec<CsObject>> {
+        let client = self.client.lock().await;
+        query_cs(&*client, "link = $1 ORDER BY id", &[&mv.0]).await
+    }
+
+    async fn cs_find(
+        &self,
+        connector: &ConnectorId,
+        object_type: &str,
+        attribute: &str,
+        values: &[AttrValue],
+        matching: Matching,
+    ) -> Result<Vec<CsId>> {
+        let column = if matching == Matching::Exact { "exact" } else { "folded" };
+        let sql = format!(
+            "SELECT DISTINCT o.id FROM cs_values v JOIN cs_objects o ON o.id = v.cs_id \
+             WHERE o.connector = $1 AND o.object_type = $2 AND o.link IS NULL AND v.attribute = $3 AND v.{column} = ANY($4)"
+        );
+        let client = self.client.lock().await;
+        Ok(find_ids(&*client, &sql, &[&connector.0, &object_type, &attribute], values, matching).await?.into_iter().map(CsId).collect())
+    }
+
+    async fn cs_set_error(&self, id: CsId, error: Option<&ObjectError>) -> Result<()> {
+        let client = self.client.lock().await;
+        let changed = client
+            .execute(
+                "UPDATE cs_objects SET error_stage = $2, error_code = $3, error_message = $4 WHERE id = $1",
+                &[&id.0, &error.map(|e| stage_code(e.stage)), &error.map(|e| e.code.clone()), &error.map(|e| e.message.clone())],
+            )
+            .await
+            .map_err(backend)?;
+        if changed == 0 { Err(StoreError::NotFound(id.to_string())) } else { Ok(()) }
+    }
+
+    async fn commit_import_page(
+        &self,
+        connector: &ConnectorId,
+        run: i64,
+        changes: &[ImportChange],
+        watermark: Option<&[u8]>,
+    ) -> Result<ImportCounts> {
+        let mut client = self.client.lock().await;
+        let tx = client.transaction().await.map_err(backend)?;
+        let mut counts = ImportCounts::default();
+        for change in changes {
+            match change {
+                ImportChange::Upsert { anchor, dn, object_type, attributes } => {
+                    if anchor.0.is_empty() {
+                        return Err(StoreError::Conflict(format!("imported object {dn} has an empty anchor")));
+                    }
+                    let mut existing = query_cs(&tx, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
+                    if existing.is_none() {
+                        // An unconfirmed export object with this DN is confirmed by the import.
+                        existing =
+                            query_cs(&tx, "connector = $1 AND dn_folded = $2 AND anchor IS NULL", &[&connector.0, &dn.to_lowercase()])
+                                .await?
+                                .pop()
+                                .map(|mut export_object| {
+                                    export_object.anchor = Some(anchor.clone());
+                                    export_object
+                                });
+                    }
+                    match existing {
+                        None => {
+                            let new = NewCsObject {
+                                connector: connector.clone(),
+                                anchor: Some(anchor.clone()),
+                                dn: dn.clone(),
+                                object_type: object_type.clone(),
+                                attributes: attributes.clone(),
+                                pending_import: Some(PendingImport::Add),
+                                pending_export: None,
+                                link: None,
+                            };
+                            insert_cs(&tx, &new, Some(run)).await?;
+                            counts.adds += 1;
+                        }
+                        Some(existing) => {
+                            let confirming = existing.pending_export.is_some();
+                            match store::import::apply_upsert(&existing, dn, object_type, attributes) {
+                                Some(updated) => {
+                                    update_cs(&tx, &updated).await?;
+                                    counts.updates += 1;
+                                }
+                                None if confirming => {
+                                    update_cs(&tx, &existing).await?;
+                                    counts.updates += 1;
+                                }
+                                None => counts.unchanged += 1,
+                            }
+                            tx.execute("UPDATE cs_objects SET seen_run = $2 WHERE id = $1", &[&existing.id.0, &run])
+                                .await
+                                .map_err(backend)?;
+                        }
+                    }
+                }
+                ImportChange::Delete { anchor } => {
+                    let existing = query_cs(&tx, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
+                    match existing.as_ref().and_then(store::import::apply_delete) {
+                        Some(updated) => {
+                            update_cs(&tx, &updated).await?;
+                            counts.deletes += 1;
+                        }
+                        None => counts.unchanged += 1,
+                    }
+                }
+            }
+        }
+        if let Some(watermark) = watermark {
+            tx.execute(
+                "INSERT INTO watermarks (connector, value) VALUES ($1, $2) ON CONFLICT (connector) DO UPDATE SET value = excluded.value",
+                &[&connector.0, &watermark],
+            )
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(counts)
+    }
+
+    async fn obsolete_unseen(&self, connector: &ConnectorId, import_run: i64) -> Result<u64> {
+        let client = self.client.lock().await;
+        client
+            .execute(
+                "UPDATE cs_objects SET pending_import = 'delete' WHERE connector = $1 AND anchor IS NOT NULL \
+                 AND (seen_run IS NULL OR seen_run < $2) AND (pending_import IS NULL OR pending_import <> 'delete')",
+                &[&connector.0, &import_run],
+            )
+            .await
+            .map_err(backend)
+    }
+
+    async fn watermark(&self, connector: &ConnectorId) -> Result<Option<Vec<u8>>> {
+        let client = self.client.lock().await;
+        let row = client.query_opt("SELECT value FROM watermarks WHERE connector = $1", &[&connector.0]).await.map_err(backend)?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    async fn clear_watermark(&self, connector: &ConnectorId) -> Result<()> {
+        let client = self.client.lock().await;
+        client.execute("DELETE FROM watermarks WHERE connector = $1", &[&connector.0]).await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn mv_get(&self, id: MvId) -> Result<Option<MvObject>> {
+        let client = self.client.lock().await;
+        let row = client.query_opt("SELECT object_type, attributes FROM mv_objects WHERE id = $1", &[&id.0]).await.map_err(backend)?;
+        row.map(|row| {
+            let attributes: String = row.get(1);
+            Ok(MvObject { id, object_type: row.get(0), attributes: codec::mv_attributes_from_text(&attributes)? })
+        })
+        .transpose()
+    }
+
+    async fn mv_insert(&self, object_type: &str) -> Result<MvId> {
+        let client = self.client.lock().await;
+        let row = client
+            .query_one("INSERT INTO mv_objects (object_type, attributes) VALUES ($1, '{}') RETURNING id", &[&object_type])
+            .await
+            .map_err(backend)?;
+        Ok(MvId(row.get(0)))
+    }
+
+    async fn mv_update(&self, object: &MvObject) -> Result<()> {
+        let mut client = self.client.lock().await;
+        let tx = client.transaction().await.map_err(backend)?;
+        let changed = tx
+            .execute(
+                "UPDATE mv_objects SET object_type = $2, attributes = $3 WHERE id = $1",
+                &[&object.id.0, &object.object_type, &codec::mv_attributes_to_text(&object.attributes)],
+            )
+            .await
+            .map_err(backend)?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(object.id.to_string()));
+        }
+        let attributes = object.attributes.iter().map(|(name, attribute)| (name.as_str(), attribute.values.as_slice()));
+        write_values(&tx, "mv_values", "mv_id", object.id.0, attributes).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn mv_delete(&self, id: MvId) -> Result<()> {
+        let client = self.client.lock().await;
+        match client.execute("DELETE FROM mv_objects WHERE id = $1", &[&id.0]).await.map_err(backend)? {
+            0 => Err(StoreError::NotFound(id.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    async fn mv_find(&self, object_type: &str, attribute: &str, values: &[AttrValue], matching: Matching) -> Result<Vec<MvId>> {
+        let column = if matching == Matching::Exact { "exact" } else { "folded" };
+        let sql = format!(
+            "SELECT DISTINCT m.id FROM mv_values v JOIN mv_objects m ON m.id = v.mv_id WHERE m.object_type = $1 AND v.attribute = $2 AND v.{column} = ANY($3)"
+        );
+        let client = self.client.lock().await;
+        Ok(find_ids(&*client, &sql, &[&object_type, &attribute], values, matching).await?.into_iter().map(MvId).collect())
+    }
+
+    async fn mv_list(&self, after: Option<MvId>, limit: usize) -> Result<Vec<MvId>> {
+        let limit = if limit == 0 { i64::MAX } else { limit as i64 };
+        let client = self.client.lock().await;
+        let rows = client
+            .query("SELECT id FROM mv_objects WHERE id > $1 ORDER BY id LIMIT $2", &[&after.map_or(0, |id| id.0), &limit])
+            .await
+            .map_err(backend)?;
+        Ok(rows.iter().map(|row| MvId(row.get(0))).collect())
+    }
+
+    async fn run_start(&self, connector: &ConnectorId, step: &str, started: i64) -> Result<i64> {
+        let client = self.client.lock().await;
+        let row = client
+            .query_one(
+                "INSERT INTO runs (connector, step, started, status, adds, updates, deletes, errors) VALUES ($1, $2, $3, 'running', 0, 0, 0, 0) RETURNING id",
+                &[&connector.0, &step, &started],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(row.get(0))
+    }
+
+    async fn run_finish(&self, id: i64, finished: i64, status: &str, counts: RunCounts) -> Result<()> {
+        let client = self.client.lock().await;
+        let changed = client
+            .execute(
+                "UPDATE runs SET finished = $2, status = $3, adds = $4, updates = $5, deletes = $6, errors = $7 WHERE id = $1",
+                &[
+                    &id,
+                    &finished,
+                    &status,
+                    &(counts.adds as i64),
+                    &(counts.updates as i64),
+                    &(counts.deletes as i64),
+                    &(counts.errors as i64),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        if changed == 0 { Err(StoreError::NotFound(format!("run {id}"))) } else { Ok(()) }
+    }
+
+    async fn runs(&self, limit: usize) -> Result<Vec<RunRecord>> {
+        let client = self.client.lock().await;
+        let rows = client
+            .query(
+                "SELECT id, connector, step, started, finished, status, adds, updates, deletes, errors FROM runs ORDER BY id DESC LIMIT $1",
+                &[&(limit as i64)],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|row| RunRecord {
+                id: row.get(0),
+                connector: ConnectorId(row.get(1)),
+                step: row.get(2),
+                started: row.get(3),
+                finished: row.get(4),
+                status: row.get(5),
+                counts: RunCounts {
+                    adds: row.get::<_, i64>(6) as u64,
+                    updates: row.get::<_, i64>(7) as u64,
+                    deletes: row.get::<_, i64>(8) as u64,
+                    errors: row.get::<_, i64>(9) as u64,
+                },
+            })
+            .collect())
+    }
+}
