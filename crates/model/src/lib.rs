@@ -9,6 +9,6 @@ pub mod object;
 
 pub use dn::{Dn, DnError, Rdn};
 pub use object::{
-    Anchor, AttrChange, AttrValue, Attributes, ConnectorId, CsId, CsObject, ErrorStage, Lineage, MvAttribute, MvId, MvObject, ObjectError,
-    PendingExport, PendingImport,
+    Anchor, AttrChange, AttrValue, Attributes, ConnectorId, CsId, CsObject, ErrorStage, ImportChange, Lineage, MvAttribute, MvId, MvObject,
+    ObjectError, PendingExport, PendingImport,
 };

@@ -207,6 +207,27 @@ impl AttrChange {
     }
 }
 
+/// One change read by an import from a connected directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportChange {
+    /// The object as the directory has it now (full state): added when unknown, updated when changed.
+    Upsert {
+        /// Anchor.
+        anchor: Anchor,
+        /// DN.
+        dn: String,
+        /// Object type.
+        object_type: String,
+        /// All imported attributes.
+        attributes: Attributes,
+    },
+    /// Gone from the directory (or out of the connector's scope).
+    Delete {
+        /// Anchor.
+        anchor: Anchor,
+    },
+}
+
 /// What an import staged on a CS object and sync has not processed yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PendingImport {

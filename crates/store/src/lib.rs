@@ -16,6 +16,7 @@ pub mod testkit;
 
 use std::future::Future;
 
+pub use model::ImportChange;
 use model::{Anchor, AttrValue, Attributes, ConnectorId, CsId, CsObject, MvId, MvObject, ObjectError, PendingExport, PendingImport};
 
 /// Why a store operation failed.
@@ -66,27 +67,6 @@ pub struct NewCsObject {
     pub pending_export: Option<PendingExport>,
     /// Link.
     pub link: Option<MvId>,
-}
-
-/// One change read by an import, applied by [`Store::commit_import_page`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImportChange {
-    /// The object as the directory has it now (full state): added when unknown, updated when changed.
-    Upsert {
-        /// Anchor.
-        anchor: Anchor,
-        /// DN.
-        dn: String,
-        /// Object type.
-        object_type: String,
-        /// All imported attributes.
-        attributes: Attributes,
-    },
-    /// Gone from the directory.
-    Delete {
-        /// Anchor.
-        anchor: Anchor,
-    },
 }
 
 /// What an import page did.

@@ -23,6 +23,9 @@ pub struct DateTime {
 }
 
 impl DateTime {
+    /// 0001-01-01T00:00:00Z, the earliest instant.
+    pub const MIN: DateTime = DateTime { ticks: 0 };
+
     /// From ticks since 0001-01-01T00:00:00Z; `None` outside years 1–9999.
     pub fn from_ticks(ticks: i64) -> Option<Self> {
         (0..=MAX_TICKS).contains(&ticks).then_some(DateTime { ticks })

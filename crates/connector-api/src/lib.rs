@@ -1,0 +1,118 @@
+//! The connector port: a [`Connector`] is a struct of capabilities — every connector can be
+//! read ([`Import`]); writing ([`Export`]) is optional. The runner checks capabilities when the
+//! configuration loads, and adds paging, retries, progress and logging around them, once.
+//!
+//! Traits are object-safe (`dyn`), with boxed futures ([`BoxFuture`]): connectors are chosen at
+//! run time from configuration. Knows no store, no engine, no wire protocol.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use model::{Anchor, ConnectorId, ImportChange, PendingExport};
+
+/// A boxed, `Send` future, the return type of connector operations.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a connector can tell about itself.
+#[derive(Debug, Clone)]
+pub struct ConnectorInfo {
+    /// The id rules and the store use.
+    pub id: ConnectorId,
+    /// Kind, e.g. `ldap`, `graph`, `memory`.
+    pub kind: String,
+    /// Which side it is on: sources are imported and synced first, targets exported first (Entra's cycle order).
+    pub role: Role,
+    /// `%Name%` parameters its rules may read (`Domain.FQDN`, `Connector.ID` …).
+    pub parameters: BTreeMap<String, sync_expr::Value>,
+}
+
+/// Where a connector sits in a sync cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An on-premises source (AD, LDAP, HR).
+    Source,
+    /// The cloud target.
+    Target,
+}
+
+/// A connector: its description and capabilities.
+pub struct Connector {
+    /// Description.
+    pub info: ConnectorInfo,
+    /// Reading; every connector has it.
+    pub import: Box<dyn Import>,
+    /// Writing; `None` for read-only sources.
+    pub export: Option<Box<dyn Export>>,
+}
+
+/// One page of an import.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportPage {
+    /// The changes.
+    pub changes: Vec<ImportChange>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<Vec<u8>>,
+    /// The watermark to store with this page (delta imports: after every page; full imports: on the last page).
+    pub watermark: Option<Vec<u8>>,
+}
+
+/// Reading a connected directory.
+pub trait Import: Send + Sync {
+    /// One page of a full import; `cursor` is `None` on the first call.
+    fn full_page<'a>(&'a self, cursor: Option<&'a [u8]>) -> BoxFuture<'a, Result<ImportPage, ConnectorError>>;
+
+    /// One page of changes since `watermark`. [`ConnectorError::WatermarkExpired`] means: run a full import.
+    fn delta_page<'a>(&'a self, watermark: &'a [u8], cursor: Option<&'a [u8]>) -> BoxFuture<'a, Result<ImportPage, ConnectorError>>;
+}
+
+/// One change to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportRequest {
+    /// The object's DN in the connected directory (for an add: the DN to create).
+    pub dn: String,
+    /// Its type.
+    pub object_type: String,
+    /// Its anchor; `None` for an add.
+    pub anchor: Option<Anchor>,
+    /// What to do.
+    pub change: PendingExport,
+}
+
+/// What a successful export did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportOutcome {
+    /// The anchor the directory gave a new object (adds).
+    pub anchor: Option<Anchor>,
+}
+
+/// Writing to a connected directory.
+pub trait Export: Send + Sync {
+    /// Applies one change.
+    fn export<'a>(&'a self, request: &'a ExportRequest) -> BoxFuture<'a, Result<ExportOutcome, ConnectorError>>;
+}
+
+/// Why a connector operation failed, grouped by what the runner does about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectorError {
+    /// The directory cannot be reached or the connection broke: stop this step, keep the last
+    /// committed watermark, retry on the next run.
+    #[error("directory unavailable: {0}")]
+    Unavailable(String),
+    /// The stored watermark is no longer valid: run a full import.
+    #[error("the watermark expired: {0}")]
+    WatermarkExpired(String),
+    /// The directory refused this one object (bad value, schema violation, permission denied):
+    /// the object gets the error, the run goes on.
+    #[error("{code}: {message}")]
+    Rejected {
+        /// Short stable code, e.g. `schema-violation`, `permission-denied`, `already-exists`.
+        code: String,
+        /// The directory's explanation.
+        message: String,
+    },
+    /// The connector is configured wrongly: stop, tell the operator.
+    #[error("connector configuration: {0}")]
+    Config(String),
+}

@@ -1,0 +1,108 @@
+//! Export steps: pending exports to the connected directory, unless staging mode holds them or
+//! the accidental-delete threshold stops the whole export.
+
+use connector_api::{ConnectorError, ExportRequest};
+use model::{ConnectorId, ErrorStage, ObjectError, PendingExport};
+use store::{CsQuery, RunCounts, Store};
+
+use crate::{Runner, RunnerError};
+
+const PAGE: usize = 1000;
+
+pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Result<(String, RunCounts, String), RunnerError> {
+    let connector = runner.connector(id)?;
+    let Some(export) = &connector.export else {
+        return Err(RunnerError::Unsupported { connector: id.0.clone(), step: "export", why: "it is read-only".into() });
+    };
+    let mut pending = Vec::new();
+    let mut after = None;
+    loop {
+        let page = runner.store.cs_list(id, &CsQuery { pending_export: true, after, limit: PAGE, ..CsQuery::default() }).await?;
+        after = page.last().map(|cs| cs.id);
+        let done = page.len() < PAGE;
+        pending.extend(page);
+        if done {
+            break;
+        }
+    }
+    let mut planned = RunCounts::default();
+    for cs in &pending {
+        match cs.pending_export {
+            Some(PendingExport::Add(_)) => planned.adds += 1,
+            Some(PendingExport::Delete) => planned.deletes += 1,
+            Some(_) => planned.updates += 1,
+            None => {}
+        }
+    }
+    if runner.config.staging {
+        let detail = format!(
+            "staging mode: {} exports held ({} adds, {} updates, {} deletes); see `isthmus plan`",
+            pending.len(),
+            planned.adds,
+            planned.updates,
+            planned.deletes
+        );
+        return Ok(("staging-no-export".into(), planned, detail));
+    }
+    if let Some(threshold) = runner.config.deletion_threshold
+        && planned.deletes > threshold
+        && !runner.config.allow_deletes_once
+    {
+        tracing::warn!(connector = %id, deletes = planned.deletes, threshold, "accidental-delete threshold exceeded; nothing exported");
+        let detail = format!(
+            "{} pending deletes exceed the threshold of {threshold}; nothing was exported. Review them with `isthmus plan`, then allow them once with `isthmus sync run --allow-deletes`",
+            planned.deletes
+        );
+        return Ok(("stopped-deletion-threshold-exceeded".into(), RunCounts::default(), detail));
+    }
+    let mut counts = RunCounts::default();
+    for mut cs in pending {
+        let Some(change) = cs.pending_export.clone() else { continue };
+        if change == PendingExport::Delete && cs.anchor.is_none() {
+            // Never created in the directory: nothing to delete there.
+            runner.store.cs_delete(cs.id).await?;
+            continue;
+        }
+        let request =
+            ExportRequest { dn: cs.dn.clone(), object_type: cs.object_type.clone(), anchor: cs.anchor.clone(), change: change.clone() };
+        match export.export(&request).await {
+            Ok(outcome) => {
+                match change {
+                    PendingExport::Delete => {
+                        runner.store.cs_delete(cs.id).await?;
+                        counts.deletes += 1;
+                        continue;
+                    }
+                    PendingExport::Add(changes) => {
+                        if outcome.anchor.is_some() {
+                            cs.anchor = outcome.anchor;
+                        }
+                        cs.attributes.apply(&changes);
+                        counts.adds += 1;
+                    }
+                    PendingExport::Update(changes) => {
+                        cs.attributes.apply(&changes);
+                        counts.updates += 1;
+                    }
+                    PendingExport::Rename { new_dn, changes } => {
+                        cs.dn = new_dn;
+                        cs.attributes.apply(&changes);
+                        counts.updates += 1;
+                    }
+                }
+                cs.pending_export = None;
+                cs.error = None;
+                runner.store.cs_update(&cs).await?;
+            }
+            Err(ConnectorError::Rejected { code, message }) => {
+                tracing::warn!(connector = %id, dn = cs.dn, code, "export rejected");
+                cs.error = Some(ObjectError { stage: ErrorStage::Export, code, message });
+                runner.store.cs_update(&cs).await?;
+                counts.errors += 1;
+            }
+            Err(source) => return Err(RunnerError::Connector { connector: id.0.clone(), source }),
+        }
+    }
+    let status = if counts.errors > 0 { "completed-errors" } else { "success" };
+    Ok((status.into(), counts, format!("{} exported, {} rejected", counts.adds + counts.updates + counts.deletes, counts.errors)))
+}

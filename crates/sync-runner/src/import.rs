@@ -1,0 +1,58 @@
+//! Import steps: pages from the connector into the connector space, each page committed with
+//! its watermark; a full import ends by obsoleting what it did not see.
+
+use connector_api::ConnectorError;
+use model::ConnectorId;
+use store::{RunCounts, Store};
+
+use crate::{Runner, RunnerError};
+
+pub(crate) async fn run<S: Store>(
+    runner: &Runner<S>,
+    id: &ConnectorId,
+    run: i64,
+    full: bool,
+) -> Result<(String, RunCounts, String), RunnerError> {
+    let connector = runner.connector(id)?;
+    let watermark = if full { None } else { runner.store.watermark(id).await? };
+    let mut full = full || watermark.is_none();
+    let mut counts = RunCounts::default();
+    let mut pages = 0u64;
+    let mut unchanged = 0u64;
+    'restart: loop {
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let page = match (&watermark, full) {
+                (Some(watermark), false) => connector.import.delta_page(watermark, cursor.as_deref()).await,
+                _ => connector.import.full_page(cursor.as_deref()).await,
+            };
+            let page = match page {
+                Ok(page) => page,
+                Err(ConnectorError::WatermarkExpired(why)) if !full => {
+                    tracing::warn!(connector = %id, why, "watermark expired; running a full import instead");
+                    full = true;
+                    continue 'restart;
+                }
+                Err(source) => return Err(RunnerError::Connector { connector: id.0.clone(), source }),
+            };
+            let page_counts = runner.store.commit_import_page(id, run, &page.changes, page.watermark.as_deref()).await?;
+            counts.adds += page_counts.adds;
+            counts.updates += page_counts.updates;
+            counts.deletes += page_counts.deletes;
+            unchanged += page_counts.unchanged;
+            pages += 1;
+            tracing::info!(connector = %id, pages, adds = counts.adds, updates = counts.updates, deletes = counts.deletes, "import progress");
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break 'restart,
+            }
+        }
+    }
+    let mut detail = format!("{} import, {pages} pages, {unchanged} unchanged", if full { "full" } else { "delta" });
+    if full {
+        let obsoleted = runner.store.obsolete_unseen(id, run).await?;
+        counts.deletes += obsoleted;
+        detail.push_str(&format!(", {obsoleted} not seen (pending delete)"));
+    }
+    Ok(("success".into(), counts, detail))
+}

@@ -1,0 +1,249 @@
+//! The sync runner: drives the pure engine (`sync-engine`) over a store (`store::Store`) and
+//! connectors (`connector-api`), one run-profile step at a time — full/delta import, full/delta
+//! sync, export — and whole cycles in Entra's order, with staging mode and the accidental-delete
+//! threshold. [`scheduler`] repeats cycles.
+//!
+//! It owns orchestration and I/O; decisions are the engine's. It depends on ports only: the
+//! binary picks the store and connector adapters.
+
+mod export;
+mod import;
+pub mod scheduler;
+mod sync;
+
+use std::collections::BTreeMap;
+
+use connector_api::{Connector, ConnectorError, Role};
+use model::ConnectorId;
+use store::{RunCounts, Store, StoreError};
+use sync_rules::RuleSet;
+
+/// A run-profile step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Read everything; objects not seen are obsoleted.
+    FullImport,
+    /// Read changes since the watermark (a full import when there is none or it expired).
+    DeltaImport,
+    /// Re-evaluate every CS object of the connector against the rules.
+    FullSync,
+    /// Evaluate CS objects with pending imports.
+    DeltaSync,
+    /// Write pending exports.
+    Export,
+}
+
+impl Step {
+    /// The name used in run history and the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::FullImport => "full-import",
+            Step::DeltaImport => "delta-import",
+            Step::FullSync => "full-sync",
+            Step::DeltaSync => "delta-sync",
+            Step::Export => "export",
+        }
+    }
+
+    /// Parses [`Step::name`].
+    pub fn parse(name: &str) -> Option<Step> {
+        [Step::FullImport, Step::DeltaImport, Step::FullSync, Step::DeltaSync, Step::Export].into_iter().find(|step| step.name() == name)
+    }
+}
+
+/// Run settings.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Staging mode: import and sync, never export.
+    pub staging: bool,
+    /// Stop an export that would delete more objects than this (Entra's default: 500). `None` disables it.
+    pub deletion_threshold: Option<u64>,
+    /// Let the next export go over the threshold once (the admin's explicit approval).
+    pub allow_deletes_once: bool,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig { staging: false, deletion_threshold: Some(500), allow_deletes_once: false }
+    }
+}
+
+/// The outcome of one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepReport {
+    /// Connector.
+    pub connector: ConnectorId,
+    /// Step.
+    pub step: Step,
+    /// `success`, `completed-errors`, `stopped-deletion-threshold-exceeded`, `staging-no-export`, `stopped-connector-unavailable`.
+    pub status: String,
+    /// Counts.
+    pub counts: RunCounts,
+    /// A line for people, e.g. why the step stopped.
+    pub detail: String,
+}
+
+/// Why a step could not run at all (per-object problems are counted, not raised).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunnerError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No connector with this id is configured.
+    #[error("no connector \"{0}\" is configured")]
+    UnknownConnector(String),
+    /// The connector cannot do this step (e.g. export on a read-only source).
+    #[error("connector \"{connector}\" cannot {step}: {why}")]
+    Unsupported {
+        /// Connector.
+        connector: String,
+        /// Step.
+        step: &'static str,
+        /// Why.
+        why: String,
+    },
+    /// The connector failed as a whole (not one object).
+    #[error("connector \"{connector}\": {source}")]
+    Connector {
+        /// Connector.
+        connector: String,
+        /// The error.
+        source: ConnectorError,
+    },
+}
+
+/// Current time for run history and `Now()`; injected so tests control it.
+pub trait Clock: Send + Sync {
+    /// Seconds since the Unix epoch.
+    fn unix_seconds(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn unix_seconds(&self) -> i64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs() as i64)
+    }
+}
+
+/// The runner: a store, rules, connectors, settings.
+pub struct Runner<S: Store> {
+    store: S,
+    rules: RuleSet,
+    connectors: BTreeMap<ConnectorId, Connector>,
+    /// Connector ids in the order they were added (Entra orders rules and steps by it).
+    order: Vec<ConnectorId>,
+    config: RunnerConfig,
+    clock: Box<dyn Clock>,
+}
+
+impl<S: Store> Runner<S> {
+    /// A runner over `store` with `rules`.
+    pub fn new(store: S, rules: RuleSet, config: RunnerConfig) -> Self {
+        Runner { store, rules, connectors: BTreeMap::new(), order: Vec::new(), config, clock: Box::new(SystemClock) }
+    }
+
+    /// Uses another clock (tests).
+    pub fn with_clock(mut self, clock: Box<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Adds a connector.
+    pub fn add_connector(&mut self, connector: Connector) {
+        self.order.push(connector.info.id.clone());
+        self.connectors.insert(connector.info.id.clone(), connector);
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The rules.
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// Settings (e.g. to flip staging mode).
+    pub fn config_mut(&mut self) -> &mut RunnerConfig {
+        &mut self.config
+    }
+
+    fn connector(&self, id: &ConnectorId) -> Result<&Connector, RunnerError> {
+        self.connectors.get(id).ok_or_else(|| RunnerError::UnknownConnector(id.0.clone()))
+    }
+
+    /// Runs one step on one connector and records it in the run history.
+    pub async fn run_step(&self, connector: &ConnectorId, step: Step) -> Result<StepReport, RunnerError> {
+        self.connector(connector)?;
+        let started = self.clock.unix_seconds();
+        let run = self.store.run_start(connector, step.name(), started).await?;
+        tracing::info!(connector = %connector, step = step.name(), "step started");
+        let result = match step {
+            Step::FullImport => import::run(self, connector, run, true).await,
+            Step::DeltaImport => import::run(self, connector, run, false).await,
+            Step::FullSync => sync::run(self, connector, true).await,
+            Step::DeltaSync => sync::run(self, connector, false).await,
+            Step::Export => export::run(self, connector).await,
+        };
+        let finished = self.clock.unix_seconds();
+        match result {
+            Ok((status, counts, detail)) => {
+                self.store.run_finish(run, finished, &status, counts).await?;
+                tracing::info!(connector = %connector, step = step.name(), status, adds = counts.adds, updates = counts.updates, deletes = counts.deletes, errors = counts.errors, "step finished");
+                Ok(StepReport { connector: connector.clone(), step, status, counts, detail })
+            }
+            Err(RunnerError::Connector { connector: name, source: ConnectorError::Unavailable(why) }) => {
+                // The last committed page and its watermark stay; the next run continues.
+                self.store.run_finish(run, finished, "stopped-connector-unavailable", RunCounts::default()).await?;
+                Ok(StepReport {
+                    connector: connector.clone(),
+                    step,
+                    status: "stopped-connector-unavailable".into(),
+                    counts: RunCounts::default(),
+                    detail: format!("{name}: {why}"),
+                })
+            }
+            Err(err) => {
+                self.store.run_finish(run, finished, "failed", RunCounts::default()).await?;
+                Err(err)
+            }
+        }
+    }
+
+    /// One cycle in Entra's order: import sources, import targets, sync sources, sync targets,
+    /// export targets, export sources, then a confirming delta import of every connector that exported.
+    pub async fn run_cycle(&self, initial: bool) -> Result<Vec<StepReport>, RunnerError> {
+        let by_role = |role: Role| {
+            self.order.iter().filter(move |id| self.connectors.get(*id).is_some_and(|c| c.info.role == role)).cloned().collect::<Vec<_>>()
+        };
+        let (sources, targets) = (by_role(Role::Source), by_role(Role::Target));
+        let (import_step, sync_step) = if initial { (Step::FullImport, Step::FullSync) } else { (Step::DeltaImport, Step::DeltaSync) };
+        let mut reports = Vec::new();
+        for id in sources.iter().chain(&targets) {
+            reports.push(self.run_step(id, import_step).await?);
+        }
+        for id in sources.iter().chain(&targets) {
+            reports.push(self.run_step(id, sync_step).await?);
+        }
+        let mut exported = Vec::new();
+        for id in targets.iter().chain(&sources) {
+            if self.connector(id)?.export.is_none() {
+                continue;
+            }
+            let report = self.run_step(id, Step::Export).await?;
+            if report.counts.adds + report.counts.updates + report.counts.deletes > 0 {
+                exported.push(id.clone());
+            }
+            reports.push(report);
+        }
+        for id in exported {
+            reports.push(self.run_step(&id, Step::DeltaImport).await?);
+        }
+        Ok(reports)
+    }
+}

@@ -1,0 +1,489 @@
+//! Sync steps: inbound for the connector's CS objects (join, projection, disconnection,
+//! deletes), then for every MV object they touched: lifetime, inbound attribute flow, and
+//! outbound provisioning/export to every connector with outbound rules. Decisions come from
+//! `sync-engine`; this module fetches what it needs and stores what it decides.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use model::{AttrChange, AttrValue, Attributes, ConnectorId, CsId, CsObject, MvId, ObjectError, PendingExport, PendingImport};
+use store::{CsQuery, Matching, NewCsObject, RunCounts, Store};
+use sync_engine::inbound::{self, Candidate, InboundInput, JoinDecision, JoinPlan};
+use sync_engine::outbound::{self, OutboundDecision, OutboundInput};
+use sync_expr::Value;
+use sync_rules::{Direction, Operator};
+
+use crate::{Runner, RunnerError};
+
+const PAGE: usize = 1000;
+
+/// Group memberships for ISMEMBEROF clauses: group DN (lower case) → member DNs (lower case).
+type Memberships = BTreeMap<String, BTreeSet<String>>;
+
+struct Context<'r, S: Store> {
+    runner: &'r Runner<S>,
+    parameters: BTreeMap<ConnectorId, BTreeMap<String, Value>>,
+    memberships: BTreeMap<ConnectorId, Memberships>,
+    now: sync_expr::time::DateTime,
+    counts: RunCounts,
+    random_state: u64,
+}
+
+pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId, full: bool) -> Result<(String, RunCounts, String), RunnerError> {
+    runner.connector(id)?;
+    let mut parameters = BTreeMap::new();
+    for (connector_id, connector) in &runner.connectors {
+        let mut values = connector.info.parameters.clone();
+        values.entry("Connector.ID".into()).or_insert_with(|| Value::str(connector_id.0.clone()));
+        parameters.insert(connector_id.clone(), values);
+    }
+    let now = sync_expr::time::DateTime::from_unix_seconds(runner.clock.unix_seconds()).unwrap_or(sync_expr::time::DateTime::MIN);
+    let mut context = Context {
+        runner,
+        parameters,
+        memberships: BTreeMap::new(),
+        now,
+        counts: RunCounts::default(),
+        random_state: runner.clock.unix_seconds() as u64 | 1,
+    };
+    context.load_memberships().await?;
+
+    let mut affected: BTreeSet<MvId> = BTreeSet::new();
+    let mut projected: BTreeSet<MvId> = BTreeSet::new();
+    let mut after = None;
+    let mut processed = 0u64;
+    loop {
+        let query = CsQuery { pending_import: !full, after, limit: PAGE, ..CsQuery::default() };
+        let page = runner.store.cs_list(id, &query).await?;
+        after = page.last().map(|cs| cs.id);
+        let done = page.len() < PAGE;
+        for cs in page {
+            context.inbound(cs, &mut affected, &mut projected).await?;
+            processed += 1;
+        }
+        tracing::info!(connector = %id, processed, "sync progress (connector space)");
+        if done {
+            break;
+        }
+    }
+    let touched = affected.len();
+    for (index, mv) in affected.into_iter().enumerate() {
+        context.metaverse(mv, projected.contains(&mv)).await?;
+        if (index + 1) % 1000 == 0 {
+            tracing::info!(connector = %id, done = index + 1, of = touched, "sync progress (metaverse)");
+        }
+    }
+    let counts = context.counts;
+    let status = if counts.errors > 0 { "completed-errors" } else { "success" };
+    Ok((status.into(), counts, format!("{processed} connector-space objects, {touched} metaverse objects")))
+}
+
+fn matching(case_sensitive: bool) -> Matching {
+    if case_sensitive { Matching::Exact } else { Matching::IgnoreCase }
+}
+
+fn intersect(sets: Vec<Vec<i64>>) -> Vec<i64> {
+    let mut sets = sets.into_iter();
+    let Some(first) = sets.next() else { return Vec::new() };
+    let mut result: BTreeSet<i64> = first.into_iter().collect();
+    for set in sets {
+        let other: BTreeSet<i64> = set.into_iter().collect();
+        result = result.intersection(&other).copied().collect();
+    }
+    result.into_iter().collect()
+}
+
+impl<S: Store> Context<'_, S> {
+    /// Reads the groups that ISMEMBEROF clauses name, once per step.
+    async fn load_memberships(&mut self) -> Result<(), RunnerError> {
+        for rule in self.runner.rules.rules().iter().filter(|rule| rule.direction == Direction::Inbound) {
+            for condition in rule.scope.iter().flatten() {
+                if !matches!(condition.operator, Operator::IsMemberOf | Operator::IsNotMemberOf) {
+                    continue;
+                }
+                let group = self.runner.store.cs_by_dn(&rule.connector, &condition.value).await?;
+                let members: BTreeSet<String> = group.map_or_else(BTreeSet::new, |group| {
+                    group.attributes.get("member").iter().map(|value| value.to_string().to_lowercase()).collect()
+                });
+                self.memberships.entry(rule.connector.clone()).or_default().insert(condition.value.to_lowercase(), members);
+            }
+        }
+        Ok(())
+    }
+
+    fn member_of(&self) -> impl Fn(&CsObject, &str) -> bool + '_ {
+        move |cs: &CsObject, group: &str| {
+            self.memberships
+                .get(&cs.connector)
+                .and_then(|groups| groups.get(&group.to_lowercase()))
+                .is_some_and(|members| members.contains(&cs.dn.to_lowercase()))
+        }
+    }
+
+    fn set_error(&mut self, cs: &mut CsObject, error: ObjectError) {
+        tracing::warn!(cs = %cs.id, dn = cs.dn, code = error.code, "{}", error.message);
+        cs.error = Some(error);
+        self.counts.errors += 1;
+    }
+
+    async fn inbound(
+        &mut self,
+        mut cs: CsObject,
+        affected: &mut BTreeSet<MvId>,
+        projected: &mut BTreeSet<MvId>,
+    ) -> Result<(), RunnerError> {
+        let store = &self.runner.store;
+        if cs.pending_import == Some(PendingImport::Delete) {
+            if let Some(mv) = cs.link {
+                affected.insert(mv);
+            }
+            store.cs_delete(cs.id).await?;
+            self.counts.deletes += 1;
+            return Ok(());
+        }
+        if cs.error.as_ref().is_some_and(|error| error.stage == model::ErrorStage::Sync) {
+            cs.error = None;
+        }
+        if cs.pending_import == Some(PendingImport::DeleteAdd)
+            && let Some(mv) = cs.link.take()
+        {
+            affected.insert(mv);
+        }
+        match cs.link {
+            Some(mv) => {
+                let keeps = inbound::keeps_link(&self.runner.rules, &cs, &self.member_of());
+                affected.insert(mv);
+                if !keeps {
+                    cs.link = None;
+                    self.counts.updates += 1;
+                }
+            }
+            None => {
+                let plan = inbound::plan_join(&self.runner.rules, &cs, &self.member_of());
+                let candidates = self.candidates(&plan, &cs).await?;
+                match inbound::decide_join(&plan, &candidates) {
+                    JoinDecision::Join(mv) => {
+                        cs.link = Some(mv);
+                        cs.pending_import = None;
+                        store.cs_update(&cs).await?;
+                        affected.insert(mv);
+                        self.counts.updates += 1;
+                        // Flow now, so objects later in this run can join on the values.
+                        return self.flow_inbound_now(mv, false).await;
+                    }
+                    JoinDecision::Project(mv_type) => {
+                        let mv = store.mv_insert(&mv_type).await?;
+                        cs.link = Some(mv);
+                        cs.pending_import = None;
+                        store.cs_update(&cs).await?;
+                        affected.insert(mv);
+                        projected.insert(mv);
+                        self.counts.adds += 1;
+                        return self.flow_inbound_now(mv, true).await;
+                    }
+                    JoinDecision::Disconnector => {}
+                    JoinDecision::Error(error) => self.set_error(&mut cs, error),
+                }
+            }
+        }
+        cs.pending_import = None;
+        store.cs_update(&cs).await?;
+        Ok(())
+    }
+
+    async fn candidates(&self, plan: &JoinPlan, cs: &CsObject) -> Result<Vec<Vec<Candidate>>, RunnerError> {
+        let JoinPlan::Lookup { groups, .. } = plan else { return Ok(Vec::new()) };
+        let store = &self.runner.store;
+        let mut all = Vec::new();
+        for group in groups {
+            let Some(query) = group else {
+                all.push(Vec::new());
+                continue;
+            };
+            let mut per_clause = Vec::new();
+            for (attribute, values, case_sensitive) in &query.clauses {
+                let found = store.mv_find(&query.mv_type, attribute, values, matching(*case_sensitive)).await?;
+                per_clause.push(found.into_iter().map(|id| id.0).collect());
+            }
+            let mut candidates = Vec::new();
+            for mv in intersect(per_clause) {
+                let taken = store.cs_linked_to(MvId(mv)).await?.iter().any(|other| other.connector == cs.connector && other.id != cs.id);
+                candidates.push(Candidate { mv: MvId(mv), taken_by_same_connector: taken });
+            }
+            all.push(candidates);
+        }
+        Ok(all)
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: enough for Guid()/RandomNum() in flows; seeded per run.
+        self.random_state ^= self.random_state >> 12;
+        self.random_state ^= self.random_state << 25;
+        self.random_state ^= self.random_state >> 27;
+        self.random_state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    async fn metaverse(&mut self, mv_id: MvId, is_new: bool) -> Result<(), RunnerError> {
+        let store = &self.runner.store;
+        let Some(mv) = store.mv_get(mv_id).await? else { return Ok(()) };
+        let joined = store.cs_linked_to(mv_id).await?;
+        let survives = {
+            let refs: Vec<&CsObject> = joined.iter().collect();
+            !refs.is_empty() && inbound::mv_survives(&self.runner.rules, &refs, &self.member_of())
+        };
+        if !survives {
+            for mut cs in joined {
+                let provisioned_here = self.has_outbound_rules(&cs.connector, &mv.object_type);
+                cs.link = None;
+                if provisioned_here {
+                    if cs.anchor.is_none() {
+                        store.cs_delete(cs.id).await?;
+                        continue;
+                    }
+                    cs.pending_export = Some(PendingExport::Delete);
+                }
+                store.cs_update(&cs).await?;
+            }
+            store.mv_delete(mv_id).await?;
+            self.counts.deletes += 1;
+            return Ok(());
+        }
+
+        // Inbound attribute flow.
+        let (updated, joined) = self.flow_inbound_for(mv, joined, is_new).await?;
+        let mv = updated;
+
+        // Outbound to every connector with outbound rules for this MV type.
+        let targets: Vec<ConnectorId> =
+            self.runner.order.iter().filter(|id| self.has_outbound_rules(id, &mv.object_type)).cloned().collect();
+        for target in targets {
+            self.outbound(&mv, &target, &joined).await?;
+        }
+        Ok(())
+    }
+
+    /// Inbound flow for one MV object right after a join or projection (no lifetime or outbound work).
+    async fn flow_inbound_now(&mut self, mv_id: MvId, is_new: bool) -> Result<(), RunnerError> {
+        let store = &self.runner.store;
+        let Some(mv) = store.mv_get(mv_id).await? else { return Ok(()) };
+        let joined = store.cs_linked_to(mv_id).await?;
+        self.flow_inbound_for(mv, joined, is_new).await?;
+        Ok(())
+    }
+
+    /// Computes and stores an MV object's inbound values; records flow errors on the CS objects.
+    async fn flow_inbound_for(
+        &mut self,
+        mut mv: model::MvObject,
+        mut joined: Vec<CsObject>,
+        is_new: bool,
+    ) -> Result<(model::MvObject, Vec<CsObject>), RunnerError> {
+        let store = &self.runner.store;
+        let references = self.inbound_references(&joined).await?;
+        let resolve = |connector: &ConnectorId, dn: &str| references.get(&(connector.clone(), dn.to_lowercase())).copied();
+        let mut random_state = self.next_random();
+        let mut random = move || {
+            random_state = random_state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            random_state
+        };
+        let result = {
+            let refs: Vec<&CsObject> = joined.iter().collect();
+            let member_of = self.member_of();
+            inbound::flow_inbound(InboundInput {
+                rules: &self.runner.rules,
+                mv: &mv,
+                is_new,
+                joined: &refs,
+                member_of: &member_of,
+                parameters: &self.parameters,
+                resolve_reference: &resolve,
+                now: self.now,
+                random: &mut random,
+            })
+        };
+        for (cs_id, error) in &result.errors {
+            if let Some(cs) = joined.iter_mut().find(|cs| cs.id == *cs_id) {
+                if cs.error.as_ref() == Some(error) {
+                    continue;
+                }
+                let mut updated = cs.clone();
+                self.set_error(&mut updated, error.clone());
+                store.cs_set_error(updated.id, updated.error.as_ref()).await?;
+                *cs = updated;
+            }
+        }
+        if result.changes(&mv) {
+            mv.attributes = result.attributes;
+            store.mv_update(&mv).await?;
+            if !is_new {
+                self.counts.updates += 1;
+            }
+        }
+        Ok((mv, joined))
+    }
+
+    fn has_outbound_rules(&self, connector: &ConnectorId, mv_type: &str) -> bool {
+        self.runner
+            .rules
+            .rules()
+            .iter()
+            .any(|rule| rule.direction == Direction::Outbound && &rule.connector == connector && rule.source_type == mv_type)
+    }
+
+    /// Reference values (DNs) of the joined objects → the MV objects they are joined to.
+    async fn inbound_references(&self, joined: &[CsObject]) -> Result<BTreeMap<(ConnectorId, String), MvId>, RunnerError> {
+        let mut map = BTreeMap::new();
+        for cs in joined {
+            for (_, values) in cs.attributes.iter() {
+                for value in values {
+                    if let AttrValue::Reference(dn) = value {
+                        let key = (cs.connector.clone(), dn.to_lowercase());
+                        if map.contains_key(&key) {
+                            continue;
+                        }
+                        if let Some(target) = self.runner.store.cs_by_dn(&cs.connector, dn).await?
+                            && let Some(mv) = target.link
+                        {
+                            map.insert(key, mv);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(map)
+    }
+
+    async fn outbound(&mut self, mv: &model::MvObject, target: &ConnectorId, joined: &[CsObject]) -> Result<(), RunnerError> {
+        let store = &self.runner.store;
+        let mut target_cs = joined.iter().find(|cs| &cs.connector == target).cloned();
+        // MV references → DNs of the target's objects joined to them.
+        let mut references = BTreeMap::new();
+        for attribute in mv.attributes.values() {
+            for value in &attribute.values {
+                if let AttrValue::Reference(id) = value
+                    && let Ok(id) = id.parse::<i64>()
+                    && let std::collections::btree_map::Entry::Vacant(slot) = references.entry(MvId(id))
+                    && let Some(cs) = store.cs_linked_to(MvId(id)).await?.into_iter().find(|cs| &cs.connector == target)
+                {
+                    slot.insert(cs.dn);
+                }
+            }
+        }
+        let resolve = |id: MvId| references.get(&id).cloned();
+        let mut join_candidates = Vec::new();
+        if target_cs.is_none() {
+            for query in outbound::join_queries(&self.runner.rules, mv, target) {
+                let Some(query) = query else {
+                    join_candidates.push(Vec::new());
+                    continue;
+                };
+                let mut per_clause = Vec::new();
+                for (attribute, values, case_sensitive) in &query.clauses {
+                    per_clause.push(
+                        store
+                            .cs_find(target, &query.cs_type, attribute, values, matching(*case_sensitive))
+                            .await?
+                            .into_iter()
+                            .map(|id| id.0)
+                            .collect(),
+                    );
+                }
+                join_candidates.push(intersect(per_clause).into_iter().map(CsId).collect());
+            }
+        }
+        let empty = BTreeMap::new();
+        let parameters = self.parameters.get(target).unwrap_or(&empty);
+        let decide = |joined_cs: Option<&CsObject>, candidates: &[Vec<CsId>], seed: u64| {
+            let mut state = seed;
+            let mut random = move || {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                state
+            };
+            outbound::sync_outbound(OutboundInput {
+                rules: &self.runner.rules,
+                mv,
+                connector: target,
+                joined: joined_cs,
+                join_candidates: candidates,
+                parameters,
+                resolve_reference: &resolve,
+                now: self.now,
+                random: &mut random,
+            })
+        };
+        let seed = self.random_state;
+        let mut decision = decide(target_cs.as_ref(), &join_candidates, seed);
+        if let OutboundDecision::Join { cs, .. } = decision {
+            let Some(mut found) = store.cs_get(cs).await? else { return Ok(()) };
+            found.link = Some(mv.id);
+            store.cs_update(&found).await?;
+            self.counts.updates += 1;
+            decision = decide(Some(&found), &[], seed);
+            target_cs = Some(found);
+        }
+        match decision {
+            OutboundDecision::Nothing | OutboundDecision::Join { .. } => {
+                if let Some(mut cs) = target_cs
+                    && cs.pending_export.is_some()
+                    && cs.anchor.is_some()
+                {
+                    cs.pending_export = None;
+                    store.cs_update(&cs).await?;
+                }
+            }
+            OutboundDecision::Provision { object_type, dn, attributes, .. } => {
+                let changes = attributes.iter().map(|(name, values)| AttrChange::Replace(name.to_string(), values.to_vec())).collect();
+                store
+                    .cs_insert(NewCsObject {
+                        connector: target.clone(),
+                        anchor: None,
+                        dn,
+                        object_type,
+                        attributes: Attributes::new(),
+                        pending_import: None,
+                        pending_export: Some(PendingExport::Add(changes)),
+                        link: Some(mv.id),
+                    })
+                    .await?;
+                self.counts.adds += 1;
+            }
+            OutboundDecision::Export(export) => {
+                let Some(mut cs) = target_cs else { return Ok(()) };
+                let export = match (cs.anchor.is_none(), export) {
+                    // Not created yet: the add carries every value.
+                    (true, PendingExport::Update(changes)) => PendingExport::Add(changes),
+                    (true, PendingExport::Rename { new_dn, changes }) => {
+                        cs.dn = new_dn;
+                        PendingExport::Add(changes)
+                    }
+                    (_, export) => export,
+                };
+                if cs.pending_export.as_ref() != Some(&export) {
+                    cs.pending_export = Some(export);
+                    store.cs_update(&cs).await?;
+                    self.counts.updates += 1;
+                }
+            }
+            OutboundDecision::Deprovision(cs_id) => {
+                let Some(mut cs) = store.cs_get(cs_id).await? else { return Ok(()) };
+                if cs.anchor.is_none() {
+                    store.cs_delete(cs_id).await?;
+                } else {
+                    cs.link = None;
+                    cs.pending_export = Some(PendingExport::Delete);
+                    store.cs_update(&cs).await?;
+                }
+                self.counts.deletes += 1;
+            }
+            OutboundDecision::Error(error) => {
+                let holder = target_cs.or_else(|| joined.iter().find(|cs| &cs.connector != target).cloned());
+                if let Some(mut cs) = holder {
+                    self.set_error(&mut cs, error);
+                    store.cs_set_error(cs.id, cs.error.as_ref()).await?;
+                } else {
+                    self.counts.errors += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,305 @@
+//! Whole-runner scenarios: the real runner over SQLite (in memory) and two in-memory
+//! directories, through full cycles: provisioning, idempotent re-runs, deltas, deletes,
+//! the deletion threshold, staging mode, rejected exports, connector outages, join
+//! ambiguity, scope changes and hard matching.
+#![allow(clippy::expect_used, reason = "test code")]
+
+use connector_api::Role;
+use connector_memory::MemoryDirectory;
+use model::{AttrChange, AttrValue, Attributes, ConnectorId, ErrorStage};
+use store::{CsQuery, Store};
+use store_sqlite::SqliteStore;
+use sync_rules::RuleSet;
+use sync_runner::{Runner, RunnerConfig, Step, StepReport};
+
+const RULES: &str = r#"
+[[rule]]
+name = "In from source - Join"
+direction = "inbound"
+connector = "src"
+source_type = "user"
+target_type = "person"
+link_type = "provision"
+precedence = 10
+scope = [[{ attribute = "status", operator = "NOTEQUAL", value = "hidden" }]]
+join = [[{ source = "employeeID", target = "employeeID" }]]
+[[rule.flow]]
+target = "employeeID"
+direct = "employeeID"
+[[rule.flow]]
+target = "displayName"
+direct = "displayName"
+[[rule.flow]]
+target = "mail"
+expression = 'LCase([mail])'
+[[rule.flow]]
+target = "manager"
+direct = "manager"
+
+[[rule]]
+name = "In from target - Join"
+direction = "inbound"
+connector = "dst"
+source_type = "account"
+target_type = "person"
+link_type = "join"
+precedence = 20
+join = [[{ source = "employeeNumber", target = "employeeID", case_sensitive = true }]]
+
+[[rule]]
+name = "Out to target - Join"
+direction = "outbound"
+connector = "dst"
+source_type = "person"
+target_type = "account"
+link_type = "provision"
+precedence = 10
+join = [[{ source = "employeeID", target = "employeeNumber", case_sensitive = true }]]
+[[rule.flow]]
+target = "dn"
+expression = '"CN=" & [employeeID] & ",OU=Cloud"'
+[[rule.flow]]
+target = "employeeNumber"
+direct = "employeeID"
+[[rule.flow]]
+target = "displayName"
+direct = "displayName"
+[[rule.flow]]
+target = "mail"
+direct = "mail"
+[[rule.flow]]
+target = "manager"
+direct = "manager"
+"#;
+
+struct World {
+    runner: Runner<SqliteStore>,
+    src: MemoryDirectory,
+    dst: MemoryDirectory,
+}
+
+async fn world(config: RunnerConfig) -> World {
+    let store = SqliteStore::memory().expect("store");
+    store.migrate().await.expect("migrate");
+    let mut runner = Runner::new(store, RuleSet::parse(RULES).expect("rules"), config);
+    let (src, dst) = (MemoryDirectory::new(), MemoryDirectory::new());
+    runner.add_connector(src.connector("src", Role::Source, 2));
+    runner.add_connector(dst.connector("dst", Role::Target, 2));
+    World { runner, src, dst }
+}
+
+fn person(id: &str, name: &str, manager: Option<&str>) -> Attributes {
+    let mut attributes = Attributes::new()
+        .with("employeeID", AttrValue::string(id))
+        .with("displayName", AttrValue::string(name))
+        .with("mail", AttrValue::string(format!("{id}@Corp.Example")));
+    if let Some(manager) = manager {
+        attributes.set("manager", vec![AttrValue::Reference(manager.into())]);
+    }
+    attributes
+}
+
+fn seed(src: &MemoryDirectory) -> Vec<model::Anchor> {
+    vec![
+        src.put("CN=E1,OU=Staff", "user", person("E1", "Ann Boss", None)),
+        src.put("CN=E2,OU=Staff", "user", person("E2", "Bob Report", Some("CN=E1,OU=Staff"))),
+        src.put("CN=E3,OU=Staff", "user", person("E3", "Cleo Third", None)),
+    ]
+}
+
+fn status(reports: &[StepReport], connector: &str, step: Step) -> String {
+    reports
+        .iter()
+        .filter(|report| report.connector.0 == connector && report.step == step)
+        .map(|report| report.status.clone())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn dst_attribute(dst: &MemoryDirectory, dn: &str, name: &str) -> Vec<AttrValue> {
+    dst.find_dn(dn).map(|(_, _, attributes)| attributes.get(name).to_vec()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn initial_cycle_provisions_and_a_second_cycle_changes_nothing() {
+    let world = world(RunnerConfig::default()).await;
+    seed(&world.src);
+    let reports = world.runner.run_cycle(true).await.expect("cycle");
+    assert_eq!(status(&reports, "dst", Step::Export), "success");
+    assert_eq!(world.dst.len(), 3);
+    assert_eq!(dst_attribute(&world.dst, "CN=E1,OU=Cloud", "mail"), vec![AttrValue::string("e1@corp.example")]);
+    assert_eq!(
+        dst_attribute(&world.dst, "CN=E2,OU=Cloud", "manager"),
+        vec![AttrValue::Reference("CN=E1,OU=Cloud".into())],
+        "references follow joins"
+    );
+    let export = reports.iter().find(|report| report.step == Step::Export).expect("export report");
+    assert_eq!(export.counts.adds, 3);
+    assert!(
+        reports.iter().any(|report| report.connector.0 == "dst" && report.step == Step::DeltaImport),
+        "a confirming import follows the export"
+    );
+
+    let dst_id = ConnectorId("dst".into());
+    let confirmed = world.runner.store().cs_list(&dst_id, &CsQuery::default()).await.expect("list");
+    assert_eq!(confirmed.len(), 3);
+    assert!(confirmed.iter().all(|cs| cs.anchor.is_some() && cs.pending_export.is_none() && cs.link.is_some()), "{confirmed:#?}");
+
+    let exports_before = world.dst.export_count();
+    let again = world.runner.run_cycle(false).await.expect("delta cycle");
+    assert_eq!(world.dst.export_count(), exports_before, "nothing to export the second time: {again:#?}");
+    let history = world.runner.store().runs(100).await.expect("history");
+    assert!(history.iter().all(|run| run.finished.is_some()), "every step is recorded as finished");
+}
+
+#[tokio::test]
+async fn deltas_flow_through_and_deletes_deprovision() {
+    let world = world(RunnerConfig::default()).await;
+    let anchors = seed(&world.src);
+    world.runner.run_cycle(true).await.expect("initial");
+
+    world.src.modify(&anchors[2], &[AttrChange::Replace("displayName".into(), vec![AttrValue::string("Cleo Renamed")])]);
+    world.src.delete(&anchors[1]);
+    let reports = world.runner.run_cycle(false).await.expect("delta");
+    assert_eq!(dst_attribute(&world.dst, "CN=E3,OU=Cloud", "displayName"), vec![AttrValue::string("Cleo Renamed")]);
+    assert!(world.dst.find_dn("CN=E2,OU=Cloud").is_none(), "the deleted source's target object is deleted");
+    let sync = reports.iter().find(|report| report.connector.0 == "src" && report.step == Step::DeltaSync).expect("sync report");
+    assert!(sync.counts.deletes >= 1, "{sync:?}");
+    assert_eq!(world.dst.len(), 2);
+}
+
+#[tokio::test]
+async fn deletion_threshold_stops_the_whole_export_until_allowed() {
+    let mut world = world(RunnerConfig { deletion_threshold: Some(1), ..RunnerConfig::default() }).await;
+    let anchors = seed(&world.src);
+    world.runner.run_cycle(true).await.expect("initial");
+    world.src.modify(&anchors[0], &[AttrChange::Replace("displayName".into(), vec![AttrValue::string("Ann Changed")])]);
+    world.src.delete(&anchors[1]);
+    world.src.delete(&anchors[2]);
+
+    let reports = world.runner.run_cycle(false).await.expect("delta");
+    let export = reports.iter().find(|report| report.connector.0 == "dst" && report.step == Step::Export).expect("export");
+    assert_eq!(export.status, "stopped-deletion-threshold-exceeded");
+    assert!(export.detail.starts_with("2 pending deletes exceed the threshold of 1; nothing was exported"), "{}", export.detail);
+    assert_eq!(world.dst.len(), 3, "nothing deleted");
+    assert_eq!(
+        dst_attribute(&world.dst, "CN=E1,OU=Cloud", "displayName"),
+        vec![AttrValue::string("Ann Boss")],
+        "no other change exported either"
+    );
+
+    world.runner.config_mut().allow_deletes_once = true;
+    let reports = world.runner.run_cycle(false).await.expect("allowed");
+    assert_eq!(status(&reports, "dst", Step::Export), "success");
+    assert_eq!(world.dst.len(), 1);
+    assert_eq!(dst_attribute(&world.dst, "CN=E1,OU=Cloud", "displayName"), vec![AttrValue::string("Ann Changed")]);
+}
+
+#[tokio::test]
+async fn staging_mode_syncs_but_never_exports() {
+    let mut world = world(RunnerConfig { staging: true, ..RunnerConfig::default() }).await;
+    seed(&world.src);
+    let reports = world.runner.run_cycle(true).await.expect("staging cycle");
+    let export = reports.iter().find(|report| report.connector.0 == "dst" && report.step == Step::Export).expect("export");
+    assert_eq!(export.status, "staging-no-export");
+    assert_eq!(export.counts.adds, 3, "the report says what would be exported");
+    assert!(export.detail.contains("3 exports held (3 adds, 0 updates, 0 deletes)"), "{}", export.detail);
+    assert!(world.dst.is_empty());
+
+    world.runner.config_mut().staging = false;
+    world.runner.run_cycle(false).await.expect("switched over");
+    assert_eq!(world.dst.len(), 3);
+}
+
+#[tokio::test]
+async fn a_rejected_export_marks_one_object_and_the_rest_go_through() {
+    let world = world(RunnerConfig::default()).await;
+    seed(&world.src);
+    world.dst.reject_exports_to("CN=E2,OU=Cloud", "schema-violation", "displayName too long");
+    let reports = world.runner.run_cycle(true).await.expect("cycle");
+    assert_eq!(status(&reports, "dst", Step::Export), "completed-errors");
+    assert_eq!(world.dst.len(), 2);
+    let failed = world.runner.store().cs_by_dn(&ConnectorId("dst".into()), "CN=E2,OU=Cloud").await.expect("lookup").expect("export object");
+    let error = failed.error.expect("error recorded");
+    assert_eq!((error.stage, error.code.as_str()), (ErrorStage::Export, "schema-violation"));
+    assert!(failed.pending_export.is_some(), "kept for the next export");
+}
+
+#[tokio::test]
+async fn an_unreachable_directory_stops_the_step_and_the_next_run_continues() {
+    let world = world(RunnerConfig::default()).await;
+    let anchors = seed(&world.src);
+    world.runner.run_cycle(true).await.expect("initial");
+    let src_id = ConnectorId("src".into());
+    let watermark = world.runner.store().watermark(&src_id).await.expect("watermark");
+
+    world.src.modify(&anchors[0], &[AttrChange::Replace("displayName".into(), vec![AttrValue::string("Ann Later")])]);
+    world.src.set_unavailable(true);
+    let report = world.runner.run_step(&src_id, Step::DeltaImport).await.expect("step runs");
+    assert_eq!(report.status, "stopped-connector-unavailable");
+    assert_eq!(world.runner.store().watermark(&src_id).await.expect("watermark"), watermark, "the last committed watermark stays");
+
+    world.src.set_unavailable(false);
+    world.runner.run_cycle(false).await.expect("recovered");
+    assert_eq!(dst_attribute(&world.dst, "CN=E1,OU=Cloud", "displayName"), vec![AttrValue::string("Ann Later")]);
+}
+
+#[tokio::test]
+async fn an_ambiguous_join_is_an_object_error_not_a_failed_run() {
+    let world = world(RunnerConfig::default()).await;
+    seed(&world.src);
+    world.src.put("CN=E1 twin,OU=Staff", "user", person("E1", "Ann Twin", None));
+    let reports = world.runner.run_cycle(true).await.expect("cycle");
+    assert_eq!(status(&reports, "src", Step::FullSync), "completed-errors");
+    let twin = world.runner.store().cs_by_dn(&ConnectorId("src".into()), "CN=E1 twin,OU=Staff").await.expect("lookup").expect("twin");
+    assert_eq!(twin.error.expect("error").code, "ambiguous-join");
+    assert_eq!(world.dst.len(), 3, "everyone else is provisioned");
+}
+
+#[tokio::test]
+async fn leaving_scope_deprovisions() {
+    let world = world(RunnerConfig::default()).await;
+    let anchors = seed(&world.src);
+    world.runner.run_cycle(true).await.expect("initial");
+    world.src.modify(&anchors[2], &[AttrChange::Replace("status".into(), vec![AttrValue::string("hidden")])]);
+    world.runner.run_cycle(false).await.expect("delta");
+    assert!(world.dst.find_dn("CN=E3,OU=Cloud").is_none());
+    let cs =
+        world.runner.store().cs_by_anchor(&ConnectorId("src".into()), &anchors[2]).await.expect("lookup").expect("kept as disconnector");
+    assert_eq!(cs.link, None);
+}
+
+#[tokio::test]
+async fn an_existing_target_object_is_hard_matched_not_duplicated() {
+    let world = world(RunnerConfig::default()).await;
+    seed(&world.src);
+    let legacy = world.dst.put(
+        "CN=legacy-e1,OU=Cloud",
+        "account",
+        Attributes::new().with("employeeNumber", AttrValue::string("E1")).with("displayName", AttrValue::string("Old Name")),
+    );
+    world.runner.run_cycle(true).await.expect("cycle");
+    assert_eq!(world.dst.len(), 3, "E1 matched the existing object");
+    let (anchor, _, attributes) = world.dst.find_dn("CN=E1,OU=Cloud").expect("the matched object, renamed by the dn flow");
+    assert_eq!(anchor, legacy, "the same object, not a new one");
+    assert_eq!(attributes.get("displayName"), &[AttrValue::string("Ann Boss")]);
+}
+
+#[tokio::test]
+async fn the_scheduler_runs_cycles_until_shutdown() {
+    let world = world(RunnerConfig::default()).await;
+    seed(&world.src);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopper = async move {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let _ = stop.send(());
+    };
+    let (cycles, ()) = tokio::join!(
+        sync_runner::scheduler::run(&world.runner, std::time::Duration::from_millis(40), async move {
+            let _ = stopped.await;
+        }),
+        stopper
+    );
+    assert!(cycles >= 2, "{cycles} cycles");
+    assert_eq!(world.dst.len(), 3);
+}
