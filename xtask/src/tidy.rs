@@ -31,6 +31,7 @@ pub enum Layer {
 /// Every workspace crate and its layer.
 pub const LAYERS: &[(&str, Layer)] = &[
     ("model", Layer::PureCore),
+    ("dirgen", Layer::PureCore),
     ("sync-expr", Layer::PureCore),
     ("sync-rules", Layer::PureCore),
     ("sync-engine", Layer::PureCore),
@@ -217,6 +218,7 @@ mod tests {
 
     const TEST_LAYERS: &[(&str, Layer)] = &[
         ("model", Layer::PureCore),
+        ("dirgen", Layer::PureCore),
         ("store", Layer::Port),
         ("connector-api", Layer::Port),
         ("connector-memory", Layer::Adapter),

@@ -1,6 +1,11 @@
 //! `isthmus`: the one binary. It parses the command line, sets up logging and wires the crates
 //! together (the composition root). It holds no sync, directory or protocol logic of its own.
 
+mod ops;
+mod quickstart;
+
+use std::path::PathBuf;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -8,8 +13,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "isthmus", version, about)]
 struct Cli {
-    /// Log filter (also `RUST_LOG`), e.g. `info` or `isthmus=debug`.
-    #[arg(long, global = true, default_value = "info")]
+    /// Log filter (also `RUST_LOG`), e.g. `info` or `sync_runner=debug`.
+    #[arg(long, global = true, default_value = "warn")]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -17,12 +22,69 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a self-contained demo sync into an embedded tenant (needs nothing but this repository).
-    Quickstart,
+    /// Run a self-contained demo sync (generated forest → cloud directory) into a new SQLite database.
+    Quickstart(quickstart::Args),
+    /// Show the run history: every step with its counts.
+    History {
+        /// The database.
+        #[arg(long)]
+        db: PathBuf,
+        /// Newest first, at most this many.
+        #[arg(long, default_value_t = 30)]
+        limit: usize,
+    },
+    /// Connector-space tools.
+    Cs {
+        #[command(subcommand)]
+        command: CsCommand,
+    },
+    /// Metaverse tools.
+    Mv {
+        #[command(subcommand)]
+        command: MvCommand,
+    },
+    /// Show every pending export (what the next export would do), per connector.
+    Plan {
+        /// The database.
+        #[arg(long)]
+        db: PathBuf,
+        /// Only this connector.
+        #[arg(long)]
+        connector: Option<String>,
+    },
     /// Check that a distinguished name parses, and print it normalised.
     CheckDn {
         /// The DN, e.g. `CN=Ann,OU=Sales,DC=corp,DC=example`.
         dn: String,
+    },
+    /// Check a sync-rule file and list its rules.
+    CheckRules {
+        /// The TOML rule file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CsCommand {
+    /// Search a connector space.
+    Search {
+        /// The database.
+        #[arg(long)]
+        db: PathBuf,
+        #[command(flatten)]
+        args: ops::SearchArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MvCommand {
+    /// Show one metaverse object with the lineage of every value and its connectors.
+    Show {
+        /// The database.
+        #[arg(long)]
+        db: PathBuf,
+        /// The metaverse object id.
+        id: i64,
     },
 }
 
@@ -32,19 +94,42 @@ fn main() -> anyhow::Result<()> {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log))
         .context("bad --log filter")?;
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    match cli.command {
-        Command::Quickstart => quickstart(),
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Quickstart(args) => quickstart::run(&args).await,
+        Command::History { db, limit } => ops::history(&ops::open(&db).await?, limit).await,
+        Command::Cs { command: CsCommand::Search { db, args } } => ops::cs_search(&ops::open(&db).await?, &args).await,
+        Command::Mv { command: MvCommand::Show { db, id } } => ops::mv_show(&ops::open(&db).await?, id).await,
+        Command::Plan { db, connector } => ops::plan(&ops::open(&db).await?, connector.as_deref()).await,
         Command::CheckDn { dn } => {
             let parsed = model::Dn::parse(&dn).with_context(|| format!("`{dn}` is not a distinguished name"))?;
             println!("{parsed}");
             Ok(())
         }
+        Command::CheckRules { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+            match sync_rules::RuleSet::parse(&text) {
+                Ok(rules) => {
+                    for rule in rules.rules() {
+                        println!(
+                            "{:>5}  {:?} {:<10} {} → {}  {}",
+                            rule.precedence, rule.direction, rule.connector.0, rule.source_type, rule.target_type, rule.name
+                        );
+                    }
+                    println!("{}: {} rules, all checked", file.display(), rules.rules().len());
+                    Ok(())
+                }
+                Err(errors) => {
+                    for error in &errors {
+                        eprintln!("{}: {error}", file.display());
+                    }
+                    anyhow::bail!("{} problem(s) in {}", errors.len(), file.display())
+                }
+            }
+        }
     }
-}
-
-fn quickstart() -> anyhow::Result<()> {
-    println!("Isthmus quickstart");
-    println!("The sync engine and the embedded tenant are not built yet (see the open issues).");
-    println!("This command will run an end-to-end sync into an embedded SQLite tenant once they land.");
-    Ok(())
 }

@@ -292,7 +292,9 @@ fn default_rules_filter_and_disable() {
     let disabled = run_default_inbound(&ad_user(1, "bob", 514));
     assert_eq!(disabled["accountEnabled"].values, vec![AttrValue::Boolean(false)]);
     assert_eq!(disabled["accountEnabled"].lineage[0].rule, "In from AD - User Common (corp)");
-    assert!(!disabled.contains_key("userPrincipalName"), "the UPN comes only from an enabled account");
+    assert_eq!(disabled["userPrincipalName"].values, vec![s("bob@corp.example")], "disabled accounts are synchronized too");
+    assert_eq!(disabled["userPrincipalName"].lineage[0].rule, "In from AD - User Common (corp)", "from the lower-precedence rule");
+    assert_eq!(disabled["sourceAnchor"].lineage[0].rule, "In from AD - User Common (corp)");
 
     for sam in ["MSOL_1234", "AAD_abcd", "SUPPORT_388945a0"] {
         assert_eq!(run_default_inbound(&ad_user(1, sam, 512))["cloudFiltered"].values, vec![AttrValue::Boolean(true)], "{sam}");

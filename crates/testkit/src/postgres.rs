@@ -69,7 +69,16 @@ impl Postgres {
             as_user(&mut command, owner);
             // SIGINT is PostgreSQL's "fast" shutdown: it does not wait for clients to leave.
             let mut process = ServerProcess::spawn("postgres", command, &dir.path().join("postgres.out"))?.with_stop_signal("INT");
-            match process.wait_until(Duration::from_secs(30), || answers(ip, port)) {
+            // A listening port is not enough: during recovery the server refuses sessions
+            // ("the database system is starting up"); pg_isready asks the server itself.
+            let ready = || {
+                answers(ip, port)
+                    && Command::new(bin.join("pg_isready"))
+                        .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+                        .status()
+                        .is_ok_and(|status| status.success())
+            };
+            match process.wait_until(Duration::from_secs(30), ready) {
                 Ok(ready_after) => {
                     tracing::info!(port, pid = process.pid(), ms = ready_after.as_millis() as u64, "PostgreSQL ready");
                     let url = format!("postgresql://postgres@127.0.0.1:{port}/postgres");

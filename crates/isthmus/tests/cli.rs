@@ -1,0 +1,70 @@
+//! The binary end to end: the quickstart on a small forest, then the operator tools on its
+//! database; and clear errors for bad input.
+#![allow(clippy::expect_used, reason = "test code")]
+
+use std::process::Command;
+
+fn isthmus(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_isthmus")).args(args).output().expect("run isthmus");
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn quickstart_then_operator_tools() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("qs.db");
+    let db = db.to_str().expect("utf-8 path");
+    let (ok, out, err) = isthmus(&["quickstart", "--db", db, "--users", "40", "--groups", "4"]);
+    assert!(ok, "quickstart failed:\n{out}\n{err}");
+    assert!(out.contains("the cloud directory now holds 94 objects"), "40 users + 4 groups + 50 contacts:\n{out}");
+    assert!(out.contains("jobTitle                       Chief Demo Officer"), "the delta reached the cloud:\n{out}");
+    let (ok, _, err) = isthmus(&["quickstart", "--db", db]);
+    assert!(!ok);
+    assert!(err.contains("already exists"), "{err}");
+
+    let (ok, out, _) = isthmus(&["history", "--db", db, "--limit", "100"]);
+    assert!(ok);
+    assert!(out.lines().filter(|line| line.contains("full-import")).count() == 2, "{out}");
+    assert!(out.lines().filter(|line| line.contains(" export ")).all(|line| line.contains("success")), "{out}");
+
+    let (ok, out, _) = isthmus(&["plan", "--db", db]);
+    assert!(ok);
+    assert!(out.ends_with("Plan: 0 to add, 0 to change, 0 to delete.\n"), "everything was exported:\n{out}");
+
+    let (ok, out, _) = isthmus(&["cs", "search", "--db", db, "--connector", "tenant", "--limit", "5"]);
+    assert!(ok);
+    assert!(out.contains("joined to mv:") && out.ends_with("5 object(s)\n"), "{out}");
+
+    let (ok, out, _) = isthmus(&["mv", "show", "--db", db, "1"]);
+    assert!(ok);
+    assert!(
+        out.contains("sourceAnchor") && out.contains("In from AD - User AccountEnabled (corp.example.test) [102]"),
+        "lineage shown:\n{out}"
+    );
+    assert!(out.contains("corp.example.test: cs:") && out.contains("tenant: cs:"), "both connectors listed:\n{out}");
+}
+
+#[test]
+fn operator_tools_refuse_a_missing_database() {
+    let (ok, _, err) = isthmus(&["history", "--db", "/nonexistent/isthmus.db"]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/isthmus.db does not exist"), "{err}");
+}
+
+#[test]
+fn check_rules_names_the_problems() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("rules.toml");
+    std::fs::write(&file, sync_rules_text()).expect("write");
+    let (ok, out, err) = isthmus(&["check-rules", file.to_str().expect("utf-8")]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("rule \"Bad\": flow to mail: expression error at 1:6: unknown function Lcase; did you mean LCase?"), "{err}");
+    std::fs::write(&file, sync_rules_text().replace("Lcase", "LCase")).expect("write");
+    let (ok, out, _) = isthmus(&["check-rules", file.to_str().expect("utf-8")]);
+    assert!(ok);
+    assert!(out.contains("1 rules, all checked"), "{out}");
+}
+
+fn sync_rules_text() -> String {
+    "[[rule]]\nname = \"Bad\"\ndirection = \"inbound\"\nconnector = \"ad\"\nsource_type = \"user\"\ntarget_type = \"person\"\nlink_type = \"join\"\nprecedence = 1\n[[rule.flow]]\ntarget = \"mail\"\nexpression = 'Trim(Lcase([mail]))'\n".into()
+}
