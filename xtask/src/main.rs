@@ -1,5 +1,6 @@
 //! `cargo xtask`: project automation that is code, not shell: tidy checks and the directory generator.
 
+mod bench_sync;
 mod gen_directory;
 mod tidy;
 
@@ -18,6 +19,8 @@ enum Command {
     Tidy,
     /// Generate a deterministic synthetic directory as LDIF, and optionally bulk-load a Samba template.
     GenDirectory(gen_directory::Args),
+    /// Benchmark a full sync cycle of a generated forest through the runner, on SQLite or PostgreSQL.
+    BenchSync(bench_sync::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +38,6 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::GenDirectory(args) => gen_directory::run(&args),
+        Command::BenchSync(args) => bench_sync::run(&args),
     }
 }

@@ -162,17 +162,28 @@ pub fn generate(config: &GenConfig) -> Directory {
         });
     }
 
+    let mut by_department: Vec<Vec<usize>> = vec![Vec::new(); departments.len()];
+    for (index, person) in people.iter().enumerate() {
+        if let Some(department) = departments.iter().position(|name| *name == person.department) {
+            by_department[department].push(index);
+        }
+    }
     let mut groups = Vec::with_capacity(config.groups);
     if config.groups > 0 {
         groups.push(Group { name: "All Staff".into(), people: (0..people.len()).collect(), groups: vec![], distribution: true });
     }
     for index in 1..config.groups {
-        let department = &departments[index % departments.len()];
-        let name = format!("{department} Team {index}");
-        let members: Vec<usize> = (0..people.len()).filter(|&person| people[person].department == *department).collect();
-        // Thin the members out so groups differ; keep at least one.
-        let keep: Vec<usize> = members.iter().copied().filter(|_| rng.below(3) != 0).collect();
-        let people_members = if keep.is_empty() { members.into_iter().take(1).collect() } else { keep };
+        let department_index = index % departments.len();
+        let name = format!("{} Team {index}", departments[department_index]);
+        // A window of 5 to 250 people of the department (groups stay realistic at 100,000 users).
+        let members = &by_department[department_index];
+        let people_members: Vec<usize> = if members.is_empty() {
+            Vec::new()
+        } else {
+            let size = (5 + rng.below(246)).min(members.len());
+            let start = rng.below(members.len() - size + 1);
+            members[start..start + size].to_vec()
+        };
         // Nest: every fourth group contains the next one.
         let nested = if index % 4 == 1 && index + 1 < config.groups { vec![index + 1] } else { vec![] };
         groups.push(Group { name, people: people_members, groups: nested, distribution: index % 5 == 0 });
@@ -462,7 +473,7 @@ mod tests {
         assert!(dir.groups.iter().any(|group| !group.groups.is_empty()));
         for (index, group) in dir.groups.iter().enumerate() {
             assert!(group.groups.iter().all(|&nested| nested > index), "group {index} nests backwards");
-            assert!(!group.people.is_empty());
+            assert!(!group.people.is_empty() && group.people.len() <= 250 || index == 0);
         }
         assert!(dir.people.iter().enumerate().all(|(index, person)| person.manager.is_none_or(|m| m != index)));
     }

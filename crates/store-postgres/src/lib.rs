@@ -173,6 +173,9 @@ async fn insert_cs(client: &impl GenericClient, object: &NewCsObject, seen_run: 
 }
 
 async fn update_cs(client: &impl GenericClient, object: &CsObject) -> Result<()> {
+    let attributes = codec::attributes_to_text(&object.attributes);
+    let previous = client.query_opt("SELECT attributes FROM cs_objects WHERE id = $1", &[&object.id.0]).await.map_err(backend)?;
+    let Some(previous) = previous.map(|row| row.get::<_, String>(0)) else { return Err(StoreError::NotFound(object.id.to_string())) };
     let changed = client
         .execute(
             "UPDATE cs_objects SET anchor = $2, dn = $3, dn_folded = $4, object_type = $5, attributes = $6, link = $7, pending_import = $8, \
@@ -183,7 +186,7 @@ async fn update_cs(client: &impl GenericClient, object: &CsObject) -> Result<()>
                 &object.dn,
                 &object.dn.to_lowercase(),
                 &object.object_type,
-                &codec::attributes_to_text(&object.attributes),
+                &attributes,
                 &object.link.map(|mv| mv.0),
                 &object.pending_import.map(codec::import_to_code),
                 &object.pending_export.as_ref().map(codec::export_to_text),
@@ -196,6 +199,10 @@ async fn update_cs(client: &impl GenericClient, object: &CsObject) -> Result<()>
         .map_err(backend)?;
     if changed == 0 {
         return Err(StoreError::NotFound(object.id.to_string()));
+    }
+    // The lookup index only changes with the attributes (most updates are links and flags).
+    if previous == attributes {
+        return Ok(());
     }
     write_values(client, "cs_values", "cs_id", object.id.0, object.attributes.iter()).await
 }

@@ -1,0 +1,132 @@
+//! `cargo xtask bench-sync`: a full sync cycle (full import, full sync, export, confirming
+//! import) of a generated forest from an in-memory AD-shaped directory into an in-memory cloud
+//! directory, through the real runner, the default rules and a real store. Prints objects per
+//! second per step and the process's peak RSS. Build with `--release`.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use connector_api::Role;
+use connector_memory::MemoryDirectory;
+use store::Store;
+use sync_runner::{Runner, RunnerConfig, Step};
+
+/// Options of `bench-sync`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// People.
+    #[arg(long, default_value_t = 10_000)]
+    users: usize,
+    /// Groups.
+    #[arg(long, default_value_t = 1_000)]
+    groups: usize,
+    /// `sqlite` (a file in a temp folder) or `postgres` (a private cluster from the test kit).
+    #[arg(long, default_value = "sqlite")]
+    store: String,
+}
+
+/// Runs the benchmark.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match args.store.as_str() {
+            "sqlite" => {
+                let dir = tempfile_dir()?;
+                let store = store_sqlite::SqliteStore::open(&dir.join("bench.db"))?;
+                bench(args, store).await?;
+                std::fs::remove_dir_all(&dir).ok();
+                Ok(())
+            }
+            "postgres" => {
+                let server = testkit::postgres::Postgres::start()?;
+                let store = store_postgres::PostgresStore::connect(server.url()).await?;
+                bench(args, store).await
+            }
+            other => anyhow::bail!("--store must be sqlite or postgres, not {other}"),
+        }
+    })
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("isthmus-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
+}
+
+async fn bench<S: Store>(args: &Args, store: S) -> anyhow::Result<()> {
+    store.migrate().await?;
+    let started = Instant::now();
+    let directory = dirgen::generate(&dirgen::GenConfig {
+        users: args.users,
+        groups: args.groups,
+        contacts: 0,
+        domains: vec!["corp.example.test".into()],
+        seed: 7,
+    });
+    let ad = MemoryDirectory::new();
+    for (dn, object_type, attributes) in dirgen::ad_objects(&directory, "DC=corp,DC=example,DC=test", 7) {
+        ad.put(&dn, &object_type, attributes);
+    }
+    let memberships: usize = directory.groups.iter().map(|group| group.people.len() + group.groups.len()).sum();
+    eprintln!(
+        "generated {} users, {} groups ({memberships} memberships) in {:.1} s",
+        args.users,
+        args.groups,
+        started.elapsed().as_secs_f64()
+    );
+    let cloud = MemoryDirectory::new();
+    let rules = sync_rules::defaults::ad_to_cloud(&["corp.example.test"], "tenant").map_err(|errors| anyhow::anyhow!("{errors:?}"))?;
+    let mut runner = Runner::new(store, rules, RunnerConfig { deletion_threshold: None, ..RunnerConfig::default() });
+    let mut ad_connector = ad.connector("corp.example.test", Role::Source, 1000);
+    ad_connector.info.parameters.insert("Domain.FQDN".into(), sync_expr::Value::str("corp.example.test"));
+    for name in ["Domain.Netbios", "Forest.Netbios"] {
+        ad_connector.info.parameters.insert(name.into(), sync_expr::Value::str("CORP"));
+    }
+    ad_connector.info.parameters.insert("Forest.FQDN".into(), sync_expr::Value::str("corp.example.test"));
+    runner.add_connector(ad_connector);
+    runner.add_connector(cloud.connector("tenant", Role::Target, 1000));
+    let objects = (args.users + args.groups) as f64;
+    let ad_id = model::ConnectorId("corp.example.test".into());
+    let tenant_id = model::ConnectorId("tenant".into());
+    println!("| step | seconds | objects/s |");
+    println!("|---|---|---|");
+    let total = Instant::now();
+    for (connector, step) in [
+        (&ad_id, Step::FullImport),
+        (&tenant_id, Step::FullImport),
+        (&ad_id, Step::FullSync),
+        (&tenant_id, Step::FullSync),
+        (&tenant_id, Step::Export),
+        (&tenant_id, Step::DeltaImport),
+    ] {
+        let started = Instant::now();
+        let report = runner.run_step(connector, step).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        anyhow::ensure!(report.counts.errors == 0, "{} {}: {} errors ({})", connector.0, step.name(), report.counts.errors, report.detail);
+        println!("| {} {} | {seconds:.1} | {:.0} |", connector.0, step.name(), objects / seconds.max(0.001));
+    }
+    let seconds = total.elapsed().as_secs_f64();
+    println!("| whole cycle | {seconds:.1} | {:.0} |", objects / seconds);
+    anyhow::ensure!(
+        cloud.len() == args.users + args.groups,
+        "the cloud holds {} objects, expected {}",
+        cloud.len(),
+        args.users + args.groups
+    );
+    println!("peak RSS: {} MiB", peak_rss_kib() / 1024);
+    Ok(())
+}
+
+/// The process's peak resident set (VmHWM), in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmHWM:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse().ok())
+        })
+        .unwrap_or(0)
+}
