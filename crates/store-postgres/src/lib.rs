@@ -311,6 +311,13 @@ impl store::Store for PostgresStore {
         Ok(find_ids(&*client, &sql, &[&connector.0, &object_type, &attribute], values, matching).await?.into_iter().map(CsId).collect())
     }
 
+    async fn cs_clear_pending_import(&self, ids: &[CsId]) -> Result<()> {
+        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        let client = self.client.lock().await;
+        client.execute("UPDATE cs_objects SET pending_import = NULL WHERE id = ANY($1)", &[&ids]).await.map_err(backend)?;
+        Ok(())
+    }
+
     async fn cs_set_error(&self, id: CsId, error: Option<&ObjectError>) -> Result<()> {
         let client = self.client.lock().await;
         let changed = client

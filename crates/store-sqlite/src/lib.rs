@@ -350,6 +350,21 @@ impl store::Store for SqliteStore {
         .await
     }
 
+    async fn cs_clear_pending_import(&self, ids: &[CsId]) -> Result<()> {
+        let ids = ids.to_vec();
+        self.call(move |conn, _| {
+            let tx = conn.transaction().map_err(backend)?;
+            {
+                let mut statement = tx.prepare_cached("UPDATE cs_objects SET pending_import = NULL WHERE id = ?1").map_err(backend)?;
+                for id in &ids {
+                    statement.execute(params![id.0]).map_err(backend)?;
+                }
+            }
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
     async fn cs_set_error(&self, id: CsId, error: Option<&ObjectError>) -> Result<()> {
         let error = error.cloned();
         self.call(move |conn, _| {

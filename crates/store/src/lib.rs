@@ -170,6 +170,8 @@ pub trait Store: Send + Sync {
         values: &[AttrValue],
         matching: Matching,
     ) -> impl Future<Output = Result<Vec<CsId>>> + Send;
+    /// Marks CS objects' pending imports as processed (the end of a sync page).
+    fn cs_clear_pending_import(&self, ids: &[CsId]) -> impl Future<Output = Result<()>> + Send;
     /// Sets or clears a CS object's error.
     fn cs_set_error(&self, id: CsId, error: Option<&ObjectError>) -> impl Future<Output = Result<()>> + Send;
 

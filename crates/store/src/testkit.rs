@@ -113,6 +113,10 @@ pub async fn cs_objects(store: &impl Store) {
     assert_eq!(exports.iter().map(|cs| cs.id).collect::<Vec<_>>(), vec![id]);
     let errors = store.cs_list(&ad(), &CsQuery { with_error: true, ..CsQuery::default() }).await.expect("list errors");
     assert_eq!(errors.len(), 1);
+    let pending_ids: Vec<CsId> = pending.iter().map(|cs| cs.id).collect();
+    store.cs_clear_pending_import(&pending_ids).await.expect("clear pending imports");
+    assert!(store.cs_list(&ad(), &CsQuery { pending_import: true, ..CsQuery::default() }).await.expect("list").is_empty(), "cleared");
+    store.cs_clear_pending_import(&[]).await.expect("nothing to clear is fine");
     let page = store.cs_list(&ad(), &CsQuery { after: Some(all[1].id), limit: 2, ..CsQuery::default() }).await.expect("page");
     assert_eq!(page.iter().map(|cs| cs.id).collect::<Vec<_>>(), vec![all[2].id, all[3].id]);
 

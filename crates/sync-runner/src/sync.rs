@@ -47,29 +47,36 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId, full: bo
     };
     context.load_memberships().await?;
 
-    let mut affected: BTreeSet<MvId> = BTreeSet::new();
-    let mut projected: BTreeSet<MvId> = BTreeSet::new();
+    // Page by page: inbound for the page's CS objects, then every MV object they touched
+    // (flow, lifetime, outbound), and only then are their pending imports marked processed.
+    // A crash in between leaves them pending, so the next run does the page again (idempotent).
     let mut after = None;
     let mut processed = 0u64;
+    let mut touched = 0usize;
     loop {
         let query = CsQuery { pending_import: !full, after, limit: PAGE, ..CsQuery::default() };
         let page = runner.store.cs_list(id, &query).await?;
         after = page.last().map(|cs| cs.id);
         let done = page.len() < PAGE;
+        let mut affected: BTreeSet<MvId> = BTreeSet::new();
+        let mut projected: BTreeSet<MvId> = BTreeSet::new();
+        let mut kept = Vec::new();
         for cs in page {
-            context.inbound(cs, &mut affected, &mut projected).await?;
+            let cs_id = cs.id;
+            let had_pending = cs.pending_import.is_some();
+            if context.inbound(cs, &mut affected, &mut projected).await? && had_pending {
+                kept.push(cs_id);
+            }
             processed += 1;
         }
-        tracing::info!(connector = %id, processed, "sync progress (connector space)");
+        touched += affected.len();
+        for mv in affected {
+            context.metaverse(mv, projected.contains(&mv)).await?;
+        }
+        runner.store.cs_clear_pending_import(&kept).await?;
+        tracing::info!(connector = %id, processed, metaverse = touched, "sync progress");
         if done {
             break;
-        }
-    }
-    let touched = affected.len();
-    for (index, mv) in affected.into_iter().enumerate() {
-        context.metaverse(mv, projected.contains(&mv)).await?;
-        if (index + 1) % 1000 == 0 {
-            tracing::info!(connector = %id, done = index + 1, of = touched, "sync progress (metaverse)");
         }
     }
     let counts = context.counts;
@@ -125,12 +132,13 @@ impl<S: Store> Context<'_, S> {
         self.counts.errors += 1;
     }
 
+    /// Inbound for one CS object; returns false when it was deleted.
     async fn inbound(
         &mut self,
         mut cs: CsObject,
         affected: &mut BTreeSet<MvId>,
         projected: &mut BTreeSet<MvId>,
-    ) -> Result<(), RunnerError> {
+    ) -> Result<bool, RunnerError> {
         let store = &self.runner.store;
         if cs.pending_import == Some(PendingImport::Delete) {
             if let Some(mv) = cs.link {
@@ -138,7 +146,7 @@ impl<S: Store> Context<'_, S> {
             }
             store.cs_delete(cs.id).await?;
             self.counts.deletes += 1;
-            return Ok(());
+            return Ok(false);
         }
         if cs.error.as_ref().is_some_and(|error| error.stage == model::ErrorStage::Sync) {
             cs.error = None;
@@ -163,31 +171,30 @@ impl<S: Store> Context<'_, S> {
                 match inbound::decide_join(&plan, &candidates) {
                     JoinDecision::Join(mv) => {
                         cs.link = Some(mv);
-                        cs.pending_import = None;
                         store.cs_update(&cs).await?;
                         affected.insert(mv);
                         self.counts.updates += 1;
                         // Flow now, so objects later in this run can join on the values.
-                        return self.flow_inbound_now(mv, false).await;
+                        self.flow_inbound_now(mv, false).await?;
+                        return Ok(true);
                     }
                     JoinDecision::Project(mv_type) => {
                         let mv = store.mv_insert(&mv_type).await?;
                         cs.link = Some(mv);
-                        cs.pending_import = None;
                         store.cs_update(&cs).await?;
                         affected.insert(mv);
                         projected.insert(mv);
                         self.counts.adds += 1;
-                        return self.flow_inbound_now(mv, true).await;
+                        self.flow_inbound_now(mv, true).await?;
+                        return Ok(true);
                     }
                     JoinDecision::Disconnector => {}
                     JoinDecision::Error(error) => self.set_error(&mut cs, error),
                 }
             }
         }
-        cs.pending_import = None;
         store.cs_update(&cs).await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn candidates(&self, plan: &JoinPlan, cs: &CsObject) -> Result<Vec<Vec<Candidate>>, RunnerError> {
