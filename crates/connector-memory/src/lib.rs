@@ -22,6 +22,8 @@ struct Entry {
 #[derive(Debug, Default)]
 struct State {
     objects: BTreeMap<Vec<u8>, Entry>,
+    /// Lower-case DN → anchor.
+    by_dn: BTreeMap<String, Vec<u8>>,
     /// (sequence, anchor) of every change, in order.
     log: Vec<(u64, Vec<u8>)>,
     sequence: u64,
@@ -35,6 +37,28 @@ impl State {
     fn touch(&mut self, anchor: &[u8]) {
         self.sequence += 1;
         self.log.push((self.sequence, anchor.to_vec()));
+    }
+
+    fn insert(&mut self, anchor: Vec<u8>, entry: Entry) {
+        if let Some(previous) = self.objects.get(&anchor) {
+            self.by_dn.remove(&previous.dn.to_lowercase());
+        }
+        self.by_dn.insert(entry.dn.to_lowercase(), anchor.clone());
+        self.objects.insert(anchor, entry);
+    }
+
+    fn remove(&mut self, anchor: &[u8]) -> Option<Entry> {
+        let entry = self.objects.remove(anchor)?;
+        self.by_dn.remove(&entry.dn.to_lowercase());
+        Some(entry)
+    }
+
+    fn rename(&mut self, anchor: &[u8], new_dn: &str) -> bool {
+        let Some(entry) = self.objects.get_mut(anchor) else { return false };
+        let old = std::mem::replace(&mut entry.dn, new_dn.to_string());
+        self.by_dn.remove(&old.to_lowercase());
+        self.by_dn.insert(new_dn.to_lowercase(), anchor.to_vec());
+        true
     }
 
     fn new_anchor(&mut self) -> Vec<u8> {
@@ -65,9 +89,9 @@ impl MemoryDirectory {
     /// Adds an object, or replaces the one with the same DN; returns its anchor.
     pub fn put(&self, dn: &str, object_type: &str, attributes: Attributes) -> Anchor {
         let mut state = self.lock();
-        let existing = state.objects.iter().find(|(_, entry)| entry.dn.eq_ignore_ascii_case(dn)).map(|(anchor, _)| anchor.clone());
+        let existing = state.by_dn.get(&dn.to_lowercase()).cloned();
         let anchor = existing.unwrap_or_else(|| state.new_anchor());
-        state.objects.insert(anchor.clone(), Entry { dn: dn.to_string(), object_type: object_type.to_string(), attributes });
+        state.insert(anchor.clone(), Entry { dn: dn.to_string(), object_type: object_type.to_string(), attributes });
         state.touch(&anchor);
         Anchor(anchor)
     }
@@ -84,8 +108,9 @@ impl MemoryDirectory {
     /// Moves or renames an object; false when it does not exist.
     pub fn rename(&self, anchor: &Anchor, new_dn: &str) -> bool {
         let mut state = self.lock();
-        let Some(entry) = state.objects.get_mut(&anchor.0) else { return false };
-        entry.dn = new_dn.to_string();
+        if !state.rename(&anchor.0, new_dn) {
+            return false;
+        }
         state.touch(&anchor.0);
         true
     }
@@ -93,7 +118,7 @@ impl MemoryDirectory {
     /// Deletes an object; false when it does not exist.
     pub fn delete(&self, anchor: &Anchor) -> bool {
         let mut state = self.lock();
-        if state.objects.remove(&anchor.0).is_none() {
+        if state.remove(&anchor.0).is_none() {
             return false;
         }
         state.touch(&anchor.0);
@@ -111,11 +136,9 @@ impl MemoryDirectory {
 
     /// The object with this DN (case-insensitive).
     pub fn find_dn(&self, dn: &str) -> Option<(Anchor, String, Attributes)> {
-        self.lock()
-            .objects
-            .iter()
-            .find(|(_, entry)| entry.dn.eq_ignore_ascii_case(dn))
-            .map(|(anchor, entry)| (Anchor(anchor.clone()), entry.object_type.clone(), entry.attributes.clone()))
+        let state = self.lock();
+        let anchor = state.by_dn.get(&dn.to_lowercase())?;
+        state.objects.get(anchor).map(|entry| (Anchor(anchor.clone()), entry.object_type.clone(), entry.attributes.clone()))
     }
 
     /// Number of objects.
@@ -239,15 +262,13 @@ impl Export for MemoryConnector {
             let not_found = || ConnectorError::Rejected { code: "not-found".into(), message: format!("{} does not exist", request.dn) };
             let outcome = match &request.change {
                 PendingExport::Add(changes) => {
-                    if state.objects.values().any(|entry| entry.dn.eq_ignore_ascii_case(&request.dn)) {
+                    if state.by_dn.contains_key(&request.dn.to_lowercase()) {
                         return Err(ConnectorError::Rejected { code: "already-exists".into(), message: format!("{} exists", request.dn) });
                     }
                     let mut attributes = Attributes::new();
                     attributes.apply(changes);
                     let anchor = state.new_anchor();
-                    state
-                        .objects
-                        .insert(anchor.clone(), Entry { dn: request.dn.clone(), object_type: request.object_type.clone(), attributes });
+                    state.insert(anchor.clone(), Entry { dn: request.dn.clone(), object_type: request.object_type.clone(), attributes });
                     state.touch(&anchor);
                     ExportOutcome { anchor: Some(Anchor(anchor)) }
                 }
@@ -256,14 +277,14 @@ impl Export for MemoryConnector {
                     let entry = state.objects.get_mut(&anchor).ok_or_else(not_found)?;
                     entry.attributes.apply(changes);
                     if let PendingExport::Rename { new_dn, .. } = &request.change {
-                        entry.dn = new_dn.clone();
+                        state.rename(&anchor, new_dn);
                     }
                     state.touch(&anchor);
                     ExportOutcome { anchor: None }
                 }
                 PendingExport::Delete => {
                     let anchor = request.anchor.as_ref().ok_or_else(not_found)?.0.clone();
-                    state.objects.remove(&anchor).ok_or_else(not_found)?;
+                    state.remove(&anchor).ok_or_else(not_found)?;
                     state.touch(&anchor);
                     ExportOutcome { anchor: None }
                 }
