@@ -19,6 +19,12 @@ enum Command {
     Tidy,
     /// Generate a deterministic synthetic directory as LDIF, and optionally bulk-load a Samba template.
     GenDirectory(gen_directory::Args),
+    /// Start a Samba AD DC and keep it running until Ctrl-C, for tests to attach to.
+    SambaDc {
+        /// Realm of the forest.
+        #[arg(long, default_value = "CORP.EXAMPLE.TEST")]
+        realm: String,
+    },
     /// Benchmark a full sync cycle of a generated forest through the runner, on SQLite or PostgreSQL.
     BenchSync(bench_sync::Args),
 }
@@ -39,5 +45,20 @@ fn main() -> anyhow::Result<()> {
         }
         Command::GenDirectory(args) => gen_directory::run(&args),
         Command::BenchSync(args) => bench_sync::run(&args),
+        Command::SambaDc { realm } => samba_dc(&realm),
     }
+}
+
+fn samba_dc(realm: &str) -> anyhow::Result<()> {
+    let domain = realm.split('.').next().unwrap_or("CORP");
+    let dc = testkit::samba::SambaDc::start(&testkit::samba::SambaConfig::forest(realm, domain))?;
+    println!("Samba AD DC for {realm} on {} (ldaps://{}), pid {:?}", dc.ip(), dc.ip(), dc.pid());
+    println!("Administrator password: {}", dc.config().admin_password);
+    println!("Run tests against it from another shell:");
+    println!("  export {}={}", testkit::samba::ATTACH_ENV, dc.dir().display());
+    println!("Ctrl-C stops it and deletes its folder.");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(tokio::signal::ctrl_c())?;
+    drop(dc);
+    Ok(())
 }

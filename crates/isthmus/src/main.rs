@@ -2,6 +2,7 @@
 //! together (the composition root). It holds no sync, directory or protocol logic of its own.
 
 mod ops;
+mod preview;
 mod quickstart;
 
 use std::path::PathBuf;
@@ -52,6 +53,8 @@ enum Command {
         #[arg(long)]
         connector: Option<String>,
     },
+    /// Show what a sync would do to one connector-space object, without doing it.
+    Preview(preview::Args),
     /// Check that a distinguished name parses, and print it normalised.
     CheckDn {
         /// The DN, e.g. `CN=Ann,OU=Sales,DC=corp,DC=example`.
@@ -105,6 +108,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Cs { command: CsCommand::Search { db, args } } => ops::cs_search(&ops::open(&db).await?, &args).await,
         Command::Mv { command: MvCommand::Show { db, id } } => ops::mv_show(&ops::open(&db).await?, id).await,
         Command::Plan { db, connector } => ops::plan(&ops::open(&db).await?, connector.as_deref()).await,
+        Command::Preview(args) => preview::run(&ops::open(&args.db).await?, &args).await,
         Command::CheckDn { dn } => {
             let parsed = model::Dn::parse(&dn).with_context(|| format!("`{dn}` is not a distinguished name"))?;
             println!("{parsed}");

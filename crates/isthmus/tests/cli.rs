@@ -35,6 +35,37 @@ fn quickstart_then_operator_tools() {
     assert!(ok);
     assert!(out.contains("joined to mv:") && out.ends_with("5 object(s)\n"), "{out}");
 
+    let (ok, out, err) = isthmus(&[
+        "preview",
+        "--db",
+        db,
+        "--connector",
+        "corp.example.test",
+        "--dn",
+        "CN=nberg0,OU=Finance,OU=Isthmus People,DC=corp,DC=example,DC=test",
+        "--default-rules",
+        "corp.example.test:tenant",
+        "--param",
+        "Domain.FQDN=corp.example.test",
+    ]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("[102] In from AD - User AccountEnabled (corp.example.test)"), "rules in scope:\n{out}");
+    assert!(out.contains("title                        Chief Demo Officer"), "computed values:\n{out}");
+    assert!(out.contains("outbound to tenant: nothing to do"), "already in sync:\n{out}");
+    let (ok, _, err) = isthmus(&[
+        "preview",
+        "--db",
+        db,
+        "--connector",
+        "corp.example.test",
+        "--dn",
+        "CN=nobody",
+        "--default-rules",
+        "corp.example.test:tenant",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("corp.example.test has no object CN=nobody"), "{err}");
+
     let (ok, out, _) = isthmus(&["mv", "show", "--db", db, "1"]);
     assert!(ok);
     assert!(

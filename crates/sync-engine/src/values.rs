@@ -52,6 +52,8 @@ pub fn from_expr(value: Value) -> Produced {
 fn push_values(value: Value, out: &mut Vec<AttrValue>) {
     match value {
         Value::Null | Value::AuthoritativeNull | Value::IgnoreThisFlow => {}
+        // Directories hold no empty strings: "" contributes nothing (e.g. `Left(NULL, 448)`).
+        Value::Str(text) if text.is_empty() => {}
         Value::Str(text) => out.push(AttrValue::String(text)),
         Value::Num(number) => out.push(AttrValue::Integer(number)),
         Value::Bool(flag) => out.push(AttrValue::Boolean(flag)),
@@ -85,5 +87,25 @@ impl sync_expr::Source for ObjectSource<'_> {
             ("dn", Some(dn)) if self.attributes.get("dn").is_empty() => Value::Str(dn.to_string()),
             _ => to_expr(self.attributes.get(name)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expression_results_become_values() {
+        assert_eq!(from_expr(Value::str("")), Produced::Null, "empty text is no value");
+        assert_eq!(
+            from_expr(Value::Multi(vec![Value::str("a"), Value::str(""), Value::Null])),
+            Produced::Values(vec![AttrValue::string("a")])
+        );
+        assert_eq!(from_expr(Value::AuthoritativeNull), Produced::AuthoritativeNull);
+        assert_eq!(from_expr(Value::IgnoreThisFlow), Produced::Ignore);
+        assert_eq!(from_expr(Value::Num(5)), Produced::Values(vec![AttrValue::Integer(5)]));
+        assert_eq!(constant("True"), AttrValue::Boolean(true));
+        assert_eq!(constant("42"), AttrValue::Integer(42));
+        assert_eq!(constant("User"), AttrValue::string("User"));
     }
 }

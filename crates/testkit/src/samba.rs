@@ -136,15 +136,29 @@ impl SambaTemplate {
 /// A running Samba AD DC on its own loopback address; stopped and deleted on drop.
 #[derive(Debug)]
 pub struct SambaDc {
-    // Field order is drop order: stop the process before releasing the address and folder.
-    process: ServerProcess,
-    addr: LoopbackAddr,
-    dir: TempDir,
+    lifetime: Lifetime,
     config: SambaConfig,
     tls: TlsFiles,
     /// How long the DC took from spawn until LDAP and LDAPS accepted connections.
     pub ready_after: Duration,
 }
+
+/// Who stops the DC.
+#[derive(Debug)]
+enum Lifetime {
+    /// Started by this handle; stopped and deleted on drop.
+    Owned {
+        // Field order is drop order: stop the process before releasing the address and folder.
+        process: ServerProcess,
+        addr: LoopbackAddr,
+        dir: TempDir,
+    },
+    /// A long-running DC started elsewhere (`cargo xtask samba-dc`); left running.
+    Attached { dir: PathBuf, ip: std::net::Ipv4Addr },
+}
+
+/// Names a running DC's folder (from `cargo xtask samba-dc`) for tests to use instead of starting their own.
+pub const ATTACH_ENV: &str = "ISTHMUS_TEST_SAMBA_DIR";
 
 impl SambaDc {
     /// A DC of the default forest `CORP.EXAMPLE.TEST`.
@@ -152,9 +166,48 @@ impl SambaDc {
         Self::start(&SambaConfig::default())
     }
 
-    /// A DC for `config`, copied from the shared template.
+    /// A DC for `config`, copied from the shared template — or, when [`ATTACH_ENV`] names the
+    /// folder of a running DC of the same realm, that DC.
     pub fn start(config: &SambaConfig) -> Result<Self> {
+        if let Some(dir) = std::env::var_os(ATTACH_ENV) {
+            let dir = PathBuf::from(dir);
+            if let Some(attached) = Self::attach(&dir, config)? {
+                return Ok(attached);
+            }
+        }
         Self::start_from(&SambaTemplate::shared(config)?)
+    }
+
+    /// Uses the running DC in `dir` if it serves `config`'s realm.
+    fn attach(dir: &Path, config: &SambaConfig) -> Result<Option<Self>> {
+        let smb_conf = dir.join("etc").join("smb.conf");
+        let text = std::fs::read_to_string(&smb_conf).map_err(io_err("read smb.conf of the DC to attach to", &smb_conf))?;
+        let setting = |name: &str| {
+            text.lines().find_map(|line| {
+                line.trim().strip_prefix(name).and_then(|rest| rest.trim_start().strip_prefix('=')).map(|value| value.trim().to_string())
+            })
+        };
+        if setting("realm").as_deref() != Some(config.realm.as_str()) {
+            return Ok(None);
+        }
+        let ip: std::net::Ipv4Addr = setting("interfaces")
+            .and_then(|value| value.parse().ok())
+            .ok_or_else(|| Error::NoAddress(format!("{} has no single IPv4 `interfaces` line", smb_conf.display())))?;
+        if !answers(ip, 636) {
+            return Err(Error::NotReady {
+                server: "samba (attached)",
+                seconds: 0,
+                log: format!("nothing answers on {ip}:636; is `cargo xtask samba-dc` still running?"),
+            });
+        }
+        let tls_dir = dir.join("tls");
+        let tls = TlsFiles { ca_pem: tls_dir.join("ca.pem"), cert_pem: tls_dir.join("cert.pem"), key_pem: tls_dir.join("key.pem") };
+        Ok(Some(SambaDc {
+            lifetime: Lifetime::Attached { dir: dir.to_path_buf(), ip },
+            config: config.clone(),
+            tls,
+            ready_after: Duration::ZERO,
+        }))
     }
 
     /// A DC copied from `template`.
@@ -177,12 +230,15 @@ impl SambaDc {
             .wait_until(Duration::from_secs(60), || answers(ip, 389) && answers(ip, 636))
             .map_err(|err| with_samba_log(err, root))?;
         tracing::info!(%ip, pid = process.pid(), ms = ready_after.as_millis() as u64, "Samba DC ready");
-        Ok(SambaDc { process, addr, dir, config, tls, ready_after })
+        Ok(SambaDc { lifetime: Lifetime::Owned { process, addr, dir }, config, tls, ready_after })
     }
 
     /// The DC's loopback address.
     pub fn ip(&self) -> std::net::Ipv4Addr {
-        self.addr.ip()
+        match &self.lifetime {
+            Lifetime::Owned { addr, .. } => addr.ip(),
+            Lifetime::Attached { ip, .. } => *ip,
+        }
     }
     /// `ldap://<ip>`.
     pub fn ldap_url(&self) -> String {
@@ -210,15 +266,28 @@ impl SambaDc {
     }
     /// The DC's data folder (smb.conf under `etc/`, databases under `private/`).
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        match &self.lifetime {
+            Lifetime::Owned { dir, .. } => dir.path(),
+            Lifetime::Attached { dir, .. } => dir,
+        }
     }
-    /// The samba process id.
-    pub fn pid(&self) -> u32 {
-        self.process.pid()
+    /// The samba process id, when this handle started it.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.lifetime {
+            Lifetime::Owned { process, .. } => Some(process.pid()),
+            Lifetime::Attached { .. } => None,
+        }
     }
     /// The DC's log output so far.
     pub fn log(&self) -> String {
-        self.process.log()
+        match &self.lifetime {
+            Lifetime::Owned { process, .. } => process.log(),
+            Lifetime::Attached { dir, .. } => crate::process::tail_of_file(&dir.join("samba.out")),
+        }
+    }
+    /// True when this handle attached to a DC started elsewhere (see [`ATTACH_ENV`]).
+    pub fn is_attached(&self) -> bool {
+        matches!(self.lifetime, Lifetime::Attached { .. })
     }
 
     /// An LDAPS connection bound as Administrator, with seeding helpers.
