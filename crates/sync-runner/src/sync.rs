@@ -26,6 +26,9 @@ struct Context<'r, S: Store> {
     now: sync_expr::time::DateTime,
     counts: RunCounts,
     random_state: u64,
+    /// CS objects whose delete this page is processing: left out of their MV object's
+    /// computation, removed from the store only after the page's metaverse work.
+    deleting: BTreeSet<CsId>,
 }
 
 pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId, full: bool) -> Result<(String, RunCounts, String), RunnerError> {
@@ -44,6 +47,7 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId, full: bo
         now,
         counts: RunCounts::default(),
         random_state: runner.clock.unix_seconds() as u64 | 1,
+        deleting: BTreeSet::new(),
     };
     context.load_memberships().await?;
 
@@ -74,6 +78,9 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId, full: bo
             context.metaverse(mv, projected.contains(&mv)).await?;
         }
         runner.store.cs_clear_pending_import(&kept).await?;
+        for deleted in std::mem::take(&mut context.deleting) {
+            runner.store.cs_delete(deleted).await?;
+        }
         tracing::info!(connector = %id, processed, metaverse = touched, "sync progress");
         if done {
             break;
@@ -141,10 +148,11 @@ impl<S: Store> Context<'_, S> {
     ) -> Result<bool, RunnerError> {
         let store = &self.runner.store;
         if cs.pending_import == Some(PendingImport::Delete) {
+            // Removed after the page's metaverse work; a crash before that redoes the page.
             if let Some(mv) = cs.link {
                 affected.insert(mv);
             }
-            store.cs_delete(cs.id).await?;
+            self.deleting.insert(cs.id);
             self.counts.deletes += 1;
             return Ok(false);
         }
@@ -232,7 +240,8 @@ impl<S: Store> Context<'_, S> {
     async fn metaverse(&mut self, mv_id: MvId, is_new: bool) -> Result<(), RunnerError> {
         let store = &self.runner.store;
         let Some(mv) = store.mv_get(mv_id).await? else { return Ok(()) };
-        let joined = store.cs_linked_to(mv_id).await?;
+        let mut joined = store.cs_linked_to(mv_id).await?;
+        joined.retain(|cs| !self.deleting.contains(&cs.id));
         let survives = {
             let refs: Vec<&CsObject> = joined.iter().collect();
             !refs.is_empty() && inbound::mv_survives(&self.runner.rules, &refs, &self.member_of())
@@ -272,7 +281,8 @@ impl<S: Store> Context<'_, S> {
     async fn flow_inbound_now(&mut self, mv_id: MvId, is_new: bool) -> Result<(), RunnerError> {
         let store = &self.runner.store;
         let Some(mv) = store.mv_get(mv_id).await? else { return Ok(()) };
-        let joined = store.cs_linked_to(mv_id).await?;
+        let mut joined = store.cs_linked_to(mv_id).await?;
+        joined.retain(|cs| !self.deleting.contains(&cs.id));
         self.flow_inbound_for(mv, joined, is_new).await?;
         Ok(())
     }
