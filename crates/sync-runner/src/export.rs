@@ -46,11 +46,11 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Resul
     }
     if let Some(threshold) = runner.config.deletion_threshold
         && planned.deletes > threshold
-        && !runner.config.allow_deletes_once
+        && !runner.deletes_allowed_once.swap(false, std::sync::atomic::Ordering::SeqCst)
     {
         tracing::warn!(connector = %id, deletes = planned.deletes, threshold, "accidental-delete threshold exceeded; nothing exported");
         let detail = format!(
-            "{} pending deletes exceed the threshold of {threshold}; nothing was exported. Review them with `isthmus plan`, then allow them once with `isthmus sync run --allow-deletes`",
+            "{} pending deletes exceed the threshold of {threshold}; nothing was exported. Review them with `isthmus plan`, then allow them once (the approval is used up by that export)",
             planned.deletes
         );
         return Ok(("stopped-deletion-threshold-exceeded".into(), RunCounts::default(), detail));

@@ -58,13 +58,11 @@ pub struct RunnerConfig {
     pub staging: bool,
     /// Stop an export that would delete more objects than this (Entra's default: 500). `None` disables it.
     pub deletion_threshold: Option<u64>,
-    /// Let the next export go over the threshold once (the admin's explicit approval).
-    pub allow_deletes_once: bool,
 }
 
 impl Default for RunnerConfig {
     fn default() -> Self {
-        RunnerConfig { staging: false, deletion_threshold: Some(500), allow_deletes_once: false }
+        RunnerConfig { staging: false, deletion_threshold: Some(500) }
     }
 }
 
@@ -138,12 +136,22 @@ pub struct Runner<S: Store> {
     order: Vec<ConnectorId>,
     config: RunnerConfig,
     clock: Box<dyn Clock>,
+    /// The admin's approval for one export over the deletion threshold; consumed by that export.
+    deletes_allowed_once: std::sync::atomic::AtomicBool,
 }
 
 impl<S: Store> Runner<S> {
     /// A runner over `store` with `rules`.
     pub fn new(store: S, rules: RuleSet, config: RunnerConfig) -> Self {
-        Runner { store, rules, connectors: BTreeMap::new(), order: Vec::new(), config, clock: Box::new(SystemClock) }
+        Runner {
+            store,
+            rules,
+            connectors: BTreeMap::new(),
+            order: Vec::new(),
+            config,
+            clock: Box::new(SystemClock),
+            deletes_allowed_once: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Uses another clock (tests).
@@ -166,6 +174,12 @@ impl<S: Store> Runner<S> {
     /// The rules.
     pub fn rules(&self) -> &RuleSet {
         &self.rules
+    }
+
+    /// Lets the next export that exceeds the deletion threshold go ahead, once (after the admin
+    /// reviewed `isthmus plan`). The approval is used up by that export.
+    pub fn allow_deletes_once(&self) {
+        self.deletes_allowed_once.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Settings (e.g. to flip staging mode).

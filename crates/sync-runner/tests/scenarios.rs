@@ -170,7 +170,7 @@ async fn deltas_flow_through_and_deletes_deprovision() {
 
 #[tokio::test]
 async fn deletion_threshold_stops_the_whole_export_until_allowed() {
-    let mut world = world(RunnerConfig { deletion_threshold: Some(1), ..RunnerConfig::default() }).await;
+    let world = world(RunnerConfig { deletion_threshold: Some(1), ..RunnerConfig::default() }).await;
     let anchors = seed(&world.src);
     world.runner.run_cycle(true).await.expect("initial");
     world.src.modify(&anchors[0], &[AttrChange::Replace("displayName".into(), vec![AttrValue::string("Ann Changed")])]);
@@ -188,11 +188,22 @@ async fn deletion_threshold_stops_the_whole_export_until_allowed() {
         "no other change exported either"
     );
 
-    world.runner.config_mut().allow_deletes_once = true;
+    world.runner.allow_deletes_once();
     let reports = world.runner.run_cycle(false).await.expect("allowed");
     assert_eq!(status(&reports, "dst", Step::Export), "success");
     assert_eq!(world.dst.len(), 1);
     assert_eq!(dst_attribute(&world.dst, "CN=E1,OU=Cloud", "displayName"), vec![AttrValue::string("Ann Changed")]);
+
+    // The approval was used up: the next mass delete is stopped again.
+    let more: Vec<_> = (4..7).map(|n| world.src.put(&format!("CN=E{n},OU=Staff"), "user", person(&format!("E{n}"), "New", None))).collect();
+    world.runner.run_cycle(false).await.expect("adds");
+    assert_eq!(world.dst.len(), 4);
+    for anchor in &more {
+        world.src.delete(anchor);
+    }
+    let reports = world.runner.run_cycle(false).await.expect("second mass delete");
+    assert_eq!(status(&reports, "dst", Step::Export), "stopped-deletion-threshold-exceeded");
+    assert_eq!(world.dst.len(), 4);
 }
 
 #[tokio::test]
