@@ -13,7 +13,7 @@ mod schema;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use model::{Anchor, AttrValue, ConnectorId, CsId, CsObject, ErrorStage, MvId, MvObject, ObjectError, PendingImport};
+use model::{Anchor, AttrValue, ConnectorId, CsId, CsObject, MvId, MvObject, ObjectError, PendingImport};
 use store::codec::{self, index_key};
 use store::{CsQuery, ImportChange, ImportCounts, Matching, NewCsObject, Result, RunCounts, RunRecord, StoreError};
 use tokio::sync::Mutex;
@@ -90,26 +90,9 @@ fn cs_from_row(row: &Row) -> Result<CsObject> {
         pending_import: pending_import.as_deref().map(codec::import_from_code).transpose()?,
         pending_export: pending_export.as_deref().map(codec::export_from_text).transpose()?,
         error: match (error_stage.as_deref(), error_code, error_message) {
-            (Some(stage), Some(code), Some(message)) => Some(ObjectError { stage: stage_from_code(stage)?, code, message }),
+            (Some(stage), Some(code), Some(message)) => Some(ObjectError { stage: codec::stage_from_code(stage)?, code, message }),
             _ => None,
         },
-    })
-}
-
-fn stage_code(stage: ErrorStage) -> &'static str {
-    match stage {
-        ErrorStage::Import => "import",
-        ErrorStage::Sync => "sync",
-        ErrorStage::Export => "export",
-    }
-}
-
-fn stage_from_code(code: &str) -> Result<ErrorStage> {
-    Ok(match code {
-        "import" => ErrorStage::Import,
-        "sync" => ErrorStage::Sync,
-        "export" => ErrorStage::Export,
-        other => return Err(StoreError::Corrupt(format!("unknown error stage \"{other}\""))),
     })
 }
 
@@ -190,7 +173,7 @@ async fn update_cs(client: &impl GenericClient, object: &CsObject) -> Result<()>
                 &object.link.map(|mv| mv.0),
                 &object.pending_import.map(codec::import_to_code),
                 &object.pending_export.as_ref().map(codec::export_to_text),
-                &object.error.as_ref().map(|error| stage_code(error.stage)),
+                &object.error.as_ref().map(|error| codec::stage_to_code(error.stage)),
                 &object.error.as_ref().map(|error| error.code.clone()),
                 &object.error.as_ref().map(|error| error.message.clone()),
             ],
@@ -323,7 +306,7 @@ impl store::Store for PostgresStore {
         let changed = client
             .execute(
                 "UPDATE cs_objects SET error_stage = $2, error_code = $3, error_message = $4 WHERE id = $1",
-                &[&id.0, &error.map(|e| stage_code(e.stage)), &error.map(|e| e.code.clone()), &error.map(|e| e.message.clone())],
+                &[&id.0, &error.map(|e| codec::stage_to_code(e.stage)), &error.map(|e| e.code.clone()), &error.map(|e| e.message.clone())],
             )
             .await
             .map_err(backend)?;

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use model::{Anchor, AttrValue, Attributes, ConnectorId, CsId, CsObject, ErrorStage, MvId, MvObject, ObjectError};
+use model::{Anchor, AttrValue, Attributes, ConnectorId, CsId, CsObject, MvId, MvObject, ObjectError};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use store::codec::{self, index_key};
 use store::{CsQuery, ImportChange, ImportCounts, Matching, NewCsObject, Result, RunCounts, RunRecord, StoreError};
@@ -96,28 +96,11 @@ fn cs_from_row(row: &Row<'_>) -> rusqlite::Result<Result<CsObject>> {
             pending_import: pending_import.as_deref().map(codec::import_from_code).transpose()?,
             pending_export: pending_export.as_deref().map(codec::export_from_text).transpose()?,
             error: match (error_stage.as_deref(), error_code, error_message) {
-                (Some(stage), Some(code), Some(message)) => Some(ObjectError { stage: stage_from_code(stage)?, code, message }),
+                (Some(stage), Some(code), Some(message)) => Some(ObjectError { stage: codec::stage_from_code(stage)?, code, message }),
                 _ => None,
             },
         })
     })())
-}
-
-fn stage_code(stage: ErrorStage) -> &'static str {
-    match stage {
-        ErrorStage::Import => "import",
-        ErrorStage::Sync => "sync",
-        ErrorStage::Export => "export",
-    }
-}
-
-fn stage_from_code(code: &str) -> Result<ErrorStage> {
-    Ok(match code {
-        "import" => ErrorStage::Import,
-        "sync" => ErrorStage::Sync,
-        "export" => ErrorStage::Export,
-        other => return Err(StoreError::Corrupt(format!("unknown error stage \"{other}\""))),
-    })
 }
 
 fn query_cs(conn: &Connection, sql_where: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<CsObject>> {
@@ -211,7 +194,7 @@ fn update_cs(tx: &Transaction<'_>, object: &CsObject, indexed: Option<&BTreeSet<
                 object.link.map(|mv| mv.0),
                 object.pending_import.map(codec::import_to_code),
                 object.pending_export.as_ref().map(codec::export_to_text),
-                object.error.as_ref().map(|error| stage_code(error.stage)),
+                object.error.as_ref().map(|error| codec::stage_to_code(error.stage)),
                 object.error.as_ref().map(|error| error.code.clone()),
                 object.error.as_ref().map(|error| error.message.clone()),
             ],
@@ -373,7 +356,7 @@ impl store::Store for SqliteStore {
                     "UPDATE cs_objects SET error_stage = ?2, error_code = ?3, error_message = ?4 WHERE id = ?1",
                     params![
                         id.0,
-                        error.as_ref().map(|e| stage_code(e.stage)),
+                        error.as_ref().map(|e| codec::stage_to_code(e.stage)),
                         error.as_ref().map(|e| e.code.clone()),
                         error.as_ref().map(|e| e.message.clone())
                     ],

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use model::{AttrChange, AttrValue, Attributes, ConnectorId, CsId, Lineage, MvAttribute, PendingExport, PendingImport};
+use model::{AttrChange, AttrValue, Attributes, ConnectorId, CsId, ErrorStage, Lineage, MvAttribute, PendingExport, PendingImport};
 use serde_json::{Map, Value as Json, json};
 
 use crate::{Matching, Result, StoreError};
@@ -190,6 +190,25 @@ pub fn import_from_code(code: &str) -> Result<PendingImport> {
         "delete" => PendingImport::Delete,
         "delete-add" => PendingImport::DeleteAdd,
         other => return Err(corrupt(format!("unknown pending import \"{other}\""))),
+    })
+}
+
+/// An error stage as a short code.
+pub fn stage_to_code(stage: ErrorStage) -> &'static str {
+    match stage {
+        ErrorStage::Import => "import",
+        ErrorStage::Sync => "sync",
+        ErrorStage::Export => "export",
+    }
+}
+
+/// Decodes [`stage_to_code`].
+pub fn stage_from_code(code: &str) -> Result<ErrorStage> {
+    Ok(match code {
+        "import" => ErrorStage::Import,
+        "sync" => ErrorStage::Sync,
+        "export" => ErrorStage::Export,
+        other => return Err(corrupt(format!("unknown error stage \"{other}\""))),
     })
 }
 
