@@ -5,6 +5,9 @@
 //! Traits are object-safe (`dyn`), with boxed futures ([`BoxFuture`]): connectors are chosen at
 //! run time from configuration. Knows no store, no engine, no wire protocol.
 
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
