@@ -301,16 +301,44 @@ async fn the_scheduler_runs_cycles_until_shutdown() {
     let world = world(RunnerConfig::default()).await;
     seed(&world.src);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (_requests, receiver) = tokio::sync::mpsc::channel(4);
     let stopper = async move {
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
         let _ = stop.send(());
     };
     let (cycles, ()) = tokio::join!(
-        sync_runner::scheduler::run(&world.runner, std::time::Duration::from_millis(40), async move {
+        sync_runner::scheduler::run(&world.runner, std::time::Duration::from_millis(40), receiver, async move {
             let _ = stopped.await;
         }),
         stopper
     );
     assert!(cycles >= 2, "{cycles} cycles");
     assert_eq!(world.dst.len(), 3);
+}
+
+#[tokio::test]
+async fn the_scheduler_runs_a_cycle_on_demand_between_ticks() {
+    let world = world(RunnerConfig::default()).await;
+    let anchors = seed(&world.src);
+    let (requests, receiver) = tokio::sync::mpsc::channel(4);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let driver = async {
+        // The first tick runs the initial cycle at once; the next is an hour away.
+        while world.dst.len() < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        world.src.modify(&anchors[0], &[AttrChange::Replace("displayName".into(), vec![AttrValue::string("On Demand")])]);
+        requests.send(sync_runner::scheduler::CycleRequest { initial: false }).await.expect("request");
+        while dst_attribute(&world.dst, "CN=E1,OU=Cloud", "displayName") != vec![AttrValue::string("On Demand")] {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let _ = stop.send(());
+    };
+    let (cycles, ()) = tokio::join!(
+        sync_runner::scheduler::run(&world.runner, std::time::Duration::from_secs(3600), receiver, async move {
+            let _ = stopped.await;
+        }),
+        driver
+    );
+    assert_eq!(cycles, 2, "the initial cycle and the requested one");
 }
