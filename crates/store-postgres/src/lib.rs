@@ -24,6 +24,23 @@ use tokio_postgres::{Client, GenericClient, NoTls, Row};
 #[derive(Clone)]
 pub struct PostgresStore {
     client: Arc<Mutex<Client>>,
+    statements: Arc<Statements>,
+}
+
+/// Prepared statements by SQL text: each is parsed and planned once per connection, not per call
+/// (half the round trips of an unprepared query).
+#[derive(Default)]
+struct Statements(std::sync::Mutex<std::collections::HashMap<String, tokio_postgres::Statement>>);
+
+impl Statements {
+    async fn get(&self, client: &impl GenericClient, sql: &str) -> Result<tokio_postgres::Statement> {
+        if let Some(statement) = self.0.lock().map_err(|_| StoreError::Backend("statement cache poisoned".into()))?.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = client.prepare(sql).await.map_err(backend)?;
+        self.0.lock().map_err(|_| StoreError::Backend("statement cache poisoned".into()))?.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
 }
 
 fn backend(err: tokio_postgres::Error) -> StoreError {
@@ -46,7 +63,7 @@ impl PostgresStore {
                 eprintln!("PostgreSQL connection ended: {err}");
             }
         });
-        Ok(PostgresStore { client: Arc::new(Mutex::new(client)) })
+        Ok(PostgresStore { client: Arc::new(Mutex::new(client)), statements: Arc::new(Statements::default()) })
     }
 }
 
@@ -96,20 +113,21 @@ fn cs_from_row(row: &Row) -> Result<CsObject> {
     })
 }
 
-async fn query_cs(client: &impl GenericClient, sql_where: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<CsObject>> {
+async fn query_cs(client: &impl GenericClient, st: &Statements, sql_where: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<CsObject>> {
     let sql = format!("SELECT {CS_COLUMNS} FROM cs_objects WHERE {sql_where}");
-    let rows = client.query(&sql, args).await.map_err(backend)?;
+    let rows = client.query(&st.get(client, &sql).await?, args).await.map_err(backend)?;
     rows.iter().map(cs_from_row).collect()
 }
 
 async fn write_values<'a>(
     client: &impl GenericClient,
+    st: &Statements,
     table: &str,
     column: &str,
     id: i64,
     attributes: impl Iterator<Item = (&'a str, &'a [AttrValue])>,
 ) -> Result<()> {
-    client.execute(&format!("DELETE FROM {table} WHERE {column} = $1"), &[&id]).await.map_err(backend)?;
+    client.execute(&st.get(client, &format!("DELETE FROM {table} WHERE {column} = $1")).await?, &[&id]).await.map_err(backend)?;
     let (mut names, mut exact, mut folded) = (Vec::new(), Vec::new(), Vec::new());
     for (name, values) in attributes {
         for value in values {
@@ -123,18 +141,18 @@ async fn write_values<'a>(
     }
     let sql =
         format!("INSERT INTO {table} ({column}, attribute, exact, folded) SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[])");
-    client.execute(&sql, &[&id, &names, &exact, &folded]).await.map_err(backend)?;
+    client.execute(&st.get(client, &sql).await?, &[&id, &names, &exact, &folded]).await.map_err(backend)?;
     Ok(())
 }
 
-async fn insert_cs(client: &impl GenericClient, object: &NewCsObject, seen_run: Option<i64>) -> Result<CsId> {
+async fn insert_cs(client: &impl GenericClient, st: &Statements, object: &NewCsObject, seen_run: Option<i64>) -> Result<CsId> {
     if object.anchor.as_ref().is_some_and(|anchor| anchor.0.is_empty()) {
         return Err(StoreError::Conflict(format!("object {} has an empty anchor", object.dn)));
     }
     let row = client
         .query_one(
-            "INSERT INTO cs_objects (connector, anchor, dn, dn_folded, object_type, attributes, link, pending_import, pending_export, seen_run) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+            &st.get(client, "INSERT INTO cs_objects (connector, anchor, dn, dn_folded, object_type, attributes, link, pending_import, pending_export, seen_run) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id").await?,
             &[
                 &object.connector.0,
                 &object.anchor.as_ref().map(|anchor| anchor.0.clone()),
@@ -151,18 +169,21 @@ async fn insert_cs(client: &impl GenericClient, object: &NewCsObject, seen_run: 
         .await
         .map_err(backend)?;
     let id: i64 = row.get(0);
-    write_values(client, "cs_values", "cs_id", id, object.attributes.iter()).await?;
+    write_values(client, st, "cs_values", "cs_id", id, object.attributes.iter()).await?;
     Ok(CsId(id))
 }
 
-async fn update_cs(client: &impl GenericClient, object: &CsObject) -> Result<()> {
+async fn update_cs(client: &impl GenericClient, st: &Statements, object: &CsObject) -> Result<()> {
     let attributes = codec::attributes_to_text(&object.attributes);
-    let previous = client.query_opt("SELECT attributes FROM cs_objects WHERE id = $1", &[&object.id.0]).await.map_err(backend)?;
+    let previous = client
+        .query_opt(&st.get(client, "SELECT attributes FROM cs_objects WHERE id = $1").await?, &[&object.id.0])
+        .await
+        .map_err(backend)?;
     let Some(previous) = previous.map(|row| row.get::<_, String>(0)) else { return Err(StoreError::NotFound(object.id.to_string())) };
     let changed = client
         .execute(
-            "UPDATE cs_objects SET anchor = $2, dn = $3, dn_folded = $4, object_type = $5, attributes = $6, link = $7, pending_import = $8, \
-             pending_export = $9, error_stage = $10, error_code = $11, error_message = $12 WHERE id = $1",
+            &st.get(client, "UPDATE cs_objects SET anchor = $2, dn = $3, dn_folded = $4, object_type = $5, attributes = $6, link = $7, pending_import = $8, \
+             pending_export = $9, error_stage = $10, error_code = $11, error_message = $12 WHERE id = $1").await?,
             &[
                 &object.id.0,
                 &object.anchor.as_ref().map(|anchor| anchor.0.clone()),
@@ -187,11 +208,12 @@ async fn update_cs(client: &impl GenericClient, object: &CsObject) -> Result<()>
     if previous == attributes {
         return Ok(());
     }
-    write_values(client, "cs_values", "cs_id", object.id.0, object.attributes.iter()).await
+    write_values(client, st, "cs_values", "cs_id", object.id.0, object.attributes.iter()).await
 }
 
 async fn find_ids(
     client: &impl GenericClient,
+    st: &Statements,
     sql: &str,
     fixed: &[&(dyn ToSql + Sync)],
     values: &[AttrValue],
@@ -200,7 +222,7 @@ async fn find_ids(
     let keys: Vec<String> = values.iter().map(|value| index_key(value, matching)).collect();
     let mut args: Vec<&(dyn ToSql + Sync)> = fixed.to_vec();
     args.push(&keys);
-    let rows = client.query(sql, &args).await.map_err(backend)?;
+    let rows = client.query(&st.get(client, sql).await?, &args).await.map_err(backend)?;
     let ids: BTreeSet<i64> = rows.iter().map(|row| row.get(0)).collect();
     Ok(ids.into_iter().collect())
 }
@@ -213,17 +235,17 @@ impl store::Store for PostgresStore {
 
     async fn cs_get(&self, id: CsId) -> Result<Option<CsObject>> {
         let client = self.client.lock().await;
-        Ok(query_cs(&*client, "id = $1", &[&id.0]).await?.pop())
+        Ok(query_cs(&*client, &self.statements, "id = $1", &[&id.0]).await?.pop())
     }
 
     async fn cs_by_anchor(&self, connector: &ConnectorId, anchor: &Anchor) -> Result<Option<CsObject>> {
         let client = self.client.lock().await;
-        Ok(query_cs(&*client, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop())
+        Ok(query_cs(&*client, &self.statements, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop())
     }
 
     async fn cs_by_dn(&self, connector: &ConnectorId, dn: &str) -> Result<Option<CsObject>> {
         let client = self.client.lock().await;
-        Ok(query_cs(&*client, "connector = $1 AND dn_folded = $2 ORDER BY id", &[&connector.0, &dn.to_lowercase()])
+        Ok(query_cs(&*client, &self.statements, "connector = $1 AND dn_folded = $2 ORDER BY id", &[&connector.0, &dn.to_lowercase()])
             .await?
             .into_iter()
             .next())
@@ -232,7 +254,7 @@ impl store::Store for PostgresStore {
     async fn cs_insert(&self, object: NewCsObject) -> Result<CsId> {
         let mut client = self.client.lock().await;
         let tx = client.transaction().await.map_err(backend)?;
-        let id = insert_cs(&tx, &object, None).await?;
+        let id = insert_cs(&tx, &self.statements, &object, None).await?;
         tx.commit().await.map_err(backend)?;
         Ok(id)
     }
@@ -240,7 +262,7 @@ impl store::Store for PostgresStore {
     async fn cs_update(&self, object: &CsObject) -> Result<()> {
         let mut client = self.client.lock().await;
         let tx = client.transaction().await.map_err(backend)?;
-        update_cs(&tx, object).await?;
+        update_cs(&tx, &self.statements, object).await?;
         tx.commit().await.map_err(backend)
     }
 
@@ -269,12 +291,12 @@ impl store::Store for PostgresStore {
         }
         let after = query.after.map_or(0, |id| id.0);
         let client = self.client.lock().await;
-        query_cs(&*client, &sql_where, &[&connector.0, &after]).await
+        query_cs(&*client, &self.statements, &sql_where, &[&connector.0, &after]).await
     }
 
     async fn cs_linked_to(&self, mv: MvId) -> Result<Vec<CsObject>> {
         let client = self.client.lock().await;
-        query_cs(&*client, "link = $1 ORDER BY id", &[&mv.0]).await
+        query_cs(&*client, &self.statements, "link = $1 ORDER BY id", &[&mv.0]).await
     }
 
     async fn cs_find(
@@ -291,7 +313,11 @@ impl store::Store for PostgresStore {
              WHERE o.connector = $1 AND o.object_type = $2 AND o.link IS NULL AND v.attribute = $3 AND v.{column} = ANY($4)"
         );
         let client = self.client.lock().await;
-        Ok(find_ids(&*client, &sql, &[&connector.0, &object_type, &attribute], values, matching).await?.into_iter().map(CsId).collect())
+        Ok(find_ids(&*client, &self.statements, &sql, &[&connector.0, &object_type, &attribute], values, matching)
+            .await?
+            .into_iter()
+            .map(CsId)
+            .collect())
     }
 
     async fn cs_clear_pending_import(&self, ids: &[CsId]) -> Result<()> {
@@ -329,17 +355,22 @@ impl store::Store for PostgresStore {
                     if anchor.0.is_empty() {
                         return Err(StoreError::Conflict(format!("imported object {dn} has an empty anchor")));
                     }
-                    let mut existing = query_cs(&tx, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
+                    let mut existing =
+                        query_cs(&tx, &self.statements, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
                     if existing.is_none() {
                         // An unconfirmed export object with this DN is confirmed by the import.
-                        existing =
-                            query_cs(&tx, "connector = $1 AND dn_folded = $2 AND anchor IS NULL", &[&connector.0, &dn.to_lowercase()])
-                                .await?
-                                .pop()
-                                .map(|mut export_object| {
-                                    export_object.anchor = Some(anchor.clone());
-                                    export_object
-                                });
+                        existing = query_cs(
+                            &tx,
+                            &self.statements,
+                            "connector = $1 AND dn_folded = $2 AND anchor IS NULL",
+                            &[&connector.0, &dn.to_lowercase()],
+                        )
+                        .await?
+                        .pop()
+                        .map(|mut export_object| {
+                            export_object.anchor = Some(anchor.clone());
+                            export_object
+                        });
                     }
                     match existing {
                         None => {
@@ -353,18 +384,18 @@ impl store::Store for PostgresStore {
                                 pending_export: None,
                                 link: None,
                             };
-                            insert_cs(&tx, &new, Some(run)).await?;
+                            insert_cs(&tx, &self.statements, &new, Some(run)).await?;
                             counts.adds += 1;
                         }
                         Some(existing) => {
                             let confirming = existing.pending_export.is_some();
                             match store::import::apply_upsert(&existing, dn, object_type, attributes) {
                                 Some(updated) => {
-                                    update_cs(&tx, &updated).await?;
+                                    update_cs(&tx, &self.statements, &updated).await?;
                                     counts.updates += 1;
                                 }
                                 None if confirming => {
-                                    update_cs(&tx, &existing).await?;
+                                    update_cs(&tx, &self.statements, &existing).await?;
                                     counts.updates += 1;
                                 }
                                 None => counts.unchanged += 1,
@@ -376,10 +407,11 @@ impl store::Store for PostgresStore {
                     }
                 }
                 ImportChange::Delete { anchor } => {
-                    let existing = query_cs(&tx, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
+                    let existing =
+                        query_cs(&tx, &self.statements, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
                     match existing.as_ref().and_then(store::import::apply_delete) {
                         Some(updated) => {
-                            update_cs(&tx, &updated).await?;
+                            update_cs(&tx, &self.statements, &updated).await?;
                             counts.deletes += 1;
                         }
                         None => counts.unchanged += 1,
@@ -456,7 +488,7 @@ impl store::Store for PostgresStore {
             return Err(StoreError::NotFound(object.id.to_string()));
         }
         let attributes = object.attributes.iter().map(|(name, attribute)| (name.as_str(), attribute.values.as_slice()));
-        write_values(&tx, "mv_values", "mv_id", object.id.0, attributes).await?;
+        write_values(&tx, &self.statements, "mv_values", "mv_id", object.id.0, attributes).await?;
         tx.commit().await.map_err(backend)
     }
 
@@ -474,7 +506,7 @@ impl store::Store for PostgresStore {
             "SELECT DISTINCT m.id FROM mv_values v JOIN mv_objects m ON m.id = v.mv_id WHERE m.object_type = $1 AND v.attribute = $2 AND v.{column} = ANY($3)"
         );
         let client = self.client.lock().await;
-        Ok(find_ids(&*client, &sql, &[&object_type, &attribute], values, matching).await?.into_iter().map(MvId).collect())
+        Ok(find_ids(&*client, &self.statements, &sql, &[&object_type, &attribute], values, matching).await?.into_iter().map(MvId).collect())
     }
 
     async fn mv_list(&self, after: Option<MvId>, limit: usize) -> Result<Vec<MvId>> {
