@@ -100,11 +100,14 @@ pub fn in_ci() -> bool {
 /// ```
 #[track_caller]
 pub fn available<T>(started: Result<T>) -> Option<T> {
+    available_when(in_ci(), started)
+}
+
+#[track_caller]
+fn available_when<T>(ci: bool, started: Result<T>) -> Option<T> {
     match started {
         Ok(server) => Some(server),
-        Err(err) if in_ci() => {
-            panic!("test server could not start (CI=true, so this fails): {err}")
-        }
+        Err(err) if ci => panic!("test server could not start (CI=true, so this fails): {err}"),
         Err(err) => {
             eprintln!("SKIPPED: test server could not start: {err}");
             None
@@ -122,4 +125,27 @@ pub(crate) fn io_err(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnc
 /// `ISTHMUS_TESTKIT_DIR` overrides it; the default is `$TMPDIR/isthmus-testkit`.
 pub fn shared_dir() -> PathBuf {
     std::env::var_os("ISTHMUS_TESTKIT_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("isthmus-testkit"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed() -> Result<()> {
+        Err(Error::NotReady { server: "samba", seconds: 60, log: "ldb: unable to open sam.ldb".into() })
+    }
+
+    #[test]
+    fn in_ci_a_server_that_cannot_start_fails_the_test_with_its_log() {
+        let outcome = std::panic::catch_unwind(|| available_when(true, failed()));
+        let message = outcome.expect_err("must panic under CI").downcast::<String>().map(|text| *text).unwrap_or_default();
+        assert!(message.contains("CI=true, so this fails"), "{message}");
+        assert!(message.contains("ldb: unable to open sam.ldb"), "the server's own output is in the failure: {message}");
+    }
+
+    #[test]
+    fn outside_ci_it_skips() {
+        assert_eq!(available_when(false, failed()), None);
+        assert_eq!(available_when(false, Ok(7)), Some(7));
+    }
 }
