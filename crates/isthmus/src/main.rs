@@ -14,8 +14,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "isthmus", version, about)]
 struct Cli {
-    /// Log filter (also `RUST_LOG`), e.g. `info` or `sync_runner=debug`.
-    #[arg(long, global = true, default_value = "warn")]
+    /// Log filter (also `RUST_LOG`); the default shows the runner's progress, `warn` keeps quiet.
+    #[arg(long, global = true, default_value = "warn,sync_runner=info")]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -96,7 +96,8 @@ fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log))
         .context("bad --log filter")?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
     runtime.block_on(run(cli.command))
 }
