@@ -221,6 +221,18 @@ pub enum ImportChange {
         /// All imported attributes.
         attributes: Attributes,
     },
+    /// Attribute-level changes to an object the connector space already holds (delta imports
+    /// that report value changes, such as AD DirSync's incremental member values). `dn` is the
+    /// object's DN now. Meaningless for an object the connector space does not hold: the store
+    /// counts it as missed, and the runner then asks for a full import.
+    Modify {
+        /// Anchor.
+        anchor: Anchor,
+        /// DN.
+        dn: String,
+        /// The changes, applied in order.
+        changes: Vec<AttrChange>,
+    },
     /// Gone from the directory (or out of the connector's scope).
     Delete {
         /// Anchor.

@@ -406,6 +406,20 @@ impl store::Store for PostgresStore {
                         }
                     }
                 }
+                ImportChange::Modify { anchor, dn, changes } => {
+                    let existing =
+                        query_cs(&tx, &self.statements, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
+                    match existing.filter(|existing| existing.pending_import != Some(PendingImport::Delete)) {
+                        None => counts.missed += 1,
+                        Some(existing) => match store::import::apply_modify(&existing, dn, changes) {
+                            Some(updated) => {
+                                update_cs(&tx, &self.statements, &updated).await?;
+                                counts.updates += 1;
+                            }
+                            None => counts.unchanged += 1,
+                        },
+                    }
+                }
                 ImportChange::Delete { anchor } => {
                     let existing =
                         query_cs(&tx, &self.statements, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();

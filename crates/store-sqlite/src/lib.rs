@@ -430,6 +430,21 @@ impl store::Store for SqliteStore {
                             }
                         }
                     }
+                    ImportChange::Modify { anchor, dn, changes } => {
+                        match query_cs(&tx, "connector = ?1 AND anchor = ?2", &[&connector.0, &anchor.0])?
+                            .pop()
+                            .filter(|existing| existing.pending_import != Some(model::PendingImport::Delete))
+                        {
+                            None => counts.missed += 1,
+                            Some(existing) => match store::import::apply_modify(&existing, dn, changes) {
+                                Some(updated) => {
+                                    update_cs(&tx, &updated, indexed)?;
+                                    counts.updates += 1;
+                                }
+                                None => counts.unchanged += 1,
+                            },
+                        }
+                    }
                     ImportChange::Delete { anchor } => {
                         match query_cs(&tx, "connector = ?1 AND anchor = ?2", &[&connector.0, &anchor.0])?
                             .pop()

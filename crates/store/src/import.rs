@@ -1,7 +1,7 @@
 //! How an imported change alters a CS object: the decision every adapter applies inside its
 //! import transaction, kept here so SQLite and PostgreSQL cannot drift apart.
 
-use model::{Attributes, CsObject, PendingImport};
+use model::{AttrChange, Attributes, CsObject, PendingImport};
 
 /// The object after an upsert of the full imported state, or `None` when nothing changed.
 pub fn apply_upsert(existing: &CsObject, dn: &str, object_type: &str, attributes: &Attributes) -> Option<CsObject> {
@@ -37,4 +37,12 @@ pub fn apply_delete(existing: &CsObject) -> Option<CsObject> {
     let mut updated = existing.clone();
     updated.pending_import = Some(PendingImport::Delete);
     Some(updated)
+}
+
+/// The object after attribute-level changes (a [`model::ImportChange::Modify`]), or `None` when
+/// nothing changed.
+pub fn apply_modify(existing: &CsObject, dn: &str, changes: &[AttrChange]) -> Option<CsObject> {
+    let mut attributes = existing.attributes.clone();
+    attributes.apply(changes);
+    apply_upsert(existing, dn, &existing.object_type, &attributes)
 }

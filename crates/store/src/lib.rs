@@ -80,6 +80,9 @@ pub struct ImportCounts {
     pub deletes: u64,
     /// Changes that changed nothing.
     pub unchanged: u64,
+    /// Attribute-level changes ([`ImportChange::Modify`]) for objects the connector space does
+    /// not hold: the delta and the connector space disagree, and a full import must follow.
+    pub missed: u64,
 }
 
 /// Which CS objects to list.

@@ -7,7 +7,8 @@
 #![allow(clippy::expect_used, reason = "a test suite: failing loudly is its job")]
 
 use model::{
-    Anchor, AttrValue, Attributes, ConnectorId, CsId, ErrorStage, Lineage, MvAttribute, MvId, ObjectError, PendingExport, PendingImport,
+    Anchor, AttrChange, AttrValue, Attributes, ConnectorId, CsId, ErrorStage, Lineage, MvAttribute, MvId, ObjectError, PendingExport,
+    PendingImport,
 };
 
 use crate::{CsQuery, ImportChange, Matching, NewCsObject, RunCounts, Store, StoreError};
@@ -16,7 +17,7 @@ use crate::{CsQuery, ImportChange, Matching, NewCsObject, RunCounts, Store, Stor
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
-        $crate::conformance_tests!(@tests $make; cs_objects, import_pages, import_confirms_export_object, failed_page_changes_nothing,
+        $crate::conformance_tests!(@tests $make; cs_objects, import_pages, import_modify, import_confirms_export_object, failed_page_changes_nothing,
             obsoletion, metaverse, disconnector_lookup, run_history, migrate_is_idempotent);
     };
     (@tests $make:expr; $($check:ident),*) => {
@@ -167,6 +168,53 @@ pub async fn import_pages(store: &impl Store) {
 
     store.clear_watermark(&ad()).await.expect("clear");
     assert_eq!(store.watermark(&ad()).await.expect("watermark"), None);
+}
+
+/// Attribute-level import changes: applied to the held object (values added and removed, DN
+/// moved), counted as missed when the object is unknown or already deleted.
+pub async fn import_modify(store: &impl Store) {
+    let run = store.run_start(&ad(), "full-import", 1).await.expect("run");
+    let mut group = user(1, "CN=g,OU=A", "g@x");
+    if let ImportChange::Upsert { attributes, .. } = &mut group {
+        attributes.set("member", vec![AttrValue::Reference("CN=a".into()), AttrValue::Reference("CN=b".into())]);
+    }
+    store.commit_import_page(&ad(), run, &[group], Some(b"full")).await.expect("full");
+    let mut held = store.cs_by_anchor(&ad(), &anchor(1)).await.expect("get").expect("present");
+    held.pending_import = None;
+    store.cs_update(&held).await.expect("clear pending");
+
+    let changes = [
+        ImportChange::Modify {
+            anchor: anchor(1),
+            dn: "CN=g,OU=B".into(),
+            changes: vec![
+                AttrChange::Add("member".into(), vec![AttrValue::Reference("CN=c".into())]),
+                AttrChange::Delete("member".into(), vec![AttrValue::Reference("CN=a".into())]),
+                AttrChange::Replace("mail".into(), vec![AttrValue::string("g2@x")]),
+            ],
+        },
+        ImportChange::Modify { anchor: anchor(7), dn: "CN=unknown".into(), changes: vec![AttrChange::Clear("mail".into())] },
+    ];
+    let counts = store.commit_import_page(&ad(), run, &changes, Some(b"delta")).await.expect("delta");
+    assert_eq!((counts.updates, counts.missed, counts.adds), (1, 1, 0), "one applied, the unknown one missed");
+    let changed = store.cs_by_anchor(&ad(), &anchor(1)).await.expect("get").expect("present");
+    assert_eq!(changed.dn, "CN=g,OU=B", "the DN follows the move");
+    assert_eq!(changed.object_type, held.object_type, "the type is kept");
+    assert_eq!(changed.pending_import, Some(PendingImport::Update));
+    assert_eq!(changed.attributes.get("member"), &[AttrValue::Reference("CN=b".into()), AttrValue::Reference("CN=c".into())]);
+    assert_eq!(changed.attributes.get("mail"), &[AttrValue::string("g2@x")]);
+    assert!(store.cs_by_anchor(&ad(), &anchor(7)).await.expect("get").is_none(), "a modify never creates an object");
+
+    let same = [ImportChange::Modify {
+        anchor: anchor(1),
+        dn: "CN=g,OU=B".into(),
+        changes: vec![AttrChange::Add("member".into(), vec![AttrValue::Reference("CN=b".into())])],
+    }];
+    let counts = store.commit_import_page(&ad(), run, &same, None).await.expect("again");
+    assert_eq!(counts.unchanged, 1, "adding a value already held changes nothing");
+    store.commit_import_page(&ad(), run, &[ImportChange::Delete { anchor: anchor(1) }], None).await.expect("delete");
+    let counts = store.commit_import_page(&ad(), run, &same, None).await.expect("after delete");
+    assert_eq!(counts.missed, 1, "a modify of a deleted object is missed, not a resurrection");
 }
 
 /// An import that finds an unconfirmed export object by DN confirms it (anchor set, link kept).

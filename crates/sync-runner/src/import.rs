@@ -19,6 +19,7 @@ pub(crate) async fn run<S: Store>(
     let mut counts = RunCounts::default();
     let mut pages = 0u64;
     let mut unchanged = 0u64;
+    let mut missed = 0u64;
     'restart: loop {
         let mut cursor: Option<Vec<u8>> = None;
         loop {
@@ -40,6 +41,7 @@ pub(crate) async fn run<S: Store>(
             counts.updates += page_counts.updates;
             counts.deletes += page_counts.deletes;
             unchanged += page_counts.unchanged;
+            missed += page_counts.missed;
             pages += 1;
             tracing::info!(connector = %id, pages, adds = counts.adds, updates = counts.updates, deletes = counts.deletes, "import progress");
             match page.next {
@@ -53,6 +55,13 @@ pub(crate) async fn run<S: Store>(
         let obsoleted = runner.store.obsolete_unseen(id, run).await?;
         counts.deletes += obsoleted;
         detail.push_str(&format!(", {obsoleted} not seen (pending delete)"));
+    }
+    if missed > 0 {
+        // The delta spoke of objects the connector space does not hold: it and the directory
+        // disagree. Forget the watermark so that the next import is a full one and heals it.
+        tracing::warn!(connector = %id, missed, "delta changes for objects not in the connector space; the next import will be a full import");
+        runner.store.clear_watermark(id).await?;
+        detail.push_str(&format!(", {missed} missed (next import: full)"));
     }
     Ok(("success".into(), counts, detail))
 }
