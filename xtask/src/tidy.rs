@@ -38,6 +38,7 @@ pub const LAYERS: &[(&str, Layer)] = &[
     ("store", Layer::Port),
     ("connector-api", Layer::Port),
     ("connector-memory", Layer::Adapter),
+    ("connector-ldap", Layer::Adapter),
     ("sync-runner", Layer::Service),
     ("store-sqlite", Layer::Adapter),
     ("store-postgres", Layer::Adapter),

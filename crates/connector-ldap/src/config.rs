@@ -1,0 +1,239 @@
+//! What an LDAP connector is told: where the directory is, how to reach and trust it, how to
+//! bind, and which part of it is in scope. Deserializable (a `[[connector]]` table of the config
+//! file); [`LdapConfig::validate`] names every problem before anything connects.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+/// Which kind of server: decides the anchor, the delta mechanism and the schema source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Flavour {
+    /// Windows AD or Samba AD DC: objectGUID anchor, DirSync deltas, schema read from the directory.
+    ActiveDirectory,
+    /// OpenLDAP and other RFC servers: entryUUID anchor, RFC 4533 syncrepl deltas.
+    Generic,
+}
+
+/// How the connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// `ldaps://` (TLS from the first byte); the default.
+    #[default]
+    Ldaps,
+    /// `ldap://` upgraded with StartTLS before anything else is sent.
+    StartTls,
+    /// `ldap://` in clear text: passwords and hashes cross the network readable. Only for lab
+    /// setups on a trusted wire.
+    DangerPlaintext,
+}
+
+/// How the connector authenticates.
+#[derive(Clone, Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum Bind {
+    /// No bind (anonymous reads; rarely enough).
+    Anonymous,
+    /// LDAP simple bind over the protected connection.
+    Simple {
+        /// The bind DN (AD also takes `user@domain`).
+        dn: String,
+        /// Its password; wiped from memory when dropped, never logged.
+        password: Zeroizing<String>,
+    },
+    /// SASL EXTERNAL: the identity of the TLS client certificate (OpenLDAP).
+    SaslExternal,
+}
+
+impl std::fmt::Debug for Bind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bind::Anonymous => f.write_str("Anonymous"),
+            Bind::Simple { dn, .. } => f.debug_struct("Simple").field("dn", dn).field("password", &"<redacted>").finish(),
+            Bind::SaslExternal => f.write_str("SaslExternal"),
+        }
+    }
+}
+
+/// One LDAP connector's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapConfig {
+    /// The connector id (rules and the store use it), e.g. the forest's DNS name.
+    pub id: String,
+    /// Server kind.
+    pub flavour: Flavour,
+    /// Host name or address (and `:port` if not the default).
+    pub host: String,
+    /// Connection protection.
+    #[serde(default)]
+    pub transport: Transport,
+    /// PEM file of the CA(s) to trust; without it, the system's trust store.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any server certificate. Defeats TLS against an active attacker; for labs only.
+    #[serde(default)]
+    pub danger_accept_invalid_certs: bool,
+    /// Authentication.
+    pub bind: Bind,
+    /// Naming contexts (domain partitions) to read; empty: the server's default naming context.
+    #[serde(default)]
+    pub naming_contexts: Vec<String>,
+    /// Object types to import (the most specific object class): default `user`, `group`,
+    /// `contact`, `inetOrgPerson` for AD; `inetOrgPerson`, `groupOfNames` for generic LDAP.
+    #[serde(default)]
+    pub object_types: Vec<String>,
+    /// Attributes to read; empty: all user attributes (`*`).
+    #[serde(default)]
+    pub attributes: Vec<String>,
+    /// OU filtering: only objects under these containers are in scope (empty: the whole naming context).
+    #[serde(default)]
+    pub include_ous: Vec<String>,
+    /// OU filtering: objects under these containers are out of scope (wins over `include_ous`).
+    #[serde(default)]
+    pub exclude_ous: Vec<String>,
+    /// Search page size (AD's default MaxPageSize is 1,000).
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// Seconds one LDAP operation may take before the connection counts as lost.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_page_size() -> u32 {
+    500
+}
+
+fn default_timeout() -> u64 {
+    120
+}
+
+impl LdapConfig {
+    /// A configuration with defaults: LDAPS, system trust, whole default naming context.
+    pub fn new(id: &str, flavour: Flavour, host: &str, bind: Bind) -> Self {
+        LdapConfig {
+            id: id.into(),
+            flavour,
+            host: host.into(),
+            transport: Transport::Ldaps,
+            ca_file: None,
+            danger_accept_invalid_certs: false,
+            bind,
+            naming_contexts: Vec::new(),
+            object_types: Vec::new(),
+            attributes: Vec::new(),
+            include_ous: Vec::new(),
+            exclude_ous: Vec::new(),
+            page_size: default_page_size(),
+            timeout_seconds: default_timeout(),
+        }
+    }
+
+    /// Every problem with the settings, each naming the setting; empty when usable.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.id.trim().is_empty() {
+            problems.push("`id` is empty".to_string());
+        }
+        if self.host.trim().is_empty() || self.host.contains("://") || self.host.contains('/') {
+            problems.push(format!("`host` must be a host name or address with an optional :port, got {:?}", self.host));
+        }
+        if self.page_size == 0 || self.page_size > 100_000 {
+            problems.push(format!("`page_size` must be 1–100000, got {}", self.page_size));
+        }
+        if self.timeout_seconds == 0 {
+            problems.push("`timeout_seconds` must be at least 1".to_string());
+        }
+        if let Some(ca) = &self.ca_file
+            && !ca.is_file()
+        {
+            problems.push(format!("`ca_file` {} is not a readable file", ca.display()));
+        }
+        if self.transport == Transport::DangerPlaintext && self.danger_accept_invalid_certs {
+            problems.push("`danger_accept_invalid_certs` makes no sense with `transport = \"danger-plaintext\"`".to_string());
+        }
+        if matches!(self.bind, Bind::SaslExternal) && self.transport == Transport::DangerPlaintext {
+            problems.push("SASL EXTERNAL needs TLS (a client certificate)".to_string());
+        }
+        if let Bind::Simple { dn, password } = &self.bind
+            && (dn.is_empty() || password.is_empty())
+        {
+            problems.push("a simple bind needs both `dn` and `password` (an empty password is an anonymous bind)".to_string());
+        }
+        for (setting, dns) in
+            [("include_ous", &self.include_ous), ("exclude_ous", &self.exclude_ous), ("naming_contexts", &self.naming_contexts)]
+        {
+            for dn in dns {
+                if let Err(err) = model::Dn::parse(dn) {
+                    problems.push(format!("`{setting}`: {dn:?} is not a DN: {err}"));
+                }
+            }
+        }
+        problems
+    }
+
+    /// The object types in scope, with the flavour's defaults.
+    pub fn object_types(&self) -> Vec<String> {
+        if !self.object_types.is_empty() {
+            return self.object_types.clone();
+        }
+        let defaults: &[&str] = match self.flavour {
+            Flavour::ActiveDirectory => &["user", "group", "contact", "inetOrgPerson"],
+            Flavour::Generic => &["inetOrgPerson", "groupOfNames"],
+        };
+        defaults.iter().map(|name| name.to_string()).collect()
+    }
+
+    /// The URL to connect to.
+    pub fn url(&self) -> String {
+        match self.transport {
+            Transport::Ldaps => format!("ldaps://{}", self.host),
+            Transport::StartTls | Transport::DangerPlaintext => format!("ldap://{}", self.host),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_name_the_setting() {
+        let mut config = LdapConfig::new(
+            "",
+            Flavour::ActiveDirectory,
+            "ldaps://dc1",
+            Bind::Simple { dn: "x".into(), password: Zeroizing::new(String::new()) },
+        );
+        config.include_ous = vec!["not a dn".into()];
+        config.page_size = 0;
+        let problems = config.validate().join("\n");
+        for expected in ["`id`", "`host`", "`page_size`", "simple bind", "`include_ous`"] {
+            assert!(problems.contains(expected), "{expected} in {problems}");
+        }
+        let good = LdapConfig::new("corp", Flavour::Generic, "127.0.0.1:636", Bind::Anonymous);
+        assert!(good.validate().is_empty());
+        assert_eq!(good.url(), "ldaps://127.0.0.1:636");
+    }
+
+    #[test]
+    fn the_password_stays_out_of_debug_output() {
+        let bind = Bind::Simple { dn: "CN=sync".into(), password: Zeroizing::new("hunter2".into()) };
+        assert!(!format!("{bind:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn parses_from_toml_and_rejects_unknown_settings() {
+        let config: LdapConfig = toml::from_str(
+            "id = 'corp'\nflavour = 'active-directory'\nhost = 'dc1.corp'\ntransport = 'start-tls'\n[bind]\nmethod = 'simple'\ndn = 'a'\npassword = 'b'\n",
+        )
+        .unwrap();
+        assert_eq!((config.transport, config.page_size), (Transport::StartTls, 500));
+        let err = toml::from_str::<LdapConfig>("id = 'x'\nflavour = 'generic'\nhost = 'h'\ncolour = 1\n[bind]\nmethod = 'anonymous'\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+}
