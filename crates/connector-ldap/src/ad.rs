@@ -99,6 +99,14 @@ impl AdImport {
         if attributes.is_empty() {
             attributes.push("*".into());
         }
+        if let Some(size) = self.session.config.range_size {
+            // Read linked attributes in explicit ranges (what AD does by itself past MaxValRange).
+            for name in attributes.iter_mut() {
+                if name.eq_ignore_ascii_case("member") {
+                    *name = format!("{name};range=0-{}", size.saturating_sub(1));
+                }
+            }
+        }
         for needed in ["objectGUID", "objectClass"] {
             if !attributes.iter().any(|name| name.eq_ignore_ascii_case(needed)) {
                 attributes.push(needed.into());
@@ -287,15 +295,15 @@ impl AdImport {
         if raw_values(&entry, "isDeleted").first().is_some_and(|flag| flag.eq_ignore_ascii_case(b"TRUE")) {
             return Ok(Some(ImportChange::Delete { anchor }));
         }
-        if !raw_values(&entry, "objectClass").is_empty() {
-            // A new object: the entry holds all of it.
-            return Ok(if self.in_scope(directory, &entry.dn) { self.upsert(directory, entry) } else { None });
-        }
-        if !raw_values(&entry, "name").is_empty() {
-            // Renamed or moved: read it whole, and decide scope by where it is now.
+        let created = !raw_values(&entry, "objectClass").is_empty();
+        if created || !raw_values(&entry, "name").is_empty() {
+            // New (DirSync's entry holds replicated attributes only, some in internal forms), or
+            // renamed/moved: read the object whole, and decide scope by where it is now.
             let base = format!("<GUID={}>", hex(&guid));
-            return Ok(match self.session.read(&base, "(objectClass=*)", &self.attributes()).await? {
+            return Ok(match self.session.read(&base, &self.filter(), &self.attributes()).await? {
                 Some(full) if self.in_scope(directory, &full.dn) => self.upsert(directory, full).or(Some(ImportChange::Delete { anchor })),
+                // Created out of scope: nothing to say. Moved out of scope (or gone since): a delete.
+                _ if created => None,
                 _ => Some(ImportChange::Delete { anchor }),
             });
         }
@@ -310,6 +318,9 @@ impl AdImport {
         let keys: Vec<String> = entry.attrs.keys().chain(entry.bin_attrs.keys()).cloned().collect();
         for key in keys {
             let raw = take_values(&mut entry, &key);
+            if !directory.schema.imported(&key) {
+                continue;
+            }
             let (name, change): (&str, MakeChange) = match parse_range(&key) {
                 Some((name, (1, Some(1)))) => (name, AttrChange::Add),
                 Some((name, (0, Some(0)))) => (name, AttrChange::Delete),
@@ -326,7 +337,7 @@ impl AdImport {
             let values = raw.into_iter().map(|value| directory.schema.value(name, value)).collect();
             changes.push(change(name.to_string(), values));
         }
-        Ok(Some(ImportChange::Modify { anchor, dn, changes }))
+        Ok((!changes.is_empty()).then_some(ImportChange::Modify { anchor, dn, changes }))
     }
 }
 
@@ -391,8 +402,10 @@ async fn discover(session: &Session) -> Result<Directory, ConnectorError> {
     }
 
     let mut schema = Schema::builtin();
+    // Replicated, but an ACL is not identity data, and DirSync returns it in another form.
+    schema.skip("nTSecurityDescriptor");
     if let Some(schema_nc) = first("schemaNamingContext") {
-        let attributes = ["lDAPDisplayName".to_string(), "attributeSyntax".to_string()];
+        let attributes = ["lDAPDisplayName", "attributeSyntax", "systemFlags", "linkID"].map(String::from);
         let mut cookie = Vec::new();
         loop {
             let control: RawControl = PagedResults { size: 1000, cookie: std::mem::take(&mut cookie) }.into();
@@ -402,7 +415,12 @@ async fn discover(session: &Session) -> Result<Directory, ConnectorError> {
                 if let (Some(name), Some(syntax)) =
                     (raw_values(entry, "lDAPDisplayName").first(), raw_values(entry, "attributeSyntax").first())
                 {
-                    schema.set_ad(&String::from_utf8_lossy(name), &String::from_utf8_lossy(syntax));
+                    let name = String::from_utf8_lossy(name);
+                    schema.set_ad(&name, &String::from_utf8_lossy(syntax));
+                    let number = |attribute: &str| {
+                        raw_values(entry, attribute).first().and_then(|value| std::str::from_utf8(value).ok()?.trim().parse::<i64>().ok())
+                    };
+                    schema.set_ad_flags(&name, number("systemFlags").unwrap_or(0), number("linkID"));
                 }
             }
             let next = result.ctrls.iter().find(|control| control.1.ctype == PAGED_OID).and_then(|control| control.1.val.as_deref());

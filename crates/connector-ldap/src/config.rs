@@ -98,6 +98,11 @@ pub struct LdapConfig {
     /// Search page size (AD's default MaxPageSize is 1,000).
     #[serde(default = "default_page_size")]
     pub page_size: u32,
+    /// Read `member` (when listed in `attributes`) in ranges of this many values per request
+    /// (`member;range=0-1499` …), bounding the size of one answer. AD ranges past its
+    /// MaxValRange (1,500) by itself; the connector completes ranged values either way.
+    #[serde(default)]
+    pub range_size: Option<u32>,
     /// Seconds one LDAP operation may take before the connection counts as lost.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
@@ -128,6 +133,7 @@ impl LdapConfig {
             include_ous: Vec::new(),
             exclude_ous: Vec::new(),
             page_size: default_page_size(),
+            range_size: None,
             timeout_seconds: default_timeout(),
         }
     }
@@ -143,6 +149,9 @@ impl LdapConfig {
         }
         if self.page_size == 0 || self.page_size > 100_000 {
             problems.push(format!("`page_size` must be 1–100000, got {}", self.page_size));
+        }
+        if self.range_size.is_some_and(|size| size < 2) {
+            problems.push("`range_size` must be at least 2".to_string());
         }
         if self.timeout_seconds == 0 {
             problems.push("`timeout_seconds` must be at least 1".to_string());

@@ -28,6 +28,10 @@ pub enum Syntax {
 #[derive(Debug, Clone, Default)]
 pub struct Schema {
     syntaxes: HashMap<String, Syntax>,
+    /// Attributes never imported (lower case): not replicated, constructed, back-links, and
+    /// security descriptors. They differ per DC or change without a replicated change, so a
+    /// delta could never keep them right.
+    skipped: std::collections::HashSet<String>,
 }
 
 const BUILTIN: &[(&str, Syntax)] = &[
@@ -96,6 +100,29 @@ impl Schema {
         self.set(name, syntax);
     }
 
+    /// Marks an AD attribute as not imported when its `systemFlags` say not replicated (0x1) or
+    /// constructed (0x4), or its `linkID` is odd (a back-link such as `memberOf`).
+    pub fn set_ad_flags(&mut self, name: &str, system_flags: i64, link_id: Option<i64>) {
+        // objectGUID is flagged as not replicated (each object gets it once), but it is the anchor.
+        if name.eq_ignore_ascii_case("objectGUID") {
+            return;
+        }
+        if system_flags & 0x5 != 0 || link_id.is_some_and(|id| id % 2 == 1) {
+            self.skipped.insert(name.to_ascii_lowercase());
+        }
+    }
+
+    /// Marks an attribute as not imported.
+    pub fn skip(&mut self, name: &str) {
+        self.skipped.insert(name.to_ascii_lowercase());
+    }
+
+    /// True when `name` (or `name;range=…`) is imported.
+    pub fn imported(&self, name: &str) -> bool {
+        let base = name.split(';').next().unwrap_or(name);
+        !self.skipped.contains(&base.to_ascii_lowercase())
+    }
+
     /// `name`'s syntax; text when unknown.
     pub fn syntax(&self, name: &str) -> Syntax {
         self.syntaxes.get(&name.to_ascii_lowercase()).copied().unwrap_or(Syntax::String)
@@ -135,6 +162,9 @@ impl Schema {
         let mut attributes = Attributes::new();
         let text = entry.attrs.into_iter().map(|(name, values)| (name, values.into_iter().map(String::into_bytes).collect::<Vec<_>>()));
         for (name, values) in text.chain(entry.bin_attrs) {
+            if !self.imported(&name) {
+                continue;
+            }
             let values = values.into_iter().map(|raw| self.value(&name, raw)).collect();
             attributes.set(name, values);
         }
@@ -176,6 +206,12 @@ mod tests {
         assert_eq!(schema.value("isDeleted", b"TRUE".to_vec()), AttrValue::Boolean(true));
         assert_eq!(schema.value("description", vec![0xff, 0xfe]), AttrValue::Binary(vec![0xff, 0xfe]), "non-UTF-8 text stays exact");
         assert_eq!(schema.syntax("msDS-cloudExtensionAttribute1"), Syntax::String);
+        schema.set_ad_flags("uSNChanged", 19, None);
+        schema.set_ad_flags("memberOf", 16, Some(3));
+        schema.set_ad_flags("member", 16, Some(2));
+        schema.set_ad_flags("parentGUID", 0x0800_0014, None);
+        assert!(!schema.imported("usnchanged") && !schema.imported("memberOf") && !schema.imported("parentGUID"));
+        assert!(schema.imported("member") && schema.imported("member;range=0-1499") && schema.imported("mail"));
     }
 
     proptest! {

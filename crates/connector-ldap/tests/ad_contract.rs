@@ -1,9 +1,10 @@
 //! The connector contract suite against a real Samba AD domain controller.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use connector_api::testkit::Fixture;
 use connector_api::{BoxFuture, Connector};
-use connector_ldap::{Bind, Flavour, LdapConfig};
 use model::Attributes;
 use testkit::ldap::attr;
 use testkit::samba::{AdAdmin, SambaDc};
@@ -42,21 +43,11 @@ impl Fixture for AdFixture {
     }
 }
 
-/// The connector settings for a test DC: LDAPS, its CA, Administrator.
-pub fn config(dc: &SambaDc) -> LdapConfig {
-    let bind = Bind::Simple { dn: dc.admin_dn(), password: dc.config().admin_password.clone().into() };
-    let mut config = LdapConfig::new(&dc.config().realm.to_lowercase(), Flavour::ActiveDirectory, &dc.ip().to_string(), bind);
-    config.ca_file = Some(dc.ca_pem().to_path_buf());
-    config
-}
-
 async fn fixture() -> Option<(SambaDc, Connector, AdFixture)> {
     let dc = testkit::available(SambaDc::start_default())?;
     let mut admin = dc.admin().await.unwrap();
-    // A fresh OU per test: tests may share one attached DC (ISTHMUS_TEST_SAMBA_DIR).
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let ou = admin.create_ou(&format!("Contract-{}-{nanos}", std::process::id()), None).await.unwrap();
-    let mut config = config(&dc);
+    let ou = common::fresh_ou(&mut admin, "Contract", None).await;
+    let mut config = common::config(&dc);
     config.include_ous = vec![ou.clone()];
     let connector = connector_ldap::open(config).await.unwrap();
     Some((dc, connector, AdFixture { admin, ou }))

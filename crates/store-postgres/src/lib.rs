@@ -113,6 +113,27 @@ fn cs_from_row(row: &Row) -> Result<CsObject> {
     })
 }
 
+/// Points references to `old_dn` held in the connector space at `new_dn`; returns how many
+/// objects changed.
+async fn rename_references(
+    client: &impl GenericClient,
+    st: &Statements,
+    connector: &ConnectorId,
+    old_dn: &str,
+    new_dn: &str,
+) -> Result<u64> {
+    let probe = store::import::reference_probe(old_dn);
+    let candidates = query_cs(client, st, "connector = $1 AND strpos(lower(attributes), $2) > 0", &[&connector.0, &probe]).await?;
+    let mut changed = 0;
+    for candidate in candidates {
+        if let Some(updated) = store::import::rename_references(&candidate, old_dn, new_dn) {
+            update_cs(client, st, &updated).await?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
 async fn query_cs(client: &impl GenericClient, st: &Statements, sql_where: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<CsObject>> {
     let sql = format!("SELECT {CS_COLUMNS} FROM cs_objects WHERE {sql_where}");
     let rows = client.query(&st.get(client, &sql).await?, args).await.map_err(backend)?;
@@ -393,6 +414,9 @@ impl store::Store for PostgresStore {
                                 Some(updated) => {
                                     update_cs(&tx, &self.statements, &updated).await?;
                                     counts.updates += 1;
+                                    if !existing.dn.eq_ignore_ascii_case(dn) {
+                                        counts.updates += rename_references(&tx, &self.statements, connector, &existing.dn, dn).await?;
+                                    }
                                 }
                                 None if confirming => {
                                     update_cs(&tx, &self.statements, &existing).await?;
@@ -415,6 +439,9 @@ impl store::Store for PostgresStore {
                             Some(updated) => {
                                 update_cs(&tx, &self.statements, &updated).await?;
                                 counts.updates += 1;
+                                if !existing.dn.eq_ignore_ascii_case(dn) {
+                                    counts.updates += rename_references(&tx, &self.statements, connector, &existing.dn, dn).await?;
+                                }
                             }
                             None => counts.unchanged += 1,
                         },

@@ -142,6 +142,27 @@ fn write_values<'a>(
     Ok(())
 }
 
+/// Points references to `old_dn` held in the connector space at `new_dn`; returns how many
+/// objects changed.
+fn rename_references(
+    tx: &Transaction<'_>,
+    connector: &ConnectorId,
+    old_dn: &str,
+    new_dn: &str,
+    indexed: Option<&BTreeSet<String>>,
+) -> Result<u64> {
+    let probe = store::import::reference_probe(old_dn);
+    let candidates = query_cs(tx, "connector = ?1 AND instr(lower(attributes), ?2) > 0", &[&connector.0, &probe])?;
+    let mut changed = 0;
+    for candidate in candidates {
+        if let Some(updated) = store::import::rename_references(&candidate, old_dn, new_dn) {
+            update_cs(tx, &updated, indexed)?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
 fn insert_cs(tx: &Transaction<'_>, object: &NewCsObject, seen_run: Option<i64>, indexed: Option<&BTreeSet<String>>) -> Result<CsId> {
     if object.anchor.as_ref().is_some_and(|anchor| anchor.0.is_empty()) {
         return Err(StoreError::Conflict(format!("object {} has an empty anchor", object.dn)));
@@ -418,6 +439,9 @@ impl store::Store for SqliteStore {
                                     Some(updated) => {
                                         update_cs(&tx, &updated, indexed)?;
                                         counts.updates += 1;
+                                        if !existing.dn.eq_ignore_ascii_case(dn) {
+                                            counts.updates += rename_references(&tx, &connector, &existing.dn, dn, indexed)?;
+                                        }
                                     }
                                     None if confirming => {
                                         update_cs(&tx, &existing, indexed)?;
@@ -440,6 +464,9 @@ impl store::Store for SqliteStore {
                                 Some(updated) => {
                                     update_cs(&tx, &updated, indexed)?;
                                     counts.updates += 1;
+                                    if !existing.dn.eq_ignore_ascii_case(dn) {
+                                        counts.updates += rename_references(&tx, &connector, &existing.dn, dn, indexed)?;
+                                    }
                                 }
                                 None => counts.unchanged += 1,
                             },

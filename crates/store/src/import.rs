@@ -1,7 +1,7 @@
 //! How an imported change alters a CS object: the decision every adapter applies inside its
 //! import transaction, kept here so SQLite and PostgreSQL cannot drift apart.
 
-use model::{AttrChange, Attributes, CsObject, PendingImport};
+use model::{AttrChange, AttrValue, Attributes, CsObject, PendingImport};
 
 /// The object after an upsert of the full imported state, or `None` when nothing changed.
 pub fn apply_upsert(existing: &CsObject, dn: &str, object_type: &str, attributes: &Attributes) -> Option<CsObject> {
@@ -45,4 +45,41 @@ pub fn apply_modify(existing: &CsObject, dn: &str, changes: &[AttrChange]) -> Op
     let mut attributes = existing.attributes.clone();
     attributes.apply(changes);
     apply_upsert(existing, dn, &existing.object_type, &attributes)
+}
+
+/// When an import moves an object from `old_dn` to `new_dn`, references to it held by other
+/// objects of the same connector space still name `old_dn` (AD and LDAP servers rewrite such
+/// references themselves but report no change for the referring objects). This is the referring
+/// object with those references renamed, or `None` when it holds none.
+pub fn rename_references(referring: &CsObject, old_dn: &str, new_dn: &str) -> Option<CsObject> {
+    let old = old_dn.to_lowercase();
+    let mut attributes = referring.attributes.clone();
+    let mut changed = false;
+    let names: Vec<String> = attributes.iter().map(|(name, _)| name.to_string()).collect();
+    for name in names {
+        let values = attributes.get(&name);
+        if !values.iter().any(|value| matches!(value, AttrValue::Reference(target) if target.to_lowercase() == old)) {
+            continue;
+        }
+        let renamed = values
+            .iter()
+            .map(|value| match value {
+                AttrValue::Reference(target) if target.to_lowercase() == old => AttrValue::Reference(new_dn.to_string()),
+                other => other.clone(),
+            })
+            .collect();
+        attributes.set(name, renamed);
+        changed = true;
+    }
+    if !changed {
+        return None;
+    }
+    apply_upsert(referring, &referring.dn, &referring.object_type, &attributes)
+}
+
+/// The text a referring object's stored attributes contain (lower-cased) when it may hold a
+/// reference to `dn`: a cheap pre-filter for [`rename_references`], which decides exactly.
+pub fn reference_probe(dn: &str) -> String {
+    let json = serde_json::to_string(&dn.to_lowercase()).unwrap_or_default();
+    json.trim_matches('"').to_string()
 }

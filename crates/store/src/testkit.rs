@@ -17,7 +17,7 @@ use crate::{CsQuery, ImportChange, Matching, NewCsObject, RunCounts, Store, Stor
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
-        $crate::conformance_tests!(@tests $make; cs_objects, import_pages, import_modify, import_confirms_export_object, failed_page_changes_nothing,
+        $crate::conformance_tests!(@tests $make; cs_objects, import_pages, import_modify, renames_follow_references, import_confirms_export_object, failed_page_changes_nothing,
             obsoletion, metaverse, disconnector_lookup, run_history, migrate_is_idempotent);
     };
     (@tests $make:expr; $($check:ident),*) => {
@@ -215,6 +215,42 @@ pub async fn import_modify(store: &impl Store) {
     store.commit_import_page(&ad(), run, &[ImportChange::Delete { anchor: anchor(1) }], None).await.expect("delete");
     let counts = store.commit_import_page(&ad(), run, &same, None).await.expect("after delete");
     assert_eq!(counts.missed, 1, "a modify of a deleted object is missed, not a resurrection");
+}
+
+/// An imported rename (upsert or modify with a new DN) re-points the references other objects
+/// of the connector space hold, as the directory did; other connectors are untouched.
+pub async fn renames_follow_references(store: &impl Store) {
+    let run = store.run_start(&ad(), "full-import", 1).await.expect("run");
+    let mut group = user(1, "CN=g,OU=A", "g@x");
+    if let ImportChange::Upsert { attributes, .. } = &mut group {
+        attributes.set("member", vec![AttrValue::Reference("cn=Bob \\, Jr,OU=A".into()), AttrValue::Reference("CN=c,OU=A".into())]);
+        attributes.set("managedBy", vec![AttrValue::Reference("CN=c,OU=A".into())]);
+    }
+    let bob = user(2, "CN=Bob \\, Jr,OU=A", "b@x");
+    let c = user(3, "CN=c,OU=A", "c@x");
+    store.commit_import_page(&ad(), run, &[group.clone(), bob, c], None).await.expect("full");
+    let other = ConnectorId("other".into());
+    store.commit_import_page(&other, run, &[group], None).await.expect("other connector");
+    for byte in [1, 2, 3] {
+        let mut cs = store.cs_by_anchor(&ad(), &anchor(byte)).await.expect("get").expect("present");
+        cs.pending_import = None;
+        store.cs_update(&cs).await.expect("clear pending");
+    }
+
+    let renames =
+        [ImportChange::Modify { anchor: anchor(2), dn: "CN=Bob \\, Jr,OU=B".into(), changes: vec![] }, user(3, "CN=c2,OU=A", "c@x")];
+    let counts = store.commit_import_page(&ad(), run, &renames, None).await.expect("renames");
+    assert_eq!(counts.updates, 4, "two renamed objects, and the group once per rename");
+    let g = store.cs_by_anchor(&ad(), &anchor(1)).await.expect("get").expect("group");
+    assert_eq!(
+        g.attributes.get("member"),
+        &[AttrValue::Reference("CN=Bob \\, Jr,OU=B".into()), AttrValue::Reference("CN=c2,OU=A".into())],
+        "references follow, matched case-insensitively"
+    );
+    assert_eq!(g.attributes.get("managedBy"), &[AttrValue::Reference("CN=c2,OU=A".into())]);
+    assert_eq!(g.pending_import, Some(PendingImport::Update), "sync must see the group's new references");
+    let untouched = store.cs_by_anchor(&other, &anchor(1)).await.expect("get").expect("other group");
+    assert_eq!(untouched.attributes.get("managedBy"), &[AttrValue::Reference("CN=c,OU=A".into())], "only the same connector space");
 }
 
 /// An import that finds an unconfirmed export object by DN confirms it (anchor set, link kept).
