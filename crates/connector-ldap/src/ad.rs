@@ -41,11 +41,17 @@ const PAGED_OID: &str = "1.2.840.113556.1.4.319";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Watermark {
     kind: String,
-    /// (naming context, DirSync cookie in base64).
+    /// (stream, DirSync cookie in base64); per naming context a stream of the imported objects
+    /// (named by the naming context) and one of its containers (`containers:<nc>`).
     cookies: Vec<(String, String)>,
 }
 
-const WATERMARK_KIND: &str = "ad-dirsync-v1";
+const WATERMARK_KIND: &str = "ad-dirsync-v2";
+
+/// Prefix of the DirSync stream that watches containers (OUs) of a naming context for renames
+/// and moves, which change the DNs of everything under them without reporting those objects.
+const CONTAINERS: &str = "containers:";
+const CONTAINER_FILTER: &str = "(|(objectClass=organizationalUnit)(objectClass=container))";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct FullCursor {
@@ -152,10 +158,16 @@ impl AdImport {
         Some(ImportChange::Upsert { anchor: Anchor(guid), dn, object_type, attributes })
     }
 
-    async fn dirsync(&self, nc: &str, cookie: &[u8], filter: &str) -> Result<(Vec<SearchEntry>, bool, Vec<u8>), ConnectorError> {
+    async fn dirsync(
+        &self,
+        nc: &str,
+        cookie: &[u8],
+        filter: &str,
+        attributes: &[String],
+    ) -> Result<(Vec<SearchEntry>, bool, Vec<u8>), ConnectorError> {
         let value = ber::sequence(&[Item::Integer(i64::from(INCREMENTAL_VALUES as i32)), Item::Integer(0), Item::Bytes(cookie.to_vec())]);
         let control = RawControl { ctype: DIRSYNC_OID.into(), crit: true, val: Some(value) };
-        let searched = self.session.search(nc, Scope::Subtree, filter, &self.attributes(), vec![control]).await;
+        let searched = self.session.search(nc, Scope::Subtree, filter, attributes, vec![control]).await;
         let (entries, result) = match searched {
             Ok(found) => found,
             Err(ConnectorError::Rejected { code, message }) if code == "permission-denied" => {
@@ -180,7 +192,8 @@ impl AdImport {
     async fn current_cookie(&self, nc: &str) -> Result<Vec<u8>, ConnectorError> {
         let mut cookie = Vec::new();
         for _ in 0..10_000 {
-            let (_, more, next) = self.dirsync(nc, &cookie, "(&(objectClass=isthmusNoSuchClass)(!(objectClass=*)))").await?;
+            let nothing = "(&(objectClass=isthmusNoSuchClass)(!(objectClass=*)))";
+            let (_, more, next) = self.dirsync(nc, &cookie, nothing, &["objectGUID".to_string()]).await?;
             cookie = next;
             if !more {
                 return Ok(cookie);
@@ -197,7 +210,10 @@ impl AdImport {
             None => {
                 let mut cookies = Vec::new();
                 for nc in &directory.naming_contexts {
-                    cookies.push((nc.clone(), B64.encode(self.current_cookie(nc).await?)));
+                    // A cookie does not depend on the filter: both streams start at "now".
+                    let cookie = B64.encode(self.current_cookie(nc).await?);
+                    cookies.push((nc.clone(), cookie.clone()));
+                    cookies.push((format!("{CONTAINERS}{nc}"), cookie));
                 }
                 FullCursor { scope: 0, paged: String::new(), watermark: Watermark { kind: WATERMARK_KIND.into(), cookies } }
             }
@@ -219,20 +235,7 @@ impl AdImport {
                 changes.push(change);
             }
         }
-        let next_cookie = result
-            .ctrls
-            .iter()
-            .find(|control| control.1.ctype == PAGED_OID)
-            .and_then(|control| control.1.val.as_deref())
-            .map(|value| match ber::read_sequence(value) {
-                Ok(items) => match items.as_slice() {
-                    [Item::Integer(_), Item::Bytes(cookie)] => Ok(cookie.clone()),
-                    _ => Err(ConnectorError::Unavailable("paged-results response has an unexpected shape".into())),
-                },
-                Err(err) => Err(ConnectorError::Unavailable(format!("paged-results response: {err}"))),
-            })
-            .transpose()?
-            .unwrap_or_default();
+        let next_cookie = paged_cookie(&result)?.unwrap_or_default();
         if next_cookie.is_empty() {
             state.scope += 1;
             state.paged.clear();
@@ -256,19 +259,34 @@ impl AdImport {
                     serde_json::from_slice(watermark).ok().filter(|mark: &Watermark| mark.kind == WATERMARK_KIND).ok_or_else(|| {
                         ConnectorError::WatermarkExpired("the stored watermark is not a DirSync watermark of this connector".into())
                     })?;
-                let stored: Vec<&str> = watermark.cookies.iter().map(|(nc, _)| nc.as_str()).collect();
-                if stored != directory.naming_contexts.iter().map(String::as_str).collect::<Vec<_>>() {
+                let stored: Vec<&str> = watermark.cookies.iter().map(|(stream, _)| stream.as_str()).collect();
+                let expected: Vec<String> =
+                    directory.naming_contexts.iter().flat_map(|nc| [nc.clone(), format!("{CONTAINERS}{nc}")]).collect();
+                if stored != expected.iter().map(String::as_str).collect::<Vec<_>>() {
                     return Err(ConnectorError::WatermarkExpired("the naming contexts changed since the last import".into()));
                 }
                 DeltaCursor { nc: 0, watermark }
             }
         };
-        let Some((nc, cookie)) = state.watermark.cookies.get(state.nc).cloned() else {
+        let Some((stream, cookie)) = state.watermark.cookies.get(state.nc).cloned() else {
             return Ok(ImportPage { changes: Vec::new(), next: None, watermark: Some(encode(&state.watermark)?) });
         };
         let cookie = B64.decode(cookie).map_err(|_| ConnectorError::WatermarkExpired("the stored DirSync cookie is not base64".into()))?;
-        let (entries, more, next_cookie) = self.dirsync(&nc, &cookie, &self.filter()).await?;
-        let mut changes = Vec::with_capacity(entries.len());
+        let mut changes = Vec::new();
+        let (entries, more, next_cookie) = match stream.strip_prefix(CONTAINERS) {
+            Some(nc) => {
+                let (entries, more, next_cookie) = self.dirsync(nc, &cookie, CONTAINER_FILTER, &["name".to_string()]).await?;
+                for entry in &entries {
+                    let renamed = !raw_values(entry, "name").is_empty() && raw_values(entry, "objectClass").is_empty();
+                    let deleted = raw_values(entry, "isDeleted").first().is_some_and(|flag| flag.eq_ignore_ascii_case(b"TRUE"));
+                    if renamed && !deleted {
+                        changes.extend(self.subtree(directory, &entry.dn).await?);
+                    }
+                }
+                (Vec::new(), more, next_cookie)
+            }
+            None => self.dirsync(&stream, &cookie, &self.filter(), &self.attributes()).await?,
+        };
         for entry in entries {
             if let Some(change) = self.delta_change(directory, entry).await? {
                 changes.push(change);
@@ -284,6 +302,30 @@ impl AdImport {
         }
         let next = serde_json::to_vec(&state).map_err(|err| ConnectorError::Config(err.to_string()))?;
         Ok(ImportPage { changes, next: Some(next), watermark })
+    }
+
+    /// Everything under a renamed or moved container, as it is now: upserts for objects in
+    /// scope, deletes for objects the move took out of scope.
+    async fn subtree(&self, directory: &Directory, base: &str) -> Result<Vec<ImportChange>, ConnectorError> {
+        let mut changes = Vec::new();
+        let mut cookie = Vec::new();
+        loop {
+            let control: RawControl =
+                PagedResults { size: self.session.config.page_size as i32, cookie: std::mem::take(&mut cookie) }.into();
+            let (entries, result) = self.session.search(base, Scope::Subtree, &self.filter(), &self.attributes(), vec![control]).await?;
+            for mut entry in entries {
+                if self.in_scope(directory, &entry.dn) {
+                    self.session.complete_ranges(&mut entry).await?;
+                    changes.extend(self.upsert(directory, entry));
+                } else if let Some(guid) = raw_values(&entry, "objectGUID").first() {
+                    changes.push(ImportChange::Delete { anchor: Anchor(guid.to_vec()) });
+                }
+            }
+            match paged_cookie(&result)? {
+                Some(next) => cookie = next,
+                None => return Ok(changes),
+            }
+        }
     }
 
     async fn delta_change(&self, directory: &Directory, mut entry: SearchEntry) -> Result<Option<ImportChange>, ConnectorError> {
@@ -348,6 +390,17 @@ impl Import for AdImport {
 
     fn delta_page<'a>(&'a self, watermark: &'a [u8], cursor: Option<&'a [u8]>) -> BoxFuture<'a, Result<ImportPage, ConnectorError>> {
         Box::pin(self.delta(watermark, cursor))
+    }
+}
+
+/// The paged-results cookie of a search result; `None` on the last page.
+fn paged_cookie(result: &ldap3::LdapResult) -> Result<Option<Vec<u8>>, ConnectorError> {
+    let Some(value) = result.ctrls.iter().find(|control| control.1.ctype == PAGED_OID).and_then(|control| control.1.val.as_deref()) else {
+        return Ok(None);
+    };
+    match ber::read_sequence(value).map_err(|err| ConnectorError::Unavailable(format!("paged-results response: {err}")))?.as_slice() {
+        [Item::Integer(_), Item::Bytes(cookie)] => Ok((!cookie.is_empty()).then(|| cookie.clone())),
+        _ => Err(ConnectorError::Unavailable("paged-results response has an unexpected shape".into())),
     }
 }
 
@@ -423,13 +476,9 @@ async fn discover(session: &Session) -> Result<Directory, ConnectorError> {
                     schema.set_ad_flags(&name, number("systemFlags").unwrap_or(0), number("linkID"));
                 }
             }
-            let next = result.ctrls.iter().find(|control| control.1.ctype == PAGED_OID).and_then(|control| control.1.val.as_deref());
-            match next.map(ber::read_sequence) {
-                Some(Ok(items)) => match items.as_slice() {
-                    [Item::Integer(_), Item::Bytes(next)] if !next.is_empty() => cookie = next.clone(),
-                    _ => break,
-                },
-                _ => break,
+            match paged_cookie(&result)? {
+                Some(next) => cookie = next,
+                None => break,
             }
         }
     }

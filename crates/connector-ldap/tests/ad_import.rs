@@ -95,7 +95,7 @@ async fn full_import_is_typed_and_deltas_see_every_kind_of_change() {
     admin.add_members(&outer, &[&cleo]).await.unwrap();
     admin.remove_members(&outer, &[&ann]).await.unwrap();
     admin.conn().delete(&contact).await.unwrap();
-    let (delta, _) = delta_import(&connector, &watermark).await;
+    let (delta, watermark) = delta_import(&connector, &watermark).await;
 
     let added = upsert_of(&delta, &cleo).expect("the add is a full-state upsert");
     assert!(
@@ -122,9 +122,19 @@ async fn full_import_is_typed_and_deltas_see_every_kind_of_change() {
     let contact_anchor = anchor_of(&full, &contact);
     assert!(delta.iter().any(|change| matches!(change, ImportChange::Delete { anchor } if *anchor == contact_anchor)), "the delete");
 
-    // Full import + delta leave the connector space exactly as a new full import does.
+    // Renaming an OU changes the DNs of everything under it, without DirSync reporting them.
+    admin.conn().rename(&sub, "OU=Renamed", None).await.unwrap();
+    let (after_ou_rename, _) = delta_import(&connector, &watermark).await;
+    let bobby_now = format!("CN=bobby,OU=Renamed,{ou}");
+    assert!(
+        upsert_of(&after_ou_rename, &bobby_now).is_some(),
+        "objects under a renamed OU arrive with their new DNs: {after_ou_rename:#?}"
+    );
+
+    // Full import + deltas leave the connector space exactly as a new full import does
+    // (including the nested group's reference to the user who moved twice).
     let (fresh, _) = full_import(&connector).await;
-    assert_eq!(connector_space(&[&full, &delta]).await, connector_space(&[&fresh]).await);
+    assert_eq!(connector_space(&[&full, &delta, &after_ou_rename]).await, connector_space(&[&fresh]).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,6 +167,22 @@ async fn ou_filter_moves_bring_objects_in_and_out_of_scope() {
     let dana_anchor = anchor_of(&full, &dana);
     assert!(delta.iter().any(|change| matches!(change, ImportChange::Delete { anchor } if *anchor == dana_anchor)), "moved out: a delete");
     assert_eq!(delta.len(), 2, "changes out of scope are not reported: {delta:#?}");
+
+    // Moving a whole OU: its objects follow it into (or out of) scope.
+    let team = admin.create_ou("Team", Some(&outside)).await.unwrap();
+    let gus = admin.create_user(&user("gus", &team)).await.unwrap();
+    let (before, watermark) = full_import(&connector).await;
+    assert!(upsert_of(&before, &gus).is_none(), "out of scope before the move");
+    admin.conn().rename(&team, "OU=Team", Some(&inside)).await.unwrap();
+    let (moved_in, watermark) = delta_import(&connector, &watermark).await;
+    let gus_now = format!("CN=gus,OU=Team,{inside}");
+    let gus_anchor = anchor_of(&moved_in, &gus_now);
+    admin.conn().rename(&format!("OU=Team,{inside}"), "OU=Team", Some(&outside)).await.unwrap();
+    let (moved_out, _) = delta_import(&connector, &watermark).await;
+    assert!(
+        moved_out.iter().any(|change| matches!(change, ImportChange::Delete { anchor } if *anchor == gus_anchor)),
+        "an OU moved out of scope takes its objects out: {moved_out:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
