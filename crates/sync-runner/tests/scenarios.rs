@@ -342,3 +342,51 @@ async fn the_scheduler_runs_a_cycle_on_demand_between_ticks() {
     );
     assert_eq!(cycles, 2, "the initial cycle and the requested one");
 }
+
+/// A source whose delta speaks of an object it never showed in a full import.
+struct StrayDelta;
+
+impl connector_api::Import for StrayDelta {
+    fn full_page<'a>(
+        &'a self,
+        _cursor: Option<&'a [u8]>,
+    ) -> connector_api::BoxFuture<'a, Result<connector_api::ImportPage, connector_api::ConnectorError>> {
+        Box::pin(async { Ok(connector_api::ImportPage { changes: vec![], next: None, watermark: Some(b"w1".to_vec()) }) })
+    }
+
+    fn delta_page<'a>(
+        &'a self,
+        _watermark: &'a [u8],
+        _cursor: Option<&'a [u8]>,
+    ) -> connector_api::BoxFuture<'a, Result<connector_api::ImportPage, connector_api::ConnectorError>> {
+        Box::pin(async {
+            let stray = model::ImportChange::Modify {
+                anchor: model::Anchor(vec![7; 16]),
+                dn: "CN=stray".into(),
+                changes: vec![AttrChange::Replace("mail".into(), vec![AttrValue::string("s@x")])],
+            };
+            Ok(connector_api::ImportPage { changes: vec![stray], next: None, watermark: Some(b"w2".to_vec()) })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_delta_about_an_unknown_object_makes_the_next_import_full() {
+    let store = SqliteStore::memory().expect("store");
+    store.migrate().await.expect("migrate");
+    let mut runner = Runner::new(store, RuleSet::parse(RULES).expect("rules"), RunnerConfig::default());
+    let info = connector_api::ConnectorInfo {
+        id: ConnectorId("src".into()),
+        kind: "test".into(),
+        role: Role::Source,
+        parameters: Default::default(),
+    };
+    runner.add_connector(connector_api::Connector { info, import: Box::new(StrayDelta), export: None });
+    let src = ConnectorId("src".into());
+    runner.run_step(&src, Step::FullImport).await.expect("full");
+    assert_eq!(runner.store().watermark(&src).await.expect("watermark").as_deref(), Some(&b"w1"[..]));
+    let report = runner.run_step(&src, Step::DeltaImport).await.expect("delta");
+    assert!(report.detail.contains("1 missed"), "{}", report.detail);
+    assert_eq!(runner.store().watermark(&src).await.expect("watermark"), None, "the watermark is forgotten: the next import is full");
+    assert!(runner.store().cs_by_anchor(&src, &model::Anchor(vec![7; 16])).await.expect("get").is_none(), "nothing half-made");
+}
