@@ -1,5 +1,6 @@
 //! `cargo xtask`: project automation that is code, not shell: tidy checks and the directory generator.
 
+mod bench_import;
 mod bench_sync;
 mod gen_directory;
 mod tidy;
@@ -25,6 +26,8 @@ enum Command {
         #[arg(long, default_value = "CORP.EXAMPLE.TEST")]
         realm: String,
     },
+    /// Benchmark the AD connector's full import of a bulk-loaded Samba template against ldapsearch.
+    BenchImport(bench_import::Args),
     /// Benchmark a full sync cycle of a generated forest through the runner, on SQLite or PostgreSQL.
     BenchSync(bench_sync::Args),
 }
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::GenDirectory(args) => gen_directory::run(&args),
         Command::BenchSync(args) => bench_sync::run(&args),
+        Command::BenchImport(args) => bench_import::run(&args),
         Command::SambaDc { realm } => samba_dc(&realm),
     }
 }
