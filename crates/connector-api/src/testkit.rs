@@ -25,7 +25,8 @@ pub trait Fixture: Send {
     fn free_attribute(&self) -> &str;
 }
 
-async fn full_import(connector: &Connector) -> (Vec<ImportChange>, Vec<u8>) {
+/// All changes of a full import and the watermark of its last page.
+pub async fn full_import(connector: &Connector) -> (Vec<ImportChange>, Vec<u8>) {
     let mut changes = Vec::new();
     let mut cursor: Option<Vec<u8>> = None;
     let mut pages = 0;
@@ -44,7 +45,8 @@ async fn full_import(connector: &Connector) -> (Vec<ImportChange>, Vec<u8>) {
     }
 }
 
-async fn delta_import(connector: &Connector, watermark: &[u8]) -> (Vec<ImportChange>, Vec<u8>) {
+/// All changes of a delta import from `watermark`, and the last watermark it gave.
+pub async fn delta_import(connector: &Connector, watermark: &[u8]) -> (Vec<ImportChange>, Vec<u8>) {
     let mut changes = Vec::new();
     let mut cursor: Option<Vec<u8>> = None;
     let mut last = watermark.to_vec();

@@ -140,19 +140,11 @@ impl AdImport {
         types.into_iter().find(|configured| configured.as_bytes().eq_ignore_ascii_case(last))
     }
 
-    /// A full-state upsert of a complete entry; `None` for objects of types not imported.
-    fn upsert(&self, directory: &Directory, mut entry: SearchEntry) -> Option<ImportChange> {
+    /// A full-state upsert of a complete entry (ranged values already completed by
+    /// [`Session::complete_ranges`]); `None` for objects of types not imported.
+    fn upsert(&self, directory: &Directory, entry: SearchEntry) -> Option<ImportChange> {
         let object_type = self.object_type(&entry)?;
         let guid = raw_values(&entry, "objectGUID").first().map(|guid| guid.to_vec())?;
-        // Linked values of a new object arrive as `member;range=1-1` from DirSync.
-        let ranged: Vec<String> = entry.attrs.keys().chain(entry.bin_attrs.keys()).filter(|key| key.contains(";range=")).cloned().collect();
-        for key in ranged {
-            if let Some((name, _)) = parse_range(&key) {
-                let name = name.to_string();
-                let values = take_values(&mut entry, &key);
-                entry.bin_attrs.entry(name).or_default().extend(values);
-            }
-        }
         let dn = entry.dn.clone();
         let attributes = directory.schema.attributes(entry);
         Some(ImportChange::Upsert { anchor: Anchor(guid), dn, object_type, attributes })

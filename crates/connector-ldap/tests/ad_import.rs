@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::{anchor_of, delta_import, full_import, upsert_of};
+use common::{anchor_of, upsert_of};
 use connector_api::ExportRequest;
+use connector_api::testkit::{delta_import, full_import};
 use model::{AttrChange, AttrValue, ConnectorId, CsObject, ImportChange, PendingExport};
 use store::{CsQuery, Store};
 use store_sqlite::SqliteStore;

@@ -1,7 +1,6 @@
 //! Shared by the connector's integration tests: settings for a test DC, fresh OUs, import loops.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use connector_api::Connector;
 use connector_ldap::{Bind, Flavour, LdapConfig};
 use model::ImportChange;
 use testkit::samba::{AdAdmin, SambaDc};
@@ -18,38 +17,6 @@ pub fn config(dc: &SambaDc) -> LdapConfig {
 pub async fn fresh_ou(admin: &mut AdAdmin, prefix: &str, parent: Option<&str>) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     admin.create_ou(&format!("{prefix}-{}-{nanos}", std::process::id()), parent).await.unwrap()
-}
-
-/// All changes of a full import and its final watermark.
-pub async fn full_import(connector: &Connector) -> (Vec<ImportChange>, Vec<u8>) {
-    let mut changes = Vec::new();
-    let mut cursor: Option<Vec<u8>> = None;
-    loop {
-        let page = connector.import.full_page(cursor.as_deref()).await.expect("full import page");
-        changes.extend(page.changes);
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => return (changes, page.watermark.expect("a watermark on the last page")),
-        }
-    }
-}
-
-/// All changes of a delta import and the last watermark.
-pub async fn delta_import(connector: &Connector, watermark: &[u8]) -> (Vec<ImportChange>, Vec<u8>) {
-    let mut changes = Vec::new();
-    let mut cursor: Option<Vec<u8>> = None;
-    let mut last = watermark.to_vec();
-    loop {
-        let page = connector.import.delta_page(watermark, cursor.as_deref()).await.expect("delta import page");
-        changes.extend(page.changes);
-        if let Some(mark) = page.watermark {
-            last = mark;
-        }
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => return (changes, last),
-        }
-    }
 }
 
 /// The upsert of the object at `dn` (case-insensitive), if any.
