@@ -58,6 +58,12 @@ pub struct ImportPage {
     pub next: Option<Vec<u8>>,
     /// The watermark to store with this page (delta imports: after every page; full imports: on the last page).
     pub watermark: Option<Vec<u8>>,
+    /// Set by a delta import that named every object in scope, changed ones as upserts or
+    /// modifies and unchanged ones as modifies without changes (a presence pass: a server that
+    /// cannot list deletes, such as an RFC 4533 present phase): after the last page, objects
+    /// it did not name are deleted, as after a full import. The watermark of the last page is
+    /// stored only once that is done.
+    pub complete: bool,
 }
 
 /// Reading a connected directory.

@@ -212,7 +212,7 @@ impl AdImport {
         };
         let scopes = self.scopes(directory);
         let Some(base) = scopes.get(state.scope) else {
-            return Ok(ImportPage { changes: Vec::new(), next: None, watermark: Some(encode(&state.watermark)?) });
+            return Ok(ImportPage { changes: Vec::new(), next: None, watermark: Some(encode(&state.watermark)?), complete: false });
         };
         let paged = B64.decode(&state.paged).map_err(|err| ConnectorError::Config(format!("bad paging cookie in the cursor: {err}")))?;
         let control: RawControl = PagedResults { size: self.session.config.page_size as i32, cookie: paged }.into();
@@ -235,10 +235,10 @@ impl AdImport {
             state.paged = B64.encode(next_cookie);
         }
         if state.scope >= scopes.len() {
-            return Ok(ImportPage { changes, next: None, watermark: Some(encode(&state.watermark)?) });
+            return Ok(ImportPage { changes, next: None, watermark: Some(encode(&state.watermark)?), complete: false });
         }
         let next = serde_json::to_vec(&state).map_err(|err| ConnectorError::Config(err.to_string()))?;
-        Ok(ImportPage { changes, next: Some(next), watermark: None })
+        Ok(ImportPage { changes, next: Some(next), watermark: None, complete: false })
     }
 
     async fn delta(&self, watermark: &[u8], cursor: Option<&[u8]>) -> Result<ImportPage, ConnectorError> {
@@ -261,7 +261,7 @@ impl AdImport {
             }
         };
         let Some((stream, cookie)) = state.watermark.cookies.get(state.nc).cloned() else {
-            return Ok(ImportPage { changes: Vec::new(), next: None, watermark: Some(encode(&state.watermark)?) });
+            return Ok(ImportPage { changes: Vec::new(), next: None, watermark: Some(encode(&state.watermark)?), complete: false });
         };
         let cookie = B64.decode(cookie).map_err(|_| ConnectorError::WatermarkExpired("the stored DirSync cookie is not base64".into()))?;
         let mut changes = Vec::new();
@@ -290,10 +290,10 @@ impl AdImport {
         }
         let watermark = Some(encode(&state.watermark)?);
         if state.nc >= state.watermark.cookies.len() {
-            return Ok(ImportPage { changes, next: None, watermark });
+            return Ok(ImportPage { changes, next: None, watermark, complete: false });
         }
         let next = serde_json::to_vec(&state).map_err(|err| ConnectorError::Config(err.to_string()))?;
-        Ok(ImportPage { changes, next: Some(next), watermark })
+        Ok(ImportPage { changes, next: Some(next), watermark, complete: false })
     }
 
     /// Everything under a renamed or moved container, as it is now: upserts for objects in

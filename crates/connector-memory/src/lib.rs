@@ -210,6 +210,7 @@ impl Import for MemoryConnector {
                 changes: page.iter().map(|(anchor, entry)| upsert(anchor, entry)).collect(),
                 next: if more { page.last().map(|(anchor, _)| (*anchor).clone()) } else { None },
                 watermark: if more { None } else { Some(state.sequence.to_be_bytes().to_vec()) },
+                complete: false,
             })
         })
     }
@@ -244,7 +245,12 @@ impl Import for MemoryConnector {
                     None => ImportChange::Delete { anchor: Anchor((*anchor).clone()) },
                 })
                 .collect();
-            Ok(ImportPage { changes, next: more.then(|| reached.to_be_bytes().to_vec()), watermark: Some(reached.to_be_bytes().to_vec()) })
+            Ok(ImportPage {
+                changes,
+                next: more.then(|| reached.to_be_bytes().to_vec()),
+                watermark: Some(reached.to_be_bytes().to_vec()),
+                complete: false,
+            })
         })
     }
 }

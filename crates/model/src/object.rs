@@ -224,7 +224,8 @@ pub enum ImportChange {
     /// Attribute-level changes to an object the connector space already holds (delta imports
     /// that report value changes, such as AD DirSync's incremental member values). `dn` is the
     /// object's DN now. Meaningless for an object the connector space does not hold: the store
-    /// counts it as missed, and the runner then asks for a full import.
+    /// counts it as missed, and the runner then asks for a full import. With no changes it says
+    /// "still there, at `dn`" (a presence pass, see the connector API's `ImportPage::complete`).
     Modify {
         /// Anchor.
         anchor: Anchor,

@@ -435,16 +435,21 @@ impl store::Store for PostgresStore {
                         query_cs(&tx, &self.statements, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
                     match existing.filter(|existing| existing.pending_import != Some(PendingImport::Delete)) {
                         None => counts.missed += 1,
-                        Some(existing) => match store::import::apply_modify(&existing, dn, changes) {
-                            Some(updated) => {
-                                update_cs(&tx, &self.statements, &updated).await?;
-                                counts.updates += 1;
-                                if !existing.dn.eq_ignore_ascii_case(dn) {
-                                    counts.updates += rename_references(&tx, &self.statements, connector, &existing.dn, dn).await?;
+                        Some(existing) => {
+                            match store::import::apply_modify(&existing, dn, changes) {
+                                Some(updated) => {
+                                    update_cs(&tx, &self.statements, &updated).await?;
+                                    counts.updates += 1;
+                                    if !existing.dn.eq_ignore_ascii_case(dn) {
+                                        counts.updates += rename_references(&tx, &self.statements, connector, &existing.dn, dn).await?;
+                                    }
                                 }
+                                None => counts.unchanged += 1,
                             }
-                            None => counts.unchanged += 1,
-                        },
+                            tx.execute("UPDATE cs_objects SET seen_run = $2 WHERE id = $1", &[&existing.id.0, &run])
+                                .await
+                                .map_err(backend)?;
+                        }
                     }
                 }
                 ImportChange::Delete { anchor } => {

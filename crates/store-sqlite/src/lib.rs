@@ -460,16 +460,20 @@ impl store::Store for SqliteStore {
                             .filter(|existing| existing.pending_import != Some(model::PendingImport::Delete))
                         {
                             None => counts.missed += 1,
-                            Some(existing) => match store::import::apply_modify(&existing, dn, changes) {
-                                Some(updated) => {
-                                    update_cs(&tx, &updated, indexed)?;
-                                    counts.updates += 1;
-                                    if !existing.dn.eq_ignore_ascii_case(dn) {
-                                        counts.updates += rename_references(&tx, &connector, &existing.dn, dn, indexed)?;
+                            Some(existing) => {
+                                match store::import::apply_modify(&existing, dn, changes) {
+                                    Some(updated) => {
+                                        update_cs(&tx, &updated, indexed)?;
+                                        counts.updates += 1;
+                                        if !existing.dn.eq_ignore_ascii_case(dn) {
+                                            counts.updates += rename_references(&tx, &connector, &existing.dn, dn, indexed)?;
+                                        }
                                     }
+                                    None => counts.unchanged += 1,
                                 }
-                                None => counts.unchanged += 1,
-                            },
+                                tx.execute("UPDATE cs_objects SET seen_run = ?2 WHERE id = ?1", params![existing.id.0, run])
+                                    .map_err(backend)?;
+                            }
                         }
                     }
                     ImportChange::Delete { anchor } => {

@@ -319,6 +319,20 @@ pub async fn obsoletion(store: &impl Store) {
     let pending = store.cs_by_dn(&ad(), "CN=pending").await.expect("export object").expect("present");
     assert_eq!(pending.pending_import, None, "unconfirmed export objects are never obsoleted");
     assert_eq!(store.obsolete_unseen(&ad(), second).await.expect("again"), 0, "already marked");
+
+    // A presence pass (modifies without changes) marks objects seen, and may move them.
+    let third = store.run_start(&ad(), "delta-import", 3).await.expect("run 3");
+    store.commit_import_page(&ad(), third, &[user(3, "CN=c", "c@x")], None).await.expect("run 3 upsert");
+    let present = [ImportChange::Modify { anchor: anchor(1), dn: "CN=a,OU=moved".into(), changes: vec![] }];
+    let counts = store.commit_import_page(&ad(), third, &present, None).await.expect("run 3 presence");
+    assert_eq!(counts.updates, 1, "the move is applied");
+    assert_eq!(store.obsolete_unseen(&ad(), third).await.expect("obsolete after presence"), 0, "a and c were named");
+    let a = store.cs_by_anchor(&ad(), &anchor(1)).await.expect("a").expect("present");
+    assert_eq!((a.dn.as_str(), a.pending_import == Some(PendingImport::Delete)), ("CN=a,OU=moved", false));
+    let fourth = store.run_start(&ad(), "delta-import", 4).await.expect("run 4");
+    let present = [ImportChange::Modify { anchor: anchor(3), dn: "CN=c".into(), changes: vec![] }];
+    assert_eq!(store.commit_import_page(&ad(), fourth, &present, None).await.expect("run 4 presence").unchanged, 1);
+    assert_eq!(store.obsolete_unseen(&ad(), fourth).await.expect("obsolete after run 4"), 1, "a was not named");
 }
 
 /// MV objects: attributes with lineage, lookups by value, delete clears links, paging.

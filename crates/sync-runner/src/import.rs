@@ -1,5 +1,6 @@
 //! Import steps: pages from the connector into the connector space, each page committed with
-//! its watermark; a full import ends by obsoleting what it did not see.
+//! its watermark; a full import (or a delta that named everything in scope) ends by obsoleting
+//! what it did not see, and only then stores its last watermark.
 
 use connector_api::ConnectorError;
 use model::ConnectorId;
@@ -20,6 +21,9 @@ pub(crate) async fn run<S: Store>(
     let mut pages = 0u64;
     let mut unchanged = 0u64;
     let mut missed = 0u64;
+    let mut complete = false;
+    // Held back until the sweep is done when the import sweeps (see below).
+    let mut last_watermark: Option<Vec<u8>> = None;
     'restart: loop {
         let mut cursor: Option<Vec<u8>> = None;
         loop {
@@ -36,7 +40,17 @@ pub(crate) async fn run<S: Store>(
                 }
                 Err(source) => return Err(RunnerError::Connector { connector: id.0.clone(), source }),
             };
-            let page_counts = runner.store.commit_import_page(id, run, &page.changes, page.watermark.as_deref()).await?;
+            complete |= page.complete;
+            // The last page of a sweeping import stores its watermark after the sweep: were the
+            // process stopped between the two, the next run must not start past deletes it never saw.
+            let sweeps = page.next.is_none() && (full || complete);
+            let watermark = if sweeps {
+                last_watermark = page.watermark.clone();
+                None
+            } else {
+                page.watermark.as_deref()
+            };
+            let page_counts = runner.store.commit_import_page(id, run, &page.changes, watermark).await?;
             counts.adds += page_counts.adds;
             counts.updates += page_counts.updates;
             counts.deletes += page_counts.deletes;
@@ -51,10 +65,13 @@ pub(crate) async fn run<S: Store>(
         }
     }
     let mut detail = format!("{} import, {pages} pages, {unchanged} unchanged", if full { "full" } else { "delta" });
-    if full {
+    if full || complete {
         let obsoleted = runner.store.obsolete_unseen(id, run).await?;
         counts.deletes += obsoleted;
         detail.push_str(&format!(", {obsoleted} not seen (pending delete)"));
+        if let Some(watermark) = &last_watermark {
+            runner.store.commit_import_page(id, run, &[], Some(watermark)).await?;
+        }
     }
     if missed > 0 {
         // The delta spoke of objects the connector space does not hold: it and the directory

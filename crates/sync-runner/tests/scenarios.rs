@@ -351,7 +351,7 @@ impl connector_api::Import for StrayDelta {
         &'a self,
         _cursor: Option<&'a [u8]>,
     ) -> connector_api::BoxFuture<'a, Result<connector_api::ImportPage, connector_api::ConnectorError>> {
-        Box::pin(async { Ok(connector_api::ImportPage { changes: vec![], next: None, watermark: Some(b"w1".to_vec()) }) })
+        Box::pin(async { Ok(connector_api::ImportPage { changes: vec![], next: None, watermark: Some(b"w1".to_vec()), complete: false }) })
     }
 
     fn delta_page<'a>(
@@ -365,7 +365,7 @@ impl connector_api::Import for StrayDelta {
                 dn: "CN=stray".into(),
                 changes: vec![AttrChange::Replace("mail".into(), vec![AttrValue::string("s@x")])],
             };
-            Ok(connector_api::ImportPage { changes: vec![stray], next: None, watermark: Some(b"w2".to_vec()) })
+            Ok(connector_api::ImportPage { changes: vec![stray], next: None, watermark: Some(b"w2".to_vec()), complete: false })
         })
     }
 }
@@ -389,4 +389,78 @@ async fn a_delta_about_an_unknown_object_makes_the_next_import_full() {
     assert!(report.detail.contains("1 missed"), "{}", report.detail);
     assert_eq!(runner.store().watermark(&src).await.expect("watermark"), None, "the watermark is forgotten: the next import is full");
     assert!(runner.store().cs_by_anchor(&src, &model::Anchor(vec![7; 16])).await.expect("get").is_none(), "nothing half-made");
+}
+
+/// A source whose delta cannot list deletes and names what is still there instead.
+struct PresenceDelta;
+
+fn presence_user(byte: u8) -> model::ImportChange {
+    model::ImportChange::Upsert {
+        anchor: model::Anchor(vec![byte; 16]),
+        dn: format!("CN=u{byte}"),
+        object_type: "user".into(),
+        attributes: model::Attributes::new().with("mail", AttrValue::string(format!("u{byte}@x"))),
+    }
+}
+
+impl connector_api::Import for PresenceDelta {
+    fn full_page<'a>(
+        &'a self,
+        _cursor: Option<&'a [u8]>,
+    ) -> connector_api::BoxFuture<'a, Result<connector_api::ImportPage, connector_api::ConnectorError>> {
+        Box::pin(async {
+            let changes = vec![presence_user(1), presence_user(2), presence_user(3)];
+            Ok(connector_api::ImportPage { changes, next: None, watermark: Some(b"w1".to_vec()), complete: false })
+        })
+    }
+
+    fn delta_page<'a>(
+        &'a self,
+        _watermark: &'a [u8],
+        cursor: Option<&'a [u8]>,
+    ) -> connector_api::BoxFuture<'a, Result<connector_api::ImportPage, connector_api::ConnectorError>> {
+        Box::pin(async move {
+            // Page one: a changed object; page two: the presence pass, moving one object.
+            if cursor.is_none() {
+                let mut changed = presence_user(3);
+                if let model::ImportChange::Upsert { attributes, .. } = &mut changed {
+                    attributes.set("mail", vec![AttrValue::string("new@x")]);
+                }
+                return Ok(connector_api::ImportPage { changes: vec![changed], next: Some(vec![1]), watermark: None, complete: false });
+            }
+            let present = model::ImportChange::Modify { anchor: model::Anchor(vec![1; 16]), dn: "CN=u1,OU=moved".into(), changes: vec![] };
+            Ok(connector_api::ImportPage { changes: vec![present], next: None, watermark: Some(b"w2".to_vec()), complete: true })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_complete_delta_deletes_what_it_did_not_name() {
+    let store = SqliteStore::memory().expect("store");
+    store.migrate().await.expect("migrate");
+    let mut runner = Runner::new(store, RuleSet::parse(RULES).expect("rules"), RunnerConfig::default());
+    let info = connector_api::ConnectorInfo {
+        id: ConnectorId("src".into()),
+        kind: "test".into(),
+        role: Role::Source,
+        parameters: Default::default(),
+    };
+    runner.add_connector(connector_api::Connector { info, import: Box::new(PresenceDelta), export: None });
+    let src = ConnectorId("src".into());
+    runner.run_step(&src, Step::FullImport).await.expect("full");
+    let report = runner.run_step(&src, Step::DeltaImport).await.expect("delta");
+    assert!(report.detail.contains("1 not seen"), "{}", report.detail);
+    let get = |byte: u8| {
+        let store = runner.store();
+        async move { store.cs_by_anchor(&src_id(), &model::Anchor(vec![byte; 16])).await.expect("get").expect("held") }
+    };
+    assert_eq!(get(2).await.pending_import, Some(model::PendingImport::Delete), "u2 was not named: deleted");
+    let u1 = get(1).await;
+    assert_eq!((u1.dn.as_str(), u1.pending_import == Some(model::PendingImport::Delete)), ("CN=u1,OU=moved", false));
+    assert_eq!(get(3).await.attributes.get("mail"), &[AttrValue::string("new@x")]);
+    assert_eq!(runner.store().watermark(&src).await.expect("watermark").as_deref(), Some(&b"w2"[..]), "stored after the sweep");
+}
+
+fn src_id() -> ConnectorId {
+    ConnectorId("src".into())
 }
