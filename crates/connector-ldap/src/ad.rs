@@ -101,10 +101,7 @@ impl AdImport {
     }
 
     fn attributes(&self) -> Vec<String> {
-        let mut attributes = self.session.config.attributes.clone();
-        if attributes.is_empty() {
-            attributes.push("*".into());
-        }
+        let mut attributes = self.session.config.requested_attributes(&["objectGUID", "objectClass"]);
         if let Some(size) = self.session.config.range_size {
             // Read linked attributes in explicit ranges (what AD does by itself past MaxValRange).
             for name in attributes.iter_mut() {
@@ -113,23 +110,16 @@ impl AdImport {
                 }
             }
         }
-        for needed in ["objectGUID", "objectClass"] {
-            if !attributes.iter().any(|name| name.eq_ignore_ascii_case(needed)) {
-                attributes.push(needed.into());
-            }
-        }
         attributes
     }
 
     /// Search bases: the included OUs, or the naming contexts.
     fn scopes(&self, directory: &Directory) -> Vec<String> {
-        if self.session.config.include_ous.is_empty() { directory.naming_contexts.clone() } else { self.session.config.include_ous.clone() }
+        self.session.config.search_bases(&directory.naming_contexts)
     }
 
     fn in_scope(&self, directory: &Directory, dn: &str) -> bool {
-        let Ok(dn) = Dn::parse(dn) else { return false };
-        let within = |bases: &[String]| bases.iter().any(|base| Dn::parse(base).is_ok_and(|base| dn.is_within(&base)));
-        within(&self.scopes(directory)) && !within(&self.session.config.exclude_ous)
+        self.session.config.in_scope(&directory.naming_contexts, dn)
     }
 
     /// The configured object type of an entry: its most specific class that is configured.
@@ -386,7 +376,7 @@ impl Import for AdImport {
 }
 
 /// The paged-results cookie of a search result; `None` on the last page.
-fn paged_cookie(result: &ldap3::LdapResult) -> Result<Option<Vec<u8>>, ConnectorError> {
+pub(crate) fn paged_cookie(result: &ldap3::LdapResult) -> Result<Option<Vec<u8>>, ConnectorError> {
     let Some(value) = result.ctrls.iter().find(|control| control.1.ctype == PAGED_OID).and_then(|control| control.1.val.as_deref()) else {
         return Ok(None);
     };

@@ -17,6 +17,21 @@ pub enum Flavour {
     Generic,
 }
 
+/// How a generic LDAP connector finds changes (Active Directory always uses DirSync).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeltaMode {
+    /// RFC 4533 syncrepl when the server offers it (OpenLDAP's syncprov overlay), else
+    /// modify timestamps.
+    #[default]
+    Auto,
+    /// RFC 4533 content synchronization, refreshOnly, with the cookie kept as the watermark.
+    Syncrepl,
+    /// `modifyTimestamp` at or after the last import's start (less an overlap), then a presence
+    /// pass over every entry's entryUUID to find deletes and moves.
+    ModifyTimestamp,
+}
+
 /// How the connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -82,8 +97,10 @@ pub struct LdapConfig {
     /// Naming contexts (domain partitions) to read; empty: the server's default naming context.
     #[serde(default)]
     pub naming_contexts: Vec<String>,
-    /// Object types to import (the most specific object class): default `user`, `group`,
-    /// `contact`, `inetOrgPerson` for AD; `inetOrgPerson`, `groupOfNames` for generic LDAP.
+    /// Object types to import: default `user`, `group`, `contact`, `inetOrgPerson` for AD (an
+    /// entry's type is its most specific class); `inetOrgPerson`, `posixAccount`,
+    /// `groupOfNames`, `groupOfUniqueNames`, `posixGroup` for generic LDAP (an entry's type is
+    /// the first of these it has, so a person with posixAccount is an inetOrgPerson).
     #[serde(default)]
     pub object_types: Vec<String>,
     /// Attributes to read; empty: all user attributes (`*`).
@@ -106,6 +123,18 @@ pub struct LdapConfig {
     /// Seconds one LDAP operation may take before the connection counts as lost.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
+    /// Generic LDAP: how deltas are found.
+    #[serde(default)]
+    pub delta: DeltaMode,
+    /// Generic LDAP with `delta = "modify-timestamp"`: seconds subtracted from the last
+    /// import's start when asking for changed entries; must exceed the clock difference
+    /// between this machine and the server (and replication delay between servers).
+    #[serde(default = "default_overlap")]
+    pub timestamp_overlap_seconds: u64,
+}
+
+fn default_overlap() -> u64 {
+    300
 }
 
 fn default_page_size() -> u32 {
@@ -135,6 +164,8 @@ impl LdapConfig {
             page_size: default_page_size(),
             range_size: None,
             timeout_seconds: default_timeout(),
+            delta: DeltaMode::Auto,
+            timestamp_overlap_seconds: default_overlap(),
         }
     }
 
@@ -152,6 +183,12 @@ impl LdapConfig {
         }
         if self.range_size.is_some_and(|size| size < 2) {
             problems.push("`range_size` must be at least 2".to_string());
+        }
+        if self.flavour == Flavour::ActiveDirectory && self.delta != DeltaMode::Auto {
+            problems.push("`delta` applies to generic LDAP only (Active Directory deltas use DirSync)".to_string());
+        }
+        if self.timestamp_overlap_seconds > 7 * 24 * 3600 {
+            problems.push(format!("`timestamp_overlap_seconds` must be at most a week, got {}", self.timestamp_overlap_seconds));
         }
         if self.timeout_seconds == 0 {
             problems.push("`timeout_seconds` must be at least 1".to_string());
@@ -191,9 +228,35 @@ impl LdapConfig {
         }
         let defaults: &[&str] = match self.flavour {
             Flavour::ActiveDirectory => &["user", "group", "contact", "inetOrgPerson"],
-            Flavour::Generic => &["inetOrgPerson", "groupOfNames"],
+            Flavour::Generic => &["inetOrgPerson", "posixAccount", "groupOfNames", "groupOfUniqueNames", "posixGroup"],
         };
         defaults.iter().map(|name| name.to_string()).collect()
+    }
+
+    /// Attributes to ask for: the configured ones (all user attributes when none) and `needed`.
+    pub fn requested_attributes(&self, needed: &[&str]) -> Vec<String> {
+        let mut attributes = self.attributes.clone();
+        if attributes.is_empty() {
+            attributes.push("*".into());
+        }
+        for needed in needed {
+            if !attributes.iter().any(|name| name.eq_ignore_ascii_case(needed)) {
+                attributes.push(needed.to_string());
+            }
+        }
+        attributes
+    }
+
+    /// Search bases: the included OUs, or else the naming contexts.
+    pub fn search_bases(&self, naming_contexts: &[String]) -> Vec<String> {
+        if self.include_ous.is_empty() { naming_contexts.to_vec() } else { self.include_ous.clone() }
+    }
+
+    /// Whether an object at `dn` is in scope: under a search base and under no excluded OU.
+    pub fn in_scope(&self, naming_contexts: &[String], dn: &str) -> bool {
+        let Ok(dn) = model::Dn::parse(dn) else { return false };
+        let within = |bases: &[String]| bases.iter().any(|base| model::Dn::parse(base).is_ok_and(|base| dn.is_within(&base)));
+        within(&self.search_bases(naming_contexts)) && !within(&self.exclude_ous)
     }
 
     /// The URL to connect to.

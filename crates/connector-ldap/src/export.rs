@@ -55,6 +55,19 @@ impl LdapExport {
                         _ => {}
                     }
                 }
+                // The naming attribute must hold the RDN's value; AD adds it by itself, RFC servers refuse the entry.
+                let dn = Dn::parse(&request.dn)
+                    .map_err(|err| ConnectorError::Rejected { code: "bad-dn".into(), message: format!("{}: {err}", request.dn) })?;
+                if let Some(rdn) = dn.rdns().first() {
+                    for (kind, value) in &rdn.pairs {
+                        match attributes.iter_mut().find(|(name, _)| name.eq_ignore_ascii_case(kind.as_bytes())) {
+                            Some((_, values)) => {
+                                values.insert(value.clone().into_bytes());
+                            }
+                            None => attributes.push((kind.clone().into_bytes(), [value.clone().into_bytes()].into())),
+                        }
+                    }
+                }
                 let mut ldap = self.session.ldap().await?;
                 let outcome = ldap.with_timeout(timeout).add(&request.dn, attributes).await;
                 self.check(format!("add {}", request.dn), outcome).await?;
@@ -117,6 +130,11 @@ impl LdapExport {
         let attribute = self.anchor_attribute();
         let entry = self.session.read(dn, "(objectClass=*)", &[attribute.to_string()]).await?;
         let value = entry.as_ref().and_then(|entry| raw_values(entry, attribute).first().map(|value| value.to_vec()));
+        // entryUUID is text on the wire; anchors hold its 16 bytes, as content synchronization sends them.
+        let value = match self.session.config.flavour {
+            Flavour::ActiveDirectory => value,
+            Flavour::Generic => value.and_then(|text| crate::generic::uuid_bytes(&text)),
+        };
         value.map(Anchor).ok_or_else(|| ConnectorError::Unavailable(format!("{dn} was added but its {attribute} cannot be read")))
     }
 }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use connector_api::{Connector, ConnectorError, ConnectorInfo, Role};
 use model::ConnectorId;
 
-pub use config::{Bind, Flavour, LdapConfig, Transport};
+pub use config::{Bind, DeltaMode, Flavour, LdapConfig, Transport};
 
 /// Checks the settings, connects, binds and reads the directory's shape; the connector is ready.
 pub async fn open(config: LdapConfig) -> Result<Connector, ConnectorError> {

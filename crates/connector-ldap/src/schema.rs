@@ -67,10 +67,24 @@ const BUILTIN: &[(&str, Syntax)] = &[
     ("gidNumber", Syntax::Integer),
     ("shadowLastChange", Syntax::Integer),
     ("shadowExpire", Syntax::Integer),
+    ("uniqueIdentifier", Syntax::String),
     ("isDeleted", Syntax::Boolean),
     ("isCriticalSystemObject", Syntax::Boolean),
     ("showInAdvancedViewOnly", Syntax::Boolean),
     ("msExchHideFromAddressLists", Syntax::Boolean),
+];
+
+/// Password material never imported into a connector space, whoever may read it. (Password
+/// hashes travel only through the password-hash-sync path, transformed.)
+const SECRETS: &[&str] = &[
+    "userPassword",
+    "authPassword",
+    "sambaNTPassword",
+    "sambaLMPassword",
+    "unicodePwd",
+    "dBCSPwd",
+    "supplementalCredentials",
+    "krbPrincipalKey",
 ];
 
 impl Schema {
@@ -79,6 +93,9 @@ impl Schema {
         let mut schema = Schema::default();
         for (name, syntax) in BUILTIN {
             schema.set(name, *syntax);
+        }
+        for secret in SECRETS {
+            schema.skip(secret);
         }
         schema
     }
@@ -165,8 +182,10 @@ impl Schema {
             if !self.imported(&name) {
                 continue;
             }
-            let values = values.into_iter().map(|raw| self.value(&name, raw)).collect();
-            attributes.set(name, values);
+            // ldap3 may file some values of one attribute as text and others as binary.
+            let mut all = attributes.get(&name).to_vec();
+            all.extend(values.into_iter().map(|raw| self.value(&name, raw)));
+            attributes.set(name, all);
         }
         attributes
     }
@@ -212,6 +231,7 @@ mod tests {
         schema.set_ad_flags("parentGUID", 0x0800_0014, None);
         assert!(!schema.imported("usnchanged") && !schema.imported("memberOf") && !schema.imported("parentGUID"));
         assert!(schema.imported("member") && schema.imported("member;range=0-1499") && schema.imported("mail"));
+        assert!(!schema.imported("userPassword") && !schema.imported("sambantpassword"), "password material is never imported");
     }
 
     proptest! {

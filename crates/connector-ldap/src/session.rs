@@ -101,20 +101,45 @@ impl Session {
         attributes: &[String],
         controls: Vec<RawControl>,
     ) -> Result<(Vec<SearchEntry>, LdapResult), ConnectorError> {
-        let mut ldap = self.ldap().await?;
-        let outcome = ldap.with_controls(controls).with_timeout(self.timeout()).search(base, scope, filter, attributes.to_vec()).await;
-        let ldap3::SearchResult(entries, result) = match outcome {
-            Ok(found) => found,
-            Err(err) => {
-                self.forget().await;
-                return Err(ConnectorError::Unavailable(format!("search {base}: {err}")));
-            }
-        };
+        let (entries, result) = self.search_raw(base, scope, filter, attributes, controls).await?;
         if result.rc != 0 {
             return Err(search_error(base, &result));
         }
         let entries = entries.into_iter().filter(|entry| !entry.is_ref() && !entry.is_intermediate()).map(SearchEntry::construct).collect();
         Ok((entries, result))
+    }
+
+    /// One search request as the server answered it: entries with their controls, intermediate
+    /// messages and referrals, and the result whatever its code (a lost connection is an error).
+    pub async fn search_raw(
+        &self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attributes: &[String],
+        controls: Vec<RawControl>,
+    ) -> Result<(Vec<ldap3::ResultEntry>, LdapResult), ConnectorError> {
+        let mut ldap = self.ldap().await?;
+        let timeout = self.timeout();
+        // A stream without adapters: `Ldap::search` drops intermediate messages, which carry
+        // content synchronization's Sync Info (deleted entryUUIDs among them).
+        let outcome = async {
+            let mut stream =
+                ldap.with_controls(controls).with_timeout(timeout).streaming_search(base, scope, filter, attributes.to_vec()).await?;
+            let mut entries = Vec::new();
+            while let Some(entry) = stream.next().await? {
+                entries.push(entry);
+            }
+            Ok::<_, ldap3::LdapError>((entries, stream.finish().await))
+        }
+        .await;
+        match outcome {
+            Ok(found) => Ok(found),
+            Err(err) => {
+                self.forget().await;
+                Err(ConnectorError::Unavailable(format!("search {base}: {err}")))
+            }
+        }
     }
 
     /// Reads one object, completing range-retrieved attributes; `None` when it does not exist.

@@ -39,13 +39,30 @@ objectclass ( 1.3.6.1.4.1.7165.2.2.6 NAME 'sambaSamAccount' SUP top AUXILIARY MU
 /// A running slapd; stopped and deleted on drop.
 #[derive(Debug)]
 pub struct Slapd {
-    process: ServerProcess,
+    /// `None` while stopped ([`Slapd::stop`]).
+    process: Option<ServerProcess>,
     dir: TempDir,
     port: u16,
     ldaps_port: u16,
     tls: TlsFiles,
     /// How long slapd took from spawn until both ports accepted connections.
     pub ready_after: Duration,
+}
+
+/// How a test slapd is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlapdOptions {
+    /// Load the syncprov overlay (RFC 4533 content synchronization).
+    pub syncprov: bool,
+    /// syncprov's session log of this many operations, so refreshes can name deletes instead
+    /// of falling back to a present phase. `None`: no session log.
+    pub session_log: Option<u32>,
+}
+
+impl Default for SlapdOptions {
+    fn default() -> Self {
+        SlapdOptions { syncprov: true, session_log: None }
+    }
 }
 
 impl Slapd {
@@ -56,6 +73,11 @@ impl Slapd {
 
     /// A slapd that also holds the entries of `ldif` (loaded offline with `slapadd -q`).
     pub fn start_with_ldif(ldif: Option<&Path>) -> Result<Self> {
+        Self::start_with(SlapdOptions::default(), ldif)
+    }
+
+    /// A slapd set up as `options` say, holding the entries of `ldif` too.
+    pub fn start_with(options: SlapdOptions, ldif: Option<&Path>) -> Result<Self> {
         let dir =
             tempfile::Builder::new().prefix("isthmus-slapd-").tempdir().map_err(io_err("create slapd folder", std::env::temp_dir()))?;
         let root = dir.path();
@@ -66,7 +88,7 @@ impl Slapd {
         let schema = root.join("samba-subset.schema");
         std::fs::write(&schema, SAMBA_SCHEMA).map_err(io_err("write schema", &schema))?;
         let conf = root.join("slapd.conf");
-        std::fs::write(&conf, slapd_conf(root, &schema, &data, &tls)).map_err(io_err("write slapd.conf", &conf))?;
+        std::fs::write(&conf, slapd_conf(root, &schema, &data, &tls, options)).map_err(io_err("write slapd.conf", &conf))?;
 
         let base = root.join("base.ldif");
         std::fs::write(&base, base_ldif()).map_err(io_err("write base LDIF", &base))?;
@@ -80,18 +102,29 @@ impl Slapd {
         for _ in 0..3 {
             let port = free_port(ip)?;
             let ldaps_port = free_port(ip)?;
-            let mut command = Command::new(slapd_program());
-            command.arg("-d").arg("0").arg("-h").arg(format!("ldap://{ip}:{port}/ ldaps://{ip}:{ldaps_port}/")).arg("-f").arg(&conf);
-            let mut process = ServerProcess::spawn("slapd", command, &root.join("slapd.out"))?;
-            match process.wait_until(Duration::from_secs(30), || answers(ip, port) && answers(ip, ldaps_port)) {
-                Ok(ready_after) => {
-                    tracing::info!(port, pid = process.pid(), ms = ready_after.as_millis() as u64, "slapd ready");
-                    return Ok(Slapd { process, dir, port, ldaps_port, tls, ready_after });
+            match spawn(root, port, ldaps_port) {
+                Ok((process, ready_after)) => {
+                    return Ok(Slapd { process: Some(process), dir, port, ldaps_port, tls, ready_after });
                 }
                 Err(err) => last_err = Some(err),
             }
         }
         Err(last_err.unwrap_or_else(|| crate::Error::NoAddress("slapd ports".into())))
+    }
+
+    /// Stops the server (as a crash or a network cut looks to clients); its data stays.
+    pub fn stop(&mut self) {
+        self.process = None;
+    }
+
+    /// Starts the stopped server again on the same ports with the same data.
+    pub fn resume(&mut self) -> Result<()> {
+        if self.process.is_none() {
+            let (process, ready_after) = spawn(self.dir.path(), self.port, self.ldaps_port)?;
+            self.process = Some(process);
+            self.ready_after = ready_after;
+        }
+        Ok(())
     }
 
     /// `ldap://127.0.0.1:<port>`.
@@ -110,9 +143,9 @@ impl Slapd {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
-    /// The slapd process id.
+    /// The slapd process id (0 while stopped).
     pub fn pid(&self) -> u32 {
-        self.process.pid()
+        self.process.as_ref().map_or(0, ServerProcess::pid)
     }
 
     /// An LDAPS connection bound as the root DN, with seeding helpers.
@@ -121,6 +154,23 @@ impl Slapd {
         conn.bind(ADMIN_DN, ADMIN_PASSWORD).await?;
         Ok(OpenLdapAdmin { conn })
     }
+}
+
+/// Starts slapd on `root`'s configuration and waits until both ports answer.
+fn spawn(root: &Path, port: u16, ldaps_port: u16) -> Result<(ServerProcess, Duration)> {
+    let ip = Ipv4Addr::LOCALHOST;
+    let mut command = Command::new(slapd_program());
+    command
+        .arg("-d")
+        .arg("0")
+        .arg("-h")
+        .arg(format!("ldap://{ip}:{port}/ ldaps://{ip}:{ldaps_port}/"))
+        .arg("-f")
+        .arg(root.join("slapd.conf"));
+    let mut process = ServerProcess::spawn("slapd", command, &root.join("slapd.out"))?;
+    let ready_after = process.wait_until(Duration::from_secs(30), || answers(ip, port) && answers(ip, ldaps_port))?;
+    tracing::info!(port, pid = process.pid(), ms = ready_after.as_millis() as u64, "slapd ready");
+    Ok((process, ready_after))
 }
 
 fn slapd_program() -> PathBuf {
@@ -134,7 +184,15 @@ fn slapadd(conf: &Path, ldif: &Path) -> Result<()> {
     Ok(())
 }
 
-fn slapd_conf(root: &Path, schema: &Path, data: &Path, tls: &TlsFiles) -> String {
+fn slapd_conf(root: &Path, schema: &Path, data: &Path, tls: &TlsFiles, options: SlapdOptions) -> String {
+    let mut overlay = String::new();
+    if options.syncprov {
+        overlay.push_str("overlay syncprov\nsyncprov-checkpoint 100 10\n");
+        if let Some(size) = options.session_log {
+            overlay.push_str(&format!("syncprov-sessionlog {size}\n"));
+        }
+    }
+    let module = if options.syncprov { "moduleload syncprov\n" } else { "" };
     format!(
         "include /etc/ldap/schema/core.schema\n\
          include /etc/ldap/schema/cosine.schema\n\
@@ -143,7 +201,7 @@ fn slapd_conf(root: &Path, schema: &Path, data: &Path, tls: &TlsFiles) -> String
          include {schema}\n\
          modulepath /usr/lib/ldap\n\
          moduleload back_mdb\n\
-         moduleload syncprov\n\
+         {module}\
          pidfile {root}/slapd.pid\n\
          argsfile {root}/slapd.args\n\
          TLSCACertificateFile {ca}\n\
@@ -159,8 +217,7 @@ fn slapd_conf(root: &Path, schema: &Path, data: &Path, tls: &TlsFiles) -> String
          index objectClass eq\n\
          index entryCSN,entryUUID eq\n\
          index uid,mail eq\n\
-         overlay syncprov\n\
-         syncprov-checkpoint 100 10\n",
+         {overlay}",
         schema = schema.display(),
         root = root.display(),
         ca = tls.ca_pem.display(),
