@@ -1,5 +1,6 @@
 //! `cargo xtask bench-import`: full import of a bulk-loaded Samba template through the AD
-//! connector, next to `ldapsearch` paging through the same entries over LDAPS (the floor).
+//! connector, and of a bulk-loaded slapd through the generic LDAP connector, each next to
+//! `ldapsearch` paging through the same entries over LDAPS (the floor).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -7,13 +8,18 @@ use std::time::Instant;
 
 use anyhow::Context;
 use testkit::samba::{SambaConfig, SambaDc, SambaTemplate};
+use testkit::slapd::{Slapd, SlapdOptions};
 
 /// Options of `bench-import`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A Samba template folder loaded by `cargo xtask gen-directory --samba-template`.
     #[arg(long)]
-    samba_template: PathBuf,
+    samba_template: Option<PathBuf>,
+    /// An OpenLDAP LDIF written by `cargo xtask gen-directory` (`openldap.ldif`), loaded into a
+    /// fresh slapd with `slapadd` before the run.
+    #[arg(long)]
+    openldap_ldif: Option<PathBuf>,
     /// Its realm.
     #[arg(long, default_value = "CORP.EXAMPLE.TEST")]
     realm: String,
@@ -22,18 +28,55 @@ pub struct Args {
     page_size: u32,
 }
 
-/// Runs the benchmark and prints one line per measurement.
+/// Runs the benchmarks asked for and prints one line per measurement.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let config = SambaConfig::forest(&args.realm, args.realm.split('.').next().unwrap_or("CORP"));
-    let template = SambaTemplate::at(&args.samba_template, config.clone());
-    let dc = SambaDc::start_from(&template)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    anyhow::ensure!(args.samba_template.is_some() || args.openldap_ldif.is_some(), "give --samba-template, --openldap-ldif or both");
+    if let Some(template) = &args.samba_template {
+        samba(args, template)?;
+    }
+    if let Some(ldif) = &args.openldap_ldif {
+        openldap(args, ldif)?;
+    }
+    Ok(())
+}
 
+fn samba(args: &Args, template: &std::path::Path) -> anyhow::Result<()> {
+    let config = SambaConfig::forest(&args.realm, args.realm.split('.').next().unwrap_or("CORP"));
+    let template = SambaTemplate::at(template, config.clone());
+    let dc = SambaDc::start_from(&template)?;
     let bind = connector_ldap::Bind::Simple { dn: dc.admin_dn(), password: config.admin_password.clone().into() };
     let mut settings =
         connector_ldap::LdapConfig::new(&config.realm.to_lowercase(), connector_ldap::Flavour::ActiveDirectory, &dc.ip().to_string(), bind);
     settings.ca_file = Some(dc.ca_pem().to_path_buf());
     settings.page_size = args.page_size;
+    connector_import("AD connector", settings)?;
+
+    // The floor: the same filter and every attribute, paged, over LDAPS, output discarded.
+    let filter = "(&(|(objectClass=user)(objectClass=group)(objectClass=contact)(objectClass=inetOrgPerson))(!(objectClass=computer)))";
+    let login = ["-D", &dc.admin_dn(), "-w", &config.admin_password, "-b", &dc.base_dn()].map(String::from);
+    ldapsearch(&dc.ldaps_url(), dc.ca_pem(), &login, filter, &["*"], args.page_size)
+}
+
+fn openldap(args: &Args, ldif: &std::path::Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let slapd = Slapd::start_with(SlapdOptions { syncprov: true, session_log: Some(10_000) }, Some(ldif))?;
+    println!("slapd loaded {} with slapadd and started in {:.1} s", ldif.display(), started.elapsed().as_secs_f64());
+    let bind =
+        connector_ldap::Bind::Simple { dn: testkit::slapd::ADMIN_DN.into(), password: testkit::slapd::ADMIN_PASSWORD.to_string().into() };
+    let host = slapd.ldaps_url().trim_start_matches("ldaps://").to_string();
+    let mut settings = connector_ldap::LdapConfig::new("openldap", connector_ldap::Flavour::Generic, &host, bind);
+    settings.ca_file = Some(slapd.ca_pem().to_path_buf());
+    settings.page_size = args.page_size;
+    connector_import("generic LDAP connector", settings)?;
+
+    let filter = "(|(objectClass=inetOrgPerson)(objectClass=posixAccount)(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))";
+    let login = ["-D", testkit::slapd::ADMIN_DN, "-w", testkit::slapd::ADMIN_PASSWORD, "-b", testkit::slapd::SUFFIX].map(String::from);
+    ldapsearch(&slapd.ldaps_url(), slapd.ca_pem(), &login, filter, &["*", "entryUUID"], args.page_size)
+}
+
+/// A full import through the connector, pages counted, changes dropped.
+fn connector_import(name: &str, settings: connector_ldap::LdapConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let (objects, pages, seconds) = runtime.block_on(async {
         let started = Instant::now();
         let connector = connector_ldap::open(settings).await?;
@@ -50,20 +93,24 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         anyhow::Ok((objects, pages, started.elapsed().as_secs_f64()))
     })?;
-    println!("connector full import: {objects} objects in {pages} pages, {seconds:.1} s ({:.0} objects/s)", objects as f64 / seconds);
+    println!("{name} full import: {objects} objects in {pages} pages, {seconds:.1} s ({:.0} objects/s)", objects as f64 / seconds);
+    Ok(())
+}
 
-    // The floor: the same filter and every attribute, paged, over LDAPS, output discarded.
-    let filter = "(&(|(objectClass=user)(objectClass=group)(objectClass=contact)(objectClass=inetOrgPerson))(!(objectClass=computer)))";
+/// `ldapsearch` paging through `filter` over LDAPS, output counted and discarded.
+fn ldapsearch(url: &str, ca: &std::path::Path, login: &[String], filter: &str, attributes: &[&str], page_size: u32) -> anyhow::Result<()> {
     let started = Instant::now();
     let output = Command::new("ldapsearch")
-        .env("LDAPTLS_CACERT", dc.ca_pem())
-        .args(["-LLL", "-x", "-H", &dc.ldaps_url(), "-D", &dc.admin_dn(), "-w", &config.admin_password, "-b", &dc.base_dn()])
-        .args(["-E", &format!("pr={}/noprompt", args.page_size), filter, "*"])
+        .env("LDAPTLS_CACERT", ca)
+        .args(["-LLL", "-x", "-H", url])
+        .args(login)
+        .args(["-E", &format!("pr={page_size}/noprompt"), filter])
+        .args(attributes)
         .output()
         .context("run ldapsearch")?;
     let seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(output.status.success(), "ldapsearch failed: {}", String::from_utf8_lossy(&output.stderr));
     let entries = output.stdout.split(|&byte| byte == b'\n').filter(|line| line.starts_with(b"dn:")).count();
-    println!("ldapsearch paging:     {entries} entries, {seconds:.1} s ({:.0} entries/s)", entries as f64 / seconds);
+    println!("ldapsearch paging: {entries} entries, {seconds:.1} s ({:.0} entries/s)", entries as f64 / seconds);
     Ok(())
 }

@@ -14,6 +14,7 @@
 //!   scope now, a delete when it moved out (OU filtering).
 //! - otherwise → attribute changes ([`ImportChange::Modify`]) for objects in scope.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -74,15 +75,50 @@ struct Directory {
     parameters: Vec<(String, String)>,
 }
 
+/// The pilot group of group-based filtering, as read at the start of the current import.
+#[derive(Debug, Clone)]
+struct Pilot {
+    guid: Vec<u8>,
+    /// Its direct members' DNs, lower case.
+    members: HashSet<String>,
+}
+
 /// The AD import capability.
 pub(crate) struct AdImport {
     pub session: Arc<Session>,
     directory: OnceCell<Directory>,
+    pilot: std::sync::Mutex<Option<Pilot>>,
 }
 
 impl AdImport {
     pub fn new(session: Arc<Session>) -> Self {
-        AdImport { session, directory: OnceCell::new() }
+        AdImport { session, directory: OnceCell::new(), pilot: std::sync::Mutex::new(None) }
+    }
+
+    fn pilot(&self) -> Option<Pilot> {
+        self.pilot.lock().map(|pilot| pilot.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Reads the pilot group's members (at the start of every import; by GUID once known, so a
+    /// renamed group keeps working).
+    async fn refresh_pilot(&self) -> Result<(), ConnectorError> {
+        let Some(configured) = &self.session.config.pilot_group else { return Ok(()) };
+        let base = match self.pilot() {
+            Some(pilot) => format!("<GUID={}>", hex(&pilot.guid)),
+            None => configured.clone(),
+        };
+        let wanted = ["objectGUID".to_string(), "member".to_string()];
+        let group = self.session.read(&base, "(objectClass=group)", &wanted).await?;
+        let group = group.ok_or_else(|| ConnectorError::Config(format!("pilot_group {configured} does not exist (or is not a group)")))?;
+        let guid = raw_values(&group, "objectGUID").first().map(|guid| guid.to_vec()).unwrap_or_default();
+        let members = raw_values(&group, "member").iter().map(|dn| String::from_utf8_lossy(dn).to_lowercase()).collect();
+        let pilot = Pilot { guid, members };
+        tracing::debug!(connector = %self.session.config.id, members = pilot.members.len(), "pilot group read");
+        match self.pilot.lock() {
+            Ok(mut slot) => *slot = Some(pilot),
+            Err(poisoned) => *poisoned.into_inner() = Some(pilot),
+        }
+        Ok(())
     }
 
     async fn directory(&self) -> Result<&Directory, ConnectorError> {
@@ -97,7 +133,12 @@ impl AdImport {
     fn filter(&self) -> String {
         let classes: String = self.session.config.object_types().iter().map(|class| format!("(objectClass={class})")).collect();
         // Computers (and managed service accounts) are users to LDAP; they are never synced.
-        format!("(&(|{classes})(!(objectClass=computer)))")
+        let filter = format!("(&(|{classes})(!(objectClass=computer)))");
+        match self.pilot() {
+            // The pilot group's own changes (members added and removed) are needed whatever its type.
+            Some(pilot) => format!("(|{filter}(objectGUID={}))", escape_binary(&pilot.guid)),
+            None => filter,
+        }
     }
 
     fn attributes(&self) -> Vec<String> {
@@ -120,6 +161,7 @@ impl AdImport {
 
     fn in_scope(&self, directory: &Directory, dn: &str) -> bool {
         self.session.config.in_scope(&directory.naming_contexts, dn)
+            && self.pilot().is_none_or(|pilot| pilot.members.contains(&dn.to_lowercase()))
     }
 
     /// The configured object type of an entry: its most specific class that is configured.
@@ -190,6 +232,7 @@ impl AdImport {
             Some(bytes) => serde_json::from_slice::<FullCursor>(bytes)
                 .map_err(|err| ConnectorError::Config(format!("not a full-import cursor of this connector: {err}")))?,
             None => {
+                self.refresh_pilot().await?;
                 let mut cookies = Vec::new();
                 for nc in &directory.naming_contexts {
                     // A cookie does not depend on the filter: both streams start at "now".
@@ -247,6 +290,7 @@ impl AdImport {
                 if stored != expected.iter().map(String::as_str).collect::<Vec<_>>() {
                     return Err(ConnectorError::WatermarkExpired("the naming contexts changed since the last import".into()));
                 }
+                self.refresh_pilot().await?;
                 DeltaCursor { nc: 0, watermark }
             }
         };
@@ -270,7 +314,10 @@ impl AdImport {
             None => self.dirsync(&stream, &cookie, &self.filter(), &self.attributes()).await?,
         };
         for entry in entries {
-            if let Some(change) = self.delta_change(directory, entry).await? {
+            let pilot = self.pilot().filter(|pilot| raw_values(&entry, "objectGUID").first().is_some_and(|guid| *guid == pilot.guid));
+            if pilot.is_some() {
+                changes.extend(self.pilot_change(directory, &entry).await?);
+            } else if let Some(change) = self.delta_change(directory, entry).await? {
                 changes.push(change);
             }
         }
@@ -308,6 +355,31 @@ impl AdImport {
                 None => return Ok(changes),
             }
         }
+    }
+
+    /// The pilot group changed: members added come in whole, members removed leave.
+    async fn pilot_change(&self, directory: &Directory, entry: &SearchEntry) -> Result<Vec<ImportChange>, ConnectorError> {
+        let mut changes = Vec::new();
+        let keys: Vec<&String> = entry.attrs.keys().chain(entry.bin_attrs.keys()).collect();
+        for key in keys {
+            let (added, removed) = match parse_range(key) {
+                Some((name, (1, Some(1)))) if name.eq_ignore_ascii_case("member") => (true, false),
+                Some((name, (0, Some(0)))) if name.eq_ignore_ascii_case("member") => (false, true),
+                // The whole list (a new group, or a server without incremental values).
+                None if key.eq_ignore_ascii_case("member") => (true, false),
+                _ => continue,
+            };
+            for dn in raw_values(entry, key) {
+                let dn = String::from_utf8_lossy(dn).into_owned();
+                let Some(found) = self.session.read(&dn, &self.filter(), &self.attributes()).await? else { continue };
+                if added && self.in_scope(directory, &found.dn) {
+                    changes.extend(self.upsert(directory, found));
+                } else if removed && let Some(guid) = raw_values(&found, "objectGUID").first() {
+                    changes.push(ImportChange::Delete { anchor: Anchor(guid.to_vec()) });
+                }
+            }
+        }
+        Ok(changes)
     }
 
     async fn delta_change(&self, directory: &Directory, mut entry: SearchEntry) -> Result<Option<ImportChange>, ConnectorError> {
@@ -384,6 +456,11 @@ pub(crate) fn paged_cookie(result: &ldap3::LdapResult) -> Result<Option<Vec<u8>>
         [Item::Integer(_), Item::Bytes(cookie)] => Ok((!cookie.is_empty()).then(|| cookie.clone())),
         _ => Err(ConnectorError::Unavailable("paged-results response has an unexpected shape".into())),
     }
+}
+
+/// Bytes as an LDAP filter value (`\\01\\ab…`).
+fn escape_binary(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("\\{byte:02x}")).collect()
 }
 
 fn encode(watermark: &Watermark) -> Result<Vec<u8>, ConnectorError> {

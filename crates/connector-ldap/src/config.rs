@@ -112,6 +112,11 @@ pub struct LdapConfig {
     /// OU filtering: objects under these containers are out of scope (wins over `include_ous`).
     #[serde(default)]
     pub exclude_ous: Vec<String>,
+    /// Group-based (pilot) filtering, Active Directory only: only direct members of this group
+    /// are in scope (not members of nested groups, and not the group itself), as in Entra
+    /// Connect. Applied with the other filters; the group's OU need not be in scope.
+    #[serde(default)]
+    pub pilot_group: Option<String>,
     /// Search page size (AD's default MaxPageSize is 1,000).
     #[serde(default = "default_page_size")]
     pub page_size: u32,
@@ -161,6 +166,7 @@ impl LdapConfig {
             attributes: Vec::new(),
             include_ous: Vec::new(),
             exclude_ous: Vec::new(),
+            pilot_group: None,
             page_size: default_page_size(),
             range_size: None,
             timeout_seconds: default_timeout(),
@@ -208,6 +214,14 @@ impl LdapConfig {
             && (dn.is_empty() || password.is_empty())
         {
             problems.push("a simple bind needs both `dn` and `password` (an empty password is an anonymous bind)".to_string());
+        }
+        if let Some(group) = &self.pilot_group {
+            if self.flavour != Flavour::ActiveDirectory {
+                problems.push("`pilot_group` applies to Active Directory only".to_string());
+            }
+            if let Err(err) = model::Dn::parse(group) {
+                problems.push(format!("`pilot_group`: {group:?} is not a DN: {err}"));
+            }
         }
         for (setting, dns) in
             [("include_ous", &self.include_ous), ("exclude_ous", &self.exclude_ous), ("naming_contexts", &self.naming_contexts)]

@@ -224,3 +224,66 @@ async fn a_5000_member_group_is_read_whole_through_range_retrieval() {
     assert_eq!(read.len(), 5000);
     assert_eq!(read, members, "every member, once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pilot_group_filtering_follows_direct_membership() {
+    let Some(dc) = testkit::available(SambaDc::start_default()) else { return };
+    let mut admin = dc.admin().await.unwrap();
+    let ou = common::fresh_ou(&mut admin, "Pilot", None).await;
+    let elsewhere = common::fresh_ou(&mut admin, "Groups", None).await;
+    let ann = admin.create_user(&user("pann", &ou)).await.unwrap();
+    let bob = admin.create_user(&user("pbob", &ou)).await.unwrap();
+    let cid = admin.create_user(&user("pcid", &ou)).await.unwrap();
+    let nested = admin.create_group("pnested", Some(&ou), &[&cid]).await.unwrap();
+    let pilot = admin.create_group("pilot", Some(&elsewhere), &[&ann, &nested]).await.unwrap();
+
+    let mut config = common::config(&dc);
+    config.include_ous = vec![ou.clone()];
+    config.pilot_group = Some("CN=nope,".to_string() + &elsewhere);
+    let wrong = connector_ldap::open(config.clone()).await.unwrap();
+    let err = wrong.import.full_page(None).await.expect_err("a pilot group that does not exist");
+    assert!(err.to_string().contains("pilot_group"), "{err}");
+
+    config.pilot_group = Some(pilot.clone());
+    let connector = connector_ldap::open(config).await.unwrap();
+    let (full, watermark) = full_import(&connector).await;
+    let found: Vec<String> = full
+        .iter()
+        .filter_map(|change| match change {
+            ImportChange::Upsert { dn, .. } => Some(dn.to_lowercase()),
+            _ => None,
+        })
+        .collect();
+    let mut found = found;
+    found.sort();
+    let mut expected = vec![ann.to_lowercase(), nested.to_lowercase()];
+    expected.sort();
+    assert_eq!(found, expected, "direct members only: not cid (nested), not the pilot group");
+
+    // Membership changes move objects in and out; other objects' changes stay out.
+    admin.add_members(&pilot, &[&bob]).await.unwrap();
+    admin.remove_members(&pilot, &[&ann]).await.unwrap();
+    admin.conn().replace(&cid, "description", &["not in the pilot"]).await.unwrap();
+    let (delta, watermark) = delta_import(&connector, &watermark).await;
+    assert!(upsert_of(&delta, &bob).is_some(), "bob joined the pilot: {delta:#?}");
+    let ann_anchor = anchor_of(&full, &ann);
+    assert!(delta.iter().any(|change| matches!(change, ImportChange::Delete { anchor } if *anchor == ann_anchor)), "ann left: {delta:#?}");
+    assert!(
+        !delta.iter().any(
+            |change| matches!(change, ImportChange::Upsert { dn, .. } | ImportChange::Modify { dn, .. } if dn.eq_ignore_ascii_case(&cid))
+        ),
+        "cid is still out"
+    );
+    admin.conn().replace(&bob, "description", &["piloting"]).await.unwrap();
+    let (later, _) = delta_import(&connector, &watermark).await;
+    assert!(
+        later.iter().any(|change| matches!(change, ImportChange::Modify { dn, .. } if dn.eq_ignore_ascii_case(&bob))),
+        "a member's own change comes through: {later:#?}"
+    );
+    let (fresh, _) = full_import(&connector).await;
+    assert_eq!(
+        connector_space(&[(&full, true), (&delta, false), (&later, false)]).await,
+        connector_space(&[(&fresh, true)]).await,
+        "full import + deltas = a fresh full import"
+    );
+}
