@@ -332,6 +332,7 @@ fn smb_conf_text(root: &Path, config: &SambaConfig, ip: std::net::Ipv4Addr, tls:
          \tlogging = file\n\
          \tlog level = 1\n\
          \tidmap_ldb:use rfc2307 = yes\n\
+         \tdsdb:schema update allowed = yes\n\
          \ttls enabled = yes\n\
          \ttls keyfile = {key}\n\
          \ttls certfile = {cert}\n\
@@ -488,6 +489,32 @@ impl AdAdmin {
     pub async fn remove_members(&mut self, group_dn: &str, members: &[&str]) -> Result<()> {
         let values = members.iter().map(|dn| dn.as_bytes().to_vec()).collect();
         self.conn.modify(group_dn, vec![Mod::Delete(b"member".to_vec(), values)]).await
+    }
+
+    /// Extends the schema with Exchange's `msExchMasterAccountSid` (a SID-syntax attribute users
+    /// may carry), for account-resource forest tests; Samba ships no Exchange schema. Once per
+    /// domain: a second call is an error (the attribute exists).
+    pub async fn add_exchange_master_account_sid(&mut self) -> Result<()> {
+        let schema = format!("CN=Schema,CN=Configuration,{}", self.base_dn);
+        let dn = format!("CN=ms-Exch-Master-Account-Sid,{schema}");
+        let attrs = vec![
+            attr("objectClass", &["attributeSchema"]),
+            attr("lDAPDisplayName", &["msExchMasterAccountSid"]),
+            // An OID of our own (Samba's test arc); Exchange's real one is not needed to test joins.
+            attr("attributeID", &["1.3.6.1.4.1.7165.4.255.1"]),
+            attr("attributeSyntax", &["2.5.5.17"]),
+            attr("oMSyntax", &["4"]),
+            attr("isSingleValued", &["TRUE"]),
+        ];
+        self.conn.add(&dn, attrs).await?;
+        self.schema_update_now().await?;
+        let user_class = format!("CN=User,{schema}");
+        self.conn.modify(&user_class, vec![Mod::Add(b"mayContain".to_vec(), [b"msExchMasterAccountSid".to_vec()].into())]).await?;
+        self.schema_update_now().await
+    }
+
+    async fn schema_update_now(&mut self) -> Result<()> {
+        self.conn.modify("", vec![Mod::Add(b"schemaUpdateNow".to_vec(), [b"1".to_vec()].into())]).await
     }
 
     /// Creates a mail contact; returns its DN.
