@@ -67,17 +67,63 @@ fn openldap(args: &Args, ldif: &std::path::Path) -> anyhow::Result<()> {
     let mut settings = connector_ldap::LdapConfig::new("openldap", connector_ldap::Flavour::Generic, &host, bind);
     settings.ca_file = Some(slapd.ca_pem().to_path_buf());
     settings.page_size = args.page_size;
-    connector_import("generic LDAP connector", settings)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let watermark = connector_import_on(&runtime, "generic LDAP connector", settings.clone())?;
+    runtime.block_on(deltas(&slapd, settings, watermark))?;
 
     let filter = "(|(objectClass=inetOrgPerson)(objectClass=posixAccount)(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))";
     let login = ["-D", testkit::slapd::ADMIN_DN, "-w", testkit::slapd::ADMIN_PASSWORD, "-b", testkit::slapd::SUFFIX].map(String::from);
     ldapsearch(&slapd.ldaps_url(), slapd.ca_pem(), &login, filter, &["*", "entryUUID"], args.page_size)
 }
 
+/// Two syncrepl deltas after the full import: 100 people changed (the session log names the
+/// changes), then a renamed OU (a presence pass over every entry).
+async fn deltas(slapd: &Slapd, settings: connector_ldap::LdapConfig, watermark: Vec<u8>) -> anyhow::Result<()> {
+    let connector = connector_ldap::open(settings).await?;
+    let mut admin = slapd.admin().await?;
+    let people = admin
+        .conn()
+        .search(&format!("ou=people,{}", testkit::slapd::SUFFIX), ldap3::Scope::OneLevel, "(objectClass=inetOrgPerson)", &["1.1"])
+        .await?;
+    for entry in people.iter().take(100) {
+        admin.conn().replace(&entry.dn, "title", &["Benchmarked"]).await?;
+    }
+    let (changes, watermark, complete, seconds) = delta(&connector, &watermark).await?;
+    println!("syncrepl delta after 100 modifies: {changes} changes, complete={complete}, {seconds:.2} s");
+    admin.conn().rename(&format!("ou=groups,{}", testkit::slapd::SUFFIX), "ou=teams", None).await?;
+    let (changes, _, complete, seconds) = delta(&connector, &watermark).await?;
+    println!("syncrepl delta after an OU rename (presence pass): {changes} changes, complete={complete}, {seconds:.1} s");
+    Ok(())
+}
+
+/// One delta import: changes, the last watermark, whether it was complete, seconds.
+async fn delta(connector: &connector_api::Connector, watermark: &[u8]) -> anyhow::Result<(usize, Vec<u8>, bool, f64)> {
+    let started = Instant::now();
+    let (mut changes, mut last, mut complete) = (0usize, watermark.to_vec(), false);
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let page = connector.import.delta_page(watermark, cursor.as_deref()).await?;
+        changes += page.changes.len();
+        complete |= page.complete;
+        if let Some(mark) = page.watermark {
+            last = mark;
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok((changes, last, complete, started.elapsed().as_secs_f64())),
+        }
+    }
+}
+
 /// A full import through the connector, pages counted, changes dropped.
 fn connector_import(name: &str, settings: connector_ldap::LdapConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let (objects, pages, seconds) = runtime.block_on(async {
+    connector_import_on(&runtime, name, settings).map(|_| ())
+}
+
+/// A full import on `runtime`; returns its watermark.
+fn connector_import_on(runtime: &tokio::runtime::Runtime, name: &str, settings: connector_ldap::LdapConfig) -> anyhow::Result<Vec<u8>> {
+    let (objects, pages, seconds, watermark) = runtime.block_on(async {
         let started = Instant::now();
         let connector = connector_ldap::open(settings).await?;
         let (mut objects, mut pages) = (0usize, 0usize);
@@ -88,13 +134,15 @@ fn connector_import(name: &str, settings: connector_ldap::LdapConfig) -> anyhow:
             pages += 1;
             match page.next {
                 Some(next) => cursor = Some(next),
-                None => break,
+                None => {
+                    let watermark = page.watermark.unwrap_or_default();
+                    return anyhow::Ok((objects, pages, started.elapsed().as_secs_f64(), watermark));
+                }
             }
         }
-        anyhow::Ok((objects, pages, started.elapsed().as_secs_f64()))
     })?;
     println!("{name} full import: {objects} objects in {pages} pages, {seconds:.1} s ({:.0} objects/s)", objects as f64 / seconds);
-    Ok(())
+    Ok(watermark)
 }
 
 /// `ldapsearch` paging through `filter` over LDAPS, output counted and discarded.
