@@ -20,7 +20,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use connector_api::{BoxFuture, ConnectorError, Import, ImportPage};
-use ldap3::controls::{PagedResults, RawControl};
+use ldap3::controls::RawControl;
 use ldap3::{Scope, SearchEntry};
 use model::{Anchor, AttrChange, Dn, ImportChange};
 use serde::{Deserialize, Serialize};
@@ -36,8 +36,6 @@ pub const DIRSYNC_OID: &str = "1.2.840.113556.1.4.841";
 const INCREMENTAL_VALUES: u32 = 0x8000_0000;
 /// How one DirSync attribute becomes a change.
 type MakeChange = fn(String, Vec<model::AttrValue>) -> AttrChange;
-
-const PAGED_OID: &str = "1.2.840.113556.1.4.319";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Watermark {
@@ -248,8 +246,7 @@ impl AdImport {
             return Ok(ImportPage { changes: Vec::new(), next: None, watermark: Some(encode(&state.watermark)?), complete: false });
         };
         let paged = B64.decode(&state.paged).map_err(|err| ConnectorError::Config(format!("bad paging cookie in the cursor: {err}")))?;
-        let control: RawControl = PagedResults { size: self.session.config.page_size as i32, cookie: paged }.into();
-        let (entries, result) = self.session.search(base, Scope::Subtree, &self.filter(), &self.attributes(), vec![control]).await?;
+        let (entries, next_cookie) = self.session.search_page(base, Scope::Subtree, &self.filter(), &self.attributes(), paged).await?;
         let mut changes = Vec::with_capacity(entries.len());
         for mut entry in entries {
             if !self.in_scope(directory, &entry.dn) {
@@ -260,7 +257,6 @@ impl AdImport {
                 changes.push(change);
             }
         }
-        let next_cookie = paged_cookie(&result)?.unwrap_or_default();
         if next_cookie.is_empty() {
             state.scope += 1;
             state.paged.clear();
@@ -299,7 +295,7 @@ impl AdImport {
         };
         let cookie = B64.decode(cookie).map_err(|_| ConnectorError::WatermarkExpired("the stored DirSync cookie is not base64".into()))?;
         let mut changes = Vec::new();
-        let (entries, more, next_cookie) = match stream.strip_prefix(CONTAINERS) {
+        let (more, next_cookie) = match stream.strip_prefix(CONTAINERS) {
             Some(nc) => {
                 let (entries, more, next_cookie) = self.dirsync(nc, &cookie, CONTAINER_FILTER, &["name".to_string()]).await?;
                 for entry in &entries {
@@ -309,18 +305,22 @@ impl AdImport {
                         changes.extend(self.subtree(directory, &entry.dn).await?);
                     }
                 }
-                (Vec::new(), more, next_cookie)
+                (more, next_cookie)
             }
-            None => self.dirsync(&stream, &cookie, &self.filter(), &self.attributes()).await?,
+            None => {
+                let (entries, more, next_cookie) = self.dirsync(&stream, &cookie, &self.filter(), &self.attributes()).await?;
+                for entry in entries {
+                    let pilot =
+                        self.pilot().filter(|pilot| raw_values(&entry, "objectGUID").first().is_some_and(|guid| *guid == pilot.guid));
+                    if pilot.is_some() {
+                        changes.extend(self.pilot_change(directory, &entry).await?);
+                    } else if let Some(change) = self.delta_change(directory, entry).await? {
+                        changes.push(change);
+                    }
+                }
+                (more, next_cookie)
+            }
         };
-        for entry in entries {
-            let pilot = self.pilot().filter(|pilot| raw_values(&entry, "objectGUID").first().is_some_and(|guid| *guid == pilot.guid));
-            if pilot.is_some() {
-                changes.extend(self.pilot_change(directory, &entry).await?);
-            } else if let Some(change) = self.delta_change(directory, entry).await? {
-                changes.push(change);
-            }
-        }
         state.watermark.cookies[state.nc].1 = B64.encode(next_cookie);
         if !more {
             state.nc += 1;
@@ -337,24 +337,15 @@ impl AdImport {
     /// scope, deletes for objects the move took out of scope.
     async fn subtree(&self, directory: &Directory, base: &str) -> Result<Vec<ImportChange>, ConnectorError> {
         let mut changes = Vec::new();
-        let mut cookie = Vec::new();
-        loop {
-            let control: RawControl =
-                PagedResults { size: self.session.config.page_size as i32, cookie: std::mem::take(&mut cookie) }.into();
-            let (entries, result) = self.session.search(base, Scope::Subtree, &self.filter(), &self.attributes(), vec![control]).await?;
-            for mut entry in entries {
-                if self.in_scope(directory, &entry.dn) {
-                    self.session.complete_ranges(&mut entry).await?;
-                    changes.extend(self.upsert(directory, entry));
-                } else if let Some(guid) = raw_values(&entry, "objectGUID").first() {
-                    changes.push(ImportChange::Delete { anchor: Anchor(guid.to_vec()) });
-                }
-            }
-            match paged_cookie(&result)? {
-                Some(next) => cookie = next,
-                None => return Ok(changes),
+        for mut entry in self.session.search_all(base, Scope::Subtree, &self.filter(), &self.attributes()).await? {
+            if self.in_scope(directory, &entry.dn) {
+                self.session.complete_ranges(&mut entry).await?;
+                changes.extend(self.upsert(directory, entry));
+            } else if let Some(guid) = raw_values(&entry, "objectGUID").first() {
+                changes.push(ImportChange::Delete { anchor: Anchor(guid.to_vec()) });
             }
         }
+        Ok(changes)
     }
 
     /// The pilot group changed: members added come in whole, members removed leave.
@@ -447,17 +438,6 @@ impl Import for AdImport {
     }
 }
 
-/// The paged-results cookie of a search result; `None` on the last page.
-pub(crate) fn paged_cookie(result: &ldap3::LdapResult) -> Result<Option<Vec<u8>>, ConnectorError> {
-    let Some(value) = result.ctrls.iter().find(|control| control.1.ctype == PAGED_OID).and_then(|control| control.1.val.as_deref()) else {
-        return Ok(None);
-    };
-    match ber::read_sequence(value).map_err(|err| ConnectorError::Unavailable(format!("paged-results response: {err}")))?.as_slice() {
-        [Item::Integer(_), Item::Bytes(cookie)] => Ok((!cookie.is_empty()).then(|| cookie.clone())),
-        _ => Err(ConnectorError::Unavailable("paged-results response has an unexpected shape".into())),
-    }
-}
-
 /// Bytes as an LDAP filter value (`\\01\\ab…`).
 fn escape_binary(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("\\{byte:02x}")).collect()
@@ -518,26 +498,15 @@ async fn discover(session: &Session) -> Result<Directory, ConnectorError> {
     schema.skip("nTSecurityDescriptor");
     if let Some(schema_nc) = first("schemaNamingContext") {
         let attributes = ["lDAPDisplayName", "attributeSyntax", "systemFlags", "linkID"].map(String::from);
-        let mut cookie = Vec::new();
-        loop {
-            let control: RawControl = PagedResults { size: 1000, cookie: std::mem::take(&mut cookie) }.into();
-            let (entries, result) =
-                session.search(&schema_nc, Scope::OneLevel, "(objectClass=attributeSchema)", &attributes, vec![control]).await?;
-            for entry in &entries {
-                if let (Some(name), Some(syntax)) =
-                    (raw_values(entry, "lDAPDisplayName").first(), raw_values(entry, "attributeSyntax").first())
-                {
-                    let name = String::from_utf8_lossy(name);
-                    schema.set_ad(&name, &String::from_utf8_lossy(syntax));
-                    let number = |attribute: &str| {
-                        raw_values(entry, attribute).first().and_then(|value| std::str::from_utf8(value).ok()?.trim().parse::<i64>().ok())
-                    };
-                    schema.set_ad_flags(&name, number("systemFlags").unwrap_or(0), number("linkID"));
-                }
-            }
-            match paged_cookie(&result)? {
-                Some(next) => cookie = next,
-                None => break,
+        for entry in &session.search_all(&schema_nc, Scope::OneLevel, "(objectClass=attributeSchema)", &attributes).await? {
+            if let (Some(name), Some(syntax)) = (raw_values(entry, "lDAPDisplayName").first(), raw_values(entry, "attributeSyntax").first())
+            {
+                let name = String::from_utf8_lossy(name);
+                schema.set_ad(&name, &String::from_utf8_lossy(syntax));
+                let number = |attribute: &str| {
+                    raw_values(entry, attribute).first().and_then(|value| std::str::from_utf8(value).ok()?.trim().parse::<i64>().ok())
+                };
+                schema.set_ad_flags(&name, number("systemFlags").unwrap_or(0), number("linkID"));
             }
         }
     }

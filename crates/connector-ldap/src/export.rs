@@ -11,7 +11,7 @@ use model::{Anchor, AttrChange, Dn, PendingExport};
 
 use crate::config::Flavour;
 use crate::schema::wire;
-use crate::session::{Session, raw_values, result_error};
+use crate::session::{Session, raw_values};
 
 /// The export capability (both flavours).
 pub(crate) struct LdapExport {
@@ -27,14 +27,7 @@ impl LdapExport {
     }
 
     async fn check(&self, operation: String, outcome: ldap3::result::Result<LdapResult>) -> Result<(), ConnectorError> {
-        match outcome {
-            Ok(result) if result.rc == 0 => Ok(()),
-            Ok(result) => Err(result_error(&operation, &result)),
-            Err(err) => {
-                self.session.forget().await;
-                Err(ConnectorError::Unavailable(format!("{operation}: {err}")))
-            }
-        }
+        self.session.check(&operation, outcome).await
     }
 
     async fn run(&self, request: &ExportRequest) -> Result<ExportOutcome, ConnectorError> {

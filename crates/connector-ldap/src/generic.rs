@@ -23,7 +23,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use connector_api::{BoxFuture, ConnectorError, Import, ImportPage};
 use ldap3::asn1::{PL, TagClass};
-use ldap3::controls::{PagedResults, RawControl};
+use ldap3::controls::RawControl;
 use ldap3::{ResultEntry, Scope, SearchEntry};
 use model::{Anchor, ImportChange};
 use serde::{Deserialize, Serialize};
@@ -182,9 +182,7 @@ impl GenericImport {
         paged: &str,
     ) -> Result<(Vec<SearchEntry>, String), ConnectorError> {
         let cookie = B64.decode(paged).map_err(|err| ConnectorError::Config(format!("bad paging cookie in the cursor: {err}")))?;
-        let control: RawControl = PagedResults { size: self.session.config.page_size as i32, cookie }.into();
-        let (entries, result) = self.session.search(base, Scope::Subtree, filter, attributes, vec![control]).await?;
-        let next = crate::ad::paged_cookie(&result)?.unwrap_or_default();
+        let (entries, next) = self.session.search_page(base, Scope::Subtree, filter, attributes, cookie).await?;
         Ok((entries, B64.encode(next)))
     }
 

@@ -6,10 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use connector_api::ConnectorError;
-use ldap3::controls::RawControl;
+use ldap3::controls::{PagedResults, RawControl};
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapResult, Scope, SearchEntry};
 
+use crate::ber::{self, Item};
 use crate::config::{Bind, LdapConfig, Transport};
+
+/// The simple paged results control (RFC 2696).
+const PAGED_OID: &str = "1.2.840.113556.1.4.319";
 
 /// The connection of one connector.
 pub(crate) struct Session {
@@ -109,6 +113,57 @@ impl Session {
         Ok((entries, result))
     }
 
+    /// One page of a paged subtree or one-level search from `cookie` (empty: the first page);
+    /// the entries and the cookie of the next page (empty after the last).
+    pub async fn search_page(
+        &self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attributes: &[String],
+        cookie: Vec<u8>,
+    ) -> Result<(Vec<SearchEntry>, Vec<u8>), ConnectorError> {
+        let control: RawControl = PagedResults { size: self.config.page_size as i32, cookie }.into();
+        let (entries, result) = self.search(base, scope, filter, attributes, vec![control]).await?;
+        Ok((entries, paged_cookie(&result)?.unwrap_or_default()))
+    }
+
+    /// Every entry of a paged search (for bounded reads: a subtree, the schema).
+    pub async fn search_all(
+        &self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attributes: &[String],
+    ) -> Result<Vec<SearchEntry>, ConnectorError> {
+        let mut all = Vec::new();
+        let mut cookie = Vec::new();
+        loop {
+            let (entries, next) = self.search_page(base, scope, filter, attributes, cookie).await?;
+            all.extend(entries);
+            if next.is_empty() {
+                return Ok(all);
+            }
+            cookie = next;
+        }
+    }
+
+    /// The outcome of a write: done, refused by the server (a per-object error), or the
+    /// connection lost (forgotten, so the next call reconnects).
+    pub async fn check(&self, operation: &str, outcome: ldap3::result::Result<LdapResult>) -> Result<(), ConnectorError> {
+        match outcome {
+            Ok(result) if result.rc == 0 => Ok(()),
+            Ok(result) => Err(result_error(operation, &result)),
+            Err(err) => Err(self.lost(format!("{operation}: {err}")).await),
+        }
+    }
+
+    /// A call that failed on the wire: the connection is forgotten (the next call reconnects).
+    async fn lost(&self, message: String) -> ConnectorError {
+        self.forget().await;
+        ConnectorError::Unavailable(message)
+    }
+
     /// One search request as the server answered it: entries with their controls, intermediate
     /// messages and referrals, and the result whatever its code (a lost connection is an error).
     pub async fn search_raw(
@@ -135,10 +190,7 @@ impl Session {
         .await;
         match outcome {
             Ok(found) => Ok(found),
-            Err(err) => {
-                self.forget().await;
-                Err(ConnectorError::Unavailable(format!("search {base}: {err}")))
-            }
+            Err(err) => Err(self.lost(format!("search {base}: {err}")).await),
         }
     }
 
@@ -208,6 +260,17 @@ pub(crate) fn parse_range(key: &str) -> Option<(&str, (u64, Option<u64>))> {
     let low = low.parse().ok()?;
     let high = if high == "*" { None } else { Some(high.parse().ok()?) };
     Some((name, (low, high)))
+}
+
+/// The paged-results cookie of a search result; `None` on the last page.
+fn paged_cookie(result: &LdapResult) -> Result<Option<Vec<u8>>, ConnectorError> {
+    let Some(value) = result.ctrls.iter().find(|control| control.1.ctype == PAGED_OID).and_then(|control| control.1.val.as_deref()) else {
+        return Ok(None);
+    };
+    match ber::read_sequence(value).map_err(|err| ConnectorError::Unavailable(format!("paged-results response: {err}")))?.as_slice() {
+        [Item::Integer(_), Item::Bytes(cookie)] => Ok((!cookie.is_empty()).then(|| cookie.clone())),
+        _ => Err(ConnectorError::Unavailable("paged-results response has an unexpected shape".into())),
+    }
 }
 
 /// Maps a failed LDAP result onto what the runner does about it.
