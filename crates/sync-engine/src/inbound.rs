@@ -159,9 +159,16 @@ pub fn decide_join(plan: &JoinPlan, candidates: &[Vec<Candidate>]) -> JoinDecisi
     }
 }
 
-/// Whether a joined CS object keeps its link: some joining rule is still in scope.
+/// Whether a joined CS object keeps its link: some joining rule is still in scope. An object
+/// no inbound rule of its connector and type speaks of was joined by outbound provisioning; its
+/// link lasts until the outbound rule deprovisions it (a provisioned target object without a
+/// matching inbound join rule stays joined).
 /// When it returns false the caller disconnects the object.
 pub fn keeps_link(rules: &RuleSet, cs: &CsObject, member_of: MemberOf<'_>) -> bool {
+    let inbound_rules = rules.for_connector(Direction::Inbound, &cs.connector).filter(|rule| rule.source_type == cs.object_type);
+    if inbound_rules.count() == 0 {
+        return true;
+    }
     rules_in_scope(rules, cs, member_of).iter().any(|rule| is_joining(rule) || rule.link_type == LinkType::StickyJoin)
 }
 

@@ -322,6 +322,11 @@ fn scope_changes_drive_link_and_lifetime() {
     user.attributes.set("adminDescription", vec![s("User_hidden")]);
     assert!(!inbound::keeps_link(&rules, &user, &no_member), "out of scope of every joining rule: disconnect");
     assert!(!inbound::mv_survives(&rules, &[&user], &no_member), "no provisioning rule in scope: the MV object goes");
+
+    // A target object no inbound rule speaks of was joined by provisioning: it keeps its link.
+    let mut provisioned = ad_user(2, "erin", 512);
+    provisioned.connector = ConnectorId("some-target".into());
+    assert!(inbound::keeps_link(&rules, &provisioned, &no_member), "joined by an outbound rule; only deprovisioning unlinks it");
 }
 
 fn person(attributes: &[(&str, AttrValue)]) -> MvObject {
