@@ -32,6 +32,18 @@ pub enum DeltaMode {
     ModifyTimestamp,
 }
 
+/// Where the directory sits in a sync cycle (Entra's order: sources are imported and synced
+/// first, targets exported first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectorRole {
+    /// An on-premises source of identities (the usual case).
+    #[default]
+    Source,
+    /// A directory Isthmus provisions into.
+    Target,
+}
+
 /// How the connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -81,6 +93,9 @@ pub struct LdapConfig {
     pub id: String,
     /// Server kind.
     pub flavour: Flavour,
+    /// Source (default) or target.
+    #[serde(default)]
+    pub role: ConnectorRole,
     /// Host name or address (and `:port` if not the default).
     pub host: String,
     /// Connection protection.
@@ -156,6 +171,7 @@ impl LdapConfig {
         LdapConfig {
             id: id.into(),
             flavour,
+            role: ConnectorRole::Source,
             host: host.into(),
             transport: Transport::Ldaps,
             ca_file: None,

@@ -27,13 +27,17 @@ use std::sync::Arc;
 use connector_api::{Connector, ConnectorError, ConnectorInfo, Role};
 use model::ConnectorId;
 
-pub use config::{Bind, DeltaMode, Flavour, LdapConfig, Transport};
+pub use config::{Bind, ConnectorRole, DeltaMode, Flavour, LdapConfig, Transport};
 
 /// Checks the settings, connects, binds and reads the directory's shape; the connector is ready.
 pub async fn open(config: LdapConfig) -> Result<Connector, ConnectorError> {
     let session = Arc::new(session::Session::new(config)?);
     let id = ConnectorId(session.config.id.clone());
     let flavour = session.config.flavour;
+    let role = match session.config.role {
+        ConnectorRole::Source => Role::Source,
+        ConnectorRole::Target => Role::Target,
+    };
     let (import, parameters): (Box<dyn connector_api::Import>, _) = match flavour {
         Flavour::ActiveDirectory => {
             let import = ad::AdImport::new(session.clone());
@@ -54,7 +58,7 @@ pub async fn open(config: LdapConfig) -> Result<Connector, ConnectorError> {
         Flavour::Generic => "ldap",
     };
     Ok(Connector {
-        info: ConnectorInfo { id, kind: kind.into(), role: Role::Source, parameters },
+        info: ConnectorInfo { id, kind: kind.into(), role, parameters },
         import,
         export: Some(Box::new(export::LdapExport { session })),
     })

@@ -1,9 +1,11 @@
 //! `isthmus`: the one binary. It parses the command line, sets up logging and wires the crates
 //! together (the composition root). It holds no sync, directory or protocol logic of its own.
 
+mod config;
 mod ops;
 mod preview;
 mod quickstart;
+mod sync;
 
 use std::path::PathBuf;
 
@@ -60,11 +62,28 @@ enum Command {
         /// The DN, e.g. `CN=Ann,OU=Sales,DC=corp,DC=example`.
         dn: String,
     },
+    /// Sync cycles of the directories a configuration file names.
+    Sync {
+        #[command(subcommand)]
+        command: SyncCommand,
+    },
+    /// Check a configuration file and its rule files without connecting to anything.
+    CheckConfig {
+        /// The configuration file.
+        #[arg(default_value = "isthmus.toml")]
+        file: PathBuf,
+    },
     /// Check a sync-rule file and list its rules.
     CheckRules {
         /// The TOML rule file.
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum SyncCommand {
+    /// One sync cycle: import every connector, sync, export, confirming import.
+    Run(sync::RunArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +124,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Quickstart(args) => quickstart::run(&args).await,
+        Command::Sync { command: SyncCommand::Run(args) } => sync::run(&args).await,
+        Command::CheckConfig { file } => sync::check(&file),
         Command::History { db, limit } => ops::history(&ops::open(&db).await?, limit).await,
         Command::Cs { command: CsCommand::Search { db, args } } => ops::cs_search(&ops::open(&db).await?, &args).await,
         Command::Mv { command: MvCommand::Show { db, id } } => ops::mv_show(&ops::open(&db).await?, id).await,

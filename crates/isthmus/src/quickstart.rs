@@ -12,7 +12,7 @@ use connector_memory::MemoryDirectory;
 use model::{AttrChange, AttrValue, ConnectorId};
 use store::Store;
 use store_sqlite::SqliteStore;
-use sync_runner::{Runner, RunnerConfig, StepReport};
+use sync_runner::{Runner, RunnerConfig};
 
 /// The AD connector's id in the quickstart.
 pub const AD: &str = "corp.example.test";
@@ -51,7 +51,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     println!("\n== initial cycle (full import, full sync, export, confirming import)");
     let started = Instant::now();
     let reports = runner.run_cycle(true).await.context("initial cycle")?;
-    print_reports(&reports);
+    crate::sync::print_reports(&reports);
     println!("   {:.1} s; the cloud directory now holds {} objects", started.elapsed().as_secs_f64(), cloud.len());
 
     println!("\n== on-premises changes: a new title, a disabled account, a deleted account, a new hire");
@@ -71,7 +71,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let reports = runner.run_cycle(false).await.context("delta cycle")?;
-    print_reports(&reports);
+    crate::sync::print_reports(&reports);
     println!("   {:.1} s", started.elapsed().as_secs_f64());
 
     if let Some((_, dn, _, _)) = people.first() {
@@ -104,22 +104,6 @@ async fn build_runner(db: &Path, ad: &MemoryDirectory, cloud: &MemoryDirectory) 
     runner.add_connector(ad_connector);
     runner.add_connector(cloud.connector(CLOUD, Role::Target, 500));
     Ok(runner)
-}
-
-fn print_reports(reports: &[StepReport]) {
-    for report in reports {
-        println!(
-            "   {:<18} {:<13} {:<24} adds {:>5}  updates {:>5}  deletes {:>5}  errors {:>3}   {}",
-            report.connector.0,
-            report.step.name(),
-            report.status,
-            report.counts.adds,
-            report.counts.updates,
-            report.counts.deletes,
-            report.counts.errors,
-            report.detail
-        );
-    }
 }
 
 async fn show_cloud_object(runner: &Runner<SqliteStore>, ad_dn: &str) -> anyhow::Result<()> {

@@ -1,0 +1,195 @@
+//! The configuration file of a sync server (`isthmus.toml`): where its state lives, which rule
+//! files it runs, and its connectors. Every problem is reported with the setting it is about,
+//! before anything connects.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use connector_ldap::LdapConfig;
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the state lives.
+    pub store: StoreConfig,
+    /// The rules and the cycle's safety settings.
+    pub sync: SyncConfig,
+    /// The connected directories (`[[connector]]` tables).
+    #[serde(rename = "connector", default)]
+    pub connectors: Vec<LdapConfig>,
+}
+
+/// `[store]`: exactly one of `sqlite` and `postgres`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// An SQLite database file (created when missing), relative to the configuration file.
+    pub sqlite: Option<PathBuf>,
+    /// A PostgreSQL connection string (`host=… user=… dbname=…` or `postgres://…`).
+    pub postgres: Option<String>,
+}
+
+/// `[sync]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Rule files (TOML), relative to the configuration file; their rules run together.
+    pub rules: Vec<PathBuf>,
+    /// Staging mode: import and sync, never export.
+    #[serde(default)]
+    pub staging: bool,
+    /// Stop an export that would delete more objects than this; 0 turns the check off.
+    #[serde(default = "default_threshold")]
+    pub deletion_threshold: u64,
+}
+
+fn default_threshold() -> u64 {
+    500
+}
+
+impl Config {
+    /// Reads and checks `path`; relative paths in it become relative to its folder.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let mut config: Config = toml::from_str(&text).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+        let folder = path.parent().unwrap_or(Path::new("."));
+        if let Some(sqlite) = &mut config.store.sqlite
+            && sqlite.is_relative()
+        {
+            *sqlite = folder.join(&*sqlite);
+        }
+        for rules in &mut config.sync.rules {
+            if rules.is_relative() {
+                *rules = folder.join(&*rules);
+            }
+        }
+        for connector in &mut config.connectors {
+            if let Some(ca) = &mut connector.ca_file
+                && ca.is_relative()
+            {
+                *ca = folder.join(&*ca);
+            }
+        }
+        let problems = config.problems();
+        if !problems.is_empty() {
+            anyhow::bail!("{}:\n  {}", path.display(), problems.join("\n  "));
+        }
+        warn_if_readable_by_others(path, &config);
+        Ok(config)
+    }
+
+    /// Every problem, each naming its setting.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match (&self.store.sqlite, &self.store.postgres) {
+            (Some(_), Some(_)) => problems.push("[store]: give `sqlite` or `postgres`, not both".to_string()),
+            (None, None) => problems.push("[store]: give `sqlite = \"file\"` or `postgres = \"…\"`".to_string()),
+            _ => {}
+        }
+        if self.sync.rules.is_empty() {
+            problems.push("[sync] `rules`: name at least one rule file".to_string());
+        }
+        if self.connectors.is_empty() {
+            problems.push("no [[connector]]".to_string());
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for connector in &self.connectors {
+            if !ids.insert(connector.id.to_lowercase()) {
+                problems.push(format!("[[connector]] id {:?} appears twice", connector.id));
+            }
+            problems.extend(connector.validate().into_iter().map(|problem| format!("[[connector]] {}: {problem}", connector.id)));
+        }
+        problems
+    }
+
+    /// The rules of every rule file, checked, as one set.
+    pub fn rules(&self) -> anyhow::Result<sync_rules::RuleSet> {
+        let mut sets = Vec::new();
+        let mut problems = Vec::new();
+        for path in &self.sync.rules {
+            let text = std::fs::read_to_string(path).with_context(|| format!("read rule file {}", path.display()))?;
+            match sync_rules::RuleSet::parse(&text) {
+                Ok(set) => sets.push(set),
+                Err(errors) => problems.extend(errors.iter().map(|error| format!("{}: {error}", path.display()))),
+            }
+        }
+        if problems.is_empty() {
+            match sync_rules::RuleSet::combine(sets) {
+                Ok(rules) => {
+                    for rule in rules.rules() {
+                        if !self.connectors.iter().any(|connector| connector.id == rule.connector.0) {
+                            problems.push(format!("rule {:?} names connector {:?}, which is not configured", rule.name, rule.connector.0));
+                        }
+                    }
+                    if problems.is_empty() {
+                        return Ok(rules);
+                    }
+                }
+                Err(errors) => problems.extend(errors.iter().map(ToString::to_string)),
+            }
+        }
+        anyhow::bail!("{} problem(s) in the rules:\n  {}", problems.len(), problems.join("\n  "))
+    }
+
+    /// The runner's settings.
+    pub fn runner(&self) -> sync_runner::RunnerConfig {
+        sync_runner::RunnerConfig {
+            staging: self.sync.staging,
+            deletion_threshold: (self.sync.deletion_threshold > 0).then_some(self.sync.deletion_threshold),
+        }
+    }
+}
+
+/// A configuration holding a password should not be readable by other users.
+fn warn_if_readable_by_others(path: &Path, config: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    let has_secret = config.connectors.iter().any(|connector| matches!(connector.bind, connector_ldap::Bind::Simple { .. }))
+        || config.store.postgres.as_deref().is_some_and(|url| url.contains("password"));
+    let mode = std::fs::metadata(path).map(|metadata| metadata.permissions().mode()).unwrap_or(0);
+    if has_secret && mode & 0o077 != 0 {
+        tracing::warn!(file = %path.display(), mode = format!("{:o}", mode & 0o777), "the configuration holds passwords and other users may read it; chmod 600 it");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> anyhow::Result<Config> {
+        let folder = tempfile::tempdir()?;
+        let path = folder.path().join("isthmus.toml");
+        std::fs::write(&path, text)?;
+        Config::load(&path)
+    }
+
+    #[test]
+    fn problems_name_their_setting() {
+        let err = load("[store]\n[sync]\nrules = []\n").unwrap_err().to_string();
+        for expected in ["[store]", "`rules`", "no [[connector]]"] {
+            assert!(err.contains(expected), "{expected} in {err}");
+        }
+        let unknown = load("[store]\nsqlite = 'a.db'\ncolour = 1\n[sync]\nrules = ['r.toml']\n").unwrap_err().to_string();
+        assert!(unknown.contains("colour"), "{unknown}");
+        let twice = "[store]\nsqlite = 'a.db'\n[sync]\nrules = ['r.toml']\n\
+            [[connector]]\nid = 'x'\nflavour = 'generic'\nhost = 'h'\n[connector.bind]\nmethod = 'anonymous'\n\
+            [[connector]]\nid = 'X'\nflavour = 'generic'\nhost = ''\n[connector.bind]\nmethod = 'anonymous'\n";
+        let err = load(twice).unwrap_err().to_string();
+        assert!(err.contains("appears twice") && err.contains("`host`"), "{err}");
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_file() {
+        let config = load(
+            "[store]\nsqlite = 'state/isthmus.db'\n[sync]\nrules = ['rules.toml']\ndeletion_threshold = 0\n\
+             [[connector]]\nid = 'x'\nflavour = 'generic'\nhost = 'h'\nrole = 'target'\n[connector.bind]\nmethod = 'anonymous'\n",
+        )
+        .unwrap();
+        assert!(config.store.sqlite.as_ref().unwrap().ends_with("state/isthmus.db") && config.store.sqlite.as_ref().unwrap().is_absolute());
+        assert_eq!(config.runner().deletion_threshold, None, "0 turns the threshold off");
+        assert_eq!(config.connectors[0].role, connector_ldap::ConnectorRole::Target);
+        let err = config.rules().unwrap_err().to_string();
+        assert!(err.contains("rules.toml"), "a missing rule file is named: {err}");
+    }
+}

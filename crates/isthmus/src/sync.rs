@@ -1,0 +1,89 @@
+//! `isthmus sync run`: one sync cycle of the connectors a configuration file names, with the
+//! state in its SQLite or PostgreSQL store; and `isthmus check-config`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use store::Store;
+use sync_runner::{Runner, StepReport};
+
+use crate::config::Config;
+
+/// Options of `isthmus sync run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The configuration file.
+    #[arg(long, default_value = "isthmus.toml")]
+    pub config: PathBuf,
+    /// A full cycle (full imports and full syncs) instead of a delta cycle. The first cycle of
+    /// a new store, or of a connector without a watermark, imports in full anyway.
+    #[arg(long)]
+    pub full: bool,
+}
+
+/// `isthmus check-config`: reads the file and the rule files, checks every setting; connects to nothing.
+pub fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let rules = config.rules()?;
+    println!(
+        "{}: {} connector(s), {} rule(s), store {}; all checked",
+        path.display(),
+        config.connectors.len(),
+        rules.rules().len(),
+        if config.store.sqlite.is_some() { "SQLite" } else { "PostgreSQL" }
+    );
+    Ok(())
+}
+
+/// `isthmus sync run`.
+pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let rules = config.rules()?;
+    if let Some(path) = &config.store.sqlite {
+        let store = store_sqlite::SqliteStore::open(path).with_context(|| format!("open {}", path.display()))?;
+        cycle(store, &config, rules, args.full).await
+    } else {
+        let url = config.store.postgres.as_deref().unwrap_or_default();
+        let store = store_postgres::PostgresStore::connect(url).await.context("connect to PostgreSQL ([store] postgres)")?;
+        cycle(store, &config, rules, args.full).await
+    }
+}
+
+async fn cycle<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet, full: bool) -> anyhow::Result<()> {
+    store.migrate().await.context("create or check the database schema")?;
+    let mut runner = Runner::new(store, rules, config.runner());
+    for connector in &config.connectors {
+        let opened = connector_ldap::open(connector.clone()).await.with_context(|| format!("connector {}", connector.id))?;
+        runner.add_connector(opened);
+    }
+    let started = Instant::now();
+    println!("== {} cycle", if full { "full" } else { "delta" });
+    let reports = runner.run_cycle(full).await.context("sync cycle")?;
+    print_reports(&reports);
+    println!("   {:.1} s", started.elapsed().as_secs_f64());
+    let stopped: Vec<String> = reports
+        .iter()
+        .filter(|report| report.status.starts_with("stopped"))
+        .map(|report| format!("{} {}: {}", report.connector.0, report.step.name(), report.detail))
+        .collect();
+    anyhow::ensure!(stopped.is_empty(), "{} step(s) stopped:\n  {}", stopped.len(), stopped.join("\n  "));
+    Ok(())
+}
+
+/// One line per step.
+pub fn print_reports(reports: &[StepReport]) {
+    for report in reports {
+        println!(
+            "   {:<18} {:<13} {:<24} adds {:>5}  updates {:>5}  deletes {:>5}  errors {:>3}   {}",
+            report.connector.0,
+            report.step.name(),
+            report.status,
+            report.counts.adds,
+            report.counts.updates,
+            report.counts.deletes,
+            report.counts.errors,
+            report.detail
+        );
+    }
+}
