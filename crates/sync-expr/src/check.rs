@@ -73,6 +73,7 @@ const OPTIONS: &[(&str, usize, &[&str])] = &[
     ("InStrRev", 3, &["vbTextCompare", "vbBinaryCompare"]),
     ("DNComponentRev", 2, &["DC"]),
     ("DateAdd", 0, &["yyyy", "q", "m", "y", "d", "w", "ww", "h", "n", "s"]),
+    ("CertNameInfo", 1, &["SimpleName", "EmailName", "UpnName", "DnsName", "DnsFromAlternativeName", "UrlName"]),
 ];
 
 /// Parses and checks `text`; every problem found is reported, not just the first.
@@ -137,13 +138,9 @@ impl Checker<'_> {
 
     fn visit_call(&mut self, name: &str, args: &[Expr], span: Span) {
         let Some(function) = functions::lookup(name) else {
-            let message = if name.starts_with("Cert") {
-                format!("{name}: certificate functions are not supported yet")
-            } else {
-                match FUNCTIONS.iter().find(|candidate| candidate.name.eq_ignore_ascii_case(name)) {
-                    Some(candidate) => format!("unknown function {name}; did you mean {}? (names are case-sensitive)", candidate.name),
-                    None => format!("unknown function {name}"),
-                }
+            let message = match FUNCTIONS.iter().find(|candidate| candidate.name.eq_ignore_ascii_case(name)) {
+                Some(candidate) => format!("unknown function {name}; did you mean {}? (names are case-sensitive)", candidate.name),
+                None => format!("unknown function {name}"),
             };
             self.report(span, message);
             args.iter().for_each(|arg| self.visit(arg));

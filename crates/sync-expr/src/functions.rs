@@ -2,11 +2,11 @@
 //! implementation. `docs/expression-functions.md` is generated from [`FUNCTIONS`] (`cargo xtask
 //! codegen`), and the examples run as tests, so the reference cannot drift from the code.
 //!
-//! Certificate functions (`Cert*`) are not implemented yet; the checker reports them as unknown.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+use crate::cert;
 use crate::time::{self, DateTime};
 use crate::value::Value;
 
@@ -39,6 +39,8 @@ pub struct Services<'a> {
 /// Functions grouped as in the Entra Connect reference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Category {
+    /// CertSubject, CertThumbprint, …
+    Certificate,
     /// CBool, CDate, …
     Conversion,
     /// DateAdd, Now, …
@@ -61,6 +63,7 @@ impl Category {
     /// The heading used in the reference.
     pub fn title(self) -> &'static str {
         match self {
+            Category::Certificate => "Certificate",
             Category::Conversion => "Conversion",
             Category::DateTime => "Date and time",
             Category::Directory => "Directory",
@@ -113,6 +116,260 @@ macro_rules! f {
 
 /// Every built-in function, in reference order.
 pub static FUNCTIONS: &[Function] = &[
+    // Certificate (DER bytes such as `userCertificate`, or base64 text)
+    f!(
+        "CertExtensionOids",
+        "mvstr CertExtensionOids(bin certificate)",
+        C::Certificate,
+        "The OIDs of the certificate's critical extensions.",
+        [S],
+        1,
+        Some(1),
+        [("CertExtensionOids([userCertificate])", "[\"2.5.29.19\", \"2.5.29.15\"]")],
+        Kind::Plain(cert::extension_oids)
+    ),
+    f!(
+        "CertFormat",
+        "str CertFormat(bin certificate)",
+        C::Certificate,
+        "The certificate's format: `X509`.",
+        [S],
+        1,
+        Some(1),
+        [("CertFormat([userCertificate])", "\"X509\"")],
+        Kind::Plain(cert::format)
+    ),
+    f!(
+        "CertFriendlyName",
+        "str CertFriendlyName(bin certificate)",
+        C::Certificate,
+        "The friendly name: empty, since it belongs to a certificate store, not to the certificate.",
+        [S],
+        1,
+        Some(1),
+        [("CertFriendlyName([userCertificate])", "\"\"")],
+        Kind::Plain(cert::friendly_name)
+    ),
+    f!(
+        "CertHashString",
+        "str CertHashString(bin certificate)",
+        C::Certificate,
+        "The SHA-1 hash of the certificate, upper-case hex (the same as `CertThumbprint`).",
+        [S],
+        1,
+        Some(1),
+        [("CertHashString([userCertificate])", "\"1921B89CDECC3E526655D2616707EC719BC5FC90\"")],
+        Kind::Plain(cert::thumbprint)
+    ),
+    f!(
+        "CertIssuer",
+        "str CertIssuer(bin certificate)",
+        C::Certificate,
+        "The issuer's name, most specific part first.",
+        [S],
+        1,
+        Some(1),
+        [("CertIssuer([userCertificate])", "\"CN=Contoso Issuing CA, O=Contoso, C=US\"")],
+        Kind::Plain(cert::issuer)
+    ),
+    f!(
+        "CertIssuerDN",
+        "str CertIssuerDN(bin certificate)",
+        C::Certificate,
+        "The issuer's distinguished name (as `CertIssuer`).",
+        [S],
+        1,
+        Some(1),
+        [("CertIssuerDN([userCertificate])", "\"CN=Contoso Issuing CA, O=Contoso, C=US\"")],
+        Kind::Plain(cert::issuer)
+    ),
+    f!(
+        "CertIssuerOid",
+        "str CertIssuerOid(bin certificate)",
+        C::Certificate,
+        "The OID of the issuer name object: Null, as in .NET, where a name carries none.",
+        [S],
+        1,
+        Some(1),
+        [("CertIssuerOid([userCertificate])", "null")],
+        Kind::Plain(cert::name_oid)
+    ),
+    f!(
+        "CertKeyAlgorithm",
+        "str CertKeyAlgorithm(bin certificate)",
+        C::Certificate,
+        "The public key's algorithm OID.",
+        [S],
+        1,
+        Some(1),
+        [("CertKeyAlgorithm([userCertificate])", "\"1.2.840.10045.2.1\"")],
+        Kind::Plain(cert::key_algorithm)
+    ),
+    f!(
+        "CertKeyAlgorithmParams",
+        "str CertKeyAlgorithmParams(bin certificate)",
+        C::Certificate,
+        "The public key's algorithm parameters, DER in upper-case hex (an elliptic curve names its curve).",
+        [S],
+        1,
+        Some(1),
+        [("CertKeyAlgorithmParams([userCertificate])", "\"06082A8648CE3D030107\"")],
+        Kind::Plain(cert::key_algorithm_params)
+    ),
+    f!(
+        "CertNameInfo",
+        "str CertNameInfo(bin certificate, str nameType, bool includesIssuerName)",
+        C::Certificate,
+        "A name from the subject (or the issuer): `SimpleName` (the common name), `EmailName`, `UpnName`, `DnsName`, `DnsFromAlternativeName`, `UrlName`; empty when the certificate has none.",
+        [S, S, S],
+        3,
+        Some(3),
+        [
+            ("CertNameInfo([userCertificate], \"UpnName\", False)", "\"ann@corp.example\""),
+            ("CertNameInfo([userCertificate], \"DnsName\", False)", "\"ann.corp.example\""),
+            ("CertNameInfo([userCertificate], \"SimpleName\", True)", "\"Contoso Issuing CA\""),
+            ("CertNameInfo([userCertificate], \"UrlName\", False)", "\"https://corp.example/ann\"")
+        ],
+        Kind::Plain(cert::name_info)
+    ),
+    f!(
+        "CertNotAfter",
+        "dt CertNotAfter(bin certificate)",
+        C::Certificate,
+        "The end of the certificate's validity (UTC).",
+        [S],
+        1,
+        Some(1),
+        [("CertNotAfter([userCertificate])", "2034-01-01T00:00:00Z")],
+        Kind::Plain(cert::not_after)
+    ),
+    f!(
+        "CertNotBefore",
+        "dt CertNotBefore(bin certificate)",
+        C::Certificate,
+        "The start of the certificate's validity (UTC).",
+        [S],
+        1,
+        Some(1),
+        [("CertNotBefore([userCertificate])", "2024-01-01T00:00:00Z")],
+        Kind::Plain(cert::not_before)
+    ),
+    f!(
+        "CertPublicKeyOid",
+        "str CertPublicKeyOid(bin certificate)",
+        C::Certificate,
+        "The public key's OID (its algorithm).",
+        [S],
+        1,
+        Some(1),
+        [("CertPublicKeyOid([userCertificate])", "\"1.2.840.10045.2.1\"")],
+        Kind::Plain(cert::key_algorithm)
+    ),
+    f!(
+        "CertPublicKeyParametersOid",
+        "str CertPublicKeyParametersOid(bin certificate)",
+        C::Certificate,
+        "The OID of the public key's parameters: the curve of an elliptic-curve key, else the algorithm.",
+        [S],
+        1,
+        Some(1),
+        [("CertPublicKeyParametersOid([userCertificate])", "\"1.2.840.10045.3.1.7\"")],
+        Kind::Plain(cert::public_key_parameters_oid)
+    ),
+    f!(
+        "CertSerialNumber",
+        "str CertSerialNumber(bin certificate)",
+        C::Certificate,
+        "The serial number, upper-case hex.",
+        [S],
+        1,
+        Some(1),
+        [("CertSerialNumber([userCertificate])", "\"0123456789ABCDEF\"")],
+        Kind::Plain(cert::serial_number)
+    ),
+    f!(
+        "CertSignatureAlgorithmOid",
+        "str CertSignatureAlgorithmOid(bin certificate)",
+        C::Certificate,
+        "The OID of the algorithm the issuer signed with.",
+        [S],
+        1,
+        Some(1),
+        [("CertSignatureAlgorithmOid([userCertificate])", "\"1.2.840.10045.4.3.2\"")],
+        Kind::Plain(cert::signature_algorithm_oid)
+    ),
+    f!(
+        "CertSubject",
+        "str CertSubject(bin certificate)",
+        C::Certificate,
+        "The subject's name, most specific part first, as .NET shows it.",
+        [S],
+        1,
+        Some(1),
+        [
+            ("CertSubject([userCertificate])", "\"CN=Ann Example, O=Contoso, C=US\""),
+            (
+                "CertSubject(\"AAAA\")",
+                "error: CertSubject: not an X.509 certificate (3 bytes: Parsing Error: Der(UnexpectedTag { expected: Some(Tag(16)), actual: Tag(0) }))"
+            )
+        ],
+        Kind::Plain(cert::subject)
+    ),
+    f!(
+        "CertSubjectNameDN",
+        "str CertSubjectNameDN(bin certificate)",
+        C::Certificate,
+        "The subject's distinguished name (as `CertSubject`).",
+        [S],
+        1,
+        Some(1),
+        [("CertSubjectNameDN([userCertificate])", "\"CN=Ann Example, O=Contoso, C=US\"")],
+        Kind::Plain(cert::subject)
+    ),
+    f!(
+        "CertSubjectNameOid",
+        "str CertSubjectNameOid(bin certificate)",
+        C::Certificate,
+        "The OID of the subject name object: Null, as in .NET.",
+        [S],
+        1,
+        Some(1),
+        [("CertSubjectNameOid([userCertificate])", "null")],
+        Kind::Plain(cert::name_oid)
+    ),
+    f!(
+        "CertThumbprint",
+        "str CertThumbprint(bin certificate)",
+        C::Certificate,
+        "The thumbprint: the SHA-1 hash of the DER certificate, upper-case hex.",
+        [S],
+        1,
+        Some(1),
+        [("CertThumbprint([userCertificate])", "\"1921B89CDECC3E526655D2616707EC719BC5FC90\"")],
+        Kind::Plain(cert::thumbprint)
+    ),
+    f!(
+        "CertVersion",
+        "num CertVersion(bin certificate)",
+        C::Certificate,
+        "The X.509 version (3 for v3).",
+        [S],
+        1,
+        Some(1),
+        [("CertVersion([userCertificate])", "3")],
+        Kind::Plain(cert::version)
+    ),
+    f!(
+        "IsCert",
+        "bool IsCert(bin certificate)",
+        C::Certificate,
+        "True when the value (DER bytes, or base64 text) is an X.509 certificate.",
+        [S],
+        1,
+        Some(1),
+        [("IsCert([userCertificate])", "True"), ("IsCert(\"not a certificate\")", "False")],
+        Kind::Plain(cert::is_cert)
+    ),
     // Conversion
     f!(
         "CBool",

@@ -8,6 +8,7 @@
 //! The function reference (`docs/expression-functions.md`) is generated from
 //! [`functions::FUNCTIONS`] by [`reference_markdown`]; a test keeps it current.
 
+pub mod cert;
 mod check;
 mod eval;
 pub mod functions;
@@ -46,7 +47,8 @@ pub fn reference_markdown() -> String {
          A function that takes a single value and is given a multi-valued attribute runs once per value;\n\
          Null results are dropped, so `IIF(InStr([proxyAddresses],\"SIP:\")=1,NULL,[proxyAddresses])` removes the SIP addresses.\n\n\
          Every example below runs as a test, against an object with `mail` = `ann@corp.example` and `proxyAddresses` =\n\
-         `SMTP:ann@corp.example`, `smtp:ann@mail.example`, `SIP:ann@corp.example`, at `Now()` = 2024-11-25T10:00:00Z.\n",
+         `SMTP:ann@corp.example`, `smtp:ann@mail.example`, `SIP:ann@corp.example`, and `userCertificate` = a test\n\
+         certificate (its base64 is `EXAMPLE_CERTIFICATE` in `crates/sync-expr/src/cert.rs`), at `Now()` = 2024-11-25T10:00:00Z.\n",
     );
     let mut categories: Vec<functions::Category> = functions::FUNCTIONS.iter().map(|function| function.category).collect();
     categories.sort();

@@ -14,6 +14,9 @@ fn sample_object() -> BTreeMap<String, Value> {
     object.insert("userAccountControl".to_string(), Value::Num(514));
     object.insert("objectGUID".to_string(), Value::Bin((0u8..16).collect()));
     object.insert("displayName".to_string(), Value::str("Ann Lee"));
+    let certificate =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, crate::cert::EXAMPLE_CERTIFICATE).expect("test certificate");
+    object.insert("userCertificate".to_string(), Value::Bin(certificate));
     object
 }
 
@@ -126,6 +129,29 @@ fn the_issue_list_of_functions_is_covered() {
         "PadRight",
         "NumFromDate",
         "CRef",
+        // The fact sheet's certificate functions.
+        "CertExtensionOids",
+        "CertFormat",
+        "CertFriendlyName",
+        "CertHashString",
+        "CertIssuer",
+        "CertIssuerDN",
+        "CertIssuerOid",
+        "CertKeyAlgorithm",
+        "CertKeyAlgorithmParams",
+        "CertNameInfo",
+        "CertNotAfter",
+        "CertNotBefore",
+        "CertPublicKeyOid",
+        "CertPublicKeyParametersOid",
+        "CertSerialNumber",
+        "CertSignatureAlgorithmOid",
+        "CertSubject",
+        "CertSubjectNameDN",
+        "CertSubjectNameOid",
+        "CertThumbprint",
+        "CertVersion",
+        "IsCert",
     ];
     let missing: Vec<_> = wanted.iter().filter(|name| functions::lookup(name).is_none()).collect();
     assert!(missing.is_empty(), "missing: {missing:?}");
@@ -255,7 +281,14 @@ fn checker_reports_every_problem_with_position() {
         vec!["1:23: Contains: \"IgnoreCase\" is not one of CaseInsensitive, CaseSensitive"]
     );
     assert_eq!(problems("DateAdd(\"days\", 1, Now())"), vec!["1:9: DateAdd: \"days\" is not one of yyyy, q, m, y, d, w, ww, h, n, s"]);
-    assert_eq!(problems("CertThumbprint([mail])"), vec!["1:1: CertThumbprint: certificate functions are not supported yet"]);
+    assert_eq!(
+        problems("certThumbprint([mail])"),
+        vec!["1:1: unknown function certThumbprint; did you mean CertThumbprint? (names are case-sensitive)"]
+    );
+    assert_eq!(
+        problems("CertNameInfo([mail], \"Upn\", False)"),
+        vec!["1:22: CertNameInfo: \"Upn\" is not one of SimpleName, EmailName, UpnName, DnsName, DnsFromAlternativeName, UrlName"]
+    );
     assert_eq!(problems("Switch(1)"), vec!["1:1: Switch takes at least 2 arguments, got 1 (var Switch(exp condition1, var value1, …))"]);
     assert_eq!(problems("Now(1)"), vec!["1:1: Now takes 0 arguments, got 1 (dt Now())"]);
     assert_eq!(problems("Trim([mail]"), vec!["1:5: the argument list is not closed with `)`"]);
