@@ -464,3 +464,38 @@ async fn a_complete_delta_deletes_what_it_did_not_name() {
 fn src_id() -> ConnectorId {
     ConnectorId("src".into())
 }
+
+#[tokio::test]
+async fn an_export_that_reached_the_directory_but_not_the_store_is_adopted() {
+    // Staging holds the adds: the state of a server stopped after writing to the directory but
+    // before recording the exports.
+    let mut world = world(RunnerConfig { staging: true, ..RunnerConfig::default() }).await;
+    seed(&world.src);
+    world.runner.run_cycle(true).await.expect("staging cycle");
+    let dst_id = ConnectorId("dst".into());
+    let held = world.runner.store().cs_list(&dst_id, &CsQuery::default()).await.expect("list");
+    assert!(held.iter().all(|cs| cs.anchor.is_none() && cs.pending_export.is_some()), "three unconfirmed adds: {held:#?}");
+    // The directory already has them (one with a stale title the export must still fix).
+    for cs in &held {
+        let mut attributes = Attributes::new();
+        if let Some(model::PendingExport::Add(changes)) = &cs.pending_export {
+            attributes.apply(changes);
+        }
+        if cs.dn == "CN=E3,OU=Cloud" {
+            attributes.set("displayName", vec![AttrValue::string("Stale Name")]);
+        }
+        world.dst.put(&cs.dn, &cs.object_type, attributes);
+    }
+
+    world.runner.config_mut().staging = false;
+    let reports = world.runner.run_cycle(false).await.expect("cycle after the restart");
+    assert_eq!(status(&reports, "dst", Step::Export), "success", "{reports:#?}");
+    assert_eq!(world.dst.len(), 3, "adopted, not added twice");
+    assert_eq!(dst_attribute(&world.dst, "CN=E3,OU=Cloud", "displayName"), vec![AttrValue::string("Cleo Third")], "and brought up to date");
+    let adopted = world.runner.store().cs_list(&dst_id, &CsQuery::default()).await.expect("list");
+    assert_eq!(adopted.len(), 3, "no duplicate connector-space objects: {adopted:#?}");
+    assert!(
+        adopted.iter().all(|cs| cs.anchor.is_some() && cs.pending_export.is_none() && cs.error.is_none() && cs.link.is_some()),
+        "{adopted:#?}"
+    );
+}
