@@ -1,5 +1,6 @@
-//! `isthmus sync run`: one sync cycle of the connectors a configuration file names, with the
-//! state in its SQLite or PostgreSQL store; and `isthmus check-config`.
+//! `isthmus sync run`: one sync cycle (or one run profile of one connector) of the connectors a
+//! configuration file names, with the state in its SQLite or PostgreSQL store; and
+//! `isthmus check-config`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -18,8 +19,19 @@ pub struct RunArgs {
     pub config: PathBuf,
     /// A full cycle (full imports and full syncs) instead of a delta cycle. The first cycle of
     /// a new store, or of a connector without a watermark, imports in full anyway.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "step")]
     pub full: bool,
+    /// Run one profile of one connector instead of a cycle: full-import, delta-import,
+    /// full-sync, delta-sync or export (with --connector).
+    #[arg(long, requires = "connector", value_parser = parse_step)]
+    pub step: Option<sync_runner::Step>,
+    /// The connector of --step.
+    #[arg(long, requires = "step")]
+    pub connector: Option<String>,
+}
+
+fn parse_step(text: &str) -> Result<sync_runner::Step, String> {
+    sync_runner::Step::parse(text).ok_or_else(|| format!("{text:?} is not one of full-import, delta-import, full-sync, delta-sync, export"))
 }
 
 /// `isthmus check-config`: reads the file and the rule files, checks every setting; connects to nothing.
@@ -42,24 +54,35 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
     let rules = config.rules()?;
     if let Some(path) = &config.store.sqlite {
         let store = store_sqlite::SqliteStore::open(path).with_context(|| format!("open {}", path.display()))?;
-        cycle(store, &config, rules, args.full).await
+        cycle(store, &config, rules, args).await
     } else {
         let url = config.store.postgres.as_deref().unwrap_or_default();
         let store = store_postgres::PostgresStore::connect(url).await.context("connect to PostgreSQL ([store] postgres)")?;
-        cycle(store, &config, rules, args.full).await
+        cycle(store, &config, rules, args).await
     }
 }
 
-async fn cycle<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet, full: bool) -> anyhow::Result<()> {
+async fn cycle<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet, args: &RunArgs) -> anyhow::Result<()> {
     store.migrate().await.context("create or check the database schema")?;
     let mut runner = Runner::new(store, rules, config.runner());
+    if let Some(id) = &args.connector {
+        anyhow::ensure!(config.connectors.iter().any(|connector| &connector.id == id), "no connector {id:?} in {}", args.config.display());
+    }
     for connector in &config.connectors {
         let opened = connector_ldap::open(connector.clone()).await.with_context(|| format!("connector {}", connector.id))?;
         runner.add_connector(opened);
     }
     let started = Instant::now();
-    println!("== {} cycle", if full { "full" } else { "delta" });
-    let reports = runner.run_cycle(full).await.context("sync cycle")?;
+    let reports = match (args.step, &args.connector) {
+        (Some(step), Some(id)) => {
+            println!("== {} of {id}", step.name());
+            vec![runner.run_step(&model::ConnectorId(id.clone()), step).await.with_context(|| format!("{} of {id}", step.name()))?]
+        }
+        _ => {
+            println!("== {} cycle", if args.full { "full" } else { "delta" });
+            runner.run_cycle(args.full).await.context("sync cycle")?
+        }
+    };
     print_reports(&reports);
     println!("   {:.1} s", started.elapsed().as_secs_f64());
     let stopped: Vec<String> = reports

@@ -161,6 +161,14 @@ password = "{ldap_password}"
         "{out}\n{objects}"
     );
 
+    // One run profile of one connector.
+    let (ok, out, err) = isthmus(&["sync", "run", "--config", config_arg, "--step", "full-import", "--connector", "corp"]);
+    assert!(ok && out.contains("== full-import of corp") && out.contains("full import"), "{out}\n{err}");
+    let (ok, _, err) = isthmus(&["sync", "run", "--config", config_arg, "--step", "fullimport", "--connector", "corp"]);
+    assert!(!ok && err.contains("is not one of full-import"), "{err}");
+    let (ok, _, err) = isthmus(&["sync", "run", "--config", config_arg, "--step", "export", "--connector", "nope"]);
+    assert!(!ok && err.contains("no connector \"nope\""), "{err}");
+
     // The operator tools read the same state.
     let (ok, out, _) = isthmus(&["history", "--db", db.to_str().unwrap()]);
     assert!(ok && out.contains("delta-import"), "{out}");
