@@ -287,3 +287,42 @@ async fn pilot_group_filtering_follows_direct_membership() {
         "full import + deltas = a fresh full import"
     );
 }
+
+/// Samba cannot host a second domain of a forest (a child domain), so two naming contexts of
+/// one DC stand in for it: the domain and the configuration partition, each with its own
+/// DirSync cookies in the watermark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connector_reads_several_naming_contexts() {
+    let Some(dc) = testkit::available(SambaDc::start_default()) else { return };
+    let mut admin = dc.admin().await.unwrap();
+    let ou = common::fresh_ou(&mut admin, "Domain", None).await;
+    let configuration = format!("CN=Configuration,{}", dc.base_dn());
+    let services = format!("CN=Services,{configuration}");
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let dina = admin.create_user(&user("dina", &ou)).await.unwrap();
+    let contact = admin.create_contact(&format!("Partner {stamp}"), Some(&services), "partner@example.test").await.unwrap();
+
+    let mut config = common::config(&dc);
+    config.naming_contexts = vec![dc.base_dn(), configuration.clone()];
+    config.include_ous = vec![ou.clone(), services.clone()];
+    let connector = connector_ldap::open(config).await.unwrap();
+    let (full, watermark) = full_import(&connector).await;
+    assert!(upsert_of(&full, &dina).is_some() && upsert_of(&full, &contact).is_some(), "both partitions are read: {full:#?}");
+    assert_eq!(full.len(), 2);
+    let streams = String::from_utf8_lossy(&watermark).matches("DC=corp").count();
+    assert!(streams >= 4, "two DirSync streams per naming context: {}", String::from_utf8_lossy(&watermark));
+
+    admin.conn().replace(&contact, "mail", &["partner.new@example.test"]).await.unwrap();
+    let eli = admin.create_user(&user("eli", &ou)).await.unwrap();
+    let (delta, watermark) = delta_import(&connector, &watermark).await;
+    assert!(upsert_of(&delta, &eli).is_some(), "a new user in the domain: {delta:#?}");
+    assert!(
+        delta.iter().any(|change| matches!(change, ImportChange::Modify { dn, changes, .. } if dn.eq_ignore_ascii_case(&contact)
+            && changes.contains(&AttrChange::Replace("mail".into(), vec![AttrValue::string("partner.new@example.test")])))),
+        "a changed contact in the configuration partition: {delta:#?}"
+    );
+    admin.conn().delete(&contact).await.unwrap();
+    let (gone, _) = delta_import(&connector, &watermark).await;
+    let anchor = anchor_of(&full, &contact);
+    assert!(gone.iter().any(|change| matches!(change, ImportChange::Delete { anchor: found } if *found == anchor)), "{gone:#?}");
+}
