@@ -6,6 +6,7 @@ mod ops;
 mod preview;
 mod quickstart;
 mod sync;
+mod tenant_cmd;
 
 use std::path::PathBuf;
 
@@ -67,6 +68,11 @@ enum Command {
         #[command(subcommand)]
         command: SyncCommand,
     },
+    /// The cloud tenant (Graph-compatible API and sign-in) over HTTPS.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
     /// Check a configuration file and its rule files without connecting to anything.
     CheckConfig {
         /// The configuration file.
@@ -78,6 +84,12 @@ enum Command {
         /// The TOML rule file.
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Serve the tenant until Ctrl-C.
+    Serve(tenant_cmd::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +138,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Quickstart(args) => quickstart::run(&args).await,
         Command::Sync { command: SyncCommand::Run(args) } => sync::run(&args).await,
         Command::CheckConfig { file } => sync::check(&file),
+        Command::Tenant { command: TenantCommand::Serve(args) } => tenant_cmd::serve(&args).await,
         Command::History { db, limit } => ops::history(&ops::open(&db).await?, limit).await,
         Command::Cs { command: CsCommand::Search { db, args } } => ops::cs_search(&ops::open(&db).await?, &args).await,
         Command::Mv { command: MvCommand::Show { db, id } } => ops::mv_show(&ops::open(&db).await?, id).await,

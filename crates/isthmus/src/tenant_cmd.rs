@@ -1,0 +1,66 @@
+//! `isthmus tenant serve`: the cloud tenant over HTTPS until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+/// Options of `isthmus tenant serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The state folder (created on first start: CA, certificate, signing key, database).
+    #[arg(long, default_value = "isthmus-tenant")]
+    pub state: PathBuf,
+    /// Address to listen on (HTTPS); repeat for several.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: Vec<SocketAddr>,
+    /// The tenant's short name: its initial domain is `<name>.isthmus.local` (first start only).
+    #[arg(long, default_value = "contoso")]
+    pub name: String,
+    /// Extra host names or addresses for the generated certificate (first start only).
+    #[arg(long)]
+    pub host: Vec<String>,
+}
+
+/// Runs the tenant.
+pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let mut config = tenant::TenantConfig::new(args.state.clone(), args.listen.clone());
+    config.name = args.name.clone();
+    config.hosts = args.host.clone();
+    let (tenant, bootstrap) = tenant::Tenant::open(config).await.with_context(|| format!("open the tenant in {}", args.state.display()))?;
+    println!("tenant {} ({})", tenant.tenant_id(), tenant.initial_domain());
+    println!("CA certificate for clients: {}", tenant.ca_pem.display());
+    if let Some(app) = bootstrap {
+        let file = args.state.join("admin-app.txt");
+        let text = format!("client_id = {}\nclient_secret = {}\n", app.client_id, &*app.client_secret);
+        write_private(&file, &text).with_context(|| format!("write {}", file.display()))?;
+        println!(
+            "new tenant: admin app {} (Directory.ReadWrite.All); its secret is in {} (shown once, keep it safe)",
+            app.client_id,
+            file.display()
+        );
+    }
+    let domain = tenant.initial_domain().to_string();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("watch SIGTERM")?;
+    let (bound, serve) = tenant
+        .bind(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        })
+        .await?;
+    for addr in &bound {
+        println!("listening on https://{addr}  (authority https://{addr}/{domain}, Graph https://{addr}/v1.0)");
+    }
+    serve.await;
+    println!("stopped");
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes())
+}

@@ -1,0 +1,290 @@
+//! The cloud tenant: a self-hostable equivalent of the Entra ID side that Isthmus syncs into —
+//! a Graph-compatible directory API (`graph`) and sign-in endpoints shaped like the Microsoft
+//! identity platform's (`oauth`), over HTTPS only (`state` makes a local CA on first start).
+//!
+//! Built so far: users (create, read, list with paging and `$select`, update, delete), app
+//! registrations with client secrets, the client-credentials grant, OpenID discovery, JWKS and
+//! user-realm discovery, role checks on every Graph call, an audit trail in the log. State in
+//! SQLite (`db`).
+//!
+//! Knows no sync engine and no on-premises directory.
+
+pub mod crypto;
+pub mod db;
+mod graph;
+mod oauth;
+pub mod odata;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::routing::get;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+
+use crate::odata::GraphError;
+
+/// Largest request body accepted (Graph's own limit is 4 MB).
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// How to run a tenant.
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    /// The state folder (created on first start).
+    pub state_dir: PathBuf,
+    /// The tenant's short name: the initial domain is `<name>.isthmus.local`.
+    pub name: String,
+    /// Addresses to listen on (HTTPS).
+    pub listen: Vec<SocketAddr>,
+    /// Extra host names and addresses for the generated certificate.
+    pub hosts: Vec<String>,
+    /// PBKDF2 iterations for users' passwords (600,000, OWASP's figure for PBKDF2-HMAC-SHA256).
+    pub password_iterations: u32,
+}
+
+impl TenantConfig {
+    /// Defaults for a tenant in `state_dir` listening on `listen`.
+    pub fn new(state_dir: PathBuf, listen: Vec<SocketAddr>) -> Self {
+        TenantConfig { state_dir, name: "contoso".into(), listen, hosts: Vec::new(), password_iterations: 600_000 }
+    }
+}
+
+/// Why the tenant cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    /// The state folder.
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    /// The database.
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    /// A listening address.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What request handlers share.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    identity: state::Identity,
+    signing: crypto::SigningKey,
+    db: db::Db,
+    password_iterations: u32,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.inner
+    }
+}
+
+impl Shared {
+    /// The tenant's domains users may have (the initial domain, for now).
+    fn domains(&self) -> Vec<String> {
+        vec![self.identity.initial_domain.clone()]
+    }
+}
+
+/// The caller of a Graph request, from its bearer token.
+pub(crate) struct Access {
+    /// Who (the app id), for the audit trail.
+    pub caller: String,
+    roles: Vec<String>,
+}
+
+impl Access {
+    fn require_read(&self) -> Result<(), GraphError> {
+        const READ: &[&str] = &["Directory.Read.All", "Directory.ReadWrite.All", "User.Read.All", "User.ReadWrite.All"];
+        if self.roles.iter().any(|role| READ.contains(&role.as_str())) { Ok(()) } else { Err(GraphError::denied()) }
+    }
+
+    fn require_write(&self) -> Result<(), GraphError> {
+        const WRITE: &[&str] = &["Directory.ReadWrite.All", "User.ReadWrite.All"];
+        if self.roles.iter().any(|role| WRITE.contains(&role.as_str())) { Ok(()) } else { Err(GraphError::denied()) }
+    }
+}
+
+impl FromRequestParts<AppState> for Access {
+    type Rejection = GraphError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, GraphError> {
+        let header = parts.headers.get("authorization").and_then(|value| value.to_str().ok()).unwrap_or_default();
+        let Some(token) = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")) else {
+            return Err(GraphError::unauthenticated("Access token is empty."));
+        };
+        let claims = state
+            .signing
+            .verify(token.trim(), unix_now())
+            .map_err(|err| GraphError::unauthenticated(format!("Access token validation failure: {err}.")))?;
+        if claims.get("tid").and_then(|tid| tid.as_str()) != Some(state.identity.tenant_id.as_str()) {
+            return Err(GraphError::unauthenticated("Access token validation failure: the token is for another tenant."));
+        }
+        let caller = claims.get("appid").and_then(|id| id.as_str()).unwrap_or_default().to_string();
+        let roles = claims
+            .get("roles")
+            .and_then(|roles| roles.as_array())
+            .map(|roles| roles.iter().filter_map(|role| role.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        Ok(Access { caller, roles })
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|elapsed| elapsed.as_secs() as i64).unwrap_or(0)
+}
+
+/// Now as RFC 3339 (UTC, seconds).
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|now| now.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// A prepared tenant: state loaded, ready to serve.
+pub struct Tenant {
+    config: TenantConfig,
+    app: AppState,
+    tls: Arc<rustls::ServerConfig>,
+    /// The CA certificate clients should trust.
+    pub ca_pem: PathBuf,
+}
+
+/// The first app registration, made when the tenant is new: its secret is shown once.
+pub struct BootstrapApp {
+    /// The application (client) id.
+    pub client_id: String,
+    /// Its secret.
+    pub client_secret: zeroize::Zeroizing<String>,
+}
+
+impl Tenant {
+    /// Loads (or creates) the tenant in `config.state_dir`. A new tenant gets an admin app with
+    /// `Directory.ReadWrite.All`, returned with its secret.
+    pub async fn open(config: TenantConfig) -> Result<(Tenant, Option<BootstrapApp>), TenantError> {
+        let loaded = state::open(&config.state_dir, &config.name, &config.hosts)?;
+        let db = db::Db::open(&loaded.db_path)?;
+        let bootstrap = if db.call(|conn| db::app_count(conn)).await? == 0 {
+            let app = BootstrapApp { client_id: crypto::new_guid(), client_secret: crypto::new_secret() };
+            let (client_id, hash) = (app.client_id.clone(), crypto::secret_hash(&app.client_secret));
+            db.call(move |conn| db::insert_app(conn, &client_id, "Isthmus admin", &hash, &["Directory.ReadWrite.All".to_string()])).await?;
+            Some(app)
+        } else {
+            None
+        };
+        let app = AppState {
+            inner: Arc::new(Shared {
+                identity: loaded.identity,
+                signing: loaded.signing,
+                db,
+                password_iterations: config.password_iterations,
+            }),
+        };
+        Ok((Tenant { config, app, tls: loaded.tls, ca_pem: loaded.ca_pem }, bootstrap))
+    }
+
+    /// Registers an app with `roles` (for tests and the CLI); returns its id and secret.
+    pub async fn register_app(&self, name: &str, roles: &[&str]) -> Result<BootstrapApp, TenantError> {
+        let app = BootstrapApp { client_id: crypto::new_guid(), client_secret: crypto::new_secret() };
+        let (client_id, hash, name) = (app.client_id.clone(), crypto::secret_hash(&app.client_secret), name.to_string());
+        let roles: Vec<String> = roles.iter().map(|role| role.to_string()).collect();
+        self.app.db.call(move |conn| db::insert_app(conn, &client_id, &name, &hash, &roles)).await?;
+        Ok(app)
+    }
+
+    /// The tenant id.
+    pub fn tenant_id(&self) -> &str {
+        &self.app.identity.tenant_id
+    }
+
+    /// The initial domain.
+    pub fn initial_domain(&self) -> &str {
+        &self.app.identity.initial_domain
+    }
+
+    /// The HTTP routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1.0/users", get(graph::list_users).post(graph::create_user))
+            .route("/v1.0/users/{key}", get(graph::get_user).patch(graph::update_user).delete(graph::delete_user))
+            .route("/{tenant}/v2.0/.well-known/openid-configuration", get(oauth::openid_configuration))
+            .route("/{tenant}//v2.0/.well-known/openid-configuration", get(oauth::openid_configuration))
+            .route("/{tenant}/discovery/v2.0/keys", get(oauth::jwks))
+            .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(oauth::token))
+            .route("/common/userrealm/{upn}", get(oauth::user_realm))
+            .fallback(|| async { GraphError::bad_request("Invalid request: no such resource or method.") })
+            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .with_state(self.app.clone())
+    }
+
+    /// Binds every listen address; returns the bound addresses (port 0 gets a free port) and a
+    /// future that serves until `shutdown` completes.
+    pub async fn bind(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(Vec<SocketAddr>, impl std::future::Future<Output = ()>), TenantError> {
+        let mut listeners = Vec::new();
+        for addr in &self.config.listen {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| TenantError::Listen { addr: *addr, source })?;
+            listeners.push(listener);
+        }
+        let bound: Vec<SocketAddr> = listeners.iter().filter_map(|listener| listener.local_addr().ok()).collect();
+        let router = self.router();
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let serve = async move {
+            let mut tasks = Vec::new();
+            for listener in listeners {
+                let (router, acceptor, mut stop) = (router.clone(), acceptor.clone(), stop_rx.clone());
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let accepted = tokio::select! {
+                            accepted = listener.accept() => accepted,
+                            _ = stop.changed() => break,
+                        };
+                        let Ok((tcp, peer)) = accepted else { continue };
+                        let (router, acceptor) = (router.clone(), acceptor.clone());
+                        tokio::spawn(async move {
+                            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                                Ok(Ok(tls)) => tls,
+                                Ok(Err(err)) => {
+                                    tracing::debug!(%peer, "TLS handshake failed: {err}");
+                                    return;
+                                }
+                                Err(_) => return,
+                            };
+                            let service = TowerToHyperService::new(router);
+                            if let Err(err) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await
+                            {
+                                tracing::debug!(%peer, "connection: {err}");
+                            }
+                        });
+                    }
+                }));
+            }
+            shutdown.await;
+            let _ = stop_tx.send(true);
+            for task in tasks {
+                let _ = task.await;
+            }
+        };
+        Ok((bound, serve))
+    }
+}

@@ -1,0 +1,171 @@
+//! Sign-in endpoints shaped like the Microsoft identity platform's, as `msal` and
+//! `azure-identity` need them (see `ms-client-contract.md`): OpenID discovery per tenant, the
+//! JWKS, the v2 token endpoint (client credentials) and user-realm discovery.
+
+use axum::Form;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::odata::{GraphError, TokenEndpointError};
+
+/// Lifetime of issued access tokens.
+const TOKEN_SECONDS: i64 = 3600;
+
+fn host(headers: &HeaderMap) -> String {
+    headers.get("host").and_then(|host| host.to_str().ok()).unwrap_or("127.0.0.1").to_string()
+}
+
+/// Whether `segment` names this tenant: its id or one of its domains.
+fn is_tenant(state: &AppState, segment: &str) -> bool {
+    segment.eq_ignore_ascii_case(&state.identity.tenant_id)
+        || state.domains().iter().any(|domain| domain.eq_ignore_ascii_case(segment))
+        || segment.eq_ignore_ascii_case("organizations")
+        || segment.eq_ignore_ascii_case("common")
+}
+
+fn issuer(state: &AppState, headers: &HeaderMap) -> String {
+    format!("https://{}/{}/v2.0", host(headers), state.identity.tenant_id)
+}
+
+/// `GET /{tenant}/v2.0/.well-known/openid-configuration`.
+pub async fn openid_configuration(State(state): State<AppState>, headers: HeaderMap, Path(tenant): Path<String>) -> Response {
+    if !is_tenant(&state, &tenant) {
+        return GraphError::not_found(&tenant).into_response();
+    }
+    let base = format!("https://{}/{tenant}", host(&headers));
+    Json(json!({
+        "issuer": issuer(&state, &headers),
+        "authorization_endpoint": format!("{base}/oauth2/v2.0/authorize"),
+        "token_endpoint": format!("{base}/oauth2/v2.0/token"),
+        "jwks_uri": format!("{base}/discovery/v2.0/keys"),
+        "response_types_supported": ["code", "id_token", "code id_token", "token id_token"],
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+        "grant_types_supported": ["client_credentials"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "tenant_region_scope": "WW",
+        "cloud_instance_name": "isthmus.local",
+    }))
+    .into_response()
+}
+
+/// `GET /{tenant}/discovery/v2.0/keys`.
+pub async fn jwks(State(state): State<AppState>) -> Response {
+    Json(state.signing.jwks()).into_response()
+}
+
+/// The token endpoint's form.
+#[derive(Debug, Deserialize)]
+pub struct TokenForm {
+    grant_type: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    scope: Option<String>,
+}
+
+/// `POST /{tenant}/oauth2/v2.0/token`.
+pub async fn token(State(state): State<AppState>, headers: HeaderMap, Path(tenant): Path<String>, Form(form): Form<TokenForm>) -> Response {
+    match issue(&state, &headers, &tenant, form).await {
+        Ok(body) => Json(body).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn issue(state: &AppState, headers: &HeaderMap, tenant: &str, form: TokenForm) -> Result<Value, TokenEndpointError> {
+    if !is_tenant(state, tenant) {
+        return Err(TokenEndpointError::new("invalid_request", 90002, format!("Tenant '{tenant}' not found.")));
+    }
+    let grant = form.grant_type.as_deref().unwrap_or_default();
+    if grant != "client_credentials" {
+        return Err(TokenEndpointError::new(
+            "unsupported_grant_type",
+            70003,
+            format!("The app requested an unsupported grant type '{grant}'."),
+        ));
+    }
+    let client_id = form.client_id.clone().unwrap_or_default();
+    let secret = zeroize::Zeroizing::new(form.client_secret.clone().unwrap_or_default());
+    let scope = form.scope.clone().unwrap_or_default();
+    if !scope.split_whitespace().any(|scope| scope.ends_with("/.default")) {
+        return Err(TokenEndpointError::new(
+            "invalid_scope",
+            1002012,
+            format!(
+                "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier."
+            ),
+        ));
+    }
+    let lookup = client_id.clone();
+    let app = state.db.call(move |conn| crate::db::app(conn, &lookup)).await.map_err(|err| {
+        tracing::error!("{err}");
+        TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
+    })?;
+    let Some((hash, roles)) = app else {
+        tracing::info!(target: "audit", client_id, outcome = "unknown client", "sign-in");
+        return Err(TokenEndpointError::new(
+            "unauthorized_client",
+            700016,
+            format!("Application with identifier '{client_id}' was not found in the directory."),
+        ));
+    };
+    if !crate::crypto::same(&crate::crypto::secret_hash(&secret), &hash) {
+        tracing::info!(target: "audit", client_id, outcome = "bad secret", "sign-in");
+        let mut err = TokenEndpointError::new(
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
+        );
+        err.status = axum::http::StatusCode::UNAUTHORIZED;
+        return Err(err);
+    }
+    let now = crate::unix_now();
+    let claims = json!({
+        "aud": "https://graph.microsoft.com",
+        "iss": issuer(state, headers),
+        "iat": now,
+        "nbf": now,
+        "exp": now + TOKEN_SECONDS,
+        "tid": state.identity.tenant_id,
+        "oid": client_id,
+        "sub": client_id,
+        "appid": client_id,
+        "azp": client_id,
+        "idtyp": "app",
+        "roles": roles,
+        "ver": "2.0",
+    });
+    let access_token = state.signing.sign(&claims).map_err(|err| {
+        tracing::error!("{err}");
+        TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
+    })?;
+    tracing::info!(target: "audit", client_id, outcome = "success", "sign-in");
+    Ok(json!({
+        "token_type": "Bearer",
+        "expires_in": TOKEN_SECONDS,
+        "ext_expires_in": TOKEN_SECONDS,
+        "scope": scope,
+        "access_token": access_token,
+    }))
+}
+
+/// `GET /common/userrealm/{upn}?api-version=1.0`: `Managed` for the tenant's domains,
+/// `Unknown` otherwise (never 404: MSAL would stop asking for the whole process).
+pub async fn user_realm(State(state): State<AppState>, Path(upn): Path<String>) -> Response {
+    let domain = upn.rsplit_once('@').map(|(_, domain)| domain.to_lowercase()).unwrap_or_default();
+    let known = state.domains().iter().any(|candidate| candidate.eq_ignore_ascii_case(&domain));
+    let account_type = if known { "Managed" } else { "Unknown" };
+    Json(json!({
+        "ver": "1.0",
+        "account_type": account_type,
+        "domain_name": domain,
+        "cloud_instance_name": "isthmus.local",
+        "cloud_audience_urn": "urn:federation:MicrosoftOnline",
+    }))
+    .into_response()
+}

@@ -1,0 +1,169 @@
+//! A tenant's state folder: created on first start, reused after.
+//!
+//! ```text
+//! tenant.json          tenant id and initial domain
+//! tls/ca.pem           the CA clients trust (self-signed, made here), and ca.key
+//! tls/server.pem       the HTTPS certificate (SAN: 127.0.0.1, localhost, the configured names), and server.key
+//! signing.p8           the token-signing key (P-256, PKCS#8)
+//! tenant.db            the directory (SQLite)
+//! ```
+//! Private keys are written 0600. A given certificate (`--tls-cert`/`--tls-key`) replaces the
+//! generated one.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::SigningKey;
+
+/// Why the state folder cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading or writing a file.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file is there but unusable.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
+    move |source| StateError::Io { what, path: path.to_path_buf(), source }
+}
+
+/// `tenant.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    /// The tenant id (a GUID).
+    pub tenant_id: String,
+    /// The initial domain, e.g. `contoso.isthmus.local`.
+    pub initial_domain: String,
+}
+
+/// What a tenant loads from its folder.
+pub struct Loaded {
+    /// Tenant id and initial domain.
+    pub identity: Identity,
+    /// HTTPS server settings.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// The CA clients should trust (the generated one).
+    pub ca_pem: PathBuf,
+    /// Token signing.
+    pub signing: SigningKey,
+    /// The directory database file.
+    pub db_path: PathBuf,
+}
+
+/// Opens (creating on first use) the state folder of tenant `name` (`<name>.isthmus.local`),
+/// with a server certificate for `hosts` besides 127.0.0.1 and localhost.
+pub fn open(dir: &Path, name: &str, hosts: &[String]) -> Result<Loaded, StateError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir.join("tls")).map_err(io("create", dir))?;
+    // Password hashes and keys live here: only the service account may enter.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io("chmod", dir))?;
+    let identity_path = dir.join("tenant.json");
+    let identity: Identity = if identity_path.exists() {
+        let text = std::fs::read_to_string(&identity_path).map_err(io("read", &identity_path))?;
+        serde_json::from_str(&text).map_err(|err| StateError::Invalid { path: identity_path.clone(), message: err.to_string() })?
+    } else {
+        let identity = Identity { tenant_id: crate::crypto::new_guid(), initial_domain: format!("{}.isthmus.local", name.to_lowercase()) };
+        let text = serde_json::to_string_pretty(&identity)
+            .map_err(|err| StateError::Invalid { path: identity_path.clone(), message: err.to_string() })?;
+        std::fs::write(&identity_path, text).map_err(io("write", &identity_path))?;
+        tracing::info!(tenant = identity.tenant_id, domain = identity.initial_domain, "new tenant");
+        identity
+    };
+
+    let ca_pem = dir.join("tls").join("ca.pem");
+    let cert_pem = dir.join("tls").join("server.pem");
+    let key_pem = dir.join("tls").join("server.key");
+    if !cert_pem.exists() || !key_pem.exists() {
+        issue_certificates(&dir.join("tls"), hosts)?;
+    }
+    let tls = server_config(&cert_pem, &key_pem)?;
+
+    let signing_path = dir.join("signing.p8");
+    if !signing_path.exists() {
+        let pkcs8 = SigningKey::generate_pkcs8().map_err(|message| StateError::Invalid { path: signing_path.clone(), message })?;
+        write_private(&signing_path, &pkcs8)?;
+    }
+    let pkcs8 = zeroize::Zeroizing::new(std::fs::read(&signing_path).map_err(io("read", &signing_path))?);
+    let signing = SigningKey::from_pkcs8(&pkcs8).map_err(|message| StateError::Invalid { path: signing_path.clone(), message })?;
+    Ok(Loaded { identity, tls, ca_pem, signing, db_path: dir.join("tenant.db") })
+}
+
+fn issue_certificates(dir: &Path, hosts: &[String]) -> Result<(), StateError> {
+    let bad = |err: rcgen::Error| StateError::Invalid { path: dir.to_path_buf(), message: err.to_string() };
+    let ca_key = KeyPair::generate().map_err(bad)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(bad)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "Isthmus tenant local CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(bad)?;
+    let ca_key_pem = ca_key.serialize_pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut names = vec!["localhost".to_string()];
+    names.extend(hosts.iter().filter(|host| host.parse::<IpAddr>().is_err()).cloned());
+    let key = KeyPair::generate().map_err(bad)?;
+    let mut params = CertificateParams::new(names).map_err(bad)?;
+    params.subject_alt_names.push(SanType::IpAddress(IpAddr::from([127, 0, 0, 1])));
+    for host in hosts {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            params.subject_alt_names.push(SanType::IpAddress(ip));
+        }
+    }
+    params.distinguished_name.push(DnType::CommonName, "Isthmus tenant");
+    let cert = params.signed_by(&key, &issuer).map_err(bad)?;
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).map_err(io("write", &dir.join("ca.pem")))?;
+    write_private(&dir.join("ca.key"), ca_key_pem.as_bytes())?;
+    std::fs::write(dir.join("server.pem"), cert.pem()).map_err(io("write", &dir.join("server.pem")))?;
+    write_private(&dir.join("server.key"), key.serialize_pem().as_bytes())?;
+    Ok(())
+}
+
+/// rustls server settings from PEM files.
+pub fn server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<rustls::ServerConfig>, StateError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |path: &Path, message: String| StateError::Invalid { path: path.to_path_buf(), message };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_pem)
+        .map_err(|err| invalid(cert_pem, err.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|err| invalid(cert_pem, err.to_string()))?;
+    if certs.is_empty() {
+        return Err(invalid(cert_pem, "holds no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|err| invalid(key_pem, err.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| invalid(cert_pem, err.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|err| invalid(key_pem, err.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), StateError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io("write", path))?;
+    file.write_all(contents).map_err(io("write", path))
+}
