@@ -1,0 +1,110 @@
+//! Microsoft's own, unmodified Python client libraries against the tenant: `msal`
+//! (client credentials) and `msgraph-sdk` through `azure-identity` (list users with paging,
+//! create a user, an OData error). Set up as `ms-client-contract.md` says: instance discovery
+//! off, the tenant's CA trusted explicitly, Graph's base URL pointed at the tenant.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use tenant::{Tenant, TenantConfig};
+
+const SCRIPT: &str = r#"
+import asyncio, json, ssl, sys
+import httpx, msal, requests
+from azure.identity import ClientSecretCredential
+from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
+from msgraph import GraphServiceClient, GraphRequestAdapter
+from msgraph.graph_request_adapter import options as graph_options
+from msgraph_core import GraphClientFactory
+from msgraph.generated.models.user import User
+from msgraph.generated.models.password_profile import PasswordProfile
+from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+from msgraph.generated.users.users_request_builder import UsersRequestBuilder
+from kiota_abstractions.base_request_configuration import RequestConfiguration
+
+base, domain, client_id, secret, ca = sys.argv[1:6]
+scope = "https://graph.microsoft.com/.default"
+out = {}
+
+# MSAL, client credentials; a session of our own so REQUESTS_CA_BUNDLE cannot override the CA.
+session = requests.Session()
+session.verify = ca
+session.trust_env = False
+app = msal.ConfidentialClientApplication(client_id, client_credential=secret, authority=f"{base}/{domain}",
+                                         instance_discovery=False, http_client=session)
+result = app.acquire_token_for_client(scopes=[scope])
+out["msal_token"] = "access_token" in result
+out["msal_error"] = result.get("error")
+bad = msal.ConfidentialClientApplication(client_id, client_credential="wrong", authority=f"{base}/{domain}",
+                                         instance_discovery=False, http_client=session)
+out["msal_bad_secret"] = bad.acquire_token_for_client(scopes=[scope]).get("error")
+
+async def graph():
+    credential = ClientSecretCredential(domain, client_id, secret, authority=base, disable_instance_discovery=True, connection_verify=ca)
+    auth = AzureIdentityAuthenticationProvider(credential, scopes=[scope])
+    http = GraphClientFactory.create_with_default_middleware(
+        client=httpx.AsyncClient(verify=ssl.create_default_context(cafile=ca), timeout=30), options=graph_options)
+    adapter = GraphRequestAdapter(auth, client=http)
+    adapter.base_url = f"{base}/v1.0"
+    client = GraphServiceClient(request_adapter=adapter)
+    for n in range(3):
+        user = User(account_enabled=True, display_name=f"Py {n}", mail_nickname=f"py{n}", user_principal_name=f"py{n}@{domain}",
+                    password_profile=PasswordProfile(password="Str0ng!Pass", force_change_password_next_sign_in=False))
+        created = await client.users.post(user)
+        out.setdefault("created", []).append(created.user_principal_name)
+    config = RequestConfiguration(query_parameters=UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
+        top=2, select=["id", "displayName", "userPrincipalName"]))
+    page = await client.users.get(request_configuration=config)
+    users = list(page.value)
+    pages = 1
+    while page.odata_next_link:
+        page = await client.users.with_url(page.odata_next_link).get()
+        users += page.value
+        pages += 1
+    out["listed"] = sorted(u.user_principal_name for u in users)
+    out["pages"] = pages
+    try:
+        await client.users.by_user_id("no-such-user").get()
+    except ODataError as error:
+        out["not_found"] = [error.response_status_code, error.error.code]
+
+asyncio.run(graph())
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msal_and_msgraph_sdk_work_unmodified() {
+    let Some(python) = testkit::available(testkit::python_clients()) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = TenantConfig::new(dir.path().join("state"), vec!["127.0.0.1:0".parse().unwrap()]);
+    config.password_iterations = 1_000;
+    let (tenant, bootstrap) = Tenant::open(config).await.unwrap();
+    let admin = bootstrap.unwrap();
+    let (domain, ca) = (tenant.initial_domain().to_string(), tenant.ca_pem.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bound, serve) = tenant
+        .bind(async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    tokio::spawn(serve);
+    let base = format!("https://127.0.0.1:{}", bound[0].port());
+    let script = dir.path().join("clients.py");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let args: Vec<String> = [script.to_str().unwrap(), &base, &domain, &admin.client_id, &admin.client_secret, ca.to_str().unwrap()]
+        .map(str::to_string)
+        .to_vec();
+    let output = tokio::task::spawn_blocking(move || Command::new(python).args(args).output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "the Python clients failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(result["msal_token"], true, "{result}");
+    assert_eq!(result["msal_bad_secret"], "invalid_client", "{result}");
+    assert_eq!(result["created"].as_array().unwrap().len(), 3, "{result}");
+    let expected: Vec<String> = (0..3).map(|n| format!("py{n}@{domain}")).collect();
+    assert_eq!(result["listed"], serde_json::json!(expected), "{result}");
+    assert_eq!(result["pages"], 2, "three users in pages of two, through @odata.nextLink");
+    assert_eq!(result["not_found"], serde_json::json!([404, "Request_ResourceNotFound"]));
+    drop(stop);
+}
