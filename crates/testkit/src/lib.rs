@@ -130,6 +130,28 @@ pub fn shared_dir() -> PathBuf {
     std::env::var_os("ISTHMUS_TESTKIT_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("isthmus-testkit"))
 }
 
+/// The Python interpreter that has Microsoft's client libraries (`msal`, `azure-identity`,
+/// `msgraph-sdk`): `ISTHMUS_PYTHON`, else the virtualenv `scripts/test-all` makes in
+/// `target/pyclients`. An error (the server-missing kind, for [`available`]) when neither has them.
+pub fn python_clients() -> Result<PathBuf> {
+    let candidate = std::env::var_os("ISTHMUS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pyclients/bin/python"));
+    let probe = std::process::Command::new(&candidate).args(["-c", "import msal, azure.identity, msgraph"]).output();
+    match probe {
+        Ok(output) if output.status.success() => Ok(candidate),
+        Ok(output) => Err(Error::MissingTool(format!(
+            "{} lacks msal/azure-identity/msgraph-sdk (run scripts/test-all, or set ISTHMUS_PYTHON): {}",
+            candidate.display(),
+            String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or_default()
+        ))),
+        Err(err) => Err(Error::MissingTool(format!(
+            "no Python with Microsoft's client libraries at {} ({err}); run scripts/test-all or set ISTHMUS_PYTHON",
+            candidate.display()
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,27 +175,5 @@ mod tests {
     fn outside_ci_it_skips() {
         assert_eq!(available_when(false, failed()), None);
         assert_eq!(available_when(false, Ok(7)), Some(7));
-    }
-}
-
-/// The Python interpreter that has Microsoft's client libraries (`msal`, `azure-identity`,
-/// `msgraph-sdk`): `ISTHMUS_PYTHON`, else the virtualenv `scripts/test-all` makes in
-/// `target/pyclients`. An error (the server-missing kind, for [`available`]) when neither has them.
-pub fn python_clients() -> Result<PathBuf> {
-    let candidate = std::env::var_os("ISTHMUS_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pyclients/bin/python"));
-    let probe = std::process::Command::new(&candidate).args(["-c", "import msal, azure.identity, msgraph"]).output();
-    match probe {
-        Ok(output) if output.status.success() => Ok(candidate),
-        Ok(output) => Err(Error::MissingTool(format!(
-            "{} lacks msal/azure-identity/msgraph-sdk (run scripts/test-all, or set ISTHMUS_PYTHON): {}",
-            candidate.display(),
-            String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or_default()
-        ))),
-        Err(err) => Err(Error::MissingTool(format!(
-            "no Python with Microsoft's client libraries at {} ({err}); run scripts/test-all or set ISTHMUS_PYTHON",
-            candidate.display()
-        ))),
     }
 }
