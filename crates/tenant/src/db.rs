@@ -34,7 +34,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    /// The stored name, also the end of `#microsoft.graph.<name>` (contacts: `orgContact`).
+    pub fn name(self) -> &'static str {
         match self {
             Kind::User => "user",
             Kind::Group => "group",
@@ -84,6 +85,19 @@ CREATE TABLE IF NOT EXISTS apps (
     roles TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS members (
+    group_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    PRIMARY KEY (group_id, member_id)
+);
+CREATE INDEX IF NOT EXISTS members_member ON members(member_id);
+CREATE TABLE IF NOT EXISTS member_log (
+    seq INTEGER NOT NULL,
+    group_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    removed INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS member_log_group ON member_log(group_id, seq);
 ";
 
 impl Db {
@@ -214,7 +228,8 @@ pub fn update(conn: &mut Connection, kind: Kind, data: &Map<String, Value>) -> R
     Ok(changed > 0)
 }
 
-/// Deletes an object (kept as a tombstone for delta queries); `false` when it does not exist.
+/// Deletes an object (kept as a tombstone for delta queries), taking it out of every group
+/// (and a group's members out of it); `false` when it does not exist.
 pub fn delete(conn: &mut Connection, kind: Kind, id: &str) -> Result<bool, DbError> {
     let tx = conn.transaction()?;
     let seq = next_seq(&tx)?;
@@ -222,9 +237,116 @@ pub fn delete(conn: &mut Connection, kind: Kind, id: &str) -> Result<bool, DbErr
         "UPDATE objects SET deleted = 1, upn = NULL, seq = ?3 WHERE kind = ?1 AND id = ?2 AND deleted = 0",
         params![kind.name(), id, seq],
     )?;
-    tx.execute("DELETE FROM credentials WHERE user_id = ?1", params![id])?;
+    if changed > 0 {
+        tx.execute("DELETE FROM credentials WHERE user_id = ?1", params![id])?;
+        let groups: Vec<String> = tx
+            .prepare("SELECT group_id FROM members WHERE member_id = ?1")?
+            .query_map(params![id], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        for group in groups {
+            log_member(&tx, &group, id, true)?;
+        }
+        tx.execute("DELETE FROM members WHERE member_id = ?1 OR group_id = ?1", params![id])?;
+    }
     tx.commit()?;
     Ok(changed > 0)
+}
+
+/// Records a membership change and moves the group forward in the change order.
+fn log_member(tx: &rusqlite::Transaction<'_>, group: &str, member: &str, removed: bool) -> Result<(), DbError> {
+    let seq = next_seq(tx)?;
+    tx.execute("INSERT INTO member_log (seq, group_id, member_id, removed) VALUES (?1, ?2, ?3, ?4)", params![seq, group, member, removed])?;
+    tx.execute("UPDATE objects SET seq = ?2 WHERE id = ?1", params![group, seq])?;
+    Ok(())
+}
+
+/// The kind of a live object by id.
+pub fn kind_of(conn: &Connection, id: &str) -> Result<Option<Kind>, DbError> {
+    let kind: Option<String> =
+        conn.query_row("SELECT kind FROM objects WHERE id = ?1 AND deleted = 0", params![id], |row| row.get(0)).optional()?;
+    Ok(kind.and_then(|kind| match kind.as_str() {
+        "user" => Some(Kind::User),
+        "group" => Some(Kind::Group),
+        "contact" => Some(Kind::Contact),
+        _ => None,
+    }))
+}
+
+/// Adds `member` to `group`; `false` when it already was one.
+pub fn add_member(conn: &mut Connection, group: &str, member: &str) -> Result<bool, DbError> {
+    let tx = conn.transaction()?;
+    let added = tx.execute("INSERT OR IGNORE INTO members (group_id, member_id) VALUES (?1, ?2)", params![group, member])? > 0;
+    if added {
+        log_member(&tx, group, member, false)?;
+    }
+    tx.commit()?;
+    Ok(added)
+}
+
+/// Removes `member` from `group`; `false` when it was not one.
+pub fn remove_member(conn: &mut Connection, group: &str, member: &str) -> Result<bool, DbError> {
+    let tx = conn.transaction()?;
+    let removed = tx.execute("DELETE FROM members WHERE group_id = ?1 AND member_id = ?2", params![group, member])? > 0;
+    if removed {
+        log_member(&tx, group, member, true)?;
+    }
+    tx.commit()?;
+    Ok(removed)
+}
+
+/// A group's members: (id, kind, document), by id.
+pub fn members(conn: &Connection, group: &str) -> Result<Vec<(String, String, String)>, DbError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT o.id, o.kind, o.data FROM members m JOIN objects o ON o.id = m.member_id WHERE m.group_id = ?1 AND o.deleted = 0 ORDER BY o.id",
+    )?;
+    let rows = statement.query_map(params![group], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Membership changes of `group` in `(since, upto]`, the last per member: (member id, removed).
+pub fn member_changes(conn: &Connection, group: &str, since: i64, upto: i64) -> Result<Vec<(String, bool)>, DbError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT member_id, removed FROM member_log l WHERE group_id = ?1 AND seq > ?2 AND seq <= ?3 \
+         AND seq = (SELECT MAX(seq) FROM member_log x WHERE x.group_id = l.group_id AND x.member_id = l.member_id AND x.seq <= ?3) ORDER BY member_id",
+    )?;
+    let rows = statement.query_map(params![group, since, upto], |row| Ok((row.get(0)?, row.get::<_, bool>(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The newest change number.
+pub fn current_seq(conn: &Connection) -> Result<i64, DbError> {
+    Ok(conn.query_row("SELECT COALESCE((SELECT value FROM counters WHERE name = 'seq'), 0)", [], |row| row.get(0))?)
+}
+
+/// One changed object of a delta round.
+#[derive(Debug, Clone)]
+pub struct Changed {
+    /// Its change number.
+    pub seq: i64,
+    /// Its id.
+    pub id: String,
+    /// Deleted since.
+    pub deleted: bool,
+    /// Its document (live objects).
+    pub data: Map<String, Value>,
+}
+
+/// Objects of `kind` changed in `(after, upto]` (tombstones only when `with_deleted`), by change
+/// number, at most `limit`.
+pub fn changed(conn: &Connection, kind: Kind, after: i64, upto: i64, with_deleted: bool, limit: usize) -> Result<Vec<Changed>, DbError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT seq, id, deleted, data FROM objects WHERE kind = ?1 AND seq > ?2 AND seq <= ?3 AND (deleted = 0 OR ?4) ORDER BY seq LIMIT ?5",
+    )?;
+    let rows = statement.query_map(params![kind.name(), after, upto, with_deleted, limit as i64], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, bool>(2)?, row.get::<_, String>(3)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, id, deleted, data) = row?;
+        let data = if deleted { Map::new() } else { parse(&id, &data)? };
+        out.push(Changed { seq, id, deleted, data });
+    }
+    Ok(out)
 }
 
 /// A user's password hash.

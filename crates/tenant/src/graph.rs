@@ -1,12 +1,13 @@
-//! The Graph-compatible directory API under `/v1.0`: users (list with `$top`/`$select` and
-//! absolute `@odata.nextLink` paging, get by id or userPrincipalName, create, update, delete).
+//! The Graph-compatible directory API under `/v1.0`: users, groups and organizational contacts
+//! (list with `$top`/`$select` and absolute `@odata.nextLink` paging, get — users also by
+//! userPrincipalName —, create, update, delete), group members (`members`, `members/$ref`),
+//! and delta queries (`users/delta()`, `groups/delta()` with `members@delta`).
 //!
 //! Every write is checked before anything is stored: unknown properties, wrong JSON types,
 //! missing required properties, a UPN whose domain is not the tenant's, a weak password — each
 //! is a 400 OData error naming the problem, and nothing changes.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -45,6 +46,104 @@ const USER_PROPERTIES: &[(&str, Type)] = &[
     ("onPremisesLastSyncDateTime", Type::Str),
 ];
 
+const GROUP_PROPERTIES: &[(&str, Type)] = &[
+    ("displayName", Type::Str),
+    ("description", Type::Str),
+    ("mailEnabled", Type::Bool),
+    ("mailNickname", Type::Str),
+    ("securityEnabled", Type::Bool),
+    ("groupTypes", Type::StrList),
+    ("mail", Type::Str),
+    ("proxyAddresses", Type::StrList),
+    ("visibility", Type::Str),
+    ("onPremisesSyncEnabled", Type::Bool),
+    ("onPremisesSamAccountName", Type::Str),
+    ("onPremisesDomainName", Type::Str),
+    ("onPremisesSecurityIdentifier", Type::Str),
+    ("onPremisesLastSyncDateTime", Type::Str),
+];
+
+const CONTACT_PROPERTIES: &[(&str, Type)] = &[
+    ("displayName", Type::Str),
+    ("givenName", Type::Str),
+    ("surname", Type::Str),
+    ("mail", Type::Str),
+    ("mailNickname", Type::Str),
+    ("companyName", Type::Str),
+    ("department", Type::Str),
+    ("jobTitle", Type::Str),
+    ("proxyAddresses", Type::StrList),
+    ("onPremisesSyncEnabled", Type::Bool),
+    ("onPremisesLastSyncDateTime", Type::Str),
+];
+
+/// One kind of directory object as the API shows it.
+pub struct Resource {
+    kind: Kind,
+    /// The collection's path segment: `users`.
+    segment: &'static str,
+    /// `microsoft.graph.user`.
+    odata_type: &'static str,
+    /// For messages: `User`.
+    noun: &'static str,
+    properties: &'static [(&'static str, Type)],
+    required: &'static [&'static str],
+}
+
+/// Users.
+pub static USERS: Resource = Resource {
+    kind: Kind::User,
+    segment: "users",
+    odata_type: "microsoft.graph.user",
+    noun: "User",
+    properties: USER_PROPERTIES,
+    required: &["accountEnabled", "displayName", "mailNickname", "userPrincipalName"],
+};
+
+/// Groups.
+pub static GROUPS: Resource = Resource {
+    kind: Kind::Group,
+    segment: "groups",
+    odata_type: "microsoft.graph.group",
+    noun: "Group",
+    properties: GROUP_PROPERTIES,
+    required: &["displayName", "mailEnabled", "mailNickname", "securityEnabled"],
+};
+
+/// Organizational contacts.
+pub static CONTACTS: Resource = Resource {
+    kind: Kind::Contact,
+    segment: "contacts",
+    odata_type: "microsoft.graph.orgContact",
+    noun: "Contact",
+    properties: CONTACT_PROPERTIES,
+    required: &["displayName"],
+};
+
+fn resource_of(kind: Kind) -> &'static Resource {
+    match kind {
+        Kind::User => &USERS,
+        Kind::Group => &GROUPS,
+        Kind::Contact => &CONTACTS,
+    }
+}
+
+impl Resource {
+    /// The collection's path segment.
+    pub fn segment(&self) -> &'static str {
+        self.segment
+    }
+
+    /// Whether the collection has a delta function.
+    pub fn has_delta(&self) -> bool {
+        self.kind != Kind::Contact
+    }
+
+    fn property(&self, name: &str) -> Option<Type> {
+        self.properties.iter().find(|(known, _)| *known == name).map(|(_, kind)| *kind)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Type {
     Bool,
@@ -60,11 +159,7 @@ fn type_ok(kind: Type, value: &Value) -> bool {
     }
 }
 
-fn property(name: &str) -> Option<Type> {
-    USER_PROPERTIES.iter().find(|(known, _)| *known == name).map(|(_, kind)| *kind)
-}
-
-/// `$top`, `$skiptoken`, `$select`.
+/// `$top`, `$skiptoken`, `$select`, `$deltatoken`.
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     #[serde(rename = "$top")]
@@ -73,6 +168,8 @@ pub struct ListQuery {
     skiptoken: Option<String>,
     #[serde(rename = "$select")]
     select: Option<String>,
+    #[serde(rename = "$deltatoken")]
+    deltatoken: Option<String>,
 }
 
 /// The `https://host[:port]` clients reached us at, for absolute links.
@@ -81,69 +178,71 @@ fn base_url(headers: &HeaderMap) -> String {
     format!("https://{host}")
 }
 
-fn selection(select: Option<&str>) -> Result<Option<Vec<String>>, GraphError> {
+fn selection(resource: &Resource, select: Option<&str>) -> Result<Option<Vec<String>>, GraphError> {
     let Some(select) = select else { return Ok(None) };
     let mut names = Vec::new();
     for name in select.split(',').map(str::trim).filter(|name| !name.is_empty()) {
-        if name != "id" && property(name).is_none() {
-            return Err(GraphError::bad_request(format!("Could not find a property named '{name}' on type 'microsoft.graph.user'.")));
+        if name != "id" && resource.property(name).is_none() {
+            return Err(GraphError::bad_request(format!("Could not find a property named '{name}' on type '{}'.", resource.odata_type)));
         }
         names.push(name.to_string());
     }
     Ok(Some(names))
 }
 
-fn project(object: &Map<String, Value>, select: Option<&[String]>) -> Value {
+fn project(resource: &Resource, object: &Map<String, Value>, select: Option<&[String]>) -> Value {
+    let mut out = Map::new();
     match select {
         None => {
-            let mut out = Map::new();
             out.insert("id".into(), object.get("id").cloned().unwrap_or(Value::Null));
-            for (name, _) in USER_PROPERTIES {
-                out.insert(
-                    (*name).into(),
-                    object.get(*name).cloned().unwrap_or(if property(name) == Some(Type::StrList) { json!([]) } else { Value::Null }),
-                );
+            for (name, kind) in resource.properties {
+                let empty = if *kind == Type::StrList { json!([]) } else { Value::Null };
+                out.insert((*name).into(), object.get(*name).cloned().unwrap_or(empty));
             }
-            Value::Object(out)
         }
         Some(names) => {
-            let mut out = Map::new();
             for name in names {
                 out.insert(name.clone(), object.get(name).cloned().unwrap_or(Value::Null));
             }
-            Value::Object(out)
         }
+    }
+    Value::Object(out)
+}
+
+fn page_size(top: Option<&str>) -> Result<usize, GraphError> {
+    match top {
+        None => Ok(100),
+        Some(text) => match text.parse::<usize>() {
+            Ok(top) if (1..=999).contains(&top) => Ok(top),
+            _ => Err(GraphError::bad_request(format!("Invalid value '{text}' for $top: give 1 to 999."))),
+        },
     }
 }
 
-/// `GET /v1.0/users`.
-pub async fn list_users(
-    State(state): State<AppState>,
+/// `GET /v1.0/{collection}`.
+pub async fn list(
+    resource: &'static Resource,
+    state: AppState,
     access: Access,
     headers: HeaderMap,
-    Query(query): Query<ListQuery>,
+    query: ListQuery,
 ) -> Result<Response, GraphError> {
     access.require_read()?;
-    let top = match &query.top {
-        None => 100,
-        Some(text) => match text.parse::<usize>() {
-            Ok(top) if (1..=999).contains(&top) => top,
-            _ => return Err(GraphError::bad_request(format!("Invalid value '{text}' for $top: give 1 to 999."))),
-        },
-    };
-    let select = selection(query.select.as_deref())?;
+    let top = page_size(query.top.as_deref())?;
+    let select = selection(resource, query.select.as_deref())?;
     let after = match &query.skiptoken {
         None => None,
         Some(token) => Some(decode_skiptoken(token)?),
     };
-    let mut page = state.db.call(move |conn| db::list(conn, Kind::User, after.as_deref(), top + 1, &|_| true)).await?;
+    let kind = resource.kind;
+    let mut page = state.db.call(move |conn| db::list(conn, kind, after.as_deref(), top + 1, &|_| true)).await?;
     let more = page.len() > top;
     page.truncate(top);
-    let values: Vec<Value> = page.iter().map(|object| project(object, select.as_deref())).collect();
+    let values: Vec<Value> = page.iter().map(|object| project(resource, object, select.as_deref())).collect();
     let base = base_url(&headers);
-    let mut body = json!({"@odata.context": format!("{base}/v1.0/$metadata#users"), "value": values});
+    let mut body = json!({"@odata.context": format!("{base}/v1.0/$metadata#{}", resource.segment), "value": values});
     if more && let Some(last) = page.last().and_then(|object| object.get("id")).and_then(Value::as_str) {
-        let mut link = format!("{base}/v1.0/users?$top={top}&$skiptoken={}", encode_skiptoken(last));
+        let mut link = format!("{base}/v1.0/{}?$top={top}&$skiptoken={}", resource.segment, encode_token(last));
         if let Some(select) = &query.select {
             link.push_str(&format!("&$select={select}"));
         }
@@ -152,9 +251,9 @@ pub async fn list_users(
     Ok(Json(body).into_response())
 }
 
-fn encode_skiptoken(last_id: &str) -> String {
+fn encode_token(text: &str) -> String {
     use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last_id)
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
 fn decode_skiptoken(token: &str) -> Result<String, GraphError> {
@@ -166,21 +265,27 @@ fn decode_skiptoken(token: &str) -> Result<String, GraphError> {
         .ok_or_else(|| GraphError::bad_request("Invalid $skiptoken."))
 }
 
-/// `GET /v1.0/users/{id or userPrincipalName}`.
-pub async fn get_user(
-    State(state): State<AppState>,
+/// Looks an object up by id (users also by userPrincipalName); 404 when missing.
+async fn find(state: &AppState, resource: &Resource, key: &str) -> Result<Map<String, Value>, GraphError> {
+    let (kind, lookup) = (resource.kind, key.to_string());
+    let found = state.db.call(move |conn| db::get(conn, kind, &lookup)).await?;
+    found.ok_or_else(|| GraphError::not_found(key))
+}
+
+/// `GET /v1.0/{collection}/{key}`.
+pub async fn get_one(
+    resource: &'static Resource,
+    state: AppState,
     access: Access,
     headers: HeaderMap,
-    Path(key): Path<String>,
-    Query(query): Query<ListQuery>,
+    key: String,
+    query: ListQuery,
 ) -> Result<Response, GraphError> {
     access.require_read()?;
-    let select = selection(query.select.as_deref())?;
-    let lookup = key.clone();
-    let found = state.db.call(move |conn| db::get(conn, Kind::User, &lookup)).await?;
-    let object = found.ok_or_else(|| GraphError::not_found(&key))?;
-    let mut body = project(&object, select.as_deref());
-    body["@odata.context"] = Value::String(format!("{}/v1.0/$metadata#users/$entity", base_url(&headers)));
+    let select = selection(resource, query.select.as_deref())?;
+    let object = find(&state, resource, &key).await?;
+    let mut body = project(resource, &object, select.as_deref());
+    body["@odata.context"] = Value::String(format!("{}/v1.0/$metadata#{}/$entity", base_url(&headers), resource.segment));
     Ok(Json(body).into_response())
 }
 
@@ -201,32 +306,16 @@ fn body_object(body: Body) -> Result<Map<String, Value>, GraphError> {
     }
 }
 
-/// Checks properties of a create or update; returns the password profile, if any.
-fn check_user_properties(state: &AppState, body: &mut Map<String, Value>) -> Result<Option<(String, bool)>, GraphError> {
+/// Checks the properties of a create or update; returns a user's password profile, if any.
+fn check_properties(resource: &Resource, state: &AppState, body: &mut Map<String, Value>) -> Result<Option<(String, bool)>, GraphError> {
     if let Some(kind) = body.remove("@odata.type")
-        && kind.as_str() != Some("#microsoft.graph.user")
+        && kind.as_str().map(|kind| kind.trim_start_matches('#')) != Some(resource.odata_type)
     {
-        return Err(GraphError::bad_request(format!("A resource of type {kind} cannot be written as a user.")));
+        return Err(GraphError::bad_request(format!("A resource of type {kind} cannot be written as a {}.", resource.odata_type)));
     }
-    let password = match body.remove("passwordProfile") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(mut profile)) => {
-            let password = match profile.remove("password") {
-                Some(Value::String(password)) => password,
-                _ => return Err(GraphError::bad_request("passwordProfile.password must be a string.")),
-            };
-            let force = profile.remove("forceChangePasswordNextSignIn").and_then(|value| value.as_bool()).unwrap_or(true);
-            profile.remove("forceChangePasswordNextSignInWithMfa");
-            if let Some(unknown) = profile.keys().next() {
-                return Err(GraphError::bad_request(format!("Invalid property '{unknown}' in passwordProfile.")));
-            }
-            check_password(&password)?;
-            Some((password, force))
-        }
-        Some(_) => return Err(GraphError::bad_request("passwordProfile must be an object.")),
-    };
+    let password = if resource.kind == Kind::User { password_profile(body)? } else { None };
     for (name, value) in body.iter() {
-        match property(name) {
+        match resource.property(name) {
             None if name == "id" => return Err(GraphError::bad_request("Property 'id' is read-only.")),
             None => return Err(GraphError::bad_request(format!("Invalid property '{name}'."))),
             Some(kind) if !type_ok(kind, value) => {
@@ -242,10 +331,31 @@ fn check_user_properties(state: &AppState, body: &mut Map<String, Value>) -> Res
         && (nickname.is_empty() || nickname.len() > 64 || nickname.chars().any(|c| c.is_whitespace() || "@()\\[]\";:<>,".contains(c)))
     {
         return Err(GraphError::bad_request(format!(
-            "Invalid value specified for property 'mailNickname' of resource 'User': {nickname:?}."
+            "Invalid value specified for property 'mailNickname' of resource '{}': {nickname:?}.",
+            resource.noun
         )));
     }
     Ok(password)
+}
+
+fn password_profile(body: &mut Map<String, Value>) -> Result<Option<(String, bool)>, GraphError> {
+    match body.remove("passwordProfile") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(mut profile)) => {
+            let password = match profile.remove("password") {
+                Some(Value::String(password)) => password,
+                _ => return Err(GraphError::bad_request("passwordProfile.password must be a string.")),
+            };
+            let force = profile.remove("forceChangePasswordNextSignIn").and_then(|value| value.as_bool()).unwrap_or(true);
+            profile.remove("forceChangePasswordNextSignInWithMfa");
+            if let Some(unknown) = profile.keys().next() {
+                return Err(GraphError::bad_request(format!("Invalid property '{unknown}' in passwordProfile.")));
+            }
+            check_password(&password)?;
+            Ok(Some((password, force)))
+        }
+        Some(_) => Err(GraphError::bad_request("passwordProfile must be an object.")),
+    }
 }
 
 /// A UPN is `local@domain`, the local part of allowed characters, the domain one of the tenant's.
@@ -286,18 +396,27 @@ fn check_password(password: &str) -> Result<(), GraphError> {
     Ok(())
 }
 
-/// `POST /v1.0/users`.
-pub async fn create_user(State(state): State<AppState>, access: Access, headers: HeaderMap, body: Body) -> Result<Response, GraphError> {
+/// `POST /v1.0/{collection}`.
+pub async fn create(
+    resource: &'static Resource,
+    state: AppState,
+    access: Access,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, GraphError> {
     access.require_write()?;
     let mut object = body_object(body)?;
-    let password = check_user_properties(&state, &mut object)?;
-    for required in ["accountEnabled", "displayName", "mailNickname", "userPrincipalName"] {
-        if object.get(required).is_none_or(Value::is_null) {
-            return Err(GraphError::bad_request(format!("Property '{required}' is required when creating the user.")));
+    let password = check_properties(resource, &state, &mut object)?;
+    for required in resource.required {
+        if object.get(*required).is_none_or(Value::is_null) {
+            return Err(GraphError::bad_request(format!(
+                "Property '{required}' is required when creating the {}.",
+                resource.noun.to_lowercase()
+            )));
         }
     }
     let synced = object.get("onPremisesImmutableId").is_some_and(|id| !id.is_null());
-    if password.is_none() && !synced {
+    if resource.kind == Kind::User && password.is_none() && !synced {
         return Err(GraphError::bad_request("Property 'passwordProfile' is required when creating a cloud-only user."));
     }
     let id = crate::crypto::new_guid();
@@ -308,60 +427,264 @@ pub async fn create_user(State(state): State<AppState>, access: Access, headers:
         let (salt, hash) = crate::crypto::password_hash(&password, iterations);
         Credential { salt, hash, iterations }
     });
-    let stored = object.clone();
-    state.db.call(move |conn| db::insert(conn, Kind::User, &stored, credential.as_ref())).await?;
-    tracing::info!(target: "audit", operation = "create user", id, by = access.caller, "directory write");
-    let mut body = project(&object, None);
-    body["@odata.context"] = Value::String(format!("{}/v1.0/$metadata#users/$entity", base_url(&headers)));
+    let (stored, kind) = (object.clone(), resource.kind);
+    state.db.call(move |conn| db::insert(conn, kind, &stored, credential.as_ref())).await?;
+    tracing::info!(target: "audit", operation = "create", kind = resource.noun, id, by = access.caller, "directory write");
+    let mut body = project(resource, &object, None);
+    body["@odata.context"] = Value::String(format!("{}/v1.0/$metadata#{}/$entity", base_url(&headers), resource.segment));
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-/// `PATCH /v1.0/users/{id or userPrincipalName}`.
-pub async fn update_user(
-    State(state): State<AppState>,
-    access: Access,
-    Path(key): Path<String>,
-    body: Body,
-) -> Result<Response, GraphError> {
+/// `PATCH /v1.0/{collection}/{key}`.
+pub async fn update(resource: &'static Resource, state: AppState, access: Access, key: String, body: Body) -> Result<Response, GraphError> {
     access.require_write()?;
     let mut patch = body_object(body)?;
     if patch.contains_key("passwordProfile") {
-        return Err(GraphError::bad_request("Changing a password through PATCH is not supported yet; delete and create the user."));
+        return Err(GraphError::bad_request("Changing a password through PATCH is not supported yet."));
     }
-    check_user_properties(&state, &mut patch)?;
-    let lookup = key.clone();
+    check_properties(resource, &state, &mut patch)?;
+    let (kind, lookup) = (resource.kind, key.clone());
     let updated = state
         .db
         .call(move |conn| {
-            let Some(mut object) = db::get(conn, Kind::User, &lookup)? else { return Ok(None) };
+            let Some(mut object) = db::get(conn, kind, &lookup)? else { return Ok(None) };
             for (name, value) in patch {
                 object.insert(name, value);
             }
-            Ok(db::update(conn, Kind::User, &object)?.then_some(object))
+            Ok(db::update(conn, kind, &object)?.then_some(object))
         })
         .await?;
     let object = updated.ok_or_else(|| GraphError::not_found(&key))?;
-    tracing::info!(target: "audit", operation = "update user", id = ?object.get("id"), by = access.caller, "directory write");
+    tracing::info!(target: "audit", operation = "update", kind = resource.noun, id = ?object.get("id"), by = access.caller, "directory write");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `DELETE /v1.0/users/{id or userPrincipalName}`.
-pub async fn delete_user(State(state): State<AppState>, access: Access, Path(key): Path<String>) -> Result<Response, GraphError> {
+/// `DELETE /v1.0/{collection}/{key}`.
+pub async fn delete(resource: &'static Resource, state: AppState, access: Access, key: String) -> Result<Response, GraphError> {
     access.require_write()?;
-    let lookup = key.clone();
+    let (kind, lookup) = (resource.kind, key.clone());
     let deleted = state
         .db
         .call(move |conn| {
-            let Some(object) = db::get(conn, Kind::User, &lookup)? else { return Ok(false) };
+            let Some(object) = db::get(conn, kind, &lookup)? else { return Ok(false) };
             let id = object.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-            db::delete(conn, Kind::User, &id)
+            db::delete(conn, kind, &id)
         })
         .await?;
     if !deleted {
         return Err(GraphError::not_found(&key));
     }
-    tracing::info!(target: "audit", operation = "delete user", key, by = access.caller, "directory write");
+    tracing::info!(target: "audit", operation = "delete", kind = resource.noun, key, by = access.caller, "directory write");
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A member as Graph lists it: the object with its `@odata.type`.
+fn member_value(kind: &str, id: &str, data: &str) -> Value {
+    let resource = match kind {
+        "group" => &GROUPS,
+        "contact" => &CONTACTS,
+        _ => &USERS,
+    };
+    let object = match serde_json::from_str::<Value>(data) {
+        Ok(Value::Object(object)) => object,
+        _ => Map::new(),
+    };
+    let mut value = project(resource, &object, None);
+    value["@odata.type"] = Value::String(format!("#{}", resource.odata_type));
+    value["id"] = Value::String(id.to_string());
+    value
+}
+
+/// `GET /v1.0/groups/{id}/members`.
+pub async fn list_members(state: AppState, access: Access, headers: HeaderMap, key: String) -> Result<Response, GraphError> {
+    access.require_read()?;
+    let group = find(&state, &GROUPS, &key).await?;
+    let id = group.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let members = state.db.call(move |conn| db::members(conn, &id)).await?;
+    let values: Vec<Value> = members.iter().map(|(id, kind, data)| member_value(kind, id, data)).collect();
+    Ok(Json(json!({"@odata.context": format!("{}/v1.0/$metadata#directoryObjects", base_url(&headers)), "value": values})).into_response())
+}
+
+/// `POST /v1.0/groups/{id}/members/$ref` with `{"@odata.id": ".../directoryObjects/{id}"}`.
+pub async fn add_member(state: AppState, access: Access, key: String, body: Body) -> Result<Response, GraphError> {
+    access.require_write()?;
+    let body = body_object(body)?;
+    let reference = body
+        .get("@odata.id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| GraphError::bad_request("The request needs an '@odata.id' reference."))?;
+    if let Some(other) = body.keys().find(|name| *name != "@odata.id") {
+        return Err(GraphError::bad_request(format!("Invalid property '{other}' in a reference.")));
+    }
+    // Any host is accepted (`https://graph.microsoft.com/v1.0/directoryObjects/{id}`): the id is what counts.
+    let member = reference.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_string();
+    let group = find(&state, &GROUPS, &key).await?;
+    let group_id = group.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let (group_for_db, member_for_db) = (group_id.clone(), member.clone());
+    let outcome = state
+        .db
+        .call(move |conn| {
+            if member_for_db == group_for_db {
+                return Ok(Err("A group cannot be a member of itself."));
+            }
+            if db::kind_of(conn, &member_for_db)?.is_none() {
+                return Ok(Err("not found"));
+            }
+            Ok(if db::add_member(conn, &group_for_db, &member_for_db)? { Ok(()) } else { Err("exists") })
+        })
+        .await?;
+    match outcome {
+        Ok(()) => {}
+        Err("not found") => return Err(GraphError::not_found(&member)),
+        Err("exists") => {
+            return Err(GraphError::bad_request(
+                "One or more added object references already exist for the following modified properties: 'members'.",
+            ));
+        }
+        Err(message) => return Err(GraphError::bad_request(message)),
+    }
+    tracing::info!(target: "audit", operation = "add member", group = group_id, member, by = access.caller, "directory write");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /v1.0/groups/{id}/members/{member}/$ref`.
+pub async fn remove_member(state: AppState, access: Access, key: String, member: String) -> Result<Response, GraphError> {
+    access.require_write()?;
+    let group = find(&state, &GROUPS, &key).await?;
+    let group_id = group.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let (group_for_db, member_for_db) = (group_id.clone(), member.clone());
+    let removed = state.db.call(move |conn| db::remove_member(conn, &group_for_db, &member_for_db)).await?;
+    if !removed {
+        return Err(GraphError::not_found(&member));
+    }
+    tracing::info!(target: "audit", operation = "remove member", group = group_id, member, by = access.caller, "directory write");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Where a delta round stands: changes after `after` up to `upto`, from the round that began
+/// at `since` (0: the initial round, which lists objects but no tombstones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DeltaState {
+    since: i64,
+    upto: i64,
+    after: i64,
+}
+
+impl DeltaState {
+    fn encode(self) -> String {
+        encode_token(&format!("{}.{}.{}", self.since, self.upto, self.after))
+    }
+
+    fn decode(token: &str) -> Option<Self> {
+        let text = decode_skiptoken(token).ok()?;
+        let mut parts = text.split('.').map(|part| part.parse::<i64>().ok());
+        let (Some(Some(since)), Some(Some(upto)), Some(Some(after)), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        (since >= 0 && since <= after.max(since) && after <= upto).then_some(DeltaState { since, upto, after })
+    }
+}
+
+/// `GET /v1.0/{users|groups}/delta()`: every object on the first round, then what changed
+/// (deletes as `@removed`); groups carry `members@delta`. Pages end with an absolute
+/// `@odata.nextLink`; the last page of a round with an `@odata.deltaLink`.
+pub async fn delta(
+    resource: &'static Resource,
+    state: AppState,
+    access: Access,
+    headers: HeaderMap,
+    query: ListQuery,
+) -> Result<Response, GraphError> {
+    access.require_read()?;
+    let top = page_size(query.top.as_deref())?;
+    let select = selection(resource, query.select.as_deref())?;
+    let token = query.skiptoken.as_deref().or(query.deltatoken.as_deref());
+    let start = match token {
+        Some(token) => Some(DeltaState::decode(token).ok_or_else(|| GraphError::bad_request("Invalid delta or skip token."))?),
+        None => None,
+    };
+    let from_deltatoken = query.deltatoken.is_some();
+    let kind = resource.kind;
+    let (state_now, page, member_changes) = state
+        .db
+        .call(move |conn| {
+            let current = db::current_seq(conn)?;
+            let round = match start {
+                None => DeltaState { since: 0, upto: current, after: 0 },
+                // A delta link starts a new round up to now.
+                Some(previous) if from_deltatoken => DeltaState { since: previous.upto, upto: current, after: previous.upto },
+                Some(paging) => paging,
+            };
+            let page = db::changed(conn, kind, round.after, round.upto, round.since > 0, top + 1)?;
+            let mut members = Vec::new();
+            if kind == Kind::Group {
+                for changed in page.iter().take(top).filter(|changed| !changed.deleted) {
+                    let list: Vec<(String, String, bool)> = if round.since == 0 {
+                        db::members(conn, &changed.id)?.into_iter().map(|(id, kind, _)| (id, kind, false)).collect()
+                    } else {
+                        let mut list = Vec::new();
+                        for (member, removed) in db::member_changes(conn, &changed.id, round.since, round.upto)? {
+                            let kind = db::kind_of(conn, &member)?.map_or("user", Kind::name).to_string();
+                            list.push((member, kind, removed));
+                        }
+                        list
+                    };
+                    members.push((changed.id.clone(), list));
+                }
+            }
+            Ok((round, page, members))
+        })
+        .await?;
+    let more = page.len() > top;
+    let page = &page[..page.len().min(top)];
+    let values: Vec<Value> = page
+        .iter()
+        .map(|changed| {
+            if changed.deleted {
+                return json!({"id": changed.id, "@removed": {"reason": "deleted"}});
+            }
+            let mut value = project(resource, &changed.data, select.as_deref());
+            value["id"] = Value::String(changed.id.clone());
+            if let Some((_, list)) = member_changes.iter().find(|(group, _)| *group == changed.id) {
+                let members: Vec<Value> = list
+                    .iter()
+                    .map(|(id, kind, removed)| {
+                        let odata_type = format!(
+                            "#{}",
+                            resource_of(match kind.as_str() {
+                                "group" => Kind::Group,
+                                "contact" => Kind::Contact,
+                                _ => Kind::User,
+                            })
+                            .odata_type
+                        );
+                        if *removed {
+                            json!({"@odata.type": odata_type, "id": id, "@removed": {"reason": "deleted"}})
+                        } else {
+                            json!({"@odata.type": odata_type, "id": id})
+                        }
+                    })
+                    .collect();
+                value["members@delta"] = Value::Array(members);
+            }
+            value
+        })
+        .collect();
+    let base = base_url(&headers);
+    let mut body = json!({"@odata.context": format!("{base}/v1.0/$metadata#{}", resource.segment), "value": values});
+    let link = format!("{base}/v1.0/{}/delta()", resource.segment);
+    match (more, page.last()) {
+        (true, Some(last)) => {
+            let next = DeltaState { after: last.seq, ..state_now };
+            body["@odata.nextLink"] = Value::String(format!("{link}?$skiptoken={}", next.encode()));
+        }
+        _ => {
+            let done = DeltaState { since: state_now.upto, upto: state_now.upto, after: state_now.upto };
+            body["@odata.deltaLink"] = Value::String(format!("{link}?$deltatoken={}", done.encode()));
+        }
+    }
+    Ok(Json(body).into_response())
 }
 
 #[cfg(test)]
@@ -378,8 +701,8 @@ mod tests {
 
     #[test]
     fn select_names_unknown_properties() {
-        assert!(selection(Some("id,displayName")).is_ok());
-        let err = selection(Some("displayName,colour")).unwrap_err();
+        assert!(selection(&USERS, Some("id,displayName")).is_ok());
+        let err = selection(&GROUPS, Some("displayName,colour")).unwrap_err();
         assert!(err.message.contains("colour"));
     }
 }

@@ -22,8 +22,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 
@@ -144,6 +146,46 @@ impl FromRequestParts<AppState> for Access {
     }
 }
 
+/// The routes of one collection: list, create, get, update, delete, and delta for users and groups.
+fn collection_routes(resource: &'static graph::Resource) -> Router<AppState> {
+    let segment = resource.segment();
+    let mut router = Router::new()
+        .route(
+            &format!("/v1.0/{segment}"),
+            get(move |State(state): State<AppState>, access: Access, headers: HeaderMap, Query(query): Query<graph::ListQuery>| {
+                graph::list(resource, state, access, headers, query)
+            })
+            .post(move |State(state): State<AppState>, access: Access, headers: HeaderMap, body: graph::Body| {
+                graph::create(resource, state, access, headers, body)
+            }),
+        )
+        .route(
+            &format!("/v1.0/{segment}/{{key}}"),
+            get(
+                move |State(state): State<AppState>,
+                      access: Access,
+                      headers: HeaderMap,
+                      Path(key): Path<String>,
+                      Query(query): Query<graph::ListQuery>| {
+                    graph::get_one(resource, state, access, headers, key, query)
+                },
+            )
+            .patch(move |State(state): State<AppState>, access: Access, Path(key): Path<String>, body: graph::Body| {
+                graph::update(resource, state, access, key, body)
+            })
+            .delete(move |State(state): State<AppState>, access: Access, Path(key): Path<String>| {
+                graph::delete(resource, state, access, key)
+            }),
+        );
+    if resource.has_delta() {
+        let handler = move |State(state): State<AppState>, access: Access, headers: HeaderMap, Query(query): Query<graph::ListQuery>| {
+            graph::delta(resource, state, access, headers, query)
+        };
+        router = router.route(&format!("/v1.0/{segment}/delta()"), get(handler)).route(&format!("/v1.0/{segment}/delta"), get(handler));
+    }
+    router
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|elapsed| elapsed.as_secs() as i64).unwrap_or(0)
@@ -221,9 +263,29 @@ impl Tenant {
 
     /// The HTTP routes.
     pub fn router(&self) -> Router {
-        Router::new()
-            .route("/v1.0/users", get(graph::list_users).post(graph::create_user))
-            .route("/v1.0/users/{key}", get(graph::get_user).patch(graph::update_user).delete(graph::delete_user))
+        let mut router = Router::new();
+        for resource in [&graph::USERS, &graph::GROUPS, &graph::CONTACTS] {
+            router = router.merge(collection_routes(resource));
+        }
+        router
+            .route(
+                "/v1.0/groups/{key}/members",
+                get(|State(state): State<AppState>, access: Access, headers: HeaderMap, Path(key): Path<String>| {
+                    graph::list_members(state, access, headers, key)
+                }),
+            )
+            .route(
+                "/v1.0/groups/{key}/members/$ref",
+                post(|State(state): State<AppState>, access: Access, Path(key): Path<String>, body: graph::Body| {
+                    graph::add_member(state, access, key, body)
+                }),
+            )
+            .route(
+                "/v1.0/groups/{key}/members/{member}/$ref",
+                delete(|State(state): State<AppState>, access: Access, Path((key, member)): Path<(String, String)>| {
+                    graph::remove_member(state, access, key, member)
+                }),
+            )
             .route("/{tenant}/v2.0/.well-known/openid-configuration", get(oauth::openid_configuration))
             .route("/{tenant}//v2.0/.well-known/openid-configuration", get(oauth::openid_configuration))
             .route("/{tenant}/discovery/v2.0/keys", get(oauth::jwks))

@@ -316,3 +316,106 @@ async fn count(tenant: &Running, token: &str) -> usize {
     let (_, page) = tenant.call(reqwest::Method::GET, "/v1.0/users?$top=999", token, None).await;
     page["value"].as_array().unwrap().len()
 }
+
+/// Every page of a delta round from `start`: the values and the delta link.
+async fn delta_round(tenant: &Running, token: &str, start: &str) -> (Vec<Value>, String) {
+    let mut values = Vec::new();
+    let mut next = start.to_string();
+    loop {
+        let (status, page) = tenant.call(reqwest::Method::GET, &next, token, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        values.extend(page["value"].as_array().unwrap().iter().cloned());
+        if let Some(link) = page["@odata.nextLink"].as_str() {
+            next = link.to_string();
+            continue;
+        }
+        let delta_link = page["@odata.deltaLink"].as_str().expect("a round ends with a delta link");
+        assert!(delta_link.starts_with("https://") && delta_link.contains("/delta()?$deltatoken="), "{delta_link}");
+        return (values, delta_link.to_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_members_and_delta_queries() {
+    let tenant = start().await;
+    let admin = tenant.token(&tenant.admin).await;
+    use reqwest::Method;
+    let mut ids = std::collections::BTreeMap::new();
+    for nickname in ["ann", "bob"] {
+        let (status, body) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user(nickname, &tenant.domain))).await;
+        assert_eq!(status, StatusCode::CREATED);
+        ids.insert(nickname, body["id"].as_str().unwrap().to_string());
+    }
+    let group = json!({"displayName": "Staff", "mailEnabled": false, "mailNickname": "staff", "securityEnabled": true, "@odata.type": "#microsoft.graph.group"});
+    let (status, body) = tenant.call(Method::POST, "/v1.0/groups", &admin, Some(group)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let staff = body["id"].as_str().unwrap().to_string();
+    let (status, body) = tenant.call(Method::POST, "/v1.0/groups", &admin, Some(json!({"displayName": "No flags"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "required properties: {body}");
+
+    // The first delta rounds: everything, in pages of one.
+    let (users, users_link) = delta_round(&tenant, &admin, "/v1.0/users/delta()?$top=1").await;
+    assert_eq!(users.len(), 2);
+    let reference = |id: &str| json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{id}")});
+    let members_ref = format!("/v1.0/groups/{staff}/members/$ref");
+    let (status, body) = tenant.call(Method::POST, &members_ref, &admin, Some(reference(&ids["ann"]))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, body) = tenant.call(Method::POST, &members_ref, &admin, Some(reference(&ids["ann"]))).await;
+    assert!(status == StatusCode::BAD_REQUEST && body["error"]["message"].as_str().unwrap().contains("already exist"), "{body}");
+    let (status, _) = tenant.call(Method::POST, &members_ref, &admin, Some(reference("00000000-0000-4000-8000-000000000000"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = tenant.call(Method::POST, &members_ref, &admin, Some(reference(&staff))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a group is not its own member");
+    let (_, members) = tenant.call(Method::GET, &format!("/v1.0/groups/{staff}/members"), &admin, None).await;
+    assert_eq!(members["value"][0]["@odata.type"], "#microsoft.graph.user");
+    assert_eq!(members["value"][0]["id"].as_str(), Some(ids["ann"].as_str()));
+    let (groups, groups_link) = delta_round(&tenant, &admin, "/v1.0/groups/delta()").await;
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0]["members@delta"], json!([{"@odata.type": "#microsoft.graph.user", "id": ids["ann"]}]));
+
+    // Changes: bob updated, ann deleted (and so out of Staff), cid created and added.
+    let (status, _) = tenant.call(Method::PATCH, &format!("/v1.0/users/{}", ids["bob"]), &admin, Some(json!({"jobTitle": "Boss"}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = tenant.call(Method::DELETE, &format!("/v1.0/users/{}", ids["ann"]), &admin, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, cid) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("cid", &tenant.domain))).await;
+    let cid = cid["id"].as_str().unwrap().to_string();
+    let (status, _) = tenant.call(Method::POST, &members_ref, &admin, Some(reference(&cid))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let (changes, users_link) = delta_round(&tenant, &admin, &users_link).await;
+    let by_id = |id: &str| changes.iter().find(|change| change["id"].as_str() == Some(id)).cloned();
+    assert_eq!(changes.len(), 3, "{changes:#?}");
+    assert_eq!(by_id(&ids["bob"]).unwrap()["jobTitle"], "Boss");
+    assert_eq!(by_id(&ids["ann"]).unwrap()["@removed"]["reason"], "deleted");
+    assert_eq!(by_id(&cid).unwrap()["userPrincipalName"], format!("cid@{}", tenant.domain));
+    let (group_changes, groups_link) = delta_round(&tenant, &admin, &groups_link).await;
+    assert_eq!(group_changes.len(), 1);
+    let mut member_delta = group_changes[0]["members@delta"].as_array().unwrap().clone();
+    member_delta.sort_by_key(|member| member["id"].as_str().unwrap().to_string());
+    let mut expected = vec![
+        json!({"@odata.type": "#microsoft.graph.user", "id": ids["ann"], "@removed": {"reason": "deleted"}}),
+        json!({"@odata.type": "#microsoft.graph.user", "id": cid}),
+    ];
+    expected.sort_by_key(|member| member["id"].as_str().unwrap().to_string());
+    assert_eq!(member_delta, expected, "member changes as value deltas");
+
+    // Nothing more happened: empty rounds, new links.
+    let (nothing, _) = delta_round(&tenant, &admin, &users_link).await;
+    assert!(nothing.is_empty(), "{nothing:#?}");
+    let (nothing, _) = delta_round(&tenant, &admin, &groups_link).await;
+    assert!(nothing.is_empty(), "{nothing:#?}");
+    let (status, _) = tenant.call(Method::GET, "/v1.0/users/delta()?$deltatoken=bogus", &admin, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let (status, _) = tenant.call(Method::DELETE, &format!("/v1.0/groups/{staff}/members/{cid}/$ref"), &admin, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = tenant.call(Method::DELETE, &format!("/v1.0/groups/{staff}/members/{cid}/$ref"), &admin, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let contact = json!({"displayName": "Partner", "mail": "partner@example.test", "@odata.type": "#microsoft.graph.orgContact"});
+    let (status, body) = tenant.call(Method::POST, "/v1.0/contacts", &admin, Some(contact)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, listed) = tenant.call(Method::GET, "/v1.0/contacts", &admin, None).await;
+    assert_eq!(listed["value"][0]["mail"], "partner@example.test");
+}
