@@ -170,6 +170,8 @@ pub struct ListQuery {
     select: Option<String>,
     #[serde(rename = "$deltatoken")]
     deltatoken: Option<String>,
+    #[serde(rename = "$filter")]
+    filter: Option<String>,
 }
 
 /// The `https://host[:port]` clients reached us at, for absolute links.
@@ -234,8 +236,22 @@ pub async fn list(
         None => None,
         Some(token) => Some(decode_skiptoken(token)?),
     };
+    let filter = match &query.filter {
+        None => None,
+        Some(text) => Some(
+            crate::filter::parse(text, &|name| {
+                resource.property(name).map(|kind| kind == Type::StrList).or((name == "id").then_some(false))
+            })
+            .map_err(|err| GraphError::bad_request(err.to_string()))?,
+        ),
+    };
     let kind = resource.kind;
-    let mut page = state.db.call(move |conn| db::list(conn, kind, after.as_deref(), top + 1, &|_| true)).await?;
+    let mut page = state
+        .db
+        .call(move |conn| {
+            db::list(conn, kind, after.as_deref(), top + 1, &|object| filter.as_ref().is_none_or(|filter| filter.matches(object)))
+        })
+        .await?;
     let more = page.len() > top;
     page.truncate(top);
     let values: Vec<Value> = page.iter().map(|object| project(resource, object, select.as_deref())).collect();
@@ -243,12 +259,25 @@ pub async fn list(
     let mut body = json!({"@odata.context": format!("{base}/v1.0/$metadata#{}", resource.segment), "value": values});
     if more && let Some(last) = page.last().and_then(|object| object.get("id")).and_then(Value::as_str) {
         let mut link = format!("{base}/v1.0/{}?$top={top}&$skiptoken={}", resource.segment, encode_token(last));
-        if let Some(select) = &query.select {
-            link.push_str(&format!("&$select={select}"));
+        for (name, value) in [("$select", &query.select), ("$filter", &query.filter)] {
+            if let Some(value) = value {
+                link.push_str(&format!("&{name}={}", percent_encode(value)));
+            }
         }
         body["@odata.nextLink"] = Value::String(link);
     }
     Ok(Json(body).into_response())
+}
+
+/// Percent-encodes a query value for a link.
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' => (byte as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 fn encode_token(text: &str) -> String {

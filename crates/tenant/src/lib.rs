@@ -11,6 +11,7 @@
 
 pub mod crypto;
 pub mod db;
+pub mod filter;
 mod graph;
 mod oauth;
 pub mod odata;

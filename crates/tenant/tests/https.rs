@@ -419,3 +419,55 @@ async fn groups_members_and_delta_queries() {
     let (_, listed) = tenant.call(Method::GET, "/v1.0/contacts", &admin, None).await;
     assert_eq!(listed["value"][0]["mail"], "partner@example.test");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_select_what_they_say_and_bad_ones_are_refused() {
+    let tenant = start().await;
+    let admin = tenant.token(&tenant.admin).await;
+    use reqwest::Method;
+    for nickname in ["ann", "anna", "bob", "anton"] {
+        let mut body = user(nickname, &tenant.domain);
+        body["proxyAddresses"] = json!([format!("SMTP:{nickname}@{}", tenant.domain)]);
+        let (status, created) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+    }
+    let names = |page: &Value| {
+        let mut names: Vec<String> =
+            page["value"].as_array().unwrap().iter().map(|user| user["mailNickname"].as_str().unwrap().to_string()).collect();
+        names.sort();
+        names
+    };
+    // Paged with the filter kept in the next link.
+    let mut seen = Vec::new();
+    let mut next = "/v1.0/users?$top=1&$filter=startswith(displayName,'user an')".to_string();
+    loop {
+        let (status, page) = tenant.call(Method::GET, &next, &admin, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        seen.extend(names(&page));
+        match page["@odata.nextLink"].as_str() {
+            Some(link) => next = link.to_string(),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["ann", "anna", "anton"]);
+    let upn = format!("bob@{}", tenant.domain);
+    let (_, page) = tenant
+        .call(
+            Method::GET,
+            &format!("/v1.0/users?$filter=userPrincipalName eq '{}' or mailNickname eq 'ann'", upn.to_uppercase()),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(names(&page), ["ann", "bob"], "eq is case-insensitive");
+    let (_, page) = tenant
+        .call(Method::GET, &format!("/v1.0/users?$filter=proxyAddresses/any(x:x eq 'smtp:anna@{}')", tenant.domain), &admin, None)
+        .await;
+    assert_eq!(names(&page), ["anna"]);
+    let (status, error) = tenant.call(Method::GET, "/v1.0/users?$filter=colour eq 'red'", &admin, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error["error"]["message"].as_str().unwrap().contains("character 0"), "{error}");
+    let (status, _) = tenant.call(Method::GET, "/v1.0/users?$filter=mailNickname eq 'a') or (1 eq 1", &admin, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
