@@ -15,6 +15,7 @@ pub mod filter;
 mod graph;
 mod oauth;
 pub mod odata;
+mod signin;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -48,12 +49,24 @@ pub struct TenantConfig {
     pub hosts: Vec<String>,
     /// PBKDF2 iterations for users' passwords (600,000, OWASP's figure for PBKDF2-HMAC-SHA256).
     pub password_iterations: u32,
+    /// Smart lockout: failed sign-ins in a row that lock an account (Entra's default: 10).
+    pub lockout_threshold: u32,
+    /// Smart lockout: how long a locked account stays locked (Entra's default: 60 seconds).
+    pub lockout_seconds: u64,
 }
 
 impl TenantConfig {
     /// Defaults for a tenant in `state_dir` listening on `listen`.
     pub fn new(state_dir: PathBuf, listen: Vec<SocketAddr>) -> Self {
-        TenantConfig { state_dir, name: "contoso".into(), listen, hosts: Vec::new(), password_iterations: 600_000 }
+        TenantConfig {
+            state_dir,
+            name: "contoso".into(),
+            listen,
+            hosts: Vec::new(),
+            password_iterations: 600_000,
+            lockout_threshold: 10,
+            lockout_seconds: 60,
+        }
     }
 }
 
@@ -87,6 +100,9 @@ struct Shared {
     signing: crypto::SigningKey,
     db: db::Db,
     password_iterations: u32,
+    lockout: signin::Lockout,
+    lockout_threshold: u32,
+    lockout_duration: std::time::Duration,
 }
 
 impl std::ops::Deref for AppState {
@@ -238,6 +254,9 @@ impl Tenant {
                 signing: loaded.signing,
                 db,
                 password_iterations: config.password_iterations,
+                lockout: signin::Lockout::default(),
+                lockout_threshold: config.lockout_threshold.max(1),
+                lockout_duration: std::time::Duration::from_secs(config.lockout_seconds),
             }),
         };
         Ok((Tenant { config, app, tls: loaded.tls, ca_pem: loaded.ca_pem }, bootstrap))

@@ -67,6 +67,18 @@ pub struct TokenForm {
     client_id: Option<String>,
     client_secret: Option<String>,
     scope: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    refresh_token: Option<String>,
+}
+
+impl Drop for TokenForm {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        for secret in [&mut self.password, &mut self.client_secret, &mut self.refresh_token].into_iter().flatten() {
+            secret.zeroize();
+        }
+    }
 }
 
 /// `POST /{tenant}/oauth2/v2.0/token`.
@@ -82,12 +94,17 @@ async fn issue(state: &AppState, headers: &HeaderMap, tenant: &str, form: TokenF
         return Err(TokenEndpointError::new("invalid_request", 90002, format!("Tenant '{tenant}' not found.")));
     }
     let grant = form.grant_type.as_deref().unwrap_or_default();
-    if grant != "client_credentials" {
-        return Err(TokenEndpointError::new(
-            "unsupported_grant_type",
-            70003,
-            format!("The app requested an unsupported grant type '{grant}'."),
-        ));
+    match grant {
+        "client_credentials" => {}
+        "password" => return crate::signin::password_grant(state, headers, &form_fields(&form)).await,
+        "refresh_token" => return crate::signin::refresh_grant(state, headers, &form_fields(&form)).await,
+        _ => {
+            return Err(TokenEndpointError::new(
+                "unsupported_grant_type",
+                70003,
+                format!("The app requested an unsupported grant type '{grant}'."),
+            ));
+        }
     }
     let client_id = form.client_id.clone().unwrap_or_default();
     let secret = zeroize::Zeroizing::new(form.client_secret.clone().unwrap_or_default());
@@ -152,6 +169,22 @@ async fn issue(state: &AppState, headers: &HeaderMap, tenant: &str, form: TokenF
         "scope": scope,
         "access_token": access_token,
     }))
+}
+
+/// The user-flow fields of a token request.
+fn form_fields(form: &TokenForm) -> crate::signin::UserGrant {
+    crate::signin::UserGrant {
+        client_id: form.client_id.clone().unwrap_or_default(),
+        scope: form.scope.clone().unwrap_or_default(),
+        username: form.username.clone().unwrap_or_default(),
+        password: zeroize::Zeroizing::new(form.password.clone().unwrap_or_default()),
+        refresh_token: zeroize::Zeroizing::new(form.refresh_token.clone().unwrap_or_default()),
+    }
+}
+
+/// The issuer claim for requests that reached us as `headers` say.
+pub(crate) fn issuer_for(state: &AppState, headers: &HeaderMap) -> String {
+    issuer(state, headers)
 }
 
 /// `GET /common/userrealm/{upn}?api-version=1.0`: `Managed` for the tenant's domains,

@@ -24,6 +24,8 @@ async fn start() -> Running {
     let mut config = TenantConfig::new(dir.path().join("state"), vec!["127.0.0.1:0".parse().unwrap()]);
     // Fast hashing for tests; the default is 600,000 iterations.
     config.password_iterations = 1_000;
+    config.lockout_threshold = 3;
+    config.lockout_seconds = 2;
     let (tenant, bootstrap) = Tenant::open(config).await.unwrap();
     let admin = bootstrap.expect("a new tenant has an admin app");
     let reader = tenant.register_app("reader", &["Directory.Read.All"]).await.unwrap();
@@ -470,4 +472,107 @@ async fn filters_select_what_they_say_and_bad_ones_are_refused() {
     assert!(error["error"]["message"].as_str().unwrap().contains("character 0"), "{error}");
     let (status, _) = tenant.call(Method::GET, "/v1.0/users?$filter=mailNickname eq 'a') or (1 eq 1", &admin, None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+impl Running {
+    async fn password_grant(&self, client: &str, username: &str, password: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}/{}/oauth2/v2.0/token", self.base, self.domain))
+            .form(&[
+                ("grant_type", "password"),
+                ("client_id", client),
+                ("username", username),
+                ("password", password),
+                ("scope", "openid profile offline_access User.Read"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+}
+
+fn claims(token: &str) -> Value {
+    use base64::Engine as _;
+    let body = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(body).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_users_sign_in_with_smart_lockout() {
+    let tenant = start().await;
+    let admin = tenant.token(&tenant.admin).await;
+    use reqwest::Method;
+    let (_, ann) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("ann", &tenant.domain))).await;
+    let upn = format!("ann@{}", tenant.domain);
+    let client = tenant.reader.0.clone();
+
+    let (status, tokens) = tenant.password_grant(&client, &upn.to_uppercase(), "Str0ng!Pass").await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let id_token = claims(tokens["id_token"].as_str().unwrap());
+    assert_eq!((id_token["aud"].as_str(), id_token["preferred_username"].as_str()), (Some(client.as_str()), Some(upn.as_str())));
+    assert_eq!(id_token["oid"], ann["id"]);
+    assert_eq!(id_token["tid"].as_str(), Some(tenant.tenant_id.as_str()));
+    let client_info: Value = {
+        use base64::Engine as _;
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(tokens["client_info"].as_str().unwrap()).unwrap())
+            .unwrap()
+    };
+    assert_eq!(client_info, json!({"uid": ann["id"], "utid": tenant.tenant_id}));
+    // A user token carries no directory role: Graph refuses it.
+    let (status, _) = tenant.call(Method::GET, "/v1.0/users", tokens["access_token"].as_str().unwrap(), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Refresh works while the user is enabled; disabling ends it, and the password grant too.
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_string();
+    let refreshed = |token: String| {
+        let (client, tenant) = (client.clone(), &tenant);
+        async move {
+            let response = tenant
+                .client
+                .post(format!("{}/{}/oauth2/v2.0/token", tenant.base, tenant.domain))
+                .form(&[
+                    ("grant_type", "refresh_token"),
+                    ("client_id", client.as_str()),
+                    ("refresh_token", token.as_str()),
+                    ("scope", "User.Read"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, again) = refreshed(refresh.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    let (status, _) = refreshed(format!("{refresh}x")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a tampered refresh token");
+    let (status, _) = tenant.call(Method::PATCH, &format!("/v1.0/users/{upn}"), &admin, Some(json!({"accountEnabled": false}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, error) = refreshed(refresh).await;
+    assert_eq!((status, error["error_codes"][0].as_i64()), (StatusCode::BAD_REQUEST, Some(50057)));
+    let (status, error) = tenant.password_grant(&client, &upn, "Str0ng!Pass").await;
+    assert_eq!((status, error["error_codes"][0].as_i64()), (StatusCode::BAD_REQUEST, Some(50057)), "{error}");
+    let (status, _) = tenant.call(Method::PATCH, &format!("/v1.0/users/{upn}"), &admin, Some(json!({"accountEnabled": true}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // Smart lockout: three wrong passwords lock the account, even for the right one, for a while.
+    for _ in 0..3 {
+        let (status, error) = tenant.password_grant(&client, &upn, "wrong").await;
+        assert_eq!(
+            (status, error["error"].as_str(), error["error_codes"][0].as_i64()),
+            (StatusCode::BAD_REQUEST, Some("invalid_grant"), Some(50126))
+        );
+    }
+    let (_, error) = tenant.password_grant(&client, &upn, "Str0ng!Pass").await;
+    assert_eq!(error["error_codes"][0].as_i64(), Some(50053), "locked: {error}");
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let (status, _) = tenant.password_grant(&client, &upn, "Str0ng!Pass").await;
+    assert_eq!(status, StatusCode::OK, "unlocked after the lockout duration");
+    let (_, error) = tenant.password_grant(&client, &format!("nobody@{}", tenant.domain), "x").await;
+    assert_eq!(error["error_codes"][0].as_i64(), Some(50126), "an unknown user looks like a wrong password");
+    let (_, error) = tenant.password_grant("00000000-0000-4000-8000-000000000009", &upn, "Str0ng!Pass").await;
+    assert_eq!(error["error_codes"][0].as_i64(), Some(700016));
 }

@@ -1,6 +1,6 @@
 //! Microsoft's own, unmodified Python client libraries against the tenant: `msal`
-//! (client credentials) and `msgraph-sdk` through `azure-identity` (list users with paging,
-//! create a user, an OData error). Set up as `ms-client-contract.md` says: instance discovery
+//! (client credentials; ROPC for a cloud-only user, then a silent refresh) and `msgraph-sdk`
+//! through `azure-identity` (list users with paging, create a user, an OData error). Set up as `ms-client-contract.md` says: instance discovery
 //! off, the tenant's CA trusted explicitly, Graph's base URL pointed at the tenant.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -69,6 +69,26 @@ async def graph():
         out["not_found"] = [error.response_status_code, error.error.code]
 
 asyncio.run(graph())
+
+# ROPC for a cloud-only user. MSAL asks for user-realm discovery on port 443 whatever the
+# authority's port (MSAL-Python issue 259): a session that puts the port back, as the contract says.
+class PortPinning(requests.Session):
+    def request(self, method, url, *args, **kwargs):
+        return super().request(method, url.replace("https://127.0.0.1/", base + "/"), *args, **kwargs)
+
+pinned = PortPinning()
+pinned.verify = ca
+pinned.trust_env = False
+public = msal.PublicClientApplication(client_id, authority=f"{base}/{domain}", instance_discovery=False, http_client=pinned)
+signed_in = public.acquire_token_by_username_password(f"py0@{domain}", "Str0ng!Pass", scopes=["User.Read"])
+out["ropc"] = "access_token" in signed_in
+out["ropc_user"] = signed_in.get("id_token_claims", {}).get("preferred_username")
+accounts = public.get_accounts()
+out["accounts"] = [account["username"] for account in accounts]
+silent = public.acquire_token_silent(["User.Read"], account=accounts[0], force_refresh=True) if accounts else None
+out["silent_refresh"] = bool(silent and "access_token" in silent)
+wrong = public.acquire_token_by_username_password(f"py1@{domain}", "Wrong!Pass1", scopes=["User.Read"])
+out["ropc_wrong"] = wrong.get("error")
 print(json.dumps(out))
 "#;
 
@@ -106,5 +126,10 @@ async fn msal_and_msgraph_sdk_work_unmodified() {
     assert_eq!(result["listed"], serde_json::json!(expected), "{result}");
     assert_eq!(result["pages"], 2, "three users in pages of two, through @odata.nextLink");
     assert_eq!(result["not_found"], serde_json::json!([404, "Request_ResourceNotFound"]));
+    assert_eq!(result["ropc"], true, "{result}");
+    assert_eq!(result["ropc_user"], format!("py0@{domain}"));
+    assert_eq!(result["accounts"], serde_json::json!([format!("py0@{domain}")]), "MSAL made an account from id_token and client_info");
+    assert_eq!(result["silent_refresh"], true, "the refresh token works through MSAL's cache");
+    assert_eq!(result["ropc_wrong"], "invalid_grant");
     drop(stop);
 }

@@ -1,0 +1,194 @@
+//! Sign-in of users: the resource-owner password grant (ROPC) and refresh tokens, for cloud-only
+//! users whose password is kept in the tenant (PBKDF2), with **smart lockout**: after
+//! `lockout_threshold` failed attempts in a row an account is locked for `lockout_seconds`,
+//! before any password is checked, so guessing cannot continue and (for pass-through later) never
+//! reaches on-premises AD. Every attempt is audited (without the password).
+//!
+//! Tokens for users: an access token (`scp`), an ID token (`aud` = the client, `oid`, `sub`,
+//! `preferred_username`, `name`, `tid`), `client_info` (`{"uid","utid"}`, base64url) and a
+//! refresh token (a signed JWT bound to the user and the client, 90 days).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::db::{self, Kind};
+use crate::odata::TokenEndpointError;
+
+/// The fields of a user grant.
+pub struct UserGrant {
+    /// The public client's id.
+    pub client_id: String,
+    /// Requested scopes.
+    pub scope: String,
+    /// The UPN.
+    pub username: String,
+    /// The password (ROPC).
+    pub password: zeroize::Zeroizing<String>,
+    /// The refresh token (refresh grant).
+    pub refresh_token: zeroize::Zeroizing<String>,
+}
+
+/// Failed sign-ins per user, for smart lockout.
+#[derive(Default)]
+pub struct Lockout {
+    failures: std::sync::Mutex<HashMap<String, (u32, Option<Instant>)>>,
+}
+
+impl Lockout {
+    /// How long the account stays locked, if it is.
+    fn locked(&self, user: &str) -> Option<Duration> {
+        let failures = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        failures.get(user).and_then(|(_, until)| *until).and_then(|until| until.checked_duration_since(Instant::now()))
+    }
+
+    /// Counts a failure; locks the account when it reaches `threshold`.
+    fn fail(&self, user: &str, threshold: u32, duration: Duration) -> bool {
+        let mut failures = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = failures.entry(user.to_string()).or_insert((0, None));
+        if entry.1.is_some_and(|until| until <= Instant::now()) {
+            *entry = (0, None);
+        }
+        entry.0 += 1;
+        if entry.0 >= threshold {
+            entry.1 = Some(Instant::now() + duration);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn succeed(&self, user: &str) {
+        self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(user);
+    }
+}
+
+fn unavailable(err: &dyn std::fmt::Display) -> TokenEndpointError {
+    tracing::error!("{err}");
+    TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
+}
+
+fn bad_credentials() -> TokenEndpointError {
+    TokenEndpointError::new("invalid_grant", 50126, "Error validating credentials due to invalid username or password.")
+}
+
+/// The password grant.
+pub async fn password_grant(state: &AppState, headers: &HeaderMap, grant: &UserGrant) -> Result<Value, TokenEndpointError> {
+    let client_id = grant.client_id.clone();
+    let app = state.db.call(move |conn| db::app(conn, &client_id)).await.map_err(|err| unavailable(&err))?;
+    if app.is_none() {
+        return Err(TokenEndpointError::new(
+            "unauthorized_client",
+            700016,
+            format!("Application with identifier '{}' was not found in the directory.", grant.client_id),
+        ));
+    }
+    let key = grant.username.to_lowercase();
+    if let Some(left) = state.lockout.locked(&key) {
+        tracing::info!(target: "audit", user = key, outcome = "locked", "sign-in");
+        return Err(TokenEndpointError::new(
+            "invalid_grant",
+            50053,
+            format!("Your account is locked because of too many failed sign-in attempts; try again in {} seconds.", left.as_secs().max(1)),
+        ));
+    }
+    let username = grant.username.clone();
+    let found = state
+        .db
+        .call(move |conn| {
+            let Some(user) = db::get(conn, Kind::User, &username)? else { return Ok(None) };
+            let id = user.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+            Ok(Some((user.clone(), db::credential(conn, &id)?)))
+        })
+        .await
+        .map_err(|err| unavailable(&err))?;
+    let password = grant.password.clone();
+    let verified = match &found {
+        Some((_, Some(credential))) => {
+            let credential = credential.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::crypto::password_matches(&password, &credential.salt, credential.iterations, &credential.hash)
+            })
+            .await
+            .unwrap_or(false)
+        }
+        // No such user, or no cloud password: the same answer and about the same work.
+        _ => {
+            let iterations = state.password_iterations;
+            let _ = tokio::task::spawn_blocking(move || crate::crypto::password_hash(&password, iterations)).await;
+            false
+        }
+    };
+    let Some((user, _)) = found.filter(|_| verified) else {
+        let locked = state.lockout.fail(&key, state.lockout_threshold, state.lockout_duration);
+        tracing::info!(target: "audit", user = key, outcome = if locked { "bad password, now locked" } else { "bad password" }, "sign-in");
+        return Err(bad_credentials());
+    };
+    if user.get("accountEnabled").and_then(Value::as_bool) != Some(true) {
+        tracing::info!(target: "audit", user = key, outcome = "disabled", "sign-in");
+        return Err(TokenEndpointError::new("invalid_grant", 50057, "The user account is disabled."));
+    }
+    state.lockout.succeed(&key);
+    tracing::info!(target: "audit", user = key, outcome = "success", "sign-in");
+    user_tokens(state, headers, &user, &grant.client_id, &grant.scope)
+}
+
+/// The refresh-token grant: a new set of tokens while the user still exists and is enabled.
+pub async fn refresh_grant(state: &AppState, headers: &HeaderMap, grant: &UserGrant) -> Result<Value, TokenEndpointError> {
+    let invalid = || TokenEndpointError::new("invalid_grant", 9002313, "Invalid request. The refresh token is malformed or not valid.");
+    let claims = state.signing.verify(&grant.refresh_token, crate::unix_now()).map_err(|_| invalid())?;
+    if claims.get("typ").and_then(Value::as_str) != Some("refresh")
+        || claims.get("tid").and_then(Value::as_str) != Some(state.identity.tenant_id.as_str())
+    {
+        return Err(invalid());
+    }
+    if claims.get("azp").and_then(Value::as_str) != Some(grant.client_id.as_str()) {
+        return Err(TokenEndpointError::new("invalid_grant", 70000, "The refresh token was issued to a different client."));
+    }
+    let oid = claims.get("oid").and_then(Value::as_str).unwrap_or_default().to_string();
+    let user = state.db.call(move |conn| db::get(conn, Kind::User, &oid)).await.map_err(|err| unavailable(&err))?;
+    let Some(user) = user.filter(|user| user.get("accountEnabled").and_then(Value::as_bool) == Some(true)) else {
+        return Err(TokenEndpointError::new("invalid_grant", 50057, "The user account is disabled or deleted."));
+    };
+    user_tokens(state, headers, &user, &grant.client_id, &grant.scope)
+}
+
+fn user_tokens(
+    state: &AppState,
+    headers: &HeaderMap,
+    user: &serde_json::Map<String, Value>,
+    client_id: &str,
+    scope: &str,
+) -> Result<Value, TokenEndpointError> {
+    let now = crate::unix_now();
+    let (oid, upn) = (
+        user.get("id").and_then(Value::as_str).unwrap_or_default(),
+        user.get("userPrincipalName").and_then(Value::as_str).unwrap_or_default(),
+    );
+    let tid = state.identity.tenant_id.as_str();
+    let issuer = crate::oauth::issuer_for(state, headers);
+    let scopes: Vec<&str> =
+        scope.split_whitespace().filter(|scope| !["openid", "profile", "offline_access", "email"].contains(scope)).collect();
+    let granted = if scopes.is_empty() { "User.Read".to_string() } else { scopes.join(" ") };
+    let access = json!({"aud": "https://graph.microsoft.com", "iss": issuer, "iat": now, "nbf": now, "exp": now + 3600, "tid": tid, "oid": oid, "sub": oid,
+                        "upn": upn, "azp": client_id, "appid": client_id, "scp": granted, "idtyp": "user", "ver": "2.0"});
+    let id = json!({"aud": client_id, "iss": issuer, "iat": now, "nbf": now, "exp": now + 3600, "tid": tid, "oid": oid, "sub": oid,
+                    "preferred_username": upn, "name": user.get("displayName").cloned().unwrap_or(Value::Null), "ver": "2.0"});
+    let refresh = json!({"typ": "refresh", "iat": now, "nbf": now, "exp": now + 90 * 24 * 3600, "tid": tid, "oid": oid, "azp": client_id});
+    let sign = |claims: &Value| state.signing.sign(claims).map_err(|err| unavailable(&err));
+    Ok(json!({
+        "token_type": "Bearer",
+        "scope": granted,
+        "expires_in": 3600,
+        "ext_expires_in": 3600,
+        "access_token": sign(&access)?,
+        "id_token": sign(&id)?,
+        "refresh_token": sign(&refresh)?,
+        "client_info": B64URL.encode(json!({"uid": oid, "utid": tid}).to_string()),
+    }))
+}
