@@ -20,6 +20,15 @@ pub struct ServeArgs {
     /// Extra host names or addresses for the generated certificate (first start only).
     #[arg(long)]
     pub host: Vec<String>,
+    /// Directory writes allowed per second; more get 429 with Retry-After (default: no limit).
+    #[arg(long)]
+    pub write_limit: Option<u32>,
+    /// Smart lockout: failed sign-ins in a row that lock an account.
+    #[arg(long, default_value_t = 10)]
+    pub lockout_threshold: u32,
+    /// Smart lockout: seconds an account stays locked.
+    #[arg(long, default_value_t = 60)]
+    pub lockout_seconds: u64,
 }
 
 /// Runs the tenant.
@@ -27,6 +36,9 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let mut config = tenant::TenantConfig::new(args.state.clone(), args.listen.clone());
     config.name = args.name.clone();
     config.hosts = args.host.clone();
+    config.write_limit = args.write_limit;
+    config.lockout_threshold = args.lockout_threshold;
+    config.lockout_seconds = args.lockout_seconds;
     let (tenant, bootstrap) = tenant::Tenant::open(config).await.with_context(|| format!("open the tenant in {}", args.state.display()))?;
     println!("tenant {} ({})", tenant.tenant_id(), tenant.initial_domain());
     println!("CA certificate for clients: {}", tenant.ca_pem.display());

@@ -327,6 +327,7 @@ fn body_object(body: Body) -> Result<Map<String, Value>, GraphError> {
         status: rejection.status(),
         code: if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE { "Request_EntityTooLarge" } else { "Request_BadRequest" },
         message: rejection.body_text(),
+        retry_after: None,
     })?;
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => Ok(map),
@@ -434,6 +435,7 @@ pub async fn create(
     body: Body,
 ) -> Result<Response, GraphError> {
     access.require_write()?;
+    state.admit_write()?;
     let mut object = body_object(body)?;
     let password = check_properties(resource, &state, &mut object)?;
     for required in resource.required {
@@ -467,6 +469,7 @@ pub async fn create(
 /// `PATCH /v1.0/{collection}/{key}`.
 pub async fn update(resource: &'static Resource, state: AppState, access: Access, key: String, body: Body) -> Result<Response, GraphError> {
     access.require_write()?;
+    state.admit_write()?;
     let mut patch = body_object(body)?;
     if patch.contains_key("passwordProfile") {
         return Err(GraphError::bad_request("Changing a password through PATCH is not supported yet."));
@@ -491,6 +494,7 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
 /// `DELETE /v1.0/{collection}/{key}`.
 pub async fn delete(resource: &'static Resource, state: AppState, access: Access, key: String) -> Result<Response, GraphError> {
     access.require_write()?;
+    state.admit_write()?;
     let (kind, lookup) = (resource.kind, key.clone());
     let deleted = state
         .db
@@ -537,6 +541,7 @@ pub async fn list_members(state: AppState, access: Access, headers: HeaderMap, k
 /// `POST /v1.0/groups/{id}/members/$ref` with `{"@odata.id": ".../directoryObjects/{id}"}`.
 pub async fn add_member(state: AppState, access: Access, key: String, body: Body) -> Result<Response, GraphError> {
     access.require_write()?;
+    state.admit_write()?;
     let body = body_object(body)?;
     let reference = body
         .get("@odata.id")
@@ -579,6 +584,7 @@ pub async fn add_member(state: AppState, access: Access, key: String, body: Body
 /// `DELETE /v1.0/groups/{id}/members/{member}/$ref`.
 pub async fn remove_member(state: AppState, access: Access, key: String, member: String) -> Result<Response, GraphError> {
     access.require_write()?;
+    state.admit_write()?;
     let group = find(&state, &GROUPS, &key).await?;
     let group_id = group.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     let (group_for_db, member_for_db) = (group_id.clone(), member.clone());

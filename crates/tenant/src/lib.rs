@@ -9,6 +9,7 @@
 //!
 //! Knows no sync engine and no on-premises directory.
 
+mod batch;
 pub mod crypto;
 pub mod db;
 pub mod filter;
@@ -53,6 +54,9 @@ pub struct TenantConfig {
     pub lockout_threshold: u32,
     /// Smart lockout: how long a locked account stays locked (Entra's default: 60 seconds).
     pub lockout_seconds: u64,
+    /// Directory writes allowed per second (bursts of up to one second's worth); over it, 429
+    /// with `Retry-After`. `None`: no limit.
+    pub write_limit: Option<u32>,
 }
 
 impl TenantConfig {
@@ -66,6 +70,7 @@ impl TenantConfig {
             password_iterations: 600_000,
             lockout_threshold: 10,
             lockout_seconds: 60,
+            write_limit: None,
         }
     }
 }
@@ -103,6 +108,14 @@ struct Shared {
     lockout: signin::Lockout,
     lockout_threshold: u32,
     lockout_duration: std::time::Duration,
+    throttle: Option<std::sync::Mutex<Bucket>>,
+}
+
+/// A token bucket for directory writes.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: std::time::Instant,
 }
 
 impl std::ops::Deref for AppState {
@@ -113,6 +126,23 @@ impl std::ops::Deref for AppState {
 }
 
 impl Shared {
+    /// Takes one write from the bucket, or says how long to wait (429).
+    fn admit_write(&self) -> Result<(), GraphError> {
+        let Some(bucket) = &self.throttle else { return Ok(()) };
+        let mut bucket = bucket.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(bucket.last).as_secs_f64() * bucket.rate;
+        bucket.tokens = (bucket.tokens + refill).min(bucket.rate);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = ((1.0 - bucket.tokens) / bucket.rate).ceil().max(1.0) as u64;
+            Err(GraphError::throttled(wait))
+        }
+    }
+
     /// The tenant's domains users may have (the initial domain, for now).
     fn domains(&self) -> Vec<String> {
         vec![self.identity.initial_domain.clone()]
@@ -257,6 +287,9 @@ impl Tenant {
                 lockout: signin::Lockout::default(),
                 lockout_threshold: config.lockout_threshold.max(1),
                 lockout_duration: std::time::Duration::from_secs(config.lockout_seconds),
+                throttle: config.write_limit.filter(|limit| *limit > 0).map(|limit| {
+                    std::sync::Mutex::new(Bucket { rate: f64::from(limit), tokens: f64::from(limit), last: std::time::Instant::now() })
+                }),
             }),
         };
         Ok((Tenant { config, app, tls: loaded.tls, ca_pem: loaded.ca_pem }, bootstrap))
@@ -287,7 +320,7 @@ impl Tenant {
         for resource in [&graph::USERS, &graph::GROUPS, &graph::CONTACTS] {
             router = router.merge(collection_routes(resource));
         }
-        router
+        let routes: Router = router
             .route(
                 "/v1.0/groups/{key}/members",
                 get(|State(state): State<AppState>, access: Access, headers: HeaderMap, Path(key): Path<String>| {
@@ -313,7 +346,13 @@ impl Tenant {
             .route("/common/userrealm/{upn}", get(oauth::user_realm))
             .fallback(|| async { GraphError::bad_request("Invalid request: no such resource or method.") })
             .layer(DefaultBodyLimit::max(MAX_BODY))
-            .with_state(self.app.clone())
+            .with_state(self.app.clone());
+        let inner = routes.clone();
+        routes.route(
+            "/v1.0/$batch",
+            post(move |headers: HeaderMap, body: graph::Body| batch::run(inner.clone(), headers, body))
+                .layer(DefaultBodyLimit::max(MAX_BODY)),
+        )
     }
 
     /// Binds every listen address; returns the bound addresses (port 0 gets a free port) and a

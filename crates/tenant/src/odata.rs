@@ -14,12 +14,24 @@ pub struct GraphError {
     pub code: &'static str,
     /// For people.
     pub message: String,
+    /// Seconds to wait (429): sent as `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 impl GraphError {
+    /// 429: too many writes; try again after `seconds`.
+    pub fn throttled(seconds: u64) -> Self {
+        GraphError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "TooManyRequests",
+            message: format!("Too many requests; retry after {seconds} second(s)."),
+            retry_after: Some(seconds),
+        }
+    }
+
     /// 400 `Request_BadRequest`.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        GraphError { status: StatusCode::BAD_REQUEST, code: "Request_BadRequest", message: message.into() }
+        GraphError { status: StatusCode::BAD_REQUEST, code: "Request_BadRequest", message: message.into(), retry_after: None }
     }
 
     /// 404 `Request_ResourceNotFound`.
@@ -28,12 +40,13 @@ impl GraphError {
             status: StatusCode::NOT_FOUND,
             code: "Request_ResourceNotFound",
             message: format!("Resource '{what}' does not exist or one of its queried reference-property objects are not present."),
+            retry_after: None,
         }
     }
 
     /// 401 `InvalidAuthenticationToken`.
     pub fn unauthenticated(message: impl Into<String>) -> Self {
-        GraphError { status: StatusCode::UNAUTHORIZED, code: "InvalidAuthenticationToken", message: message.into() }
+        GraphError { status: StatusCode::UNAUTHORIZED, code: "InvalidAuthenticationToken", message: message.into(), retry_after: None }
     }
 
     /// 403 `Authorization_RequestDenied`.
@@ -42,6 +55,7 @@ impl GraphError {
             status: StatusCode::FORBIDDEN,
             code: "Authorization_RequestDenied",
             message: "Insufficient privileges to complete the operation.".into(),
+            retry_after: None,
         }
     }
 
@@ -53,6 +67,7 @@ impl GraphError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "Service_InternalServerError",
             message: format!("internal error (request {id})"),
+            retry_after: None,
         }
     }
 }
@@ -60,7 +75,7 @@ impl GraphError {
 impl From<crate::db::DbError> for GraphError {
     fn from(err: crate::db::DbError) -> Self {
         match err {
-            crate::db::DbError::Conflict(message) => GraphError { status: StatusCode::BAD_REQUEST, code: "Request_BadRequest", message },
+            crate::db::DbError::Conflict(message) => GraphError::bad_request(message),
             other => GraphError::internal(&other),
         }
     }
@@ -73,7 +88,13 @@ impl IntoResponse for GraphError {
             "message": self.message,
             "innerError": {"date": crate::now_rfc3339(), "request-id": crate::crypto::new_guid()},
         }});
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after
+            && let Ok(value) = axum::http::HeaderValue::from_str(&seconds.to_string())
+        {
+            response.headers_mut().insert("retry-after", value);
+        }
+        response
     }
 }
 

@@ -20,12 +20,17 @@ struct Running {
 }
 
 async fn start() -> Running {
+    start_with(None).await
+}
+
+async fn start_with(write_limit: Option<u32>) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let mut config = TenantConfig::new(dir.path().join("state"), vec!["127.0.0.1:0".parse().unwrap()]);
     // Fast hashing for tests; the default is 600,000 iterations.
     config.password_iterations = 1_000;
     config.lockout_threshold = 3;
     config.lockout_seconds = 2;
+    config.write_limit = write_limit;
     let (tenant, bootstrap) = Tenant::open(config).await.unwrap();
     let admin = bootstrap.expect("a new tenant has an admin app");
     let reader = tenant.register_app("reader", &["Directory.Read.All"]).await.unwrap();
@@ -575,4 +580,84 @@ async fn cloud_users_sign_in_with_smart_lockout() {
     assert_eq!(error["error_codes"][0].as_i64(), Some(50126), "an unknown user looks like a wrong password");
     let (_, error) = tenant.password_grant("00000000-0000-4000-8000-000000000009", &upn, "Str0ng!Pass").await;
     assert_eq!(error["error_codes"][0].as_i64(), Some(700016));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_run_in_order_with_dependencies() {
+    let tenant = start().await;
+    let admin = tenant.token(&tenant.admin).await;
+    use reqwest::Method;
+    let requests = json!({"requests": [
+        {"id": "1", "method": "POST", "url": "/users", "headers": {"Content-Type": "application/json"}, "body": user("b1", &tenant.domain)},
+        {"id": "2", "method": "POST", "url": "/users", "body": user("b2", &tenant.domain)},
+        {"id": "3", "method": "GET", "url": "/users?$select=userPrincipalName", "dependsOn": ["1", "2"]},
+        {"id": "4", "method": "POST", "url": "/users", "body": {"displayName": "incomplete"}},
+        {"id": "5", "method": "GET", "url": "/users", "dependsOn": ["4"]},
+        {"id": "6", "method": "GET", "url": "/users/nobody@nowhere"},
+    ]});
+    let (status, body) = tenant.call(Method::POST, "/v1.0/$batch", &admin, Some(requests)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let responses = body["responses"].as_array().unwrap();
+    let status_of = |id: &str| responses.iter().find(|response| response["id"] == id).map(|response| response["status"].as_i64().unwrap());
+    assert_eq!(
+        [status_of("1"), status_of("2"), status_of("3"), status_of("4"), status_of("5"), status_of("6")],
+        [Some(201), Some(201), Some(200), Some(400), Some(424), Some(404)]
+    );
+    let listed = &responses.iter().find(|response| response["id"] == "3").unwrap()["body"]["value"];
+    assert_eq!(listed.as_array().unwrap().len(), 2, "the GET saw both creates: {listed}");
+
+    let too_many: Vec<Value> = (0..21).map(|n| json!({"id": n.to_string(), "method": "GET", "url": "/users"})).collect();
+    let (status, error) = tenant.call(Method::POST, "/v1.0/$batch", &admin, Some(json!({"requests": too_many}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error["error"]["message"].as_str().unwrap().contains("at most 20"), "{error}");
+    let (status, _) = tenant
+        .call(
+            Method::POST,
+            "/v1.0/$batch",
+            &admin,
+            Some(json!({"requests": [{"id": "a", "method": "GET", "url": "https://evil.example/users"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = tenant
+        .call(
+            Method::POST,
+            "/v1.0/$batch",
+            &tenant.token(&tenant.reader).await,
+            Some(json!({"requests": [{"id": "a", "method": "POST", "url": "/users", "body": user("b3", &tenant.domain)}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "the batch itself succeeds; its request is refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_over_the_limit_get_429_with_retry_after() {
+    let tenant = start_with(Some(2)).await;
+    let admin = tenant.token(&tenant.admin).await;
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for nickname in ["t1", "t2", "t3", "t4"] {
+        let response = tenant
+            .client
+            .post(format!("{}/v1.0/users", tenant.base))
+            .bearer_auth(&admin)
+            .json(&user(nickname, &tenant.domain))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = response.headers().get("retry-after").and_then(|value| value.to_str().ok()).map(str::to_string);
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "TooManyRequests");
+        }
+    }
+    assert_eq!(&statuses[..2], [201, 201], "{statuses:?}");
+    assert!(statuses[2..].contains(&429), "{statuses:?}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    let (status, _) = tenant.call(reqwest::Method::GET, "/v1.0/users", &admin, None).await;
+    assert_eq!(status, StatusCode::OK, "reads are not throttled");
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let (status, _) = tenant.call(reqwest::Method::POST, "/v1.0/users", &admin, Some(user("t5", &tenant.domain))).await;
+    assert_eq!(status, StatusCode::CREATED, "after Retry-After the write goes through");
 }
