@@ -2,6 +2,7 @@
 
 mod bench_import;
 mod bench_sync;
+mod bench_tenant;
 mod gen_directory;
 mod tidy;
 
@@ -28,6 +29,8 @@ enum Command {
     },
     /// Benchmark the AD connector's full import of a bulk-loaded Samba template against ldapsearch.
     BenchImport(bench_import::Args),
+    /// Time the tenant: token endpoint, $batch user creates, password sign-ins (release build).
+    BenchTenant(bench_tenant::Args),
     /// Benchmark a full sync cycle of a generated forest through the runner, on SQLite or PostgreSQL.
     BenchSync(bench_sync::Args),
 }
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Command::GenDirectory(args) => gen_directory::run(&args),
         Command::BenchSync(args) => bench_sync::run(&args),
         Command::BenchImport(args) => bench_import::run(&args),
+        Command::BenchTenant(args) => bench_tenant::run(&args),
         Command::SambaDc { realm } => samba_dc(&realm),
     }
 }

@@ -453,11 +453,16 @@ pub async fn create(
     let id = crate::crypto::new_guid();
     object.insert("id".into(), Value::String(id.clone()));
     let iterations = state.password_iterations;
-    let credential = password.map(|(password, _)| {
-        let password = zeroize::Zeroizing::new(password);
-        let (salt, hash) = crate::crypto::password_hash(&password, iterations);
-        Credential { salt, hash, iterations }
-    });
+    // PBKDF2 takes a good part of a core for a while: off the async threads.
+    let credential = match password {
+        Some((password, _)) => {
+            let password = zeroize::Zeroizing::new(password);
+            let hashed = tokio::task::spawn_blocking(move || crate::crypto::password_hash(&password, iterations)).await;
+            let (salt, hash) = hashed.map_err(|err| GraphError::internal(&err))?;
+            Some(Credential { salt, hash, iterations })
+        }
+        None => None,
+    };
     let (stored, kind) = (object.clone(), resource.kind);
     state.db.call(move |conn| db::insert(conn, kind, &stored, credential.as_ref())).await?;
     tracing::info!(target: "audit", operation = "create", kind = resource.noun, id, by = access.caller, "directory write");

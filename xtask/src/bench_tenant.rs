@@ -1,0 +1,171 @@
+//! `cargo xtask bench-tenant`: the tenant over HTTPS on loopback (release build, SQLite, its
+//! default 600,000 PBKDF2 iterations): client-credentials tokens/s, password sign-ins/s, and
+//! user creates/s through `$batch` (synced users without a password, as the sync connector
+//! creates them, and cloud users with one).
+
+use std::time::Instant;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+/// Options of `bench-tenant`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Token requests to time.
+    #[arg(long, default_value_t = 2000)]
+    tokens: usize,
+    /// Password sign-ins to time.
+    #[arg(long, default_value_t = 40)]
+    sign_ins: usize,
+    /// Users to create through $batch (each kind).
+    #[arg(long, default_value_t = 2000)]
+    users: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+}
+
+/// Runs the benchmark and prints one line per measurement.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(bench(args))
+}
+
+async fn bench(args: &Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = tenant::TenantConfig::new(dir.path().join("state"), vec!["127.0.0.1:0".parse()?]);
+    let (tenant, bootstrap) = tenant::Tenant::open(config).await?;
+    let admin = bootstrap.context("a new tenant has an admin app")?;
+    let domain = tenant.initial_domain().to_string();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&tenant.ca_pem)?)?;
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bound, serve) = tenant
+        .bind(async move {
+            let _ = stopped.await;
+        })
+        .await?;
+    tokio::spawn(serve);
+    let base = format!("https://127.0.0.1:{}", bound[0].port());
+    let client = reqwest::Client::builder().add_root_certificate(ca).use_rustls_tls().build()?;
+    let token_url = format!("{base}/{domain}/oauth2/v2.0/token");
+
+    // Client credentials.
+    let form = [
+        ("grant_type", "client_credentials".to_string()),
+        ("client_id", admin.client_id.clone()),
+        ("client_secret", admin.client_secret.to_string()),
+        ("scope", "https://graph.microsoft.com/.default".to_string()),
+    ];
+    let started = Instant::now();
+    let mut token = String::new();
+    for chunk in (0..args.tokens).collect::<Vec<_>>().chunks(args.concurrency) {
+        let answers = futures(chunk.len(), || client.post(&token_url).form(&form).send()).await;
+        for answer in answers {
+            let body: Value = answer?.error_for_status()?.json().await?;
+            token = body["access_token"].as_str().unwrap_or_default().to_string();
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "client-credentials tokens: {} in {seconds:.2} s ({:.0}/s, {} in flight)",
+        args.tokens,
+        args.tokens as f64 / seconds,
+        args.concurrency
+    );
+
+    // Users through $batch: synced (no password), then cloud-only (PBKDF2 each).
+    for (kind, with_password) in [("synced", false), ("cloud-only", true)] {
+        let count = if with_password { args.users.min(200) } else { args.users };
+        let started = Instant::now();
+        let mut created = 0;
+        let batches: Vec<Value> = (0..count)
+            .collect::<Vec<_>>()
+            .chunks(20)
+            .map(|chunk| {
+                let requests: Vec<Value> = chunk
+                    .iter()
+                    .map(|n| {
+                        let nickname = format!("{kind}{n}");
+                        let mut body = json!({"accountEnabled": true, "displayName": nickname, "mailNickname": nickname, "userPrincipalName": format!("{nickname}@{domain}")});
+                        if with_password {
+                            body["passwordProfile"] = json!({"password": "Str0ng!Pass", "forceChangePasswordNextSignIn": false});
+                        } else {
+                            body["onPremisesImmutableId"] = json!(format!("immutable-{n}"));
+                        }
+                        json!({"id": n.to_string(), "method": "POST", "url": "/users", "body": body})
+                    })
+                    .collect();
+                json!({"requests": requests})
+            })
+            .collect();
+        for group in batches.chunks(args.concurrency) {
+            let answers = futures(group.len(), {
+                let mut index = 0;
+                let group = group.to_vec();
+                let (client, token, base) = (&client, &token, &base);
+                move || {
+                    let batch = group[index].clone();
+                    index += 1;
+                    client.post(format!("{base}/v1.0/$batch")).bearer_auth(token).json(&batch).send()
+                }
+            })
+            .await;
+            for answer in answers {
+                let body: Value = answer?.error_for_status()?.json().await?;
+                created += body["responses"]
+                    .as_array()
+                    .map_or(0, |responses| responses.iter().filter(|response| response["status"] == 201).count());
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        anyhow::ensure!(created == count, "only {created} of {count} {kind} users were created");
+        println!("{kind} user creates through $batch: {count} in {seconds:.2} s ({:.0}/s)", count as f64 / seconds);
+    }
+
+    // Password sign-ins of the cloud-only users.
+    let started = Instant::now();
+    let sign_ins = args.sign_ins.min(args.users.min(200));
+    for chunk in (0..sign_ins).collect::<Vec<_>>().chunks(args.concurrency) {
+        let forms: Vec<[(&str, String); 5]> = chunk
+            .iter()
+            .map(|n| {
+                [
+                    ("grant_type", "password".to_string()),
+                    ("client_id", admin.client_id.clone()),
+                    ("username", format!("cloud-only{n}@{domain}")),
+                    ("password", "Str0ng!Pass".to_string()),
+                    ("scope", "openid profile User.Read".to_string()),
+                ]
+            })
+            .collect();
+        let mut index = 0;
+        let answers = futures(forms.len(), || {
+            let form = forms[index].clone();
+            index += 1;
+            client.post(&token_url).form(&form).send()
+        })
+        .await;
+        for answer in answers {
+            answer?.error_for_status()?;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!("password sign-ins (PBKDF2 600,000): {sign_ins} in {seconds:.2} s ({:.1}/s)", sign_ins as f64 / seconds);
+    Ok(())
+}
+
+/// Starts `count` requests made by `make` and waits for all of them.
+async fn futures<F>(count: usize, mut make: impl FnMut() -> F) -> Vec<reqwest::Result<reqwest::Response>>
+where
+    F: std::future::Future<Output = reqwest::Result<reqwest::Response>> + Send + 'static,
+{
+    let handles: Vec<_> = (0..count).map(|_| tokio::spawn(make())).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        match handle.await {
+            Ok(result) => out.push(result),
+            Err(err) => panic!("request task failed: {err}"),
+        }
+    }
+    out
+}
