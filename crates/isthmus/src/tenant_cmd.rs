@@ -29,6 +29,9 @@ pub struct ServeArgs {
     /// Smart lockout: seconds an account stays locked.
     #[arg(long, default_value_t = 60)]
     pub lockout_seconds: u64,
+    /// The DNS resolver (ip:port) domain verification asks; default: the first of /etc/resolv.conf.
+    #[arg(long)]
+    pub dns_resolver: Option<SocketAddr>,
 }
 
 /// Runs the tenant.
@@ -39,6 +42,7 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     config.write_limit = args.write_limit;
     config.lockout_threshold = args.lockout_threshold;
     config.lockout_seconds = args.lockout_seconds;
+    config.dns_resolver = args.dns_resolver;
     let (tenant, bootstrap) = tenant::Tenant::open(config).await.with_context(|| format!("open the tenant in {}", args.state.display()))?;
     println!("tenant {} ({})", tenant.tenant_id(), tenant.initial_domain());
     println!("CA certificate for clients: {}", tenant.ca_pem.display());

@@ -98,6 +98,13 @@ CREATE TABLE IF NOT EXISTS member_log (
     removed INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS member_log_group ON member_log(group_id, seq);
+CREATE TABLE IF NOT EXISTS domains (
+    name TEXT PRIMARY KEY COLLATE NOCASE,
+    verified INTEGER NOT NULL,
+    authentication TEXT NOT NULL,
+    code TEXT NOT NULL,
+    initial INTEGER NOT NULL DEFAULT 0
+);
 ";
 
 impl Db {
@@ -381,4 +388,63 @@ pub fn app(conn: &Connection, client_id: &str) -> Result<Option<AppRecord>, DbEr
 /// Number of registered apps.
 pub fn app_count(conn: &Connection) -> Result<i64, DbError> {
     Ok(conn.query_row("SELECT COUNT(*) FROM apps", [], |row| row.get(0))?)
+}
+
+/// A domain of the tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domain {
+    /// `contoso.example`.
+    pub name: String,
+    /// Proven by DNS (the initial domain always is).
+    pub verified: bool,
+    /// `Managed` or `Federated`.
+    pub authentication: String,
+    /// The TXT record value that proves ownership (`MS=ms12345678`).
+    pub code: String,
+    /// The tenant's initial domain.
+    pub initial: bool,
+}
+
+/// Every domain.
+pub fn domains(conn: &Connection) -> Result<Vec<Domain>, DbError> {
+    let mut statement =
+        conn.prepare_cached("SELECT name, verified, authentication, code, initial FROM domains ORDER BY initial DESC, name")?;
+    let rows = statement.query_map([], |row| {
+        Ok(Domain { name: row.get(0)?, verified: row.get(1)?, authentication: row.get(2)?, code: row.get(3)?, initial: row.get(4)? })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Adds a domain; a conflict when it exists.
+pub fn insert_domain(conn: &Connection, domain: &Domain) -> Result<(), DbError> {
+    let inserted = conn.execute(
+        "INSERT OR IGNORE INTO domains (name, verified, authentication, code, initial) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![domain.name, domain.verified, domain.authentication, domain.code, domain.initial],
+    )?;
+    if inserted == 0 {
+        return Err(DbError::Conflict(format!("The domain {} already exists.", domain.name)));
+    }
+    Ok(())
+}
+
+/// Updates a domain's verification and authentication type.
+pub fn update_domain(conn: &Connection, domain: &Domain) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE domains SET verified = ?2, authentication = ?3 WHERE name = ?1",
+        params![domain.name, domain.verified, domain.authentication],
+    )?;
+    Ok(())
+}
+
+/// Removes a domain; refused while a live user's UPN uses it.
+pub fn delete_domain(conn: &Connection, name: &str) -> Result<bool, DbError> {
+    let users: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM objects WHERE kind = 'user' AND deleted = 0 AND upn LIKE ?1 ESCAPE '\\'",
+        params![format!("%@{}", name.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))],
+        |row| row.get(0),
+    )?;
+    if users > 0 {
+        return Err(DbError::Conflict(format!("The domain {name} is used by {users} user(s); change their userPrincipalName first.")));
+    }
+    Ok(conn.execute("DELETE FROM domains WHERE name = ?1 AND initial = 0", params![name])? > 0)
 }

@@ -175,7 +175,7 @@ pub struct ListQuery {
 }
 
 /// The `https://host[:port]` clients reached us at, for absolute links.
-fn base_url(headers: &HeaderMap) -> String {
+pub(crate) fn base_url(headers: &HeaderMap) -> String {
     let host = headers.get("host").and_then(|host| host.to_str().ok()).unwrap_or("127.0.0.1");
     format!("https://{host}")
 }
@@ -322,7 +322,7 @@ pub async fn get_one(
 pub type Body = Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>;
 
 /// Reads a request body as a JSON object, with Graph's errors for anything else.
-fn body_object(body: Body) -> Result<Map<String, Value>, GraphError> {
+pub(crate) fn body_object(body: Body) -> Result<Map<String, Value>, GraphError> {
     let body = body.map_err(|rejection| GraphError {
         status: rejection.status(),
         code: if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE { "Request_EntityTooLarge" } else { "Request_BadRequest" },

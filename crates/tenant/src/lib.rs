@@ -12,6 +12,8 @@
 mod batch;
 pub mod crypto;
 pub mod db;
+pub mod dns;
+mod domains;
 pub mod filter;
 mod graph;
 mod oauth;
@@ -57,6 +59,8 @@ pub struct TenantConfig {
     /// Directory writes allowed per second (bursts of up to one second's worth); over it, 429
     /// with `Retry-After`. `None`: no limit.
     pub write_limit: Option<u32>,
+    /// The DNS resolver domain verification asks; `None`: the first of `/etc/resolv.conf`.
+    pub dns_resolver: Option<SocketAddr>,
 }
 
 impl TenantConfig {
@@ -71,6 +75,7 @@ impl TenantConfig {
             lockout_threshold: 10,
             lockout_seconds: 60,
             write_limit: None,
+            dns_resolver: None,
         }
     }
 }
@@ -109,6 +114,8 @@ struct Shared {
     lockout_threshold: u32,
     lockout_duration: std::time::Duration,
     throttle: Option<std::sync::Mutex<Bucket>>,
+    domain_cache: std::sync::RwLock<Vec<db::Domain>>,
+    dns_resolver: Option<SocketAddr>,
 }
 
 /// A token bucket for directory writes.
@@ -143,9 +150,22 @@ impl Shared {
         }
     }
 
-    /// The tenant's domains users may have (the initial domain, for now).
+    /// The tenant's verified domains (users' UPNs must use one).
     fn domains(&self) -> Vec<String> {
-        vec![self.identity.initial_domain.clone()]
+        self.all_domains().into_iter().filter(|domain| domain.verified).map(|domain| domain.name).collect()
+    }
+
+    /// Every domain, verified or not.
+    fn all_domains(&self) -> Vec<db::Domain> {
+        self.domain_cache.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// `Managed` or `Federated` for a verified domain of the tenant; `None` for any other.
+    fn authentication_of(&self, domain: &str) -> Option<String> {
+        self.all_domains()
+            .into_iter()
+            .find(|known| known.verified && known.name.eq_ignore_ascii_case(domain))
+            .map(|known| known.authentication)
     }
 }
 
@@ -278,6 +298,21 @@ impl Tenant {
         } else {
             None
         };
+        let initial = db::Domain {
+            name: loaded.identity.initial_domain.clone(),
+            verified: true,
+            authentication: "Managed".into(),
+            code: String::new(),
+            initial: true,
+        };
+        let domains = db
+            .call(move |conn| {
+                if !db::domains(conn)?.iter().any(|domain| domain.initial) {
+                    db::insert_domain(conn, &initial)?;
+                }
+                db::domains(conn)
+            })
+            .await?;
         let app = AppState {
             inner: Arc::new(Shared {
                 identity: loaded.identity,
@@ -290,6 +325,8 @@ impl Tenant {
                 throttle: config.write_limit.filter(|limit| *limit > 0).map(|limit| {
                     std::sync::Mutex::new(Bucket { rate: f64::from(limit), tokens: f64::from(limit), last: std::time::Instant::now() })
                 }),
+                domain_cache: std::sync::RwLock::new(domains),
+                dns_resolver: config.dns_resolver.or_else(dns::system_resolver),
             }),
         };
         Ok((Tenant { config, app, tls: loaded.tls, ca_pem: loaded.ca_pem }, bootstrap))
@@ -321,6 +358,29 @@ impl Tenant {
             router = router.merge(collection_routes(resource));
         }
         let routes: Router = router
+            .route(
+                "/v1.0/domains",
+                get(|State(state): State<AppState>, access: Access, headers: HeaderMap| domains::list(state, access, headers))
+                    .post(|State(state): State<AppState>, access: Access, body: graph::Body| domains::create(state, access, body)),
+            )
+            .route(
+                "/v1.0/domains/{name}",
+                get(|State(state): State<AppState>, access: Access, Path(name): Path<String>| domains::get(state, access, name))
+                    .patch(|State(state): State<AppState>, access: Access, Path(name): Path<String>, body: graph::Body| {
+                        domains::update(state, access, name, body)
+                    })
+                    .delete(|State(state): State<AppState>, access: Access, Path(name): Path<String>| domains::delete(state, access, name)),
+            )
+            .route(
+                "/v1.0/domains/{name}/verificationDnsRecords",
+                get(|State(state): State<AppState>, access: Access, Path(name): Path<String>| {
+                    domains::verification_records(state, access, name)
+                }),
+            )
+            .route(
+                "/v1.0/domains/{name}/verify",
+                post(|State(state): State<AppState>, access: Access, Path(name): Path<String>| domains::verify(state, access, name)),
+            )
             .route(
                 "/v1.0/groups/{key}/members",
                 get(|State(state): State<AppState>, access: Access, headers: HeaderMap, Path(key): Path<String>| {

@@ -191,8 +191,7 @@ pub(crate) fn issuer_for(state: &AppState, headers: &HeaderMap) -> String {
 /// `Unknown` otherwise (never 404: MSAL would stop asking for the whole process).
 pub async fn user_realm(State(state): State<AppState>, Path(upn): Path<String>) -> Response {
     let domain = upn.rsplit_once('@').map(|(_, domain)| domain.to_lowercase()).unwrap_or_default();
-    let known = state.domains().iter().any(|candidate| candidate.eq_ignore_ascii_case(&domain));
-    let account_type = if known { "Managed" } else { "Unknown" };
+    let account_type = state.authentication_of(&domain).unwrap_or_else(|| "Unknown".into());
     Json(json!({
         "ver": "1.0",
         "account_type": account_type,

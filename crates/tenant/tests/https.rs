@@ -24,6 +24,10 @@ async fn start() -> Running {
 }
 
 async fn start_with(write_limit: Option<u32>) -> Running {
+    start_full(write_limit, None).await
+}
+
+async fn start_full(write_limit: Option<u32>, dns: Option<std::net::SocketAddr>) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let mut config = TenantConfig::new(dir.path().join("state"), vec!["127.0.0.1:0".parse().unwrap()]);
     // Fast hashing for tests; the default is 600,000 iterations.
@@ -31,6 +35,7 @@ async fn start_with(write_limit: Option<u32>) -> Running {
     config.lockout_threshold = 3;
     config.lockout_seconds = 2;
     config.write_limit = write_limit;
+    config.dns_resolver = dns;
     let (tenant, bootstrap) = Tenant::open(config).await.unwrap();
     let admin = bootstrap.expect("a new tenant has an admin app");
     let reader = tenant.register_app("reader", &["Directory.Read.All"]).await.unwrap();
@@ -660,4 +665,81 @@ async fn writes_over_the_limit_get_429_with_retry_after() {
     tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
     let (status, _) = tenant.call(reqwest::Method::POST, "/v1.0/users", &admin, Some(user("t5", &tenant.domain))).await;
     assert_eq!(status, StatusCode::CREATED, "after Retry-After the write goes through");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_domains_are_verified_by_dns_txt_records() {
+    let Some(mut dns) = testkit::available(testkit::dns::Dnsmasq::start(&[("contoso.example", "v=spf1 -all")])) else { return };
+    let tenant = start_full(None, Some(dns.addr())).await;
+    let admin = tenant.token(&tenant.admin).await;
+    use reqwest::Method;
+
+    let (_, listed) = tenant.call(Method::GET, "/v1.0/domains", &admin, None).await;
+    assert_eq!(listed["value"][0]["id"].as_str(), Some(tenant.domain.as_str()));
+    assert_eq!((listed["value"][0]["isInitial"].as_bool(), listed["value"][0]["isVerified"].as_bool()), (Some(true), Some(true)));
+
+    let (status, added) = tenant.call(Method::POST, "/v1.0/domains", &admin, Some(json!({"id": "Contoso.Example"}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{added}");
+    assert_eq!((added["id"].as_str(), added["isVerified"].as_bool()), (Some("contoso.example"), Some(false)));
+    let (status, _) = tenant.call(Method::POST, "/v1.0/domains", &admin, Some(json!({"id": "contoso.example"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "twice");
+    for bad in ["not a domain", "x.isthmus.local", "single"] {
+        let (status, _) = tenant.call(Method::POST, "/v1.0/domains", &admin, Some(json!({"id": bad}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    // An unverified domain cannot be used yet, and user-realm discovery does not know it.
+    let (status, _) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("ann", "contoso.example"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, records) = tenant.call(Method::GET, "/v1.0/domains/contoso.example/verificationDnsRecords", &admin, None).await;
+    let code = records["value"][0]["text"].as_str().unwrap().to_string();
+    assert!(code.starts_with("MS=ms") && code.len() == 13, "{code}");
+
+    // The record is not there yet: verification fails and says what it looked for.
+    let (status, error) = tenant.call(Method::POST, "/v1.0/domains/contoso.example/verify", &admin, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error["error"]["message"].as_str().unwrap().contains(&code), "{error}");
+
+    // The owner publishes it; verification passes; users may use the domain.
+    dns.replace_records(&[("contoso.example", "v=spf1 -all"), ("contoso.example", &code)]).unwrap();
+    let (status, verified) = tenant.call(Method::POST, "/v1.0/domains/contoso.example/verify", &admin, None).await;
+    assert_eq!((status, verified["isVerified"].as_bool()), (StatusCode::OK, Some(true)), "{verified}");
+    let (status, body) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("ann", "contoso.example"))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let realm: Value = tenant
+        .client
+        .get(format!("{}/common/userrealm/ann@contoso.example?api-version=1.0", tenant.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(realm["account_type"], "Managed");
+    let (status, _) =
+        tenant.call(Method::PATCH, "/v1.0/domains/contoso.example", &admin, Some(json!({"authenticationType": "Federated"}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let realm: Value = tenant
+        .client
+        .get(format!("{}/common/userrealm/ann@contoso.example?api-version=1.0", tenant.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(realm["account_type"], "Federated");
+    let (status, _) = tenant
+        .call(Method::PATCH, &format!("/v1.0/domains/{}", tenant.domain), &admin, Some(json!({"authenticationType": "Federated"})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the initial domain stays managed");
+
+    // A domain in use cannot be removed; the initial domain never.
+    let (status, error) = tenant.call(Method::DELETE, "/v1.0/domains/contoso.example", &admin, None).await;
+    assert!(status == StatusCode::BAD_REQUEST && error["error"]["message"].as_str().unwrap().contains("used by 1 user"), "{error}");
+    let (status, _) = tenant.call(Method::DELETE, &format!("/v1.0/domains/{}", tenant.domain), &admin, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = tenant.call(Method::DELETE, "/v1.0/users/ann@contoso.example", &admin, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = tenant.call(Method::DELETE, "/v1.0/domains/contoso.example", &admin, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
 }

@@ -12,6 +12,7 @@
 //! with the server's own error output; elsewhere it is skipped with the reason printed.
 
 pub mod directory;
+pub mod dns;
 pub mod ldap;
 mod net;
 pub mod postgres;

@@ -1,0 +1,181 @@
+//! The tenant's domains (`/v1.0/domains`): the initial `<name>.isthmus.local`, always verified;
+//! custom domains added unverified and verified by a DNS TXT record (`MS=ms<8 digits>`) looked
+//! up through the configured resolver; `authenticationType` Managed or Federated per verified
+//! domain. Only verified domains may be used in userPrincipalNames.
+
+use axum::Json;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::db::{self, Domain};
+use crate::odata::GraphError;
+use crate::{Access, AppState};
+
+fn view(domain: &Domain) -> Value {
+    json!({
+        "id": domain.name,
+        "authenticationType": domain.authentication,
+        "isDefault": domain.initial,
+        "isInitial": domain.initial,
+        "isRoot": true,
+        "isVerified": domain.verified,
+        "isAdminManaged": true,
+        "supportedServices": if domain.verified { json!(["Email", "OfficeCommunicationsOnline"]) } else { json!([]) },
+    })
+}
+
+/// Re-reads the domains into the in-memory list the sign-in and UPN checks use.
+pub async fn reload(state: &AppState) -> Result<(), GraphError> {
+    let domains = state.db.call(|conn| db::domains(conn)).await?;
+    *state.domain_cache.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = domains;
+    Ok(())
+}
+
+fn find(state: &AppState, name: &str) -> Result<Domain, GraphError> {
+    state.all_domains().into_iter().find(|domain| domain.name.eq_ignore_ascii_case(name)).ok_or_else(|| GraphError::not_found(name))
+}
+
+/// Whether `name` is a domain name a tenant can add.
+fn valid_name(name: &str) -> bool {
+    let labels: Vec<&str> = name.split('.').collect();
+    name.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+        })
+        && labels.last().is_some_and(|tld| tld.bytes().any(|byte| byte.is_ascii_alphabetic()))
+}
+
+/// `GET /v1.0/domains`.
+pub async fn list(state: AppState, access: Access, headers: HeaderMap) -> Result<Response, GraphError> {
+    access.require_read()?;
+    let values: Vec<Value> = state.all_domains().iter().map(view).collect();
+    Ok(Json(json!({"@odata.context": format!("{}/v1.0/$metadata#domains", crate::graph::base_url(&headers)), "value": values}))
+        .into_response())
+}
+
+/// `GET /v1.0/domains/{name}`.
+pub async fn get(state: AppState, access: Access, name: String) -> Result<Response, GraphError> {
+    access.require_read()?;
+    Ok(Json(view(&find(&state, &name)?)).into_response())
+}
+
+/// `POST /v1.0/domains` with `{"id": "contoso.example"}`: added unverified.
+pub async fn create(state: AppState, access: Access, body: crate::graph::Body) -> Result<Response, GraphError> {
+    access.require_write()?;
+    let body = crate::graph::body_object(body)?;
+    if let Some(other) = body.keys().find(|key| *key != "id" && *key != "@odata.type") {
+        return Err(GraphError::bad_request(format!("Invalid property '{other}'.")));
+    }
+    let name = body.get("id").and_then(Value::as_str).unwrap_or_default().trim().to_lowercase();
+    if !valid_name(&name) {
+        return Err(GraphError::bad_request(format!("Invalid domain name {name:?}.")));
+    }
+    if name.ends_with(".isthmus.local") {
+        return Err(GraphError::bad_request("Domains under isthmus.local are reserved for initial domains."));
+    }
+    let digits: String = crate::crypto::random_bytes(8).iter().map(|byte| char::from(b'0' + byte % 10)).collect();
+    let domain =
+        Domain { name: name.clone(), verified: false, authentication: "Managed".into(), code: format!("MS=ms{digits}"), initial: false };
+    let stored = domain.clone();
+    state.db.call(move |conn| db::insert_domain(conn, &stored)).await?;
+    reload(&state).await?;
+    tracing::info!(target: "audit", operation = "add domain", domain = name, by = access.caller, "directory write");
+    Ok((StatusCode::CREATED, Json(view(&domain))).into_response())
+}
+
+/// `GET /v1.0/domains/{name}/verificationDnsRecords`.
+pub async fn verification_records(state: AppState, access: Access, name: String) -> Result<Response, GraphError> {
+    access.require_read()?;
+    let domain = find(&state, &name)?;
+    let record = json!({"@odata.type": "#microsoft.graph.domainDnsTxtRecord", "id": format!("txt-{}", domain.name), "isOptional": false,
+                        "label": domain.name, "recordType": "Txt", "supportedService": "Email", "ttl": 3600, "text": domain.code});
+    Ok(Json(json!({"value": [record]})).into_response())
+}
+
+/// `POST /v1.0/domains/{name}/verify`: looks for the TXT record through the configured resolver.
+pub async fn verify(state: AppState, access: Access, name: String) -> Result<Response, GraphError> {
+    access.require_write()?;
+    let mut domain = find(&state, &name)?;
+    if !domain.verified {
+        let Some(resolver) = state.dns_resolver else {
+            return Err(GraphError::bad_request("No DNS resolver is configured for domain verification (--dns-resolver)."));
+        };
+        let records = crate::dns::txt_records(resolver, &domain.name, std::time::Duration::from_secs(5))
+            .await
+            .map_err(|err| GraphError::bad_request(format!("Domain verification failed: {err}.")))?;
+        if !records.iter().any(|record| record.trim() == domain.code) {
+            tracing::info!(target: "audit", operation = "verify domain", domain = domain.name, outcome = "record missing", by = access.caller, "directory write");
+            return Err(GraphError::bad_request(format!(
+                "Domain verification failed: the TXT record {} was not found at {} (found {} TXT record(s)).",
+                domain.code,
+                domain.name,
+                records.len()
+            )));
+        }
+        domain.verified = true;
+        let stored = domain.clone();
+        state.db.call(move |conn| db::update_domain(conn, &stored)).await?;
+        reload(&state).await?;
+        tracing::info!(target: "audit", operation = "verify domain", domain = domain.name, outcome = "verified", by = access.caller, "directory write");
+    }
+    Ok(Json(view(&domain)).into_response())
+}
+
+/// `PATCH /v1.0/domains/{name}` with `{"authenticationType": "Managed" | "Federated"}`.
+pub async fn update(state: AppState, access: Access, name: String, body: crate::graph::Body) -> Result<Response, GraphError> {
+    access.require_write()?;
+    let body = crate::graph::body_object(body)?;
+    let mut domain = find(&state, &name)?;
+    for (key, value) in &body {
+        match (key.as_str(), value.as_str()) {
+            ("authenticationType", Some(kind @ ("Managed" | "Federated"))) => {
+                if kind == "Federated" && (!domain.verified || domain.initial) {
+                    return Err(GraphError::bad_request("Only a verified custom domain can be federated."));
+                }
+                domain.authentication = kind.to_string();
+            }
+            ("authenticationType", _) => return Err(GraphError::bad_request("authenticationType must be Managed or Federated.")),
+            (other, _) => return Err(GraphError::bad_request(format!("Invalid property '{other}' (only authenticationType can change)."))),
+        }
+    }
+    let stored = domain.clone();
+    state.db.call(move |conn| db::update_domain(conn, &stored)).await?;
+    reload(&state).await?;
+    tracing::info!(target: "audit", operation = "update domain", domain = domain.name, authentication = domain.authentication, by = access.caller, "directory write");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /v1.0/domains/{name}`.
+pub async fn delete(state: AppState, access: Access, name: String) -> Result<Response, GraphError> {
+    access.require_write()?;
+    let domain = find(&state, &name)?;
+    if domain.initial {
+        return Err(GraphError::bad_request("The initial domain cannot be removed."));
+    }
+    let target = domain.name.clone();
+    state.db.call(move |conn| db::delete_domain(conn, &target)).await?;
+    reload(&state).await?;
+    tracing::info!(target: "audit", operation = "remove domain", domain = domain.name, by = access.caller, "directory write");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_names() {
+        for good in ["contoso.example", "mail.contoso.co.uk", "x-1.example"] {
+            assert!(valid_name(good), "{good}");
+        }
+        for bad in ["contoso", "-a.example", "a..example", "a b.example", "contoso.123", ""] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+}
