@@ -37,6 +37,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     let (tenant, bootstrap) = tenant::Tenant::open(config).await?;
     let admin = bootstrap.context("a new tenant has an admin app")?;
     let domain = tenant.initial_domain().to_string();
+    let sync = tenant.register_app("sync", &[tenant::SYNC_ROLE]).await?;
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&tenant.ca_pem)?)?;
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (bound, serve) = tenant
@@ -58,6 +59,12 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     ];
     let started = Instant::now();
     let mut token = String::new();
+    let sync_form = [
+        ("grant_type", "client_credentials".to_string()),
+        ("client_id", sync.client_id.clone()),
+        ("client_secret", sync.client_secret.to_string()),
+        ("scope", "https://graph.microsoft.com/.default".to_string()),
+    ];
     for chunk in (0..args.tokens).collect::<Vec<_>>().chunks(args.concurrency) {
         let answers = futures(chunk.len(), || client.post(&token_url).form(&form).send()).await;
         for answer in answers {
@@ -73,8 +80,12 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         args.concurrency
     );
 
-    // Users through $batch: synced (no password), then cloud-only (PBKDF2 each).
+    let sync_token: Value = client.post(&token_url).form(&sync_form).send().await?.error_for_status()?.json().await?;
+    let sync_token = sync_token["access_token"].as_str().unwrap_or_default().to_string();
+
+    // Users through $batch: synced (no password, by the sync service), then cloud-only (PBKDF2 each).
     for (kind, with_password) in [("synced", false), ("cloud-only", true)] {
+        let token = if with_password { token.clone() } else { sync_token.clone() };
         let count = if with_password { args.users.min(200) } else { args.users };
         let started = Instant::now();
         let mut created = 0;
@@ -91,6 +102,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
                             body["passwordProfile"] = json!({"password": "Str0ng!Pass", "forceChangePasswordNextSignIn": false});
                         } else {
                             body["onPremisesImmutableId"] = json!(format!("immutable-{n}"));
+                            body["onPremisesSyncEnabled"] = json!(true);
                         }
                         json!({"id": n.to_string(), "method": "POST", "url": "/users", "body": body})
                     })

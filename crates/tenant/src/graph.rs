@@ -447,6 +447,9 @@ pub async fn create(
         }
     }
     let synced = object.get("onPremisesImmutableId").is_some_and(|id| !id.is_null());
+    if (synced || object.get("onPremisesSyncEnabled").and_then(Value::as_bool) == Some(true)) && !access.is_sync() {
+        return Err(GraphError::bad_request("Only the directory synchronization service can create objects synced from on-premises."));
+    }
     if resource.kind == Kind::User && password.is_none() && !synced {
         return Err(GraphError::bad_request("Property 'passwordProfile' is required when creating a cloud-only user."));
     }
@@ -471,6 +474,16 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// Properties cloud admins may still change on an object synced from on-premises.
+const CLOUD_MASTERED: &[&str] = &["usageLocation", "preferredLanguage", "otherMails", "mobilePhone", "businessPhones"];
+
+/// Entra's answer when a cloud admin edits what on-premises masters.
+fn synced_refusal() -> GraphError {
+    GraphError::bad_request(
+        "Unable to update the specified properties for on-premises mastered Directory Sync objects or objects currently undergoing migration.",
+    )
+}
+
 /// `PATCH /v1.0/{collection}/{key}`.
 pub async fn update(resource: &'static Resource, state: AppState, access: Access, key: String, body: Body) -> Result<Response, GraphError> {
     access.require_write()?;
@@ -480,18 +493,26 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
         return Err(GraphError::bad_request("Changing a password through PATCH is not supported yet."));
     }
     check_properties(resource, &state, &mut patch)?;
-    let (kind, lookup) = (resource.kind, key.clone());
+    let touches_sync_state = patch.keys().any(|name| name == "onPremisesSyncEnabled" || name == "onPremisesImmutableId");
+    if touches_sync_state && !access.is_sync() {
+        return Err(synced_refusal());
+    }
+    let (kind, lookup, sync) = (resource.kind, key.clone(), access.is_sync());
     let updated = state
         .db
         .call(move |conn| {
             let Some(mut object) = db::get(conn, kind, &lookup)? else { return Ok(None) };
+            let synced = object.get("onPremisesSyncEnabled").and_then(Value::as_bool) == Some(true);
+            if synced && !sync && patch.keys().any(|name| !CLOUD_MASTERED.contains(&name.as_str())) {
+                return Ok(Some(Err(())));
+            }
             for (name, value) in patch {
                 object.insert(name, value);
             }
-            Ok(db::update(conn, kind, &object)?.then_some(object))
+            Ok(db::update(conn, kind, &object)?.then_some(Ok(object)))
         })
         .await?;
-    let object = updated.ok_or_else(|| GraphError::not_found(&key))?;
+    let object = updated.ok_or_else(|| GraphError::not_found(&key))?.map_err(|()| synced_refusal())?;
     tracing::info!(target: "audit", operation = "update", kind = resource.noun, id = ?object.get("id"), by = access.caller, "directory write");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -500,17 +521,22 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
 pub async fn delete(resource: &'static Resource, state: AppState, access: Access, key: String) -> Result<Response, GraphError> {
     access.require_write()?;
     state.admit_write()?;
-    let (kind, lookup) = (resource.kind, key.clone());
+    let (kind, lookup, sync) = (resource.kind, key.clone(), access.is_sync());
     let deleted = state
         .db
         .call(move |conn| {
-            let Some(object) = db::get(conn, kind, &lookup)? else { return Ok(false) };
+            let Some(object) = db::get(conn, kind, &lookup)? else { return Ok(Some(false)) };
+            if object.get("onPremisesSyncEnabled").and_then(Value::as_bool) == Some(true) && !sync {
+                return Ok(None);
+            }
             let id = object.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-            db::delete(conn, kind, &id)
+            db::delete(conn, kind, &id).map(Some)
         })
         .await?;
-    if !deleted {
-        return Err(GraphError::not_found(&key));
+    match deleted {
+        None => return Err(synced_refusal()),
+        Some(false) => return Err(GraphError::not_found(&key)),
+        Some(true) => {}
     }
     tracing::info!(target: "audit", operation = "delete", kind = resource.noun, key, by = access.caller, "directory write");
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -183,10 +183,19 @@ impl Access {
     }
 
     fn require_write(&self) -> Result<(), GraphError> {
-        const WRITE: &[&str] = &["Directory.ReadWrite.All", "User.ReadWrite.All"];
+        const WRITE: &[&str] = &["Directory.ReadWrite.All", "User.ReadWrite.All", SYNC_ROLE];
         if self.roles.iter().any(|role| WRITE.contains(&role.as_str())) { Ok(()) } else { Err(GraphError::denied()) }
     }
+
+    /// The caller is the sync service: it may write the attributes synced from on-premises.
+    fn is_sync(&self) -> bool {
+        self.roles.iter().any(|role| role == SYNC_ROLE)
+    }
 }
+
+/// The app role of the sync service (Isthmus's Graph connector): only it writes objects synced
+/// from on-premises, as only Entra Connect's account does in Entra.
+pub const SYNC_ROLE: &str = "OnPremDirectorySynchronization.ReadWrite.All";
 
 impl FromRequestParts<AppState> for Access {
     type Rejection = GraphError;

@@ -15,6 +15,7 @@ struct Running {
     domain: String,
     admin: (String, String),
     reader: (String, String),
+    sync: (String, String),
     _dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -39,6 +40,7 @@ async fn start_full(write_limit: Option<u32>, dns: Option<std::net::SocketAddr>)
     let (tenant, bootstrap) = Tenant::open(config).await.unwrap();
     let admin = bootstrap.expect("a new tenant has an admin app");
     let reader = tenant.register_app("reader", &["Directory.Read.All"]).await.unwrap();
+    let sync = tenant.register_app("sync", &[tenant::SYNC_ROLE]).await.unwrap();
     let (tenant_id, domain) = (tenant.tenant_id().to_string(), tenant.initial_domain().to_string());
     let ca_pem = tenant.ca_pem.clone();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_pem).unwrap()).unwrap();
@@ -59,6 +61,7 @@ async fn start_full(write_limit: Option<u32>, dns: Option<std::net::SocketAddr>)
         domain,
         admin: (admin.client_id.clone(), admin.client_secret.to_string()),
         reader: (reader.client_id.clone(), reader.client_secret.to_string()),
+        sync: (sync.client_id.clone(), sync.client_secret.to_string()),
         _dir: dir,
         _stop: stop,
     }
@@ -741,5 +744,34 @@ async fn custom_domains_are_verified_by_dns_txt_records() {
     let (status, _) = tenant.call(Method::DELETE, "/v1.0/users/ann@contoso.example", &admin, None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = tenant.call(Method::DELETE, "/v1.0/domains/contoso.example", &admin, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synced_objects_are_read_only_to_cloud_admins() {
+    let tenant = start().await;
+    let (admin, sync) = (tenant.token(&tenant.admin).await, tenant.token(&tenant.sync).await);
+    use reqwest::Method;
+    let synced = json!({"accountEnabled": true, "displayName": "Synced Sam", "mailNickname": "sam", "userPrincipalName": format!("sam@{}", tenant.domain),
+                        "onPremisesImmutableId": "AAECAwQFBgcICQoLDA0ODw==", "onPremisesSyncEnabled": true, "onPremisesSamAccountName": "sam"});
+    let (status, _) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(synced.clone())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "only the sync service creates synced objects");
+    let (status, created) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let path = format!("/v1.0/users/sam@{}", tenant.domain);
+    let (status, error) = tenant.call(Method::PATCH, &path, &admin, Some(json!({"displayName": "Renamed in the cloud"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error["error"]["message"].as_str().unwrap().contains("on-premises mastered"), "{error}");
+    let (status, _) = tenant.call(Method::PATCH, &path, &admin, Some(json!({"usageLocation": "NL"}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "cloud-mastered properties stay editable");
+    let (status, _) = tenant.call(Method::PATCH, &path, &admin, Some(json!({"onPremisesSyncEnabled": false}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "an admin cannot take the object over");
+    let (status, _) = tenant.call(Method::DELETE, &path, &admin, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = tenant.call(Method::PATCH, &path, &sync, Some(json!({"displayName": "Sam Synced"}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "the sync service writes synced attributes");
+    let (_, sam) = tenant.call(Method::GET, &path, &admin, None).await;
+    assert_eq!((sam["displayName"].as_str(), sam["usageLocation"].as_str()), (Some("Sam Synced"), Some("NL")));
+    let (status, _) = tenant.call(Method::DELETE, &path, &sync, None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
