@@ -18,7 +18,7 @@ pub mod filter;
 mod graph;
 mod oauth;
 pub mod odata;
-mod signin;
+pub mod signin;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -99,13 +99,14 @@ pub enum TenantError {
     },
 }
 
-/// What request handlers share.
 #[derive(Clone)]
-pub(crate) struct AppState {
+/// What request handlers (and sign-in methods) share; opaque outside the crate.
+pub struct AppState {
     inner: Arc<Shared>,
 }
 
-struct Shared {
+/// The tenant's shared state behind [`AppState`].
+pub struct Shared {
     identity: state::Identity,
     signing: crypto::SigningKey,
     db: db::Db,
@@ -116,6 +117,8 @@ struct Shared {
     throttle: Option<std::sync::Mutex<Bucket>>,
     domain_cache: std::sync::RwLock<Vec<db::Domain>>,
     dns_resolver: Option<SocketAddr>,
+    /// Sign-in methods chosen per domain (lower case); the rest follow `authenticationType`.
+    methods: std::sync::RwLock<std::collections::HashMap<String, Arc<dyn signin::SignInMethod>>>,
 }
 
 /// A token bucket for directory writes.
@@ -158,6 +161,15 @@ impl Shared {
     /// Every domain, verified or not.
     fn all_domains(&self) -> Vec<db::Domain> {
         self.domain_cache.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// The sign-in method of a domain: one set for it, else by its authentication type.
+    fn sign_in_method(&self, domain: &str) -> Arc<dyn signin::SignInMethod> {
+        let chosen = self.methods.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&domain.to_lowercase()).cloned();
+        chosen.unwrap_or_else(|| match self.authentication_of(domain).as_deref() {
+            Some("Federated") => Arc::new(signin::FederatedElsewhere),
+            _ => Arc::new(signin::CloudPassword),
+        })
     }
 
     /// `Managed` or `Federated` for a verified domain of the tenant; `None` for any other.
@@ -335,6 +347,7 @@ impl Tenant {
                     std::sync::Mutex::new(Bucket { rate: f64::from(limit), tokens: f64::from(limit), last: std::time::Instant::now() })
                 }),
                 domain_cache: std::sync::RwLock::new(domains),
+                methods: std::sync::RwLock::new(std::collections::HashMap::new()),
                 dns_resolver: config.dns_resolver.or_else(dns::system_resolver),
             }),
         };
@@ -348,6 +361,12 @@ impl Tenant {
         let roles: Vec<String> = roles.iter().map(|role| role.to_string()).collect();
         self.app.db.call(move |conn| db::insert_app(conn, &client_id, &name, &hash, &roles)).await?;
         Ok(app)
+    }
+
+    /// Chooses how the users of `domain` prove their password (password hash sync,
+    /// pass-through …); without a choice a domain follows its authentication type.
+    pub fn set_sign_in_method(&self, domain: &str, method: Arc<dyn signin::SignInMethod>) {
+        self.app.methods.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(domain.to_lowercase(), method);
     }
 
     /// The tenant id.

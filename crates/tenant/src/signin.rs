@@ -34,6 +34,87 @@ pub struct UserGrant {
     pub refresh_token: zeroize::Zeroizing<String>,
 }
 
+/// What a sign-in method says about a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The password is right.
+    Valid,
+    /// The password is wrong (or the user cannot sign in this way).
+    Invalid,
+    /// The method cannot decide now (an agent or a federation server is down).
+    Unavailable(String),
+}
+
+/// How the users of a domain prove their password: the seam where password hash sync and
+/// pass-through authentication plug in, chosen per domain (`Tenant::set_sign_in_method`).
+/// Smart lockout runs before any method, so no method sees a locked-out guesser.
+pub trait SignInMethod: Send + Sync {
+    /// For the audit log.
+    fn name(&self) -> &'static str;
+    /// Checks `password` for `user` (a Graph document).
+    fn verify<'a>(
+        &'a self,
+        state: &'a AppState,
+        user: &'a serde_json::Map<String, Value>,
+        password: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Verdict> + Send + 'a>>;
+}
+
+/// Passwords kept in the tenant (cloud-only users): PBKDF2-HMAC-SHA256.
+pub struct CloudPassword;
+
+impl SignInMethod for CloudPassword {
+    fn name(&self) -> &'static str {
+        "cloud password"
+    }
+
+    fn verify<'a>(
+        &'a self,
+        state: &'a AppState,
+        user: &'a serde_json::Map<String, Value>,
+        password: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Verdict> + Send + 'a>> {
+        Box::pin(async move {
+            let id = user.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+            let credential = match state.db.call(move |conn| db::credential(conn, &id)).await {
+                Ok(credential) => credential,
+                Err(err) => return Verdict::Unavailable(err.to_string()),
+            };
+            let password = zeroize::Zeroizing::new(password.to_string());
+            let iterations = state.password_iterations;
+            let matched = tokio::task::spawn_blocking(move || match credential {
+                Some(credential) => crate::crypto::password_matches(&password, &credential.salt, credential.iterations, &credential.hash),
+                None => {
+                    // No cloud password (a synced user before hash sync): same work, same answer.
+                    let _ = crate::crypto::password_hash(&password, iterations);
+                    false
+                }
+            })
+            .await
+            .unwrap_or(false);
+            if matched { Verdict::Valid } else { Verdict::Invalid }
+        })
+    }
+}
+
+/// Users of federated domains sign in at their federation service, not here.
+pub struct FederatedElsewhere;
+
+impl SignInMethod for FederatedElsewhere {
+    fn name(&self) -> &'static str {
+        "federated"
+    }
+
+    fn verify<'a>(
+        &'a self,
+        _state: &'a AppState,
+        _user: &'a serde_json::Map<String, Value>,
+        _password: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Verdict> + Send + 'a>> {
+        Box::pin(async { Verdict::Invalid })
+    }
+}
+
 /// Failed sign-ins per user, for smart lockout.
 #[derive(Default)]
 pub struct Lockout {
@@ -98,43 +179,36 @@ pub async fn password_grant(state: &AppState, headers: &HeaderMap, grant: &UserG
         ));
     }
     let username = grant.username.clone();
-    let found = state
-        .db
-        .call(move |conn| {
-            let Some(user) = db::get(conn, Kind::User, &username)? else { return Ok(None) };
-            let id = user.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-            Ok(Some((user.clone(), db::credential(conn, &id)?)))
-        })
-        .await
-        .map_err(|err| unavailable(&err))?;
-    let password = grant.password.clone();
-    let verified = match &found {
-        Some((_, Some(credential))) => {
-            let credential = credential.clone();
-            tokio::task::spawn_blocking(move || {
-                crate::crypto::password_matches(&password, &credential.salt, credential.iterations, &credential.hash)
-            })
-            .await
-            .unwrap_or(false)
-        }
-        // No such user, or no cloud password: the same answer and about the same work.
-        _ => {
-            let iterations = state.password_iterations;
+    let found = state.db.call(move |conn| db::get(conn, Kind::User, &username)).await.map_err(|err| unavailable(&err))?;
+    let domain = grant.username.rsplit_once('@').map(|(_, domain)| domain.to_string()).unwrap_or_default();
+    let method = state.sign_in_method(&domain);
+    let verdict = match &found {
+        Some(user) => method.verify(state, user, &grant.password).await,
+        None => {
+            // No such user: the same answer after about the same work (no user enumeration).
+            let (password, iterations) = (grant.password.clone(), state.password_iterations);
             let _ = tokio::task::spawn_blocking(move || crate::crypto::password_hash(&password, iterations)).await;
-            false
+            Verdict::Invalid
         }
     };
-    let Some((user, _)) = found.filter(|_| verified) else {
-        let locked = state.lockout.fail(&key, state.lockout_threshold, state.lockout_duration);
-        tracing::info!(target: "audit", user = key, outcome = if locked { "bad password, now locked" } else { "bad password" }, "sign-in");
-        return Err(bad_credentials());
+    let user = match (verdict, found) {
+        (Verdict::Valid, Some(user)) => user,
+        (Verdict::Unavailable(why), _) => {
+            tracing::info!(target: "audit", user = key, method = method.name(), outcome = "method unavailable", "sign-in");
+            return Err(TokenEndpointError::new("temporarily_unavailable", 80001, format!("The sign-in method is not available: {why}")));
+        }
+        _ => {
+            let locked = state.lockout.fail(&key, state.lockout_threshold, state.lockout_duration);
+            tracing::info!(target: "audit", user = key, method = method.name(), outcome = if locked { "bad password, now locked" } else { "bad password" }, "sign-in");
+            return Err(bad_credentials());
+        }
     };
     if user.get("accountEnabled").and_then(Value::as_bool) != Some(true) {
         tracing::info!(target: "audit", user = key, outcome = "disabled", "sign-in");
         return Err(TokenEndpointError::new("invalid_grant", 50057, "The user account is disabled."));
     }
     state.lockout.succeed(&key);
-    tracing::info!(target: "audit", user = key, outcome = "success", "sign-in");
+    tracing::info!(target: "audit", user = key, method = method.name(), outcome = "success", "sign-in");
     user_tokens(state, headers, &user, &grant.client_id, &grant.scope)
 }
 

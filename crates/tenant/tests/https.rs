@@ -708,6 +708,8 @@ async fn custom_domains_are_verified_by_dns_txt_records() {
     assert_eq!((status, verified["isVerified"].as_bool()), (StatusCode::OK, Some(true)), "{verified}");
     let (status, body) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("ann", "contoso.example"))).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = tenant.password_grant(&tenant.reader.0, "ann@contoso.example", "Str0ng!Pass").await;
+    assert_eq!(status, StatusCode::OK, "a managed domain's cloud user signs in");
     let realm: Value = tenant
         .client
         .get(format!("{}/common/userrealm/ann@contoso.example?api-version=1.0", tenant.base))
@@ -731,6 +733,12 @@ async fn custom_domains_are_verified_by_dns_txt_records() {
         .await
         .unwrap();
     assert_eq!(realm["account_type"], "Federated");
+    let (status, error) = tenant.password_grant(&tenant.reader.0, "ann@contoso.example", "Str0ng!Pass").await;
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant")),
+        "a federated user signs in at the federation service: {error}"
+    );
     let (status, _) = tenant
         .call(Method::PATCH, &format!("/v1.0/domains/{}", tenant.domain), &admin, Some(json!({"authenticationType": "Federated"})))
         .await;
@@ -774,4 +782,76 @@ async fn synced_objects_are_read_only_to_cloud_admins() {
     assert_eq!((sam["displayName"].as_str(), sam["usageLocation"].as_str()), (Some("Sam Synced"), Some("NL")));
     let (status, _) = tenant.call(Method::DELETE, &path, &sync, None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+/// A sign-in method that cannot decide (an agent that is down).
+struct Unreachable;
+
+impl tenant::signin::SignInMethod for Unreachable {
+    fn name(&self) -> &'static str {
+        "unreachable"
+    }
+
+    fn verify<'a>(
+        &'a self,
+        _state: &'a tenant::AppState,
+        _user: &'a serde_json::Map<String, Value>,
+        _password: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = tenant::signin::Verdict> + Send + 'a>> {
+        Box::pin(async { tenant::signin::Verdict::Unavailable("no agent answered".into()) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sign_in_method_is_chosen_per_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = TenantConfig::new(dir.path().join("state"), vec!["127.0.0.1:0".parse().unwrap()]);
+    config.password_iterations = 1_000;
+    let (tenant, bootstrap) = Tenant::open(config).await.unwrap();
+    let admin = bootstrap.unwrap();
+    let domain = tenant.initial_domain().to_string();
+    tenant.set_sign_in_method(&domain, std::sync::Arc::new(Unreachable));
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&tenant.ca_pem).unwrap()).unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bound, serve) = tenant
+        .bind(async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    tokio::spawn(serve);
+    let client = reqwest::Client::builder().add_root_certificate(ca).use_rustls_tls().build().unwrap();
+    let base = format!("https://127.0.0.1:{}", bound[0].port());
+    let token_url = format!("{base}/{domain}/oauth2/v2.0/token");
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", admin.client_id.as_str()),
+        ("client_secret", &admin.client_secret),
+        ("scope", "x/.default"),
+    ];
+    let token: Value = client.post(&token_url).form(&form).send().await.unwrap().json().await.unwrap();
+    let created = client
+        .post(format!("{base}/v1.0/users"))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .json(&user("ann", &domain))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let upn = format!("ann@{domain}");
+    let answer = client
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "password"),
+            ("client_id", admin.client_id.as_str()),
+            ("username", upn.as_str()),
+            ("password", "Str0ng!Pass"),
+            ("scope", "User.Read"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    let error: Value = answer.json().await.unwrap();
+    assert_eq!(error["error"], "temporarily_unavailable", "the domain's method decided, not the cloud password: {error}");
 }
