@@ -98,6 +98,15 @@ CREATE TABLE IF NOT EXISTS member_log (
     removed INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS member_log_group ON member_log(group_id, seq);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    category TEXT NOT NULL,
+    activity TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    target TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS domains (
     name TEXT PRIMARY KEY COLLATE NOCASE,
     verified INTEGER NOT NULL,
@@ -447,4 +456,51 @@ pub fn delete_domain(conn: &Connection, name: &str) -> Result<bool, DbError> {
         return Err(DbError::Conflict(format!("The domain {name} is used by {users} user(s); change their userPrincipalName first.")));
     }
     Ok(conn.execute("DELETE FROM domains WHERE name = ?1 AND initial = 0", params![name])? > 0)
+}
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Order of recording.
+    pub seq: i64,
+    /// RFC 3339.
+    pub time: String,
+    /// `SignIn` or `Directory`.
+    pub category: String,
+    /// What happened: `create User`, `password sign-in` …
+    pub activity: String,
+    /// Who: an app id or a UPN.
+    pub actor: String,
+    /// What it happened to.
+    pub target: String,
+    /// `success`, `bad password` …
+    pub outcome: String,
+}
+
+/// Appends an audit record.
+pub fn insert_audit(conn: &Connection, record: &AuditRecord) -> Result<(), DbError> {
+    conn.execute(
+        "INSERT INTO audit (time, category, activity, actor, target, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![record.time, record.category, record.activity, record.actor, record.target, record.outcome],
+    )?;
+    Ok(())
+}
+
+/// Audit records of `category`, newest first, older than `before` (a seq), at most `limit`.
+pub fn audit(conn: &Connection, category: &str, before: Option<i64>, limit: usize) -> Result<Vec<AuditRecord>, DbError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT seq, time, category, activity, actor, target, outcome FROM audit WHERE category = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+    )?;
+    let rows = statement.query_map(params![category, before.unwrap_or(i64::MAX), limit as i64], |row| {
+        Ok(AuditRecord {
+            seq: row.get(0)?,
+            time: row.get(1)?,
+            category: row.get(2)?,
+            activity: row.get(3)?,
+            actor: row.get(4)?,
+            target: row.get(5)?,
+            outcome: row.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

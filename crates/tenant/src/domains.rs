@@ -85,7 +85,7 @@ pub async fn create(state: AppState, access: Access, body: crate::graph::Body) -
     let stored = domain.clone();
     state.db.call(move |conn| db::insert_domain(conn, &stored)).await?;
     reload(&state).await?;
-    tracing::info!(target: "audit", operation = "add domain", domain = name, by = access.caller, "directory write");
+    state.record("Directory", "add domain".into(), access.caller.clone(), name.clone(), "success").await;
     Ok((StatusCode::CREATED, Json(view(&domain))).into_response())
 }
 
@@ -110,7 +110,7 @@ pub async fn verify(state: AppState, access: Access, name: String) -> Result<Res
             .await
             .map_err(|err| GraphError::bad_request(format!("Domain verification failed: {err}.")))?;
         if !records.iter().any(|record| record.trim() == domain.code) {
-            tracing::info!(target: "audit", operation = "verify domain", domain = domain.name, outcome = "record missing", by = access.caller, "directory write");
+            state.record("Directory", "verify domain".into(), access.caller.clone(), domain.name.clone(), "record missing").await;
             return Err(GraphError::bad_request(format!(
                 "Domain verification failed: the TXT record {} was not found at {} (found {} TXT record(s)).",
                 domain.code,
@@ -122,7 +122,7 @@ pub async fn verify(state: AppState, access: Access, name: String) -> Result<Res
         let stored = domain.clone();
         state.db.call(move |conn| db::update_domain(conn, &stored)).await?;
         reload(&state).await?;
-        tracing::info!(target: "audit", operation = "verify domain", domain = domain.name, outcome = "verified", by = access.caller, "directory write");
+        state.record("Directory", "verify domain".into(), access.caller.clone(), domain.name.clone(), "success").await;
     }
     Ok(Json(view(&domain)).into_response())
 }
@@ -147,7 +147,15 @@ pub async fn update(state: AppState, access: Access, name: String, body: crate::
     let stored = domain.clone();
     state.db.call(move |conn| db::update_domain(conn, &stored)).await?;
     reload(&state).await?;
-    tracing::info!(target: "audit", operation = "update domain", domain = domain.name, authentication = domain.authentication, by = access.caller, "directory write");
+    state
+        .record(
+            "Directory",
+            format!("set domain authentication {}", domain.authentication),
+            access.caller.clone(),
+            domain.name.clone(),
+            "success",
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -161,7 +169,7 @@ pub async fn delete(state: AppState, access: Access, name: String) -> Result<Res
     let target = domain.name.clone();
     state.db.call(move |conn| db::delete_domain(conn, &target)).await?;
     reload(&state).await?;
-    tracing::info!(target: "audit", operation = "remove domain", domain = domain.name, by = access.caller, "directory write");
+    state.record("Directory", "remove domain".into(), access.caller.clone(), domain.name.clone(), "success").await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -468,7 +468,7 @@ pub async fn create(
     };
     let (stored, kind) = (object.clone(), resource.kind);
     state.db.call(move |conn| db::insert(conn, kind, &stored, credential.as_ref())).await?;
-    tracing::info!(target: "audit", operation = "create", kind = resource.noun, id, by = access.caller, "directory write");
+    state.record("Directory", format!("create {}", resource.noun), access.caller.clone(), id.clone(), "success").await;
     let mut body = project(resource, &object, None);
     body["@odata.context"] = Value::String(format!("{}/v1.0/$metadata#{}/$entity", base_url(&headers), resource.segment));
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -513,7 +513,15 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
         })
         .await?;
     let object = updated.ok_or_else(|| GraphError::not_found(&key))?.map_err(|()| synced_refusal())?;
-    tracing::info!(target: "audit", operation = "update", kind = resource.noun, id = ?object.get("id"), by = access.caller, "directory write");
+    state
+        .record(
+            "Directory",
+            format!("update {}", resource.noun),
+            access.caller.clone(),
+            object.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
+            "success",
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -538,7 +546,7 @@ pub async fn delete(resource: &'static Resource, state: AppState, access: Access
         Some(false) => return Err(GraphError::not_found(&key)),
         Some(true) => {}
     }
-    tracing::info!(target: "audit", operation = "delete", kind = resource.noun, key, by = access.caller, "directory write");
+    state.record("Directory", format!("delete {}", resource.noun), access.caller.clone(), key.clone(), "success").await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -608,7 +616,7 @@ pub async fn add_member(state: AppState, access: Access, key: String, body: Body
         }
         Err(message) => return Err(GraphError::bad_request(message)),
     }
-    tracing::info!(target: "audit", operation = "add member", group = group_id, member, by = access.caller, "directory write");
+    state.record("Directory", format!("add member {member}"), access.caller.clone(), group_id.clone(), "success").await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -623,7 +631,7 @@ pub async fn remove_member(state: AppState, access: Access, key: String, member:
     if !removed {
         return Err(GraphError::not_found(&member));
     }
-    tracing::info!(target: "audit", operation = "remove member", group = group_id, member, by = access.caller, "directory write");
+    state.record("Directory", format!("remove member {member}"), access.caller.clone(), group_id.clone(), "success").await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -124,7 +124,7 @@ async fn issue(state: &AppState, headers: &HeaderMap, tenant: &str, form: TokenF
         TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
     })?;
     let Some((hash, roles)) = app else {
-        tracing::info!(target: "audit", client_id, outcome = "unknown client", "sign-in");
+        state.record("SignIn", "client credentials".into(), client_id.clone(), client_id.clone(), "unknown client").await;
         return Err(TokenEndpointError::new(
             "unauthorized_client",
             700016,
@@ -132,7 +132,7 @@ async fn issue(state: &AppState, headers: &HeaderMap, tenant: &str, form: TokenF
         ));
     };
     if !crate::crypto::same(&crate::crypto::secret_hash(&secret), &hash) {
-        tracing::info!(target: "audit", client_id, outcome = "bad secret", "sign-in");
+        state.record("SignIn", "client credentials".into(), client_id.clone(), client_id.clone(), "bad secret").await;
         let mut err = TokenEndpointError::new(
             "invalid_client",
             7000215,
@@ -161,7 +161,7 @@ async fn issue(state: &AppState, headers: &HeaderMap, tenant: &str, form: TokenF
         tracing::error!("{err}");
         TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
     })?;
-    tracing::info!(target: "audit", client_id, outcome = "success", "sign-in");
+    state.record("SignIn", "client credentials".into(), client_id.clone(), client_id.clone(), "success").await;
     Ok(json!({
         "token_type": "Bearer",
         "expires_in": TOKEN_SECONDS,

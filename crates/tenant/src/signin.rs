@@ -171,7 +171,7 @@ pub async fn password_grant(state: &AppState, headers: &HeaderMap, grant: &UserG
     }
     let key = grant.username.to_lowercase();
     if let Some(left) = state.lockout.locked(&key) {
-        tracing::info!(target: "audit", user = key, outcome = "locked", "sign-in");
+        state.record("SignIn", "password".into(), key.clone(), grant.client_id.clone(), "locked").await;
         return Err(TokenEndpointError::new(
             "invalid_grant",
             50053,
@@ -194,21 +194,31 @@ pub async fn password_grant(state: &AppState, headers: &HeaderMap, grant: &UserG
     let user = match (verdict, found) {
         (Verdict::Valid, Some(user)) => user,
         (Verdict::Unavailable(why), _) => {
-            tracing::info!(target: "audit", user = key, method = method.name(), outcome = "method unavailable", "sign-in");
+            state
+                .record("SignIn", format!("password ({})", method.name()), key.clone(), grant.client_id.clone(), "method unavailable")
+                .await;
             return Err(TokenEndpointError::new("temporarily_unavailable", 80001, format!("The sign-in method is not available: {why}")));
         }
         _ => {
             let locked = state.lockout.fail(&key, state.lockout_threshold, state.lockout_duration);
-            tracing::info!(target: "audit", user = key, method = method.name(), outcome = if locked { "bad password, now locked" } else { "bad password" }, "sign-in");
+            state
+                .record(
+                    "SignIn",
+                    format!("password ({})", method.name()),
+                    key.clone(),
+                    grant.client_id.clone(),
+                    if locked { "bad password, now locked" } else { "bad password" },
+                )
+                .await;
             return Err(bad_credentials());
         }
     };
     if user.get("accountEnabled").and_then(Value::as_bool) != Some(true) {
-        tracing::info!(target: "audit", user = key, outcome = "disabled", "sign-in");
+        state.record("SignIn", "password".into(), key.clone(), grant.client_id.clone(), "disabled").await;
         return Err(TokenEndpointError::new("invalid_grant", 50057, "The user account is disabled."));
     }
     state.lockout.succeed(&key);
-    tracing::info!(target: "audit", user = key, method = method.name(), outcome = "success", "sign-in");
+    state.record("SignIn", format!("password ({})", method.name()), key.clone(), grant.client_id.clone(), "success").await;
     user_tokens(state, headers, &user, &grant.client_id, &grant.scope)
 }
 

@@ -855,3 +855,36 @@ async fn the_sign_in_method_is_chosen_per_domain() {
     let error: Value = answer.json().await.unwrap();
     assert_eq!(error["error"], "temporarily_unavailable", "the domain's method decided, not the cloud password: {error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_and_directory_writes_are_audited_without_secrets() {
+    let tenant = start().await;
+    let admin = tenant.token(&tenant.admin).await;
+    use reqwest::Method;
+    let (_, ann) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("ann", &tenant.domain))).await;
+    let upn = format!("ann@{}", tenant.domain);
+    let (status, _) = tenant.password_grant(&tenant.reader.0, &upn, "Wrong!Pass1").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = tenant.password_grant(&tenant.reader.0, &upn, "Str0ng!Pass").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, writes) = tenant.call(Method::GET, "/v1.0/auditLogs/directoryAudits", &admin, None).await;
+    assert_eq!(status, StatusCode::OK, "{writes}");
+    let first = &writes["value"][0];
+    assert_eq!((first["activityDisplayName"].as_str(), first["result"].as_str()), (Some("create User"), Some("success")));
+    assert_eq!(first["targetResources"][0]["id"], ann["id"]);
+    assert_eq!(first["initiatedBy"]["app"]["appId"].as_str(), Some(tenant.admin.0.as_str()));
+
+    let (_, sign_ins) = tenant.call(Method::GET, "/v1.0/auditLogs/signIns?$top=2", &admin, None).await;
+    let outcomes: Vec<&str> =
+        sign_ins["value"].as_array().unwrap().iter().map(|entry| entry["status"]["failureReason"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["success", "bad password"], "newest first");
+    assert!(sign_ins["@odata.nextLink"].is_string(), "the client-credentials sign-in is on the next page");
+    let text = format!("{writes}{sign_ins}");
+    assert!(
+        !text.contains("Str0ng!Pass") && !text.contains("Wrong!Pass1") && !text.contains(&tenant.admin.1),
+        "no secret in the audit trail"
+    );
+    let (_, org) = tenant.call(Method::GET, "/v1.0/organization", &admin, None).await;
+    assert_eq!(org["value"][0]["id"].as_str(), Some(tenant.tenant_id.as_str()));
+}
