@@ -134,6 +134,31 @@ impl Resource {
         self.segment
     }
 
+    /// The OpenAPI schema name (`User`, `Group`, `Contact`).
+    pub fn schema_name(&self) -> &'static str {
+        self.noun
+    }
+
+    /// Properties required on create.
+    pub fn required_properties(&self) -> &'static [&'static str] {
+        self.required
+    }
+
+    /// Each property with its OpenAPI type.
+    pub fn property_types(&self) -> Vec<(&'static str, Value)> {
+        self.properties
+            .iter()
+            .map(|(name, kind)| {
+                let schema = match kind {
+                    Type::Bool => json!({"type": "boolean", "nullable": true}),
+                    Type::Str => json!({"type": "string", "nullable": true}),
+                    Type::StrList => json!({"type": "array", "items": {"type": "string"}}),
+                };
+                (*name, schema)
+            })
+            .collect()
+    }
+
     /// Whether the collection has a delta function.
     pub fn has_delta(&self) -> bool {
         self.kind != Kind::Contact

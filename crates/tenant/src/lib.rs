@@ -19,6 +19,7 @@ pub mod filter;
 mod graph;
 mod oauth;
 pub mod odata;
+pub mod openapi;
 pub mod signin;
 pub mod state;
 
