@@ -98,6 +98,11 @@ CREATE TABLE IF NOT EXISTS member_log (
     removed INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS member_log_group ON member_log(group_id, seq);
+CREATE TABLE IF NOT EXISTS app_redirects (
+    client_id TEXT NOT NULL,
+    uri TEXT NOT NULL,
+    PRIMARY KEY (client_id, uri)
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     time TEXT NOT NULL,
@@ -503,4 +508,20 @@ pub fn audit(conn: &Connection, category: &str, before: Option<i64>, limit: usiz
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Registers a redirect URI for an app.
+pub fn insert_app_redirect(conn: &Connection, client_id: &str, uri: &str) -> Result<(), DbError> {
+    conn.execute("INSERT OR IGNORE INTO app_redirects (client_id, uri) VALUES (?1, ?2)", params![client_id, uri])?;
+    Ok(())
+}
+
+/// An app's redirect URIs; `None` when the app does not exist.
+pub fn app_redirects(conn: &Connection, client_id: &str) -> Result<Option<Vec<String>>, DbError> {
+    if app(conn, client_id)?.is_none() {
+        return Ok(None);
+    }
+    let mut statement = conn.prepare_cached("SELECT uri FROM app_redirects WHERE client_id = ?1")?;
+    let rows = statement.query_map(params![client_id], |row| row.get(0))?;
+    Ok(Some(rows.collect::<Result<_, _>>()?))
 }

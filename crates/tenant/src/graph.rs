@@ -295,7 +295,7 @@ pub async fn list(
 }
 
 /// Percent-encodes a query value for a link.
-fn percent_encode(value: &str) -> String {
+pub(crate) fn percent_encode(value: &str) -> String {
     value
         .bytes()
         .map(|byte| match byte {

@@ -10,6 +10,7 @@
 //! Knows no sync engine and no on-premises directory.
 
 mod audit;
+mod authorize;
 mod batch;
 pub mod crypto;
 pub mod db;
@@ -119,6 +120,8 @@ pub struct Shared {
     throttle: Option<std::sync::Mutex<Bucket>>,
     domain_cache: std::sync::RwLock<Vec<db::Domain>>,
     dns_resolver: Option<SocketAddr>,
+    /// Authorization codes issued by the login page.
+    codes: authorize::Codes,
     /// Sign-in methods chosen per domain (lower case); the rest follow `authenticationType`.
     methods: std::sync::RwLock<std::collections::HashMap<String, Arc<dyn signin::SignInMethod>>>,
 }
@@ -360,6 +363,7 @@ impl Tenant {
                 }),
                 domain_cache: std::sync::RwLock::new(domains),
                 methods: std::sync::RwLock::new(std::collections::HashMap::new()),
+                codes: authorize::Codes::default(),
                 dns_resolver: config.dns_resolver.or_else(dns::system_resolver),
             }),
         };
@@ -373,6 +377,13 @@ impl Tenant {
         let roles: Vec<String> = roles.iter().map(|role| role.to_string()).collect();
         self.app.db.call(move |conn| db::insert_app(conn, &client_id, &name, &hash, &roles)).await?;
         Ok(app)
+    }
+
+    /// Registers a redirect URI for an app (the authorization-code flow sends codes only there).
+    pub async fn register_app_redirect(&self, client_id: &str, uri: &str) -> Result<(), TenantError> {
+        let (client_id, uri) = (client_id.to_string(), uri.to_string());
+        self.app.db.call(move |conn| db::insert_app_redirect(conn, &client_id, &uri)).await?;
+        Ok(())
     }
 
     /// Chooses how the users of `domain` prove their password (password hash sync,
@@ -459,6 +470,7 @@ impl Tenant {
             .route("/{tenant}//v2.0/.well-known/openid-configuration", get(oauth::openid_configuration))
             .route("/{tenant}/discovery/v2.0/keys", get(oauth::jwks))
             .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(oauth::token))
+            .route("/{tenant}/oauth2/v2.0/authorize", get(authorize::show).post(authorize::submit))
             .route("/common/userrealm/{upn}", get(oauth::user_realm))
             .fallback(|| async { GraphError::bad_request("Invalid request: no such resource or method.") })
             .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -20,6 +20,11 @@ fn host(headers: &HeaderMap) -> String {
     headers.get("host").and_then(|host| host.to_str().ok()).unwrap_or("127.0.0.1").to_string()
 }
 
+/// Whether `segment` names this tenant (for other modules).
+pub(crate) fn is_tenant_segment(state: &AppState, segment: &str) -> bool {
+    is_tenant(state, segment)
+}
+
 /// Whether `segment` names this tenant: its id or one of its domains.
 fn is_tenant(state: &AppState, segment: &str) -> bool {
     segment.eq_ignore_ascii_case(&state.identity.tenant_id)
@@ -47,7 +52,8 @@ pub async fn openid_configuration(State(state): State<AppState>, headers: Header
         "response_modes_supported": ["query", "fragment", "form_post"],
         "subject_types_supported": ["pairwise"],
         "id_token_signing_alg_values_supported": ["ES256"],
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": ["client_credentials", "password", "refresh_token", "authorization_code"],
+        "code_challenge_methods_supported": ["S256"],
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
         "tenant_region_scope": "WW",
         "cloud_instance_name": "isthmus.local",
@@ -70,12 +76,18 @@ pub struct TokenForm {
     username: Option<String>,
     password: Option<String>,
     refresh_token: Option<String>,
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
 }
 
 impl Drop for TokenForm {
     fn drop(&mut self) {
         use zeroize::Zeroize as _;
-        for secret in [&mut self.password, &mut self.client_secret, &mut self.refresh_token].into_iter().flatten() {
+        for secret in [&mut self.password, &mut self.client_secret, &mut self.refresh_token, &mut self.code, &mut self.code_verifier]
+            .into_iter()
+            .flatten()
+        {
             secret.zeroize();
         }
     }
@@ -98,6 +110,18 @@ async fn issue(state: &AppState, headers: &HeaderMap, tenant: &str, form: TokenF
         "client_credentials" => {}
         "password" => return crate::signin::password_grant(state, headers, &form_fields(&form)).await,
         "refresh_token" => return crate::signin::refresh_grant(state, headers, &form_fields(&form)).await,
+        "authorization_code" => {
+            let field = |value: &Option<String>| value.clone().unwrap_or_default();
+            return crate::authorize::exchange(
+                state,
+                headers,
+                &field(&form.client_id),
+                &field(&form.code),
+                &field(&form.redirect_uri),
+                &field(&form.code_verifier),
+            )
+            .await;
+        }
         _ => {
             return Err(TokenEndpointError::new(
                 "unsupported_grant_type",

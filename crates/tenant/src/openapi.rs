@@ -126,9 +126,15 @@ pub fn document() -> Value {
     }
     paths.insert(
         "/{tenant}/oauth2/v2.0/token".into(),
-        json!({"parameters": [{"name": "tenant", "in": "path", "required": true, "schema": {"type": "string"}}], "post": {"summary": "Tokens: client_credentials, password, refresh_token", "security": [],
-               "requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": {"grant_type": {"type": "string", "enum": ["client_credentials", "password", "refresh_token"]}}}}}},
+        json!({"parameters": [{"name": "tenant", "in": "path", "required": true, "schema": {"type": "string"}}], "post": {"summary": "Tokens: client_credentials, password, refresh_token, authorization_code", "security": [],
+               "requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": {"grant_type": {"type": "string", "enum": ["client_credentials", "password", "refresh_token", "authorization_code"]}}}}}},
                "responses": {"200": {"description": "Tokens"}, "400": {"description": "An AADSTS error"}, "401": {"description": "An AADSTS error"}}}}),
+    );
+    paths.insert(
+        "/{tenant}/oauth2/v2.0/authorize".into(),
+        json!({"parameters": [{"name": "tenant", "in": "path", "required": true, "schema": {"type": "string"}}],
+               "get": {"summary": "The login page (authorization code with PKCE S256)", "security": [], "responses": {"200": {"description": "An HTML form"}, "400": {"description": "An HTML error page"}}},
+               "post": {"summary": "The login form's answer: a redirect with a one-time code", "security": [], "responses": {"302": {"description": "To the registered redirect URI"}, "200": {"description": "The form again, with the error"}}}}),
     );
     paths.insert("/{tenant}/v2.0/.well-known/openid-configuration".into(), json!({"parameters": [{"name": "tenant", "in": "path", "required": true, "schema": {"type": "string"}}], "get": {"summary": "OpenID discovery", "security": [], "responses": {"200": {"description": "The configuration"}}}}));
     paths.insert("/{tenant}/discovery/v2.0/keys".into(), json!({"parameters": [{"name": "tenant", "in": "path", "required": true, "schema": {"type": "string"}}], "get": {"summary": "The JWKS", "security": [], "responses": {"200": {"description": "Keys"}}}}));

@@ -158,8 +158,22 @@ fn bad_credentials() -> TokenEndpointError {
     TokenEndpointError::new("invalid_grant", 50126, "Error validating credentials due to invalid username or password.")
 }
 
-/// The password grant.
-pub async fn password_grant(state: &AppState, headers: &HeaderMap, grant: &UserGrant) -> Result<Value, TokenEndpointError> {
+/// Checks a user's password for `client_id` (`flow` names the flow in the audit trail): the app
+/// must exist, smart lockout first, then the domain's sign-in method, then the account state.
+pub async fn authenticate(
+    state: &AppState,
+    flow: &str,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> Result<serde_json::Map<String, Value>, TokenEndpointError> {
+    let grant = UserGrant {
+        client_id: client_id.to_string(),
+        scope: String::new(),
+        username: username.to_string(),
+        password: zeroize::Zeroizing::new(password.to_string()),
+        refresh_token: zeroize::Zeroizing::new(String::new()),
+    };
     let client_id = grant.client_id.clone();
     let app = state.db.call(move |conn| db::app(conn, &client_id)).await.map_err(|err| unavailable(&err))?;
     if app.is_none() {
@@ -171,7 +185,7 @@ pub async fn password_grant(state: &AppState, headers: &HeaderMap, grant: &UserG
     }
     let key = grant.username.to_lowercase();
     if let Some(left) = state.lockout.locked(&key) {
-        state.record("SignIn", "password".into(), key.clone(), grant.client_id.clone(), "locked").await;
+        state.record("SignIn", flow.to_string(), key.clone(), grant.client_id.clone(), "locked").await;
         return Err(TokenEndpointError::new(
             "invalid_grant",
             50053,
@@ -194,9 +208,7 @@ pub async fn password_grant(state: &AppState, headers: &HeaderMap, grant: &UserG
     let user = match (verdict, found) {
         (Verdict::Valid, Some(user)) => user,
         (Verdict::Unavailable(why), _) => {
-            state
-                .record("SignIn", format!("password ({})", method.name()), key.clone(), grant.client_id.clone(), "method unavailable")
-                .await;
+            state.record("SignIn", format!("{flow} ({})", method.name()), key.clone(), grant.client_id.clone(), "method unavailable").await;
             return Err(TokenEndpointError::new("temporarily_unavailable", 80001, format!("The sign-in method is not available: {why}")));
         }
         _ => {
@@ -204,7 +216,7 @@ pub async fn password_grant(state: &AppState, headers: &HeaderMap, grant: &UserG
             state
                 .record(
                     "SignIn",
-                    format!("password ({})", method.name()),
+                    format!("{flow} ({})", method.name()),
                     key.clone(),
                     grant.client_id.clone(),
                     if locked { "bad password, now locked" } else { "bad password" },
@@ -214,11 +226,17 @@ pub async fn password_grant(state: &AppState, headers: &HeaderMap, grant: &UserG
         }
     };
     if user.get("accountEnabled").and_then(Value::as_bool) != Some(true) {
-        state.record("SignIn", "password".into(), key.clone(), grant.client_id.clone(), "disabled").await;
+        state.record("SignIn", flow.to_string(), key.clone(), grant.client_id.clone(), "disabled").await;
         return Err(TokenEndpointError::new("invalid_grant", 50057, "The user account is disabled."));
     }
     state.lockout.succeed(&key);
-    state.record("SignIn", format!("password ({})", method.name()), key.clone(), grant.client_id.clone(), "success").await;
+    state.record("SignIn", format!("{flow} ({})", method.name()), key.clone(), grant.client_id.clone(), "success").await;
+    Ok(user)
+}
+
+/// The password grant.
+pub async fn password_grant(state: &AppState, headers: &HeaderMap, grant: &UserGrant) -> Result<Value, TokenEndpointError> {
+    let user = authenticate(state, "password", &grant.client_id, &grant.username, &grant.password).await?;
     user_tokens(state, headers, &user, &grant.client_id, &grant.scope)
 }
 
@@ -242,7 +260,7 @@ pub async fn refresh_grant(state: &AppState, headers: &HeaderMap, grant: &UserGr
     user_tokens(state, headers, &user, &grant.client_id, &grant.scope)
 }
 
-fn user_tokens(
+pub(crate) fn user_tokens(
     state: &AppState,
     headers: &HeaderMap,
     user: &serde_json::Map<String, Value>,

@@ -41,6 +41,7 @@ async fn start_full(write_limit: Option<u32>, dns: Option<std::net::SocketAddr>)
     let admin = bootstrap.expect("a new tenant has an admin app");
     let reader = tenant.register_app("reader", &["Directory.Read.All"]).await.unwrap();
     let sync = tenant.register_app("sync", &[tenant::SYNC_ROLE]).await.unwrap();
+    tenant.register_app_redirect(&reader.client_id, "http://localhost/callback").await.unwrap();
     let (tenant_id, domain) = (tenant.tenant_id().to_string(), tenant.initial_domain().to_string());
     let ca_pem = tenant.ca_pem.clone();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_pem).unwrap()).unwrap();
@@ -887,4 +888,95 @@ async fn sign_ins_and_directory_writes_are_audited_without_secrets() {
     );
     let (_, org) = tenant.call(Method::GET, "/v1.0/organization", &admin, None).await;
     assert_eq!(org["value"][0]["id"].as_str(), Some(tenant.tenant_id.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_code_with_pkce_through_the_login_page() {
+    use base64::Engine as _;
+    let tenant = start().await;
+    let admin = tenant.token(&tenant.admin).await;
+    let (_, _) = tenant.call(reqwest::Method::POST, "/v1.0/users", &admin, Some(user("ann", &tenant.domain))).await;
+    let upn = format!("ann@{}", tenant.domain);
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&tenant.ca_pem).unwrap()).unwrap();
+    let browser =
+        reqwest::Client::builder().add_root_certificate(ca).use_rustls_tls().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let verifier = "a-long-random-verifier-string-of-43-characters-or-more-0123456789";
+    let challenge =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()));
+    let authorize = format!("{}/{}/oauth2/v2.0/authorize", tenant.base, tenant.domain);
+    let client = tenant.reader.0.clone();
+    let redirect = "http://localhost:50505/callback";
+    let query = [
+        ("client_id", client.as_str()),
+        ("response_type", "code"),
+        ("redirect_uri", redirect),
+        ("scope", "openid profile User.Read"),
+        ("state", "<xyz>"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ];
+    let page = browser.get(&authorize).query(&query).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("<form method=\"post\">") && html.contains("&lt;xyz&gt;") && !html.contains("<xyz>"), "escaped: {html}");
+
+    let mut form: Vec<(&str, &str)> = query.to_vec();
+    form.push(("username", upn.as_str()));
+    form.push(("password", "Wrong!Pass1"));
+    let wrong = browser.post(&authorize).form(&form).send().await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::OK);
+    assert!(wrong.text().await.unwrap().contains("invalid username or password"));
+    form.pop();
+    form.push(("password", "Str0ng!Pass"));
+    let signed_in = browser.post(&authorize).form(&form).send().await.unwrap();
+    assert_eq!(signed_in.status(), StatusCode::FOUND);
+    let location = signed_in.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(redirect) && location.contains("&state=%3Cxyz%3E"), "{location}");
+    let code = location.split("code=").nth(1).unwrap().split('&').next().unwrap().to_string();
+
+    let token_url = format!("{}/{}/oauth2/v2.0/token", tenant.base, tenant.domain);
+    let exchange = |verifier: &str| {
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("client_id", client.as_str()),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect),
+            ("code_verifier", verifier),
+        ]
+        .map(|(name, value)| (name.to_string(), value.to_string()));
+        let request = tenant.client.post(&token_url).form(&form);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, error) = exchange("not-the-verifier").await;
+    assert_eq!((status, error["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")), "a wrong verifier: {error}");
+    // The failed attempt used the code up: a stolen code with a guessed verifier burns it.
+    let (status, _) = exchange(verifier).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "codes are used once");
+
+    // Again, properly this time.
+    let signed_in = browser.post(&authorize).form(&form).send().await.unwrap();
+    let location = signed_in.headers()["location"].to_str().unwrap().to_string();
+    let code = location.split("code=").nth(1).unwrap().split('&').next().unwrap().to_string();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("client_id", client.as_str()),
+        ("code", code.as_str()),
+        ("redirect_uri", redirect),
+        ("code_verifier", verifier),
+    ];
+    let tokens: Value = tenant.client.post(&token_url).form(&form).send().await.unwrap().json().await.unwrap();
+    assert_eq!(claims(tokens["id_token"].as_str().unwrap())["preferred_username"].as_str(), Some(upn.as_str()), "{tokens}");
+    assert!(tokens["refresh_token"].is_string());
+
+    // An unregistered redirect URI and a missing PKCE challenge are refused before any login.
+    let mut evil = query.to_vec();
+    evil[2] = ("redirect_uri", "https://evil.example/callback");
+    assert_eq!(browser.get(&authorize).query(&evil).send().await.unwrap().status(), StatusCode::BAD_REQUEST);
+    let no_pkce: Vec<_> = query.iter().filter(|(name, _)| !name.starts_with("code_challenge")).cloned().collect();
+    assert_eq!(browser.get(&authorize).query(&no_pkce).send().await.unwrap().status(), StatusCode::BAD_REQUEST);
 }

@@ -1,0 +1,267 @@
+//! The authorization-code flow with PKCE: `GET /{tenant}/oauth2/v2.0/authorize` shows a simple
+//! login page, its POST checks the password (lockout, the domain's sign-in method) and redirects
+//! to the app's registered redirect URI with a one-time code; the token endpoint exchanges the
+//! code (`grant_type=authorization_code`) for tokens when the `code_verifier` matches the S256
+//! challenge.
+//!
+//! Redirect URIs must be registered for the app (`Tenant::register_app_redirect`); a loopback
+//! `http://localhost` or `http://127.0.0.1` URI matches any port, as Entra allows for native apps.
+//! Codes live ten minutes in memory and are used once. The page escapes everything it echoes and
+//! forbids framing and scripts.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::AppState;
+use crate::odata::TokenEndpointError;
+
+/// What an authorization code stands for.
+#[derive(Clone)]
+pub struct Grant {
+    client_id: String,
+    redirect_uri: String,
+    user_id: String,
+    scope: String,
+    challenge: String,
+    expires: Instant,
+}
+
+/// Codes issued and not yet used.
+#[derive(Default)]
+pub struct Codes {
+    codes: std::sync::Mutex<HashMap<String, Grant>>,
+}
+
+impl Codes {
+    fn issue(&self, grant: Grant) -> String {
+        let code = B64URL.encode(crate::crypto::random_bytes(32));
+        let mut codes = self.codes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        codes.retain(|_, held| held.expires > Instant::now());
+        codes.insert(code.clone(), grant);
+        code
+    }
+
+    /// The grant of `code`, removed (a code is used once).
+    fn take(&self, code: &str) -> Option<Grant> {
+        let grant = self.codes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(code)?;
+        (grant.expires > Instant::now()).then_some(grant)
+    }
+}
+
+/// The authorize request's parameters (query on GET, form on POST).
+#[derive(Debug, Deserialize, Default)]
+pub struct AuthorizeParams {
+    client_id: Option<String>,
+    response_type: Option<String>,
+    redirect_uri: Option<String>,
+    scope: Option<String>,
+    state: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl Drop for AuthorizeParams {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        if let Some(password) = &mut self.password {
+            password.zeroize();
+        }
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '&' => "&amp;".to_string(),
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '"' => "&quot;".to_string(),
+            '\'' => "&#39;".to_string(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+fn page(status: StatusCode, body: String) -> Response {
+    let mut response = (status, Html(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn error_page(message: &str) -> Response {
+    page(StatusCode::BAD_REQUEST, format!("<!doctype html><title>Sign-in error</title><p>{}</p>", escape(message)))
+}
+
+/// Whether `requested` matches one of the app's registered redirect URIs.
+fn redirect_allowed(requested: &str, registered: &[String]) -> bool {
+    registered.iter().any(|uri| {
+        if uri == requested {
+            return true;
+        }
+        // Loopback URIs match on any port.
+        let strip = |text: &str| -> Option<(String, String)> {
+            let rest = text.strip_prefix("http://")?;
+            let (authority, path) = rest.split_once('/').map_or((rest, ""), |(authority, path)| (authority, path));
+            let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
+            matches!(host, "localhost" | "127.0.0.1").then(|| (host.to_string(), path.to_string()))
+        };
+        matches!((strip(uri), strip(requested)), (Some(a), Some(b)) if a == b)
+    })
+}
+
+/// Checks the parameters every authorize request needs; returns the redirect URI.
+async fn check(state: &AppState, tenant: &str, params: &AuthorizeParams) -> Result<String, Response> {
+    if !crate::oauth::is_tenant_segment(state, tenant) {
+        return Err(error_page(&format!("Tenant '{tenant}' not found.")));
+    }
+    let client_id = params.client_id.clone().unwrap_or_default();
+    let lookup = client_id.clone();
+    let redirects = state.db.call(move |conn| crate::db::app_redirects(conn, &lookup)).await.map_err(|err| error_page(&err.to_string()))?;
+    let Some(redirects) = redirects else { return Err(error_page(&format!("Application '{client_id}' was not found in the directory."))) };
+    let redirect_uri = params.redirect_uri.clone().unwrap_or_default();
+    if !redirect_allowed(&redirect_uri, &redirects) {
+        return Err(error_page("The redirect URI is not registered for this application."));
+    }
+    if params.response_type.as_deref() != Some("code") {
+        return Err(error_page("Only response_type=code is supported."));
+    }
+    if params.code_challenge.as_deref().is_none_or(str::is_empty) || params.code_challenge_method.as_deref() != Some("S256") {
+        return Err(error_page("PKCE is required: give code_challenge with code_challenge_method=S256."));
+    }
+    Ok(redirect_uri)
+}
+
+fn login_form(params: &AuthorizeParams, message: Option<&str>) -> String {
+    let hidden: String = [
+        ("client_id", &params.client_id),
+        ("response_type", &params.response_type),
+        ("redirect_uri", &params.redirect_uri),
+        ("scope", &params.scope),
+        ("state", &params.state),
+        ("code_challenge", &params.code_challenge),
+        ("code_challenge_method", &params.code_challenge_method),
+    ]
+    .iter()
+    .map(|(name, value)| format!("<input type=\"hidden\" name=\"{name}\" value=\"{}\">", escape(value.as_deref().unwrap_or_default())))
+    .collect();
+    let message = message.map(|text| format!("<p role=\"alert\">{}</p>", escape(text))).unwrap_or_default();
+    let username = escape(params.username.as_deref().unwrap_or_default());
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sign in</title></head><body><h1>Sign in</h1>{message}\
+         <form method=\"post\">{hidden}<label>Username <input name=\"username\" value=\"{username}\" autocomplete=\"username\"></label>\
+         <label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\"></label>\
+         <button type=\"submit\">Sign in</button></form></body></html>"
+    )
+}
+
+/// `GET /{tenant}/oauth2/v2.0/authorize`: the login page.
+pub async fn show(State(state): State<AppState>, Path(tenant): Path<String>, Query(params): Query<AuthorizeParams>) -> Response {
+    if let Err(response) = check(&state, &tenant, &params).await {
+        return response;
+    }
+    page(StatusCode::OK, login_form(&params, None))
+}
+
+/// `POST /{tenant}/oauth2/v2.0/authorize`: the login form's answer.
+pub async fn submit(State(state): State<AppState>, Path(tenant): Path<String>, Form(params): Form<AuthorizeParams>) -> Response {
+    let redirect_uri = match check(&state, &tenant, &params).await {
+        Ok(uri) => uri,
+        Err(response) => return response,
+    };
+    let client_id = params.client_id.clone().unwrap_or_default();
+    let username = params.username.clone().unwrap_or_default();
+    let password = zeroize::Zeroizing::new(params.password.clone().unwrap_or_default());
+    let user = match crate::signin::authenticate(&state, "authorization code", &client_id, &username, &password).await {
+        Ok(user) => user,
+        Err(err) => return page(StatusCode::OK, login_form(&params, Some(&err.description))),
+    };
+    let code = state.codes.issue(Grant {
+        client_id,
+        redirect_uri: redirect_uri.clone(),
+        user_id: user.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
+        scope: params.scope.clone().unwrap_or_default(),
+        challenge: params.code_challenge.clone().unwrap_or_default(),
+        expires: Instant::now() + Duration::from_secs(600),
+    });
+    let separator = if redirect_uri.contains('?') { '&' } else { '?' };
+    let mut location = format!("{redirect_uri}{separator}code={code}");
+    if let Some(state_value) = &params.state {
+        location.push_str(&format!("&state={}", crate::graph::percent_encode(state_value)));
+    }
+    match HeaderValue::from_str(&location) {
+        Ok(value) => {
+            let mut response = StatusCode::FOUND.into_response();
+            response.headers_mut().insert(header::LOCATION, value);
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(_) => error_page("The redirect URI cannot be used."),
+    }
+}
+
+/// The code exchange of the token endpoint.
+pub async fn exchange(
+    state: &AppState,
+    headers: &HeaderMap,
+    client_id: &str,
+    code: &str,
+    redirect_uri: &str,
+    verifier: &str,
+) -> Result<Value, TokenEndpointError> {
+    let invalid =
+        |why: &str| TokenEndpointError::new("invalid_grant", 70008, format!("The provided authorization code is invalid: {why}."));
+    let grant = state.codes.take(code).ok_or_else(|| invalid("unknown, used or expired"))?;
+    if grant.client_id != client_id || grant.redirect_uri != redirect_uri {
+        return Err(invalid("issued to another client or redirect URI"));
+    }
+    let computed = B64URL.encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()));
+    if !crate::crypto::same(computed.as_bytes(), grant.challenge.as_bytes()) {
+        return Err(TokenEndpointError::new(
+            "invalid_grant",
+            501481,
+            "The code_verifier does not match the code_challenge supplied in the authorization request.",
+        ));
+    }
+    let user_id = grant.user_id.clone();
+    let user = state.db.call(move |conn| crate::db::get(conn, crate::db::Kind::User, &user_id)).await.map_err(|err| {
+        tracing::error!("{err}");
+        TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
+    })?;
+    let user = user
+        .filter(|user| user.get("accountEnabled").and_then(Value::as_bool) == Some(true))
+        .ok_or_else(|| invalid("the user is disabled or deleted"))?;
+    crate::signin::user_tokens(state, headers, &user, client_id, &grant.scope)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_and_escaping() {
+        let registered = vec!["http://localhost/callback".to_string(), "https://app.example/cb".to_string()];
+        assert!(redirect_allowed("http://localhost:51234/callback", &registered), "any loopback port");
+        assert!(redirect_allowed("https://app.example/cb", &registered));
+        assert!(!redirect_allowed("https://app.example/cb2", &registered));
+        assert!(!redirect_allowed("http://evil.example/callback", &registered));
+        assert!(!redirect_allowed("http://localhost:1/other", &registered));
+        assert_eq!(escape("<script>\"x\"&'"), "&lt;script&gt;&quot;x&quot;&amp;&#39;");
+    }
+}
