@@ -161,7 +161,7 @@ impl Resource {
 
     /// Whether the collection has a delta function.
     pub fn has_delta(&self) -> bool {
-        self.kind != Kind::Contact
+        true
     }
 
     fn property(&self, name: &str) -> Option<Type> {

@@ -1,0 +1,170 @@
+//! Export: create, update (properties by `PATCH`, members by `$ref`), delete.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use connector_api::{BoxFuture, ConnectorError, Export, ExportOutcome, ExportRequest};
+use model::{Anchor, AttrChange, AttrValue, PendingExport};
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+
+use crate::client::Client;
+use crate::id_of;
+
+pub(crate) struct GraphExport {
+    pub client: Arc<Client>,
+}
+
+/// Graph properties that hold collections (every other property holds one value).
+const COLLECTIONS: &[&str] = &["proxyAddresses", "otherMails", "businessPhones", "groupTypes", "imAddresses"];
+
+fn json_of(value: &AttrValue) -> Value {
+    match value {
+        AttrValue::String(text) => Value::String(text.clone()),
+        AttrValue::Reference(dn) => Value::String(id_of(dn).to_string()),
+        AttrValue::Integer(number) => json!(number),
+        AttrValue::Boolean(flag) => Value::Bool(*flag),
+        AttrValue::Binary(bytes) => Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+    }
+}
+
+fn property_value(name: &str, values: &[AttrValue]) -> Value {
+    if COLLECTIONS.contains(&name) {
+        Value::Array(values.iter().map(json_of).collect())
+    } else {
+        values.first().map(json_of).unwrap_or(Value::Null)
+    }
+}
+
+fn collection(object_type: &str) -> Result<&'static str, ConnectorError> {
+    match object_type {
+        "user" => Ok("users"),
+        "group" => Ok("groups"),
+        "contact" => Ok("contacts"),
+        other => Err(ConnectorError::Rejected {
+            code: "unsupported-type".into(),
+            message: format!("the cloud directory has no object type {other:?}"),
+        }),
+    }
+}
+
+/// Changes split for the API: a property patch, and member ids to add, to remove, or to have.
+struct Split {
+    patch: Map<String, Value>,
+    add: Vec<String>,
+    remove: Vec<String>,
+    replace: Option<Vec<String>>,
+}
+
+/// Splits changes into a property patch and member adds/removes (member ids).
+fn split(changes: &[AttrChange]) -> Split {
+    let (mut patch, mut add, mut remove, mut replace) = (Map::new(), Vec::new(), Vec::new(), None);
+    let ids = |values: &[AttrValue]| {
+        values
+            .iter()
+            .map(|value| match value {
+                AttrValue::Reference(dn) | AttrValue::String(dn) => id_of(dn).to_string(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+    };
+    for change in changes {
+        match change {
+            AttrChange::Add(name, values) if name == "member" => add.extend(ids(values)),
+            AttrChange::Delete(name, values) if name == "member" => remove.extend(ids(values)),
+            AttrChange::Replace(name, values) if name == "member" => replace = Some(ids(values)),
+            AttrChange::Clear(name) if name == "member" => replace = Some(Vec::new()),
+            AttrChange::Replace(name, values) | AttrChange::Add(name, values) => {
+                patch.insert(name.clone(), property_value(name, values));
+            }
+            AttrChange::Clear(name) | AttrChange::Delete(name, _) => {
+                patch.insert(name.clone(), if COLLECTIONS.contains(&name.as_str()) { json!([]) } else { Value::Null });
+            }
+        }
+    }
+    Split { patch, add, remove, replace }
+}
+
+impl GraphExport {
+    async fn members(&self, group: &str, add: &[String], remove: &[String]) -> Result<(), ConnectorError> {
+        let base = self.client.config.graph.trim_end_matches('/').to_string();
+        for member in add {
+            let body = json!({"@odata.id": format!("{base}/directoryObjects/{member}")});
+            match self.client.object_call(Method::POST, &format!("/groups/{group}/members/$ref"), Some(&body)).await {
+                Err(ConnectorError::Rejected { code, .. }) if code == "already-exists" => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        for member in remove {
+            match self.client.object_call(Method::DELETE, &format!("/groups/{group}/members/{member}/$ref"), None).await {
+                Err(ConnectorError::Rejected { code, .. }) if code == "no-such-object" => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the members exactly `wanted`.
+    async fn set_members(&self, group: &str, wanted: &[String]) -> Result<(), ConnectorError> {
+        let answer = self.client.object_call(Method::GET, &format!("/groups/{group}/members?$select=id"), None).await?;
+        let current: Vec<String> =
+            answer.body["value"].as_array().into_iter().flatten().filter_map(|member| member["id"].as_str().map(str::to_string)).collect();
+        let add: Vec<String> = wanted.iter().filter(|id| !current.contains(id)).cloned().collect();
+        let remove: Vec<String> = current.iter().filter(|id| !wanted.contains(id)).cloned().collect();
+        self.members(group, &add, &remove).await
+    }
+
+    async fn run(&self, request: &ExportRequest) -> Result<ExportOutcome, ConnectorError> {
+        let segment = collection(&request.object_type)?;
+        let anchor_id = request.anchor.as_ref().map(|anchor| String::from_utf8_lossy(&anchor.0).into_owned());
+        match &request.change {
+            PendingExport::Add(changes) => {
+                let Split { patch: mut body, add, replace, .. } = split(changes);
+                body.retain(|_, value| !value.is_null());
+                body.insert(
+                    "@odata.type".into(),
+                    Value::String(format!("#microsoft.graph.{}", if segment == "contacts" { "orgContact" } else { &request.object_type })),
+                );
+                let answer = self.client.object_call(Method::POST, &format!("/{segment}"), Some(&Value::Object(body))).await?;
+                let id = answer.body["id"]
+                    .as_str()
+                    .ok_or_else(|| ConnectorError::Unavailable(format!("POST /{segment} answered without an id")))?
+                    .to_string();
+                let members: Vec<String> = replace.unwrap_or_default().into_iter().chain(add).collect();
+                if !members.is_empty() {
+                    self.members(&id, &members, &[]).await?;
+                }
+                Ok(ExportOutcome { anchor: Some(Anchor(id.into_bytes())) })
+            }
+            PendingExport::Update(changes) | PendingExport::Rename { changes, .. } => {
+                let id = anchor_id.unwrap_or_else(|| id_of(&request.dn).to_string());
+                let Split { patch, add, remove, replace } = split(changes);
+                if !patch.is_empty() {
+                    self.client.object_call(Method::PATCH, &format!("/{segment}/{id}"), Some(&Value::Object(patch))).await?;
+                }
+                if let Some(wanted) = replace {
+                    self.set_members(&id, &wanted).await?;
+                }
+                self.members(&id, &add, &remove).await?;
+                Ok(ExportOutcome { anchor: None })
+            }
+            PendingExport::Delete => {
+                let id = anchor_id.unwrap_or_else(|| id_of(&request.dn).to_string());
+                match self.client.object_call(Method::DELETE, &format!("/{segment}/{id}"), None).await {
+                    Err(ConnectorError::Rejected { code, .. }) if code == "no-such-object" => Ok(ExportOutcome { anchor: None }),
+                    other => other.map(|_| ExportOutcome { anchor: None }),
+                }
+            }
+        }
+    }
+}
+
+impl Export for GraphExport {
+    fn export<'a>(&'a self, request: &'a ExportRequest) -> BoxFuture<'a, Result<ExportOutcome, ConnectorError>> {
+        Box::pin(self.run(request))
+    }
+}

@@ -1,0 +1,132 @@
+//! The cloud connector: users, groups (with members) and organizational contacts through a
+//! Microsoft Graph-compatible API — Isthmus's own tenant, and written to Graph's contract so it
+//! would talk to Microsoft Graph too.
+//!
+//! - Authentication: client credentials (`{authority}/{tenant}/oauth2/v2.0/token`, scope
+//!   `https://graph.microsoft.com/.default`), the token reused until a minute before it expires.
+//! - Import: a full import is the first round of `users/delta()`, `groups/delta()` (with each
+//!   group's `members@delta`) and `contacts/delta()`; its watermark is the three delta links. A
+//!   delta import follows them: changed objects come whole (a changed group's members are read
+//!   again), deleted ones as deletes.
+//! - Export: create (`POST`, the new id is the anchor), update (`PATCH`; `member` changes as
+//!   `members/$ref` adds and removes), delete.
+//! - Transient failures (429, 503, 504, a lost connection) are retried with back-off, honouring
+//!   `Retry-After`; a 4xx about one object is that object's error.
+//!
+//! Anchors are object ids; DNs are `objectId=<id>`; group members are references to such DNs.
+//! Knows no store and no engine.
+
+mod client;
+mod export;
+mod import;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use connector_api::{Connector, ConnectorError, ConnectorInfo, Role};
+use model::ConnectorId;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+/// One Graph connector's settings (a `[[connector]]` table with `kind = "graph"`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphConfig {
+    /// The connector id rules use, e.g. `tenant`.
+    pub id: String,
+    /// The sign-in authority host, e.g. `https://127.0.0.1:8443` (or `https://login.microsoftonline.com`).
+    pub authority: String,
+    /// The Graph base URL, e.g. `https://127.0.0.1:8443/v1.0` (or `https://graph.microsoft.com/v1.0`).
+    pub graph: String,
+    /// The tenant: its id or a domain.
+    pub tenant: String,
+    /// The app (client) id.
+    pub client_id: String,
+    /// Its secret; wiped from memory when dropped, never logged.
+    pub client_secret: Zeroizing<String>,
+    /// PEM file of the CA to trust (a self-hosted tenant); without it, the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Objects per page.
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// Tries of a request that fails transiently (429, 503, 504, a lost connection).
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+}
+
+fn default_page_size() -> u32 {
+    200
+}
+
+fn default_attempts() -> u32 {
+    5
+}
+
+impl std::fmt::Debug for GraphConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphConfig")
+            .field("id", &self.id)
+            .field("authority", &self.authority)
+            .field("graph", &self.graph)
+            .field("tenant", &self.tenant)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl GraphConfig {
+    /// Every problem with the settings, each naming the setting.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, value) in [("authority", &self.authority), ("graph", &self.graph)] {
+            if !value.starts_with("https://") {
+                problems.push(format!("`{name}` must be an https:// URL, got {value:?}"));
+            }
+        }
+        for (name, value) in [("id", &self.id), ("tenant", &self.tenant), ("client_id", &self.client_id)] {
+            if value.trim().is_empty() {
+                problems.push(format!("`{name}` is empty"));
+            }
+        }
+        if self.client_secret.is_empty() {
+            problems.push("`client_secret` is empty".into());
+        }
+        if !(1..=999).contains(&self.page_size) {
+            problems.push(format!("`page_size` must be 1–999, got {}", self.page_size));
+        }
+        if self.attempts == 0 || self.attempts > 20 {
+            problems.push(format!("`attempts` must be 1–20, got {}", self.attempts));
+        }
+        problems
+    }
+}
+
+/// Checks the settings, signs in once (so mistakes show at once) and returns the connector.
+pub async fn open(config: GraphConfig) -> Result<Connector, ConnectorError> {
+    let problems = config.validate();
+    if !problems.is_empty() {
+        return Err(ConnectorError::Config(format!("connector {}: {}", config.id, problems.join("; "))));
+    }
+    let client = Arc::new(client::Client::new(config)?);
+    client.token().await?;
+    let id = ConnectorId(client.config.id.clone());
+    let mut parameters = std::collections::BTreeMap::new();
+    parameters.insert("Connector.ID".to_string(), sync_expr::Value::str(id.0.clone()));
+    Ok(Connector {
+        info: ConnectorInfo { id, kind: "graph".into(), role: Role::Target, parameters },
+        import: Box::new(import::GraphImport { client: client.clone() }),
+        export: Some(Box::new(export::GraphExport { client })),
+    })
+}
+
+/// The DN of an object with `id`.
+pub fn dn_of(id: &str) -> String {
+    format!("objectId={id}")
+}
+
+/// The id in a DN made by [`dn_of`] (or the value itself).
+pub fn id_of(dn: &str) -> &str {
+    dn.strip_prefix("objectId=").or_else(|| dn.strip_prefix("objectid=")).unwrap_or(dn)
+}
