@@ -48,6 +48,17 @@ fn collection(object_type: &str) -> Result<&'static str, ConnectorError> {
     }
 }
 
+/// Whether `id` is an object id (a GUID).
+fn is_object_id(id: &str) -> bool {
+    id.len() == 36
+        && id.chars().enumerate().all(|(index, c)| if [8, 13, 18, 23].contains(&index) { c == '-' } else { c.is_ascii_hexdigit() })
+}
+
+/// A group's members (`members`, Graph's name; `member` as LDAP says it).
+fn is_members(name: &str) -> bool {
+    name == "members" || name == "member"
+}
+
 /// Changes split for the API: a property patch, and member ids to add, to remove, or to have.
 struct Split {
     patch: Map<String, Value>,
@@ -59,6 +70,8 @@ struct Split {
 /// Splits changes into a property patch and member adds/removes (member ids).
 fn split(changes: &[AttrChange]) -> Split {
     let (mut patch, mut add, mut remove, mut replace) = (Map::new(), Vec::new(), Vec::new(), None);
+    // A reference to an object not created in the cloud yet (its connector-space DN is not an
+    // object id) is left for a later cycle, once the import has confirmed that object.
     let ids = |values: &[AttrValue]| {
         values
             .iter()
@@ -66,14 +79,15 @@ fn split(changes: &[AttrChange]) -> Split {
                 AttrValue::Reference(dn) | AttrValue::String(dn) => id_of(dn).to_string(),
                 other => other.to_string(),
             })
+            .filter(|id| is_object_id(id))
             .collect::<Vec<_>>()
     };
     for change in changes {
         match change {
-            AttrChange::Add(name, values) if name == "member" => add.extend(ids(values)),
-            AttrChange::Delete(name, values) if name == "member" => remove.extend(ids(values)),
-            AttrChange::Replace(name, values) if name == "member" => replace = Some(ids(values)),
-            AttrChange::Clear(name) if name == "member" => replace = Some(Vec::new()),
+            AttrChange::Add(name, values) if is_members(name) => add.extend(ids(values)),
+            AttrChange::Delete(name, values) if is_members(name) => remove.extend(ids(values)),
+            AttrChange::Replace(name, values) if is_members(name) => replace = Some(ids(values)),
+            AttrChange::Clear(name) if is_members(name) => replace = Some(Vec::new()),
             AttrChange::Replace(name, values) | AttrChange::Add(name, values) => {
                 patch.insert(name.clone(), property_value(name, values));
             }
@@ -135,8 +149,12 @@ impl GraphExport {
                     .ok_or_else(|| ConnectorError::Unavailable(format!("POST /{segment} answered without an id")))?
                     .to_string();
                 let members: Vec<String> = replace.unwrap_or_default().into_iter().chain(add).collect();
-                if !members.is_empty() {
-                    self.members(&id, &members, &[]).await?;
+                // The object exists now: a member that cannot be added is retried by the next
+                // cycle's export, not a reason to lose the new object's anchor.
+                if !members.is_empty()
+                    && let Err(err) = self.members(&id, &members, &[]).await
+                {
+                    tracing::warn!(connector = self.client.config.id, group = id, "members not added yet: {err}");
                 }
                 Ok(ExportOutcome { anchor: Some(Anchor(id.into_bytes())) })
             }

@@ -55,7 +55,11 @@ fn upsert(object_type: &str, object: &Value, members: Option<Vec<String>>) -> Op
         if name == "id" || name.starts_with('@') || name.contains('@') {
             continue;
         }
-        let values = to_values(value);
+        let values = match (name.as_str(), value) {
+            // References to other objects, as the connector space holds them.
+            ("manager", Value::String(id)) => vec![AttrValue::Reference(dn_of(id))],
+            _ => to_values(value),
+        };
         if !values.is_empty() {
             attributes.set(name.clone(), values);
         }
@@ -63,7 +67,7 @@ fn upsert(object_type: &str, object: &Value, members: Option<Vec<String>>) -> Op
     if let Some(members) = members
         && !members.is_empty()
     {
-        attributes.set("member", members.iter().map(|id| AttrValue::Reference(dn_of(id))).collect());
+        attributes.set("members", members.iter().map(|id| AttrValue::Reference(dn_of(id))).collect());
     }
     Some(ImportChange::Upsert { anchor: Anchor(id.as_bytes().to_vec()), dn: dn_of(id), object_type: object_type.into(), attributes })
 }

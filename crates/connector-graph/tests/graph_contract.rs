@@ -196,7 +196,7 @@ async fn users_groups_and_members_both_ways() {
 
     let (full, watermark) = full_import(&connector).await;
     assert_eq!(upsert(&full, &ann).unwrap().get("proxyAddresses"), &[AttrValue::string(format!("SMTP:ann@{}", running.domain))]);
-    assert_eq!(upsert(&full, &staff).unwrap().get("member"), &[AttrValue::Reference(dn_of(&ann))], "members as references");
+    assert_eq!(upsert(&full, &staff).unwrap().get("members"), &[AttrValue::Reference(dn_of(&ann))], "members as references");
 
     // Member changes and a property change, exported as value deltas.
     let update = ExportRequest {
@@ -204,7 +204,7 @@ async fn users_groups_and_members_both_ways() {
         object_type: "group".into(),
         anchor: Some(model::Anchor(staff.clone().into_bytes())),
         change: PendingExport::Update(vec![
-            AttrChange::Add("member".into(), vec![AttrValue::Reference(dn_of(&bob))]),
+            AttrChange::Add("members".into(), vec![AttrValue::Reference(dn_of(&bob))]),
             AttrChange::Delete("member".into(), vec![AttrValue::Reference(dn_of(&ann))]),
             AttrChange::Replace("description".into(), vec![AttrValue::string("everyone")]),
         ]),
@@ -212,7 +212,7 @@ async fn users_groups_and_members_both_ways() {
     export.export(&update).await.unwrap();
     let (delta, watermark) = delta_import(&connector, &watermark).await;
     let staff_now = upsert(&delta, &staff).expect("the group changed");
-    assert_eq!(staff_now.get("member"), &[AttrValue::Reference(dn_of(&bob))]);
+    assert_eq!(staff_now.get("members"), &[AttrValue::Reference(dn_of(&bob))]);
     assert_eq!(staff_now.get("description"), &[AttrValue::string("everyone")]);
 
     // A delete reaches the tenant and comes back as a delete.

@@ -19,6 +19,9 @@ pub struct Config {
     /// The connected directories (`[[connector]]` tables).
     #[serde(rename = "connector", default)]
     pub connectors: Vec<LdapConfig>,
+    /// The cloud directories (`[[graph]]` tables: a Graph-compatible API).
+    #[serde(rename = "graph", default)]
+    pub graphs: Vec<connector_graph::GraphConfig>,
 }
 
 /// `[store]`: exactly one of `sqlite` and `postgres`.
@@ -36,7 +39,12 @@ pub struct StoreConfig {
 #[serde(deny_unknown_fields)]
 pub struct SyncConfig {
     /// Rule files (TOML), relative to the configuration file; their rules run together.
+    #[serde(default)]
     pub rules: Vec<PathBuf>,
+    /// Add Entra Connect's out-of-box rules from every Active Directory connector to the one
+    /// `[[graph]]` connector.
+    #[serde(default)]
+    pub default_rules: bool,
     /// Staging mode: import and sync, never export.
     #[serde(default)]
     pub staging: bool,
@@ -72,6 +80,13 @@ impl Config {
                 *ca = folder.join(&*ca);
             }
         }
+        for graph in &mut config.graphs {
+            if let Some(ca) = &mut graph.ca_file
+                && ca.is_relative()
+            {
+                *ca = folder.join(&*ca);
+            }
+        }
         let problems = config.problems();
         if !problems.is_empty() {
             anyhow::bail!("{}:\n  {}", path.display(), problems.join("\n  "));
@@ -88,11 +103,14 @@ impl Config {
             (None, None) => problems.push("[store]: give `sqlite = \"file\"` or `postgres = \"…\"`".to_string()),
             _ => {}
         }
-        if self.sync.rules.is_empty() {
-            problems.push("[sync] `rules`: name at least one rule file".to_string());
+        if self.sync.rules.is_empty() && !self.sync.default_rules {
+            problems.push("[sync] `rules`: name at least one rule file (or set `default_rules = true`)".to_string());
         }
         if self.connectors.is_empty() {
             problems.push("no [[connector]]".to_string());
+        }
+        if self.sync.default_rules && self.graphs.len() != 1 {
+            problems.push(format!("[sync] `default_rules` needs exactly one [[graph]] connector, found {}", self.graphs.len()));
         }
         let mut ids = std::collections::BTreeSet::new();
         for connector in &self.connectors {
@@ -101,6 +119,12 @@ impl Config {
             }
             problems.extend(connector.validate().into_iter().map(|problem| format!("[[connector]] {}: {problem}", connector.id)));
         }
+        for graph in &self.graphs {
+            if !ids.insert(graph.id.to_lowercase()) {
+                problems.push(format!("connector id {:?} appears twice", graph.id));
+            }
+            problems.extend(graph.validate().into_iter().map(|problem| format!("[[graph]] {}: {problem}", graph.id)));
+        }
         problems
     }
 
@@ -108,6 +132,20 @@ impl Config {
     pub fn rules(&self) -> anyhow::Result<sync_rules::RuleSet> {
         let mut sets = Vec::new();
         let mut problems = Vec::new();
+        if self.sync.default_rules
+            && let Some(cloud) = self.graphs.first()
+        {
+            let ad: Vec<&str> = self
+                .connectors
+                .iter()
+                .filter(|connector| connector.flavour == connector_ldap::Flavour::ActiveDirectory)
+                .map(|connector| connector.id.as_str())
+                .collect();
+            match sync_rules::defaults::ad_to_cloud(&ad, &cloud.id) {
+                Ok(set) => sets.push(set),
+                Err(errors) => problems.extend(errors.iter().map(|error| format!("default rules: {error}"))),
+            }
+        }
         for path in &self.sync.rules {
             let text = std::fs::read_to_string(path).with_context(|| format!("read rule file {}", path.display()))?;
             match sync_rules::RuleSet::parse(&text) {
@@ -119,7 +157,9 @@ impl Config {
             match sync_rules::RuleSet::combine(sets) {
                 Ok(rules) => {
                     for rule in rules.rules() {
-                        if !self.connectors.iter().any(|connector| connector.id == rule.connector.0) {
+                        let known = self.connectors.iter().any(|connector| connector.id == rule.connector.0)
+                            || self.graphs.iter().any(|graph| graph.id == rule.connector.0);
+                        if !known {
                             problems.push(format!("rule {:?} names connector {:?}, which is not configured", rule.name, rule.connector.0));
                         }
                     }
@@ -146,6 +186,7 @@ impl Config {
 fn warn_if_readable_by_others(path: &Path, config: &Config) {
     use std::os::unix::fs::PermissionsExt;
     let has_secret = config.connectors.iter().any(|connector| matches!(connector.bind, connector_ldap::Bind::Simple { .. }))
+        || !config.graphs.is_empty()
         || config.store.postgres.as_deref().is_some_and(|url| url.contains("password"));
     let mode = std::fs::metadata(path).map(|metadata| metadata.permissions().mode()).unwrap_or(0);
     if has_secret && mode & 0o077 != 0 {

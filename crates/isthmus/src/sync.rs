@@ -41,7 +41,7 @@ pub fn check(path: &std::path::Path) -> anyhow::Result<()> {
     println!(
         "{}: {} connector(s), {} rule(s), store {}; all checked",
         path.display(),
-        config.connectors.len(),
+        config.connectors.len() + config.graphs.len(),
         rules.rules().len(),
         if config.store.sqlite.is_some() { "SQLite" } else { "PostgreSQL" }
     );
@@ -66,10 +66,15 @@ async fn cycle<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet, 
     store.migrate().await.context("create or check the database schema")?;
     let mut runner = Runner::new(store, rules, config.runner());
     if let Some(id) = &args.connector {
-        anyhow::ensure!(config.connectors.iter().any(|connector| &connector.id == id), "no connector {id:?} in {}", args.config.display());
+        let known = config.connectors.iter().any(|connector| &connector.id == id) || config.graphs.iter().any(|graph| &graph.id == id);
+        anyhow::ensure!(known, "no connector {id:?} in {}", args.config.display());
     }
     for connector in &config.connectors {
         let opened = connector_ldap::open(connector.clone()).await.with_context(|| format!("connector {}", connector.id))?;
+        runner.add_connector(opened);
+    }
+    for graph in &config.graphs {
+        let opened = connector_graph::open(graph.clone()).await.with_context(|| format!("connector {}", graph.id))?;
         runner.add_connector(opened);
     }
     let started = Instant::now();

@@ -44,6 +44,8 @@ const USER_PROPERTIES: &[(&str, Type)] = &[
     ("onPremisesSecurityIdentifier", Type::Str),
     ("onPremisesDistinguishedName", Type::Str),
     ("onPremisesLastSyncDateTime", Type::Str),
+    // The manager's object id (Graph sets it through `manager/$ref`; kept as a property here).
+    ("manager", Type::Str),
 ];
 
 const GROUP_PROPERTIES: &[(&str, Type)] = &[
@@ -56,6 +58,7 @@ const GROUP_PROPERTIES: &[(&str, Type)] = &[
     ("mail", Type::Str),
     ("proxyAddresses", Type::StrList),
     ("visibility", Type::Str),
+    ("onPremisesImmutableId", Type::Str),
     ("onPremisesSyncEnabled", Type::Bool),
     ("onPremisesSamAccountName", Type::Str),
     ("onPremisesDomainName", Type::Str),
@@ -73,6 +76,7 @@ const CONTACT_PROPERTIES: &[(&str, Type)] = &[
     ("department", Type::Str),
     ("jobTitle", Type::Str),
     ("proxyAddresses", Type::StrList),
+    ("onPremisesImmutableId", Type::Str),
     ("onPremisesSyncEnabled", Type::Bool),
     ("onPremisesLastSyncDateTime", Type::Str),
 ];
@@ -362,7 +366,14 @@ pub(crate) fn body_object(body: Body) -> Result<Map<String, Value>, GraphError> 
 }
 
 /// Checks the properties of a create or update; returns a user's password profile, if any.
-fn check_properties(resource: &Resource, state: &AppState, body: &mut Map<String, Value>) -> Result<Option<(String, bool)>, GraphError> {
+/// `synced`: written by the sync service, which (as Entra's sync endpoint does) may carry values
+/// on-premises allows and Graph's own clients may not, such as a space in a group's mailNickname.
+fn check_properties(
+    resource: &Resource,
+    state: &AppState,
+    body: &mut Map<String, Value>,
+    synced: bool,
+) -> Result<Option<(String, bool)>, GraphError> {
     if let Some(kind) = body.remove("@odata.type")
         && kind.as_str().map(|kind| kind.trim_start_matches('#')) != Some(resource.odata_type)
     {
@@ -383,7 +394,9 @@ fn check_properties(resource: &Resource, state: &AppState, body: &mut Map<String
         check_upn(state, upn)?;
     }
     if let Some(nickname) = body.get("mailNickname").and_then(Value::as_str)
-        && (nickname.is_empty() || nickname.len() > 64 || nickname.chars().any(|c| c.is_whitespace() || "@()\\[]\";:<>,".contains(c)))
+        && (nickname.is_empty()
+            || nickname.len() > 64
+            || nickname.chars().any(|c| (c.is_whitespace() && !synced) || "@()\\[]\";:<>,".contains(c)))
     {
         return Err(GraphError::bad_request(format!(
             "Invalid value specified for property 'mailNickname' of resource '{}': {nickname:?}.",
@@ -462,7 +475,7 @@ pub async fn create(
     access.require_write()?;
     state.admit_write()?;
     let mut object = body_object(body)?;
-    let password = check_properties(resource, &state, &mut object)?;
+    let password = check_properties(resource, &state, &mut object, access.is_sync())?;
     for required in resource.required {
         if object.get(*required).is_none_or(Value::is_null) {
             return Err(GraphError::bad_request(format!(
@@ -517,7 +530,7 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
     if patch.contains_key("passwordProfile") {
         return Err(GraphError::bad_request("Changing a password through PATCH is not supported yet."));
     }
-    check_properties(resource, &state, &mut patch)?;
+    check_properties(resource, &state, &mut patch, access.is_sync())?;
     let touches_sync_state = patch.keys().any(|name| name == "onPremisesSyncEnabled" || name == "onPremisesImmutableId");
     if touches_sync_state && !access.is_sync() {
         return Err(synced_refusal());

@@ -205,7 +205,7 @@ pub(crate) struct Access {
 
 impl Access {
     fn require_read(&self) -> Result<(), GraphError> {
-        const READ: &[&str] = &["Directory.Read.All", "Directory.ReadWrite.All", "User.Read.All", "User.ReadWrite.All"];
+        const READ: &[&str] = &["Directory.Read.All", "Directory.ReadWrite.All", "User.Read.All", "User.ReadWrite.All", SYNC_ROLE];
         if self.roles.iter().any(|role| READ.contains(&role.as_str())) { Ok(()) } else { Err(GraphError::denied()) }
     }
 
