@@ -1,7 +1,8 @@
 //! `isthmus quickstart`: a self-contained demonstration of the whole sync path with nothing but
 //! this repository — a generated AD-shaped forest in memory, the out-of-box rules, the real
-//! runner and a SQLite store on disk, syncing into an in-memory cloud directory (the embedded
-//! tenant replaces it once it lands). Then a few on-premises changes and a delta cycle.
+//! runner and a SQLite store on disk, syncing over HTTPS into an embedded tenant (the real
+//! tenant service in this process, its own state next to the database) through the Graph
+//! connector. Then a few on-premises changes and a delta cycle.
 
 use std::path::Path;
 use std::time::Instant;
@@ -45,14 +46,19 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     for (dn, object_type, attributes) in dirgen::ad_objects(&directory, "DC=corp,DC=example,DC=test", 42) {
         ad.put(&dn, &object_type, attributes);
     }
-    let cloud = MemoryDirectory::new();
-    let runner = build_runner(&args.db, &ad, &cloud).await?;
+    let tenant_dir = args.db.with_extension("tenant");
+    anyhow::ensure!(!tenant_dir.exists(), "{} already exists; remove it or pass --db with a new path", tenant_dir.display());
+    let (graph, _stop) = embedded_tenant(&tenant_dir).await?;
+    let runner = build_runner(&args.db, &ad, graph).await?;
 
     println!("\n== initial cycle (full import, full sync, export, confirming import)");
     let started = Instant::now();
     let reports = runner.run_cycle(true).await.context("initial cycle")?;
     crate::sync::print_reports(&reports);
-    println!("   {:.1} s; the cloud directory now holds {} objects", started.elapsed().as_secs_f64(), cloud.len());
+    // Group members that point at users created in the same cycle follow in the next one.
+    let reports = runner.run_cycle(false).await.context("second cycle")?;
+    crate::sync::print_reports(&reports);
+    println!("   {:.1} s; the cloud directory now holds {} objects", started.elapsed().as_secs_f64(), cloud_objects(&runner).await?);
 
     println!("\n== on-premises changes: a new title, a disabled account, a deleted account, a new hire");
     let people: Vec<_> = ad.objects().into_iter().filter(|(_, _, object_type, _)| object_type == "user").collect();
@@ -85,7 +91,45 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn build_runner(db: &Path, ad: &MemoryDirectory, cloud: &MemoryDirectory) -> anyhow::Result<Runner<SqliteStore>> {
+/// Starts the tenant in this process on a free loopback port (state in `dir`), with a verified
+/// `corp.example.test` (an administrator override: there is no DNS here) and an app for the
+/// sync service; returns the Graph connector's settings and what keeps the tenant running.
+async fn embedded_tenant(dir: &Path) -> anyhow::Result<(connector_graph::GraphConfig, tokio::sync::oneshot::Sender<()>)> {
+    let config = tenant::TenantConfig::new(dir.to_path_buf(), vec!["127.0.0.1:0".parse()?]);
+    let (tenant, _) = tenant::Tenant::open(config).await.context("start the embedded tenant")?;
+    tenant.verify_domain_by_override(AD, "isthmus quickstart").await?;
+    let app = tenant.register_app("Isthmus sync", &[tenant::SYNC_ROLE]).await?;
+    let (domain, ca) = (tenant.initial_domain().to_string(), tenant.ca_pem.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bound, serve) = tenant
+        .bind(async move {
+            let _ = stopped.await;
+        })
+        .await?;
+    tokio::spawn(serve);
+    let base = format!("https://{}", bound.first().context("the tenant listens nowhere")?);
+    println!("embedded tenant {domain} at {base} (state in {})", dir.display());
+    let graph = connector_graph::GraphConfig {
+        id: CLOUD.into(),
+        authority: base.clone(),
+        graph: format!("{base}/v1.0"),
+        tenant: domain,
+        client_id: app.client_id.clone(),
+        client_secret: app.client_secret.clone(),
+        ca_file: Some(ca),
+        page_size: 500,
+        attempts: 5,
+    };
+    Ok((graph, stop))
+}
+
+/// Objects the tenant holds for the sync (confirmed cloud objects).
+async fn cloud_objects(runner: &Runner<SqliteStore>) -> anyhow::Result<usize> {
+    let objects = runner.store().cs_list(&ConnectorId(CLOUD.into()), &store::CsQuery::default()).await?;
+    Ok(objects.iter().filter(|cs| cs.anchor.is_some()).count())
+}
+
+async fn build_runner(db: &Path, ad: &MemoryDirectory, cloud: connector_graph::GraphConfig) -> anyhow::Result<Runner<SqliteStore>> {
     let store = SqliteStore::open(db).with_context(|| format!("open {}", db.display()))?;
     store.migrate().await.context("create the database schema")?;
     let rules = sync_rules::defaults::ad_to_cloud(&[AD], CLOUD).map_err(|errors| anyhow::anyhow!("default rules: {errors:?}"))?;
@@ -102,7 +146,7 @@ async fn build_runner(db: &Path, ad: &MemoryDirectory, cloud: &MemoryDirectory) 
         ad_connector.info.parameters.insert(name.into(), sync_expr::Value::str(value));
     }
     runner.add_connector(ad_connector);
-    runner.add_connector(cloud.connector(CLOUD, Role::Target, 500));
+    runner.add_connector(connector_graph::open(cloud).await.context("connect to the embedded tenant")?);
     Ok(runner)
 }
 
