@@ -69,6 +69,29 @@ fn upsert(object_type: &str, object: &Value, members: Option<Vec<String>>) -> Op
     {
         attributes.set("members", members.iter().map(|id| AttrValue::Reference(dn_of(id))).collect());
     }
+    // What the directory quarantined (duplicate values, an unverified UPN suffix) is reported as
+    // what the sync wrote, so the sync does not write it again every cycle; the conflicts are
+    // kept for people to see.
+    if let Some(upn) = object.get("onPremisesUserPrincipalName").and_then(Value::as_str) {
+        attributes.set("userPrincipalName", vec![AttrValue::string(upn)]);
+    }
+    let conflicts: Vec<&Value> = object.get("onPremisesProvisioningErrors").and_then(Value::as_array).into_iter().flatten().collect();
+    if !conflicts.is_empty() {
+        let mut proxies = attributes.get("proxyAddresses").to_vec();
+        let mut shown = Vec::new();
+        for conflict in conflicts {
+            let property = conflict["propertyCausingError"].as_str().unwrap_or("unknown");
+            let value = conflict["value"].as_str().unwrap_or_default();
+            if property == "ProxyAddresses" {
+                proxies.push(AttrValue::string(value));
+            }
+            shown.push(AttrValue::string(format!("{property} {value} is already used by another object (quarantined)")));
+        }
+        if !proxies.is_empty() {
+            attributes.set("proxyAddresses", proxies);
+        }
+        attributes.set("provisioningErrors", shown);
+    }
     Some(ImportChange::Upsert { anchor: Anchor(id.as_bytes().to_vec()), dn: dn_of(id), object_type: object_type.into(), attributes })
 }
 

@@ -227,8 +227,22 @@ async fn users_groups_and_members_both_ways() {
     let (delta, _) = delta_import(&connector, &watermark).await;
     assert!(delta.iter().any(|change| matches!(change, ImportChange::Delete { anchor } if anchor.0 == bob.as_bytes())), "{delta:#?}");
 
+    // A duplicate UPN from the sync is quarantined by the tenant, not refused; the next import
+    // reports what the sync wrote, with the conflict for people to see.
+    let twin = String::from_utf8(export.export(&user("ann")).await.expect("resiliency: the write succeeds").anchor.unwrap().0).unwrap();
+    let (full, _) = full_import(&connector).await;
+    let twin = upsert(&full, &twin).unwrap();
+    assert_eq!(twin.get("userPrincipalName"), &[AttrValue::string(format!("ann@{}", running.domain))], "no churn: what the sync wrote");
+    assert!(twin.get("provisioningErrors").iter().any(|error| error.to_string().contains("UserPrincipalName")), "{twin:?}");
+
     // A refusal is one object's error.
-    let refused = export.export(&user("ann")).await;
+    let incomplete = ExportRequest {
+        dn: "CN=nobody".into(),
+        object_type: "user".into(),
+        anchor: None,
+        change: PendingExport::Add(vec![AttrChange::Replace("accountEnabled".into(), vec![AttrValue::Boolean(true)])]),
+    };
+    let refused = export.export(&incomplete).await;
     assert!(matches!(&refused, Err(connector_api::ConnectorError::Rejected { .. })), "{refused:?}");
 }
 

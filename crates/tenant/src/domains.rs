@@ -29,6 +29,8 @@ fn view(domain: &Domain) -> Value {
 pub async fn reload(state: &AppState) -> Result<(), GraphError> {
     let domains = state.db.call(|conn| db::domains(conn)).await?;
     *state.domain_cache.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = domains;
+    // A newly verified (or removed) domain changes synced users' effective UPNs.
+    state.recheck_conflicts().await;
     Ok(())
 }
 

@@ -46,6 +46,8 @@ const USER_PROPERTIES: &[(&str, Type)] = &[
     ("onPremisesLastSyncDateTime", Type::Str),
     // The manager's object id (Graph sets it through `manager/$ref`; kept as a property here).
     ("manager", Type::Str),
+    ("onPremisesUserPrincipalName", Type::Str),
+    ("onPremisesProvisioningErrors", Type::Objects),
 ];
 
 const GROUP_PROPERTIES: &[(&str, Type)] = &[
@@ -64,6 +66,7 @@ const GROUP_PROPERTIES: &[(&str, Type)] = &[
     ("onPremisesDomainName", Type::Str),
     ("onPremisesSecurityIdentifier", Type::Str),
     ("onPremisesLastSyncDateTime", Type::Str),
+    ("onPremisesProvisioningErrors", Type::Objects),
 ];
 
 const CONTACT_PROPERTIES: &[(&str, Type)] = &[
@@ -79,6 +82,7 @@ const CONTACT_PROPERTIES: &[(&str, Type)] = &[
     ("onPremisesImmutableId", Type::Str),
     ("onPremisesSyncEnabled", Type::Bool),
     ("onPremisesLastSyncDateTime", Type::Str),
+    ("onPremisesProvisioningErrors", Type::Objects),
 ];
 
 /// One kind of directory object as the API shows it.
@@ -157,6 +161,7 @@ impl Resource {
                     Type::Bool => json!({"type": "boolean", "nullable": true}),
                     Type::Str => json!({"type": "string", "nullable": true}),
                     Type::StrList => json!({"type": "array", "items": {"type": "string"}}),
+                    Type::Objects => json!({"type": "array", "items": {"type": "object"}, "readOnly": true}),
                 };
                 (*name, schema)
             })
@@ -178,6 +183,8 @@ enum Type {
     Bool,
     Str,
     StrList,
+    /// Read-only structured values (`onPremisesProvisioningErrors`).
+    Objects,
 }
 
 fn type_ok(kind: Type, value: &Value) -> bool {
@@ -185,6 +192,7 @@ fn type_ok(kind: Type, value: &Value) -> bool {
         Type::Bool => value.is_boolean() || value.is_null(),
         Type::Str => value.is_string() || value.is_null(),
         Type::StrList => value.as_array().is_some_and(|items| items.iter().all(Value::is_string)),
+        Type::Objects => false,
     }
 }
 
@@ -227,7 +235,7 @@ fn project(resource: &Resource, object: &Map<String, Value>, select: Option<&[St
         None => {
             out.insert("id".into(), object.get("id").cloned().unwrap_or(Value::Null));
             for (name, kind) in resource.properties {
-                let empty = if *kind == Type::StrList { json!([]) } else { Value::Null };
+                let empty = if matches!(kind, Type::StrList | Type::Objects) { json!([]) } else { Value::Null };
                 out.insert((*name).into(), object.get(*name).cloned().unwrap_or(empty));
             }
         }
@@ -384,13 +392,18 @@ fn check_properties(
         match resource.property(name) {
             None if name == "id" => return Err(GraphError::bad_request("Property 'id' is read-only.")),
             None => return Err(GraphError::bad_request(format!("Invalid property '{name}'."))),
+            Some(Type::Objects) => return Err(GraphError::bad_request(format!("Property '{name}' is read-only."))),
             Some(kind) if !type_ok(kind, value) => {
                 return Err(GraphError::bad_request(format!("Invalid value for property '{name}': expected {kind:?}.")));
             }
             Some(_) => {}
         }
     }
-    if let Some(upn) = body.get("userPrincipalName").and_then(Value::as_str) {
+    // The sync service's UPNs are taken as they come: unverified suffixes and duplicates are
+    // handled by `resilience`, as Entra does service-side.
+    if let Some(upn) = body.get("userPrincipalName").and_then(Value::as_str)
+        && !synced
+    {
         check_upn(state, upn)?;
     }
     if let Some(nickname) = body.get("mailNickname").and_then(Value::as_str)
@@ -504,8 +517,22 @@ pub async fn create(
         }
         None => None,
     };
-    let (stored, kind) = (object.clone(), resource.kind);
-    state.db.call(move |conn| db::insert(conn, kind, &stored, credential.as_ref())).await?;
+    let sync = access.is_sync();
+    if sync {
+        let write = object.clone();
+        crate::resilience::remember_wanted(&write, &mut object);
+    }
+    let (mut stored, kind, domains) = (object.clone(), resource.kind, state.resilience_domains());
+    let object = state
+        .db
+        .call(move |conn| {
+            if sync {
+                crate::resilience::adjust(conn, kind, &mut stored, &domains)?;
+            }
+            db::insert(conn, kind, &stored, credential.as_ref())?;
+            Ok(stored)
+        })
+        .await?;
     state.record("Directory", format!("create {}", resource.noun), access.caller.clone(), id.clone(), "success").await;
     let mut body = project(resource, &object, None);
     body["@odata.context"] = Value::String(format!("{}/v1.0/$metadata#{}/$entity", base_url(&headers), resource.segment));
@@ -535,7 +562,7 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
     if touches_sync_state && !access.is_sync() {
         return Err(synced_refusal());
     }
-    let (kind, lookup, sync) = (resource.kind, key.clone(), access.is_sync());
+    let (kind, lookup, sync, domains) = (resource.kind, key.clone(), access.is_sync(), state.resilience_domains());
     let updated = state
         .db
         .call(move |conn| {
@@ -544,13 +571,21 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
             if synced && !sync && patch.keys().any(|name| !CLOUD_MASTERED.contains(&name.as_str())) {
                 return Ok(Some(Err(())));
             }
+            if sync {
+                crate::resilience::remember_wanted(&patch, &mut object);
+            }
             for (name, value) in patch {
                 object.insert(name, value);
+            }
+            if sync {
+                crate::resilience::adjust(conn, kind, &mut object, &domains)?;
             }
             Ok(db::update(conn, kind, &object)?.then_some(Ok(object)))
         })
         .await?;
     let object = updated.ok_or_else(|| GraphError::not_found(&key))?.map_err(|()| synced_refusal())?;
+    // A value this object gave up may free another's quarantine.
+    state.recheck_conflicts().await;
     state
         .record(
             "Directory",
@@ -584,6 +619,7 @@ pub async fn delete(resource: &'static Resource, state: AppState, access: Access
         Some(false) => return Err(GraphError::not_found(&key)),
         Some(true) => {}
     }
+    state.recheck_conflicts().await;
     state.record("Directory", format!("delete {}", resource.noun), access.caller.clone(), key.clone(), "success").await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -21,6 +21,7 @@ mod graph;
 mod oauth;
 pub mod odata;
 pub mod openapi;
+mod resilience;
 pub mod signin;
 pub mod state;
 
@@ -171,6 +172,24 @@ impl Shared {
     /// The tenant's verified domains (users' UPNs must use one).
     fn domains(&self) -> Vec<String> {
         self.all_domains().into_iter().filter(|domain| domain.verified).map(|domain| domain.name).collect()
+    }
+
+    /// What the duplicate-attribute and UPN-suffix checks need.
+    fn resilience_domains(&self) -> resilience::Domains {
+        resilience::Domains {
+            initial: self.identity.initial_domain.clone(),
+            verified: self.domains().iter().map(|domain| domain.to_lowercase()).collect(),
+        }
+    }
+
+    /// Restores quarantined values whose conflicts are gone (after deletes, renames, verified domains).
+    pub(crate) async fn recheck_conflicts(&self) {
+        let domains = self.resilience_domains();
+        match self.db.call(move |conn| resilience::recheck(conn, &domains)).await {
+            Ok(0) => {}
+            Ok(changed) => tracing::info!(changed, "quarantined values restored"),
+            Err(err) => tracing::error!("re-checking provisioning conflicts failed: {err}"),
+        }
     }
 
     /// Every domain, verified or not.
@@ -394,6 +413,7 @@ impl Tenant {
             .await?;
         let domains = self.app.db.call(|conn| db::domains(conn)).await?;
         *self.app.domain_cache.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = domains;
+        self.app.recheck_conflicts().await;
         tracing::warn!(domain = domain.name, by = who, "domain verified by administrator override, without DNS");
         self.app
             .record("Directory", "verify domain (administrator override, no DNS)".into(), who.to_string(), domain.name, "success")

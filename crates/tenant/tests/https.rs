@@ -980,3 +980,60 @@ async fn authorization_code_with_pkce_through_the_login_page() {
     let no_pkce: Vec<_> = query.iter().filter(|(name, _)| !name.starts_with("code_challenge")).cloned().collect();
     assert_eq!(browser.get(&authorize).query(&no_pkce).send().await.unwrap().status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_values_and_unverified_suffixes_are_quarantined_then_restored() {
+    let Some(mut dns) = testkit::available(testkit::dns::Dnsmasq::start(&[])) else { return };
+    let tenant = start_full(None, Some(dns.addr())).await;
+    let (admin, sync) = (tenant.token(&tenant.admin).await, tenant.token(&tenant.sync).await);
+    use reqwest::Method;
+    let domain = tenant.domain.clone();
+    // A cloud-only user holds the UPN and an address the synced user will want.
+    let mut cloud = user("dup", &domain);
+    cloud["proxyAddresses"] = json!([format!("smtp:shared@{domain}")]);
+    let (status, cloud) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(cloud)).await;
+    assert_eq!(status, StatusCode::CREATED, "{cloud}");
+    let synced = json!({"accountEnabled": true, "displayName": "Dup Synced", "mailNickname": "dupsync", "userPrincipalName": format!("dup@{domain}"),
+                        "onPremisesImmutableId": "c3luY2Vk", "onPremisesSyncEnabled": true,
+                        "proxyAddresses": [format!("SMTP:dup.synced@{domain}"), format!("smtp:shared@{domain}")]});
+    let (status, created) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced)).await;
+    assert_eq!(status, StatusCode::CREATED, "the write succeeds: {created}");
+    let upn = created["userPrincipalName"].as_str().unwrap();
+    assert!(upn.starts_with("dup+") && upn.ends_with(&format!("@{domain}")), "a placeholder UPN: {upn}");
+    assert_eq!(created["onPremisesUserPrincipalName"], format!("dup@{domain}"));
+    assert_eq!(created["proxyAddresses"], json!([format!("SMTP:dup.synced@{domain}")]), "the duplicate address is dropped");
+    let errors: Vec<&str> = created["onPremisesProvisioningErrors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|error| error["propertyCausingError"].as_str().unwrap())
+        .collect();
+    assert_eq!(errors, ["UserPrincipalName", "ProxyAddresses"]);
+    let id = created["id"].as_str().unwrap().to_string();
+    let (status, _) =
+        tenant.call(Method::PATCH, &format!("/v1.0/users/{id}"), &sync, Some(json!({"onPremisesProvisioningErrors": []}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "read-only");
+
+    // The conflict goes away: the values come back, the errors go.
+    let (status, _) = tenant.call(Method::DELETE, &format!("/v1.0/users/{}", cloud["id"].as_str().unwrap()), &admin, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, restored) = tenant.call(Method::GET, &format!("/v1.0/users/{id}"), &admin, None).await;
+    assert_eq!(restored["userPrincipalName"], format!("dup@{domain}"), "{restored}");
+    assert_eq!(restored["proxyAddresses"].as_array().unwrap().len(), 2);
+    assert_eq!(restored["onPremisesProvisioningErrors"], json!([]));
+
+    // An unverified suffix: the MOERA now, the on-premises UPN once the domain is verified.
+    let synced = json!({"accountEnabled": true, "displayName": "Eve", "mailNickname": "eve", "userPrincipalName": "eve@fabrikam.example",
+                        "onPremisesImmutableId": "ZXZl", "onPremisesSyncEnabled": true});
+    let (status, eve) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced)).await;
+    assert_eq!(status, StatusCode::CREATED, "{eve}");
+    assert_eq!(eve["userPrincipalName"], format!("eve@{domain}"));
+    tenant.call(Method::POST, "/v1.0/domains", &admin, Some(json!({"id": "fabrikam.example"}))).await;
+    let (_, records) = tenant.call(Method::GET, "/v1.0/domains/fabrikam.example/verificationDnsRecords", &admin, None).await;
+    let code = records["value"][0]["text"].as_str().unwrap().to_string();
+    dns.replace_records(&[("fabrikam.example", &code)]).unwrap();
+    let (status, _) = tenant.call(Method::POST, "/v1.0/domains/fabrikam.example/verify", &admin, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, eve) = tenant.call(Method::GET, &format!("/v1.0/users/{}", eve["id"].as_str().unwrap()), &admin, None).await;
+    assert_eq!(eve["userPrincipalName"], "eve@fabrikam.example", "restored once the domain is verified");
+}

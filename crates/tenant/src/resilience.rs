@@ -1,0 +1,191 @@
+//! What the tenant does with values the sync service writes that it cannot take as they are —
+//! as Entra does, service-side:
+//!
+//! - **UPN suffix**: a userPrincipalName whose domain is not a verified domain of the tenant (or
+//!   that has invalid characters) becomes `<mailNickname>@<initial domain>`; the on-premises
+//!   value is kept in `onPremisesUserPrincipalName`, and restored once its domain is verified.
+//! - **Duplicate attribute resiliency**: a userPrincipalName already used by another object is
+//!   quarantined — the object gets `<prefix>+NNNN@<initial domain>` — and a duplicate
+//!   `proxyAddresses` value is dropped; each conflict is recorded in
+//!   `onPremisesProvisioningErrors` (`PropertyConflict`). The write succeeds, so the sync does
+//!   not retry. When the conflict goes away (the other object is deleted or changed, or the
+//!   domain verified), [`recheck`] restores the wanted values and clears the error.
+//!
+//! The values the sync wrote are kept (`onPremisesUserPrincipalName`, and the wanted proxy
+//! addresses under an internal key), so re-reading the object tells the sync what it wrote.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Map, Value, json};
+
+use crate::db::{self, DbError, Kind};
+
+/// Where the wanted proxy addresses are kept (never shown by the API).
+pub(crate) const WANTED_PROXIES: &str = "_wantedProxyAddresses";
+
+/// What the checks need to know about the tenant.
+pub(crate) struct Domains {
+    /// The initial domain.
+    pub initial: String,
+    /// Verified domains, lower case.
+    pub verified: Vec<String>,
+}
+
+fn upn_taken(conn: &Connection, upn: &str, except: &str) -> Result<bool, DbError> {
+    Ok(conn
+        .query_row("SELECT 1 FROM objects WHERE deleted = 0 AND upn = ?1 COLLATE NOCASE AND id <> ?2", params![upn, except], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+fn proxy_taken(conn: &Connection, value: &str, except: &str) -> Result<bool, DbError> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM objects, json_each(objects.data, '$.proxyAddresses') AS address \
+             WHERE objects.deleted = 0 AND objects.id <> ?2 AND lower(address.value) = lower(?1) LIMIT 1",
+            params![value, except],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+fn valid_upn(upn: &str) -> bool {
+    match upn.rsplit_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !upn.chars().any(|c| c.is_whitespace() || c.is_control())
+                && local.chars().all(|c| c.is_ascii_alphanumeric() || "'.-_!#^~&+".contains(c))
+        }
+        None => false,
+    }
+}
+
+/// Recomputes the effective userPrincipalName and proxyAddresses of a synced object from the
+/// values the sync wanted, recording conflicts. `object` must carry its `id`.
+pub(crate) fn adjust(conn: &Connection, kind: Kind, object: &mut Map<String, Value>, domains: &Domains) -> Result<(), DbError> {
+    let id = object.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let now = crate::now_rfc3339();
+    let mut errors = Vec::new();
+    if kind == Kind::User
+        && let Some(wanted) = object.get("onPremisesUserPrincipalName").and_then(Value::as_str).map(str::to_string)
+    {
+        let domain = wanted.rsplit_once('@').map(|(_, domain)| domain.to_lowercase()).unwrap_or_default();
+        let prefix = |upn: &str| {
+            upn.split('@')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "'.-_".contains(*c))
+                .collect::<String>()
+        };
+        let mut effective = if valid_upn(&wanted) && domains.verified.contains(&domain) {
+            wanted.clone()
+        } else {
+            // The MOERA: mailNickname (or the UPN's prefix) at the initial domain.
+            let nickname = object
+                .get("mailNickname")
+                .and_then(Value::as_str)
+                .map(prefix)
+                .filter(|nick| !nick.is_empty())
+                .unwrap_or_else(|| prefix(&wanted));
+            format!("{nickname}@{}", domains.initial)
+        };
+        if upn_taken(conn, &effective, &id)? {
+            errors.push(json!({"category": "PropertyConflict", "propertyCausingError": "UserPrincipalName", "value": effective, "occurredDateTime": now}));
+            let base = prefix(&effective);
+            let mut placeholder = None;
+            for attempt in 0..50 {
+                let digits = crate::crypto::random_bytes(2);
+                let number = (u16::from_be_bytes([digits[0], digits[1]]) % 9000 + 1000) as u32 + attempt;
+                let candidate = format!("{base}+{number}@{}", domains.initial);
+                if !upn_taken(conn, &candidate, &id)? {
+                    placeholder = Some(candidate);
+                    break;
+                }
+            }
+            effective = placeholder.unwrap_or_else(|| format!("{base}+{}@{}", crate::crypto::new_guid(), domains.initial));
+        }
+        object.insert("userPrincipalName".into(), Value::String(effective));
+    }
+    if let Some(wanted) = object.get(WANTED_PROXIES).and_then(Value::as_array).cloned() {
+        let mut kept = Vec::new();
+        for value in wanted.iter().filter_map(Value::as_str) {
+            if proxy_taken(conn, value, &id)? {
+                errors.push(json!({"category": "PropertyConflict", "propertyCausingError": "ProxyAddresses", "value": value, "occurredDateTime": now}));
+            } else {
+                kept.push(Value::String(value.to_string()));
+            }
+        }
+        object.insert("proxyAddresses".into(), Value::Array(kept));
+    }
+    // A conflict keeps the time it was first seen.
+    let previous: Vec<Value> = object.get("onPremisesProvisioningErrors").and_then(Value::as_array).cloned().unwrap_or_default();
+    for error in &mut errors {
+        if let Some(seen) =
+            previous.iter().find(|old| old["propertyCausingError"] == error["propertyCausingError"] && old["value"] == error["value"])
+        {
+            error["occurredDateTime"] = seen["occurredDateTime"].clone();
+        }
+    }
+    if errors.is_empty() {
+        object.remove("onPremisesProvisioningErrors");
+    } else {
+        object.insert("onPremisesProvisioningErrors".into(), Value::Array(errors));
+    }
+    Ok(())
+}
+
+/// Takes the sync service's wanted values out of a write into the object: the UPN it wrote and
+/// its proxy addresses.
+pub(crate) fn remember_wanted(write: &Map<String, Value>, object: &mut Map<String, Value>) {
+    if let Some(upn) = write.get("userPrincipalName") {
+        object.insert("onPremisesUserPrincipalName".into(), upn.clone());
+    }
+    if let Some(proxies) = write.get("proxyAddresses") {
+        object.insert(WANTED_PROXIES.into(), proxies.clone());
+    }
+}
+
+/// Re-evaluates every synced object whose effective values differ from what the sync wanted
+/// (conflicts, unverified suffixes); stores those that change. Returns how many changed.
+pub(crate) fn recheck(conn: &mut Connection, domains: &Domains) -> Result<usize, DbError> {
+    let candidates: Vec<(String, String, String)> = {
+        let mut statement = conn.prepare(
+            "SELECT id, kind, data FROM objects WHERE deleted = 0 AND (json_extract(data, '$.onPremisesProvisioningErrors') IS NOT NULL \
+             OR (kind = 'user' AND json_extract(data, '$.onPremisesUserPrincipalName') IS NOT NULL \
+                 AND lower(json_extract(data, '$.onPremisesUserPrincipalName')) <> lower(json_extract(data, '$.userPrincipalName'))))",
+        )?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut changed = 0;
+    for (id, kind, data) in candidates {
+        let kind = match kind.as_str() {
+            "user" => Kind::User,
+            "group" => Kind::Group,
+            _ => Kind::Contact,
+        };
+        let Ok(Value::Object(mut object)) = serde_json::from_str::<Value>(&data) else { continue };
+        let before = object.clone();
+        adjust(conn, kind, &mut object, domains)?;
+        if strip_times(&object) != strip_times(&before) {
+            db::update(conn, kind, &object)?;
+            tracing::info!(object = id, "provisioning conflicts re-evaluated");
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+fn strip_times(object: &Map<String, Value>) -> Map<String, Value> {
+    let mut copy = object.clone();
+    if let Some(Value::Array(errors)) = copy.get_mut("onPremisesProvisioningErrors") {
+        for error in errors {
+            if let Some(error) = error.as_object_mut() {
+                error.remove("occurredDateTime");
+            }
+        }
+    }
+    copy
+}
