@@ -47,6 +47,15 @@ enum Command {
         #[command(subcommand)]
         command: MvCommand,
     },
+    /// Show values the cloud directory quarantined (duplicate UPNs and proxy addresses).
+    Conflicts {
+        /// The database.
+        #[arg(long)]
+        db: PathBuf,
+        /// The cloud connector.
+        #[arg(long, default_value = "tenant")]
+        connector: String,
+    },
     /// Show every pending export (what the next export would do), per connector.
     Plan {
         /// The database.
@@ -142,6 +151,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::History { db, limit } => ops::history(&ops::open(&db).await?, limit).await,
         Command::Cs { command: CsCommand::Search { db, args } } => ops::cs_search(&ops::open(&db).await?, &args).await,
         Command::Mv { command: MvCommand::Show { db, id } } => ops::mv_show(&ops::open(&db).await?, id).await,
+        Command::Conflicts { db, connector } => ops::conflicts(&ops::open(&db).await?, &connector).await,
         Command::Plan { db, connector } => ops::plan(&ops::open(&db).await?, connector.as_deref()).await,
         Command::Preview(args) => preview::run(&ops::open(&args.db).await?, &args).await,
         Command::CheckDn { dn } => {

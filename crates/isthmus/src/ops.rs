@@ -90,6 +90,30 @@ pub async fn cs_search(store: &SqliteStore, args: &SearchArgs) -> anyhow::Result
     Ok(())
 }
 
+/// `isthmus conflicts`: values the cloud directory quarantined (duplicate UPNs and proxy
+/// addresses), as the cloud connector imported them (`provisioningErrors`).
+pub async fn conflicts(store: &SqliteStore, connector: &str) -> anyhow::Result<()> {
+    let connector = ConnectorId(connector.to_string());
+    let mut shown = 0;
+    let mut after = None;
+    loop {
+        let page = store.cs_list(&connector, &CsQuery { after, limit: 1000, ..CsQuery::default() }).await?;
+        after = page.last().map(|cs| cs.id);
+        for cs in &page {
+            for conflict in cs.attributes.get("provisioningErrors") {
+                let upn = cs.attributes.get("userPrincipalName").first().map(ToString::to_string).unwrap_or_default();
+                println!("{}  {}  {upn}: {conflict}", cs.id, cs.dn);
+                shown += 1;
+            }
+        }
+        if page.len() < 1000 {
+            break;
+        }
+    }
+    println!("{shown} conflict(s) in {}", connector.0);
+    Ok(())
+}
+
 fn print_cs_line(cs: &CsObject) {
     let link = cs.link.map_or("disconnector".to_string(), |mv| format!("joined to {mv}"));
     let export = match &cs.pending_export {

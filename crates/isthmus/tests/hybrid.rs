@@ -82,7 +82,7 @@ async fn ad_people_and_groups_reach_the_tenant_with_the_default_rules() {
     let mut ad = dc.admin().await.unwrap();
     let ou = ad.create_ou(&format!("Hybrid-{}", std::process::id()), None).await.unwrap();
     let mut people = Vec::new();
-    for sam in ["hana", "ivo"] {
+    for sam in ["hana", "ivo", "kim"] {
         let user = AdUser {
             parent_dn: Some(ou.clone()),
             mail: Some(format!("{sam}@{domain}")),
@@ -91,6 +91,11 @@ async fn ad_people_and_groups_reach_the_tenant_with_the_default_rules() {
         people.push(ad.create_user(&user).await.unwrap());
     }
     ad.create_group("Hybrid Staff", Some(&ou), &[&people[0]]).await.unwrap();
+
+    // A cloud-only account already holds kim's UPN: kim's is quarantined, not refused.
+    let cloud_kim = json!({"accountEnabled": true, "displayName": "Kim (cloud)", "mailNickname": "kimcloud", "userPrincipalName": format!("kim@{domain}"),
+                           "passwordProfile": {"password": "Str0ng!Pass", "forceChangePasswordNextSignIn": false}});
+    let cloud_kim = graph.call(reqwest::Method::POST, "/v1.0/users", Some(cloud_kim)).await;
 
     let state = folder.path().join("sync");
     std::fs::create_dir_all(&state).unwrap();
@@ -151,8 +156,8 @@ ca_file = "{tenant_ca}"
     assert_eq!(hana["onPremisesSamAccountName"], "hana");
     assert_eq!(hana["accountEnabled"], true);
     let groups = graph.call(reqwest::Method::GET, "/v1.0/groups?$filter=displayName eq 'Hybrid Staff'", None).await;
-    let db = state.join("isthmus.db");
-    let (_, errors, _) = isthmus(&["cs", "search", "--db", db.to_str().unwrap(), "--connector", "tenant", "--errors"]);
+    let (_, errors, _) =
+        isthmus(&["cs", "search", "--db", state.join("isthmus.db").to_str().unwrap(), "--connector", "tenant", "--errors"]);
     let out = format!("{out}\n{errors}");
     let staff = groups["value"][0]["id"].as_str().unwrap_or_else(|| panic!("the group is in the tenant: {groups}\n{out}")).to_string();
     let members = graph.call(reqwest::Method::GET, &format!("/v1.0/groups/{staff}/members"), None).await;
@@ -164,7 +169,19 @@ ca_file = "{tenant_ca}"
     assert!(ok, "the delta cycle failed:\n{out}\n{err}");
     let ivo = graph.call(reqwest::Method::GET, &format!("/v1.0/users/ivo@{domain}"), None).await;
     assert_eq!(ivo["jobTitle"], "Director", "{out}");
-    // And a third cycle has nothing to do: the tenant's state reads back as what was exported.
+    // The quarantined UPN is shown by the CLI; it clears once the cloud account is gone.
+    let db = state.join("isthmus.db");
+    let (ok, conflicts, _) = isthmus(&["conflicts", "--db", db.to_str().unwrap()]);
+    assert!(ok && conflicts.contains(&format!("kim@{domain}")) && conflicts.contains("1 conflict(s)"), "{conflicts}");
+    graph.call(reqwest::Method::DELETE, &format!("/v1.0/users/{}", cloud_kim["id"].as_str().unwrap()), None).await;
+    let (ok, out, err) = isthmus(&["sync", "run", "--config", config_arg]);
+    assert!(ok, "{out}\n{err}");
+    let kim = graph.call(reqwest::Method::GET, &format!("/v1.0/users/kim@{domain}"), None).await;
+    assert_eq!(kim["onPremisesSyncEnabled"], true, "the synced kim has the UPN now: {kim}");
+    let (_, conflicts, _) = isthmus(&["conflicts", "--db", db.to_str().unwrap()]);
+    assert!(conflicts.contains("0 conflict(s)"), "{conflicts}");
+
+    // And a further cycle has nothing to do: the tenant's state reads back as what was exported.
     let (ok, out, _) = isthmus(&["sync", "run", "--config", config_arg]);
     assert!(ok && out.lines().filter(|line| line.contains(" export ")).all(|line| line.contains("0 exported")), "no churn:\n{out}");
 }
