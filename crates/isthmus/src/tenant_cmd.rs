@@ -32,6 +32,12 @@ pub struct ServeArgs {
     /// The DNS resolver (ip:port) domain verification asks; default: the first of /etc/resolv.conf.
     #[arg(long)]
     pub dns_resolver: Option<SocketAddr>,
+    /// Never let the sync take over a cloud-only object by matching its UPN or primary SMTP.
+    #[arg(long)]
+    pub block_soft_match: bool,
+    /// Never let the sync take over a cloud object through its onPremisesImmutableId.
+    #[arg(long)]
+    pub block_hard_match_takeover: bool,
 }
 
 /// Runs the tenant.
@@ -43,6 +49,10 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     config.lockout_threshold = args.lockout_threshold;
     config.lockout_seconds = args.lockout_seconds;
     config.dns_resolver = args.dns_resolver;
+    config.match_policy = tenant::resilience::MatchPolicy {
+        block_soft_match: args.block_soft_match,
+        block_hard_match_takeover: args.block_hard_match_takeover,
+    };
     let (tenant, bootstrap) = tenant::Tenant::open(config).await.with_context(|| format!("open the tenant in {}", args.state.display()))?;
     println!("tenant {} ({})", tenant.tenant_id(), tenant.initial_domain());
     println!("CA certificate for clients: {}", tenant.ca_pem.display());

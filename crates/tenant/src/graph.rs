@@ -522,18 +522,35 @@ pub async fn create(
         let write = object.clone();
         crate::resilience::remember_wanted(&write, &mut object);
     }
-    let (mut stored, kind, domains) = (object.clone(), resource.kind, state.resilience_domains());
-    let object = state
+    let (mut stored, kind, domains, policy) = (object.clone(), resource.kind, state.resilience_domains(), state.match_policy);
+    let outcome = state
         .db
         .call(move |conn| {
             if sync {
-                crate::resilience::adjust(conn, kind, &mut stored, &domains)?;
+                match crate::resilience::find_match(conn, kind, &stored, policy)? {
+                    crate::resilience::Match::Refused(why) => return Ok(Err(why)),
+                    crate::resilience::Match::Existing(mut existing) => {
+                        // Hard or soft match: the existing object becomes the synced one.
+                        let existing_id = existing.get("id").cloned().unwrap_or(Value::Null);
+                        stored.insert("id".into(), existing_id);
+                        for (name, value) in stored {
+                            existing.insert(name, value);
+                        }
+                        crate::resilience::adjust(conn, kind, &mut existing, &domains)?;
+                        db::update(conn, kind, &existing)?;
+                        return Ok(Ok((existing, true)));
+                    }
+                    crate::resilience::Match::None => crate::resilience::adjust(conn, kind, &mut stored, &domains)?,
+                }
             }
             db::insert(conn, kind, &stored, credential.as_ref())?;
-            Ok(stored)
+            Ok(Ok((stored, false)))
         })
         .await?;
-    state.record("Directory", format!("create {}", resource.noun), access.caller.clone(), id.clone(), "success").await;
+    let (object, matched) = outcome.map_err(GraphError::bad_request)?;
+    let id = object.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let activity = if matched { format!("match {} (sync takes over)", resource.noun) } else { format!("create {}", resource.noun) };
+    state.record("Directory", activity, access.caller.clone(), id.clone(), "success").await;
     let mut body = project(resource, &object, None);
     body["@odata.context"] = Value::String(format!("{}/v1.0/$metadata#{}/$entity", base_url(&headers), resource.segment));
     Ok((StatusCode::CREATED, Json(body)).into_response())

@@ -21,7 +21,7 @@ mod graph;
 mod oauth;
 pub mod odata;
 pub mod openapi;
-mod resilience;
+pub mod resilience;
 pub mod signin;
 pub mod state;
 
@@ -65,6 +65,8 @@ pub struct TenantConfig {
     pub write_limit: Option<u32>,
     /// The DNS resolver domain verification asks; `None`: the first of `/etc/resolv.conf`.
     pub dns_resolver: Option<SocketAddr>,
+    /// How the sync service's creates match existing objects (soft and hard match).
+    pub match_policy: resilience::MatchPolicy,
 }
 
 impl TenantConfig {
@@ -80,6 +82,7 @@ impl TenantConfig {
             lockout_seconds: 60,
             write_limit: None,
             dns_resolver: None,
+            match_policy: resilience::MatchPolicy::default(),
         }
     }
 }
@@ -121,6 +124,7 @@ pub struct Shared {
     throttle: Option<std::sync::Mutex<Bucket>>,
     domain_cache: std::sync::RwLock<Vec<db::Domain>>,
     dns_resolver: Option<SocketAddr>,
+    match_policy: resilience::MatchPolicy,
     /// Authorization codes issued by the login page.
     codes: authorize::Codes,
     /// Sign-in methods chosen per domain (lower case); the rest follow `authenticationType`.
@@ -384,6 +388,7 @@ impl Tenant {
                 methods: std::sync::RwLock::new(std::collections::HashMap::new()),
                 codes: authorize::Codes::default(),
                 dns_resolver: config.dns_resolver.or_else(dns::system_resolver),
+                match_policy: config.match_policy,
             }),
         };
         Ok((Tenant { config, app, tls: loaded.tls, ca_pem: loaded.ca_pem }, bootstrap))

@@ -189,3 +189,66 @@ fn strip_times(object: &Map<String, Value>) -> Map<String, Value> {
     }
     copy
 }
+
+/// How a synced object the sync service creates matches one the tenant already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MatchPolicy {
+    /// Refuse soft matches (on UPN / primary SMTP) onto cloud-only objects.
+    pub block_soft_match: bool,
+    /// Refuse taking over a cloud object through its onPremisesImmutableId (hard match).
+    pub block_hard_match_takeover: bool,
+}
+
+/// What a create by the sync service found.
+pub(crate) enum Match {
+    /// Nothing: create.
+    None,
+    /// This existing object (its document): the create becomes an update of it.
+    Existing(Map<String, Value>),
+    /// A match the tenant's policy forbids.
+    Refused(String),
+}
+
+fn primary_smtp(object: &Map<String, Value>) -> Option<String> {
+    let from_proxies = object.get(WANTED_PROXIES).or_else(|| object.get("proxyAddresses")).and_then(Value::as_array).and_then(|values| {
+        values.iter().filter_map(Value::as_str).find(|value| value.starts_with("SMTP:")).map(|value| value[5..].to_lowercase())
+    });
+    from_proxies.or_else(|| object.get("mail").and_then(Value::as_str).map(str::to_lowercase))
+}
+
+/// Hard match on `onPremisesImmutableId` (any object of the kind), then soft match on UPN or
+/// primary SMTP onto a cloud-only object (no immutableId, not synced), as Entra matches.
+pub(crate) fn find_match(conn: &Connection, kind: Kind, wanted: &Map<String, Value>, policy: MatchPolicy) -> Result<Match, DbError> {
+    let candidates = db::list(conn, kind, None, usize::MAX, &|_| true)?;
+    if let Some(anchor) = wanted.get("onPremisesImmutableId").and_then(Value::as_str)
+        && let Some(found) = candidates.iter().find(|object| object.get("onPremisesImmutableId").and_then(Value::as_str) == Some(anchor))
+    {
+        if policy.block_hard_match_takeover && found.get("onPremisesSyncEnabled").and_then(Value::as_bool) != Some(true) {
+            return Ok(Match::Refused(format!(
+                "An object with onPremisesImmutableId {anchor} exists and taking cloud objects over by hard match is blocked."
+            )));
+        }
+        return Ok(Match::Existing(found.clone()));
+    }
+    let upn = wanted
+        .get("onPremisesUserPrincipalName")
+        .or_else(|| wanted.get("userPrincipalName"))
+        .and_then(Value::as_str)
+        .map(str::to_lowercase);
+    let smtp = primary_smtp(wanted);
+    let soft = candidates.iter().find(|object| {
+        let cloud_only = object.get("onPremisesImmutableId").is_none_or(Value::is_null)
+            && object.get("onPremisesSyncEnabled").and_then(Value::as_bool) != Some(true);
+        let same_upn = upn.is_some() && object.get("userPrincipalName").and_then(Value::as_str).map(str::to_lowercase) == upn;
+        let same_smtp = smtp.is_some() && primary_smtp(object) == smtp;
+        cloud_only && (same_upn || same_smtp)
+    });
+    match soft {
+        Some(found) if policy.block_soft_match => {
+            tracing::info!(object = ?found.get("id"), "soft match blocked by the tenant's policy");
+            Ok(Match::None)
+        }
+        Some(found) => Ok(Match::Existing(found.clone())),
+        None => Ok(Match::None),
+    }
+}

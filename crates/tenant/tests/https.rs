@@ -29,6 +29,10 @@ async fn start_with(write_limit: Option<u32>) -> Running {
 }
 
 async fn start_full(write_limit: Option<u32>, dns: Option<std::net::SocketAddr>) -> Running {
+    start_policy(write_limit, dns, tenant::resilience::MatchPolicy::default()).await
+}
+
+async fn start_policy(write_limit: Option<u32>, dns: Option<std::net::SocketAddr>, policy: tenant::resilience::MatchPolicy) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let mut config = TenantConfig::new(dir.path().join("state"), vec!["127.0.0.1:0".parse().unwrap()]);
     // Fast hashing for tests; the default is 600,000 iterations.
@@ -37,6 +41,7 @@ async fn start_full(write_limit: Option<u32>, dns: Option<std::net::SocketAddr>)
     config.lockout_seconds = 2;
     config.write_limit = write_limit;
     config.dns_resolver = dns;
+    config.match_policy = policy;
     let (tenant, bootstrap) = Tenant::open(config).await.unwrap();
     let admin = bootstrap.expect("a new tenant has an admin app");
     let reader = tenant.register_app("reader", &["Directory.Read.All"]).await.unwrap();
@@ -1036,4 +1041,56 @@ async fn duplicate_values_and_unverified_suffixes_are_quarantined_then_restored(
     assert_eq!(status, StatusCode::OK);
     let (_, eve) = tenant.call(Method::GET, &format!("/v1.0/users/{}", eve["id"].as_str().unwrap()), &admin, None).await;
     assert_eq!(eve["userPrincipalName"], "eve@fabrikam.example", "restored once the domain is verified");
+}
+
+fn synced_user(nickname: &str, domain: &str, anchor: &str) -> Value {
+    json!({"accountEnabled": true, "displayName": format!("{nickname} (synced)"), "mailNickname": nickname, "userPrincipalName": format!("{nickname}@{domain}"),
+           "onPremisesImmutableId": anchor, "onPremisesSyncEnabled": true})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_soft_and_hard_matches_existing_objects() {
+    let tenant = start().await;
+    let (admin, sync) = (tenant.token(&tenant.admin).await, tenant.token(&tenant.sync).await);
+    use reqwest::Method;
+    let domain = tenant.domain.clone();
+    let (_, carl) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("carl", &domain))).await;
+    // Soft match on the UPN: the cloud-only account becomes the synced one.
+    let (status, matched) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced_user("carl", &domain, "Y2FybA=="))).await;
+    assert_eq!(status, StatusCode::CREATED, "{matched}");
+    assert_eq!(matched["id"], carl["id"], "the existing account, not a new one");
+    assert_eq!((matched["onPremisesSyncEnabled"].as_bool(), matched["onPremisesImmutableId"].as_str()), (Some(true), Some("Y2FybA==")));
+    assert_eq!(matched["displayName"], "carl (synced)", "on-premises values win");
+    // Soft match on the primary SMTP, for a group.
+    let cloud_group = json!({"displayName": "Team", "mailEnabled": true, "mailNickname": "team", "securityEnabled": false, "proxyAddresses": [format!("SMTP:team@{domain}")]});
+    let (_, team) = tenant.call(Method::POST, "/v1.0/groups", &admin, Some(cloud_group)).await;
+    let synced_group = json!({"displayName": "Team (synced)", "mailEnabled": true, "mailNickname": "team", "securityEnabled": false,
+                              "proxyAddresses": [format!("SMTP:team@{domain}")], "onPremisesImmutableId": "dGVhbQ==", "onPremisesSyncEnabled": true});
+    let (_, matched) = tenant.call(Method::POST, "/v1.0/groups", &sync, Some(synced_group)).await;
+    assert_eq!(matched["id"], team["id"]);
+    // Hard match: the same immutableId again (a sync server that lost its state) is the same object.
+    let (_, again) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced_user("carl", &domain, "Y2FybA=="))).await;
+    assert_eq!(again["id"], carl["id"], "no duplicate: {again}");
+    let (_, all) = tenant.call(Method::GET, "/v1.0/users", &admin, None).await;
+    assert_eq!(all["value"].as_array().unwrap().len(), 1);
+    // An object that is already synced is never soft-matched by another anchor.
+    let (_, other) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced_user("carl", &domain, "b3RoZXI="))).await;
+    assert_ne!(other["id"], carl["id"]);
+    assert!(other["userPrincipalName"].as_str().unwrap().starts_with("carl+"), "its UPN is quarantined instead: {other}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_can_block_soft_matching() {
+    let policy = tenant::resilience::MatchPolicy { block_soft_match: true, block_hard_match_takeover: false };
+    let tenant = start_policy(None, None, policy).await;
+    let (admin, sync) = (tenant.token(&tenant.admin).await, tenant.token(&tenant.sync).await);
+    use reqwest::Method;
+    let (_, carl) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("carl", &tenant.domain))).await;
+    let (status, created) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced_user("carl", &tenant.domain, "Y2FybA=="))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_ne!(created["id"], carl["id"], "no takeover by soft match");
+    assert!(
+        created["onPremisesProvisioningErrors"].as_array().is_some_and(|errors| !errors.is_empty()),
+        "the UPN conflict is recorded: {created}"
+    );
 }
