@@ -105,6 +105,8 @@ enum TenantCommand {
 enum SyncCommand {
     /// One sync cycle: import every connector, sync, export, confirming import.
     Run(sync::RunArgs),
+    /// Cycles on schedule (and at once on on-premises changes, in near-real-time mode) until stopped.
+    Serve(sync::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +148,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Quickstart(args) => quickstart::run(&args).await,
         Command::Sync { command: SyncCommand::Run(args) } => sync::run(&args).await,
+        Command::Sync { command: SyncCommand::Serve(args) } => sync::serve(&args).await,
         Command::CheckConfig { file } => sync::check(&file),
         Command::Tenant { command: TenantCommand::Serve(args) } => tenant_cmd::serve(&args).await,
         Command::History { db, limit } => ops::history(&ops::open(&db).await?, limit).await,

@@ -34,6 +34,117 @@ fn parse_step(text: &str) -> Result<sync_runner::Step, String> {
     sync_runner::Step::parse(text).ok_or_else(|| format!("{text:?} is not one of full-import, delta-import, full-sync, delta-sync, export"))
 }
 
+/// Options of `isthmus sync serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The configuration file.
+    #[arg(long, default_value = "isthmus.toml")]
+    pub config: PathBuf,
+    /// Minutes between scheduled delta cycles (Entra's default: 30).
+    #[arg(long, default_value_t = 30)]
+    pub interval_minutes: u64,
+    /// Near-real-time mode: every this many seconds, a delta import of each source directory;
+    /// when it finds changes, a delta cycle runs at once (an on-premises change reaches the cloud
+    /// within seconds).
+    #[arg(long)]
+    pub near_real_time_seconds: Option<u64>,
+}
+
+/// `isthmus sync serve`: an initial cycle, then delta cycles on schedule (and on change in
+/// near-real-time mode) until Ctrl-C or SIGTERM; one cycle at a time.
+pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let rules = config.rules()?;
+    if let Some(path) = &config.store.sqlite {
+        let store = store_sqlite::SqliteStore::open(path).with_context(|| format!("open {}", path.display()))?;
+        serve_with(store, &config, rules, args).await
+    } else {
+        let url = config.store.postgres.as_deref().unwrap_or_default();
+        let store = store_postgres::PostgresStore::connect(url).await.context("connect to PostgreSQL ([store] postgres)")?;
+        serve_with(store, &config, rules, args).await
+    }
+}
+
+async fn serve_with<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet, args: &ServeArgs) -> anyhow::Result<()> {
+    let runner = build(store, config, rules).await?;
+    let interval = std::time::Duration::from_secs(args.interval_minutes.max(1) * 60);
+    let poll = args.near_real_time_seconds.map(|seconds| std::time::Duration::from_secs(seconds.max(1)));
+    let sources: Vec<model::ConnectorId> = config
+        .connectors
+        .iter()
+        .filter(|connector| connector.role == connector_ldap::ConnectorRole::Source)
+        .map(|connector| model::ConnectorId(connector.id.clone()))
+        .collect();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("watch SIGTERM")?;
+    println!(
+        "== serving: a delta cycle every {} min{}",
+        args.interval_minutes.max(1),
+        poll.map_or(String::new(), |poll| format!(", near-real-time polling every {} s", poll.as_secs()))
+    );
+    let mut initial = true;
+    let mut next_cycle = tokio::time::Instant::now();
+    loop {
+        let now = tokio::time::Instant::now();
+        let mut due = initial || now >= next_cycle;
+        if !due && let Some(poll) = poll {
+            // Cheap check of the sources; a change makes a cycle due at once.
+            for source in &sources {
+                match runner.run_step(source, sync_runner::Step::DeltaImport).await {
+                    Ok(report) if report.counts.adds + report.counts.updates + report.counts.deletes > 0 => {
+                        tracing::info!(connector = source.0, "changes on-premises; running a cycle now");
+                        due = true;
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(connector = source.0, "near-real-time poll: {err}"),
+                }
+            }
+            if !due {
+                let wait = poll.min(next_cycle.saturating_duration_since(tokio::time::Instant::now()));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = terminate.recv() => break,
+                }
+            }
+        }
+        if due {
+            let started = Instant::now();
+            match runner.run_cycle(initial).await {
+                Ok(reports) => {
+                    print_reports(&reports);
+                    println!("   cycle done in {:.1} s", started.elapsed().as_secs_f64());
+                }
+                Err(err) => eprintln!("cycle failed: {err:#}"),
+            }
+            initial = false;
+            next_cycle = tokio::time::Instant::now() + interval;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_cycle) => {}
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    println!("stopped");
+    Ok(())
+}
+
+/// The runner with every configured connector opened.
+async fn build<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet) -> anyhow::Result<Runner<S>> {
+    store.migrate().await.context("create or check the database schema")?;
+    let mut runner = Runner::new(store, rules, config.runner());
+    for connector in &config.connectors {
+        let opened = connector_ldap::open(connector.clone()).await.with_context(|| format!("connector {}", connector.id))?;
+        runner.add_connector(opened);
+    }
+    for graph in &config.graphs {
+        let opened = connector_graph::open(graph.clone()).await.with_context(|| format!("connector {}", graph.id))?;
+        runner.add_connector(opened);
+    }
+    Ok(runner)
+}
+
 /// `isthmus check-config`: reads the file and the rule files, checks every setting; connects to nothing.
 pub fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
@@ -63,20 +174,11 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
 }
 
 async fn cycle<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet, args: &RunArgs) -> anyhow::Result<()> {
-    store.migrate().await.context("create or check the database schema")?;
-    let mut runner = Runner::new(store, rules, config.runner());
     if let Some(id) = &args.connector {
         let known = config.connectors.iter().any(|connector| &connector.id == id) || config.graphs.iter().any(|graph| &graph.id == id);
         anyhow::ensure!(known, "no connector {id:?} in {}", args.config.display());
     }
-    for connector in &config.connectors {
-        let opened = connector_ldap::open(connector.clone()).await.with_context(|| format!("connector {}", connector.id))?;
-        runner.add_connector(opened);
-    }
-    for graph in &config.graphs {
-        let opened = connector_graph::open(graph.clone()).await.with_context(|| format!("connector {}", graph.id))?;
-        runner.add_connector(opened);
-    }
+    let runner = build(store, config, rules).await?;
     let started = Instant::now();
     let reports = match (args.step, &args.connector) {
         (Some(step), Some(id)) => {

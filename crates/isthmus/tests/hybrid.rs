@@ -34,10 +34,24 @@ impl Graph {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ad_people_and_groups_reach_the_tenant_with_the_default_rules() {
-    let Some(dc) = testkit::available(SambaDc::start_default()) else { return };
-    let Some(mut dns) = testkit::available(Dnsmasq::start(&[])) else { return };
+/// A Samba DC with three people and a group, a tenant with their domain verified through a real
+/// DNS server, and a configuration file for `isthmus sync`: everything a hybrid test needs.
+struct Hybrid {
+    _dc: SambaDc,
+    _dns: Dnsmasq,
+    folder: tempfile::TempDir,
+    graph: Graph,
+    domain: String,
+    ad: testkit::samba::AdAdmin,
+    people: Vec<String>,
+    state: std::path::PathBuf,
+    config_path: std::path::PathBuf,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn setup() -> Option<Hybrid> {
+    let dc = testkit::available(SambaDc::start_default())?;
+    let mut dns = testkit::available(Dnsmasq::start(&[]))?;
 
     // The tenant, with an app for the sync service and one for the admin.
     let folder = tempfile::tempdir().unwrap();
@@ -47,7 +61,7 @@ async fn ad_people_and_groups_reach_the_tenant_with_the_default_rules() {
     let admin = bootstrap.unwrap();
     let sync = tenant.register_app("Isthmus sync", &[tenant::SYNC_ROLE]).await.unwrap();
     let (initial, ca) = (tenant.initial_domain().to_string(), tenant.ca_pem.clone());
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (bound, serve) = tenant
         .bind(async move {
             let _ = stopped.await;
@@ -92,11 +106,6 @@ async fn ad_people_and_groups_reach_the_tenant_with_the_default_rules() {
     }
     ad.create_group("Hybrid Staff", Some(&ou), &[&people[0]]).await.unwrap();
 
-    // A cloud-only account already holds kim's UPN: kim's is quarantined, not refused.
-    let cloud_kim = json!({"accountEnabled": true, "displayName": "Kim (cloud)", "mailNickname": "kimcloud", "userPrincipalName": format!("kim@{domain}"),
-                           "passwordProfile": {"password": "Str0ng!Pass", "forceChangePasswordNextSignIn": false}});
-    let cloud_kim = graph.call(reqwest::Method::POST, "/v1.0/users", Some(cloud_kim)).await;
-
     let state = folder.path().join("sync");
     std::fs::create_dir_all(&state).unwrap();
     let config_text = format!(
@@ -137,6 +146,36 @@ ca_file = "{tenant_ca}"
     );
     let config_path = state.join("isthmus.toml");
     std::fs::write(&config_path, config_text).unwrap();
+    Some(Hybrid { _dc: dc, _dns: dns, folder, graph, domain, ad, people, state, config_path, _stop: stop })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ad_people_and_groups_reach_the_tenant_with_the_default_rules() {
+    let Some(Hybrid {
+        graph,
+        domain,
+        mut ad,
+        people,
+        state,
+        config_path,
+        folder: _folder,
+        _dc: _dc_alive,
+        _dns: _dns_alive,
+        _stop: _tenant_alive,
+    }) = setup().await
+    else {
+        return;
+    };
+    // A cloud-only account with kim's UPN is soft-matched: kim takes it over. A cloud group
+    // already holds one of hana's addresses: that address is quarantined, not refused.
+    let cloud_kim = json!({"accountEnabled": true, "displayName": "Kim (cloud)", "mailNickname": "kimcloud", "userPrincipalName": format!("kim@{domain}"),
+                           "passwordProfile": {"password": "Str0ng!Pass", "forceChangePasswordNextSignIn": false}});
+    let cloud_kim = graph.call(reqwest::Method::POST, "/v1.0/users", Some(cloud_kim)).await;
+    let aliases = json!({"displayName": "Aliases", "mailEnabled": true, "mailNickname": "aliases", "securityEnabled": false,
+                         "proxyAddresses": [format!("SMTP:aliases@{domain}"), format!("smtp:hana.alias@{domain}")]});
+    let aliases = graph.call(reqwest::Method::POST, "/v1.0/groups", Some(aliases)).await;
+    let proxies = [format!("SMTP:hana@{domain}"), format!("smtp:hana.alias@{domain}")];
+    ad.conn().replace(&people[0], "proxyAddresses", &proxies.iter().map(String::as_str).collect::<Vec<_>>()).await.unwrap();
     let config_arg = config_path.to_str().unwrap();
     let (ok, out, err) = isthmus(&["check-config", config_arg]);
     assert!(ok, "{out}\n{err}");
@@ -169,19 +208,68 @@ ca_file = "{tenant_ca}"
     assert!(ok, "the delta cycle failed:\n{out}\n{err}");
     let ivo = graph.call(reqwest::Method::GET, &format!("/v1.0/users/ivo@{domain}"), None).await;
     assert_eq!(ivo["jobTitle"], "Director", "{out}");
-    // The quarantined UPN is shown by the CLI; it clears once the cloud account is gone.
+    let kim = graph.call(reqwest::Method::GET, &format!("/v1.0/users/kim@{domain}"), None).await;
+    assert_eq!((kim["id"].clone(), kim["onPremisesSyncEnabled"].clone()), (cloud_kim["id"].clone(), json!(true)), "soft match: {kim}");
+
+    // The quarantined address is shown by the CLI; it comes back once the group lets it go.
     let db = state.join("isthmus.db");
     let (ok, conflicts, _) = isthmus(&["conflicts", "--db", db.to_str().unwrap()]);
-    assert!(ok && conflicts.contains(&format!("kim@{domain}")) && conflicts.contains("1 conflict(s)"), "{conflicts}");
-    graph.call(reqwest::Method::DELETE, &format!("/v1.0/users/{}", cloud_kim["id"].as_str().unwrap()), None).await;
+    assert!(ok && conflicts.contains(&format!("hana.alias@{domain}")) && conflicts.contains("1 conflict(s)"), "{conflicts}");
+    graph.call(reqwest::Method::DELETE, &format!("/v1.0/groups/{}", aliases["id"].as_str().unwrap()), None).await;
     let (ok, out, err) = isthmus(&["sync", "run", "--config", config_arg]);
     assert!(ok, "{out}\n{err}");
-    let kim = graph.call(reqwest::Method::GET, &format!("/v1.0/users/kim@{domain}"), None).await;
-    assert_eq!(kim["onPremisesSyncEnabled"], true, "the synced kim has the UPN now: {kim}");
+    let hana = graph.call(reqwest::Method::GET, &format!("/v1.0/users/hana@{domain}"), None).await;
+    assert_eq!(hana["proxyAddresses"].as_array().map(Vec::len), Some(2), "the address is back: {hana}");
     let (_, conflicts, _) = isthmus(&["conflicts", "--db", db.to_str().unwrap()]);
     assert!(conflicts.contains("0 conflict(s)"), "{conflicts}");
 
     // And a further cycle has nothing to do: the tenant's state reads back as what was exported.
     let (ok, out, _) = isthmus(&["sync", "run", "--config", config_arg]);
     assert!(ok && out.lines().filter(|line| line.contains(" export ")).all(|line| line.contains("0 exported")), "no churn:\n{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_serve_in_near_real_time_mode_carries_a_change_without_waiting_for_the_schedule() {
+    let Some(Hybrid { graph, domain, mut ad, people, config_path, folder, _dc: _dc_alive, _dns: _dns_alive, _stop: _tenant_alive, .. }) =
+        setup().await
+    else {
+        return;
+    };
+    let log = folder.path().join("serve.log");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_isthmus"))
+        .args(["sync", "serve", "--config", config_path.to_str().unwrap(), "--interval-minutes", "60", "--near-real-time-seconds", "1"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |what: &'static str, check: Box<dyn Fn(&Value) -> bool + Send>, path: String| {
+        let graph = &graph;
+        async move {
+            let started = std::time::Instant::now();
+            loop {
+                let response = graph.http.get(format!("{}{path}", graph.base)).bearer_auth(&graph.token).send().await.unwrap();
+                if response.status().is_success() && check(&response.json().await.unwrap()) {
+                    return started.elapsed();
+                }
+                assert!(started.elapsed() < std::time::Duration::from_secs(90), "{what} never happened");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    wait_for("the initial cycle", Box::new(|user: &Value| user["onPremisesSyncEnabled"] == true), format!("/v1.0/users/ivo@{domain}"))
+        .await;
+    // Give the initial cycles time to finish (the group members follow in the second).
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    ad.conn().replace(&people[1], "title", &["Head of Things"]).await.unwrap();
+    let latency = wait_for(
+        "the change in the tenant",
+        Box::new(|user: &Value| user["jobTitle"] == "Head of Things"),
+        format!("/v1.0/users/ivo@{domain}"),
+    )
+    .await;
+    println!("on-premises change reached the tenant after {:.1} s (hourly schedule, 1 s polling)", latency.as_secs_f64());
+    assert!(Command::new("kill").args(["-TERM", &serve.id().to_string()]).status().unwrap().success());
+    let status = serve.wait().unwrap();
+    let output = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success() && output.contains("stopped"), "a clean stop on SIGTERM:\n{output}");
 }

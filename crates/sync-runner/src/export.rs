@@ -74,6 +74,27 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Resul
                         continue;
                     }
                     PendingExport::Add(changes) => {
+                        if let Some(anchor) = &outcome.anchor
+                            && let Some(other) = runner.store.cs_by_anchor(id, anchor).await?
+                            && other.id != cs.id
+                        {
+                            // The directory matched the add to an object it already had (a
+                            // cloud soft or hard match). An unjoined copy in the connector space
+                            // gives way; one joined elsewhere is this object's error.
+                            if other.link.is_none() {
+                                tracing::info!(connector = %id, dn = cs.dn, matched = other.dn, "the directory matched the add to an existing object");
+                                runner.store.cs_delete(other.id).await?;
+                            } else {
+                                let message = format!(
+                                    "the directory matched this add to {}, which is already joined to another metaverse object",
+                                    other.dn
+                                );
+                                cs.error = Some(ObjectError { stage: ErrorStage::Export, code: "matched-joined-object".into(), message });
+                                runner.store.cs_update(&cs).await?;
+                                counts.errors += 1;
+                                continue;
+                            }
+                        }
                         if outcome.anchor.is_some() {
                             cs.anchor = outcome.anchor;
                         }
