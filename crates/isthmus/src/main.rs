@@ -2,6 +2,7 @@
 //! together (the composition root). It holds no sync, directory or protocol logic of its own.
 
 mod config;
+mod init;
 mod ops;
 mod preview;
 mod quickstart;
@@ -72,6 +73,8 @@ enum Command {
         /// The DN, e.g. `CN=Ann,OU=Sales,DC=corp,DC=example`.
         dn: String,
     },
+    /// Check an AD forest and a tenant, then write an express configuration file.
+    Init(init::InitArgs),
     /// Sync cycles of the directories a configuration file names.
     Sync {
         #[command(subcommand)]
@@ -147,6 +150,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Quickstart(args) => quickstart::run(&args).await,
+        Command::Init(args) => init::run(&args).await,
         Command::Sync { command: SyncCommand::Run(args) } => sync::run(&args).await,
         Command::Sync { command: SyncCommand::Serve(args) } => sync::serve(&args).await,
         Command::CheckConfig { file } => sync::check(&file),

@@ -46,6 +46,14 @@ struct Hybrid {
     people: Vec<String>,
     state: std::path::PathBuf,
     config_path: std::path::PathBuf,
+    /// The sync app (id, secret), the tenant's URL, initial domain and CA, the DC's CA and admin.
+    sync_app: (String, String),
+    base: String,
+    initial: String,
+    tenant_ca: std::path::PathBuf,
+    dc_ca: std::path::PathBuf,
+    dc_admin: (String, String),
+    dc_host: String,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -146,7 +154,27 @@ ca_file = "{tenant_ca}"
     );
     let config_path = state.join("isthmus.toml");
     std::fs::write(&config_path, config_text).unwrap();
-    Some(Hybrid { _dc: dc, _dns: dns, folder, graph, domain, ad, people, state, config_path, _stop: stop })
+    let sync_app = (sync.client_id.clone(), sync.client_secret.to_string());
+    let (dc_ca, dc_admin, dc_host) = (dc.ca_pem().to_path_buf(), (dc.admin_dn(), dc.config().admin_password.clone()), dc.ip().to_string());
+    Some(Hybrid {
+        _dc: dc,
+        _dns: dns,
+        folder,
+        graph,
+        domain,
+        ad,
+        people,
+        state,
+        config_path,
+        sync_app,
+        base,
+        initial,
+        tenant_ca: ca,
+        dc_ca,
+        dc_admin,
+        dc_host,
+        _stop: stop,
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,6 +190,7 @@ async fn ad_people_and_groups_reach_the_tenant_with_the_default_rules() {
         _dc: _dc_alive,
         _dns: _dns_alive,
         _stop: _tenant_alive,
+        ..
     }) = setup().await
     else {
         return;
@@ -272,4 +301,51 @@ async fn sync_serve_in_near_real_time_mode_carries_a_change_without_waiting_for_
     let status = serve.wait().unwrap();
     let output = std::fs::read_to_string(&log).unwrap();
     assert!(status.success() && output.contains("stopped"), "a clean stop on SIGTERM:\n{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_checks_everything_before_it_writes_a_configuration() {
+    let Some(hybrid) = setup().await else { return };
+    let config = hybrid.folder.path().join("written.toml");
+    let run_init = |password: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_isthmus"))
+            .args(["init", "--config", config.to_str().unwrap(), "--ad-host", &hybrid.dc_host, "--ad-ca", hybrid.dc_ca.to_str().unwrap()])
+            .args([
+                "--ad-user",
+                &hybrid.dc_admin.0,
+                "--tenant-url",
+                &hybrid.base,
+                "--tenant",
+                &hybrid.initial,
+                "--client-id",
+                &hybrid.sync_app.0,
+            ])
+            .args(["--tenant-ca", hybrid.tenant_ca.to_str().unwrap(), "--db", hybrid.folder.path().join("init.db").to_str().unwrap()])
+            .env("ISTHMUS_AD_PASSWORD", password)
+            .env("ISTHMUS_CLIENT_SECRET", &hybrid.sync_app.1)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run_init("wrong password");
+    assert!(!ok && out.contains("FAIL") && err.contains("nothing written"), "{out}\n{err}");
+    assert!(!config.exists(), "nothing written after a failed check");
+
+    let (ok, out, err) = run_init(&hybrid.dc_admin.1);
+    assert!(ok, "{out}\n{err}");
+    for expected in ["the bind as", "DirSync and reading objects work", "signs in", "is a verified domain of the tenant"] {
+        assert!(out.contains(expected), "{expected} in:\n{out}");
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&config).unwrap().permissions().mode() & 0o777, 0o600, "it holds secrets");
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(written.contains("default_rules = true"), "{written}");
+    let (ok, out, err) = isthmus(&["check-config", config.to_str().unwrap()]);
+    assert!(ok, "the written file checks:\n{out}\n{err}");
+    let (ok, _, err) = run_init(&hybrid.dc_admin.1);
+    assert!(!ok && err.contains("already exists"), "never overwritten: {err}");
 }
