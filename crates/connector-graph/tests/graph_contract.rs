@@ -229,7 +229,14 @@ async fn users_groups_and_members_both_ways() {
 
     // A duplicate UPN from the sync is quarantined by the tenant, not refused; the next import
     // reports what the sync wrote, with the conflict for people to see.
-    let twin = String::from_utf8(export.export(&user("ann")).await.expect("resiliency: the write succeeds").anchor.unwrap().0).unwrap();
+    // (Another on-premises object — another anchor — with ann's UPN: not a match, a conflict.)
+    let mut other = user("ann");
+    if let PendingExport::Add(changes) = &mut other.change {
+        changes.retain(|change| !matches!(change, AttrChange::Replace(name, _) if name == "onPremisesImmutableId"));
+        changes.push(AttrChange::Replace("onPremisesImmutableId".into(), vec![AttrValue::string("anchor-ann-twin")]));
+    }
+    let twin = String::from_utf8(export.export(&other).await.expect("resiliency: the write succeeds").anchor.unwrap().0).unwrap();
+    assert_ne!(twin, ann, "a second object, not a match");
     let (full, _) = full_import(&connector).await;
     let twin = upsert(&full, &twin).unwrap();
     assert_eq!(twin.get("userPrincipalName"), &[AttrValue::string(format!("ann@{}", running.domain))], "no churn: what the sync wrote");

@@ -993,10 +993,10 @@ async fn duplicate_values_and_unverified_suffixes_are_quarantined_then_restored(
     let (admin, sync) = (tenant.token(&tenant.admin).await, tenant.token(&tenant.sync).await);
     use reqwest::Method;
     let domain = tenant.domain.clone();
-    // A cloud-only user holds the UPN and an address the synced user will want.
-    let mut cloud = user("dup", &domain);
-    cloud["proxyAddresses"] = json!([format!("smtp:shared@{domain}")]);
-    let (status, cloud) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(cloud)).await;
+    // Another synced user (another anchor: no match) holds the UPN and an address the new one wants.
+    let mut holder = synced_user("dup", &domain, "aG9sZGVy");
+    holder["proxyAddresses"] = json!([format!("smtp:shared@{domain}")]);
+    let (status, cloud) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(holder)).await;
     assert_eq!(status, StatusCode::CREATED, "{cloud}");
     let synced = json!({"accountEnabled": true, "displayName": "Dup Synced", "mailNickname": "dupsync", "userPrincipalName": format!("dup@{domain}"),
                         "onPremisesImmutableId": "c3luY2Vk", "onPremisesSyncEnabled": true,
@@ -1020,7 +1020,7 @@ async fn duplicate_values_and_unverified_suffixes_are_quarantined_then_restored(
     assert_eq!(status, StatusCode::BAD_REQUEST, "read-only");
 
     // The conflict goes away: the values come back, the errors go.
-    let (status, _) = tenant.call(Method::DELETE, &format!("/v1.0/users/{}", cloud["id"].as_str().unwrap()), &admin, None).await;
+    let (status, _) = tenant.call(Method::DELETE, &format!("/v1.0/users/{}", cloud["id"].as_str().unwrap()), &sync, None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (_, restored) = tenant.call(Method::GET, &format!("/v1.0/users/{id}"), &admin, None).await;
     assert_eq!(restored["userPrincipalName"], format!("dup@{domain}"), "{restored}");
