@@ -499,3 +499,69 @@ async fn an_export_that_reached_the_directory_but_not_the_store_is_adopted() {
         "{adopted:#?}"
     );
 }
+
+/// A cloud-like target that already holds an unjoined object and, like a cloud soft match,
+/// answers an add with that object's anchor.
+struct MatchingTarget;
+
+fn matched_anchor() -> model::Anchor {
+    model::Anchor(b"cloud-object-1".to_vec())
+}
+
+impl connector_api::Import for MatchingTarget {
+    fn full_page<'a>(
+        &'a self,
+        _cursor: Option<&'a [u8]>,
+    ) -> connector_api::BoxFuture<'a, Result<connector_api::ImportPage, connector_api::ConnectorError>> {
+        Box::pin(async {
+            let existing = model::ImportChange::Upsert {
+                anchor: matched_anchor(),
+                dn: "CN=cloud-only".into(),
+                object_type: "account".into(),
+                attributes: model::Attributes::new().with("displayName", AttrValue::string("Cloud Only")),
+            };
+            Ok(connector_api::ImportPage { changes: vec![existing], next: None, watermark: Some(b"t1".to_vec()), complete: false })
+        })
+    }
+
+    fn delta_page<'a>(
+        &'a self,
+        _watermark: &'a [u8],
+        _cursor: Option<&'a [u8]>,
+    ) -> connector_api::BoxFuture<'a, Result<connector_api::ImportPage, connector_api::ConnectorError>> {
+        Box::pin(async { Ok(connector_api::ImportPage { changes: vec![], next: None, watermark: Some(b"t2".to_vec()), complete: false }) })
+    }
+}
+
+impl connector_api::Export for MatchingTarget {
+    fn export<'a>(
+        &'a self,
+        _request: &'a connector_api::ExportRequest,
+    ) -> connector_api::BoxFuture<'a, Result<connector_api::ExportOutcome, connector_api::ConnectorError>> {
+        Box::pin(async { Ok(connector_api::ExportOutcome { anchor: Some(matched_anchor()) }) })
+    }
+}
+
+#[tokio::test]
+async fn an_add_the_directory_matches_to_an_unjoined_object_takes_its_place() {
+    let store = SqliteStore::memory().expect("store");
+    store.migrate().await.expect("migrate");
+    let mut runner = Runner::new(store, RuleSet::parse(RULES).expect("rules"), RunnerConfig::default());
+    let src = MemoryDirectory::new();
+    src.put("CN=E1,OU=Staff", "user", person("E1", "Ann Boss", None));
+    runner.add_connector(src.connector("src", Role::Source, 10));
+    let info = connector_api::ConnectorInfo {
+        id: ConnectorId("dst".into()),
+        kind: "test".into(),
+        role: Role::Target,
+        parameters: Default::default(),
+    };
+    runner.add_connector(connector_api::Connector { info, import: Box::new(MatchingTarget), export: Some(Box::new(MatchingTarget)) });
+    let reports = runner.run_cycle(true).await.expect("the cycle runs: no duplicate anchor");
+    assert_eq!(status(&reports, "dst", Step::Export), "success", "{reports:#?}");
+    let dst = ConnectorId("dst".into());
+    let objects = runner.store().cs_list(&dst, &CsQuery::default()).await.expect("list");
+    assert_eq!(objects.len(), 1, "the unjoined copy gave way: {objects:#?}");
+    assert_eq!(objects[0].anchor.as_ref(), Some(&matched_anchor()));
+    assert!(objects[0].link.is_some(), "and the matched object is joined");
+}

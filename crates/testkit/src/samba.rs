@@ -328,6 +328,9 @@ fn smb_conf_text(root: &Path, config: &SambaConfig, ip: std::net::Ipv4Addr, tls:
          \tcache directory = {root}/cache\n\
          \tbinddns dir = {root}/bind-dns\n\
          \tpid directory = {root}\n\
+         \tncalrpc dir = {root}/ncalrpc\n\
+         \twinbindd socket directory = {root}/winbindd\n\
+         \tntp signd socket directory = {root}/ntp_signd\n\
          \tlog file = {root}/log.%m\n\
          \tlogging = file\n\
          \tlog level = 1\n\
