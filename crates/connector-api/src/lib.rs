@@ -99,6 +99,19 @@ pub struct ExportOutcome {
 pub trait Export: Send + Sync {
     /// Applies one change.
     fn export<'a>(&'a self, request: &'a ExportRequest) -> BoxFuture<'a, Result<ExportOutcome, ConnectorError>>;
+
+    /// Applies several changes of different objects, one result per request in order. A
+    /// connector whose directory takes several writes at once (Graph's `$batch`) sends them
+    /// together; by default they go one by one.
+    fn export_many<'a>(&'a self, requests: &'a [ExportRequest]) -> BoxFuture<'a, Vec<Result<ExportOutcome, ConnectorError>>> {
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(requests.len());
+            for request in requests {
+                results.push(self.export(request).await);
+            }
+            results
+        })
+    }
 }
 
 /// Why a connector operation failed, grouped by what the runner does about it.

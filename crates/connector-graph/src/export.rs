@@ -181,8 +181,109 @@ impl GraphExport {
     }
 }
 
+impl GraphExport {
+    /// The `$batch` request for an export that needs one call, or `None` (member changes,
+    /// renames: those go alone).
+    fn batch_item(index: usize, request: &ExportRequest) -> Result<Option<Value>, ConnectorError> {
+        let segment = collection(&request.object_type)?;
+        let id = request
+            .anchor
+            .as_ref()
+            .map(|anchor| String::from_utf8_lossy(&anchor.0).into_owned())
+            .unwrap_or_else(|| id_of(&request.dn).to_string());
+        Ok(match &request.change {
+            PendingExport::Add(changes) => {
+                let Split { patch: mut body, add, remove, replace } = split(changes);
+                if !add.is_empty() || !remove.is_empty() || replace.is_some_and(|members| !members.is_empty()) {
+                    return Ok(None);
+                }
+                body.retain(|_, value| !value.is_null());
+                body.insert(
+                    "@odata.type".into(),
+                    Value::String(format!("#microsoft.graph.{}", if segment == "contacts" { "orgContact" } else { &request.object_type })),
+                );
+                Some(
+                    json!({"id": index.to_string(), "method": "POST", "url": format!("/{segment}"), "headers": {"Content-Type": "application/json"}, "body": body}),
+                )
+            }
+            PendingExport::Update(changes) => {
+                let Split { patch, add, remove, replace } = split(changes);
+                if !add.is_empty() || !remove.is_empty() || replace.is_some() || patch.is_empty() {
+                    return Ok(None);
+                }
+                Some(
+                    json!({"id": index.to_string(), "method": "PATCH", "url": format!("/{segment}/{id}"), "headers": {"Content-Type": "application/json"}, "body": patch}),
+                )
+            }
+            PendingExport::Delete => Some(json!({"id": index.to_string(), "method": "DELETE", "url": format!("/{segment}/{id}")})),
+            PendingExport::Rename { .. } => None,
+        })
+    }
+
+    async fn many(&self, requests: &[ExportRequest]) -> Vec<Result<ExportOutcome, ConnectorError>> {
+        let mut results: Vec<Option<Result<ExportOutcome, ConnectorError>>> = requests.iter().map(|_| None).collect();
+        let mut batch = Vec::new();
+        for (index, request) in requests.iter().enumerate() {
+            match Self::batch_item(index, request) {
+                Ok(Some(item)) => batch.push(item),
+                Ok(None) => {}
+                Err(err) => results[index] = Some(Err(err)),
+            }
+        }
+        if batch.len() > 1 {
+            match self.client.send(Method::POST, "/$batch", Some(&json!({"requests": batch}))).await {
+                Ok(answer) if answer.status.is_success() => {
+                    for response in answer.body["responses"].as_array().into_iter().flatten() {
+                        let Some(index) =
+                            response["id"].as_str().and_then(|id| id.parse::<usize>().ok()).filter(|index| *index < requests.len())
+                        else {
+                            continue;
+                        };
+                        // An answer without a status is retried alone.
+                        let Some(status) = response["status"].as_u64().and_then(|status| u16::try_from(status).ok()) else {
+                            continue;
+                        };
+                        let request = &requests[index];
+                        results[index] = match status {
+                            200..=299 => Some(Ok(ExportOutcome {
+                                anchor: matches!(request.change, PendingExport::Add(_))
+                                    .then(|| response["body"]["id"].as_str().map(|id| Anchor(id.as_bytes().to_vec())))
+                                    .flatten(),
+                            })),
+                            404 if request.change == PendingExport::Delete => Some(Ok(ExportOutcome { anchor: None })),
+                            // Throttled or failing inside the batch: that one goes alone, with retries.
+                            429 | 503 | 504 => None,
+                            _ => {
+                                let status = reqwest::StatusCode::from_u16(status).unwrap_or(reqwest::StatusCode::BAD_REQUEST);
+                                let answer = crate::client::Answer { status, body: response["body"].clone() };
+                                Some(Err(crate::client::error_of(&format!("$batch item for {}", request.dn), &answer)))
+                            }
+                        };
+                    }
+                }
+                // The batch as a whole failed: every item goes alone.
+                Ok(_) | Err(_) => {}
+            }
+        }
+        let mut out = Vec::with_capacity(requests.len());
+        for (request, result) in requests.iter().zip(results) {
+            out.push(match result {
+                Some(result) => result,
+                None => self.run(request).await,
+            });
+        }
+        out
+    }
+}
+
 impl Export for GraphExport {
     fn export<'a>(&'a self, request: &'a ExportRequest) -> BoxFuture<'a, Result<ExportOutcome, ConnectorError>> {
         Box::pin(self.run(request))
+    }
+
+    /// Simple creates, updates and deletes of a chunk go together in one `$batch`; the rest
+    /// (member changes, renames, anything the batch could not do) one by one.
+    fn export_many<'a>(&'a self, requests: &'a [ExportRequest]) -> BoxFuture<'a, Vec<Result<ExportOutcome, ConnectorError>>> {
+        Box::pin(self.many(requests))
     }
 }

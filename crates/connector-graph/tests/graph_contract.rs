@@ -159,12 +159,9 @@ fn upsert<'a>(changes: &'a [ImportChange], id: &str) -> Option<&'a Attributes> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_groups_and_members_both_ways() {
-    let running = tenant().await;
-    let connector = connector_graph::open(config(&running)).await.unwrap();
-    let export = connector.export.as_ref().unwrap();
-    let user = |nickname: &str| ExportRequest {
+/// The add of a synced user the tenant takes.
+fn new_user(domain: &str, nickname: &str) -> ExportRequest {
+    ExportRequest {
         dn: format!("CN={nickname}"),
         object_type: "user".into(),
         anchor: None,
@@ -172,12 +169,20 @@ async fn users_groups_and_members_both_ways() {
             AttrChange::Replace("accountEnabled".into(), vec![AttrValue::Boolean(true)]),
             AttrChange::Replace("displayName".into(), vec![AttrValue::string(nickname)]),
             AttrChange::Replace("mailNickname".into(), vec![AttrValue::string(nickname)]),
-            AttrChange::Replace("userPrincipalName".into(), vec![AttrValue::string(format!("{nickname}@{}", running.domain))]),
+            AttrChange::Replace("userPrincipalName".into(), vec![AttrValue::string(format!("{nickname}@{domain}"))]),
             AttrChange::Replace("onPremisesImmutableId".into(), vec![AttrValue::string(format!("anchor-{nickname}"))]),
             AttrChange::Replace("onPremisesSyncEnabled".into(), vec![AttrValue::Boolean(true)]),
-            AttrChange::Replace("proxyAddresses".into(), vec![AttrValue::string(format!("SMTP:{nickname}@{}", running.domain))]),
+            AttrChange::Replace("proxyAddresses".into(), vec![AttrValue::string(format!("SMTP:{nickname}@{domain}"))]),
         ]),
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_groups_and_members_both_ways() {
+    let running = tenant().await;
+    let connector = connector_graph::open(config(&running)).await.unwrap();
+    let export = connector.export.as_ref().unwrap();
+    let user = |nickname: &str| new_user(&running.domain, nickname);
     let ann = String::from_utf8(export.export(&user("ann")).await.unwrap().anchor.unwrap().0).unwrap();
     let bob = String::from_utf8(export.export(&user("bob")).await.unwrap().anchor.unwrap().0).unwrap();
     let group = ExportRequest {
@@ -251,6 +256,60 @@ async fn users_groups_and_members_both_ways() {
     };
     let refused = export.export(&incomplete).await;
     assert!(matches!(&refused, Err(connector_api::ConnectorError::Rejected { .. })), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_of_exports_gives_one_result_per_object() {
+    let running = tenant().await;
+    let connector = connector_graph::open(config(&running)).await.unwrap();
+    let export = connector.export.as_ref().unwrap();
+    let user = |nickname: &str| new_user(&running.domain, nickname);
+    let incomplete = ExportRequest {
+        dn: "CN=nobody".into(),
+        object_type: "user".into(),
+        anchor: None,
+        change: PendingExport::Add(vec![AttrChange::Replace("accountEnabled".into(), vec![AttrValue::Boolean(true)])]),
+    };
+    let gone = ExportRequest {
+        dn: "CN=gone".into(),
+        object_type: "user".into(),
+        anchor: Some(model::Anchor(b"00000000-0000-0000-0000-000000000000".to_vec())),
+        change: PendingExport::Delete,
+    };
+    let chunk = [user("carol"), incomplete, user("dave"), gone];
+    let results = export.export_many(&chunk).await;
+    assert_eq!(results.len(), 4, "{results:?}");
+    let carol = String::from_utf8(results[0].as_ref().unwrap().anchor.clone().unwrap().0).unwrap();
+    assert!(matches!(&results[1], Err(connector_api::ConnectorError::Rejected { .. })), "{:?}", results[1]);
+    let dave = String::from_utf8(results[2].as_ref().unwrap().anchor.clone().unwrap().0).unwrap();
+    assert!(results[3].is_ok(), "deleting what is gone is done: {:?}", results[3]);
+    assert_ne!(carol, dave);
+
+    // Each anchor is the object the tenant made for that request.
+    let (full, _) = full_import(&connector).await;
+    assert_eq!(upsert(&full, &carol).unwrap().get("displayName"), &[AttrValue::string("carol")]);
+    assert_eq!(upsert(&full, &dave).unwrap().get("displayName"), &[AttrValue::string("dave")]);
+
+    // Updates and deletes of a chunk, with one for an object the tenant does not have.
+    let update = |id: &str, name: &str| ExportRequest {
+        dn: dn_of(id),
+        object_type: "user".into(),
+        anchor: Some(model::Anchor(id.as_bytes().to_vec())),
+        change: PendingExport::Update(vec![AttrChange::Replace("displayName".into(), vec![AttrValue::string(name)])]),
+    };
+    let delete = ExportRequest {
+        dn: dn_of(&dave),
+        object_type: "user".into(),
+        anchor: Some(model::Anchor(dave.clone().into_bytes())),
+        change: PendingExport::Delete,
+    };
+    let results = export.export_many(&[update(&carol, "Carol C"), update("11111111-1111-1111-1111-111111111111", "x"), delete]).await;
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(results[1].is_err(), "an update of a missing object fails on its own: {:?}", results[1]);
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    let (full, _) = full_import(&connector).await;
+    assert_eq!(upsert(&full, &carol).unwrap().get("displayName"), &[AttrValue::string("Carol C")]);
+    assert!(upsert(&full, &dave).is_none(), "dave is deleted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! the accidental-delete threshold stops the whole export.
 
 use connector_api::{ConnectorError, ExportRequest};
-use model::{ConnectorId, ErrorStage, ObjectError, PendingExport};
+use model::{ConnectorId, CsObject, ErrorStage, ObjectError, PendingExport};
 use store::{CsQuery, RunCounts, Store};
 
 use crate::{Runner, RunnerError};
@@ -56,74 +56,114 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Resul
         return Ok(("stopped-deletion-threshold-exceeded".into(), RunCounts::default(), detail));
     }
     let mut counts = RunCounts::default();
-    for mut cs in pending {
+    // Exports go in chunks (a connector may send a chunk in one request); results are applied
+    // in order, each object on its own.
+    let mut queue: Vec<(CsObject, PendingExport)> = Vec::new();
+    for cs in pending {
         let Some(change) = cs.pending_export.clone() else { continue };
         if change == PendingExport::Delete && cs.anchor.is_none() {
             // Never created in the directory: nothing to delete there.
             runner.store.cs_delete(cs.id).await?;
             continue;
         }
-        let request =
-            ExportRequest { dn: cs.dn.clone(), object_type: cs.object_type.clone(), anchor: cs.anchor.clone(), change: change.clone() };
-        match export.export(&request).await {
-            Ok(outcome) => {
-                match change {
-                    PendingExport::Delete => {
-                        runner.store.cs_delete(cs.id).await?;
-                        counts.deletes += 1;
-                        continue;
-                    }
-                    PendingExport::Add(changes) => {
-                        if let Some(anchor) = &outcome.anchor
-                            && let Some(other) = runner.store.cs_by_anchor(id, anchor).await?
-                            && other.id != cs.id
-                        {
-                            // The directory matched the add to an object it already had (a
-                            // cloud soft or hard match). An unjoined copy in the connector space
-                            // gives way; one joined elsewhere is this object's error.
-                            if other.link.is_none() {
-                                tracing::info!(connector = %id, dn = cs.dn, matched = other.dn, "the directory matched the add to an existing object");
-                                runner.store.cs_delete(other.id).await?;
-                            } else {
-                                let message = format!(
-                                    "the directory matched this add to {}, which is already joined to another metaverse object",
-                                    other.dn
-                                );
-                                cs.error = Some(ObjectError { stage: ErrorStage::Export, code: "matched-joined-object".into(), message });
-                                runner.store.cs_update(&cs).await?;
-                                counts.errors += 1;
-                                continue;
-                            }
-                        }
-                        if outcome.anchor.is_some() {
-                            cs.anchor = outcome.anchor;
-                        }
-                        cs.attributes.apply(&changes);
-                        counts.adds += 1;
-                    }
-                    PendingExport::Update(changes) => {
-                        cs.attributes.apply(&changes);
-                        counts.updates += 1;
-                    }
-                    PendingExport::Rename { new_dn, changes } => {
-                        cs.dn = new_dn;
-                        cs.attributes.apply(&changes);
-                        counts.updates += 1;
-                    }
-                }
-                cs.pending_export = None;
-                cs.error = None;
-                runner.store.cs_update(&cs).await?;
+        queue.push((cs, change));
+    }
+    for chunk in queue.chunks(EXPORT_CHUNK) {
+        let requests: Vec<ExportRequest> = chunk
+            .iter()
+            .map(|(cs, change)| ExportRequest {
+                dn: cs.dn.clone(),
+                object_type: cs.object_type.clone(),
+                anchor: cs.anchor.clone(),
+                change: change.clone(),
+            })
+            .collect();
+        let results = export.export_many(&requests).await;
+        // Every result of the chunk is recorded (what reached the directory must reach the
+        // store) before a failure of the whole step is reported.
+        let mut failure = None;
+        for ((cs, change), result) in chunk.iter().cloned().zip(results) {
+            if let Err(err) = apply_result(runner, id, cs, change, result, &mut counts).await {
+                failure.get_or_insert(err);
             }
-            Err(ConnectorError::Rejected { code, message }) => {
-                tracing::warn!(connector = %id, dn = cs.dn, code, "export rejected");
-                cs.error = Some(ObjectError { stage: ErrorStage::Export, code, message });
-                runner.store.cs_update(&cs).await?;
-                counts.errors += 1;
-            }
-            Err(source) => return Err(RunnerError::Connector { connector: id.0.clone(), source }),
+        }
+        if let Some(err) = failure {
+            return Err(err);
         }
     }
     let status = if counts.errors > 0 { "completed-errors" } else { "success" };
     Ok((status.into(), counts, format!("{} exported, {} rejected", counts.adds + counts.updates + counts.deletes, counts.errors)))
+}
+
+/// Most exports handed to a connector at once (Graph's `$batch` limit).
+const EXPORT_CHUNK: usize = 20;
+
+/// Records what one export did to its connector-space object.
+async fn apply_result<S: Store>(
+    runner: &Runner<S>,
+    id: &ConnectorId,
+    mut cs: CsObject,
+    change: PendingExport,
+    result: Result<connector_api::ExportOutcome, ConnectorError>,
+    counts: &mut RunCounts,
+) -> Result<(), RunnerError> {
+    match result {
+        Ok(outcome) => {
+            match change {
+                PendingExport::Delete => {
+                    runner.store.cs_delete(cs.id).await?;
+                    counts.deletes += 1;
+                    return Ok(());
+                }
+                PendingExport::Add(changes) => {
+                    if let Some(anchor) = &outcome.anchor
+                        && let Some(other) = runner.store.cs_by_anchor(id, anchor).await?
+                        && other.id != cs.id
+                    {
+                        // The directory matched the add to an object it already had (a
+                        // cloud soft or hard match). An unjoined copy in the connector space
+                        // gives way; one joined elsewhere is this object's error.
+                        if other.link.is_none() {
+                            tracing::info!(connector = %id, dn = cs.dn, matched = other.dn, "the directory matched the add to an existing object");
+                            runner.store.cs_delete(other.id).await?;
+                        } else {
+                            let message = format!(
+                                "the directory matched this add to {}, which is already joined to another metaverse object",
+                                other.dn
+                            );
+                            cs.error = Some(ObjectError { stage: ErrorStage::Export, code: "matched-joined-object".into(), message });
+                            runner.store.cs_update(&cs).await?;
+                            counts.errors += 1;
+                            return Ok(());
+                        }
+                    }
+                    if outcome.anchor.is_some() {
+                        cs.anchor = outcome.anchor;
+                    }
+                    cs.attributes.apply(&changes);
+                    counts.adds += 1;
+                }
+                PendingExport::Update(changes) => {
+                    cs.attributes.apply(&changes);
+                    counts.updates += 1;
+                }
+                PendingExport::Rename { new_dn, changes } => {
+                    cs.dn = new_dn;
+                    cs.attributes.apply(&changes);
+                    counts.updates += 1;
+                }
+            }
+            cs.pending_export = None;
+            cs.error = None;
+            runner.store.cs_update(&cs).await?;
+        }
+        Err(ConnectorError::Rejected { code, message }) => {
+            tracing::warn!(connector = %id, dn = cs.dn, code, "export rejected");
+            cs.error = Some(ObjectError { stage: ErrorStage::Export, code, message });
+            runner.store.cs_update(&cs).await?;
+            counts.errors += 1;
+        }
+        Err(source) => return Err(RunnerError::Connector { connector: id.0.clone(), source }),
+    }
+    Ok(())
 }
