@@ -1,11 +1,14 @@
 //! `cargo xtask bench-tenant`: the tenant over HTTPS on loopback (release build, SQLite, its
 //! default 600,000 PBKDF2 iterations): client-credentials tokens/s, password sign-ins/s, and
 //! user creates/s through `$batch` (synced users without a password, as the sync connector
-//! creates them, and cloud users with one).
+//! creates them, and cloud users with one), and the Graph connector's exports one by one and
+//! in chunks.
 
 use std::time::Instant;
 
 use anyhow::Context;
+use connector_api::ExportRequest;
+use model::{AttrChange, AttrValue, PendingExport};
 use serde_json::{Value, json};
 
 /// Options of `bench-tenant`.
@@ -38,7 +41,8 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     let admin = bootstrap.context("a new tenant has an admin app")?;
     let domain = tenant.initial_domain().to_string();
     let sync = tenant.register_app("sync", &[tenant::SYNC_ROLE]).await?;
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(&tenant.ca_pem)?)?;
+    let ca_file = tenant.ca_pem.clone();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_file)?)?;
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (bound, serve) = tenant
         .bind(async move {
@@ -133,6 +137,51 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         anyhow::ensure!(created == count, "only {created} of {count} {kind} users were created");
         println!("{kind} user creates through $batch: {count} in {seconds:.2} s ({:.0}/s)", count as f64 / seconds);
     }
+
+    // The Graph connector's exports of synced users: one request each, then in chunks of 20
+    // (the runner's chunk; the connector sends each chunk as one `$batch`).
+    let connector = connector_graph::open(connector_graph::GraphConfig {
+        id: "tenant".into(),
+        authority: base.clone(),
+        graph: format!("{base}/v1.0"),
+        tenant: domain.clone(),
+        client_id: sync.client_id.clone(),
+        client_secret: sync.client_secret.clone(),
+        ca_file: Some(ca_file.clone()),
+        page_size: 999,
+        attempts: 3,
+    })
+    .await?;
+    let export = connector.export.as_ref().context("the Graph connector exports")?;
+    let add = |kind: &str, n: usize| ExportRequest {
+        dn: format!("CN={kind}{n}"),
+        object_type: "user".into(),
+        anchor: None,
+        change: PendingExport::Add(vec![
+            AttrChange::Replace("accountEnabled".into(), vec![AttrValue::Boolean(true)]),
+            AttrChange::Replace("displayName".into(), vec![AttrValue::string(format!("{kind}{n}"))]),
+            AttrChange::Replace("mailNickname".into(), vec![AttrValue::string(format!("{kind}{n}"))]),
+            AttrChange::Replace("userPrincipalName".into(), vec![AttrValue::string(format!("{kind}{n}@{domain}"))]),
+            AttrChange::Replace("onPremisesImmutableId".into(), vec![AttrValue::string(format!("{kind}-{n}"))]),
+            AttrChange::Replace("onPremisesSyncEnabled".into(), vec![AttrValue::Boolean(true)]),
+        ]),
+    };
+    let single = (args.users / 4).max(1);
+    let started = Instant::now();
+    for n in 0..single {
+        export.export(&add("single", n)).await?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!("connector exports, one request each: {single} in {seconds:.2} s ({:.0}/s)", single as f64 / seconds);
+    let requests: Vec<ExportRequest> = (0..args.users).map(|n| add("chunked", n)).collect();
+    let started = Instant::now();
+    for chunk in requests.chunks(20) {
+        for result in export.export_many(chunk).await {
+            result?;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!("connector exports, chunks of 20 ($batch): {} in {seconds:.2} s ({:.0}/s)", args.users, args.users as f64 / seconds);
 
     // Password sign-ins of the cloud-only users.
     let started = Instant::now();

@@ -72,6 +72,8 @@ CREATE TABLE IF NOT EXISTS objects (
 );
 CREATE INDEX IF NOT EXISTS objects_kind_id ON objects(kind, id);
 CREATE INDEX IF NOT EXISTS objects_kind_seq ON objects(kind, seq);
+CREATE INDEX IF NOT EXISTS objects_immutable ON objects(kind, json_extract(data, '$.onPremisesImmutableId'));
+CREATE INDEX IF NOT EXISTS objects_cloud_only ON objects(kind) WHERE json_extract(data, '$.onPremisesImmutableId') IS NULL;
 CREATE TABLE IF NOT EXISTS credentials (
     user_id TEXT PRIMARY KEY,
     salt BLOB NOT NULL,
@@ -223,6 +225,41 @@ pub fn list(
         }
     }
     Ok(out)
+}
+
+/// Live objects of a kind found by an indexed lookup: `lookup` is one of the [`Lookup`]s.
+pub fn find(conn: &Connection, kind: Kind, lookup: Lookup<'_>) -> Result<Vec<Map<String, Value>>, DbError> {
+    let (sql, value) = match lookup {
+        Lookup::ImmutableId(anchor) => (
+            "SELECT id, data FROM objects WHERE kind = ?1 AND json_extract(data, '$.onPremisesImmutableId') = ?2 AND deleted = 0",
+            Some(anchor),
+        ),
+        Lookup::Upn(upn) => ("SELECT id, data FROM objects WHERE kind = ?1 AND upn = ?2 COLLATE NOCASE AND deleted = 0", Some(upn)),
+        Lookup::WithoutImmutableId => (
+            "SELECT id, data FROM objects WHERE kind = ?1 AND json_extract(data, '$.onPremisesImmutableId') IS NULL AND deleted = 0 \
+             AND ?2 IS NULL",
+            None,
+        ),
+    };
+    let mut statement = conn.prepare_cached(sql)?;
+    let mut rows = statement.query(params![kind.name(), value])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let (id, data): (String, String) = (row.get(0)?, row.get(1)?);
+        out.push(parse(&id, &data)?);
+    }
+    Ok(out)
+}
+
+/// How [`find`] looks objects up; each has an index.
+#[derive(Debug, Clone, Copy)]
+pub enum Lookup<'a> {
+    /// By `onPremisesImmutableId`.
+    ImmutableId(&'a str),
+    /// By user principal name, case-insensitively.
+    Upn(&'a str),
+    /// Those without an `onPremisesImmutableId` (cloud objects; few in a synced tenant).
+    WithoutImmutableId,
 }
 
 /// Replaces an object's document (a PATCH already merged); `false` when it does not exist.

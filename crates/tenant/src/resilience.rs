@@ -219,16 +219,16 @@ fn primary_smtp(object: &Map<String, Value>) -> Option<String> {
 /// Hard match on `onPremisesImmutableId` (any object of the kind), then soft match on UPN or
 /// primary SMTP onto a cloud-only object (no immutableId, not synced), as Entra matches.
 pub(crate) fn find_match(conn: &Connection, kind: Kind, wanted: &Map<String, Value>, policy: MatchPolicy) -> Result<Match, DbError> {
-    let candidates = db::list(conn, kind, None, usize::MAX, &|_| true)?;
+    // Indexed lookups: a create must not read the whole tenant.
     if let Some(anchor) = wanted.get("onPremisesImmutableId").and_then(Value::as_str)
-        && let Some(found) = candidates.iter().find(|object| object.get("onPremisesImmutableId").and_then(Value::as_str) == Some(anchor))
+        && let Some(found) = db::find(conn, kind, db::Lookup::ImmutableId(anchor))?.into_iter().next()
     {
         if policy.block_hard_match_takeover && found.get("onPremisesSyncEnabled").and_then(Value::as_bool) != Some(true) {
             return Ok(Match::Refused(format!(
                 "An object with onPremisesImmutableId {anchor} exists and taking cloud objects over by hard match is blocked."
             )));
         }
-        return Ok(Match::Existing(found.clone()));
+        return Ok(Match::Existing(found));
     }
     let upn = wanted
         .get("onPremisesUserPrincipalName")
@@ -236,19 +236,25 @@ pub(crate) fn find_match(conn: &Connection, kind: Kind, wanted: &Map<String, Val
         .and_then(Value::as_str)
         .map(str::to_lowercase);
     let smtp = primary_smtp(wanted);
-    let soft = candidates.iter().find(|object| {
-        let cloud_only = object.get("onPremisesImmutableId").is_none_or(Value::is_null)
-            && object.get("onPremisesSyncEnabled").and_then(Value::as_bool) != Some(true);
-        let same_upn = upn.is_some() && object.get("userPrincipalName").and_then(Value::as_str).map(str::to_lowercase) == upn;
-        let same_smtp = smtp.is_some() && primary_smtp(object) == smtp;
-        cloud_only && (same_upn || same_smtp)
-    });
+    let cloud_only = |object: &Map<String, Value>| {
+        object.get("onPremisesImmutableId").is_none_or(Value::is_null)
+            && object.get("onPremisesSyncEnabled").and_then(Value::as_bool) != Some(true)
+    };
+    let mut soft = None;
+    if let Some(upn) = &upn {
+        soft = db::find(conn, kind, db::Lookup::Upn(upn))?.into_iter().find(|object| cloud_only(object));
+    }
+    if soft.is_none() && smtp.is_some() {
+        soft = db::find(conn, kind, db::Lookup::WithoutImmutableId)?
+            .into_iter()
+            .find(|object| cloud_only(object) && primary_smtp(object) == smtp);
+    }
     match soft {
         Some(found) if policy.block_soft_match => {
             tracing::info!(object = ?found.get("id"), "soft match blocked by the tenant's policy");
             Ok(Match::None)
         }
-        Some(found) => Ok(Match::Existing(found.clone())),
+        Some(found) => Ok(Match::Existing(found)),
         None => Ok(Match::None),
     }
 }
