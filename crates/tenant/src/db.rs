@@ -121,6 +121,23 @@ CREATE TABLE IF NOT EXISTS domains (
     code TEXT NOT NULL,
     initial INTEGER NOT NULL DEFAULT 0
 );
+-- Every live object's proxyAddresses, kept by triggers, so uniqueness checks use an index.
+CREATE TABLE IF NOT EXISTS proxies (
+    address TEXT NOT NULL COLLATE NOCASE,
+    object_id TEXT NOT NULL,
+    PRIMARY KEY (address, object_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS proxies_object ON proxies(object_id);
+CREATE TRIGGER IF NOT EXISTS objects_proxies_insert AFTER INSERT ON objects BEGIN
+    INSERT OR IGNORE INTO proxies SELECT value, NEW.id FROM json_each(NEW.data, '$.proxyAddresses') WHERE NEW.deleted = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS objects_proxies_update AFTER UPDATE OF data, deleted ON objects BEGIN
+    DELETE FROM proxies WHERE object_id = NEW.id;
+    INSERT OR IGNORE INTO proxies SELECT value, NEW.id FROM json_each(NEW.data, '$.proxyAddresses') WHERE NEW.deleted = 0;
+END;
+-- A database from before the table: fill it once.
+INSERT OR IGNORE INTO proxies SELECT address.value, objects.id FROM objects, json_each(objects.data, '$.proxyAddresses') AS address
+    WHERE objects.deleted = 0 AND NOT EXISTS (SELECT 1 FROM proxies);
 ";
 
 impl Db {
@@ -561,4 +578,51 @@ pub fn app_redirects(conn: &Connection, client_id: &str) -> Result<Option<Vec<St
     let mut statement = conn.prepare_cached("SELECT uri FROM app_redirects WHERE client_id = ?1")?;
     let rows = statement.query_map(params![client_id], |row| row.get(0))?;
     Ok(Some(rows.collect::<Result<_, _>>()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addresses(db: &Db, id: &str) -> Vec<String> {
+        let conn = db.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut statement = conn.prepare("SELECT address FROM proxies WHERE object_id = ?1 ORDER BY address").unwrap();
+        statement.query_map(params![id], |row| row.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
+    #[test]
+    fn proxy_addresses_follow_writes_and_are_filled_in_for_an_older_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenant.db");
+        let db = Db::open(&path).unwrap();
+        let mut object = Map::new();
+        object.insert("id".into(), Value::String("u1".into()));
+        object.insert("proxyAddresses".into(), serde_json::json!(["SMTP:a@x.test", "smtp:b@x.test"]));
+        {
+            let mut conn = db.conn.lock().unwrap();
+            insert(&mut conn, Kind::User, &object, None).unwrap();
+        }
+        assert_eq!(addresses(&db, "u1"), ["SMTP:a@x.test", "smtp:b@x.test"]);
+        object.insert("proxyAddresses".into(), serde_json::json!(["SMTP:c@x.test"]));
+        {
+            let mut conn = db.conn.lock().unwrap();
+            assert!(update(&mut conn, Kind::User, &object).unwrap());
+        }
+        assert_eq!(addresses(&db, "u1"), ["SMTP:c@x.test"]);
+        {
+            let conn = db.conn.lock().unwrap();
+            let found: i64 = conn.query_row("SELECT count(*) FROM proxies WHERE address = 'smtp:C@X.TEST'", [], |row| row.get(0)).unwrap();
+            assert_eq!(found, 1, "addresses compare without case");
+            // A database written before the table existed.
+            conn.execute("DELETE FROM proxies", []).unwrap();
+        }
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        assert_eq!(addresses(&db, "u1"), ["SMTP:c@x.test"], "filled in on open");
+        {
+            let mut conn = db.conn.lock().unwrap();
+            assert!(delete(&mut conn, Kind::User, "u1").unwrap());
+        }
+        assert!(addresses(&db, "u1").is_empty(), "a deleted object frees its addresses");
+    }
 }

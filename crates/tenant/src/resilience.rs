@@ -39,12 +39,7 @@ fn upn_taken(conn: &Connection, upn: &str, except: &str) -> Result<bool, DbError
 
 fn proxy_taken(conn: &Connection, value: &str, except: &str) -> Result<bool, DbError> {
     Ok(conn
-        .query_row(
-            "SELECT 1 FROM objects, json_each(objects.data, '$.proxyAddresses') AS address \
-             WHERE objects.deleted = 0 AND objects.id <> ?2 AND lower(address.value) = lower(?1) LIMIT 1",
-            params![value, except],
-            |_| Ok(()),
-        )
+        .query_row("SELECT 1 FROM proxies WHERE address = ?1 AND object_id <> ?2 LIMIT 1", params![value, except], |_| Ok(()))
         .optional()?
         .is_some())
 }
