@@ -38,6 +38,12 @@ pub struct ServeArgs {
     /// Never let the sync take over a cloud object through its onPremisesImmutableId.
     #[arg(long)]
     pub block_hard_match_takeover: bool,
+    /// Keep the directory in PostgreSQL instead of SQLite in the state folder, e.g.
+    /// postgresql://isthmus@127.0.0.1/tenant; several `tenant serve` processes may share it.
+    /// Read from the ISTHMUS_TENANT_POSTGRES environment variable when not given (keeps a
+    /// password out of the process list).
+    #[arg(long)]
+    pub postgres: Option<String>,
 }
 
 /// Runs the tenant.
@@ -53,6 +59,7 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         block_soft_match: args.block_soft_match,
         block_hard_match_takeover: args.block_hard_match_takeover,
     };
+    config.postgres = args.postgres.clone().or_else(|| std::env::var("ISTHMUS_TENANT_POSTGRES").ok().filter(|url| !url.is_empty()));
     let (tenant, bootstrap) = tenant::Tenant::open(config).await.with_context(|| format!("open the tenant in {}", args.state.display()))?;
     println!("tenant {} ({})", tenant.tenant_id(), tenant.initial_domain());
     println!("CA certificate for clients: {}", tenant.ca_pem.display());

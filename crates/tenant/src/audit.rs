@@ -41,7 +41,7 @@ pub async fn list(
         None => None,
         Some(token) => Some(token.parse::<i64>().map_err(|_| GraphError::bad_request("Invalid $skiptoken."))?),
     };
-    let mut records = state.db.call(move |conn| db::audit(conn, category, before, top + 1)).await?;
+    let mut records = state.db.read(move |conn| db::audit(conn, category, before, top + 1)).await?;
     let more = records.len() > top;
     records.truncate(top);
     let values: Vec<Value> = records

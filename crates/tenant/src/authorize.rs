@@ -6,11 +6,9 @@
 //!
 //! Redirect URIs must be registered for the app (`Tenant::register_app_redirect`); a loopback
 //! `http://localhost` or `http://127.0.0.1` URI matches any port, as Entra allows for native apps.
-//! Codes live ten minutes in memory and are used once. The page escapes everything it echoes and
+//! Codes live ten minutes in the database (only their SHA-256; any tenant process redeems them)
+//! and are used once. The page escapes everything it echoes and
 //! forbids framing and scripts.
-
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use axum::Form;
 use axum::extract::{Path, Query, State};
@@ -18,43 +16,42 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::AppState;
 use crate::odata::TokenEndpointError;
 
 /// What an authorization code stands for.
-#[derive(Clone)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Grant {
     client_id: String,
     redirect_uri: String,
     user_id: String,
     scope: String,
     challenge: String,
-    expires: Instant,
 }
 
-/// Codes issued and not yet used.
-#[derive(Default)]
-pub struct Codes {
-    codes: std::sync::Mutex<HashMap<String, Grant>>,
+/// How long a code may wait to be redeemed.
+const CODE_LIFETIME: i64 = 600;
+
+fn code_key(code: &str) -> String {
+    B64URL.encode(crate::crypto::secret_hash(code))
 }
 
-impl Codes {
-    fn issue(&self, grant: Grant) -> String {
-        let code = B64URL.encode(crate::crypto::random_bytes(32));
-        let mut codes = self.codes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        codes.retain(|_, held| held.expires > Instant::now());
-        codes.insert(code.clone(), grant);
-        code
-    }
+/// Stores a grant; returns its one-time code.
+async fn issue(state: &AppState, grant: &Grant) -> Result<String, crate::db::DbError> {
+    let code = B64URL.encode(crate::crypto::random_bytes(32));
+    let (key, data, now) = (code_key(&code), serde_json::to_string(grant).unwrap_or_default(), crate::unix_now());
+    state.db.call(move |sql| crate::db::insert_code(sql, &key, &data, now + CODE_LIFETIME, now)).await?;
+    Ok(code)
+}
 
-    /// The grant of `code`, removed (a code is used once).
-    fn take(&self, code: &str) -> Option<Grant> {
-        let grant = self.codes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(code)?;
-        (grant.expires > Instant::now()).then_some(grant)
-    }
+/// The grant of `code`, removed (a code is used once); `None` when unknown, used or expired.
+async fn take(state: &AppState, code: &str) -> Result<Option<Grant>, crate::db::DbError> {
+    let (key, now) = (code_key(code), crate::unix_now());
+    let data = state.db.call(move |sql| crate::db::take_code(sql, &key, now)).await?;
+    Ok(data.and_then(|data| serde_json::from_str(&data).ok()))
 }
 
 /// The authorize request's parameters (query on GET, form on POST).
@@ -133,7 +130,7 @@ async fn check(state: &AppState, tenant: &str, params: &AuthorizeParams) -> Resu
     }
     let client_id = params.client_id.clone().unwrap_or_default();
     let lookup = client_id.clone();
-    let redirects = state.db.call(move |conn| crate::db::app_redirects(conn, &lookup)).await.map_err(|err| error_page(&err.to_string()))?;
+    let redirects = state.db.read(move |conn| crate::db::app_redirects(conn, &lookup)).await.map_err(|err| error_page(&err.to_string()))?;
     let Some(redirects) = redirects else { return Err(error_page(&format!("Application '{client_id}' was not found in the directory."))) };
     let redirect_uri = params.redirect_uri.clone().unwrap_or_default();
     if !redirect_allowed(&redirect_uri, &redirects) {
@@ -192,14 +189,20 @@ pub async fn submit(State(state): State<AppState>, Path(tenant): Path<String>, F
         Ok(user) => user,
         Err(err) => return page(StatusCode::OK, login_form(&params, Some(&err.description))),
     };
-    let code = state.codes.issue(Grant {
+    let grant = Grant {
         client_id,
         redirect_uri: redirect_uri.clone(),
         user_id: user.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
         scope: params.scope.clone().unwrap_or_default(),
         challenge: params.code_challenge.clone().unwrap_or_default(),
-        expires: Instant::now() + Duration::from_secs(600),
-    });
+    };
+    let code = match issue(&state, &grant).await {
+        Ok(code) => code,
+        Err(err) => {
+            tracing::error!("authorization code not stored: {err}");
+            return error_page("The sign-in service is temporarily unavailable; try again.");
+        }
+    };
     let separator = if redirect_uri.contains('?') { '&' } else { '?' };
     let mut location = format!("{redirect_uri}{separator}code={code}");
     if let Some(state_value) = &params.state {
@@ -227,7 +230,13 @@ pub async fn exchange(
 ) -> Result<Value, TokenEndpointError> {
     let invalid =
         |why: &str| TokenEndpointError::new("invalid_grant", 70008, format!("The provided authorization code is invalid: {why}."));
-    let grant = state.codes.take(code).ok_or_else(|| invalid("unknown, used or expired"))?;
+    let grant = take(state, code)
+        .await
+        .map_err(|err| {
+            tracing::error!("authorization code lookup failed: {err}");
+            TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
+        })?
+        .ok_or_else(|| invalid("unknown, used or expired"))?;
     if grant.client_id != client_id || grant.redirect_uri != redirect_uri {
         return Err(invalid("issued to another client or redirect URI"));
     }
@@ -240,7 +249,7 @@ pub async fn exchange(
         ));
     }
     let user_id = grant.user_id.clone();
-    let user = state.db.call(move |conn| crate::db::get(conn, crate::db::Kind::User, &user_id)).await.map_err(|err| {
+    let user = state.db.read(move |conn| crate::db::get(conn, crate::db::Kind::User, &user_id)).await.map_err(|err| {
         tracing::error!("{err}");
         TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
     })?;

@@ -1,25 +1,42 @@
-//! The directory's storage (SQLite): objects as JSON documents of their Graph properties, each
-//! with a change sequence number (for delta queries; deletes are kept as tombstones), users'
-//! password hashes apart from the documents, and app registrations.
+//! The directory's storage: objects as JSON documents of their Graph properties, each with a
+//! change sequence number (for delta queries; deletes are kept as tombstones), users' password
+//! hashes apart from the documents, app registrations, domains, the audit trail, smart-lockout
+//! counters and authorization codes.
+//!
+//! Two databases hold it: SQLite (a file in the state folder; one process) and PostgreSQL
+//! (several tenant processes behind one database). The queries are written once, through
+//! [`Sql`]. Every [`Db::call`] is one transaction; writers are serialized (SQLite's write lock,
+//! a PostgreSQL advisory lock), so uniqueness checks and change numbers hold across processes.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 use serde_json::{Map, Value};
+
+use crate::sql::{Dialect, PgConn, PgTx, Row, Sql, SqliteTx};
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// The database failed.
+    /// SQLite failed.
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed.
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// A unique index refused a row (the caller says which value).
+    #[error("duplicate value: {0}")]
+    Unique(String),
     /// A value that must be unique is taken (e.g. a userPrincipalName).
     #[error("{0}")]
     Conflict(String),
-    /// A stored document is not JSON (corruption).
-    #[error("stored object {0} is corrupt")]
+    /// A stored document is not JSON (corruption), or a column is not what it should be.
+    #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The database cannot be used as configured.
+    #[error("database: {0}")]
+    Config(String),
 }
 
 /// Object kinds.
@@ -42,6 +59,15 @@ impl Kind {
             Kind::Contact => "contact",
         }
     }
+
+    fn from_name(name: &str) -> Option<Kind> {
+        match name {
+            "user" => Some(Kind::User),
+            "group" => Some(Kind::Group),
+            "contact" => Some(Kind::Contact),
+            _ => None,
+        }
+    }
 }
 
 /// A stored password hash.
@@ -55,13 +81,32 @@ pub struct Credential {
     pub iterations: u32,
 }
 
-/// The database, shared by the request handlers (one connection; SQLite serializes writes anyway).
+/// The database, shared by the request handlers.
 #[derive(Clone)]
 pub struct Db {
-    conn: Arc<Mutex<Connection>>,
+    backend: Arc<Backend>,
 }
 
-const SCHEMA: &str = "
+enum Backend {
+    /// One connection (SQLite serializes writes anyway).
+    Sqlite(Mutex<Connection>),
+    /// A small pool.
+    Postgres(Box<PgPool>),
+}
+
+struct PgPool {
+    config: tokio_postgres::Config,
+    idle: Mutex<Vec<PgConn>>,
+    permits: tokio::sync::Semaphore,
+}
+
+/// Connections a tenant process keeps to PostgreSQL.
+const PG_POOL: usize = 8;
+
+/// The advisory lock that serializes directory writes across tenant processes.
+const WRITE_LOCK: i64 = 0x6973_7468_6d75_7301;
+
+const SQLITE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS objects (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -87,6 +132,7 @@ CREATE TABLE IF NOT EXISTS apps (
     roles TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO counters (name, value) VALUES ('seq', 0) ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS members (
     group_id TEXT NOT NULL,
     member_id TEXT NOT NULL,
@@ -121,151 +167,355 @@ CREATE TABLE IF NOT EXISTS domains (
     code TEXT NOT NULL,
     initial INTEGER NOT NULL DEFAULT 0
 );
--- Every live object's proxyAddresses, kept by triggers, so uniqueness checks use an index.
+-- Every live object's proxyAddresses, so uniqueness checks use an index.
 CREATE TABLE IF NOT EXISTS proxies (
     address TEXT NOT NULL COLLATE NOCASE,
     object_id TEXT NOT NULL,
     PRIMARY KEY (address, object_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS proxies_object ON proxies(object_id);
-CREATE TRIGGER IF NOT EXISTS objects_proxies_insert AFTER INSERT ON objects BEGIN
-    INSERT OR IGNORE INTO proxies SELECT value, NEW.id FROM json_each(NEW.data, '$.proxyAddresses') WHERE NEW.deleted = 0;
-END;
-CREATE TRIGGER IF NOT EXISTS objects_proxies_update AFTER UPDATE OF data, deleted ON objects BEGIN
-    DELETE FROM proxies WHERE object_id = NEW.id;
-    INSERT OR IGNORE INTO proxies SELECT value, NEW.id FROM json_each(NEW.data, '$.proxyAddresses') WHERE NEW.deleted = 0;
-END;
+-- Kept by the writes themselves now (as on PostgreSQL), no longer by triggers.
+DROP TRIGGER IF EXISTS objects_proxies_insert;
+DROP TRIGGER IF EXISTS objects_proxies_update;
 -- A database from before the table: fill it once.
 INSERT OR IGNORE INTO proxies SELECT address.value, objects.id FROM objects, json_each(objects.data, '$.proxyAddresses') AS address
     WHERE objects.deleted = 0 AND NOT EXISTS (SELECT 1 FROM proxies);
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS lockout (user_key TEXT PRIMARY KEY, failures INTEGER NOT NULL, locked_until INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS auth_codes (code_hash TEXT PRIMARY KEY, grant_data TEXT NOT NULL, expires INTEGER NOT NULL);
 ";
 
+const POSTGRES_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS objects (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    kind TEXT NOT NULL,
+    upn TEXT,
+    data TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    deleted BIGINT NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS objects_upn ON objects (lower(upn));
+CREATE INDEX IF NOT EXISTS objects_kind_id ON objects (kind, id);
+CREATE INDEX IF NOT EXISTS objects_kind_seq ON objects (kind, seq);
+CREATE INDEX IF NOT EXISTS objects_immutable ON objects (kind, ((data::jsonb) ->> 'onPremisesImmutableId'));
+CREATE INDEX IF NOT EXISTS objects_cloud_only ON objects (kind) WHERE ((data::jsonb) ->> 'onPremisesImmutableId') IS NULL;
+CREATE TABLE IF NOT EXISTS credentials (user_id TEXT PRIMARY KEY, salt BYTEA NOT NULL, hash BYTEA NOT NULL, iterations BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS apps (client_id TEXT PRIMARY KEY, name TEXT NOT NULL, secret_hash BYTEA NOT NULL, roles TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+INSERT INTO counters (name, value) VALUES ('seq', 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS members (group_id TEXT NOT NULL, member_id TEXT NOT NULL, PRIMARY KEY (group_id, member_id));
+CREATE INDEX IF NOT EXISTS members_member ON members (member_id);
+CREATE TABLE IF NOT EXISTS member_log (seq BIGINT NOT NULL, group_id TEXT NOT NULL, member_id TEXT NOT NULL, removed BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS member_log_group ON member_log (group_id, seq);
+CREATE TABLE IF NOT EXISTS app_redirects (client_id TEXT NOT NULL, uri TEXT NOT NULL, PRIMARY KEY (client_id, uri));
+CREATE TABLE IF NOT EXISTS audit (
+    seq BIGSERIAL PRIMARY KEY,
+    time TEXT NOT NULL,
+    category TEXT NOT NULL,
+    activity TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    target TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS domains (
+    name TEXT PRIMARY KEY,
+    verified BIGINT NOT NULL,
+    authentication TEXT NOT NULL,
+    code TEXT NOT NULL,
+    initial BIGINT NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS domains_name ON domains (lower(name));
+CREATE TABLE IF NOT EXISTS proxies (address TEXT NOT NULL, object_id TEXT NOT NULL, PRIMARY KEY (address, object_id));
+CREATE INDEX IF NOT EXISTS proxies_address ON proxies (lower(address));
+CREATE INDEX IF NOT EXISTS proxies_object ON proxies (object_id);
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
+CREATE TABLE IF NOT EXISTS lockout (user_key TEXT PRIMARY KEY, failures BIGINT NOT NULL, locked_until BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS auth_codes (code_hash TEXT PRIMARY KEY, grant_data TEXT NOT NULL, expires BIGINT NOT NULL);
+"#;
+
 impl Db {
-    /// Opens (creating) the database file.
+    /// Opens (creating) the SQLite database file.
     pub fn open(path: &Path) -> Result<Self, DbError> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Db { conn: Arc::new(Mutex::new(conn)) })
+        conn.execute_batch(SQLITE_SCHEMA)?;
+        Ok(Db { backend: Arc::new(Backend::Sqlite(Mutex::new(conn))) })
     }
 
-    /// Runs `work` on the connection off the async threads.
+    /// Connects to PostgreSQL at `url` (e.g. `postgresql://isthmus@127.0.0.1:5432/tenant`) and
+    /// creates the schema if it is not there. Plain TCP is only accepted to a loopback address
+    /// or a Unix socket unless the URL says `sslmode=disable` (TLS to PostgreSQL is not built yet).
+    pub async fn connect_postgres(url: &str) -> Result<Self, DbError> {
+        let config: tokio_postgres::Config = url.parse().map_err(|err| DbError::Config(format!("PostgreSQL URL: {err}")))?;
+        let explicit_plain = url.contains("sslmode=disable");
+        for host in config.get_hosts() {
+            let local = match host {
+                tokio_postgres::config::Host::Unix(_) => true,
+                tokio_postgres::config::Host::Tcp(name) => {
+                    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                }
+            };
+            if !local && !explicit_plain {
+                return Err(DbError::Config(format!(
+                    "refusing a plain-text connection to PostgreSQL host {host:?}: TLS is not supported yet; use a loopback address or a \
+                     Unix socket, or add sslmode=disable to accept the risk"
+                )));
+            }
+        }
+        let pool = PgPool { config, idle: Mutex::new(Vec::new()), permits: tokio::sync::Semaphore::new(PG_POOL) };
+        let db = Db { backend: Arc::new(Backend::Postgres(Box::new(pool))) };
+        // Several processes may start together: the schema is made under the write lock.
+        db.call(|sql| sql.batch(POSTGRES_SCHEMA)).await?;
+        Ok(db)
+    }
+
+    /// The dialect of this database.
+    pub fn dialect(&self) -> Dialect {
+        match &*self.backend {
+            Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Runs `work` in one transaction that may write, off the async threads: committed when it
+    /// returns `Ok`, rolled back otherwise. Writers are serialized, across processes too.
     pub async fn call<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+        work: impl FnOnce(&mut dyn Sql) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, DbError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&mut guard)
-        })
-        .await
-        .unwrap_or_else(|err| Err(DbError::Conflict(format!("database task failed: {err}"))))
+        self.run(true, work).await
+    }
+
+    /// Runs `work` in one read-only transaction (not serialized with writers on PostgreSQL).
+    pub async fn read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut dyn Sql) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, DbError> {
+        self.run(false, work).await
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        write: bool,
+        work: impl FnOnce(&mut dyn Sql) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, DbError> {
+        let backend = self.backend.clone();
+        let failed = |err: tokio::task::JoinError| DbError::Config(format!("database task failed: {err}"));
+        match &*self.backend {
+            Backend::Sqlite(_) => tokio::task::spawn_blocking(move || {
+                let Backend::Sqlite(conn) = &*backend else { unreachable_backend() };
+                let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let behavior = if write { rusqlite::TransactionBehavior::Immediate } else { rusqlite::TransactionBehavior::Deferred };
+                let tx = guard.transaction_with_behavior(behavior)?;
+                let out = work(&mut SqliteTx(&tx))?;
+                tx.commit()?;
+                Ok(out)
+            })
+            .await
+            .map_err(failed)?,
+            Backend::Postgres(pool) => {
+                let _permit = pool.permits.acquire().await.map_err(|err| DbError::Config(err.to_string()))?;
+                let reused = pool.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+                let mut conn = match reused.filter(|conn| !conn.client.is_closed()) {
+                    Some(conn) => conn,
+                    None => {
+                        let (client, connection) = pool.config.connect(tokio_postgres::NoTls).await.map_err(crate::sql::postgres_error)?;
+                        tokio::spawn(async move {
+                            if let Err(err) = connection.await {
+                                tracing::warn!("PostgreSQL connection ended: {err}");
+                            }
+                        });
+                        PgConn::new(client)
+                    }
+                };
+                let runtime = tokio::runtime::Handle::current();
+                let (conn, out) = tokio::task::spawn_blocking(move || {
+                    let out = pg_transaction(&mut conn, runtime, write, work);
+                    (conn, out)
+                })
+                .await
+                .map_err(failed)?;
+                if !conn.client.is_closed() {
+                    pool.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(conn);
+                }
+                out
+            }
+        }
     }
 }
 
-fn next_seq(tx: &rusqlite::Transaction<'_>) -> Result<i64, DbError> {
-    tx.execute("INSERT INTO counters (name, value) VALUES ('seq', 1) ON CONFLICT(name) DO UPDATE SET value = value + 1", [])?;
-    Ok(tx.query_row("SELECT value FROM counters WHERE name = 'seq'", [], |row| row.get(0))?)
+fn unreachable_backend() -> ! {
+    panic!("the backend of a database never changes")
+}
+
+fn pg_transaction<T>(
+    conn: &mut PgConn,
+    runtime: tokio::runtime::Handle,
+    write: bool,
+    work: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
+) -> Result<T, DbError> {
+    let begin = if write { "BEGIN" } else { "BEGIN READ ONLY" };
+    runtime.block_on(conn.client.batch_execute(begin)).map_err(crate::sql::postgres_error)?;
+    let mut tx = PgTx { conn, runtime: runtime.clone() };
+    let out = if write { tx.execute("SELECT pg_advisory_xact_lock(?1)", &[WRITE_LOCK.into()]).map(|_| ()) } else { Ok(()) }
+        .and_then(|()| work(&mut tx));
+    match out {
+        Ok(out) => {
+            runtime.block_on(tx.conn.client.batch_execute("COMMIT")).map_err(crate::sql::postgres_error)?;
+            Ok(out)
+        }
+        Err(err) => {
+            // A failed rollback leaves the connection unusable; it is then closed and not reused.
+            let _ = runtime.block_on(tx.conn.client.batch_execute("ROLLBACK"));
+            Err(err)
+        }
+    }
+}
+
+fn next_seq(sql: &mut dyn Sql) -> Result<i64, DbError> {
+    let row = sql
+        .query_opt("UPDATE counters SET value = value + 1 WHERE name = 'seq' RETURNING value", &[])?
+        .ok_or_else(|| DbError::Corrupt("the change counter is missing".into()))?;
+    row.int(0)
 }
 
 fn parse(id: &str, text: &str) -> Result<Map<String, Value>, DbError> {
     match serde_json::from_str(text) {
         Ok(Value::Object(map)) => Ok(map),
-        _ => Err(DbError::Corrupt(id.to_string())),
+        _ => Err(DbError::Corrupt(format!("stored object {id} is not a JSON object"))),
     }
 }
 
-/// Inserts a new object (its `id` is in `data`); a user's UPN must be free.
-pub fn insert(conn: &mut Connection, kind: Kind, data: &Map<String, Value>, credential: Option<&Credential>) -> Result<(), DbError> {
-    let tx = conn.transaction()?;
-    let id = data.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-    let upn = data.get("userPrincipalName").and_then(Value::as_str).map(str::to_string);
-    let seq = next_seq(&tx)?;
-    let inserted = tx.execute(
-        "INSERT INTO objects (id, kind, upn, data, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id, kind.name(), upn, Value::Object(data.clone()).to_string(), seq],
-    );
-    match inserted {
-        Ok(_) => {}
-        Err(rusqlite::Error::SqliteFailure(err, _)) if err.code == rusqlite::ErrorCode::ConstraintViolation => {
-            return Err(DbError::Conflict(format!(
-                "Another object with the same value for property userPrincipalName already exists: {}",
-                upn.unwrap_or_default()
-            )));
-        }
-        Err(err) => return Err(err.into()),
+fn upn_conflict(upn: Option<String>) -> DbError {
+    DbError::Conflict(format!(
+        "Another object with the same value for property userPrincipalName already exists: {}",
+        upn.unwrap_or_default()
+    ))
+}
+
+/// Case-insensitive equality of `column` with parameter `?n`, using the column's index.
+fn nocase(dialect: Dialect, column: &str, n: usize) -> String {
+    match dialect {
+        Dialect::Sqlite => format!("{column} = ?{n} COLLATE NOCASE"),
+        Dialect::Postgres => format!("lower({column}) = lower(?{n})"),
     }
-    if let Some(credential) = credential {
-        tx.execute(
-            "INSERT INTO credentials (user_id, salt, hash, iterations) VALUES (?1, ?2, ?3, ?4)",
-            params![id, credential.salt, credential.hash, credential.iterations],
-        )?;
+}
+
+/// A string property of the JSON document.
+fn json_text(dialect: Dialect, property: &str) -> String {
+    match dialect {
+        Dialect::Sqlite => format!("json_extract(data, '$.{property}')"),
+        Dialect::Postgres => format!("((data::jsonb) ->> '{property}')"),
     }
-    tx.commit()?;
+}
+
+/// Rewrites the object's rows in the proxy-address index.
+fn index_proxies(sql: &mut dyn Sql, id: &str, data: Option<&Map<String, Value>>) -> Result<(), DbError> {
+    sql.execute("DELETE FROM proxies WHERE object_id = ?1", &[id.into()])?;
+    let addresses = data.and_then(|data| data.get("proxyAddresses")).and_then(Value::as_array);
+    for address in addresses.into_iter().flatten().filter_map(Value::as_str) {
+        sql.execute("INSERT INTO proxies (address, object_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING", &[address.into(), id.into()])?;
+    }
     Ok(())
 }
 
+/// Inserts a new object (its `id` is in `data`); a user's UPN must be free.
+pub fn insert(sql: &mut dyn Sql, kind: Kind, data: &Map<String, Value>, credential: Option<&Credential>) -> Result<(), DbError> {
+    let id = data.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let upn = data.get("userPrincipalName").and_then(Value::as_str).map(str::to_string);
+    let seq = next_seq(sql)?;
+    let inserted = sql.execute(
+        "INSERT INTO objects (id, kind, upn, data, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
+        &[id.as_str().into(), kind.name().into(), upn.clone().into(), Value::Object(data.clone()).to_string().into(), seq.into()],
+    );
+    match inserted {
+        Ok(_) => {}
+        Err(DbError::Unique(_)) => return Err(upn_conflict(upn)),
+        Err(err) => return Err(err),
+    }
+    index_proxies(sql, &id, Some(data))?;
+    if let Some(credential) = credential {
+        sql.execute(
+            "INSERT INTO credentials (user_id, salt, hash, iterations) VALUES (?1, ?2, ?3, ?4)",
+            &[id.as_str().into(), (&credential.salt).into(), (&credential.hash).into(), credential.iterations.into()],
+        )?;
+    }
+    Ok(())
+}
+
+fn object_of(row: &Row) -> Result<Map<String, Value>, DbError> {
+    parse(&row.text(0)?, &row.text(1)?)
+}
+
 /// One live object by id (or, for users, by userPrincipalName).
-pub fn get(conn: &Connection, kind: Kind, key: &str) -> Result<Option<Map<String, Value>>, DbError> {
-    let found: Option<(String, String)> = conn
-        .query_row(
-            "SELECT id, data FROM objects WHERE kind = ?1 AND deleted = 0 AND (id = ?2 OR upn = ?2 COLLATE NOCASE)",
-            params![kind.name(), key],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()?;
-    found.map(|(id, data)| parse(&id, &data)).transpose()
+pub fn get(sql: &mut dyn Sql, kind: Kind, key: &str) -> Result<Option<Map<String, Value>>, DbError> {
+    let by_id =
+        sql.query_opt("SELECT id, data FROM objects WHERE kind = ?1 AND deleted = 0 AND id = ?2", &[kind.name().into(), key.into()])?;
+    let found = match by_id {
+        Some(row) => Some(row),
+        None if kind == Kind::User => {
+            let query = format!("SELECT id, data FROM objects WHERE kind = ?1 AND deleted = 0 AND {}", nocase(sql.dialect(), "upn", 2));
+            sql.query_opt(&query, &[kind.name().into(), key.into()])?
+        }
+        None => None,
+    };
+    found.as_ref().map(object_of).transpose()
 }
 
 /// Live objects after `after` (by id), at most `limit`, for which `keep` holds.
 pub fn list(
-    conn: &Connection,
+    sql: &mut dyn Sql,
     kind: Kind,
     after: Option<&str>,
     limit: usize,
     keep: &dyn Fn(&Map<String, Value>) -> bool,
 ) -> Result<Vec<Map<String, Value>>, DbError> {
-    let mut statement = conn.prepare_cached("SELECT id, data FROM objects WHERE kind = ?1 AND deleted = 0 AND id > ?2 ORDER BY id")?;
-    let mut rows = statement.query(params![kind.name(), after.unwrap_or("")])?;
+    const PAGE: i64 = 500;
     let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let (id, data): (String, String) = (row.get(0)?, row.get(1)?);
-        let object = parse(&id, &data)?;
-        if keep(&object) {
-            out.push(object);
-            if out.len() >= limit {
-                break;
+    let mut cursor = after.unwrap_or("").to_string();
+    loop {
+        let rows = sql.query(
+            "SELECT id, data FROM objects WHERE kind = ?1 AND deleted = 0 AND id > ?2 ORDER BY id LIMIT ?3",
+            &[kind.name().into(), cursor.as_str().into(), PAGE.into()],
+        )?;
+        let full = rows.len() as i64 == PAGE;
+        for row in &rows {
+            cursor = row.text(0)?;
+            let object = object_of(row)?;
+            if keep(&object) {
+                out.push(object);
+                if out.len() >= limit {
+                    return Ok(out);
+                }
             }
         }
+        if !full {
+            return Ok(out);
+        }
     }
-    Ok(out)
 }
 
 /// Live objects of a kind found by an indexed lookup: `lookup` is one of the [`Lookup`]s.
-pub fn find(conn: &Connection, kind: Kind, lookup: Lookup<'_>) -> Result<Vec<Map<String, Value>>, DbError> {
-    let (sql, value) = match lookup {
-        Lookup::ImmutableId(anchor) => (
-            "SELECT id, data FROM objects WHERE kind = ?1 AND json_extract(data, '$.onPremisesImmutableId') = ?2 AND deleted = 0",
-            Some(anchor),
-        ),
-        Lookup::Upn(upn) => ("SELECT id, data FROM objects WHERE kind = ?1 AND upn = ?2 COLLATE NOCASE AND deleted = 0", Some(upn)),
-        Lookup::WithoutImmutableId => (
-            "SELECT id, data FROM objects WHERE kind = ?1 AND json_extract(data, '$.onPremisesImmutableId') IS NULL AND deleted = 0 \
-             AND ?2 IS NULL",
-            None,
-        ),
+pub fn find(sql: &mut dyn Sql, kind: Kind, lookup: Lookup<'_>) -> Result<Vec<Map<String, Value>>, DbError> {
+    let dialect = sql.dialect();
+    let immutable = json_text(dialect, "onPremisesImmutableId");
+    let rows = match lookup {
+        Lookup::ImmutableId(anchor) => sql.query(
+            &format!("SELECT id, data FROM objects WHERE kind = ?1 AND {immutable} = ?2 AND deleted = 0"),
+            &[kind.name().into(), anchor.into()],
+        )?,
+        Lookup::Upn(upn) => sql.query(
+            &format!("SELECT id, data FROM objects WHERE kind = ?1 AND {} AND deleted = 0", nocase(dialect, "upn", 2)),
+            &[kind.name().into(), upn.into()],
+        )?,
+        Lookup::WithoutImmutableId => sql.query(
+            &format!("SELECT id, data FROM objects WHERE kind = ?1 AND {immutable} IS NULL AND deleted = 0"),
+            &[kind.name().into()],
+        )?,
     };
-    let mut statement = conn.prepare_cached(sql)?;
-    let mut rows = statement.query(params![kind.name(), value])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let (id, data): (String, String) = (row.get(0)?, row.get(1)?);
-        out.push(parse(&id, &data)?);
-    }
-    Ok(out)
+    rows.iter().map(object_of).collect()
 }
 
 /// How [`find`] looks objects up; each has an index.
@@ -279,118 +529,157 @@ pub enum Lookup<'a> {
     WithoutImmutableId,
 }
 
+/// Whether a live object other than `except` has this userPrincipalName (any case).
+pub fn upn_taken(sql: &mut dyn Sql, upn: &str, except: &str) -> Result<bool, DbError> {
+    let query = format!("SELECT 1 FROM objects WHERE deleted = 0 AND {} AND id <> ?2", nocase(sql.dialect(), "upn", 1));
+    Ok(sql.query_opt(&query, &[upn.into(), except.into()])?.is_some())
+}
+
+/// Whether a live object other than `except` has this proxy address (any case).
+pub fn proxy_taken(sql: &mut dyn Sql, address: &str, except: &str) -> Result<bool, DbError> {
+    let query = format!("SELECT 1 FROM proxies WHERE {} AND object_id <> ?2 LIMIT 1", nocase(sql.dialect(), "address", 1));
+    Ok(sql.query_opt(&query, &[address.into(), except.into()])?.is_some())
+}
+
+/// A stored object: its id, kind and document.
+pub type Stored = (String, Kind, Map<String, Value>);
+
+/// Live objects whose stored values may differ from what the sync wanted: a recorded
+/// provisioning error, or a user whose UPN is not the on-premises one. (id, kind, document).
+pub fn with_provisioning_differences(sql: &mut dyn Sql) -> Result<Vec<Stored>, DbError> {
+    let dialect = sql.dialect();
+    let (errors, wanted, upn) = (
+        json_text(dialect, "onPremisesProvisioningErrors"),
+        json_text(dialect, "onPremisesUserPrincipalName"),
+        json_text(dialect, "userPrincipalName"),
+    );
+    let query = format!(
+        "SELECT id, data, kind FROM objects WHERE deleted = 0 AND ({errors} IS NOT NULL \
+         OR (kind = 'user' AND {wanted} IS NOT NULL AND lower({wanted}) <> lower({upn})))"
+    );
+    let mut out = Vec::new();
+    for row in sql.query(&query, &[])? {
+        let Some(kind) = Kind::from_name(&row.text(2)?) else { continue };
+        out.push((row.text(0)?, kind, object_of(&row)?));
+    }
+    Ok(out)
+}
+
 /// Replaces an object's document (a PATCH already merged); `false` when it does not exist.
-pub fn update(conn: &mut Connection, kind: Kind, data: &Map<String, Value>) -> Result<bool, DbError> {
-    let tx = conn.transaction()?;
+pub fn update(sql: &mut dyn Sql, kind: Kind, data: &Map<String, Value>) -> Result<bool, DbError> {
     let id = data.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     let upn = data.get("userPrincipalName").and_then(Value::as_str).map(str::to_string);
-    let seq = next_seq(&tx)?;
-    let changed = tx.execute(
+    let seq = next_seq(sql)?;
+    let changed = sql.execute(
         "UPDATE objects SET data = ?3, upn = ?4, seq = ?5 WHERE kind = ?1 AND id = ?2 AND deleted = 0",
-        params![kind.name(), id, Value::Object(data.clone()).to_string(), upn, seq],
+        &[kind.name().into(), id.as_str().into(), Value::Object(data.clone()).to_string().into(), upn.clone().into(), seq.into()],
     );
     let changed = match changed {
         Ok(changed) => changed,
-        Err(rusqlite::Error::SqliteFailure(err, _)) if err.code == rusqlite::ErrorCode::ConstraintViolation => {
-            return Err(DbError::Conflict(format!(
-                "Another object with the same value for property userPrincipalName already exists: {}",
-                upn.unwrap_or_default()
-            )));
-        }
-        Err(err) => return Err(err.into()),
+        Err(DbError::Unique(_)) => return Err(upn_conflict(upn)),
+        Err(err) => return Err(err),
     };
-    tx.commit()?;
+    if changed > 0 {
+        index_proxies(sql, &id, Some(data))?;
+    }
     Ok(changed > 0)
+}
+
+/// Replaces a user's password hash.
+pub fn set_credential(sql: &mut dyn Sql, user_id: &str, credential: &Credential) -> Result<(), DbError> {
+    sql.execute("DELETE FROM credentials WHERE user_id = ?1", &[user_id.into()])?;
+    sql.execute(
+        "INSERT INTO credentials (user_id, salt, hash, iterations) VALUES (?1, ?2, ?3, ?4)",
+        &[user_id.into(), (&credential.salt).into(), (&credential.hash).into(), credential.iterations.into()],
+    )?;
+    Ok(())
 }
 
 /// Deletes an object (kept as a tombstone for delta queries), taking it out of every group
 /// (and a group's members out of it); `false` when it does not exist.
-pub fn delete(conn: &mut Connection, kind: Kind, id: &str) -> Result<bool, DbError> {
-    let tx = conn.transaction()?;
-    let seq = next_seq(&tx)?;
-    let changed = tx.execute(
+pub fn delete(sql: &mut dyn Sql, kind: Kind, id: &str) -> Result<bool, DbError> {
+    let seq = next_seq(sql)?;
+    let changed = sql.execute(
         "UPDATE objects SET deleted = 1, upn = NULL, seq = ?3 WHERE kind = ?1 AND id = ?2 AND deleted = 0",
-        params![kind.name(), id, seq],
+        &[kind.name().into(), id.into(), seq.into()],
     )?;
     if changed > 0 {
-        tx.execute("DELETE FROM credentials WHERE user_id = ?1", params![id])?;
-        let groups: Vec<String> = tx
-            .prepare("SELECT group_id FROM members WHERE member_id = ?1")?
-            .query_map(params![id], |row| row.get(0))?
-            .collect::<Result<_, _>>()?;
+        index_proxies(sql, id, None)?;
+        sql.execute("DELETE FROM credentials WHERE user_id = ?1", &[id.into()])?;
+        let groups = sql.query("SELECT group_id FROM members WHERE member_id = ?1", &[id.into()])?;
         for group in groups {
-            log_member(&tx, &group, id, true)?;
+            log_member(sql, &group.text(0)?, id, true)?;
         }
-        tx.execute("DELETE FROM members WHERE member_id = ?1 OR group_id = ?1", params![id])?;
+        sql.execute("DELETE FROM members WHERE member_id = ?1 OR group_id = ?1", &[id.into()])?;
     }
-    tx.commit()?;
     Ok(changed > 0)
 }
 
 /// Records a membership change and moves the group forward in the change order.
-fn log_member(tx: &rusqlite::Transaction<'_>, group: &str, member: &str, removed: bool) -> Result<(), DbError> {
-    let seq = next_seq(tx)?;
-    tx.execute("INSERT INTO member_log (seq, group_id, member_id, removed) VALUES (?1, ?2, ?3, ?4)", params![seq, group, member, removed])?;
-    tx.execute("UPDATE objects SET seq = ?2 WHERE id = ?1", params![group, seq])?;
+fn log_member(sql: &mut dyn Sql, group: &str, member: &str, removed: bool) -> Result<(), DbError> {
+    let seq = next_seq(sql)?;
+    sql.execute(
+        "INSERT INTO member_log (seq, group_id, member_id, removed) VALUES (?1, ?2, ?3, ?4)",
+        &[seq.into(), group.into(), member.into(), removed.into()],
+    )?;
+    sql.execute("UPDATE objects SET seq = ?2 WHERE id = ?1", &[group.into(), seq.into()])?;
     Ok(())
 }
 
 /// The kind of a live object by id.
-pub fn kind_of(conn: &Connection, id: &str) -> Result<Option<Kind>, DbError> {
-    let kind: Option<String> =
-        conn.query_row("SELECT kind FROM objects WHERE id = ?1 AND deleted = 0", params![id], |row| row.get(0)).optional()?;
-    Ok(kind.and_then(|kind| match kind.as_str() {
-        "user" => Some(Kind::User),
-        "group" => Some(Kind::Group),
-        "contact" => Some(Kind::Contact),
-        _ => None,
-    }))
+pub fn kind_of(sql: &mut dyn Sql, id: &str) -> Result<Option<Kind>, DbError> {
+    let row = sql.query_opt("SELECT kind FROM objects WHERE id = ?1 AND deleted = 0", &[id.into()])?;
+    Ok(match row {
+        Some(row) => Kind::from_name(&row.text(0)?),
+        None => None,
+    })
 }
 
 /// Adds `member` to `group`; `false` when it already was one.
-pub fn add_member(conn: &mut Connection, group: &str, member: &str) -> Result<bool, DbError> {
-    let tx = conn.transaction()?;
-    let added = tx.execute("INSERT OR IGNORE INTO members (group_id, member_id) VALUES (?1, ?2)", params![group, member])? > 0;
+pub fn add_member(sql: &mut dyn Sql, group: &str, member: &str) -> Result<bool, DbError> {
+    let added = sql
+        .execute("INSERT INTO members (group_id, member_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING", &[group.into(), member.into()])?
+        > 0;
     if added {
-        log_member(&tx, group, member, false)?;
+        log_member(sql, group, member, false)?;
     }
-    tx.commit()?;
     Ok(added)
 }
 
 /// Removes `member` from `group`; `false` when it was not one.
-pub fn remove_member(conn: &mut Connection, group: &str, member: &str) -> Result<bool, DbError> {
-    let tx = conn.transaction()?;
-    let removed = tx.execute("DELETE FROM members WHERE group_id = ?1 AND member_id = ?2", params![group, member])? > 0;
+pub fn remove_member(sql: &mut dyn Sql, group: &str, member: &str) -> Result<bool, DbError> {
+    let removed = sql.execute("DELETE FROM members WHERE group_id = ?1 AND member_id = ?2", &[group.into(), member.into()])? > 0;
     if removed {
-        log_member(&tx, group, member, true)?;
+        log_member(sql, group, member, true)?;
     }
-    tx.commit()?;
     Ok(removed)
 }
 
 /// A group's members: (id, kind, document), by id.
-pub fn members(conn: &Connection, group: &str) -> Result<Vec<(String, String, String)>, DbError> {
-    let mut statement = conn.prepare_cached(
+pub fn members(sql: &mut dyn Sql, group: &str) -> Result<Vec<(String, String, String)>, DbError> {
+    let rows = sql.query(
         "SELECT o.id, o.kind, o.data FROM members m JOIN objects o ON o.id = m.member_id WHERE m.group_id = ?1 AND o.deleted = 0 ORDER BY o.id",
+        &[group.into()],
     )?;
-    let rows = statement.query_map(params![group], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    rows.iter().map(|row| Ok((row.text(0)?, row.text(1)?, row.text(2)?))).collect()
 }
 
 /// Membership changes of `group` in `(since, upto]`, the last per member: (member id, removed).
-pub fn member_changes(conn: &Connection, group: &str, since: i64, upto: i64) -> Result<Vec<(String, bool)>, DbError> {
-    let mut statement = conn.prepare_cached(
+pub fn member_changes(sql: &mut dyn Sql, group: &str, since: i64, upto: i64) -> Result<Vec<(String, bool)>, DbError> {
+    let rows = sql.query(
         "SELECT member_id, removed FROM member_log l WHERE group_id = ?1 AND seq > ?2 AND seq <= ?3 \
          AND seq = (SELECT MAX(seq) FROM member_log x WHERE x.group_id = l.group_id AND x.member_id = l.member_id AND x.seq <= ?3) ORDER BY member_id",
+        &[group.into(), since.into(), upto.into()],
     )?;
-    let rows = statement.query_map(params![group, since, upto], |row| Ok((row.get(0)?, row.get::<_, bool>(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    rows.iter().map(|row| Ok((row.text(0)?, row.bool(1)?))).collect()
 }
 
 /// The newest change number.
-pub fn current_seq(conn: &Connection) -> Result<i64, DbError> {
-    Ok(conn.query_row("SELECT COALESCE((SELECT value FROM counters WHERE name = 'seq'), 0)", [], |row| row.get(0))?)
+pub fn current_seq(sql: &mut dyn Sql) -> Result<i64, DbError> {
+    match sql.query_opt("SELECT value FROM counters WHERE name = 'seq'", &[])? {
+        Some(row) => row.int(0),
+        None => Ok(0),
+    }
 }
 
 /// One changed object of a delta round.
@@ -408,36 +697,34 @@ pub struct Changed {
 
 /// Objects of `kind` changed in `(after, upto]` (tombstones only when `with_deleted`), by change
 /// number, at most `limit`.
-pub fn changed(conn: &Connection, kind: Kind, after: i64, upto: i64, with_deleted: bool, limit: usize) -> Result<Vec<Changed>, DbError> {
-    let mut statement = conn.prepare_cached(
-        "SELECT seq, id, deleted, data FROM objects WHERE kind = ?1 AND seq > ?2 AND seq <= ?3 AND (deleted = 0 OR ?4) ORDER BY seq LIMIT ?5",
+pub fn changed(sql: &mut dyn Sql, kind: Kind, after: i64, upto: i64, with_deleted: bool, limit: usize) -> Result<Vec<Changed>, DbError> {
+    let rows = sql.query(
+        "SELECT seq, id, deleted, data FROM objects WHERE kind = ?1 AND seq > ?2 AND seq <= ?3 AND (deleted = 0 OR ?4 = 1) ORDER BY seq LIMIT ?5",
+        &[kind.name().into(), after.into(), upto.into(), with_deleted.into(), (limit as i64).into()],
     )?;
-    let rows = statement.query_map(params![kind.name(), after, upto, with_deleted, limit as i64], |row| {
-        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, bool>(2)?, row.get::<_, String>(3)?))
-    })?;
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(rows.len());
     for row in rows {
-        let (seq, id, deleted, data) = row?;
-        let data = if deleted { Map::new() } else { parse(&id, &data)? };
+        let (seq, id, deleted) = (row.int(0)?, row.text(1)?, row.bool(2)?);
+        let data = if deleted { Map::new() } else { parse(&id, &row.text(3)?)? };
         out.push(Changed { seq, id, deleted, data });
     }
     Ok(out)
 }
 
 /// A user's password hash.
-pub fn credential(conn: &Connection, user_id: &str) -> Result<Option<Credential>, DbError> {
-    Ok(conn
-        .query_row("SELECT salt, hash, iterations FROM credentials WHERE user_id = ?1", params![user_id], |row| {
-            Ok(Credential { salt: row.get(0)?, hash: row.get(1)?, iterations: row.get(2)? })
-        })
-        .optional()?)
+pub fn credential(sql: &mut dyn Sql, user_id: &str) -> Result<Option<Credential>, DbError> {
+    let Some(row) = sql.query_opt("SELECT salt, hash, iterations FROM credentials WHERE user_id = ?1", &[user_id.into()])? else {
+        return Ok(None);
+    };
+    let iterations = u32::try_from(row.int(2)?).map_err(|_| DbError::Corrupt(format!("iterations of {user_id}")))?;
+    Ok(Some(Credential { salt: row.blob(0)?, hash: row.blob(1)?, iterations }))
 }
 
 /// Registers an app with a secret (stored as its SHA-256) and app roles.
-pub fn insert_app(conn: &Connection, client_id: &str, name: &str, secret_hash: &[u8], roles: &[String]) -> Result<(), DbError> {
-    conn.execute(
+pub fn insert_app(sql: &mut dyn Sql, client_id: &str, name: &str, secret_hash: &[u8], roles: &[String]) -> Result<(), DbError> {
+    sql.execute(
         "INSERT INTO apps (client_id, name, secret_hash, roles) VALUES (?1, ?2, ?3, ?4)",
-        params![client_id, name, secret_hash, serde_json::to_string(roles).unwrap_or_else(|_| "[]".into())],
+        &[client_id.into(), name.into(), secret_hash.into(), serde_json::to_string(roles).unwrap_or_else(|_| "[]".into()).into()],
     )?;
     Ok(())
 }
@@ -446,16 +733,16 @@ pub fn insert_app(conn: &Connection, client_id: &str, name: &str, secret_hash: &
 pub type AppRecord = (Vec<u8>, Vec<String>);
 
 /// An app's secret hash and roles.
-pub fn app(conn: &Connection, client_id: &str) -> Result<Option<AppRecord>, DbError> {
-    let found: Option<(Vec<u8>, String)> = conn
-        .query_row("SELECT secret_hash, roles FROM apps WHERE client_id = ?1", params![client_id], |row| Ok((row.get(0)?, row.get(1)?)))
-        .optional()?;
-    Ok(found.map(|(hash, roles)| (hash, serde_json::from_str(&roles).unwrap_or_default())))
+pub fn app(sql: &mut dyn Sql, client_id: &str) -> Result<Option<AppRecord>, DbError> {
+    let Some(row) = sql.query_opt("SELECT secret_hash, roles FROM apps WHERE client_id = ?1", &[client_id.into()])? else {
+        return Ok(None);
+    };
+    Ok(Some((row.blob(0)?, serde_json::from_str(&row.text(1)?).unwrap_or_default())))
 }
 
 /// Number of registered apps.
-pub fn app_count(conn: &Connection) -> Result<i64, DbError> {
-    Ok(conn.query_row("SELECT COUNT(*) FROM apps", [], |row| row.get(0))?)
+pub fn app_count(sql: &mut dyn Sql) -> Result<i64, DbError> {
+    sql.query_opt("SELECT COUNT(*) FROM apps", &[])?.map_or(Ok(0), |row| row.int(0))
 }
 
 /// A domain of the tenant.
@@ -474,20 +761,32 @@ pub struct Domain {
 }
 
 /// Every domain.
-pub fn domains(conn: &Connection) -> Result<Vec<Domain>, DbError> {
-    let mut statement =
-        conn.prepare_cached("SELECT name, verified, authentication, code, initial FROM domains ORDER BY initial DESC, name")?;
-    let rows = statement.query_map([], |row| {
-        Ok(Domain { name: row.get(0)?, verified: row.get(1)?, authentication: row.get(2)?, code: row.get(3)?, initial: row.get(4)? })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn domains(sql: &mut dyn Sql) -> Result<Vec<Domain>, DbError> {
+    let rows = sql.query("SELECT name, verified, authentication, code, initial FROM domains ORDER BY initial DESC, name", &[])?;
+    rows.iter()
+        .map(|row| {
+            Ok(Domain {
+                name: row.text(0)?,
+                verified: row.bool(1)?,
+                authentication: row.text(2)?,
+                code: row.text(3)?,
+                initial: row.bool(4)?,
+            })
+        })
+        .collect()
 }
 
 /// Adds a domain; a conflict when it exists.
-pub fn insert_domain(conn: &Connection, domain: &Domain) -> Result<(), DbError> {
-    let inserted = conn.execute(
-        "INSERT OR IGNORE INTO domains (name, verified, authentication, code, initial) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![domain.name, domain.verified, domain.authentication, domain.code, domain.initial],
+pub fn insert_domain(sql: &mut dyn Sql, domain: &Domain) -> Result<(), DbError> {
+    let inserted = sql.execute(
+        "INSERT INTO domains (name, verified, authentication, code, initial) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+        &[
+            domain.name.as_str().into(),
+            domain.verified.into(),
+            domain.authentication.as_str().into(),
+            domain.code.as_str().into(),
+            domain.initial.into(),
+        ],
     )?;
     if inserted == 0 {
         return Err(DbError::Conflict(format!("The domain {} already exists.", domain.name)));
@@ -496,25 +795,27 @@ pub fn insert_domain(conn: &Connection, domain: &Domain) -> Result<(), DbError> 
 }
 
 /// Updates a domain's verification and authentication type.
-pub fn update_domain(conn: &Connection, domain: &Domain) -> Result<(), DbError> {
-    conn.execute(
-        "UPDATE domains SET verified = ?2, authentication = ?3 WHERE name = ?1",
-        params![domain.name, domain.verified, domain.authentication],
+pub fn update_domain(sql: &mut dyn Sql, domain: &Domain) -> Result<(), DbError> {
+    sql.execute(
+        "UPDATE domains SET verified = ?2, authentication = ?3 WHERE lower(name) = lower(?1)",
+        &[domain.name.as_str().into(), domain.verified.into(), domain.authentication.as_str().into()],
     )?;
     Ok(())
 }
 
 /// Removes a domain; refused while a live user's UPN uses it.
-pub fn delete_domain(conn: &Connection, name: &str) -> Result<bool, DbError> {
-    let users: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM objects WHERE kind = 'user' AND deleted = 0 AND upn LIKE ?1 ESCAPE '\\'",
-        params![format!("%@{}", name.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))],
-        |row| row.get(0),
-    )?;
+pub fn delete_domain(sql: &mut dyn Sql, name: &str) -> Result<bool, DbError> {
+    let pattern = format!("%@{}", name.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+    let users = sql
+        .query_opt(
+            "SELECT COUNT(*) FROM objects WHERE kind = 'user' AND deleted = 0 AND lower(upn) LIKE ?1 ESCAPE '\\'",
+            &[pattern.into()],
+        )?
+        .map_or(Ok(0), |row| row.int(0))?;
     if users > 0 {
         return Err(DbError::Conflict(format!("The domain {name} is used by {users} user(s); change their userPrincipalName first.")));
     }
-    Ok(conn.execute("DELETE FROM domains WHERE name = ?1 AND initial = 0", params![name])? > 0)
+    Ok(sql.execute("DELETE FROM domains WHERE lower(name) = lower(?1) AND initial = 0", &[name.into()])? > 0)
 }
 
 /// One audit record.
@@ -537,92 +838,209 @@ pub struct AuditRecord {
 }
 
 /// Appends an audit record.
-pub fn insert_audit(conn: &Connection, record: &AuditRecord) -> Result<(), DbError> {
-    conn.execute(
+pub fn insert_audit(sql: &mut dyn Sql, record: &AuditRecord) -> Result<(), DbError> {
+    sql.execute(
         "INSERT INTO audit (time, category, activity, actor, target, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![record.time, record.category, record.activity, record.actor, record.target, record.outcome],
+        &[
+            record.time.as_str().into(),
+            record.category.as_str().into(),
+            record.activity.as_str().into(),
+            record.actor.as_str().into(),
+            record.target.as_str().into(),
+            record.outcome.as_str().into(),
+        ],
     )?;
     Ok(())
 }
 
 /// Audit records of `category`, newest first, older than `before` (a seq), at most `limit`.
-pub fn audit(conn: &Connection, category: &str, before: Option<i64>, limit: usize) -> Result<Vec<AuditRecord>, DbError> {
-    let mut statement = conn.prepare_cached(
+pub fn audit(sql: &mut dyn Sql, category: &str, before: Option<i64>, limit: usize) -> Result<Vec<AuditRecord>, DbError> {
+    let rows = sql.query(
         "SELECT seq, time, category, activity, actor, target, outcome FROM audit WHERE category = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+        &[category.into(), before.unwrap_or(i64::MAX).into(), (limit as i64).into()],
     )?;
-    let rows = statement.query_map(params![category, before.unwrap_or(i64::MAX), limit as i64], |row| {
-        Ok(AuditRecord {
-            seq: row.get(0)?,
-            time: row.get(1)?,
-            category: row.get(2)?,
-            activity: row.get(3)?,
-            actor: row.get(4)?,
-            target: row.get(5)?,
-            outcome: row.get(6)?,
+    rows.iter()
+        .map(|row| {
+            Ok(AuditRecord {
+                seq: row.int(0)?,
+                time: row.text(1)?,
+                category: row.text(2)?,
+                activity: row.text(3)?,
+                actor: row.text(4)?,
+                target: row.text(5)?,
+                outcome: row.text(6)?,
+            })
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        .collect()
 }
 
 /// Registers a redirect URI for an app.
-pub fn insert_app_redirect(conn: &Connection, client_id: &str, uri: &str) -> Result<(), DbError> {
-    conn.execute("INSERT OR IGNORE INTO app_redirects (client_id, uri) VALUES (?1, ?2)", params![client_id, uri])?;
+pub fn insert_app_redirect(sql: &mut dyn Sql, client_id: &str, uri: &str) -> Result<(), DbError> {
+    sql.execute("INSERT INTO app_redirects (client_id, uri) VALUES (?1, ?2) ON CONFLICT DO NOTHING", &[client_id.into(), uri.into()])?;
     Ok(())
 }
 
 /// An app's redirect URIs; `None` when the app does not exist.
-pub fn app_redirects(conn: &Connection, client_id: &str) -> Result<Option<Vec<String>>, DbError> {
-    if app(conn, client_id)?.is_none() {
+pub fn app_redirects(sql: &mut dyn Sql, client_id: &str) -> Result<Option<Vec<String>>, DbError> {
+    if app(sql, client_id)?.is_none() {
         return Ok(None);
     }
-    let mut statement = conn.prepare_cached("SELECT uri FROM app_redirects WHERE client_id = ?1")?;
-    let rows = statement.query_map(params![client_id], |row| row.get(0))?;
-    Ok(Some(rows.collect::<Result<_, _>>()?))
+    let rows = sql.query("SELECT uri FROM app_redirects WHERE client_id = ?1", &[client_id.into()])?;
+    Ok(Some(rows.iter().map(|row| row.text(0)).collect::<Result<_, _>>()?))
+}
+
+/// A setting shared by every process of the tenant (its identity, the token-signing key).
+pub fn setting(sql: &mut dyn Sql, name: &str) -> Result<Option<Vec<u8>>, DbError> {
+    sql.query_opt("SELECT value FROM settings WHERE name = ?1", &[name.into()])?.map(|row| row.blob(0)).transpose()
+}
+
+/// Stores a setting unless one is there already; returns the stored value (the first writer wins).
+pub fn setting_or_insert(sql: &mut dyn Sql, name: &str, value: &[u8]) -> Result<Vec<u8>, DbError> {
+    sql.execute("INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT DO NOTHING", &[name.into(), value.into()])?;
+    setting(sql, name)?.ok_or_else(|| DbError::Corrupt(format!("setting {name} vanished")))
+}
+
+/// Smart lockout: `user`'s failures in a row and until when (Unix seconds; 0: not) it is locked.
+pub fn lockout_entry(sql: &mut dyn Sql, user: &str) -> Result<Option<(i64, i64)>, DbError> {
+    sql.query_opt("SELECT failures, locked_until FROM lockout WHERE user_key = ?1", &[user.into()])?
+        .map(|row| Ok((row.int(0)?, row.int(1)?)))
+        .transpose()
+}
+
+/// Smart lockout: counts a failure at `now`; locks for `duration` seconds at `threshold`.
+/// Returns whether the account is now locked.
+pub fn lockout_fail(sql: &mut dyn Sql, user: &str, now: i64, threshold: u32, duration: i64) -> Result<bool, DbError> {
+    let row = sql.query_opt("SELECT failures, locked_until FROM lockout WHERE user_key = ?1", &[user.into()])?;
+    let failures = match row {
+        // A lock that has run out starts a new count.
+        Some(row) if row.int(1)? != 0 && row.int(1)? <= now => 1,
+        Some(row) => row.int(0)? + 1,
+        None => 1,
+    };
+    let locked = failures >= i64::from(threshold);
+    let until = if locked { now + duration } else { 0 };
+    sql.execute("DELETE FROM lockout WHERE user_key = ?1", &[user.into()])?;
+    sql.execute(
+        "INSERT INTO lockout (user_key, failures, locked_until) VALUES (?1, ?2, ?3)",
+        &[user.into(), failures.into(), until.into()],
+    )?;
+    Ok(locked)
+}
+
+/// Smart lockout: a success clears the count.
+pub fn lockout_clear(sql: &mut dyn Sql, user: &str) -> Result<(), DbError> {
+    sql.execute("DELETE FROM lockout WHERE user_key = ?1", &[user.into()])?;
+    Ok(())
+}
+
+/// Keeps an authorization code's grant (by the code's hash) until `expires`; drops expired ones.
+pub fn insert_code(sql: &mut dyn Sql, code_hash: &str, grant: &str, expires: i64, now: i64) -> Result<(), DbError> {
+    sql.execute("DELETE FROM auth_codes WHERE expires <= ?1", &[now.into()])?;
+    sql.execute(
+        "INSERT INTO auth_codes (code_hash, grant_data, expires) VALUES (?1, ?2, ?3)",
+        &[code_hash.into(), grant.into(), expires.into()],
+    )?;
+    Ok(())
+}
+
+/// Takes (removes) an authorization code's grant if it has not expired: a code is used once,
+/// whichever process redeems it.
+pub fn take_code(sql: &mut dyn Sql, code_hash: &str, now: i64) -> Result<Option<String>, DbError> {
+    let row = sql.query_opt("DELETE FROM auth_codes WHERE code_hash = ?1 RETURNING grant_data, expires", &[code_hash.into()])?;
+    Ok(match row {
+        Some(row) if row.int(1)? > now => Some(row.text(0)?),
+        _ => None,
+    })
+}
+
+impl Db {
+    /// Whether this is the PostgreSQL backend (for tests and logs).
+    pub fn is_postgres(&self) -> bool {
+        self.dialect() == Dialect::Postgres
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn addresses(db: &Db, id: &str) -> Vec<String> {
-        let conn = db.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut statement = conn.prepare("SELECT address FROM proxies WHERE object_id = ?1 ORDER BY address").unwrap();
-        statement.query_map(params![id], |row| row.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    async fn addresses(db: &Db, id: &str) -> Vec<String> {
+        let id = id.to_string();
+        db.read(move |sql| {
+            let rows = sql.query("SELECT address FROM proxies WHERE object_id = ?1 ORDER BY address", &[id.as_str().into()])?;
+            rows.iter().map(|row| row.text(0)).collect()
+        })
+        .await
+        .unwrap()
     }
 
-    #[test]
-    fn proxy_addresses_follow_writes_and_are_filled_in_for_an_older_database() {
+    #[tokio::test]
+    async fn proxy_addresses_follow_writes_and_are_filled_in_for_an_older_database() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tenant.db");
         let db = Db::open(&path).unwrap();
         let mut object = Map::new();
         object.insert("id".into(), Value::String("u1".into()));
         object.insert("proxyAddresses".into(), serde_json::json!(["SMTP:a@x.test", "smtp:b@x.test"]));
-        {
-            let mut conn = db.conn.lock().unwrap();
-            insert(&mut conn, Kind::User, &object, None).unwrap();
-        }
-        assert_eq!(addresses(&db, "u1"), ["SMTP:a@x.test", "smtp:b@x.test"]);
+        let stored = object.clone();
+        db.call(move |sql| insert(sql, Kind::User, &stored, None)).await.unwrap();
+        assert_eq!(addresses(&db, "u1").await, ["SMTP:a@x.test", "smtp:b@x.test"]);
         object.insert("proxyAddresses".into(), serde_json::json!(["SMTP:c@x.test"]));
-        {
-            let mut conn = db.conn.lock().unwrap();
-            assert!(update(&mut conn, Kind::User, &object).unwrap());
-        }
-        assert_eq!(addresses(&db, "u1"), ["SMTP:c@x.test"]);
-        {
-            let conn = db.conn.lock().unwrap();
-            let found: i64 = conn.query_row("SELECT count(*) FROM proxies WHERE address = 'smtp:C@X.TEST'", [], |row| row.get(0)).unwrap();
-            assert_eq!(found, 1, "addresses compare without case");
-            // A database written before the table existed.
-            conn.execute("DELETE FROM proxies", []).unwrap();
-        }
+        let stored = object.clone();
+        assert!(db.call(move |sql| update(sql, Kind::User, &stored)).await.unwrap());
+        assert_eq!(addresses(&db, "u1").await, ["SMTP:c@x.test"]);
+        assert!(db.read(|sql| proxy_taken(sql, "smtp:C@X.TEST", "other")).await.unwrap(), "addresses compare without case");
+        assert!(!db.read(|sql| proxy_taken(sql, "smtp:C@X.TEST", "u1")).await.unwrap(), "an object does not conflict with itself");
+        // A database written before the table existed.
+        db.call(|sql| sql.execute("DELETE FROM proxies", &[])).await.unwrap();
         drop(db);
         let db = Db::open(&path).unwrap();
-        assert_eq!(addresses(&db, "u1"), ["SMTP:c@x.test"], "filled in on open");
-        {
-            let mut conn = db.conn.lock().unwrap();
-            assert!(delete(&mut conn, Kind::User, "u1").unwrap());
-        }
-        assert!(addresses(&db, "u1").is_empty(), "a deleted object frees its addresses");
+        assert_eq!(addresses(&db, "u1").await, ["SMTP:c@x.test"], "filled in on open");
+        assert!(db.call(|sql| delete(sql, Kind::User, "u1")).await.unwrap());
+        assert!(addresses(&db, "u1").await.is_empty(), "a deleted object frees its addresses");
+    }
+
+    #[tokio::test]
+    async fn a_failed_call_leaves_nothing_half_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("tenant.db")).unwrap();
+        let mut object = Map::new();
+        object.insert("id".into(), Value::String("u1".into()));
+        object.insert("userPrincipalName".into(), Value::String("a@x.test".into()));
+        let stored = object.clone();
+        let before = db.read(current_seq).await.unwrap();
+        let failed = db
+            .call(move |sql| {
+                insert(sql, Kind::User, &stored, None)?;
+                Err::<(), _>(DbError::Conflict("refused after the insert".into()))
+            })
+            .await;
+        assert!(failed.is_err());
+        assert!(db.read(|sql| get(sql, Kind::User, "u1")).await.unwrap().is_none(), "the insert was rolled back");
+        assert_eq!(db.read(current_seq).await.unwrap(), before, "so was its change number");
+    }
+
+    #[tokio::test]
+    async fn lockout_counts_locks_and_starts_over_after_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("tenant.db")).unwrap();
+        assert!(!db.call(|sql| lockout_fail(sql, "a@x", 100, 3, 60)).await.unwrap());
+        assert!(!db.call(|sql| lockout_fail(sql, "a@x", 101, 3, 60)).await.unwrap());
+        assert!(db.call(|sql| lockout_fail(sql, "a@x", 102, 3, 60)).await.unwrap(), "the third failure locks");
+        assert_eq!(db.read(|sql| lockout_entry(sql, "a@x")).await.unwrap(), Some((3, 162)));
+        assert!(!db.call(|sql| lockout_fail(sql, "a@x", 200, 3, 60)).await.unwrap(), "after the lock the count starts over");
+        db.call(|sql| lockout_clear(sql, "a@x")).await.unwrap();
+        assert_eq!(db.read(|sql| lockout_entry(sql, "a@x")).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_code_is_taken_once_and_not_after_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("tenant.db")).unwrap();
+        db.call(|sql| insert_code(sql, "k1", "grant one", 700, 100)).await.unwrap();
+        db.call(|sql| insert_code(sql, "k2", "grant two", 150, 100)).await.unwrap();
+        assert_eq!(db.call(|sql| take_code(sql, "k1", 200)).await.unwrap().as_deref(), Some("grant one"));
+        assert_eq!(db.call(|sql| take_code(sql, "k1", 200)).await.unwrap(), None, "used once");
+        assert_eq!(db.call(|sql| take_code(sql, "k2", 200)).await.unwrap(), None, "expired");
     }
 }

@@ -27,7 +27,7 @@ fn view(domain: &Domain) -> Value {
 
 /// Re-reads the domains into the in-memory list the sign-in and UPN checks use.
 pub async fn reload(state: &AppState) -> Result<(), GraphError> {
-    let domains = state.db.call(|conn| db::domains(conn)).await?;
+    let domains = state.db.read(|conn| db::domains(conn)).await?;
     *state.domain_cache.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = domains;
     // A newly verified (or removed) domain changes synced users' effective UPNs.
     state.recheck_conflicts().await;

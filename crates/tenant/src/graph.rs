@@ -285,7 +285,7 @@ pub async fn list(
     let kind = resource.kind;
     let mut page = state
         .db
-        .call(move |conn| {
+        .read(move |conn| {
             db::list(conn, kind, after.as_deref(), top + 1, &|object| filter.as_ref().is_none_or(|filter| filter.matches(object)))
         })
         .await?;
@@ -334,7 +334,7 @@ fn decode_skiptoken(token: &str) -> Result<String, GraphError> {
 /// Looks an object up by id (users also by userPrincipalName); 404 when missing.
 async fn find(state: &AppState, resource: &Resource, key: &str) -> Result<Map<String, Value>, GraphError> {
     let (kind, lookup) = (resource.kind, key.to_string());
-    let found = state.db.call(move |conn| db::get(conn, kind, &lookup)).await?;
+    let found = state.db.read(move |conn| db::get(conn, kind, &lookup)).await?;
     found.ok_or_else(|| GraphError::not_found(key))
 }
 
@@ -571,10 +571,17 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
     access.require_write()?;
     state.admit_write()?;
     let mut patch = body_object(body)?;
-    if patch.contains_key("passwordProfile") {
-        return Err(GraphError::bad_request("Changing a password through PATCH is not supported yet."));
-    }
-    check_properties(resource, &state, &mut patch, access.is_sync())?;
+    // An administrator's password reset: hashed here, stored with the update in one transaction.
+    let password = check_properties(resource, &state, &mut patch, access.is_sync())?;
+    let credential = match password {
+        Some((password, _)) => {
+            let (password, iterations) = (zeroize::Zeroizing::new(password), state.password_iterations);
+            let hashed = tokio::task::spawn_blocking(move || crate::crypto::password_hash(&password, iterations)).await;
+            let (salt, hash) = hashed.map_err(|err| GraphError::internal(&err))?;
+            Some(Credential { salt, hash, iterations })
+        }
+        None => None,
+    };
     let touches_sync_state = patch.keys().any(|name| name == "onPremisesSyncEnabled" || name == "onPremisesImmutableId");
     if touches_sync_state && !access.is_sync() {
         return Err(synced_refusal());
@@ -585,7 +592,8 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
         .call(move |conn| {
             let Some(mut object) = db::get(conn, kind, &lookup)? else { return Ok(None) };
             let synced = object.get("onPremisesSyncEnabled").and_then(Value::as_bool) == Some(true);
-            if synced && !sync && patch.keys().any(|name| !CLOUD_MASTERED.contains(&name.as_str())) {
+            // A synced user's password is mastered on-premises (no password writeback here).
+            if synced && !sync && (credential.is_some() || patch.keys().any(|name| !CLOUD_MASTERED.contains(&name.as_str()))) {
                 return Ok(Some(Err(())));
             }
             if sync {
@@ -597,7 +605,14 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
             if sync {
                 crate::resilience::adjust(conn, kind, &mut object, &domains)?;
             }
-            Ok(db::update(conn, kind, &object)?.then_some(Ok(object)))
+            if !db::update(conn, kind, &object)? {
+                return Ok(None);
+            }
+            if let Some(credential) = &credential {
+                let id = object.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+                db::set_credential(conn, &id, credential)?;
+            }
+            Ok(Some(Ok(object)))
         })
         .await?;
     let object = updated.ok_or_else(|| GraphError::not_found(&key))?.map_err(|()| synced_refusal())?;
@@ -663,7 +678,7 @@ pub async fn list_members(state: AppState, access: Access, headers: HeaderMap, k
     access.require_read()?;
     let group = find(&state, &GROUPS, &key).await?;
     let id = group.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-    let members = state.db.call(move |conn| db::members(conn, &id)).await?;
+    let members = state.db.read(move |conn| db::members(conn, &id)).await?;
     let values: Vec<Value> = members.iter().map(|(id, kind, data)| member_value(kind, id, data)).collect();
     Ok(Json(json!({"@odata.context": format!("{}/v1.0/$metadata#directoryObjects", base_url(&headers)), "value": values})).into_response())
 }
@@ -773,7 +788,7 @@ pub async fn delta(
     let kind = resource.kind;
     let (state_now, page, member_changes) = state
         .db
-        .call(move |conn| {
+        .read(move |conn| {
             let current = db::current_seq(conn)?;
             let round = match start {
                 None => DeltaState { since: 0, upto: current, after: 0 },

@@ -23,6 +23,7 @@ pub mod odata;
 pub mod openapi;
 pub mod resilience;
 pub mod signin;
+pub mod sql;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -39,6 +40,9 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 
 use crate::odata::GraphError;
+
+/// How often a process behind PostgreSQL re-reads the domain list that others may change.
+const DOMAIN_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Largest request body accepted (Graph's own limit is 4 MB).
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -67,6 +71,9 @@ pub struct TenantConfig {
     pub dns_resolver: Option<SocketAddr>,
     /// How the sync service's creates match existing objects (soft and hard match).
     pub match_policy: resilience::MatchPolicy,
+    /// Keep the directory in PostgreSQL at this URL instead of SQLite in the state folder
+    /// (several tenant processes may share it).
+    pub postgres: Option<String>,
 }
 
 impl TenantConfig {
@@ -83,6 +90,7 @@ impl TenantConfig {
             write_limit: None,
             dns_resolver: None,
             match_policy: resilience::MatchPolicy::default(),
+            postgres: None,
         }
     }
 }
@@ -118,15 +126,12 @@ pub struct Shared {
     signing: crypto::SigningKey,
     db: db::Db,
     password_iterations: u32,
-    lockout: signin::Lockout,
     lockout_threshold: u32,
     lockout_duration: std::time::Duration,
     throttle: Option<std::sync::Mutex<Bucket>>,
     domain_cache: std::sync::RwLock<Vec<db::Domain>>,
     dns_resolver: Option<SocketAddr>,
     match_policy: resilience::MatchPolicy,
-    /// Authorization codes issued by the login page.
-    codes: authorize::Codes,
     /// Sign-in methods chosen per domain (lower case); the rest follow `authenticationType`.
     methods: std::sync::RwLock<std::collections::HashMap<String, Arc<dyn signin::SignInMethod>>>,
 }
@@ -347,18 +352,42 @@ impl Tenant {
     /// Loads (or creates) the tenant in `config.state_dir`. A new tenant gets an admin app with
     /// `Directory.ReadWrite.All`, returned with its secret.
     pub async fn open(config: TenantConfig) -> Result<(Tenant, Option<BootstrapApp>), TenantError> {
-        let loaded = state::open(&config.state_dir, &config.name, &config.hosts)?;
-        let db = db::Db::open(&loaded.db_path)?;
-        let bootstrap = if db.call(|conn| db::app_count(conn)).await? == 0 {
-            let app = BootstrapApp { client_id: crypto::new_guid(), client_secret: crypto::new_secret() };
-            let (client_id, hash) = (app.client_id.clone(), crypto::secret_hash(&app.client_secret));
-            db.call(move |conn| db::insert_app(conn, &client_id, "Isthmus admin", &hash, &["Directory.ReadWrite.All".to_string()])).await?;
-            Some(app)
-        } else {
-            None
+        let loaded = state::open(&config.state_dir, &config.hosts)?;
+        let db = match &config.postgres {
+            Some(url) => db::Db::connect_postgres(url).await?,
+            None => db::Db::open(&loaded.db_path)?,
         };
+        // The identity and the signing key are shared through the database: the first process
+        // of a new tenant makes them (or moves an older tenant's files in), the others read them.
+        let identity_candidate = loaded.legacy_identity.clone().unwrap_or_else(|| state::new_identity(&config.name));
+        let identity_json = serde_json::to_vec(&identity_candidate).unwrap_or_default();
+        let key_candidate = match &loaded.legacy_signing {
+            Some(pkcs8) => pkcs8.clone(),
+            None => zeroize::Zeroizing::new(crypto::SigningKey::generate_pkcs8().map_err(db::DbError::Config)?),
+        };
+        let app = BootstrapApp { client_id: crypto::new_guid(), client_secret: crypto::new_secret() };
+        let (client_id, hash) = (app.client_id.clone(), crypto::secret_hash(&app.client_secret));
+        let (identity_json, key_pkcs8, made_app) = db
+            .call(move |sql| {
+                let identity = db::setting_or_insert(sql, "identity", &identity_json)?;
+                let key = zeroize::Zeroizing::new(db::setting_or_insert(sql, "signing_key", &key_candidate)?);
+                let made_app = db::app_count(sql)? == 0;
+                if made_app {
+                    db::insert_app(sql, &client_id, "Isthmus admin", &hash, &["Directory.ReadWrite.All".to_string()])?;
+                }
+                Ok((identity, key, made_app))
+            })
+            .await?;
+        let bootstrap = made_app.then_some(app);
+        if loaded.legacy_identity.is_some() || loaded.legacy_signing.is_some() {
+            state::forget_legacy(&config.state_dir);
+        }
+        let identity: state::Identity =
+            serde_json::from_slice(&identity_json).map_err(|err| db::DbError::Corrupt(format!("the tenant identity setting: {err}")))?;
+        let signing =
+            crypto::SigningKey::from_pkcs8(&key_pkcs8).map_err(|err| db::DbError::Corrupt(format!("the signing key setting: {err}")))?;
         let initial = db::Domain {
-            name: loaded.identity.initial_domain.clone(),
+            name: identity.initial_domain.clone(),
             verified: true,
             authentication: "Managed".into(),
             code: String::new(),
@@ -374,11 +403,10 @@ impl Tenant {
             .await?;
         let app = AppState {
             inner: Arc::new(Shared {
-                identity: loaded.identity,
-                signing: loaded.signing,
+                identity,
+                signing,
                 db,
                 password_iterations: config.password_iterations,
-                lockout: signin::Lockout::default(),
                 lockout_threshold: config.lockout_threshold.max(1),
                 lockout_duration: std::time::Duration::from_secs(config.lockout_seconds),
                 throttle: config.write_limit.filter(|limit| *limit > 0).map(|limit| {
@@ -386,11 +414,24 @@ impl Tenant {
                 }),
                 domain_cache: std::sync::RwLock::new(domains),
                 methods: std::sync::RwLock::new(std::collections::HashMap::new()),
-                codes: authorize::Codes::default(),
                 dns_resolver: config.dns_resolver.or_else(dns::system_resolver),
                 match_policy: config.match_policy,
             }),
         };
+        if app.db.is_postgres() {
+            // Other processes may verify or add domains: refresh the cache every few seconds.
+            let weak = Arc::downgrade(&app.inner);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(DOMAIN_REFRESH).await;
+                    let Some(shared) = weak.upgrade() else { break };
+                    match shared.db.read(|sql| db::domains(sql)).await {
+                        Ok(domains) => *shared.domain_cache.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = domains,
+                        Err(err) => tracing::warn!("refreshing the domain list failed: {err}"),
+                    }
+                }
+            });
+        }
         Ok((Tenant { config, app, tls: loaded.tls, ca_pem: loaded.ca_pem }, bootstrap))
     }
 

@@ -143,7 +143,7 @@ async fn issue(state: &AppState, headers: &HeaderMap, tenant: &str, form: TokenF
         ));
     }
     let lookup = client_id.clone();
-    let app = state.db.call(move |conn| crate::db::app(conn, &lookup)).await.map_err(|err| {
+    let app = state.db.read(move |conn| crate::db::app(conn, &lookup)).await.map_err(|err| {
         tracing::error!("{err}");
         TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
     })?;

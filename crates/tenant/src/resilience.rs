@@ -14,10 +14,10 @@
 //! The values the sync wrote are kept (`onPremisesUserPrincipalName`, and the wanted proxy
 //! addresses under an internal key), so re-reading the object tells the sync what it wrote.
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value, json};
 
-use crate::db::{self, DbError, Kind};
+use crate::db::{self, DbError, Kind, proxy_taken, upn_taken};
+use crate::sql::Sql;
 
 /// Where the wanted proxy addresses are kept (never shown by the API).
 pub(crate) const WANTED_PROXIES: &str = "_wantedProxyAddresses";
@@ -28,20 +28,6 @@ pub(crate) struct Domains {
     pub initial: String,
     /// Verified domains, lower case.
     pub verified: Vec<String>,
-}
-
-fn upn_taken(conn: &Connection, upn: &str, except: &str) -> Result<bool, DbError> {
-    Ok(conn
-        .query_row("SELECT 1 FROM objects WHERE deleted = 0 AND upn = ?1 COLLATE NOCASE AND id <> ?2", params![upn, except], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
-fn proxy_taken(conn: &Connection, value: &str, except: &str) -> Result<bool, DbError> {
-    Ok(conn
-        .query_row("SELECT 1 FROM proxies WHERE address = ?1 AND object_id <> ?2 LIMIT 1", params![value, except], |_| Ok(()))
-        .optional()?
-        .is_some())
 }
 
 fn valid_upn(upn: &str) -> bool {
@@ -58,7 +44,7 @@ fn valid_upn(upn: &str) -> bool {
 
 /// Recomputes the effective userPrincipalName and proxyAddresses of a synced object from the
 /// values the sync wanted, recording conflicts. `object` must carry its `id`.
-pub(crate) fn adjust(conn: &Connection, kind: Kind, object: &mut Map<String, Value>, domains: &Domains) -> Result<(), DbError> {
+pub(crate) fn adjust(conn: &mut dyn Sql, kind: Kind, object: &mut Map<String, Value>, domains: &Domains) -> Result<(), DbError> {
     let id = object.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     let now = crate::now_rfc3339();
     let mut errors = Vec::new();
@@ -144,24 +130,9 @@ pub(crate) fn remember_wanted(write: &Map<String, Value>, object: &mut Map<Strin
 
 /// Re-evaluates every synced object whose effective values differ from what the sync wanted
 /// (conflicts, unverified suffixes); stores those that change. Returns how many changed.
-pub(crate) fn recheck(conn: &mut Connection, domains: &Domains) -> Result<usize, DbError> {
-    let candidates: Vec<(String, String, String)> = {
-        let mut statement = conn.prepare(
-            "SELECT id, kind, data FROM objects WHERE deleted = 0 AND (json_extract(data, '$.onPremisesProvisioningErrors') IS NOT NULL \
-             OR (kind = 'user' AND json_extract(data, '$.onPremisesUserPrincipalName') IS NOT NULL \
-                 AND lower(json_extract(data, '$.onPremisesUserPrincipalName')) <> lower(json_extract(data, '$.userPrincipalName'))))",
-        )?;
-        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
-        rows.collect::<Result<_, _>>()?
-    };
+pub(crate) fn recheck(conn: &mut dyn Sql, domains: &Domains) -> Result<usize, DbError> {
     let mut changed = 0;
-    for (id, kind, data) in candidates {
-        let kind = match kind.as_str() {
-            "user" => Kind::User,
-            "group" => Kind::Group,
-            _ => Kind::Contact,
-        };
-        let Ok(Value::Object(mut object)) = serde_json::from_str::<Value>(&data) else { continue };
+    for (id, kind, mut object) in db::with_provisioning_differences(conn)? {
         let before = object.clone();
         adjust(conn, kind, &mut object, domains)?;
         if strip_times(&object) != strip_times(&before) {
@@ -213,7 +184,7 @@ fn primary_smtp(object: &Map<String, Value>) -> Option<String> {
 
 /// Hard match on `onPremisesImmutableId` (any object of the kind), then soft match on UPN or
 /// primary SMTP onto a cloud-only object (no immutableId, not synced), as Entra matches.
-pub(crate) fn find_match(conn: &Connection, kind: Kind, wanted: &Map<String, Value>, policy: MatchPolicy) -> Result<Match, DbError> {
+pub(crate) fn find_match(conn: &mut dyn Sql, kind: Kind, wanted: &Map<String, Value>, policy: MatchPolicy) -> Result<Match, DbError> {
     // Indexed lookups: a create must not read the whole tenant.
     if let Some(anchor) = wanted.get("onPremisesImmutableId").and_then(Value::as_str)
         && let Some(found) = db::find(conn, kind, db::Lookup::ImmutableId(anchor))?.into_iter().next()

@@ -8,9 +8,6 @@
 //! `preferred_username`, `name`, `tid`), `client_info` (`{"uid","utid"}`, base64url) and a
 //! refresh token (a signed JWT bound to the user and the client, 90 days).
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
-
 use axum::http::HeaderMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -76,7 +73,7 @@ impl SignInMethod for CloudPassword {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Verdict> + Send + 'a>> {
         Box::pin(async move {
             let id = user.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-            let credential = match state.db.call(move |conn| db::credential(conn, &id)).await {
+            let credential = match state.db.read(move |conn| db::credential(conn, &id)).await {
                 Ok(credential) => credential,
                 Err(err) => return Verdict::Unavailable(err.to_string()),
             };
@@ -115,40 +112,6 @@ impl SignInMethod for FederatedElsewhere {
     }
 }
 
-/// Failed sign-ins per user, for smart lockout.
-#[derive(Default)]
-pub struct Lockout {
-    failures: std::sync::Mutex<HashMap<String, (u32, Option<Instant>)>>,
-}
-
-impl Lockout {
-    /// How long the account stays locked, if it is.
-    fn locked(&self, user: &str) -> Option<Duration> {
-        let failures = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        failures.get(user).and_then(|(_, until)| *until).and_then(|until| until.checked_duration_since(Instant::now()))
-    }
-
-    /// Counts a failure; locks the account when it reaches `threshold`.
-    fn fail(&self, user: &str, threshold: u32, duration: Duration) -> bool {
-        let mut failures = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = failures.entry(user.to_string()).or_insert((0, None));
-        if entry.1.is_some_and(|until| until <= Instant::now()) {
-            *entry = (0, None);
-        }
-        entry.0 += 1;
-        if entry.0 >= threshold {
-            entry.1 = Some(Instant::now() + duration);
-            true
-        } else {
-            false
-        }
-    }
-
-    fn succeed(&self, user: &str) {
-        self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(user);
-    }
-}
-
 fn unavailable(err: &dyn std::fmt::Display) -> TokenEndpointError {
     tracing::error!("{err}");
     TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
@@ -175,7 +138,7 @@ pub async fn authenticate(
         refresh_token: zeroize::Zeroizing::new(String::new()),
     };
     let client_id = grant.client_id.clone();
-    let app = state.db.call(move |conn| db::app(conn, &client_id)).await.map_err(|err| unavailable(&err))?;
+    let app = state.db.read(move |conn| db::app(conn, &client_id)).await.map_err(|err| unavailable(&err))?;
     if app.is_none() {
         return Err(TokenEndpointError::new(
             "unauthorized_client",
@@ -184,16 +147,18 @@ pub async fn authenticate(
         ));
     }
     let key = grant.username.to_lowercase();
-    if let Some(left) = state.lockout.locked(&key) {
+    let (lookup, now) = (key.clone(), crate::unix_now());
+    let entry = state.db.read(move |sql| db::lockout_entry(sql, &lookup)).await.map_err(|err| unavailable(&err))?;
+    if let Some(left) = entry.and_then(|(_, until)| Some(until - now).filter(|left| *left > 0)) {
         state.record("SignIn", flow.to_string(), key.clone(), grant.client_id.clone(), "locked").await;
         return Err(TokenEndpointError::new(
             "invalid_grant",
             50053,
-            format!("Your account is locked because of too many failed sign-in attempts; try again in {} seconds.", left.as_secs().max(1)),
+            format!("Your account is locked because of too many failed sign-in attempts; try again in {} seconds.", left.max(1)),
         ));
     }
     let username = grant.username.clone();
-    let found = state.db.call(move |conn| db::get(conn, Kind::User, &username)).await.map_err(|err| unavailable(&err))?;
+    let found = state.db.read(move |conn| db::get(conn, Kind::User, &username)).await.map_err(|err| unavailable(&err))?;
     let domain = grant.username.rsplit_once('@').map(|(_, domain)| domain.to_string()).unwrap_or_default();
     let method = state.sign_in_method(&domain);
     let verdict = match &found {
@@ -212,7 +177,12 @@ pub async fn authenticate(
             return Err(TokenEndpointError::new("temporarily_unavailable", 80001, format!("The sign-in method is not available: {why}")));
         }
         _ => {
-            let locked = state.lockout.fail(&key, state.lockout_threshold, state.lockout_duration);
+            let (lookup, threshold, duration) = (key.clone(), state.lockout_threshold, state.lockout_duration.as_secs() as i64);
+            let locked = state
+                .db
+                .call(move |sql| db::lockout_fail(sql, &lookup, crate::unix_now(), threshold, duration))
+                .await
+                .map_err(|err| unavailable(&err))?;
             state
                 .record(
                     "SignIn",
@@ -229,7 +199,10 @@ pub async fn authenticate(
         state.record("SignIn", flow.to_string(), key.clone(), grant.client_id.clone(), "disabled").await;
         return Err(TokenEndpointError::new("invalid_grant", 50057, "The user account is disabled."));
     }
-    state.lockout.succeed(&key);
+    if entry.is_some() {
+        let lookup = key.clone();
+        state.db.call(move |sql| db::lockout_clear(sql, &lookup)).await.map_err(|err| unavailable(&err))?;
+    }
     state.record("SignIn", format!("{flow} ({})", method.name()), key.clone(), grant.client_id.clone(), "success").await;
     Ok(user)
 }
@@ -253,7 +226,7 @@ pub async fn refresh_grant(state: &AppState, headers: &HeaderMap, grant: &UserGr
         return Err(TokenEndpointError::new("invalid_grant", 70000, "The refresh token was issued to a different client."));
     }
     let oid = claims.get("oid").and_then(Value::as_str).unwrap_or_default().to_string();
-    let user = state.db.call(move |conn| db::get(conn, Kind::User, &oid)).await.map_err(|err| unavailable(&err))?;
+    let user = state.db.read(move |conn| db::get(conn, Kind::User, &oid)).await.map_err(|err| unavailable(&err))?;
     let Some(user) = user.filter(|user| user.get("accountEnabled").and_then(Value::as_bool) == Some(true)) else {
         return Err(TokenEndpointError::new("invalid_grant", 50057, "The user account is disabled or deleted."));
     };

@@ -1,14 +1,17 @@
 //! A tenant's state folder: created on first start, reused after.
 //!
 //! ```text
-//! tenant.json          tenant id and initial domain
 //! tls/ca.pem           the CA clients trust (self-signed, made here), and ca.key
 //! tls/server.pem       the HTTPS certificate (SAN: 127.0.0.1, localhost, the configured names), and server.key
-//! signing.p8           the token-signing key (P-256, PKCS#8)
-//! tenant.db            the directory (SQLite)
+//! tenant.db            the directory (SQLite; not used with PostgreSQL)
 //! ```
 //! Private keys are written 0600. A given certificate (`--tls-cert`/`--tls-key`) replaces the
 //! generated one.
+//!
+//! The tenant's identity (id, initial domain) and its token-signing key live in the database, so
+//! every process behind one PostgreSQL signs and checks the same tokens. Tenants made before
+//! that kept them here (`tenant.json`, `signing.p8`): those files are read once and moved into
+//! the database.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -57,36 +60,44 @@ pub struct Identity {
 
 /// What a tenant loads from its folder.
 pub struct Loaded {
-    /// Tenant id and initial domain.
-    pub identity: Identity,
+    /// Tenant id and initial domain, from an older tenant's `tenant.json`.
+    pub legacy_identity: Option<Identity>,
+    /// The token-signing key (PKCS#8), from an older tenant's `signing.p8`.
+    pub legacy_signing: Option<zeroize::Zeroizing<Vec<u8>>>,
     /// HTTPS server settings.
     pub tls: Arc<rustls::ServerConfig>,
     /// The CA clients should trust (the generated one).
     pub ca_pem: PathBuf,
-    /// Token signing.
-    pub signing: SigningKey,
-    /// The directory database file.
+    /// The directory database file (SQLite).
     pub db_path: PathBuf,
 }
 
-/// Opens (creating on first use) the state folder of tenant `name` (`<name>.isthmus.local`),
-/// with a server certificate for `hosts` besides 127.0.0.1 and localhost.
-pub fn open(dir: &Path, name: &str, hosts: &[String]) -> Result<Loaded, StateError> {
+/// A new tenant's identity: a fresh id, `<name>.isthmus.local`.
+pub fn new_identity(name: &str) -> Identity {
+    Identity { tenant_id: crate::crypto::new_guid(), initial_domain: format!("{}.isthmus.local", name.to_lowercase()) }
+}
+
+/// Opens (creating on first use) the state folder, with a server certificate for `hosts`
+/// besides 127.0.0.1 and localhost.
+pub fn open(dir: &Path, hosts: &[String]) -> Result<Loaded, StateError> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(dir.join("tls")).map_err(io("create", dir))?;
     // Password hashes and keys live here: only the service account may enter.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io("chmod", dir))?;
     let identity_path = dir.join("tenant.json");
-    let identity: Identity = if identity_path.exists() {
+    let legacy_identity = if identity_path.exists() {
         let text = std::fs::read_to_string(&identity_path).map_err(io("read", &identity_path))?;
-        serde_json::from_str(&text).map_err(|err| StateError::Invalid { path: identity_path.clone(), message: err.to_string() })?
+        Some(serde_json::from_str(&text).map_err(|err| StateError::Invalid { path: identity_path.clone(), message: err.to_string() })?)
     } else {
-        let identity = Identity { tenant_id: crate::crypto::new_guid(), initial_domain: format!("{}.isthmus.local", name.to_lowercase()) };
-        let text = serde_json::to_string_pretty(&identity)
-            .map_err(|err| StateError::Invalid { path: identity_path.clone(), message: err.to_string() })?;
-        std::fs::write(&identity_path, text).map_err(io("write", &identity_path))?;
-        tracing::info!(tenant = identity.tenant_id, domain = identity.initial_domain, "new tenant");
-        identity
+        None
+    };
+    let signing_path = dir.join("signing.p8");
+    let legacy_signing = if signing_path.exists() {
+        let pkcs8 = zeroize::Zeroizing::new(std::fs::read(&signing_path).map_err(io("read", &signing_path))?);
+        SigningKey::from_pkcs8(&pkcs8).map_err(|message| StateError::Invalid { path: signing_path.clone(), message })?;
+        Some(pkcs8)
+    } else {
+        None
     };
 
     let ca_pem = dir.join("tls").join("ca.pem");
@@ -96,15 +107,20 @@ pub fn open(dir: &Path, name: &str, hosts: &[String]) -> Result<Loaded, StateErr
         issue_certificates(&dir.join("tls"), hosts)?;
     }
     let tls = server_config(&cert_pem, &key_pem)?;
+    Ok(Loaded { legacy_identity, legacy_signing, tls, ca_pem, db_path: dir.join("tenant.db") })
+}
 
-    let signing_path = dir.join("signing.p8");
-    if !signing_path.exists() {
-        let pkcs8 = SigningKey::generate_pkcs8().map_err(|message| StateError::Invalid { path: signing_path.clone(), message })?;
-        write_private(&signing_path, &pkcs8)?;
+/// Removes the files an older tenant kept its identity and key in, once the database holds them.
+pub fn forget_legacy(dir: &Path) {
+    for name in ["tenant.json", "signing.p8"] {
+        let path = dir.join(name);
+        if path.exists() {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(file = %path.display(), "moved into the database"),
+                Err(err) => tracing::warn!(file = %path.display(), "could not remove after moving into the database: {err}"),
+            }
+        }
     }
-    let pkcs8 = zeroize::Zeroizing::new(std::fs::read(&signing_path).map_err(io("read", &signing_path))?);
-    let signing = SigningKey::from_pkcs8(&pkcs8).map_err(|message| StateError::Invalid { path: signing_path.clone(), message })?;
-    Ok(Loaded { identity, tls, ca_pem, signing, db_path: dir.join("tenant.db") })
 }
 
 fn issue_certificates(dir: &Path, hosts: &[String]) -> Result<(), StateError> {
