@@ -1,5 +1,5 @@
-//! `cargo xtask bench-tenant`: the tenant over HTTPS on loopback (release build, SQLite, its
-//! default 600,000 PBKDF2 iterations): client-credentials tokens/s, password sign-ins/s, and
+//! `cargo xtask bench-tenant`: the tenant over HTTPS on loopback (release build, SQLite or a
+//! private PostgreSQL server, its default 600,000 PBKDF2 iterations): client-credentials tokens/s, password sign-ins/s, and
 //! user creates/s through `$batch` (synced users without a password, as the sync connector
 //! creates them, and cloud users with one), and the Graph connector's exports one by one and
 //! in chunks.
@@ -26,6 +26,9 @@ pub struct Args {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Where the tenant keeps its directory: sqlite or postgres (a private test-kit server).
+    #[arg(long, default_value = "sqlite")]
+    store: String,
 }
 
 /// Runs the benchmark and prints one line per measurement.
@@ -36,7 +39,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
 async fn bench(args: &Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = tenant::TenantConfig::new(dir.path().join("state"), vec!["127.0.0.1:0".parse()?]);
+    let mut config = tenant::TenantConfig::new(dir.path().join("state"), vec!["127.0.0.1:0".parse()?]);
+    let _server = match args.store.as_str() {
+        "sqlite" => None,
+        "postgres" => {
+            let server = testkit::postgres::Postgres::start()?;
+            config.postgres = Some(server.url().to_string());
+            Some(server)
+        }
+        other => anyhow::bail!("--store must be sqlite or postgres, not {other}"),
+    };
+    println!("tenant store: {}", args.store);
     let (tenant, bootstrap) = tenant::Tenant::open(config).await?;
     let admin = bootstrap.context("a new tenant has an admin app")?;
     let domain = tenant.initial_domain().to_string();

@@ -285,20 +285,30 @@ impl Db {
         &self,
         work: impl FnOnce(&mut dyn Sql) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, DbError> {
-        self.run(true, work).await
+        self.run(Mode::Serialized, work).await
     }
 
-    /// Runs `work` in one read-only transaction (not serialized with writers on PostgreSQL).
+    /// Runs `work` that only reads. On PostgreSQL each statement stands alone (no transaction,
+    /// not serialized with writers: reads scale with processes); on SQLite it is one transaction.
     pub async fn read<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut dyn Sql) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, DbError> {
-        self.run(false, work).await
+        self.run(Mode::Unserialized, work).await
+    }
+
+    /// Runs one statement that conflicts with nothing (appending an audit record) without
+    /// waiting for the writers' lock.
+    pub async fn append<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut dyn Sql) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, DbError> {
+        self.run(Mode::Unserialized, work).await
     }
 
     async fn run<T: Send + 'static>(
         &self,
-        write: bool,
+        mode: Mode,
         work: impl FnOnce(&mut dyn Sql) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, DbError> {
         let backend = self.backend.clone();
@@ -307,7 +317,10 @@ impl Db {
             Backend::Sqlite(_) => tokio::task::spawn_blocking(move || {
                 let Backend::Sqlite(conn) = &*backend else { unreachable_backend() };
                 let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                let behavior = if write { rusqlite::TransactionBehavior::Immediate } else { rusqlite::TransactionBehavior::Deferred };
+                let behavior = match mode {
+                    Mode::Serialized => rusqlite::TransactionBehavior::Immediate,
+                    Mode::Unserialized => rusqlite::TransactionBehavior::Deferred,
+                };
                 let tx = guard.transaction_with_behavior(behavior)?;
                 let out = work(&mut SqliteTx(&tx))?;
                 tx.commit()?;
@@ -331,13 +344,13 @@ impl Db {
                     }
                 };
                 let runtime = tokio::runtime::Handle::current();
-                let (conn, out) = tokio::task::spawn_blocking(move || {
-                    let out = pg_transaction(&mut conn, runtime, write, work);
-                    (conn, out)
+                let (conn, reusable, out) = tokio::task::spawn_blocking(move || {
+                    let (reusable, out) = pg_run(&mut conn, runtime, mode, work);
+                    (conn, reusable, out)
                 })
                 .await
                 .map_err(failed)?;
-                if !conn.client.is_closed() {
+                if reusable && !conn.client.is_closed() {
                     pool.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(conn);
                 }
                 out
@@ -346,31 +359,43 @@ impl Db {
     }
 }
 
+/// How a piece of work meets the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One transaction, serialized with every other writer (of every process).
+    Serialized,
+    /// Reads, or a lone append: no writers' lock.
+    Unserialized,
+}
+
 fn unreachable_backend() -> ! {
     panic!("the backend of a database never changes")
 }
 
-fn pg_transaction<T>(
+/// Runs `work` on a PostgreSQL connection; also says whether the connection may be reused (a
+/// transaction that could not be rolled back leaves it unusable).
+fn pg_run<T>(
     conn: &mut PgConn,
     runtime: tokio::runtime::Handle,
-    write: bool,
+    mode: Mode,
     work: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
-) -> Result<T, DbError> {
-    let begin = if write { "BEGIN" } else { "BEGIN READ ONLY" };
-    runtime.block_on(conn.client.batch_execute(begin)).map_err(crate::sql::postgres_error)?;
+) -> (bool, Result<T, DbError>) {
+    if mode == Mode::Unserialized {
+        return (true, work(&mut PgTx { conn, runtime }));
+    }
+    // One round trip: begin, and wait for the writers' lock (released at commit or rollback).
+    let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})");
+    if let Err(err) = runtime.block_on(conn.client.batch_execute(&begin)) {
+        let reusable = runtime.block_on(conn.client.batch_execute("ROLLBACK")).is_ok();
+        return (reusable, Err(crate::sql::postgres_error(err)));
+    }
     let mut tx = PgTx { conn, runtime: runtime.clone() };
-    let out = if write { tx.execute("SELECT pg_advisory_xact_lock(?1)", &[WRITE_LOCK.into()]).map(|_| ()) } else { Ok(()) }
-        .and_then(|()| work(&mut tx));
-    match out {
-        Ok(out) => {
-            runtime.block_on(tx.conn.client.batch_execute("COMMIT")).map_err(crate::sql::postgres_error)?;
-            Ok(out)
-        }
-        Err(err) => {
-            // A failed rollback leaves the connection unusable; it is then closed and not reused.
-            let _ = runtime.block_on(tx.conn.client.batch_execute("ROLLBACK"));
-            Err(err)
-        }
+    match work(&mut tx) {
+        Ok(out) => match runtime.block_on(tx.conn.client.batch_execute("COMMIT")) {
+            Ok(()) => (true, Ok(out)),
+            Err(err) => (false, Err(crate::sql::postgres_error(err))),
+        },
+        Err(err) => (runtime.block_on(tx.conn.client.batch_execute("ROLLBACK")).is_ok(), Err(err)),
     }
 }
 

@@ -173,7 +173,7 @@ impl Shared {
         tracing::info!(target: "audit", category, activity, actor, subject = target, outcome, "audit");
         let record =
             db::AuditRecord { seq: 0, time: now_rfc3339(), category: category.into(), activity, actor, target, outcome: outcome.into() };
-        if let Err(err) = self.db.call(move |conn| db::insert_audit(conn, &record)).await {
+        if let Err(err) = self.db.append(move |conn| db::insert_audit(conn, &record)).await {
             tracing::error!("audit record not stored: {err}");
         }
     }
