@@ -497,10 +497,13 @@ pub async fn create(
             )));
         }
     }
-    let synced = object.get("onPremisesImmutableId").is_some_and(|id| !id.is_null());
-    if (synced || object.get("onPremisesSyncEnabled").and_then(Value::as_bool) == Some(true)) && !access.is_sync() {
+    // An administrator may give a cloud user an onPremisesImmutableId (to prepare a hard match,
+    // or for a federated domain); only the sync service creates objects synced from on-premises.
+    let has_anchor = object.get("onPremisesImmutableId").is_some_and(|id| !id.is_null());
+    if object.get("onPremisesSyncEnabled").and_then(Value::as_bool) == Some(true) && !access.is_sync() {
         return Err(GraphError::bad_request("Only the directory synchronization service can create objects synced from on-premises."));
     }
+    let synced = has_anchor && access.is_sync();
     if resource.kind == Kind::User && password.is_none() && !synced {
         return Err(GraphError::bad_request("Property 'passwordProfile' is required when creating a cloud-only user."));
     }
@@ -542,6 +545,8 @@ pub async fn create(
                     }
                     crate::resilience::Match::None => crate::resilience::adjust(conn, kind, &mut stored, &domains)?,
                 }
+            } else if let Some(why) = anchor_taken(conn, kind, &stored)? {
+                return Ok(Err(why));
             }
             db::insert(conn, kind, &stored, credential.as_ref())?;
             Ok(Ok((stored, false)))
@@ -554,6 +559,17 @@ pub async fn create(
     let mut body = project(resource, &object, None);
     body["@odata.context"] = Value::String(format!("{}/v1.0/$metadata#{}/$entity", base_url(&headers), resource.segment));
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Another live object's hold on this object's onPremisesImmutableId, as Graph words it.
+fn anchor_taken(conn: &mut dyn crate::sql::Sql, kind: Kind, object: &Map<String, Value>) -> Result<Option<String>, db::DbError> {
+    let Some(anchor) = object.get("onPremisesImmutableId").and_then(Value::as_str) else { return Ok(None) };
+    let id = object.get("id").and_then(Value::as_str).unwrap_or_default();
+    let others = db::find(conn, kind, db::Lookup::ImmutableId(anchor))?;
+    Ok(others
+        .iter()
+        .any(|other| other.get("id").and_then(Value::as_str) != Some(id))
+        .then(|| format!("Another object with the same value for property onPremisesImmutableId already exists: {anchor}")))
 }
 
 /// Properties cloud admins may still change on an object synced from on-premises.
@@ -582,8 +598,7 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
         }
         None => None,
     };
-    let touches_sync_state = patch.keys().any(|name| name == "onPremisesSyncEnabled" || name == "onPremisesImmutableId");
-    if touches_sync_state && !access.is_sync() {
+    if patch.contains_key("onPremisesSyncEnabled") && !access.is_sync() {
         return Err(synced_refusal());
     }
     let (kind, lookup, sync, domains) = (resource.kind, key.clone(), access.is_sync(), state.resilience_domains());
@@ -594,13 +609,16 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
             let synced = object.get("onPremisesSyncEnabled").and_then(Value::as_bool) == Some(true);
             // A synced user's password is mastered on-premises (no password writeback here).
             if synced && !sync && (credential.is_some() || patch.keys().any(|name| !CLOUD_MASTERED.contains(&name.as_str()))) {
-                return Ok(Some(Err(())));
+                return Ok(Some(Err(None)));
             }
             if sync {
                 crate::resilience::remember_wanted(&patch, &mut object);
             }
             for (name, value) in patch {
                 object.insert(name, value);
+            }
+            if !sync && let Some(why) = anchor_taken(conn, kind, &object)? {
+                return Ok(Some(Err(Some(why))));
             }
             if sync {
                 crate::resilience::adjust(conn, kind, &mut object, &domains)?;
@@ -615,7 +633,8 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
             Ok(Some(Ok(object)))
         })
         .await?;
-    let object = updated.ok_or_else(|| GraphError::not_found(&key))?.map_err(|()| synced_refusal())?;
+    let object =
+        updated.ok_or_else(|| GraphError::not_found(&key))?.map_err(|why| why.map_or_else(synced_refusal, GraphError::bad_request))?;
     // A value this object gave up may free another's quarantine.
     state.recheck_conflicts().await;
     state

@@ -1106,6 +1106,22 @@ async fn the_sync_soft_and_hard_matches_existing_objects() {
     let (_, other) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced_user("carl", &domain, "b3RoZXI="))).await;
     assert_ne!(other["id"], carl["id"]);
     assert!(other["userPrincipalName"].as_str().unwrap().starts_with("carl+"), "its UPN is quarantined instead: {other}");
+
+    // An administrator prepares a hard match by giving a cloud user the on-premises anchor.
+    let (_, dora) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("dora", &domain))).await;
+    let dora_path = format!("/v1.0/users/{}", dora["id"].as_str().unwrap());
+    let (status, error) = tenant.call(Method::PATCH, &dora_path, &admin, Some(json!({"onPremisesImmutableId": "Y2FybA=="}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "an anchor another object holds: {error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("onPremisesImmutableId"), "{error}");
+    let (status, _) = tenant.call(Method::PATCH, &dora_path, &admin, Some(json!({"onPremisesImmutableId": "ZG9yYQ=="}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, prepared) = tenant.call(Method::GET, &dora_path, &admin, None).await;
+    assert_eq!((prepared["onPremisesImmutableId"].as_str(), prepared["onPremisesSyncEnabled"].as_bool()), (Some("ZG9yYQ=="), None));
+    let mut renamed = synced_user("dora", &domain, "ZG9yYQ==");
+    renamed["userPrincipalName"] = json!(format!("dora.onprem@{domain}"));
+    let (_, taken_over) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(renamed)).await;
+    assert_eq!(taken_over["id"], dora["id"], "hard match on the anchor, whatever the UPN: {taken_over}");
+    assert_eq!(taken_over["userPrincipalName"], format!("dora.onprem@{domain}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
