@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// The connector of --step.
     #[arg(long, requires = "step")]
     pub connector: Option<String>,
+    /// Let this run's export go ahead although its deletes exceed the accidental-delete
+    /// threshold (after reviewing them with `isthmus plan`); used up by that export.
+    #[arg(long)]
+    pub allow_deletes: bool,
 }
 
 fn parse_step(text: &str) -> Result<sync_runner::Step, String> {
@@ -179,6 +183,10 @@ async fn cycle<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet, 
         anyhow::ensure!(known, "no connector {id:?} in {}", args.config.display());
     }
     let runner = build(store, config, rules).await?;
+    if args.allow_deletes {
+        println!("   deletes over the threshold are allowed for this run's export");
+        runner.allow_deletes_once();
+    }
     let started = Instant::now();
     let reports = match (args.step, &args.connector) {
         (Some(step), Some(id)) => {

@@ -32,6 +32,23 @@ impl Graph {
         assert!(status.is_success(), "{status} {path}: {text}");
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
+
+    async fn status(&self, path: &str) -> reqwest::StatusCode {
+        self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await.unwrap().status()
+    }
+
+    /// The one user whose onPremisesSamAccountName is `sam`.
+    async fn synced(&self, sam: &str) -> Value {
+        let found = self.call(reqwest::Method::GET, &format!("/v1.0/users?$filter=onPremisesSamAccountName eq '{sam}'"), None).await;
+        found["value"][0].clone()
+    }
+}
+
+/// Replaces `from` by `to` in a configuration file.
+fn edit(path: &std::path::Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{from:?} not in {}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
 }
 
 /// A Samba DC with three people and a group, a tenant with their domain verified through a real
@@ -39,6 +56,9 @@ impl Graph {
 struct Hybrid {
     _dc: SambaDc,
     _dns: Dnsmasq,
+    /// The TXT record that verified `domain`.
+    dns_code: String,
+    ou: String,
     folder: tempfile::TempDir,
     graph: Graph,
     domain: String,
@@ -98,6 +118,7 @@ async fn setup() -> Option<Hybrid> {
     let records = graph.call(reqwest::Method::GET, &format!("/v1.0/domains/{domain}/verificationDnsRecords"), None).await;
     let code = records["value"][0]["text"].as_str().unwrap().to_string();
     dns.replace_records(&[(domain.as_str(), code.as_str())]).unwrap();
+    let dns_code = code.clone();
     graph.call(reqwest::Method::POST, &format!("/v1.0/domains/{domain}/verify"), None).await;
 
     // On-premises: two people and a group.
@@ -159,6 +180,8 @@ ca_file = "{tenant_ca}"
     Some(Hybrid {
         _dc: dc,
         _dns: dns,
+        dns_code,
+        ou,
         folder,
         graph,
         domain,
@@ -348,4 +371,121 @@ async fn init_checks_everything_before_it_writes_a_configuration() {
     assert!(ok, "the written file checks:\n{out}\n{err}");
     let (ok, _, err) = run_init(&hybrid.dc_admin.1);
     assert!(!ok && err.contains("already exists"), "never overwritten: {err}");
+}
+
+/// The objectGUID of `dn`, as an immutableId (base64 of its 16 bytes).
+async fn anchor_of(ad: &mut testkit::samba::AdAdmin, dn: &str) -> String {
+    use base64::Engine as _;
+    let entries = ad.conn().search(dn, ldap3::Scope::Base, "(objectClass=*)", &["objectGUID"]).await.unwrap();
+    let guid = entries[0].bin_attrs["objectGUID"][0].clone();
+    base64::engine::general_purpose::STANDARD.encode(guid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lifecycle_of_on_premises_objects_reaches_the_tenant() {
+    let Some(Hybrid {
+        graph,
+        domain,
+        mut ad,
+        people,
+        config_path,
+        ou,
+        dns_code,
+        initial,
+        _dc: dc,
+        _dns: mut dns,
+        folder: _folder,
+        _stop: _tenant_alive,
+        ..
+    }) = setup().await
+    else {
+        return;
+    };
+    let config_arg = config_path.to_str().unwrap();
+    let sync = |extra: &[&str]| {
+        let mut args = vec!["sync", "run", "--config", config_arg];
+        args.extend_from_slice(extra);
+        isthmus(&args)
+    };
+    use reqwest::Method;
+    // Hard match: an administrator gave a cloud user ivo's anchor before the first sync.
+    let ivo_anchor = anchor_of(&mut ad, &people[1]).await;
+    let cloud_ivo = json!({"accountEnabled": true, "displayName": "Ivo (cloud)", "mailNickname": "ivocloud", "userPrincipalName": format!("ivo.cloud@{initial}"),
+                           "onPremisesImmutableId": ivo_anchor, "passwordProfile": {"password": "Str0ng!Pass", "forceChangePasswordNextSignIn": false}});
+    let cloud_ivo = graph.call(Method::POST, "/v1.0/users", Some(cloud_ivo)).await;
+    // A UPN suffix the tenant has not verified; a sub-OU that will move out of scope.
+    let uma = ad
+        .create_user(&AdUser { parent_dn: Some(ou.clone()), ..AdUser::with_password("uma", "unverified.example", "Str0ng!Pass.1") })
+        .await
+        .unwrap();
+    let movable = ad.create_ou("Movable", Some(&ou)).await.unwrap();
+    let otto = ad
+        .create_user(&AdUser { parent_dn: Some(movable.clone()), ..AdUser::with_password("otto", &domain, "Str0ng!Pass.1") })
+        .await
+        .unwrap();
+
+    let (ok, out, err) = sync(&["--full"]);
+    assert!(ok, "first cycle:\n{out}\n{err}");
+    let (ok, out, err) = sync(&[]);
+    assert!(ok, "second cycle:\n{out}\n{err}");
+    let ivo = graph.synced("ivo").await;
+    assert_eq!((&ivo["id"], &ivo["onPremisesSyncEnabled"]), (&cloud_ivo["id"], &json!(true)), "hard match: {ivo}");
+    assert_eq!(ivo["userPrincipalName"], format!("ivo@{domain}"), "on-premises values win: {ivo}");
+    let uma_cloud = graph.synced("uma").await;
+    assert_eq!(uma_cloud["userPrincipalName"], format!("uma@{initial}"), "an unverified suffix becomes the initial domain: {uma_cloud}");
+    assert_eq!(graph.synced("otto").await["accountEnabled"], true);
+
+    // Verifying the suffix gives uma her on-premises UPN back.
+    graph.call(Method::POST, "/v1.0/domains", Some(json!({"id": "unverified.example"}))).await;
+    let records = graph.call(Method::GET, "/v1.0/domains/unverified.example/verificationDnsRecords", None).await;
+    let code = records["value"][0]["text"].as_str().unwrap().to_string();
+    dns.replace_records(&[(domain.as_str(), dns_code.as_str()), ("unverified.example", code.as_str())]).unwrap();
+    graph.call(Method::POST, "/v1.0/domains/unverified.example/verify", None).await;
+    assert_eq!(graph.synced("uma").await["userPrincipalName"], "uma@unverified.example", "fixed once the domain is verified");
+
+    // Changes on-premises: a rename with a new UPN, a membership, a disable, a delete, an OU
+    // moved out of the synced OU.
+    let group = format!("CN=Hybrid Staff,{ou}");
+    ad.conn().rename(&people[1], "CN=Ivo Renamed", None).await.unwrap();
+    let ivo_dn = format!("CN=Ivo Renamed,{ou}");
+    ad.conn().replace(&ivo_dn, "userPrincipalName", &[&format!("ivo.new@{domain}")]).await.unwrap();
+    ad.add_members(&group, &[&ivo_dn]).await.unwrap();
+    ad.disable(&people[0]).await.unwrap();
+    ad.conn().delete(&people[2]).await.unwrap();
+    ad.conn().rename(&movable, "OU=Movable", Some(&dc.base_dn())).await.unwrap();
+    let (ok, out, err) = sync(&[]);
+    assert!(ok, "delta cycle:\n{out}\n{err}");
+    let ivo = graph.synced("ivo").await;
+    assert_eq!((&ivo["id"], &ivo["userPrincipalName"]), (&cloud_ivo["id"], &json!(format!("ivo.new@{domain}"))), "renamed in place: {ivo}");
+    let hana = graph.synced("hana").await;
+    assert_eq!(hana["accountEnabled"], false, "disabled: {hana}");
+    let staff = graph.call(Method::GET, "/v1.0/groups?$filter=displayName eq 'Hybrid Staff'", None).await;
+    let members = graph.call(Method::GET, &format!("/v1.0/groups/{}/members", staff["value"][0]["id"].as_str().unwrap()), None).await;
+    let mut ids: Vec<&str> = members["value"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    let mut expected = vec![hana["id"].as_str().unwrap(), ivo["id"].as_str().unwrap()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "ivo joined the group: {members}");
+    assert_eq!(graph.status(&format!("/v1.0/users/kim@{domain}")).await, reqwest::StatusCode::NOT_FOUND, "deleted on-premises:\n{out}");
+    assert_eq!(graph.status(&format!("/v1.0/users/otto@{domain}")).await, reqwest::StatusCode::NOT_FOUND, "moved out of scope:\n{out}");
+
+    // The accidental-delete threshold stops a mass delete until an administrator allows it.
+    edit(&config_path, "default_rules = true", "default_rules = true\ndeletion_threshold = 1");
+    ad.conn().delete(&uma).await.unwrap();
+    ad.conn().delete(&people[0]).await.unwrap();
+    let (ok, out, err) = sync(&[]);
+    assert!(!ok && err.contains("exceed the threshold of 1") && err.contains("--allow-deletes"), "stopped:\n{out}\n{err}");
+    assert_eq!(graph.synced("hana").await["accountEnabled"], false, "nothing deleted");
+    assert_eq!(graph.synced("uma").await["userPrincipalName"], "uma@unverified.example");
+    let (ok, out, err) = sync(&["--allow-deletes"]);
+    assert!(ok, "allowed once:\n{out}\n{err}");
+    assert!(graph.synced("hana").await.is_null() && graph.synced("uma").await.is_null(), "deleted after the approval:\n{out}");
+
+    // Staging mode: everything but the export; the step says what it would have sent.
+    edit(&config_path, "default_rules = true", "default_rules = true\nstaging = true");
+    ad.conn().replace(&ivo_dn, "title", &["Staged title"]).await.unwrap();
+    let (ok, out, err) = sync(&[]);
+    assert!(ok && out.contains("staging-no-export"), "staging:\n{out}\n{err}");
+    assert!(graph.synced("ivo").await["jobTitle"].is_null(), "nothing exported in staging mode");
+    let _ = otto;
 }

@@ -50,7 +50,7 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Resul
     {
         tracing::warn!(connector = %id, deletes = planned.deletes, threshold, "accidental-delete threshold exceeded; nothing exported");
         let detail = format!(
-            "{} pending deletes exceed the threshold of {threshold}; nothing was exported. Review them with `isthmus plan`, then allow them once (the approval is used up by that export)",
+            "{} pending deletes exceed the threshold of {threshold}; nothing was exported. Review them with `isthmus plan`, then run `isthmus sync run --allow-deletes` once (the approval is used up by that export)",
             planned.deletes
         );
         return Ok(("stopped-deletion-threshold-exceeded".into(), RunCounts::default(), detail));
