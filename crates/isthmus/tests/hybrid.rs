@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use testkit::dns::Dnsmasq;
-use testkit::samba::{AdUser, SambaDc};
+use testkit::samba::{AdUser, SambaConfig, SambaDc};
 
 fn isthmus(args: &[&str]) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_isthmus")).args(args).output().expect("run isthmus");
@@ -488,4 +488,92 @@ async fn the_lifecycle_of_on_premises_objects_reaches_the_tenant() {
     assert!(ok && out.contains("staging-no-export"), "staging:\n{out}\n{err}");
     assert!(graph.synced("ivo").await["jobTitle"].is_null(), "nothing exported in staging mode");
     let _ = otto;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_forests_sync_into_one_tenant_and_a_duplicate_upn_is_quarantined_then_released() {
+    let Some(Hybrid {
+        graph,
+        domain,
+        mut ad,
+        people,
+        config_path,
+        dns_code,
+        initial,
+        state,
+        _dc: _corp_alive,
+        _dns: mut dns,
+        folder: _folder,
+        _stop: _tenant_alive,
+        ..
+    }) = setup().await
+    else {
+        return;
+    };
+    use reqwest::Method;
+    let Some(fabrikam) = testkit::available(SambaDc::start(&SambaConfig::forest("FABRIKAM.EXAMPLE.TEST", "FABRIKAM"))) else { return };
+    let fab_domain = fabrikam.config().realm.to_lowercase();
+    graph.call(Method::POST, "/v1.0/domains", Some(json!({"id": fab_domain}))).await;
+    let records = graph.call(Method::GET, &format!("/v1.0/domains/{fab_domain}/verificationDnsRecords"), None).await;
+    let code = records["value"][0]["text"].as_str().unwrap().to_string();
+    dns.replace_records(&[(domain.as_str(), dns_code.as_str()), (fab_domain.as_str(), code.as_str())]).unwrap();
+    graph.call(Method::POST, &format!("/v1.0/domains/{fab_domain}/verify"), None).await;
+
+    // Fabrikam: one person of its own, and one whose UPN is the same as corp's hana.
+    let mut fab = fabrikam.admin().await.unwrap();
+    let fab_ou = fab.create_ou(&format!("Fab-{}", std::process::id()), None).await.unwrap();
+    fab.create_user(&AdUser { parent_dn: Some(fab_ou.clone()), ..AdUser::with_password("fay", &fab_domain, "Str0ng!Pass.1") })
+        .await
+        .unwrap();
+    let twin = AdUser {
+        parent_dn: Some(fab_ou.clone()),
+        upn: Some(format!("hana@{domain}")),
+        mail: Some(format!("hana.twin@{fab_domain}")),
+        ..AdUser::with_password("hanatwin", &fab_domain, "Str0ng!Pass.1")
+    };
+    fab.create_user(&twin).await.unwrap();
+    let second = format!(
+        r#"[[connector]]
+id = "{fab_domain}"
+flavour = "active-directory"
+host = "{host}"
+ca_file = "{ca}"
+include_ous = ["{fab_ou}"]
+[connector.bind]
+method = "simple"
+dn = "{admin}"
+password = "{password}"
+
+[[graph]]"#,
+        host = fabrikam.ip(),
+        ca = fabrikam.ca_pem().display(),
+        admin = fabrikam.admin_dn(),
+        password = fabrikam.config().admin_password,
+    );
+    edit(&config_path, "[[graph]]", &second);
+    let config_arg = config_path.to_str().unwrap();
+    let (ok, out, err) = isthmus(&["sync", "run", "--config", config_arg, "--full"]);
+    assert!(ok, "first cycle:\n{out}\n{err}");
+    let (ok, out, err) = isthmus(&["sync", "run", "--config", config_arg]);
+    assert!(ok, "second cycle:\n{out}\n{err}");
+
+    // Both forests are in the one tenant.
+    assert_eq!(graph.synced("fay").await["userPrincipalName"], format!("fay@{fab_domain}"), "{out}");
+    assert_eq!(graph.synced("hana").await["userPrincipalName"], format!("hana@{domain}"));
+    // The second holder of hana's UPN is synced with a quarantined one, and the conflict shows.
+    let twin_cloud = graph.synced("hanatwin").await;
+    let quarantined = twin_cloud["userPrincipalName"].as_str().unwrap_or_default().to_string();
+    assert!(quarantined.starts_with("hana+") && quarantined.ends_with(&format!("@{initial}")), "{twin_cloud}");
+    let db = state.join("isthmus.db");
+    let (ok, conflicts, _) = isthmus(&["conflicts", "--db", db.to_str().unwrap()]);
+    assert!(ok && conflicts.contains(&format!("hana@{domain}")) && conflicts.contains("UserPrincipalName"), "{conflicts}");
+
+    // Corp's hana takes another UPN: the quarantine is released.
+    ad.conn().replace(&people[0], "userPrincipalName", &[&format!("hana.corp@{domain}")]).await.unwrap();
+    let (ok, out, err) = isthmus(&["sync", "run", "--config", config_arg]);
+    assert!(ok, "{out}\n{err}");
+    let twin_cloud = graph.synced("hanatwin").await;
+    assert_eq!(twin_cloud["userPrincipalName"], format!("hana@{domain}"), "released: {twin_cloud}\n{out}");
+    let (_, conflicts, _) = isthmus(&["conflicts", "--db", db.to_str().unwrap()]);
+    assert!(conflicts.contains("0 conflict(s)"), "{conflicts}");
 }
