@@ -246,6 +246,11 @@ async fn ad_people_and_groups_reach_the_tenant_with_the_default_rules() {
     );
     assert_eq!(hana["onPremisesSamAccountName"], "hana");
     assert_eq!(hana["accountEnabled"], true);
+    // The anchor in use (objectGUID) was written back into mS-DS-ConsistencyGuid.
+    let entries =
+        ad.conn().search(&people[0], ldap3::Scope::Base, "(objectClass=*)", &["objectGUID", "mS-DS-ConsistencyGuid"]).await.unwrap();
+    let (guid, consistency) = (&entries[0].bin_attrs["objectGUID"], entries[0].bin_attrs.get("mS-DS-ConsistencyGuid"));
+    assert_eq!(consistency, Some(guid), "consistency GUID written back:\n{out}");
     let groups = graph.call(reqwest::Method::GET, "/v1.0/groups?$filter=displayName eq 'Hybrid Staff'", None).await;
     let (_, errors, _) =
         isthmus(&["cs", "search", "--db", state.join("isthmus.db").to_str().unwrap(), "--connector", "tenant", "--errors"]);

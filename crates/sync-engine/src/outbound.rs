@@ -27,6 +27,16 @@ pub fn rules_in_scope<'r>(rules: &'r RuleSet, mv: &MvObject, connector: &Connect
         .collect()
 }
 
+/// Whether some outbound rule provisions MV objects of this one's type into `connector`.
+fn provisions_into(rules: &RuleSet, mv: &MvObject, connector: &ConnectorId) -> bool {
+    rules.rules().iter().any(|rule| {
+        rule.direction == Direction::Outbound
+            && &rule.connector == connector
+            && rule.source_type == mv.object_type
+            && rule.link_type == LinkType::Provision
+    })
+}
+
 /// A lookup of existing CS objects an MV object could join to before anything is provisioned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundJoinQuery {
@@ -119,7 +129,15 @@ pub fn sync_outbound(mut input: OutboundInput<'_>) -> OutboundDecision {
     match input.joined {
         Some(cs) => {
             if provisioning.is_none() && !in_scope.iter().any(|rule| rule.link_type == LinkType::StickyJoin) {
-                return OutboundDecision::Deprovision(cs.id);
+                // Only a connector that outbound rules provision objects of this type into
+                // deletes them again; join rules alone (a writeback to the source directory)
+                // never delete what they did not create.
+                if provisions_into(input.rules, input.mv, input.connector) {
+                    return OutboundDecision::Deprovision(cs.id);
+                }
+                if in_scope.is_empty() {
+                    return OutboundDecision::Nothing;
+                }
             }
             match desired(&mut input, &in_scope, false) {
                 Err(error) => OutboundDecision::Error(error),

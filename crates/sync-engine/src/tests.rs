@@ -419,3 +419,42 @@ fn exports_to_a_joined_object_and_deprovisioning() {
     descoped.attributes.insert("cloudFiltered".into(), MvAttribute { values: vec![AttrValue::Boolean(true)], lineage: vec![] });
     assert_eq!(run_outbound(&descoped, Some(&joined), &[]), OutboundDecision::Deprovision(CsId(9)));
 }
+
+#[test]
+fn the_consistency_guid_is_written_back_and_a_join_rule_never_deletes() {
+    let rules = default_rules();
+    let parameters = BTreeMap::new();
+    let resolve = |_: MvId| None;
+    let guid = AttrValue::Binary((0u8..16).collect());
+    let decide = |mv: &MvObject, joined: &CsObject| {
+        let mut random = || 3u64;
+        outbound::sync_outbound(OutboundInput {
+            rules: &rules,
+            mv,
+            connector: &ConnectorId("corp".into()),
+            joined: Some(joined),
+            join_candidates: &[],
+            parameters: &parameters,
+            resolve_reference: &resolve,
+            now: now(),
+            random: &mut random,
+        })
+    };
+    let mut ad_user = cs(3, "corp", "user", "CN=Ann,DC=corp", Attributes::new().with("objectGUID", guid.clone()));
+    ad_user.link = Some(MvId(42));
+    let mut mv = cloud_user();
+    mv.attributes.insert("sourceAnchorBinary".into(), MvAttribute { values: vec![guid.clone()], lineage: vec![] });
+    mv.attributes.insert("sourceAnchorForest".into(), MvAttribute { values: vec![s("corp")], lineage: vec![] });
+    assert_eq!(
+        decide(&mv, &ad_user),
+        OutboundDecision::Export(PendingExport::Update(vec![AttrChange::Replace("mS-DS-ConsistencyGuid".into(), vec![guid.clone()])])),
+        "objectGUID goes into the consistency GUID"
+    );
+    let mut written = ad_user.clone();
+    written.attributes = written.attributes.with("mS-DS-ConsistencyGuid", guid);
+    assert_eq!(decide(&mv, &written), OutboundDecision::Nothing, "once written, nothing more");
+    // A person the writeback does not speak of (another forest's, or a group) is left alone:
+    // a join rule never deletes the source directory's objects.
+    mv.attributes.insert("sourceAnchorForest".into(), MvAttribute { values: vec![s("fabrikam")], lineage: vec![] });
+    assert_eq!(decide(&mv, &ad_user), OutboundDecision::Nothing);
+}

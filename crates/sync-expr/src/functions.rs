@@ -850,6 +850,27 @@ pub static FUNCTIONS: &[Function] = &[
         Kind::Plain(coalesce)
     ),
     f!(
+        "CheckSourceAnchor",
+        "str CheckSourceAnchor(str value)",
+        C::ProgramFlow,
+        "Isthmus extension: the value, when Entra would take it as the sourceAnchor from a custom source attribute (fewer than 60 characters, each one other than a-z, A-Z, 0-9 counting as 3; none of \\ ! # $ % & * + / = ? ^ ` { } | ~ < > ( ) ' ; : , [ ] \" @ _); otherwise an error on the object that names the problem. Null stays Null.",
+        [S],
+        1,
+        Some(1),
+        [
+            ("CheckSourceAnchor(\"E-12345\")", "\"E-12345\""),
+            (
+                "CheckSourceAnchor(\"ann@corp\")",
+                "error: CheckSourceAnchor: the sourceAnchor \"ann@corp\" contains '@', which Entra does not allow"
+            ),
+            (
+                "CheckSourceAnchor(\"x-x-x-x-x-x-x-x-x-x-x-x-x-x-x-x\")",
+                "error: CheckSourceAnchor: the sourceAnchor \"x-x-x-x-x-x-x-x-x-x-x-x-x-x-x-x\" counts 61 characters (each one other than a-z, A-Z, 0-9 counts 3); it must be fewer than 60"
+            ),
+        ],
+        Kind::Plain(check_source_anchor)
+    ),
+    f!(
         "Error",
         "void Error(str message)",
         C::ProgramFlow,
@@ -1627,6 +1648,26 @@ fn split(args: &[Value], _: &mut Services<'_>) -> Result<Value, String> {
 
 fn coalesce(args: &[Value], _: &mut Services<'_>) -> Result<Value, String> {
     Ok(args.iter().find(|value| !null_or_empty(value)).cloned().unwrap_or(Value::Null))
+}
+
+/// Characters Entra refuses in a sourceAnchor taken from a custom attribute.
+const ANCHOR_FORBIDDEN: &str = "\\!#$%&*+/=?^`{}|~<>()';:,[]\"@_";
+
+fn check_source_anchor(args: &[Value], _: &mut Services<'_>) -> Result<Value, String> {
+    let Some(value) = text(&args[0], "value")? else { return Ok(Value::Null) };
+    if let Some(bad) = value.chars().find(|c| ANCHOR_FORBIDDEN.contains(*c) || c.is_control()) {
+        return Err(format!("the sourceAnchor {value:?} contains {bad:?}, which Entra does not allow"));
+    }
+    let counted: usize = value.chars().map(|c| if c.is_ascii_alphanumeric() { 1 } else { 3 }).sum();
+    if counted >= 60 {
+        return Err(format!(
+            "the sourceAnchor {value:?} counts {counted} characters (each one other than a-z, A-Z, 0-9 counts 3); it must be fewer than 60"
+        ));
+    }
+    if value.is_empty() {
+        return Err("the sourceAnchor is empty".into());
+    }
+    Ok(Value::Str(value))
 }
 
 fn error(args: &[Value], _: &mut Services<'_>) -> Result<Value, String> {

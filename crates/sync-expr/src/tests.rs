@@ -112,6 +112,7 @@ fn the_issue_list_of_functions_is_covered() {
         "FormatDateTime",
         "Guid",
         "Error",
+        "CheckSourceAnchor",
         "Count",
         "RandomNum",
         "Select",
@@ -326,6 +327,21 @@ proptest! {
     ], 0..24)) {
         let text = parts.concat();
         let _ = run(&text);
+    }
+
+    /// A value CheckSourceAnchor accepts meets every rule; one it refuses breaks one, and the
+    /// error names the value.
+    #[test]
+    fn check_source_anchor_accepts_exactly_the_valid_values(value in "\\PC{0,40}") {
+        let quoted = value.replace('"', "\"\"");
+        let result = run(&format!("CheckSourceAnchor(\"{quoted}\")"));
+        let counted: usize = value.chars().map(|c| if c.is_ascii_alphanumeric() { 1 } else { 3 }).sum();
+        let valid = !value.is_empty() && counted < 60 && !value.chars().any(|c| "\\!#$%&*+/=?^`{}|~<>()';:,[]\"@_".contains(c) || c.is_control());
+        if valid {
+            prop_assert!(!result.starts_with("error:"), "{} refused: {}", value, result);
+        } else {
+            prop_assert!(result.starts_with("error: CheckSourceAnchor: the sourceAnchor"), "{} accepted: {}", value, result);
+        }
     }
 
     /// Any rendered (fully parenthesised) tree parses back to the same tree.
