@@ -121,6 +121,46 @@ pub async fn open(config: GraphConfig) -> Result<Connector, ConnectorError> {
     })
 }
 
+/// What the tenant says about the sourceAnchor of synced objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnchorCheck {
+    /// The tenant had none: this server's choice is now stored there.
+    Stored,
+    /// The tenant holds the same choice.
+    Same,
+    /// The tenant holds another (set by the sync server that synced its objects first).
+    Different(String),
+}
+
+/// Compares `anchor` (an attribute name) with the `anchorAttribute` the tenant keeps in
+/// `/directory/onPremisesSynchronization` and, when the tenant has none yet and `store` is
+/// true, stores it there with this client's version: the tenant remembers the anchor, and a
+/// new sync server reads it (Entra Connect does the same at install).
+pub async fn check_anchor(config: &GraphConfig, anchor: &str, store: bool) -> Result<AnchorCheck, ConnectorError> {
+    let client = client::Client::new(config.clone())?;
+    let answer = client.send(reqwest::Method::GET, "/directory/onPremisesSynchronization", None).await?;
+    if !answer.status.is_success() {
+        return Err(client::error_of("GET /directory/onPremisesSynchronization", &answer));
+    }
+    let settings = answer.body.pointer("/value/0").cloned().unwrap_or_default();
+    let id = settings.get("id").and_then(serde_json::Value::as_str).unwrap_or(config.tenant.as_str()).to_string();
+    match settings.pointer("/configuration/anchorAttribute").and_then(serde_json::Value::as_str) {
+        Some(held) if held.eq_ignore_ascii_case(anchor) => Ok(AnchorCheck::Same),
+        Some(held) => Ok(AnchorCheck::Different(held.to_string())),
+        None if !store => Ok(AnchorCheck::Same),
+        None => {
+            let body = serde_json::json!({"configuration": {
+                "anchorAttribute": anchor,
+                "synchronizationClientVersion": format!("isthmus {}", env!("CARGO_PKG_VERSION")),
+                "applicationId": config.client_id,
+            }});
+            let path = format!("/directory/onPremisesSynchronization/{id}");
+            client.object_call(reqwest::Method::PATCH, &path, Some(&body)).await?;
+            Ok(AnchorCheck::Stored)
+        }
+    }
+}
+
 /// The DN of an object with `id`.
 pub fn dn_of(id: &str) -> String {
     format!("objectId={id}")

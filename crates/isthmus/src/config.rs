@@ -51,6 +51,23 @@ pub struct SyncConfig {
     /// Stop an export that would delete more objects than this; 0 turns the check off.
     #[serde(default = "default_threshold")]
     pub deletion_threshold: u64,
+    /// The default rules' sourceAnchor for users: `mS-DS-ConsistencyGuid` (falling back to
+    /// objectGUID and written back; the default), `objectGUID`, or another attribute. Chosen
+    /// once: the tenant remembers it, and a sync server with another anchor is refused.
+    #[serde(default = "default_anchor")]
+    pub source_anchor: String,
+    /// The AD attribute the cloud userPrincipalName comes from with the default rules:
+    /// `userPrincipalName`, or an alternate login ID such as `mail`.
+    #[serde(default = "default_upn_attribute")]
+    pub upn_attribute: String,
+}
+
+fn default_anchor() -> String {
+    "mS-DS-ConsistencyGuid".into()
+}
+
+fn default_upn_attribute() -> String {
+    "userPrincipalName".into()
 }
 
 fn default_threshold() -> u64 {
@@ -141,7 +158,8 @@ impl Config {
                 .filter(|connector| connector.flavour == connector_ldap::Flavour::ActiveDirectory)
                 .map(|connector| connector.id.as_str())
                 .collect();
-            match sync_rules::defaults::ad_to_cloud(&ad, &cloud.id) {
+            let options = self.default_options()?;
+            match sync_rules::defaults::ad_to_cloud_with(&ad, &cloud.id, &options) {
                 Ok(set) => sets.push(set),
                 Err(errors) => problems.extend(errors.iter().map(|error| format!("default rules: {error}"))),
             }
@@ -171,6 +189,13 @@ impl Config {
             }
         }
         anyhow::bail!("{} problem(s) in the rules:\n  {}", problems.len(), problems.join("\n  "))
+    }
+
+    /// The choices the default rules are made with.
+    pub fn default_options(&self) -> anyhow::Result<sync_rules::defaults::DefaultOptions> {
+        let source_anchor = sync_rules::defaults::SourceAnchor::from_name(&self.sync.source_anchor)
+            .map_err(|why| anyhow::anyhow!("[sync] source_anchor: {why}"))?;
+        Ok(sync_rules::defaults::DefaultOptions { source_anchor, upn_attribute: self.sync.upn_attribute.clone() })
     }
 
     /// The runner's settings.

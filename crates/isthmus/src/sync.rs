@@ -134,8 +134,29 @@ async fn serve_with<S: Store>(store: S, config: &Config, rules: sync_rules::Rule
     Ok(())
 }
 
+/// With the default rules, the tenant must anchor on what this configuration does: the first
+/// server stores its choice in the tenant, later ones (a rebuild, a staging server) are held to it.
+async fn check_anchor(config: &Config) -> anyhow::Result<()> {
+    let (true, Some(cloud)) = (config.sync.default_rules, config.graphs.first()) else { return Ok(()) };
+    let options = config.default_options()?;
+    let ours = options.source_anchor.name();
+    let check = connector_graph::check_anchor(cloud, ours, !config.sync.staging)
+        .await
+        .with_context(|| format!("read the tenant's sync settings through connector {}", cloud.id))?;
+    match check {
+        connector_graph::AnchorCheck::Stored => println!("   the tenant now remembers the source anchor: {ours}"),
+        connector_graph::AnchorCheck::Same => {}
+        connector_graph::AnchorCheck::Different(held) => anyhow::bail!(
+            "the tenant's synced objects are anchored on {held} (stored there by the sync server that synced them first), \
+             but [sync] source_anchor is {ours}: set source_anchor = \"{held}\" — the anchor of synced objects never changes"
+        ),
+    }
+    Ok(())
+}
+
 /// The runner with every configured connector opened.
 async fn build<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet) -> anyhow::Result<Runner<S>> {
+    check_anchor(config).await?;
     store.migrate().await.context("create or check the database schema")?;
     let mut runner = Runner::new(store, rules, config.runner());
     for connector in &config.connectors {

@@ -32,7 +32,8 @@ pub struct ServeArgs {
     /// The DNS resolver (ip:port) domain verification asks; default: the first of /etc/resolv.conf.
     #[arg(long)]
     pub dns_resolver: Option<SocketAddr>,
-    /// Never let the sync take over a cloud-only object by matching its UPN or primary SMTP.
+    /// Never let the sync take over a cloud-only object by matching its UPN or primary SMTP
+    /// (also a tenant feature: blockSoftMatchEnabled in /v1.0/directory/onPremisesSynchronization).
     #[arg(long)]
     pub block_soft_match: bool,
     /// Never let the sync take over a cloud object through its onPremisesImmutableId.
@@ -58,6 +59,7 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     config.match_policy = tenant::resilience::MatchPolicy {
         block_soft_match: args.block_soft_match,
         block_hard_match_takeover: args.block_hard_match_takeover,
+        no_soft_match_on_upn: false,
     };
     config.postgres = args.postgres.clone().or_else(|| std::env::var("ISTHMUS_TENANT_POSTGRES").ok().filter(|url| !url.is_empty()));
     let (tenant, bootstrap) = tenant::Tenant::open(config).await.with_context(|| format!("open the tenant in {}", args.state.display()))?;

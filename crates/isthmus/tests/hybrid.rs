@@ -283,6 +283,36 @@ async fn ad_people_and_groups_reach_the_tenant_with_the_default_rules() {
     // And a further cycle has nothing to do: the tenant's state reads back as what was exported.
     let (ok, out, _) = isthmus(&["sync", "run", "--config", config_arg]);
     assert!(ok && out.lines().filter(|line| line.contains(" export ")).all(|line| line.contains("0 exported")), "no churn:\n{out}");
+
+    // The tenant remembers the anchor; a server configured with another one is refused.
+    let settings = graph.call(reqwest::Method::GET, "/v1.0/directory/onPremisesSynchronization", None).await;
+    assert_eq!(settings["value"][0]["configuration"]["anchorAttribute"], "mS-DS-ConsistencyGuid", "{settings}");
+    let other = config_path.with_file_name("other-anchor.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&config_path)
+            .unwrap()
+            .replace("default_rules = true", "default_rules = true\nsource_anchor = \"objectGUID\""),
+    )
+    .unwrap();
+    let (ok, out, err) = isthmus(&["sync", "run", "--config", other.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("anchored on mS-DS-ConsistencyGuid") && err.contains("source_anchor = \"mS-DS-ConsistencyGuid\""),
+        "{out}\n{err}"
+    );
+
+    // Alternate login ID: the cloud UPN comes from mail.
+    ad.conn().replace(&people[1], "mail", &[&format!("ivo.mail@{domain}")]).await.unwrap();
+    let alternate = config_path.with_file_name("alternate-id.toml");
+    std::fs::write(
+        &alternate,
+        std::fs::read_to_string(&config_path).unwrap().replace("default_rules = true", "default_rules = true\nupn_attribute = \"mail\""),
+    )
+    .unwrap();
+    let (ok, out, err) = isthmus(&["sync", "run", "--config", alternate.to_str().unwrap(), "--full"]);
+    assert!(ok, "{out}\n{err}");
+    let ivo = graph.call(reqwest::Method::GET, &format!("/v1.0/users/ivo.mail@{domain}"), None).await;
+    assert_eq!(ivo["onPremisesSamAccountName"], "ivo", "the UPN is ivo's mail now: {ivo}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,4 +611,42 @@ password = "{password}"
     assert_eq!(twin_cloud["userPrincipalName"], format!("hana@{domain}"), "released: {twin_cloud}\n{out}");
     let (_, conflicts, _) = isthmus(&["conflicts", "--db", db.to_str().unwrap()]);
     assert!(conflicts.contains("0 conflict(s)"), "{conflicts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_source_anchor_is_checked_per_object() {
+    let Some(Hybrid {
+        graph,
+        domain,
+        mut ad,
+        people,
+        config_path,
+        state,
+        folder: _folder,
+        _dc: _dc_alive,
+        _dns: _dns_alive,
+        _stop: _tenant_alive,
+        ..
+    }) = setup().await
+    else {
+        return;
+    };
+    edit(&config_path, "default_rules = true", "default_rules = true\nsource_anchor = \"employeeID\"");
+    ad.conn().replace(&people[0], "employeeID", &["E1001"]).await.unwrap();
+    ad.conn().replace(&people[1], "employeeID", &["ivo@corp"]).await.unwrap();
+    let config_arg = config_path.to_str().unwrap();
+    let (ok, out, err) = isthmus(&["sync", "run", "--config", config_arg, "--full"]);
+    assert!(ok, "{out}\n{err}");
+    let hana = graph.synced("hana").await;
+    assert_eq!(hana["onPremisesImmutableId"], "E1001", "a string anchor is taken as it is: {hana}");
+    assert!(graph.synced("ivo").await.is_null(), "an anchor Entra would refuse is not exported");
+    assert!(graph.synced("kim").await.is_null(), "no anchor value, not provisioned");
+    let (_, errors, _) =
+        isthmus(&["cs", "search", "--db", state.join("isthmus.db").to_str().unwrap(), "--connector", "tenant", "--errors"]);
+    let (_, ad_errors, _) =
+        isthmus(&["cs", "search", "--db", state.join("isthmus.db").to_str().unwrap(), "--connector", &domain, "--errors"]);
+    let shown = format!("{errors}\n{ad_errors}");
+    assert!(shown.contains("ivo@corp") && shown.contains("'@'"), "the per-object error names the value and the character:\n{shown}");
+    let settings = graph.call(reqwest::Method::GET, "/v1.0/directory/onPremisesSynchronization", None).await;
+    assert_eq!(settings["value"][0]["configuration"]["anchorAttribute"], "employeeID");
 }

@@ -525,7 +525,7 @@ pub async fn create(
         let write = object.clone();
         crate::resilience::remember_wanted(&write, &mut object);
     }
-    let (mut stored, kind, domains, policy) = (object.clone(), resource.kind, state.resilience_domains(), state.match_policy);
+    let (mut stored, kind, domains, policy) = (object.clone(), resource.kind, state.resilience_domains(), state.effective_match_policy());
     let outcome = state
         .db
         .call(move |conn| {

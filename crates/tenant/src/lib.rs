@@ -20,6 +20,7 @@ pub mod filter;
 mod graph;
 mod oauth;
 pub mod odata;
+mod onprem;
 pub mod openapi;
 pub mod resilience;
 pub mod signin;
@@ -132,6 +133,8 @@ pub struct Shared {
     domain_cache: std::sync::RwLock<Vec<db::Domain>>,
     dns_resolver: Option<SocketAddr>,
     match_policy: resilience::MatchPolicy,
+    /// `/directory/onPremisesSynchronization` (its features steer matching).
+    sync_settings: std::sync::RwLock<serde_json::Value>,
     /// Sign-in methods chosen per domain (lower case); the rest follow `authenticationType`.
     methods: std::sync::RwLock<std::collections::HashMap<String, Arc<dyn signin::SignInMethod>>>,
 }
@@ -199,6 +202,16 @@ impl Shared {
             Ok(changed) => tracing::info!(changed, "quarantined values restored"),
             Err(err) => tracing::error!("re-checking provisioning conflicts failed: {err}"),
         }
+    }
+
+    /// How the sync's creates match: the process's settings and the tenant's features.
+    pub(crate) fn effective_match_policy(&self) -> resilience::MatchPolicy {
+        onprem::policy(&self.sync_settings.read().unwrap_or_else(|poisoned| poisoned.into_inner()), self.match_policy)
+    }
+
+    /// Keeps the sync settings just stored.
+    pub(crate) fn set_sync_settings(&self, settings: serde_json::Value) {
+        *self.sync_settings.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = settings;
     }
 
     /// Every domain, verified or not.
@@ -401,6 +414,7 @@ impl Tenant {
                 db::domains(conn)
             })
             .await?;
+        let sync_settings = db.read(onprem::load).await?;
         let app = AppState {
             inner: Arc::new(Shared {
                 identity,
@@ -416,6 +430,7 @@ impl Tenant {
                 methods: std::sync::RwLock::new(std::collections::HashMap::new()),
                 dns_resolver: config.dns_resolver.or_else(dns::system_resolver),
                 match_policy: config.match_policy,
+                sync_settings: std::sync::RwLock::new(sync_settings),
             }),
         };
         if app.db.is_postgres() {
@@ -425,9 +440,12 @@ impl Tenant {
                 loop {
                     tokio::time::sleep(DOMAIN_REFRESH).await;
                     let Some(shared) = weak.upgrade() else { break };
-                    match shared.db.read(|sql| db::domains(sql)).await {
-                        Ok(domains) => *shared.domain_cache.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = domains,
-                        Err(err) => tracing::warn!("refreshing the domain list failed: {err}"),
+                    match shared.db.read(|sql| Ok((db::domains(sql)?, onprem::load(sql)?))).await {
+                        Ok((domains, settings)) => {
+                            *shared.domain_cache.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = domains;
+                            *shared.sync_settings.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = settings;
+                        }
+                        Err(err) => tracing::warn!("refreshing the domain list and sync settings failed: {err}"),
                     }
                 }
             });
@@ -512,6 +530,18 @@ impl Tenant {
             .route(
                 "/v1.0/organization",
                 get(|State(state): State<AppState>, access: Access, headers: HeaderMap| audit::organization(state, access, headers)),
+            )
+            .route(
+                "/v1.0/directory/onPremisesSynchronization",
+                get(|State(state): State<AppState>, access: Access, headers: HeaderMap| onprem::list(state, access, headers)),
+            )
+            .route(
+                "/v1.0/directory/onPremisesSynchronization/{id}",
+                get(|State(state): State<AppState>, access: Access, Path(id): Path<String>| onprem::get(state, access, id)).patch(
+                    |State(state): State<AppState>, access: Access, Path(id): Path<String>, body: graph::Body| {
+                        onprem::update(state, access, id, body)
+                    },
+                ),
             )
             .route(
                 "/v1.0/domains",

@@ -163,6 +163,9 @@ pub struct MatchPolicy {
     pub block_soft_match: bool,
     /// Refuse taking over a cloud object through its onPremisesImmutableId (hard match).
     pub block_hard_match_takeover: bool,
+    /// Soft-match on the primary SMTP address only, not on the UPN (the tenant feature
+    /// `softMatchOnUpnEnabled` turned off).
+    pub no_soft_match_on_upn: bool,
 }
 
 /// What a create by the sync service found.
@@ -207,7 +210,7 @@ pub(crate) fn find_match(conn: &mut dyn Sql, kind: Kind, wanted: &Map<String, Va
             && object.get("onPremisesSyncEnabled").and_then(Value::as_bool) != Some(true)
     };
     let mut soft = None;
-    if let Some(upn) = &upn {
+    if let Some(upn) = upn.as_ref().filter(|_| !policy.no_soft_match_on_upn) {
         soft = db::find(conn, kind, db::Lookup::Upn(upn))?.into_iter().find(|object| cloud_only(object));
     }
     if soft.is_none() && smtp.is_some() {

@@ -1126,7 +1126,7 @@ async fn the_sync_soft_and_hard_matches_existing_objects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_can_block_soft_matching() {
-    let policy = tenant::resilience::MatchPolicy { block_soft_match: true, block_hard_match_takeover: false };
+    let policy = tenant::resilience::MatchPolicy { block_soft_match: true, ..Default::default() };
     let tenant = start_policy(None, None, policy).await;
     let (admin, sync) = (tenant.token(&tenant.admin).await, tenant.token(&tenant.sync).await);
     use reqwest::Method;
@@ -1138,4 +1138,47 @@ async fn a_tenant_can_block_soft_matching() {
         created["onPremisesProvisioningErrors"].as_array().is_some_and(|errors| !errors.is_empty()),
         "the UPN conflict is recorded: {created}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenant_keeps_the_sync_settings_and_its_features_steer_matching() {
+    let tenant = start().await;
+    let (admin, sync, reader) = (tenant.token(&tenant.admin).await, tenant.token(&tenant.sync).await, tenant.token(&tenant.reader).await);
+    use reqwest::Method;
+    let (status, list) = tenant.call(Method::GET, "/v1.0/directory/onPremisesSynchronization", &reader, None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let settings = &list["value"][0];
+    assert_eq!(settings["id"].as_str(), Some(tenant.tenant_id.as_str()));
+    assert!(settings["configuration"]["anchorAttribute"].is_null(), "nothing chosen yet: {settings}");
+    assert_eq!(settings["features"]["softMatchOnUpnEnabled"], true);
+    let path = format!("/v1.0/directory/onPremisesSynchronization/{}", tenant.tenant_id);
+
+    // The first sync server stores its anchor; another one cannot change it.
+    let anchor = |name: &str| json!({"configuration": {"anchorAttribute": name, "synchronizationClientVersion": "isthmus 0.1"}});
+    let (status, _) = tenant.call(Method::PATCH, &path, &reader, Some(anchor("objectGUID"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = tenant.call(Method::PATCH, &path, &sync, Some(anchor("objectGUID"))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, error) = tenant.call(Method::PATCH, &path, &sync, Some(anchor("employeeID"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("cannot be changed"), "{error}");
+    let (status, _) = tenant.call(Method::PATCH, &path, &sync, Some(anchor("mS-DS-ConsistencyGuid"))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "the objectGUID to consistency GUID migration is allowed");
+    let (_, now) = tenant.call(Method::GET, &path, &reader, None).await;
+    assert_eq!(now["configuration"]["anchorAttribute"], "mS-DS-ConsistencyGuid");
+    assert_eq!(now["configuration"]["synchronizationClientVersion"], "isthmus 0.1");
+    for bad in [json!({"features": {"blockSoftMatchEnabled": "yes"}}), json!({"features": {"nope": true}}), json!({"id": "x"})] {
+        let (status, _) = tenant.call(Method::PATCH, &path, &admin, Some(bad.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+
+    // Turning soft matching off through the feature: a synced user no longer takes over the
+    // cloud account with its UPN.
+    let (_, cloud) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("erin", &tenant.domain))).await;
+    let (status, _) = tenant.call(Method::PATCH, &path, &admin, Some(json!({"features": {"blockSoftMatchEnabled": true}}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, synced) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced_user("erin", &tenant.domain, "ZXJpbg=="))).await;
+    assert_eq!(status, StatusCode::CREATED, "{synced}");
+    assert_ne!(synced["id"], cloud["id"], "no soft match: {synced}");
+    assert!(synced["userPrincipalName"].as_str().unwrap().starts_with("erin+"), "the UPN is quarantined instead: {synced}");
 }
