@@ -60,6 +60,13 @@ pub struct SyncConfig {
     /// `userPrincipalName`, or an alternate login ID such as `mail`.
     #[serde(default = "default_upn_attribute")]
     pub upn_attribute: String,
+    /// Export chunks (of up to 20 objects) a connector is given at once.
+    #[serde(default = "default_export_concurrency")]
+    pub export_concurrency: usize,
+}
+
+fn default_export_concurrency() -> usize {
+    4
 }
 
 fn default_anchor() -> String {
@@ -119,6 +126,9 @@ impl Config {
             (Some(_), Some(_)) => problems.push("[store]: give `sqlite` or `postgres`, not both".to_string()),
             (None, None) => problems.push("[store]: give `sqlite = \"file\"` or `postgres = \"…\"`".to_string()),
             _ => {}
+        }
+        if !(1..=32).contains(&self.sync.export_concurrency) {
+            problems.push(format!("[sync] `export_concurrency` must be 1–32, got {}", self.sync.export_concurrency));
         }
         if self.sync.rules.is_empty() && !self.sync.default_rules {
             problems.push("[sync] `rules`: name at least one rule file (or set `default_rules = true`)".to_string());
@@ -203,6 +213,7 @@ impl Config {
         sync_runner::RunnerConfig {
             staging: self.sync.staging,
             deletion_threshold: (self.sync.deletion_threshold > 0).then_some(self.sync.deletion_threshold),
+            export_concurrency: self.sync.export_concurrency,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the accidental-delete threshold stops the whole export.
 
 use connector_api::{ConnectorError, ExportRequest};
+use futures_util::StreamExt as _;
 use model::{ConnectorId, CsObject, ErrorStage, ObjectError, PendingExport};
 use store::{CsQuery, RunCounts, Store};
 
@@ -68,23 +69,36 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Resul
         }
         queue.push((cs, change));
     }
-    for chunk in queue.chunks(EXPORT_CHUNK) {
-        let requests: Vec<ExportRequest> = chunk
-            .iter()
-            .map(|(cs, change)| ExportRequest {
-                dn: cs.dn.clone(),
-                object_type: cs.object_type.clone(),
-                anchor: cs.anchor.clone(),
-                change: change.clone(),
-            })
-            .collect();
-        let results = export.export_many(&requests).await;
-        // Every result of the chunk is recorded (what reached the directory must reach the
-        // store) before a failure of the whole step is reported.
+    // Deletes go first (all of them), so an add that reuses a deleted object's unique values
+    // (a UPN, an address) finds them free; within each phase several chunks are in flight.
+    let (deletes, others): (Vec<_>, Vec<_>) = queue.into_iter().partition(|(_, change)| *change == PendingExport::Delete);
+    let concurrency = runner.config.export_concurrency.max(1);
+    for phase in [deletes, others] {
+        let mut chunks = phase.chunks(EXPORT_CHUNK);
+        let mut in_flight = futures_util::stream::FuturesOrdered::new();
         let mut failure = None;
-        for ((cs, change), result) in chunk.iter().cloned().zip(results) {
-            if let Err(err) = apply_result(runner, id, cs, change, result, &mut counts).await {
-                failure.get_or_insert(err);
+        loop {
+            // Keep `concurrency` chunks in flight until a failure; after one, start no more.
+            while failure.is_none() && in_flight.len() < concurrency {
+                let Some(chunk) = chunks.next() else { break };
+                let requests: Vec<ExportRequest> = chunk
+                    .iter()
+                    .map(|(cs, change)| ExportRequest {
+                        dn: cs.dn.clone(),
+                        object_type: cs.object_type.clone(),
+                        anchor: cs.anchor.clone(),
+                        change: change.clone(),
+                    })
+                    .collect();
+                in_flight.push_back(async move { (chunk, export.export_many(&requests).await) });
+            }
+            // Every result is recorded, in order (what reached the directory must reach the
+            // store), and the chunks in flight finish, before a failure of the step is reported.
+            let Some((chunk, outcomes)) = in_flight.next().await else { break };
+            for ((cs, change), result) in chunk.iter().cloned().zip(outcomes) {
+                if let Err(err) = apply_result(runner, id, cs, change, result, &mut counts).await {
+                    failure.get_or_insert(err);
+                }
             }
         }
         if let Some(err) = failure {

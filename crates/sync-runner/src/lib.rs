@@ -58,11 +58,14 @@ pub struct RunnerConfig {
     pub staging: bool,
     /// Stop an export that would delete more objects than this (Entra's default: 500). `None` disables it.
     pub deletion_threshold: Option<u64>,
+    /// Export chunks a connector is given at once (each up to 20 objects; results are still
+    /// recorded in order). 1 sends one chunk at a time.
+    pub export_concurrency: usize,
 }
 
 impl Default for RunnerConfig {
     fn default() -> Self {
-        RunnerConfig { staging: false, deletion_threshold: Some(500) }
+        RunnerConfig { staging: false, deletion_threshold: Some(500), export_concurrency: 4 }
     }
 }
 

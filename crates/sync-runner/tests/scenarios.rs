@@ -565,3 +565,144 @@ async fn an_add_the_directory_matches_to_an_unjoined_object_takes_its_place() {
     assert_eq!(objects[0].anchor.as_ref(), Some(&matched_anchor()));
     assert!(objects[0].link.is_some(), "and the matched object is joined");
 }
+
+/// A target that takes a while per chunk and counts how many chunks it holds at once; from
+/// call `fail_from` on it is down.
+#[derive(Default)]
+struct SlowTarget {
+    in_flight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    calls: std::sync::atomic::AtomicUsize,
+    succeeded: std::sync::atomic::AtomicUsize,
+    fail_from: Option<usize>,
+}
+
+impl connector_api::Import for SlowTarget {
+    fn full_page<'a>(
+        &'a self,
+        _cursor: Option<&'a [u8]>,
+    ) -> connector_api::BoxFuture<'a, Result<connector_api::ImportPage, connector_api::ConnectorError>> {
+        Box::pin(async { Ok(connector_api::ImportPage { changes: vec![], next: None, watermark: Some(b"w".to_vec()), complete: false }) })
+    }
+
+    fn delta_page<'a>(
+        &'a self,
+        _watermark: &'a [u8],
+        _cursor: Option<&'a [u8]>,
+    ) -> connector_api::BoxFuture<'a, Result<connector_api::ImportPage, connector_api::ConnectorError>> {
+        Box::pin(async { Ok(connector_api::ImportPage { changes: vec![], next: None, watermark: Some(b"w".to_vec()), complete: false }) })
+    }
+}
+
+impl connector_api::Export for SlowTarget {
+    fn export<'a>(
+        &'a self,
+        request: &'a connector_api::ExportRequest,
+    ) -> connector_api::BoxFuture<'a, Result<connector_api::ExportOutcome, connector_api::ConnectorError>> {
+        Box::pin(async move { Ok(connector_api::ExportOutcome { anchor: Some(model::Anchor(request.dn.clone().into_bytes())) }) })
+    }
+
+    fn export_many<'a>(
+        &'a self,
+        requests: &'a [connector_api::ExportRequest],
+    ) -> connector_api::BoxFuture<'a, Vec<Result<connector_api::ExportOutcome, connector_api::ConnectorError>>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            let call = self.calls.fetch_add(1, SeqCst);
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            self.in_flight.fetch_sub(1, SeqCst);
+            if self.fail_from.is_some_and(|from| call >= from) {
+                return requests.iter().map(|_| Err(connector_api::ConnectorError::Unavailable("down".into()))).collect();
+            }
+            self.succeeded.fetch_add(requests.len(), SeqCst);
+            requests
+                .iter()
+                .map(|request| Ok(connector_api::ExportOutcome { anchor: Some(model::Anchor(request.dn.clone().into_bytes())) }))
+                .collect()
+        })
+    }
+}
+
+async fn slow_world(target: std::sync::Arc<SlowTarget>, concurrency: usize, people: usize) -> Runner<SqliteStore> {
+    let store = SqliteStore::memory().expect("store");
+    store.migrate().await.expect("migrate");
+    let config = RunnerConfig { export_concurrency: concurrency, ..RunnerConfig::default() };
+    let mut runner = Runner::new(store, RuleSet::parse(RULES).expect("rules"), config);
+    let src = MemoryDirectory::new();
+    for n in 0..people {
+        src.put(&format!("CN=E{n},OU=Staff"), "user", person(&format!("E{n}"), "Someone", None));
+    }
+    runner.add_connector(src.connector("src", Role::Source, 50));
+    struct Shared(std::sync::Arc<SlowTarget>);
+    impl connector_api::Import for Shared {
+        fn full_page<'a>(
+            &'a self,
+            cursor: Option<&'a [u8]>,
+        ) -> connector_api::BoxFuture<'a, Result<connector_api::ImportPage, connector_api::ConnectorError>> {
+            self.0.full_page(cursor)
+        }
+        fn delta_page<'a>(
+            &'a self,
+            watermark: &'a [u8],
+            cursor: Option<&'a [u8]>,
+        ) -> connector_api::BoxFuture<'a, Result<connector_api::ImportPage, connector_api::ConnectorError>> {
+            self.0.delta_page(watermark, cursor)
+        }
+    }
+    impl connector_api::Export for Shared {
+        fn export<'a>(
+            &'a self,
+            request: &'a connector_api::ExportRequest,
+        ) -> connector_api::BoxFuture<'a, Result<connector_api::ExportOutcome, connector_api::ConnectorError>> {
+            self.0.export(request)
+        }
+        fn export_many<'a>(
+            &'a self,
+            requests: &'a [connector_api::ExportRequest],
+        ) -> connector_api::BoxFuture<'a, Vec<Result<connector_api::ExportOutcome, connector_api::ConnectorError>>> {
+            self.0.export_many(requests)
+        }
+    }
+    let info = connector_api::ConnectorInfo {
+        id: ConnectorId("dst".into()),
+        kind: "test".into(),
+        role: Role::Target,
+        parameters: Default::default(),
+    };
+    runner.add_connector(connector_api::Connector {
+        info,
+        import: Box::new(Shared(target.clone())),
+        export: Some(Box::new(Shared(target))),
+    });
+    runner
+}
+
+#[tokio::test]
+async fn export_chunks_go_several_at_a_time_within_the_bound() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let target = std::sync::Arc::new(SlowTarget::default());
+    let runner = slow_world(target.clone(), 3, 200).await;
+    let reports = runner.run_cycle(true).await.expect("cycle");
+    assert_eq!(status(&reports, "dst", Step::Export), "success", "{reports:#?}");
+    assert_eq!(target.calls.load(SeqCst), 10, "200 adds in chunks of 20");
+    assert_eq!(target.most.load(SeqCst), 3, "three chunks in flight at once, never more");
+    let objects = runner.store().cs_list(&ConnectorId("dst".into()), &CsQuery::default()).await.expect("list");
+    assert_eq!(objects.len(), 200);
+    assert!(objects.iter().all(|cs| cs.anchor.is_some() && cs.pending_export.is_none()), "every result recorded");
+}
+
+#[tokio::test]
+async fn after_a_failed_chunk_no_new_chunk_starts_and_those_in_flight_are_recorded() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let target = std::sync::Arc::new(SlowTarget { fail_from: Some(2), ..SlowTarget::default() });
+    let runner = slow_world(target.clone(), 2, 200).await;
+    let reports = runner.run_cycle(true).await.expect("cycle");
+    assert_eq!(status(&reports, "dst", Step::Export), "stopped-connector-unavailable", "{reports:#?}");
+    assert!(target.calls.load(SeqCst) <= 4, "no chunk starts after the failure: {} calls", target.calls.load(SeqCst));
+    let objects = runner.store().cs_list(&ConnectorId("dst".into()), &CsQuery::default()).await.expect("list");
+    let exported = objects.iter().filter(|cs| cs.anchor.is_some()).count();
+    assert_eq!(exported, target.succeeded.load(SeqCst), "what reached the directory reached the store");
+    assert_eq!(exported, 40, "the two chunks before the failure");
+}
