@@ -183,6 +183,8 @@ INSERT OR IGNORE INTO proxies SELECT address.value, objects.id FROM objects, jso
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS lockout (user_key TEXT PRIMARY KEY, failures INTEGER NOT NULL, locked_until INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS auth_codes (code_hash TEXT PRIMARY KEY, grant_data TEXT NOT NULL, expires INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT NOT NULL, PRIMARY KEY (role_id, member_id));
+CREATE INDEX IF NOT EXISTS role_members_member ON role_members(member_id);
 ";
 
 const POSTGRES_SCHEMA: &str = r#"
@@ -231,6 +233,8 @@ CREATE INDEX IF NOT EXISTS proxies_object ON proxies (object_id);
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
 CREATE TABLE IF NOT EXISTS lockout (user_key TEXT PRIMARY KEY, failures BIGINT NOT NULL, locked_until BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS auth_codes (code_hash TEXT PRIMARY KEY, grant_data TEXT NOT NULL, expires BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT NOT NULL, PRIMARY KEY (role_id, member_id));
+CREATE INDEX IF NOT EXISTS role_members_member ON role_members (member_id);
 "#;
 
 impl Db {
@@ -636,6 +640,7 @@ pub fn delete(sql: &mut dyn Sql, kind: Kind, id: &str) -> Result<bool, DbError> 
             log_member(sql, &group.text(0)?, id, true)?;
         }
         sql.execute("DELETE FROM members WHERE member_id = ?1 OR group_id = ?1", &[id.into()])?;
+        sql.execute("DELETE FROM role_members WHERE member_id = ?1", &[id.into()])?;
     }
     Ok(changed > 0)
 }
@@ -912,6 +917,32 @@ pub fn app_redirects(sql: &mut dyn Sql, client_id: &str) -> Result<Option<Vec<St
     }
     let rows = sql.query("SELECT uri FROM app_redirects WHERE client_id = ?1", &[client_id.into()])?;
     Ok(Some(rows.iter().map(|row| row.text(0)).collect::<Result<_, _>>()?))
+}
+
+/// Assigns directory role `role` to user `member`; `false` when it already holds it.
+pub fn add_role_member(sql: &mut dyn Sql, role: &str, member: &str) -> Result<bool, DbError> {
+    Ok(sql
+        .execute("INSERT INTO role_members (role_id, member_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING", &[role.into(), member.into()])?
+        > 0)
+}
+
+/// Takes directory role `role` from `member`; `false` when it did not hold it.
+pub fn remove_role_member(sql: &mut dyn Sql, role: &str, member: &str) -> Result<bool, DbError> {
+    Ok(sql.execute("DELETE FROM role_members WHERE role_id = ?1 AND member_id = ?2", &[role.into(), member.into()])? > 0)
+}
+
+/// The holders of a directory role: (id, userPrincipalName).
+pub fn role_members(sql: &mut dyn Sql, role: &str) -> Result<Vec<(String, String)>, DbError> {
+    let rows = sql.query(
+        "SELECT o.id, COALESCE(o.upn, '') FROM role_members r JOIN objects o ON o.id = r.member_id WHERE r.role_id = ?1 AND o.deleted = 0 ORDER BY o.id",
+        &[role.into()],
+    )?;
+    rows.iter().map(|row| Ok((row.text(0)?, row.text(1)?))).collect()
+}
+
+/// Whether an object holds any directory role.
+pub fn holds_a_role(sql: &mut dyn Sql, id: &str) -> Result<bool, DbError> {
+    Ok(sql.query_opt("SELECT 1 FROM role_members WHERE member_id = ?1 LIMIT 1", &[id.into()])?.is_some())
 }
 
 /// A setting shared by every process of the tenant (its identity, the token-signing key).

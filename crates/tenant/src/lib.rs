@@ -23,6 +23,7 @@ pub mod odata;
 mod onprem;
 pub mod openapi;
 pub mod resilience;
+mod roles;
 pub mod signin;
 pub mod sql;
 pub mod state;
@@ -530,6 +531,26 @@ impl Tenant {
             .route(
                 "/v1.0/organization",
                 get(|State(state): State<AppState>, access: Access, headers: HeaderMap| audit::organization(state, access, headers)),
+            )
+            .route("/v1.0/directoryRoles", get(|access: Access, headers: HeaderMap| roles::list(access, headers)))
+            .route("/v1.0/directoryRoles/{id}", get(|access: Access, Path(id): Path<String>| roles::get(access, id)))
+            .route(
+                "/v1.0/directoryRoles/{id}/members",
+                get(|State(state): State<AppState>, access: Access, headers: HeaderMap, Path(id): Path<String>| {
+                    roles::members(state, access, headers, id)
+                }),
+            )
+            .route(
+                "/v1.0/directoryRoles/{id}/members/$ref",
+                post(|State(state): State<AppState>, access: Access, Path(id): Path<String>, body: graph::Body| {
+                    roles::add_member(state, access, id, body)
+                }),
+            )
+            .route(
+                "/v1.0/directoryRoles/{id}/members/{member}/$ref",
+                delete(|State(state): State<AppState>, access: Access, Path((id, member)): Path<(String, String)>| {
+                    roles::remove_member(state, access, id, member)
+                }),
             )
             .route(
                 "/v1.0/directory/onPremisesSynchronization",

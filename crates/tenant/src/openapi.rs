@@ -116,10 +116,33 @@ pub fn document() -> Value {
         json!({"parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
         "post": {"summary": "Verify by DNS", "responses": with_errors(json!({"200": {"description": "The verified domain"}}))}}),
     );
+    let id_parameter = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    paths.insert(
+        "/v1.0/directory/onPremisesSynchronization/{id}".into(),
+        json!({"parameters": id_parameter,
+        "get": {"summary": "The tenant's directory-synchronization settings (id: the tenant id)", "responses": with_errors(json!({"200": {"description": "The settings"}}))},
+        "patch": {"summary": "Set configuration (anchorAttribute once) and features", "responses": with_errors(json!({"204": {"description": "Updated"}}))}}),
+    );
+    paths.insert("/v1.0/directoryRoles/{id}".into(), json!({"parameters": id_parameter, "get": {"summary": "A directory role", "responses": with_errors(json!({"200": {"description": "The role"}}))}}));
+    paths.insert(
+        "/v1.0/directoryRoles/{id}/members".into(),
+        json!({"parameters": id_parameter, "get": {"summary": "The role's holders", "responses": with_errors(json!({"200": {"description": "Users"}}))}}),
+    );
+    paths.insert(
+        "/v1.0/directoryRoles/{id}/members/$ref".into(),
+        json!({"parameters": id_parameter, "post": {"summary": "Assign the role to a user (not by the sync service)", "responses": with_errors(json!({"204": {"description": "Assigned"}}))}}),
+    );
+    paths.insert(
+        "/v1.0/directoryRoles/{id}/members/{member}/$ref".into(),
+        json!({"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}, {"name": "member", "in": "path", "required": true, "schema": {"type": "string"}}],
+        "delete": {"summary": "Take the role from a user", "responses": with_errors(json!({"204": {"description": "Removed"}}))}}),
+    );
     for (path, summary) in [
         ("/v1.0/auditLogs/directoryAudits", "Directory writes, newest first"),
         ("/v1.0/auditLogs/signIns", "Sign-ins, newest first"),
         ("/v1.0/organization", "The tenant"),
+        ("/v1.0/directory/onPremisesSynchronization", "The tenant's directory-synchronization settings, as a collection of one"),
+        ("/v1.0/directoryRoles", "The directory roles"),
     ] {
         paths
             .insert(path.into(), json!({"get": {"summary": summary, "responses": with_errors(json!({"200": {"description": "A page"}}))}}));

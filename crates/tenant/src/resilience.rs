@@ -218,6 +218,16 @@ pub(crate) fn find_match(conn: &mut dyn Sql, kind: Kind, wanted: &Map<String, Va
             .into_iter()
             .find(|object| cloud_only(object) && primary_smtp(object) == smtp);
     }
+    if let Some(found) = &soft
+        && let Some(id) = found.get("id").and_then(Value::as_str)
+        && db::holds_a_role(conn, id)?
+    {
+        return Ok(Match::Refused(format!(
+            "Existing Admin Role Conflict: the cloud account {} that this object would soft-match holds an administrator role; \
+             soft matching never takes over an administrator.",
+            found.get("userPrincipalName").and_then(Value::as_str).unwrap_or(id)
+        )));
+    }
     match soft {
         Some(found) if policy.block_soft_match => {
             tracing::info!(object = ?found.get("id"), "soft match blocked by the tenant's policy");

@@ -1182,3 +1182,43 @@ async fn the_tenant_keeps_the_sync_settings_and_its_features_steer_matching() {
     assert_ne!(synced["id"], cloud["id"], "no soft match: {synced}");
     assert!(synced["userPrincipalName"].as_str().unwrap().starts_with("erin+"), "the UPN is quarantined instead: {synced}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_is_never_soft_matched() {
+    let tenant = start().await;
+    let (admin, sync, reader) = (tenant.token(&tenant.admin).await, tenant.token(&tenant.sync).await, tenant.token(&tenant.reader).await);
+    use reqwest::Method;
+    let global = "62e90394-69f5-4237-9190-012177145e10";
+    let (status, roles) = tenant.call(Method::GET, "/v1.0/directoryRoles", &reader, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(roles["value"].as_array().unwrap().iter().any(|role| role["displayName"] == "Global Administrator" && role["id"] == global));
+    let (_, gina) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("gina", &tenant.domain))).await;
+    let gina_id = gina["id"].as_str().unwrap().to_string();
+    let reference = json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{gina_id}")});
+    let members = format!("/v1.0/directoryRoles/{global}/members/$ref");
+    for (token, who) in [(&sync, "the sync service"), (&reader, "a reader")] {
+        let (status, _) = tenant.call(Method::POST, &members, token, Some(reference.clone())).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{who} cannot assign roles");
+    }
+    let (status, _) = tenant.call(Method::POST, &members, &admin, Some(reference.clone())).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = tenant.call(Method::POST, &members, &admin, Some(reference.clone())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "already a member");
+    let (status, _) = tenant.call(Method::POST, "/v1.0/directoryRoles/not-a-role/members/$ref", &admin, Some(reference)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, holders) = tenant.call(Method::GET, &format!("/v1.0/directoryRoles/{global}/members"), &reader, None).await;
+    assert_eq!(holders["value"][0]["id"], gina_id.as_str());
+
+    // The sync brings a user with gina's UPN: no takeover of an administrator.
+    let (status, error) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced_user("gina", &tenant.domain, "Z2luYQ=="))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().starts_with("Existing Admin Role Conflict"), "{error}");
+    let (_, still) = tenant.call(Method::GET, &format!("/v1.0/users/{gina_id}"), &admin, None).await;
+    assert!(still["onPremisesImmutableId"].is_null(), "the administrator is untouched: {still}");
+
+    // Without the role, the soft match goes ahead.
+    let (status, _) = tenant.call(Method::DELETE, &format!("/v1.0/directoryRoles/{global}/members/{gina_id}/$ref"), &admin, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, matched) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced_user("gina", &tenant.domain, "Z2luYQ=="))).await;
+    assert_eq!((status, &matched["id"]), (StatusCode::CREATED, &json!(gina_id)), "{matched}");
+}
