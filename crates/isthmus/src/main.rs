@@ -5,6 +5,7 @@ mod config;
 mod init;
 mod ops;
 mod preview;
+mod progress;
 mod quickstart;
 mod sync;
 mod tenant_cmd;
@@ -18,9 +19,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "isthmus", version, about)]
 struct Cli {
-    /// Log filter (also `RUST_LOG`); the default shows the runner's progress, `warn` keeps quiet.
-    #[arg(long, global = true, default_value = "warn,sync_runner=info")]
-    log: String,
+    /// Log filter (also `RUST_LOG`). By default warnings only on a terminal, where progress
+    /// bars show how steps advance, and the runner's progress lines too elsewhere (services, CI).
+    #[arg(long, global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -138,10 +140,13 @@ enum MvCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log))
-        .context("bad --log filter")?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let default_filter = if ansi { "warn" } else { "warn,sync_runner=info" };
+    let filter = match &cli.log {
+        Some(filter) => tracing_subscriber::EnvFilter::try_new(filter),
+        None => tracing_subscriber::EnvFilter::try_from_default_env().or_else(|_| tracing_subscriber::EnvFilter::try_new(default_filter)),
+    }
+    .context("bad --log filter")?;
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
     runtime.block_on(run(cli.command))

@@ -51,13 +51,17 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     let (graph, _stop) = embedded_tenant(&tenant_dir).await?;
     let runner = build_runner(&args.db, &ad, graph).await?;
 
+    let whole = Instant::now();
+    let mut all_reports = Vec::new();
     println!("\n== initial cycle (full import, full sync, export, confirming import)");
     let started = Instant::now();
     let reports = runner.run_cycle(true).await.context("initial cycle")?;
     crate::sync::print_reports(&reports);
+    all_reports.extend(reports);
     // Group members that point at users created in the same cycle follow in the next one.
     let reports = runner.run_cycle(false).await.context("second cycle")?;
     crate::sync::print_reports(&reports);
+    all_reports.extend(reports);
     println!("   {:.1} s; the cloud directory now holds {} objects", started.elapsed().as_secs_f64(), cloud_objects(&runner).await?);
 
     println!("\n== on-premises changes: a new title, a disabled account, a deleted account, a new hire");
@@ -79,10 +83,26 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     let reports = runner.run_cycle(false).await.context("delta cycle")?;
     crate::sync::print_reports(&reports);
     println!("   {:.1} s", started.elapsed().as_secs_f64());
+    all_reports.extend(reports);
 
     if let Some((_, dn, _, _)) = people.first() {
         show_cloud_object(&runner, dn).await?;
     }
+    let sum = |what: fn(&sync_runner::StepReport) -> u64| all_reports.iter().map(what).sum::<u64>();
+    let stopped = all_reports.iter().filter(|report| report.status.starts_with("stopped")).count();
+    println!("\n== summary");
+    println!("   forest      {} people, {} groups, 50 contacts (generated, seed 42)", args.users, args.groups);
+    println!("   cloud       {} objects in the tenant", cloud_objects(&runner).await?);
+    println!(
+        "   steps       {} run: {} adds, {} updates, {} deletes, {} object errors, {} stopped",
+        all_reports.len(),
+        sum(|report| report.counts.adds),
+        sum(|report| report.counts.updates),
+        sum(|report| report.counts.deletes),
+        sum(|report| report.counts.errors),
+        stopped
+    );
+    println!("   time        {:.1} s", whole.elapsed().as_secs_f64());
     println!("\nThe database is {}. Look around:", args.db.display());
     println!("  isthmus history --db {}", args.db.display());
     println!("  isthmus plan --db {}", args.db.display());
@@ -134,6 +154,7 @@ async fn build_runner(db: &Path, ad: &MemoryDirectory, cloud: connector_graph::G
     store.migrate().await.context("create the database schema")?;
     let rules = sync_rules::defaults::ad_to_cloud(&[AD], CLOUD).map_err(|errors| anyhow::anyhow!("default rules: {errors:?}"))?;
     let mut runner = Runner::new(store, rules, RunnerConfig::default());
+    runner.set_progress(std::sync::Arc::new(crate::progress::Bars::default()));
     let mut ad_connector = ad.connector(AD, Role::Source, 500);
     for (name, value) in [
         ("Domain.FQDN", AD),

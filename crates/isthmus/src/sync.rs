@@ -159,6 +159,7 @@ async fn build<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet) 
     check_anchor(config).await?;
     store.migrate().await.context("create or check the database schema")?;
     let mut runner = Runner::new(store, rules, config.runner());
+    runner.set_progress(std::sync::Arc::new(crate::progress::Bars::default()));
     for connector in &config.connectors {
         let opened = connector_ldap::open(connector.clone()).await.with_context(|| format!("connector {}", connector.id))?;
         runner.add_connector(opened);

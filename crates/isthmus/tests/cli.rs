@@ -18,6 +18,10 @@ fn quickstart_then_operator_tools() {
     assert!(ok, "quickstart failed:\n{out}\n{err}");
     assert!(out.contains("the cloud directory now holds 94 objects"), "40 users + 4 groups + 50 contacts:\n{out}");
     assert!(out.contains("jobTitle                       Chief Demo Officer"), "the delta reached the cloud:\n{out}");
+    let summary = out.split("== summary").nth(1).unwrap_or_else(|| panic!("a final summary:\n{out}"));
+    assert!(summary.contains("cloud       94 objects in the tenant"), "{summary}");
+    assert!(summary.contains(" 0 object errors, 0 stopped"), "{summary}");
+    assert!(!err.contains("objects  "), "no progress bars when standard error is not a terminal:\n{err}");
     let (ok, _, err) = isthmus(&["quickstart", "--db", db]);
     assert!(!ok);
     assert!(err.contains("already exists"), "{err}");

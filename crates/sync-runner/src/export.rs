@@ -71,6 +71,7 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Resul
     }
     // Deletes go first (all of them), so an add that reuses a deleted object's unique values
     // (a UPN, an address) finds them free; within each phase several chunks are in flight.
+    runner.progress.total(queue.len() as u64);
     let (deletes, others): (Vec<_>, Vec<_>) = queue.into_iter().partition(|(_, change)| *change == PendingExport::Delete);
     let concurrency = runner.config.export_concurrency.max(1);
     for phase in [deletes, others] {
@@ -95,6 +96,7 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Resul
             // Every result is recorded, in order (what reached the directory must reach the
             // store), and the chunks in flight finish, before a failure of the step is reported.
             let Some((chunk, outcomes)) = in_flight.next().await else { break };
+            runner.progress.advanced(chunk.len() as u64);
             for ((cs, change), result) in chunk.iter().cloned().zip(outcomes) {
                 if let Err(err) = apply_result(runner, id, cs, change, result, &mut counts).await {
                     failure.get_or_insert(err);

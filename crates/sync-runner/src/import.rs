@@ -51,6 +51,7 @@ pub(crate) async fn run<S: Store>(
                 page.watermark.as_deref()
             };
             let page_counts = runner.store.commit_import_page(id, run, &page.changes, watermark).await?;
+            runner.progress.advanced(page.changes.len() as u64);
             counts.adds += page_counts.adds;
             counts.updates += page_counts.updates;
             counts.deletes += page_counts.deletes;

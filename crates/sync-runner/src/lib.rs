@@ -130,6 +130,22 @@ impl Clock for SystemClock {
     }
 }
 
+/// What a step reports while it runs, for progress bars. Every method does nothing by default.
+pub trait Progress: Send + Sync {
+    /// A step began.
+    fn step_started(&self, _connector: &ConnectorId, _step: Step) {}
+    /// The step now knows how many objects it will handle.
+    fn total(&self, _total: u64) {}
+    /// `count` more objects handled.
+    fn advanced(&self, _count: u64) {}
+    /// The step ended (also when it stopped).
+    fn step_finished(&self, _report: &StepReport) {}
+}
+
+struct Silent;
+
+impl Progress for Silent {}
+
 /// The runner: a store, rules, connectors, settings.
 pub struct Runner<S: Store> {
     store: S,
@@ -141,6 +157,8 @@ pub struct Runner<S: Store> {
     clock: Box<dyn Clock>,
     /// The admin's approval for one export over the deletion threshold; consumed by that export.
     deletes_allowed_once: std::sync::atomic::AtomicBool,
+    /// Told how steps advance.
+    pub(crate) progress: std::sync::Arc<dyn Progress>,
 }
 
 impl<S: Store> Runner<S> {
@@ -154,7 +172,13 @@ impl<S: Store> Runner<S> {
             config,
             clock: Box::new(SystemClock),
             deletes_allowed_once: std::sync::atomic::AtomicBool::new(false),
+            progress: std::sync::Arc::new(Silent),
         }
+    }
+
+    /// Reports how steps advance to `progress` (progress bars).
+    pub fn set_progress(&mut self, progress: std::sync::Arc<dyn Progress>) {
+        self.progress = progress;
     }
 
     /// Uses another clock (tests).
@@ -200,6 +224,7 @@ impl<S: Store> Runner<S> {
         let started = self.clock.unix_seconds();
         let run = self.store.run_start(connector, step.name(), started).await?;
         tracing::info!(connector = %connector, step = step.name(), "step started");
+        self.progress.step_started(connector, step);
         let result = match step {
             Step::FullImport => import::run(self, connector, run, true).await,
             Step::DeltaImport => import::run(self, connector, run, false).await,
@@ -208,6 +233,21 @@ impl<S: Store> Runner<S> {
             Step::Export => export::run(self, connector).await,
         };
         let finished = self.clock.unix_seconds();
+        let report = self.finish_step(connector, step, run, finished, result).await;
+        if let Ok(report) = &report {
+            self.progress.step_finished(report);
+        }
+        report
+    }
+
+    async fn finish_step(
+        &self,
+        connector: &ConnectorId,
+        step: Step,
+        run: i64,
+        finished: i64,
+        result: Result<(String, RunCounts, String), RunnerError>,
+    ) -> Result<StepReport, RunnerError> {
         match result {
             Ok((status, counts, detail)) => {
                 self.store.run_finish(run, finished, &status, counts).await?;

@@ -62,6 +62,7 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId, full: bo
         let page = runner.store.cs_list(id, &query).await?;
         after = page.last().map(|cs| cs.id);
         let done = page.len() < PAGE;
+        let page_len = page.len() as u64;
         let mut affected: BTreeSet<MvId> = BTreeSet::new();
         let mut projected: BTreeSet<MvId> = BTreeSet::new();
         let mut kept = Vec::new();
@@ -78,6 +79,7 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId, full: bo
             context.metaverse(mv, projected.contains(&mv)).await?;
         }
         runner.store.cs_clear_pending_import(&kept).await?;
+        runner.progress.advanced(page_len);
         for deleted in std::mem::take(&mut context.deleting) {
             runner.store.cs_delete(deleted).await?;
         }

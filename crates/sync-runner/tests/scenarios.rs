@@ -706,3 +706,44 @@ async fn after_a_failed_chunk_no_new_chunk_starts_and_those_in_flight_are_record
     assert_eq!(exported, target.succeeded.load(SeqCst), "what reached the directory reached the store");
     assert_eq!(exported, 40, "the two chunks before the failure");
 }
+
+/// Records what the runner reports of its progress.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl sync_runner::Progress for Recorder {
+    fn step_started(&self, connector: &ConnectorId, step: Step) {
+        self.0.lock().expect("lock").push(format!("start {} {}", connector.0, step.name()));
+    }
+    fn total(&self, total: u64) {
+        self.0.lock().expect("lock").push(format!("total {total}"));
+    }
+    fn advanced(&self, count: u64) {
+        self.0.lock().expect("lock").push(format!("advanced {count}"));
+    }
+    fn step_finished(&self, report: &StepReport) {
+        self.0.lock().expect("lock").push(format!("finish {} {}", report.connector.0, report.step.name()));
+    }
+}
+
+#[tokio::test]
+async fn progress_is_reported_step_by_step() {
+    let mut world = world(RunnerConfig::default()).await;
+    seed(&world.src);
+    let recorder = std::sync::Arc::new(Recorder::default());
+    world.runner.set_progress(recorder.clone());
+    world.runner.run_cycle(true).await.expect("cycle");
+    let events = recorder.0.lock().expect("lock").clone();
+    let count = |prefix: &str| events.iter().filter(|event| event.starts_with(prefix)).count();
+    assert_eq!(count("start "), count("finish "), "every step started is finished: {events:?}");
+    let import = events.iter().position(|event| event == "start src full-import").expect("import started");
+    let advanced: u64 = events[import..]
+        .iter()
+        .take_while(|event| !event.starts_with("finish"))
+        .filter_map(|event| event.strip_prefix("advanced ").and_then(|n| n.parse::<u64>().ok()))
+        .sum();
+    assert_eq!(advanced, 3, "three imported objects, page by page: {events:?}");
+    let export = events.iter().position(|event| event == "start dst export").expect("export started");
+    assert_eq!(events[export + 1], "total 3", "the export knows its size: {events:?}");
+    assert_eq!(events[export + 2], "advanced 3");
+}
