@@ -1,5 +1,6 @@
 //! `cargo xtask`: project automation that is code, not shell: tidy checks and the directory generator.
 
+mod bench_hybrid;
 mod bench_import;
 mod bench_sync;
 mod bench_tenant;
@@ -33,6 +34,8 @@ enum Command {
     BenchTenant(bench_tenant::Args),
     /// Benchmark a full sync cycle of a generated forest through the runner, on SQLite or PostgreSQL.
     BenchSync(bench_sync::Args),
+    /// Time Samba AD → tenant with the release isthmus binary: the initial sync and near-real-time latency.
+    BenchHybrid(bench_hybrid::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::BenchSync(args) => bench_sync::run(&args),
         Command::BenchImport(args) => bench_import::run(&args),
         Command::BenchTenant(args) => bench_tenant::run(&args),
+        Command::BenchHybrid(args) => bench_hybrid::run(&args),
         Command::SambaDc { realm } => samba_dc(&realm),
     }
 }

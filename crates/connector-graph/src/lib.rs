@@ -138,11 +138,7 @@ pub enum AnchorCheck {
 /// new sync server reads it (Entra Connect does the same at install).
 pub async fn check_anchor(config: &GraphConfig, anchor: &str, store: bool) -> Result<AnchorCheck, ConnectorError> {
     let client = client::Client::new(config.clone())?;
-    let answer = client.send(reqwest::Method::GET, "/directory/onPremisesSynchronization", None).await?;
-    if !answer.status.is_success() {
-        return Err(client::error_of("GET /directory/onPremisesSynchronization", &answer));
-    }
-    let settings = answer.body.pointer("/value/0").cloned().unwrap_or_default();
+    let settings = sync_settings(&client).await?;
     let id = settings.get("id").and_then(serde_json::Value::as_str).unwrap_or(config.tenant.as_str()).to_string();
     match settings.pointer("/configuration/anchorAttribute").and_then(serde_json::Value::as_str) {
         Some(held) if held.eq_ignore_ascii_case(anchor) => Ok(AnchorCheck::Same),
@@ -159,6 +155,21 @@ pub async fn check_anchor(config: &GraphConfig, anchor: &str, store: bool) -> Re
             Ok(AnchorCheck::Stored)
         }
     }
+}
+
+async fn sync_settings(client: &client::Client) -> Result<serde_json::Value, ConnectorError> {
+    let answer = client.send(reqwest::Method::GET, "/directory/onPremisesSynchronization", None).await?;
+    if !answer.status.is_success() {
+        return Err(client::error_of("GET /directory/onPremisesSynchronization", &answer));
+    }
+    Ok(answer.body.pointer("/value/0").cloned().unwrap_or_default())
+}
+
+/// The anchor attribute the tenant remembers, if a sync server stored one.
+pub async fn tenant_anchor(config: &GraphConfig) -> Result<Option<String>, ConnectorError> {
+    let client = client::Client::new(config.clone())?;
+    let settings = sync_settings(&client).await?;
+    Ok(settings.pointer("/configuration/anchorAttribute").and_then(serde_json::Value::as_str).map(str::to_string))
 }
 
 /// The DN of an object with `id`.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use connector_api::ConnectorError;
 
-/// Options of `isthmus init`.
+/// Options of `isthmus init`. What is not given is asked for when init runs on a terminal.
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
     /// The configuration file to write (it must not exist).
@@ -17,14 +17,15 @@ pub struct InitArgs {
     pub config: PathBuf,
     /// The domain controller (host or address, `:port` if not 636).
     #[arg(long)]
-    pub ad_host: String,
+    pub ad_host: Option<String>,
     /// The CA that issued the DC's LDAPS certificate (PEM); default: the system's roots.
     #[arg(long)]
     pub ad_ca: Option<PathBuf>,
     /// The account that reads the directory (needs "Replicating Directory Changes").
     #[arg(long)]
-    pub ad_user: String,
-    /// The environment variable that holds that account's password (never a flag: shells log flags).
+    pub ad_user: Option<String>,
+    /// The environment variable that holds that account's password (never a flag: shells log
+    /// flags); on a terminal without it, the password is asked for without echo.
     #[arg(long, default_value = "ISTHMUS_AD_PASSWORD")]
     pub ad_password_env: String,
     /// Only these OUs (repeat); default: the whole domain.
@@ -32,14 +33,14 @@ pub struct InitArgs {
     pub ou: Vec<String>,
     /// The tenant's base URL, e.g. `https://tenant.example:8443`.
     #[arg(long)]
-    pub tenant_url: String,
+    pub tenant_url: Option<String>,
     /// The tenant (its id or a domain).
     #[arg(long)]
-    pub tenant: String,
+    pub tenant: Option<String>,
     /// The sync app's client id (role OnPremDirectorySynchronization.ReadWrite.All).
     #[arg(long)]
-    pub client_id: String,
-    /// The environment variable that holds the sync app's secret.
+    pub client_id: Option<String>,
+    /// The environment variable that holds the sync app's secret (asked for on a terminal).
     #[arg(long, default_value = "ISTHMUS_CLIENT_SECRET")]
     pub client_secret_env: String,
     /// The CA of a self-hosted tenant's HTTPS certificate (PEM).
@@ -48,6 +49,17 @@ pub struct InitArgs {
     /// The SQLite database the configuration names.
     #[arg(long, default_value = "isthmus.db")]
     pub db: PathBuf,
+    /// Custom settings instead of express: choose the source anchor and the UPN attribute
+    /// (asked for on a terminal, or --source-anchor / --upn-attribute).
+    #[arg(long)]
+    pub custom: bool,
+    /// The source anchor: `auto` (the tenant's, else mS-DS-ConsistencyGuid when no object uses
+    /// it yet, else objectGUID), `mS-DS-ConsistencyGuid`, `objectGUID` or an attribute.
+    #[arg(long, default_value = "auto")]
+    pub source_anchor: String,
+    /// The attribute the cloud userPrincipalName comes from (alternate login ID: `mail`).
+    #[arg(long, default_value = "userPrincipalName")]
+    pub upn_attribute: String,
 }
 
 fn check(ok: bool, line: &str) -> bool {
@@ -59,38 +71,102 @@ fn warn(line: &str) {
     println!("  warn {line}");
 }
 
+fn interactive() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stdin())
+}
+
+/// `given`, or the answer to `question` on a terminal (`default` on an empty answer).
+fn ask(given: &Option<String>, flag: &str, question: &str, default: Option<&str>) -> anyhow::Result<String> {
+    if let Some(value) = given {
+        return Ok(value.clone());
+    }
+    anyhow::ensure!(interactive(), "give --{flag} (or run isthmus init on a terminal to be asked)");
+    let hint = default.map(|default| format!(" [{default}]")).unwrap_or_default();
+    loop {
+        print!("{question}{hint}: ");
+        std::io::Write::flush(&mut std::io::stdout())?;
+        let mut line = String::new();
+        anyhow::ensure!(std::io::stdin().read_line(&mut line)? > 0, "no answer for --{flag}");
+        let answer = line.trim();
+        match (answer.is_empty(), default) {
+            (false, _) => return Ok(answer.to_string()),
+            (true, Some(default)) => return Ok(default.to_string()),
+            (true, None) => println!("  (an answer is needed)"),
+        }
+    }
+}
+
+/// A secret from `env`, or asked for without echo on a terminal.
+fn secret(env: &str, question: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    if let Ok(value) = std::env::var(env) {
+        return Ok(zeroize::Zeroizing::new(value));
+    }
+    anyhow::ensure!(interactive(), "set {env} ({question}); secrets are never flags");
+    Ok(zeroize::Zeroizing::new(rpassword::prompt_password(format!("{question}: ")).context("read the secret")?))
+}
+
+/// Every value init needs, given or asked.
+struct Answers {
+    ad_host: String,
+    ad_user: String,
+    tenant_url: String,
+    tenant: String,
+    client_id: String,
+    source_anchor: String,
+    upn_attribute: String,
+}
+
 /// Runs the checks and writes the file.
 pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.config.exists(), "{} already exists; remove it or give --config another path", args.config.display());
-    let ad_password = zeroize::Zeroizing::new(
-        std::env::var(&args.ad_password_env).with_context(|| format!("set {} to the AD account's password", args.ad_password_env))?,
-    );
-    let client_secret = zeroize::Zeroizing::new(
-        std::env::var(&args.client_secret_env).with_context(|| format!("set {} to the sync app's secret", args.client_secret_env))?,
-    );
+    if interactive() && (args.ad_host.is_none() || args.tenant_url.is_none()) {
+        println!(
+            "isthmus init: a sync server for one Active Directory forest and a tenant ({} settings).",
+            if args.custom { "custom" } else { "express" }
+        );
+    }
+    let ad_host = ask(&args.ad_host, "ad-host", "Domain controller (host, or host:port when not 636)", None)?;
+    let ad_user = ask(&args.ad_user, "ad-user", "Account that reads the directory (user@domain or its DN)", None)?;
+    let ad_password = secret(&args.ad_password_env, "Its password")?;
+    let tenant_url = ask(&args.tenant_url, "tenant-url", "Tenant URL (https://…)", None)?;
+    let tenant = ask(&args.tenant, "tenant", "Tenant (its id or one of its domains)", None)?;
+    let client_id = ask(&args.client_id, "client-id", "Sync app's client id", None)?;
+    let client_secret = secret(&args.client_secret_env, "Its secret")?;
+    let (source_anchor, upn_attribute) = if args.custom && interactive() && args.source_anchor == "auto" {
+        (
+            ask(&None, "source-anchor", "Source anchor: auto, mS-DS-ConsistencyGuid, objectGUID or an attribute", Some("auto"))?,
+            ask(&None, "upn-attribute", "Attribute for the cloud userPrincipalName", Some(&args.upn_attribute))?,
+        )
+    } else {
+        (args.source_anchor.clone(), args.upn_attribute.clone())
+    };
+    if source_anchor != "auto" {
+        sync_rules::defaults::SourceAnchor::from_name(&source_anchor).map_err(|why| anyhow::anyhow!("--source-anchor: {why}"))?;
+    }
+    let answers = Answers { ad_host, ad_user, tenant_url, tenant, client_id, source_anchor, upn_attribute };
     let ad_id = "ad".to_string();
-    let bind = connector_ldap::Bind::Simple { dn: args.ad_user.clone(), password: ad_password.clone() };
-    let mut ad = connector_ldap::LdapConfig::new(&ad_id, connector_ldap::Flavour::ActiveDirectory, &args.ad_host, bind);
+    let bind = connector_ldap::Bind::Simple { dn: answers.ad_user.clone(), password: ad_password.clone() };
+    let mut ad = connector_ldap::LdapConfig::new(&ad_id, connector_ldap::Flavour::ActiveDirectory, &answers.ad_host, bind);
     ad.ca_file = args.ad_ca.clone();
     ad.include_ous = args.ou.clone();
     let graph = connector_graph::GraphConfig {
         id: "tenant".into(),
-        authority: args.tenant_url.trim_end_matches('/').to_string(),
-        graph: format!("{}/v1.0", args.tenant_url.trim_end_matches('/')),
-        tenant: args.tenant.clone(),
-        client_id: args.client_id.clone(),
+        authority: answers.tenant_url.trim_end_matches('/').to_string(),
+        graph: format!("{}/v1.0", answers.tenant_url.trim_end_matches('/')),
+        tenant: answers.tenant.clone(),
+        client_id: answers.client_id.clone(),
         client_secret: client_secret.clone(),
         ca_file: args.tenant_ca.clone(),
         page_size: 200,
         attempts: 3,
     };
 
-    println!("Checking the on-premises directory at {}:", args.ad_host);
+    println!("Checking the on-premises directory at {}:", answers.ad_host);
     let mut failed = false;
     let mut domain = None;
     match connector_ldap::open(ad.clone()).await {
         Ok(connector) => {
-            check(true, &format!("LDAPS, the CA and the bind as {} work", args.ad_user));
+            check(true, &format!("LDAPS, the CA and the bind as {} work", answers.ad_user));
             domain = connector.info.parameters.get("Domain.FQDN").map(ToString::to_string);
             match connector.import.full_page(None).await {
                 Ok(page) => {
@@ -100,7 +176,7 @@ pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
             }
         }
         Err(ConnectorError::Config(why)) => failed |= !check(false, &why),
-        Err(err) => failed |= !check(false, &format!("cannot reach {}: {err}", args.ad_host)),
+        Err(err) => failed |= !check(false, &format!("cannot reach {}: {err}", answers.ad_host)),
     }
     if let Some(domain) = &domain {
         let labels: Vec<&str> = domain.split('.').collect();
@@ -113,10 +189,10 @@ pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
         }
     }
 
-    println!("Checking the tenant at {}:", args.tenant_url);
+    println!("Checking the tenant at {}:", answers.tenant_url);
     match connector_graph::open(graph.clone()).await {
         Ok(_) => {
-            check(true, &format!("the app {} signs in", args.client_id));
+            check(true, &format!("the app {} signs in", answers.client_id));
         }
         Err(err) => failed |= !check(false, &err.to_string()),
     }
@@ -132,13 +208,73 @@ pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
             Err(err) => failed |= !check(false, &format!("reading the tenant's domains: {err}")),
         }
     }
+    // The source anchor: the tenant's, if a sync server stored one; else the consistency GUID
+    // unless something already uses it; else objectGUID (Entra Connect's automatic choice).
+    let mut anchor = answers.source_anchor.clone();
+    if !failed {
+        println!("Choosing the source anchor:");
+        let held = match connector_graph::tenant_anchor(&graph).await {
+            Ok(held) => held,
+            Err(err) => {
+                failed |= !check(false, &format!("reading the tenant's sync settings: {err}"));
+                None
+            }
+        };
+        let probe = match connector_ldap::probe_anchor(ad.clone()).await {
+            Ok(probe) => Some(probe),
+            Err(err) => {
+                failed |= !check(false, &format!("asking the forest about mS-DS-ConsistencyGuid: {err}"));
+                None
+            }
+        };
+        match (&held, anchor.as_str()) {
+            (Some(held), "auto") => {
+                check(true, &format!("the tenant's objects are anchored on {held}: this server uses it too"));
+                anchor = held.clone();
+            }
+            (Some(held), chosen) if !held.eq_ignore_ascii_case(chosen) => {
+                failed |= !check(false, &format!("the tenant's objects are anchored on {held}, not {chosen}: use --source-anchor {held}"));
+            }
+            (None, "auto") => {
+                if probe.as_ref().is_some_and(|probe| probe.consistency_guid_in_use) {
+                    warn("some objects already have an mS-DS-ConsistencyGuid (another tool uses it): anchoring on objectGUID");
+                    anchor = "objectGUID".into();
+                } else {
+                    check(true, "no object uses mS-DS-ConsistencyGuid yet: anchoring on it (objectGUID written back)");
+                    anchor = "mS-DS-ConsistencyGuid".into();
+                }
+            }
+            _ => {
+                check(true, &format!("anchoring on {anchor} as asked"));
+            }
+        };
+        if anchor.eq_ignore_ascii_case("mS-DS-ConsistencyGuid") {
+            match probe.and_then(|probe| probe.can_write_consistency_guid) {
+                Some(true) => {
+                    check(true, &format!("{} may write mS-DS-ConsistencyGuid (the anchor's writeback)", answers.ad_user));
+                }
+                Some(false) => {
+                    failed |= !check(
+                        false,
+                        &format!(
+                            "{} may not write mS-DS-ConsistencyGuid on users: grant it \"Write mS-DS-ConsistencyGuid\" on the synced OUs, or choose --source-anchor objectGUID",
+                            answers.ad_user
+                        ),
+                    )
+                }
+                None => warn("no user in scope to check the mS-DS-ConsistencyGuid write permission on"),
+            }
+        }
+    }
     anyhow::ensure!(!failed, "nothing written: fix what failed above and run init again");
 
-    let text = render(args, &ad_id, &ad_password, &client_secret);
+    let text = render(args, &answers, &anchor, &ad_id, &ad_password, &client_secret);
     write_private(&args.config, &text).with_context(|| format!("write {}", args.config.display()))?;
     println!(
-        "Wrote {} (mode 0600): express settings — one forest, Entra Connect's default rules, objectGUID / mS-DS-ConsistencyGuid as the anchor.",
-        args.config.display()
+        "Wrote {} (mode 0600): {} settings — one forest, Entra Connect's default rules, {anchor} as the source anchor, {} as the UPN.",
+        args.config.display(),
+        if args.custom { "custom" } else { "express" },
+        answers.upn_attribute
     );
     println!("Next: isthmus sync run --config {} --full", args.config.display());
     Ok(())
@@ -190,12 +326,14 @@ fn quote(text: &str) -> String {
     format!("\"{escaped}\"")
 }
 
-fn render(args: &InitArgs, ad_id: &str, ad_password: &str, client_secret: &str) -> String {
+fn render(args: &InitArgs, answers: &Answers, anchor: &str, ad_id: &str, ad_password: &str, client_secret: &str) -> String {
     let mut text = format!(
-        "# Written by isthmus init: express settings.\n[store]\nsqlite = {}\n\n[sync]\ndefault_rules = true\n\n",
-        quote(&args.db.display().to_string())
+        "# Written by isthmus init.\n[store]\nsqlite = {}\n\n[sync]\ndefault_rules = true\nsource_anchor = {}\nupn_attribute = {}\n\n",
+        quote(&args.db.display().to_string()),
+        quote(anchor),
+        quote(&answers.upn_attribute)
     );
-    text.push_str(&format!("[[connector]]\nid = {}\nflavour = \"active-directory\"\nhost = {}\n", quote(ad_id), quote(&args.ad_host)));
+    text.push_str(&format!("[[connector]]\nid = {}\nflavour = \"active-directory\"\nhost = {}\n", quote(ad_id), quote(&answers.ad_host)));
     if let Some(ca) = &args.ad_ca {
         text.push_str(&format!("ca_file = {}\n", quote(&ca.display().to_string())));
     }
@@ -203,14 +341,18 @@ fn render(args: &InitArgs, ad_id: &str, ad_password: &str, client_secret: &str) 
         let ous: Vec<String> = args.ou.iter().map(|ou| quote(ou)).collect();
         text.push_str(&format!("include_ous = [{}]\n", ous.join(", ")));
     }
-    text.push_str(&format!("[connector.bind]\nmethod = \"simple\"\ndn = {}\npassword = {}\n\n", quote(&args.ad_user), quote(ad_password)));
-    let base = args.tenant_url.trim_end_matches('/');
+    text.push_str(&format!(
+        "[connector.bind]\nmethod = \"simple\"\ndn = {}\npassword = {}\n\n",
+        quote(&answers.ad_user),
+        quote(ad_password)
+    ));
+    let base = answers.tenant_url.trim_end_matches('/');
     text.push_str(&format!(
         "[[graph]]\nid = \"tenant\"\nauthority = {}\ngraph = {}\ntenant = {}\nclient_id = {}\nclient_secret = {}\n",
         quote(base),
         quote(&format!("{base}/v1.0")),
-        quote(&args.tenant),
-        quote(&args.client_id),
+        quote(&answers.tenant),
+        quote(&answers.client_id),
         quote(client_secret)
     ));
     if let Some(ca) = &args.tenant_ca {

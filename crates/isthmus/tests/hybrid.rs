@@ -365,9 +365,10 @@ async fn sync_serve_in_near_real_time_mode_carries_a_change_without_waiting_for_
 async fn init_checks_everything_before_it_writes_a_configuration() {
     let Some(hybrid) = setup().await else { return };
     let config = hybrid.folder.path().join("written.toml");
-    let run_init = |password: &str| {
+    let run_init_with = |password: &str, config: &std::path::Path, extra: &[&str]| {
         let output = Command::new(env!("CARGO_BIN_EXE_isthmus"))
             .args(["init", "--config", config.to_str().unwrap(), "--ad-host", &hybrid.dc_host, "--ad-ca", hybrid.dc_ca.to_str().unwrap()])
+            .args(extra)
             .args([
                 "--ad-user",
                 &hybrid.dc_admin.0,
@@ -389,13 +390,21 @@ async fn init_checks_everything_before_it_writes_a_configuration() {
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     };
+    let run_init = |password: &str| run_init_with(password, &config, &[]);
     let (ok, out, err) = run_init("wrong password");
     assert!(!ok && out.contains("FAIL") && err.contains("nothing written"), "{out}\n{err}");
     assert!(!config.exists(), "nothing written after a failed check");
 
     let (ok, out, err) = run_init(&hybrid.dc_admin.1);
     assert!(ok, "{out}\n{err}");
-    for expected in ["the bind as", "DirSync and reading objects work", "signs in", "is a verified domain of the tenant"] {
+    for expected in [
+        "the bind as",
+        "DirSync and reading objects work",
+        "signs in",
+        "is a verified domain of the tenant",
+        "no object uses mS-DS-ConsistencyGuid yet",
+        "may write mS-DS-ConsistencyGuid",
+    ] {
         assert!(out.contains(expected), "{expected} in:\n{out}");
     }
     use std::os::unix::fs::PermissionsExt as _;
@@ -404,8 +413,31 @@ async fn init_checks_everything_before_it_writes_a_configuration() {
     assert!(written.contains("default_rules = true"), "{written}");
     let (ok, out, err) = isthmus(&["check-config", config.to_str().unwrap()]);
     assert!(ok, "the written file checks:\n{out}\n{err}");
+    assert!(written.contains("source_anchor = \"mS-DS-ConsistencyGuid\""), "{written}");
     let (ok, _, err) = run_init(&hybrid.dc_admin.1);
     assert!(!ok && err.contains("already exists"), "never overwritten: {err}");
+
+    // Once the tenant remembers an anchor, a new server follows it, and refuses another.
+    let path = format!(
+        "/v1.0/directory/onPremisesSynchronization/{}",
+        hybrid.graph.call(reqwest::Method::GET, "/v1.0/organization", None).await["value"][0]["id"].as_str().unwrap()
+    );
+    hybrid.graph.call(reqwest::Method::PATCH, &path, Some(json!({"configuration": {"anchorAttribute": "objectGUID"}}))).await;
+    let second = hybrid.folder.path().join("second.toml");
+    let (ok, out, err) = run_init_with(&hybrid.dc_admin.1, &second, &[]);
+    assert!(ok && out.contains("anchored on objectGUID: this server uses it too"), "{out}\n{err}");
+    assert!(std::fs::read_to_string(&second).unwrap().contains("source_anchor = \"objectGUID\""));
+    let third = hybrid.folder.path().join("third.toml");
+    let (ok, out, _) = run_init_with(&hybrid.dc_admin.1, &third, &["--source-anchor", "mS-DS-ConsistencyGuid", "--upn-attribute", "mail"]);
+    assert!(!ok && out.contains("use --source-anchor objectGUID") && !third.exists(), "{out}");
+
+    // Without a terminal, what is missing is named.
+    let output = Command::new(env!("CARGO_BIN_EXE_isthmus"))
+        .args(["init", "--config", hybrid.folder.path().join("fourth.toml").to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("give --ad-host"), "{output:?}");
 }
 
 /// The objectGUID of `dn`, as an immutableId (base64 of its 16 bytes).
