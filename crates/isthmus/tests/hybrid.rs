@@ -502,6 +502,29 @@ async fn the_lifecycle_of_on_premises_objects_reaches_the_tenant() {
     assert_eq!(uma_cloud["userPrincipalName"], format!("uma@{initial}"), "an unverified suffix becomes the initial domain: {uma_cloud}");
     assert_eq!(graph.synced("otto").await["accountEnabled"], true);
 
+    // An exported anchor never changes: a new consistency GUID on-premises is an error on the
+    // object until the old value is back.
+    let db = config_path.with_file_name("isthmus.db");
+    let errors = || {
+        let (_, out, _) = isthmus(&["cs", "search", "--db", db.to_str().unwrap(), "--connector", "tenant", "--errors"]);
+        out
+    };
+    let original = ad.conn().search(&otto, ldap3::Scope::Base, "(objectClass=*)", &["mS-DS-ConsistencyGuid"]).await.unwrap()[0]
+        .bin_attrs["mS-DS-ConsistencyGuid"][0]
+        .clone();
+    let set_guid = |value: Vec<u8>| ldap3::Mod::Replace(b"mS-DS-ConsistencyGuid".to_vec(), std::collections::HashSet::from([value]));
+    ad.conn().modify(&otto, vec![set_guid(vec![0x42; 16])]).await.unwrap();
+    let (ok, out, err) = sync(&[]);
+    assert!(ok, "{out}\n{err}");
+    let shown = errors();
+    assert!(shown.contains("sourceAnchor attribute has changed"), "the changed anchor is an error:\n{shown}\n{out}");
+    assert_eq!(graph.synced("otto").await["accountEnabled"], true, "the cloud object stays as it was");
+    ad.conn().modify(&otto, vec![set_guid(original)]).await.unwrap();
+    let (ok, out, err) = sync(&[]);
+    assert!(ok, "{out}\n{err}");
+    let shown = errors();
+    assert!(!shown.contains("sourceAnchor attribute has changed"), "restored, the error is gone:\n{shown}");
+
     // Verifying the suffix gives uma her on-premises UPN back.
     graph.call(Method::POST, "/v1.0/domains", Some(json!({"id": "unverified.example"}))).await;
     let records = graph.call(Method::GET, "/v1.0/domains/unverified.example/verificationDnsRecords", None).await;

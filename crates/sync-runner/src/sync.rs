@@ -439,6 +439,22 @@ impl<S: Store> Context<'_, S> {
             decision = decide(Some(&found), &[], seed);
             target_cs = Some(found);
         }
+        // An outbound error recorded by an earlier run for this target is over once outbound
+        // sync decides anything else (the anchor restored, the value fixed).
+        if !matches!(decision, OutboundDecision::Error(_)) {
+            let marker = format!("to {target}: ");
+            let stale = |cs: &CsObject| {
+                cs.error.as_ref().is_some_and(|error| error.code.starts_with("outbound-") && error.message.starts_with(&marker))
+            };
+            let cleared: Vec<CsId> =
+                target_cs.iter().chain(joined.iter().filter(|cs| &cs.connector != target)).filter(|cs| stale(cs)).map(|cs| cs.id).collect();
+            for id in cleared {
+                store.cs_set_error(id, None).await?;
+                if let Some(current) = target_cs.as_mut().filter(|current| current.id == id) {
+                    current.error = None;
+                }
+            }
+        }
         match decision {
             OutboundDecision::Nothing | OutboundDecision::Join { .. } => {
                 if let Some(mut cs) = target_cs
@@ -493,7 +509,10 @@ impl<S: Store> Context<'_, S> {
                 }
                 self.counts.deletes += 1;
             }
-            OutboundDecision::Error(error) => {
+            OutboundDecision::Error(mut error) => {
+                // Marked as outbound and for which target, so a later success can clear it.
+                error.code = format!("outbound-{}", error.code);
+                error.message = format!("to {target}: {}", error.message);
                 let holder = target_cs.or_else(|| joined.iter().find(|cs| &cs.connector != target).cloned());
                 if let Some(mut cs) = holder {
                     self.set_error(&mut cs, error);
