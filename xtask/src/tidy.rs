@@ -35,6 +35,7 @@ pub const LAYERS: &[(&str, Layer)] = &[
     ("sync-expr", Layer::PureCore),
     ("sync-rules", Layer::PureCore),
     ("sync-engine", Layer::PureCore),
+    ("phs", Layer::PureCore),
     ("store", Layer::Port),
     ("connector-api", Layer::Port),
     ("connector-memory", Layer::Adapter),
