@@ -185,6 +185,7 @@ CREATE TABLE IF NOT EXISTS lockout (user_key TEXT PRIMARY KEY, failures INTEGER 
 CREATE TABLE IF NOT EXISTS auth_codes (code_hash TEXT PRIMARY KEY, grant_data TEXT NOT NULL, expires INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT NOT NULL, PRIMARY KEY (role_id, member_id));
 CREATE INDEX IF NOT EXISTS role_members_member ON role_members(member_id);
+CREATE TABLE IF NOT EXISTS synced_credentials (user_id TEXT PRIMARY KEY, credential TEXT NOT NULL, must_change INTEGER NOT NULL, synced_at INTEGER NOT NULL);
 ";
 
 const POSTGRES_SCHEMA: &str = r#"
@@ -235,6 +236,7 @@ CREATE TABLE IF NOT EXISTS lockout (user_key TEXT PRIMARY KEY, failures BIGINT N
 CREATE TABLE IF NOT EXISTS auth_codes (code_hash TEXT PRIMARY KEY, grant_data TEXT NOT NULL, expires BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT NOT NULL, PRIMARY KEY (role_id, member_id));
 CREATE INDEX IF NOT EXISTS role_members_member ON role_members (member_id);
+CREATE TABLE IF NOT EXISTS synced_credentials (user_id TEXT PRIMARY KEY, credential TEXT NOT NULL, must_change BIGINT NOT NULL, synced_at BIGINT NOT NULL);
 "#;
 
 impl Db {
@@ -641,6 +643,7 @@ pub fn delete(sql: &mut dyn Sql, kind: Kind, id: &str) -> Result<bool, DbError> 
         }
         sql.execute("DELETE FROM members WHERE member_id = ?1 OR group_id = ?1", &[id.into()])?;
         sql.execute("DELETE FROM role_members WHERE member_id = ?1", &[id.into()])?;
+        sql.execute("DELETE FROM synced_credentials WHERE user_id = ?1", &[id.into()])?;
     }
     Ok(changed > 0)
 }
@@ -917,6 +920,34 @@ pub fn app_redirects(sql: &mut dyn Sql, client_id: &str) -> Result<Option<Vec<St
     }
     let rows = sql.query("SELECT uri FROM app_redirects WHERE client_id = ?1", &[client_id.into()])?;
     Ok(Some(rows.iter().map(|row| row.text(0)).collect::<Result<_, _>>()?))
+}
+
+/// A synced user's credential from password hash sync (its wire form), whether the user must
+/// change it at the next sign-in, and when it came (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncedCredentialRow {
+    /// `v1;PPH1_MD4,…;`.
+    pub credential: String,
+    /// "User must change password at next logon" was set on-premises.
+    pub must_change: bool,
+    /// When it was stored.
+    pub synced_at: i64,
+}
+
+/// Stores (replacing) the synced credential of `user_id`.
+pub fn set_synced_credential(sql: &mut dyn Sql, user_id: &str, row: &SyncedCredentialRow) -> Result<(), DbError> {
+    sql.execute("DELETE FROM synced_credentials WHERE user_id = ?1", &[user_id.into()])?;
+    sql.execute(
+        "INSERT INTO synced_credentials (user_id, credential, must_change, synced_at) VALUES (?1, ?2, ?3, ?4)",
+        &[user_id.into(), row.credential.as_str().into(), row.must_change.into(), row.synced_at.into()],
+    )?;
+    Ok(())
+}
+
+/// The synced credential of `user_id`, if password hash sync sent one.
+pub fn synced_credential(sql: &mut dyn Sql, user_id: &str) -> Result<Option<SyncedCredentialRow>, DbError> {
+    let row = sql.query_opt("SELECT credential, must_change, synced_at FROM synced_credentials WHERE user_id = ?1", &[user_id.into()])?;
+    row.map(|row| Ok(SyncedCredentialRow { credential: row.text(0)?, must_change: row.bool(1)?, synced_at: row.int(2)? })).transpose()
 }
 
 /// Assigns directory role `role` to user `member`; `false` when it already holds it.

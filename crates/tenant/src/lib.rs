@@ -18,6 +18,7 @@ pub mod dns;
 mod domains;
 pub mod filter;
 mod graph;
+mod hashsync;
 mod oauth;
 pub mod odata;
 mod onprem;
@@ -208,6 +209,11 @@ impl Shared {
     /// How the sync's creates match: the process's settings and the tenant's features.
     pub(crate) fn effective_match_policy(&self) -> resilience::MatchPolicy {
         onprem::policy(&self.sync_settings.read().unwrap_or_else(|poisoned| poisoned.into_inner()), self.match_policy)
+    }
+
+    /// Whether a tenant feature (`/directory/onPremisesSynchronization`) is on.
+    pub(crate) fn sync_feature(&self, name: &str) -> bool {
+        self.sync_settings.read().unwrap_or_else(|poisoned| poisoned.into_inner())["features"][name].as_bool() == Some(true)
     }
 
     /// Keeps the sync settings just stored.
@@ -531,6 +537,10 @@ impl Tenant {
             .route(
                 "/v1.0/organization",
                 get(|State(state): State<AppState>, access: Access, headers: HeaderMap| audit::organization(state, access, headers)),
+            )
+            .route(
+                "/isthmus/v1/passwordHashSync",
+                post(|State(state): State<AppState>, access: Access, body: graph::Body| hashsync::receive(state, access, body)),
             )
             .route("/v1.0/directoryRoles", get(|access: Access, headers: HeaderMap| roles::list(access, headers)))
             .route("/v1.0/directoryRoles/{id}", get(|access: Access, Path(id): Path<String>| roles::get(access, id)))

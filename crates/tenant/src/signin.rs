@@ -57,7 +57,9 @@ pub trait SignInMethod: Send + Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Verdict> + Send + 'a>>;
 }
 
-/// Passwords kept in the tenant (cloud-only users): PBKDF2-HMAC-SHA256.
+/// Passwords kept in the tenant: for a user with a credential from password hash sync, that
+/// one (MD4 of the typed password, Entra's transform, compared); for cloud-only users their own
+/// PBKDF2-HMAC-SHA256 password. (Entra's managed domains work the same way.)
 pub struct CloudPassword;
 
 impl SignInMethod for CloudPassword {
@@ -73,6 +75,19 @@ impl SignInMethod for CloudPassword {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Verdict> + Send + 'a>> {
         Box::pin(async move {
             let id = user.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+            let lookup = id.clone();
+            let synced = match state.db.read(move |conn| db::synced_credential(conn, &lookup)).await {
+                Ok(synced) => synced,
+                Err(err) => return Verdict::Unavailable(err.to_string()),
+            };
+            if let Some(synced) = synced {
+                let Ok(credential) = phs::SyncedCredential::from_wire(&synced.credential) else {
+                    return Verdict::Unavailable(format!("the synced credential of {id} is corrupt"));
+                };
+                let password = zeroize::Zeroizing::new(password.to_string());
+                let matched = tokio::task::spawn_blocking(move || credential.verify_password(&password)).await.unwrap_or(false);
+                return if matched { Verdict::Valid } else { Verdict::Invalid };
+            }
             let credential = match state.db.read(move |conn| db::credential(conn, &id)).await {
                 Ok(credential) => credential,
                 Err(err) => return Verdict::Unavailable(err.to_string()),
@@ -198,6 +213,17 @@ pub async fn authenticate(
     if user.get("accountEnabled").and_then(Value::as_bool) != Some(true) {
         state.record("SignIn", flow.to_string(), key.clone(), grant.client_id.clone(), "disabled").await;
         return Err(TokenEndpointError::new("invalid_grant", 50057, "The user account is disabled."));
+    }
+    // A temporary password synced from on-premises signs in only to be changed.
+    let id = user.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let synced = state.db.read(move |conn| db::synced_credential(conn, &id)).await.map_err(|err| unavailable(&err))?;
+    if synced.is_some_and(|synced| synced.must_change) {
+        state.record("SignIn", flow.to_string(), key.clone(), grant.client_id.clone(), "password must change").await;
+        return Err(TokenEndpointError::new(
+            "invalid_grant",
+            50055,
+            "The password is expired: the user must change it (set on-premises at the next logon).",
+        ));
     }
     if entry.is_some() {
         let lookup = key.clone();

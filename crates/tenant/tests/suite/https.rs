@@ -1222,3 +1222,69 @@ async fn an_administrator_is_never_soft_matched() {
     let (status, matched) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced_user("gina", &tenant.domain, "Z2luYQ=="))).await;
     assert_eq!((status, &matched["id"]), (StatusCode::CREATED, &json!(gina_id)), "{matched}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synced_users_sign_in_with_the_hash_password_hash_sync_sent() {
+    let tenant = start().await;
+    let (admin, sync) = (tenant.token(&tenant.admin).await, tenant.token(&tenant.sync).await);
+    use reqwest::Method;
+    let (status, sam) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced_user("sam", &tenant.domain, "c2Ft"))).await;
+    assert_eq!(status, StatusCode::CREATED, "{sam}");
+    let upn = format!("sam@{}", tenant.domain);
+    let client = tenant.reader.0.clone();
+    let (status, _) = tenant.password_grant(&client, &upn, "On-Prem!Pass1").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no credential synced yet");
+
+    let wire = |password: &str| phs::SyncedCredential::new(&phs::NtHash::of_password(password)).to_wire();
+    let batch = |items: Value| Some(json!({ "value": items }));
+    let (status, _) =
+        tenant.call(Method::POST, "/isthmus/v1/passwordHashSync", &admin, batch(json!([{"onPremisesImmutableId": "c2Ft", "credential": wire("x")}]))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "only the sync service sends hashes");
+    // A bad item spoils the batch: nothing is stored.
+    let (status, error) = tenant
+        .call(
+            Method::POST,
+            "/isthmus/v1/passwordHashSync",
+            &sync,
+            batch(json!([{"onPremisesImmutableId": "c2Ft", "credential": wire("On-Prem!Pass1")}, {"onPremisesImmutableId": "x", "credential": "nt:8846F7EA"}])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("value[1]"), "{error}");
+    let (status, _) = tenant.password_grant(&client, &upn, "On-Prem!Pass1").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the good item of the refused batch was not stored");
+
+    let (status, answer) = tenant
+        .call(
+            Method::POST,
+            "/isthmus/v1/passwordHashSync",
+            &sync,
+            batch(json!([{"onPremisesImmutableId": "c2Ft", "credential": wire("On-Prem!Pass1")}, {"onPremisesImmutableId": "bm9ib2R5", "credential": wire("x")}])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!((answer["value"][0]["status"].as_str(), answer["value"][1]["status"].as_str()), (Some("Success"), Some("NoTargetConnection")));
+    let (status, tokens) = tenant.password_grant(&client, &upn, "On-Prem!Pass1").await;
+    assert_eq!(status, StatusCode::OK, "the synced password signs in: {tokens}");
+    let (status, _) = tenant.password_grant(&client, &upn, "on-prem!pass1").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // A password changed on-premises replaces the old one.
+    tenant.call(Method::POST, "/isthmus/v1/passwordHashSync", &sync, batch(json!([{"onPremisesImmutableId": "c2Ft", "credential": wire("Changed!Pass2")}]))).await;
+    let (status, _) = tenant.password_grant(&client, &upn, "On-Prem!Pass1").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the old password stops working");
+    let (status, _) = tenant.password_grant(&client, &upn, "Changed!Pass2").await;
+    assert_eq!(status, StatusCode::OK, "the new one works");
+
+    // A temporary password ("must change at next logon") syncs only with the tenant feature on,
+    // and then signs in only to be changed.
+    let temporary = batch(json!([{"onPremisesImmutableId": "c2Ft", "credential": wire("Temp!Pass3"), "forceChangePasswordNextSignIn": true}]));
+    let (_, answer) = tenant.call(Method::POST, "/isthmus/v1/passwordHashSync", &sync, temporary.clone()).await;
+    assert_eq!(answer["value"][0]["status"], "FilteredByTarget");
+    let path = format!("/v1.0/directory/onPremisesSynchronization/{}", tenant.tenant_id);
+    tenant.call(Method::PATCH, &path, &admin, Some(json!({"features": {"userForcePasswordChangeOnLogonEnabled": true}}))).await;
+    let (_, answer) = tenant.call(Method::POST, "/isthmus/v1/passwordHashSync", &sync, temporary).await;
+    assert_eq!(answer["value"][0]["status"], "Success");
+    let (status, error) = tenant.password_grant(&client, &upn, "Temp!Pass3").await;
+    assert_eq!((status, error["error_codes"][0].as_i64()), (StatusCode::BAD_REQUEST, Some(50055)), "{error}");
+}

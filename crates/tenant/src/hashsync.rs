@@ -1,0 +1,136 @@
+//! The receiving end of password hash sync: `POST /isthmus/v1/passwordHashSync`, for the sync
+//! service only. Each item names a synced user by its `onPremisesImmutableId` and carries the
+//! credential the sync server derived on-premises (`phs`: PBKDF2 over the NT hash, never the NT
+//! hash itself). The whole batch is checked before anything is stored, and stored in one
+//! transaction; the answer gives each user a status in Entra's vocabulary (`Success`,
+//! `NoTargetConnection`, `FilteredByTarget` for a temporary password while the tenant feature
+//! `userForcePasswordChangeOnLogonEnabled` is off). Nothing of a credential is logged.
+//!
+//! Sign-in then checks a synced user's password against it (see `signin::CloudPassword`): MD4 of
+//! the typed password, the same transform, a constant-time compare.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::odata::GraphError;
+use crate::{Access, AppState, db};
+
+/// Most users in one request.
+pub const MAX_BATCH: usize = 1000;
+
+struct Item {
+    anchor: String,
+    credential: String,
+    must_change: bool,
+}
+
+fn checked(body: serde_json::Map<String, Value>) -> Result<Vec<Item>, GraphError> {
+    if let Some(other) = body.keys().find(|name| *name != "value") {
+        return Err(GraphError::bad_request(format!("Invalid property '{other}'.")));
+    }
+    let Some(Value::Array(items)) = body.get("value") else {
+        return Err(GraphError::bad_request("The body needs a 'value' array of users."));
+    };
+    if items.len() > MAX_BATCH {
+        return Err(GraphError::bad_request(format!("At most {MAX_BATCH} users per request, got {}.", items.len())));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let Some(item) = item.as_object() else { return Err(GraphError::bad_request(format!("value[{index}] is not an object."))) };
+        if let Some(other) =
+            item.keys().find(|name| !["onPremisesImmutableId", "credential", "forceChangePasswordNextSignIn"].contains(&name.as_str()))
+        {
+            return Err(GraphError::bad_request(format!("Invalid property '{other}' in value[{index}].")));
+        }
+        let anchor = item
+            .get("onPremisesImmutableId")
+            .and_then(Value::as_str)
+            .filter(|anchor| !anchor.is_empty())
+            .ok_or_else(|| GraphError::bad_request(format!("value[{index}] needs an onPremisesImmutableId.")))?;
+        let credential = item
+            .get("credential")
+            .and_then(Value::as_str)
+            .ok_or_else(|| GraphError::bad_request(format!("value[{index}] needs a credential.")))?;
+        phs::SyncedCredential::from_wire(credential).map_err(|err| GraphError::bad_request(format!("value[{index}]: {err}")))?;
+        let must_change = match item.get("forceChangePasswordNextSignIn") {
+            None => false,
+            Some(Value::Bool(flag)) => *flag,
+            Some(_) => return Err(GraphError::bad_request(format!("value[{index}].forceChangePasswordNextSignIn must be true or false."))),
+        };
+        out.push(Item { anchor: anchor.to_string(), credential: credential.to_string(), must_change });
+    }
+    Ok(out)
+}
+
+/// `POST /isthmus/v1/passwordHashSync`.
+pub async fn receive(state: AppState, access: Access, body: crate::graph::Body) -> Result<Response, GraphError> {
+    if !access.is_sync() {
+        return Err(GraphError::denied());
+    }
+    state.admit_write()?;
+    let items = checked(crate::graph::body_object(body)?)?;
+    let count = items.len();
+    let now = crate::unix_now();
+    // Temporary passwords ("must change at next logon") sync only with the tenant feature on.
+    let temporary_allowed = state.sync_feature("userForcePasswordChangeOnLogonEnabled");
+    let statuses = state
+        .db
+        .call(move |sql| {
+            let mut statuses = Vec::with_capacity(items.len());
+            for item in items {
+                let found = db::find(sql, db::Kind::User, db::Lookup::ImmutableId(&item.anchor))?;
+                let target = found.into_iter().find(|user| user.get("onPremisesSyncEnabled").and_then(Value::as_bool) == Some(true));
+                let Some(id) = target.as_ref().and_then(|user| user.get("id")).and_then(Value::as_str) else {
+                    statuses.push(json!({"onPremisesImmutableId": item.anchor, "status": "NoTargetConnection"}));
+                    continue;
+                };
+                if item.must_change && !temporary_allowed {
+                    statuses.push(json!({"onPremisesImmutableId": item.anchor, "id": id, "status": "FilteredByTarget"}));
+                    continue;
+                }
+                let row = db::SyncedCredentialRow { credential: item.credential, must_change: item.must_change, synced_at: now };
+                db::set_synced_credential(sql, id, &row)?;
+                statuses.push(json!({"onPremisesImmutableId": item.anchor, "id": id, "status": "Success"}));
+            }
+            Ok(statuses)
+        })
+        .await?;
+    let stored = statuses.iter().filter(|status| status["status"] == "Success").count();
+    state
+        .record("Directory", format!("password hash sync ({stored} of {count} users)"), access.caller.clone(), String::new(), "success")
+        .await;
+    Ok(Json(json!({"value": statuses})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(value: Value) -> serde_json::Map<String, Value> {
+        value.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_batch_is_checked_whole() {
+        let good = phs::SyncedCredential::new(&phs::NtHash::of_password("x")).to_wire();
+        assert_eq!(
+            checked(body(json!({"value": [{"onPremisesImmutableId": "a", "credential": good}]}))).map(|items| items.len()).ok(),
+            Some(1)
+        );
+        for (bad, why) in [
+            (json!({"value": [{"onPremisesImmutableId": "a", "credential": "v1;PPH1_MD4,zz,1,zz;"}]}), "value[0]"),
+            (json!({"value": [{"credential": good}]}), "onPremisesImmutableId"),
+            (json!({"value": [{"onPremisesImmutableId": "a", "credential": good, "nt": "x"}]}), "Invalid property 'nt'"),
+            (
+                json!({"value": [{"onPremisesImmutableId": "a", "credential": good, "forceChangePasswordNextSignIn": "yes"}]}),
+                "true or false",
+            ),
+            (json!({"users": []}), "Invalid property"),
+            (json!({"value": 5}), "'value' array"),
+        ] {
+            let err = checked(body(bad.clone())).err().map(|err| err.message).unwrap_or_default();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+}
