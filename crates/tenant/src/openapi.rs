@@ -123,6 +123,12 @@ pub fn document() -> Value {
         "get": {"summary": "The tenant's directory-synchronization settings (id: the tenant id)", "responses": with_errors(json!({"200": {"description": "The settings"}}))},
         "patch": {"summary": "Set configuration (anchorAttribute once) and features", "responses": with_errors(json!({"204": {"description": "Updated"}}))}}),
     );
+    paths.insert(
+        "/isthmus/v1/passwordHashSync".into(),
+        json!({"post": {"summary": "Password hash sync: credentials derived on-premises (v1;PPH1_MD4,...) for synced users by onPremisesImmutableId; sync service only; at most 1,000",
+               "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"value": {"type": "array", "maxItems": 1000}}}}}},
+               "responses": with_errors(json!({"200": {"description": "A status per user: Success, NoTargetConnection, FilteredByTarget"}}))}}),
+    );
     paths.insert("/v1.0/directoryRoles/{id}".into(), json!({"parameters": id_parameter, "get": {"summary": "A directory role", "responses": with_errors(json!({"200": {"description": "The role"}}))}}));
     paths.insert(
         "/v1.0/directoryRoles/{id}/members".into(),
