@@ -41,6 +41,7 @@ pub const LAYERS: &[(&str, Layer)] = &[
     ("connector-memory", Layer::Adapter),
     ("connector-ldap", Layer::Adapter),
     ("connector-graph", Layer::Adapter),
+    ("drsr", Layer::Adapter),
     ("sync-runner", Layer::Service),
     ("tenant", Layer::Service),
     ("store-sqlite", Layer::Adapter),
