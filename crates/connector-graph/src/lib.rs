@@ -172,6 +172,41 @@ pub async fn tenant_anchor(config: &GraphConfig) -> Result<Option<String>, Conne
     Ok(settings.pointer("/configuration/anchorAttribute").and_then(serde_json::Value::as_str).map(str::to_string))
 }
 
+/// One user's credential for password hash sync.
+#[derive(Debug, Clone)]
+pub struct CredentialUpdate {
+    /// The user's `onPremisesImmutableId` in the tenant.
+    pub immutable_id: String,
+    /// `phs::SyncedCredential::to_wire()`.
+    pub credential: zeroize::Zeroizing<String>,
+    /// "User must change password at next logon".
+    pub must_change: bool,
+}
+
+/// Sends credentials to the tenant's password-hash-sync endpoint, 1,000 per request; returns
+/// each user's status (`Success`, `NoTargetConnection`, `FilteredByTarget`) by immutable id.
+pub async fn send_credentials(config: &GraphConfig, updates: &[CredentialUpdate]) -> Result<Vec<(String, String)>, ConnectorError> {
+    let client = client::Client::new(config.clone())?;
+    let mut statuses = Vec::with_capacity(updates.len());
+    for chunk in updates.chunks(1000) {
+        let items: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|update| {
+                serde_json::json!({"onPremisesImmutableId": update.immutable_id, "credential": update.credential.as_str(),
+                                   "forceChangePasswordNextSignIn": update.must_change})
+            })
+            .collect();
+        let body = serde_json::json!({ "value": items });
+        let url = format!("{}/isthmus/v1/passwordHashSync", config.authority.trim_end_matches('/'));
+        let answer = client.object_call(reqwest::Method::POST, &url, Some(&body)).await?;
+        for status in answer.body["value"].as_array().into_iter().flatten() {
+            let id = status["onPremisesImmutableId"].as_str().unwrap_or_default().to_string();
+            statuses.push((id, status["status"].as_str().unwrap_or("Unknown").to_string()));
+        }
+    }
+    Ok(statuses)
+}
+
 /// The DN of an object with `id`.
 pub fn dn_of(id: &str) -> String {
     format!("objectId={id}")

@@ -135,6 +135,10 @@ pub struct LdapConfig {
     /// Search page size (AD's default MaxPageSize is 1,000).
     #[serde(default = "default_page_size")]
     pub page_size: u32,
+    /// Password hash sync from this directory (`isthmus phs run`): generic LDAP servers give
+    /// `sambaNTPassword`; Active Directory will give hashes over MS-DRSR.
+    #[serde(default)]
+    pub password_hash_sync: bool,
     /// Read `member` (when listed in `attributes`) in ranges of this many values per request
     /// (`member;range=0-1499` …), bounding the size of one answer. AD ranges past its
     /// MaxValRange (1,500) by itself; the connector completes ranged values either way.
@@ -184,6 +188,7 @@ impl LdapConfig {
             exclude_ous: Vec::new(),
             pilot_group: None,
             page_size: default_page_size(),
+            password_hash_sync: false,
             range_size: None,
             timeout_seconds: default_timeout(),
             delta: DeltaMode::Auto,

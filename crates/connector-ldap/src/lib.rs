@@ -18,6 +18,7 @@ mod ber;
 pub mod config;
 mod export;
 mod generic;
+mod hashes;
 mod probe;
 pub mod schema;
 mod session;
@@ -29,6 +30,7 @@ use connector_api::{Connector, ConnectorError, ConnectorInfo, Role};
 use model::ConnectorId;
 
 pub use config::{Bind, ConnectorRole, DeltaMode, Flavour, LdapConfig, Transport};
+pub use hashes::{HashRecord, read_nt_hashes};
 pub use probe::{AnchorProbe, probe_anchor};
 
 /// Checks the settings, connects, binds and reads the directory's shape; the connector is ready.

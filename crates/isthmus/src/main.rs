@@ -4,6 +4,7 @@
 mod config;
 mod init;
 mod ops;
+mod phs_cmd;
 mod preview;
 mod progress;
 mod quickstart;
@@ -82,6 +83,11 @@ enum Command {
         #[command(subcommand)]
         command: SyncCommand,
     },
+    /// Password hash sync: users' password hashes, transformed on-premises, to the tenant.
+    Phs {
+        #[command(subcommand)]
+        command: PhsCommand,
+    },
     /// The cloud tenant (Graph-compatible API and sign-in) over HTTPS.
     Tenant {
         #[command(subcommand)]
@@ -98,6 +104,12 @@ enum Command {
         /// The TOML rule file.
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PhsCommand {
+    /// One pass: every enabled, synced account's hash of the connectors with password_hash_sync.
+    Run(phs_cmd::RunArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +172,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Sync { command: SyncCommand::Serve(args) } => sync::serve(&args).await,
         Command::CheckConfig { file } => sync::check(&file),
         Command::Tenant { command: TenantCommand::Serve(args) } => tenant_cmd::serve(&args).await,
+        Command::Phs { command: PhsCommand::Run(args) } => phs_cmd::run(&args).await,
         Command::History { db, limit } => ops::history(&ops::open(&db).await?, limit).await,
         Command::Cs { command: CsCommand::Search { db, args } } => ops::cs_search(&ops::open(&db).await?, &args).await,
         Command::Mv { command: MvCommand::Show { db, id } } => ops::mv_show(&ops::open(&db).await?, id).await,

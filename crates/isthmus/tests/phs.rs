@@ -1,0 +1,181 @@
+//! Password hash sync end to end with real servers: people in OpenLDAP (with `sambaNTPassword`)
+//! synced into the tenant by `isthmus sync run`, their hashes sent by `isthmus phs run`, and
+//! then signing in to the tenant with their on-premises passwords; a password changed
+//! on-premises replaces the old one; a disabled account's hash is not synced.
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
+
+use std::process::Command;
+
+use serde_json::Value;
+use testkit::slapd::{SUFFIX, Slapd};
+
+fn isthmus(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_isthmus")).args(args).output().expect("run isthmus");
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+const RULES: &str = r#"
+[[rule]]
+name = "In from LDAP - person"
+direction = "inbound"
+connector = "ldap"
+source_type = "inetOrgPerson"
+target_type = "person"
+link_type = "provision"
+precedence = 10
+password_sync = true
+join = [[{ source = "uid", target = "accountName" }]]
+[[rule.flow]]
+target = "accountName"
+direct = "uid"
+[[rule.flow]]
+target = "mail"
+expression = 'LCase([mail])'
+[[rule.flow]]
+target = "displayName"
+direct = "cn"
+
+[[rule]]
+name = "Out to Cloud - user"
+direction = "outbound"
+connector = "tenant"
+source_type = "person"
+target_type = "user"
+link_type = "provision"
+precedence = 10
+join = [[{ source = "accountName", target = "onPremisesImmutableId", case_sensitive = true }]]
+[[rule.flow]]
+target = "onPremisesImmutableId"
+direct = "accountName"
+[[rule.flow]]
+target = "onPremisesSyncEnabled"
+constant = "True"
+[[rule.flow]]
+target = "accountEnabled"
+constant = "True"
+[[rule.flow]]
+target = "userPrincipalName"
+direct = "mail"
+[[rule.flow]]
+target = "mailNickname"
+direct = "accountName"
+[[rule.flow]]
+target = "displayName"
+direct = "displayName"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_premises_passwords_sign_in_to_the_tenant_after_hash_sync() {
+    let Some(slapd) = testkit::available(Slapd::start()) else { return };
+    let folder = tempfile::tempdir().unwrap();
+    let mut config = tenant::TenantConfig::new(folder.path().join("tenant"), vec!["127.0.0.1:0".parse().unwrap()]);
+    config.password_iterations = 1_000;
+    let (tenant, bootstrap) = tenant::Tenant::open(config).await.unwrap();
+    let admin = bootstrap.unwrap();
+    let sync = tenant.register_app("Isthmus sync", &[tenant::SYNC_ROLE]).await.unwrap();
+    let public = tenant.register_app("a public client", &["Directory.Read.All"]).await.unwrap();
+    let (domain, ca) = (tenant.initial_domain().to_string(), tenant.ca_pem.clone());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bound, serve) = tenant
+        .bind(async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    tokio::spawn(serve);
+    let base = format!("https://127.0.0.1:{}", bound[0].port());
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+        .use_rustls_tls()
+        .build()
+        .unwrap();
+    let sign_in = |user: &str, password: &str| {
+        let form = [
+            ("grant_type", "password".to_string()),
+            ("client_id", public.client_id.clone()),
+            ("username", format!("{user}@{domain}")),
+            ("password", password.to_string()),
+            ("scope", "openid User.Read".to_string()),
+        ];
+        let request = http.post(format!("{base}/{domain}/oauth2/v2.0/token")).form(&form);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+
+    // On-premises: two people with NT hashes, one of them disabled.
+    let mut ldap = slapd.admin().await.unwrap();
+    let nt = |password: &str| phs::NtHash::of_password(password).to_hex().to_string();
+    let ada = ldap.create_person("ada", &format!("ada@{domain}"), "x", Some(&nt("Ldap!Pass1"))).await.unwrap();
+    let ben = ldap.create_person("ben", &format!("ben@{domain}"), "x", Some(&nt("Ben!Pass1"))).await.unwrap();
+    ldap.conn().replace(&ben, "sambaAcctFlags", &["[UD         ]"]).await.unwrap();
+
+    std::fs::write(folder.path().join("rules.toml"), RULES).unwrap();
+    let config = format!(
+        r#"[store]
+sqlite = "state.db"
+
+[sync]
+rules = ["rules.toml"]
+
+[[connector]]
+id = "ldap"
+flavour = "generic"
+host = "{ldap_host}"
+ca_file = "{ldap_ca}"
+include_ous = ["ou=people,{SUFFIX}"]
+password_hash_sync = true
+[connector.bind]
+method = "simple"
+dn = "{ldap_admin}"
+password = "{ldap_password}"
+
+[[graph]]
+id = "tenant"
+authority = "{base}"
+graph = "{base}/v1.0"
+tenant = "{domain}"
+client_id = "{client_id}"
+client_secret = "{client_secret}"
+ca_file = "{tenant_ca}"
+"#,
+        ldap_host = slapd.ldaps_url().trim_start_matches("ldaps://"),
+        ldap_ca = slapd.ca_pem().display(),
+        ldap_admin = testkit::slapd::ADMIN_DN,
+        ldap_password = testkit::slapd::ADMIN_PASSWORD,
+        client_id = sync.client_id,
+        client_secret = &*sync.client_secret,
+        tenant_ca = ca.display(),
+    );
+    let config_path = folder.path().join("isthmus.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let config_arg = config_path.to_str().unwrap();
+    let (ok, out, err) = isthmus(&["sync", "run", "--config", config_arg, "--full"]);
+    assert!(ok, "{out}\n{err}");
+    let (status, _) = sign_in("ada", "Ldap!Pass1").await;
+    assert_eq!(status, 400, "no password before hash sync");
+
+    let (ok, out, err) = isthmus(&["phs", "run", "--config", config_arg]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("2 hashes read, 1 sent, 1 synced; skipped: 1 disabled"), "{out}");
+    let (status, tokens) = sign_in("ada", "Ldap!Pass1").await;
+    assert_eq!(status, 200, "the on-premises password signs in: {tokens}");
+    assert!(!out.contains(&nt("Ldap!Pass1")) && !err.contains(&nt("Ldap!Pass1")), "never a hash in the output");
+    let (status, _) = sign_in("ben", "Ben!Pass1").await;
+    assert_eq!(status, 400, "a disabled account's hash is not synced");
+
+    // The password changes on-premises: the next pass replaces it.
+    ldap.conn().replace(&ada, "sambaNTPassword", &[&nt("Changed!Pass2")]).await.unwrap();
+    let (ok, out, err) = isthmus(&["phs", "run", "--config", config_arg]);
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(sign_in("ada", "Ldap!Pass1").await.0, 400, "the old password stops working");
+    assert_eq!(sign_in("ada", "Changed!Pass2").await.0, 200, "the new one works");
+
+    // A staging server syncs no passwords.
+    let staged = std::fs::read_to_string(&config_path).unwrap().replace("[sync]\n", "[sync]\nstaging = true\n");
+    std::fs::write(&config_path, staged).unwrap();
+    let (ok, _, err) = isthmus(&["phs", "run", "--config", config_arg]);
+    assert!(!ok && err.contains("staging server syncs no passwords"), "{err}");
+    let _ = admin;
+}
