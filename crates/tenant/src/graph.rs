@@ -572,6 +572,9 @@ fn anchor_taken(conn: &mut dyn crate::sql::Sql, kind: Kind, object: &Map<String,
         .then(|| format!("Another object with the same value for property onPremisesImmutableId already exists: {anchor}")))
 }
 
+/// Most references in one `members@odata.bind` (Graph's limit).
+const MAX_BIND: usize = 20;
+
 /// Properties cloud admins may still change on an object synced from on-premises.
 const CLOUD_MASTERED: &[&str] = &["usageLocation", "preferredLanguage", "otherMails", "mobilePhone", "businessPhones"];
 
@@ -587,6 +590,21 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
     access.require_write()?;
     state.admit_write()?;
     let mut patch = body_object(body)?;
+    // Members added with the update (`members@odata.bind`, Graph's bulk add: up to 20).
+    let bind = match patch.remove("members@odata.bind") {
+        None => Vec::new(),
+        Some(_) if resource.kind != Kind::Group => return Err(GraphError::bad_request("Invalid property 'members@odata.bind'.")),
+        Some(Value::Array(references)) if references.len() <= MAX_BIND => references
+            .iter()
+            .map(|reference| {
+                reference
+                    .as_str()
+                    .map(|url| url.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_string())
+                    .ok_or_else(|| GraphError::bad_request("members@odata.bind holds directoryObjects URLs."))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => return Err(GraphError::bad_request(format!("members@odata.bind takes an array of at most {MAX_BIND} references."))),
+    };
     // An administrator's password reset: hashed here, stored with the update in one transaction.
     let password = check_properties(resource, &state, &mut patch, access.is_sync())?;
     let credential = match password {
@@ -608,8 +626,25 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
             let Some(mut object) = db::get(conn, kind, &lookup)? else { return Ok(None) };
             let synced = object.get("onPremisesSyncEnabled").and_then(Value::as_bool) == Some(true);
             // A synced user's password is mastered on-premises (no password writeback here).
-            if synced && !sync && (credential.is_some() || patch.keys().any(|name| !CLOUD_MASTERED.contains(&name.as_str()))) {
+            if synced
+                && !sync
+                && (credential.is_some() || !bind.is_empty() || patch.keys().any(|name| !CLOUD_MASTERED.contains(&name.as_str())))
+            {
                 return Ok(Some(Err(None)));
+            }
+            let group_id = object.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+            for member in &bind {
+                // A refused reference rolls the whole update back (an error, not an answer).
+                if *member == group_id {
+                    return Err(db::DbError::Conflict("A group cannot be a member of itself.".to_string()));
+                }
+                if db::kind_of(conn, member)?.is_none() {
+                    return Err(db::DbError::Conflict(format!(
+                        "Resource '{member}' does not exist or one of its queried reference-property objects are not present."
+                    )));
+                }
+                // Already a member: nothing to do (the bulk add is idempotent here).
+                db::add_member(conn, &group_id, member)?;
             }
             if sync {
                 crate::resilience::remember_wanted(&patch, &mut object);

@@ -1288,3 +1288,36 @@ async fn synced_users_sign_in_with_the_hash_password_hash_sync_sent() {
     let (status, error) = tenant.password_grant(&client, &upn, "Temp!Pass3").await;
     assert_eq!((status, error["error_codes"][0].as_i64()), (StatusCode::BAD_REQUEST, Some(50055)), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_in_bulk_with_odata_bind() {
+    let tenant = start().await;
+    let admin = tenant.token(&tenant.admin).await;
+    use reqwest::Method;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (_, created) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user(&format!("m{n}"), &tenant.domain))).await;
+        ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    let (_, group) = tenant
+        .call(Method::POST, "/v1.0/groups", &admin, Some(json!({"displayName": "Bulk", "mailEnabled": false, "mailNickname": "bulk", "securityEnabled": true})))
+        .await;
+    let path = format!("/v1.0/groups/{}", group["id"].as_str().unwrap());
+    let bind = |ids: &[&str]| json!({"members@odata.bind": ids.iter().map(|id| format!("https://graph.microsoft.com/v1.0/directoryObjects/{id}")).collect::<Vec<_>>()});
+    let members = || async { tenant.call(Method::GET, &format!("{path}/members"), &admin, None).await.1["value"].as_array().unwrap().len() };
+    // One unknown reference refuses the whole request: nothing is added.
+    let (status, error) = tenant.call(Method::PATCH, &path, &admin, Some(bind(&[&ids[0], "00000000-0000-0000-0000-000000000000"]))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert_eq!(members().await, 0, "rolled back");
+    let (status, _) = tenant.call(Method::PATCH, &path, &admin, Some(bind(&[&ids[0], &ids[1]]))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(members().await, 2);
+    let (status, _) = tenant.call(Method::PATCH, &path, &admin, Some(bind(&[&ids[1], &ids[2]]))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "a member already there is no error");
+    assert_eq!(members().await, 3);
+    let many: Vec<&str> = std::iter::repeat_n(ids[0].as_str(), 21).collect();
+    let (status, _) = tenant.call(Method::PATCH, &path, &admin, Some(bind(&many))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "at most 20 per request");
+    let (status, _) = tenant.call(Method::PATCH, &format!("/v1.0/users/{}", ids[0]), &admin, Some(bind(&[&ids[1]]))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "users have no members");
+}
