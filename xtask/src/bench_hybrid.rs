@@ -29,6 +29,10 @@ pub struct Args {
     /// Near-real-time polling interval in seconds.
     #[arg(long, default_value_t = 1)]
     poll_seconds: u64,
+    /// The source anchor (`objectGUID` leaves out the consistency-GUID writeback to AD, which a
+    /// large Samba directory takes a long time to write).
+    #[arg(long, default_value = "mS-DS-ConsistencyGuid")]
+    source_anchor: String,
 }
 
 /// Runs the benchmark.
@@ -114,6 +118,7 @@ sqlite = "isthmus.db"
 [sync]
 default_rules = true
 deletion_threshold = 0
+source_anchor = "{source_anchor}"
 
 [[connector]]
 id = "{domain}"
@@ -141,6 +146,7 @@ ca_file = "{tenant_ca}"
             client_id = sync.client_id,
             client_secret = &*sync.client_secret,
             tenant_ca = ca.display(),
+            source_anchor = args.source_anchor,
         ),
     )?;
     let config_arg = config_path.to_str().context("a UTF-8 path")?;

@@ -181,6 +181,30 @@ pub struct CredentialUpdate {
     pub credential: zeroize::Zeroizing<String>,
     /// "User must change password at next logon".
     pub must_change: bool,
+    /// Times the password was seen in leaks, when it is on the tenant's list.
+    pub leaked: Option<u64>,
+}
+
+/// The k-anonymity range of the tenant's leaked-hash list under a 5-hex-digit prefix: (suffix,
+/// times seen) pairs; `None` when the tenant has no list.
+pub async fn leaked_range(config: &GraphConfig, prefix: &str) -> Result<Option<Vec<(String, u64)>>, ConnectorError> {
+    let client = client::Client::new(config.clone())?;
+    let url = format!("{}/isthmus/v1/leakedCredentials/range/{prefix}", config.authority.trim_end_matches('/'));
+    let answer = client.send(reqwest::Method::GET, &url, None).await?;
+    if answer.status == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !answer.status.is_success() {
+        return Err(client::error_of(&format!("GET {url}"), &answer));
+    }
+    Ok(Some(
+        answer.body["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| Some((item["suffix"].as_str()?.to_string(), item["count"].as_u64()?)))
+            .collect(),
+    ))
 }
 
 /// Sends credentials to the tenant's password-hash-sync endpoint, 1,000 per request; returns
@@ -193,7 +217,7 @@ pub async fn send_credentials(config: &GraphConfig, updates: &[CredentialUpdate]
             .iter()
             .map(|update| {
                 serde_json::json!({"onPremisesImmutableId": update.immutable_id, "credential": update.credential.as_str(),
-                                   "forceChangePasswordNextSignIn": update.must_change})
+                                   "forceChangePasswordNextSignIn": update.must_change, "leakedCount": update.leaked})
             })
             .collect();
         let body = serde_json::json!({ "value": items });

@@ -2,7 +2,9 @@
 //! `password_hash_sync = true`, read the NT hashes (generic LDAP: `sambaNTPassword`), keep the
 //! accounts that an inbound rule with `password_sync = true` has in scope and that are enabled
 //! and joined to a cloud user, derive Entra's credential for each (crate `phs`: only that leaves
-//! this machine), and send them to the tenant. Hashes live in memory only, zeroized after use.
+//! this machine), and send them to the tenant. When the tenant holds a leaked-credential list,
+//! each hash is checked against it by k-anonymity (only a 5-digit prefix of the hash is sent) and
+//! the accounts found are reported and flagged. Hashes live in memory only, zeroized after use.
 //! A staging server syncs no passwords.
 
 use std::path::PathBuf;
@@ -31,6 +33,7 @@ struct Tally {
     out_of_scope: usize,
     not_in_cloud: usize,
     refused: usize,
+    leaked: Vec<String>,
 }
 
 /// `isthmus phs run`.
@@ -56,6 +59,9 @@ async fn pass<S: Store>(store: &S, config: &Config) -> anyhow::Result<()> {
     let rules = config.rules()?;
     let cloud = config.graphs.first().context("password hash sync needs a [[graph]] connector (the tenant)")?;
     let no_groups = |_: &model::CsObject, _: &str| false;
+    // Ranges of the tenant's leaked list by prefix; `None` inside: the tenant has no list.
+    let mut ranges: std::collections::HashMap<String, Option<Vec<(String, u64)>>> = std::collections::HashMap::new();
+    let mut list_loaded = true;
     for connector in config.connectors.iter().filter(|connector| connector.password_hash_sync) {
         let id = ConnectorId(connector.id.clone());
         let records =
@@ -91,11 +97,25 @@ async fn pass<S: Store>(store: &S, config: &Config) -> anyhow::Result<()> {
                 tally.not_in_cloud += 1;
                 continue;
             };
+            let mut leaked = None;
+            if list_loaded {
+                let prefix = record.nt.to_hex()[..5].to_string();
+                if !ranges.contains_key(&prefix) {
+                    let range = connector_graph::leaked_range(cloud, &prefix).await.context("ask the tenant's leaked-credential list")?;
+                    list_loaded = range.is_some();
+                    ranges.insert(prefix.clone(), range);
+                }
+                leaked = ranges.get(&prefix).and_then(Option::as_ref).and_then(|range| phs::leaked::in_range(&record.nt, range));
+                if leaked.is_some() {
+                    tally.leaked.push(record.dn.clone());
+                }
+            }
             let credential = phs::SyncedCredential::new(&record.nt);
             updates.push(connector_graph::CredentialUpdate {
                 immutable_id,
                 credential: zeroize::Zeroizing::new(credential.to_wire()),
                 must_change: false,
+                leaked,
             });
         }
         tally.sent = updates.len();
@@ -114,6 +134,16 @@ async fn pass<S: Store>(store: &S, config: &Config) -> anyhow::Result<()> {
             "   {:<18} password hash sync: {} hashes read, {} sent, {} synced; skipped: {} disabled, {} outside password-sync rules, {} not in the cloud yet, {} refused",
             connector.id, tally.read, tally.sent, tally.synced, tally.disabled, tally.out_of_scope, tally.not_in_cloud, tally.refused
         );
+        if !tally.leaked.is_empty() {
+            println!(
+                "   {:<18} {} account(s) with a password on the leaked-credential list (flagged in the tenant):",
+                connector.id,
+                tally.leaked.len()
+            );
+            for dn in &tally.leaked {
+                println!("      {dn}");
+            }
+        }
     }
     Ok(())
 }

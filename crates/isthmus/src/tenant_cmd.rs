@@ -45,6 +45,13 @@ pub struct ServeArgs {
     /// password out of the process list).
     #[arg(long)]
     pub postgres: Option<String>,
+    /// A leaked NT-hash list (the Pwned Passwords NTLM file, sorted by hash) that password hash
+    /// sync checks users against, by k-anonymity ranges.
+    #[arg(long)]
+    pub leaked_list: Option<PathBuf>,
+    /// Refuse the sign-in of users whose synced password is on that list (default: flag only).
+    #[arg(long)]
+    pub block_leaked_credentials: bool,
 }
 
 /// Runs the tenant.
@@ -61,6 +68,8 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         block_hard_match_takeover: args.block_hard_match_takeover,
         no_soft_match_on_upn: false,
     };
+    config.leaked_list = args.leaked_list.clone();
+    config.block_leaked = args.block_leaked_credentials;
     config.postgres = args.postgres.clone().or_else(|| std::env::var("ISTHMUS_TENANT_POSTGRES").ok().filter(|url| !url.is_empty()));
     let (tenant, bootstrap) = tenant::Tenant::open(config).await.with_context(|| format!("open the tenant in {}", args.state.display()))?;
     println!("tenant {} ({})", tenant.tenant_id(), tenant.initial_domain());

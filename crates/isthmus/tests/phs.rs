@@ -1,7 +1,8 @@
 //! Password hash sync end to end with real servers: people in OpenLDAP (with `sambaNTPassword`)
 //! synced into the tenant by `isthmus sync run`, their hashes sent by `isthmus phs run`, and
 //! then signing in to the tenant with their on-premises passwords; a password changed
-//! on-premises replaces the old one; a disabled account's hash is not synced.
+//! on-premises replaces the old one; a disabled account's hash is not synced; a password on the
+//! tenant's leaked-credential list is flagged (and, as this tenant is set, blocked).
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
 
 use std::process::Command;
@@ -70,6 +71,17 @@ async fn on_premises_passwords_sign_in_to_the_tenant_after_hash_sync() {
     let folder = tempfile::tempdir().unwrap();
     let mut config = tenant::TenantConfig::new(folder.path().join("tenant"), vec!["127.0.0.1:0".parse().unwrap()]);
     config.password_iterations = 1_000;
+    // A leaked-hash list in the Pwned Passwords NTLM format, sorted: "password" and others.
+    let mut leaked: Vec<String> = ["password", "123456", "qwerty", "letmein"]
+        .iter()
+        .enumerate()
+        .map(|(n, password)| format!("{}:{}", &*phs::NtHash::of_password(password).to_hex(), 1000 + n))
+        .collect();
+    leaked.sort();
+    let list = folder.path().join("pwned-ntlm.txt");
+    std::fs::write(&list, leaked.join("\r\n") + "\r\n").unwrap();
+    config.leaked_list = Some(list);
+    config.block_leaked = true;
     let (tenant, bootstrap) = tenant::Tenant::open(config).await.unwrap();
     let admin = bootstrap.unwrap();
     let sync = tenant.register_app("Isthmus sync", &[tenant::SYNC_ROLE]).await.unwrap();
@@ -110,6 +122,7 @@ async fn on_premises_passwords_sign_in_to_the_tenant_after_hash_sync() {
     let ada = ldap.create_person("ada", &format!("ada@{domain}"), "x", Some(&nt("Ldap!Pass1"))).await.unwrap();
     let ben = ldap.create_person("ben", &format!("ben@{domain}"), "x", Some(&nt("Ben!Pass1"))).await.unwrap();
     ldap.conn().replace(&ben, "sambaAcctFlags", &["[UD         ]"]).await.unwrap();
+    let cay = ldap.create_person("cay", &format!("cay@{domain}"), "x", Some(&nt("password"))).await.unwrap();
 
     std::fs::write(folder.path().join("rules.toml"), RULES).unwrap();
     let config = format!(
@@ -158,24 +171,54 @@ ca_file = "{tenant_ca}"
 
     let (ok, out, err) = isthmus(&["phs", "run", "--config", config_arg]);
     assert!(ok, "{out}\n{err}");
-    assert!(out.contains("2 hashes read, 1 sent, 1 synced; skipped: 1 disabled"), "{out}");
+    assert!(out.contains("3 hashes read, 2 sent, 2 synced; skipped: 1 disabled"), "{out}");
+    assert!(
+        out.contains("1 account(s) with a password on the leaked-credential list") && out.contains(&cay),
+        "the report names cay:\n{out}"
+    );
     let (status, tokens) = sign_in("ada", "Ldap!Pass1").await;
     assert_eq!(status, 200, "the on-premises password signs in: {tokens}");
     assert!(!out.contains(&nt("Ldap!Pass1")) && !err.contains(&nt("Ldap!Pass1")), "never a hash in the output");
     let (status, _) = sign_in("ben", "Ben!Pass1").await;
     assert_eq!(status, 400, "a disabled account's hash is not synced");
+    let admin_token: Value = http
+        .post(format!("{base}/{domain}/oauth2/v2.0/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", admin.client_id.as_str()),
+            ("client_secret", admin.client_secret.as_str()),
+            ("scope", "x/.default"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let admin_token = admin_token["access_token"].as_str().unwrap().to_string();
+    let risky = || {
+        let request = http.get(format!("{base}/v1.0/identityProtection/riskyUsers")).bearer_auth(&admin_token);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let flagged = risky().await;
+    assert_eq!(flagged["value"].as_array().map(Vec::len), Some(1), "{flagged}");
+    assert_eq!(flagged["value"][0]["userPrincipalName"], format!("cay@{domain}"));
+    let (status, error) = sign_in("cay", "password").await;
+    assert_eq!((status, error["error_codes"][0].as_i64()), (400, Some(53003)), "a leaked password is blocked: {error}");
 
     // The password changes on-premises: the next pass replaces it.
     ldap.conn().replace(&ada, "sambaNTPassword", &[&nt("Changed!Pass2")]).await.unwrap();
+    ldap.conn().replace(&cay, "sambaNTPassword", &[&nt("Not!Leaked3")]).await.unwrap();
     let (ok, out, err) = isthmus(&["phs", "run", "--config", config_arg]);
     assert!(ok, "{out}\n{err}");
     assert_eq!(sign_in("ada", "Ldap!Pass1").await.0, 400, "the old password stops working");
     assert_eq!(sign_in("ada", "Changed!Pass2").await.0, 200, "the new one works");
+    assert_eq!(sign_in("cay", "Not!Leaked3").await.0, 200, "a new password that is not leaked clears the flag");
+    assert_eq!(risky().await["value"].as_array().map(Vec::len), Some(0));
 
     // A staging server syncs no passwords.
     let staged = std::fs::read_to_string(&config_path).unwrap().replace("[sync]\n", "[sync]\nstaging = true\n");
     std::fs::write(&config_path, staged).unwrap();
     let (ok, _, err) = isthmus(&["phs", "run", "--config", config_arg]);
     assert!(!ok && err.contains("staging server syncs no passwords"), "{err}");
-    let _ = admin;
 }

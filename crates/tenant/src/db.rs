@@ -186,6 +186,7 @@ CREATE TABLE IF NOT EXISTS auth_codes (code_hash TEXT PRIMARY KEY, grant_data TE
 CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT NOT NULL, PRIMARY KEY (role_id, member_id));
 CREATE INDEX IF NOT EXISTS role_members_member ON role_members(member_id);
 CREATE TABLE IF NOT EXISTS synced_credentials (user_id TEXT PRIMARY KEY, credential TEXT NOT NULL, must_change INTEGER NOT NULL, synced_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS risky_users (user_id TEXT PRIMARY KEY, leaked_count INTEGER NOT NULL, detected_at INTEGER NOT NULL);
 ";
 
 const POSTGRES_SCHEMA: &str = r#"
@@ -237,6 +238,7 @@ CREATE TABLE IF NOT EXISTS auth_codes (code_hash TEXT PRIMARY KEY, grant_data TE
 CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT NOT NULL, PRIMARY KEY (role_id, member_id));
 CREATE INDEX IF NOT EXISTS role_members_member ON role_members (member_id);
 CREATE TABLE IF NOT EXISTS synced_credentials (user_id TEXT PRIMARY KEY, credential TEXT NOT NULL, must_change BIGINT NOT NULL, synced_at BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS risky_users (user_id TEXT PRIMARY KEY, leaked_count BIGINT NOT NULL, detected_at BIGINT NOT NULL);
 "#;
 
 impl Db {
@@ -644,6 +646,7 @@ pub fn delete(sql: &mut dyn Sql, kind: Kind, id: &str) -> Result<bool, DbError> 
         sql.execute("DELETE FROM members WHERE member_id = ?1 OR group_id = ?1", &[id.into()])?;
         sql.execute("DELETE FROM role_members WHERE member_id = ?1", &[id.into()])?;
         sql.execute("DELETE FROM synced_credentials WHERE user_id = ?1", &[id.into()])?;
+        sql.execute("DELETE FROM risky_users WHERE user_id = ?1", &[id.into()])?;
     }
     Ok(changed > 0)
 }
@@ -948,6 +951,33 @@ pub fn set_synced_credential(sql: &mut dyn Sql, user_id: &str, row: &SyncedCrede
 pub fn synced_credential(sql: &mut dyn Sql, user_id: &str) -> Result<Option<SyncedCredentialRow>, DbError> {
     let row = sql.query_opt("SELECT credential, must_change, synced_at FROM synced_credentials WHERE user_id = ?1", &[user_id.into()])?;
     row.map(|row| Ok(SyncedCredentialRow { credential: row.text(0)?, must_change: row.bool(1)?, synced_at: row.int(2)? })).transpose()
+}
+
+/// Marks `user_id` as having a leaked password (`Some(times seen)`), or clears the mark.
+pub fn set_leaked(sql: &mut dyn Sql, user_id: &str, leaked: Option<u64>, now: i64) -> Result<(), DbError> {
+    sql.execute("DELETE FROM risky_users WHERE user_id = ?1", &[user_id.into()])?;
+    if let Some(count) = leaked {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        sql.execute(
+            "INSERT INTO risky_users (user_id, leaked_count, detected_at) VALUES (?1, ?2, ?3)",
+            &[user_id.into(), count.into(), now.into()],
+        )?;
+    }
+    Ok(())
+}
+
+/// Users whose synced password is on the leaked list: (id, userPrincipalName, times seen, when found).
+pub fn risky_users(sql: &mut dyn Sql) -> Result<Vec<(String, String, i64, i64)>, DbError> {
+    let rows = sql.query(
+        "SELECT r.user_id, COALESCE(o.upn, ''), r.leaked_count, r.detected_at FROM risky_users r JOIN objects o ON o.id = r.user_id WHERE o.deleted = 0 ORDER BY r.user_id",
+        &[],
+    )?;
+    rows.iter().map(|row| Ok((row.text(0)?, row.text(1)?, row.int(2)?, row.int(3)?))).collect()
+}
+
+/// Whether `user_id` is flagged for a leaked password.
+pub fn is_risky(sql: &mut dyn Sql, user_id: &str) -> Result<bool, DbError> {
+    Ok(sql.query_opt("SELECT 1 FROM risky_users WHERE user_id = ?1", &[user_id.into()])?.is_some())
 }
 
 /// Assigns directory role `role` to user `member`; `false` when it already holds it.

@@ -23,6 +23,9 @@ struct Item {
     anchor: String,
     credential: String,
     must_change: bool,
+    /// Times the password was seen in leaks (the sync server checked it against this tenant's
+    /// list by k-anonymity range); `None`: not on the list.
+    leaked: Option<u64>,
 }
 
 fn checked(body: serde_json::Map<String, Value>) -> Result<Vec<Item>, GraphError> {
@@ -38,8 +41,9 @@ fn checked(body: serde_json::Map<String, Value>) -> Result<Vec<Item>, GraphError
     let mut out = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
         let Some(item) = item.as_object() else { return Err(GraphError::bad_request(format!("value[{index}] is not an object."))) };
-        if let Some(other) =
-            item.keys().find(|name| !["onPremisesImmutableId", "credential", "forceChangePasswordNextSignIn"].contains(&name.as_str()))
+        if let Some(other) = item
+            .keys()
+            .find(|name| !["onPremisesImmutableId", "credential", "forceChangePasswordNextSignIn", "leakedCount"].contains(&name.as_str()))
         {
             return Err(GraphError::bad_request(format!("Invalid property '{other}' in value[{index}].")));
         }
@@ -58,7 +62,13 @@ fn checked(body: serde_json::Map<String, Value>) -> Result<Vec<Item>, GraphError
             Some(Value::Bool(flag)) => *flag,
             Some(_) => return Err(GraphError::bad_request(format!("value[{index}].forceChangePasswordNextSignIn must be true or false."))),
         };
-        out.push(Item { anchor: anchor.to_string(), credential: credential.to_string(), must_change });
+        let leaked = match item.get("leakedCount") {
+            None | Some(Value::Null) => None,
+            Some(count) => {
+                Some(count.as_u64().ok_or_else(|| GraphError::bad_request(format!("value[{index}].leakedCount must be a count.")))?)
+            }
+        };
+        out.push(Item { anchor: anchor.to_string(), credential: credential.to_string(), must_change, leaked });
     }
     Ok(out)
 }
@@ -91,6 +101,8 @@ pub async fn receive(state: AppState, access: Access, body: crate::graph::Body) 
                 }
                 let row = db::SyncedCredentialRow { credential: item.credential, must_change: item.must_change, synced_at: now };
                 db::set_synced_credential(sql, id, &row)?;
+                // A password on the leaked list flags the user; a new one that is not clears it.
+                db::set_leaked(sql, id, item.leaked, now)?;
                 statuses.push(json!({"onPremisesImmutableId": item.anchor, "id": id, "status": "Success"}));
             }
             Ok(statuses)
@@ -101,6 +113,46 @@ pub async fn receive(state: AppState, access: Access, body: crate::graph::Body) 
         .record("Directory", format!("password hash sync ({stored} of {count} users)"), access.caller.clone(), String::new(), "success")
         .await;
     Ok(Json(json!({"value": statuses})).into_response())
+}
+
+/// `GET /isthmus/v1/leakedCredentials/range/{prefix}`: the k-anonymity range of the tenant's
+/// leaked-hash list under a 5-hex-digit prefix (sync service only); 404 when no list is loaded.
+pub async fn leaked_range(state: AppState, access: Access, prefix: String) -> Result<Response, GraphError> {
+    if !access.is_sync() {
+        return Err(GraphError::denied());
+    }
+    let Some(list) = state.leaked.as_ref() else {
+        return Err(GraphError::not_found("leakedCredentials (no leaked-credential list is loaded)"));
+    };
+    let range = {
+        let list = list.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        list.range(&prefix)
+    };
+    let range = range.map_err(|err| match err {
+        phs::leaked::LeakedError::Prefix(_) => GraphError::bad_request(err.to_string()),
+        other => GraphError::internal(&other),
+    })?;
+    let value: Vec<Value> = range.into_iter().map(|(suffix, count)| json!({"suffix": suffix, "count": count})).collect();
+    Ok(Json(json!({ "value": value })).into_response())
+}
+
+/// `GET /v1.0/identityProtection/riskyUsers`: users whose synced password is on the leaked list.
+pub async fn risky_users(state: AppState, access: Access, headers: axum::http::HeaderMap) -> Result<Response, GraphError> {
+    access.require_read()?;
+    let users = state.db.read(db::risky_users).await?;
+    let value: Vec<Value> = users
+        .into_iter()
+        .map(|(id, upn, count, detected)| {
+            let when = time::OffsetDateTime::from_unix_timestamp(detected)
+                .ok()
+                .and_then(|when| when.format(&time::format_description::well_known::Rfc3339).ok())
+                .unwrap_or_default();
+            json!({"id": id, "userPrincipalName": upn, "riskLevel": "high", "riskState": "atRisk", "riskDetail": "none",
+                   "riskEventTypes": ["leakedCredentials"], "leakedCount": count, "riskLastUpdatedDateTime": when})
+        })
+        .collect();
+    let context = format!("{}/v1.0/$metadata#identityProtection/riskyUsers", crate::graph::base_url(&headers));
+    Ok(Json(json!({"@odata.context": context, "value": value})).into_response())
 }
 
 #[cfg(test)]
@@ -126,6 +178,7 @@ mod tests {
                 json!({"value": [{"onPremisesImmutableId": "a", "credential": good, "forceChangePasswordNextSignIn": "yes"}]}),
                 "true or false",
             ),
+            (json!({"value": [{"onPremisesImmutableId": "a", "credential": good, "leakedCount": "many"}]}), "leakedCount"),
             (json!({"users": []}), "Invalid property"),
             (json!({"value": 5}), "'value' array"),
         ] {

@@ -77,6 +77,12 @@ pub struct TenantConfig {
     /// Keep the directory in PostgreSQL at this URL instead of SQLite in the state folder
     /// (several tenant processes may share it).
     pub postgres: Option<String>,
+    /// An offline list of leaked NT hashes (the Pwned Passwords NTLM file, sorted by hash)
+    /// that password hash sync checks users against, by k-anonymity ranges.
+    pub leaked_list: Option<PathBuf>,
+    /// Refuse the sign-in of users whose synced password is on the leaked list (otherwise
+    /// they are only flagged as risky users).
+    pub block_leaked: bool,
 }
 
 impl TenantConfig {
@@ -94,6 +100,8 @@ impl TenantConfig {
             dns_resolver: None,
             match_policy: resilience::MatchPolicy::default(),
             postgres: None,
+            leaked_list: None,
+            block_leaked: false,
         }
     }
 }
@@ -137,6 +145,10 @@ pub struct Shared {
     match_policy: resilience::MatchPolicy,
     /// `/directory/onPremisesSynchronization` (its features steer matching).
     sync_settings: std::sync::RwLock<serde_json::Value>,
+    /// The leaked-hash list, if one is loaded.
+    leaked: Option<std::sync::Mutex<phs::leaked::LeakedList<std::fs::File>>>,
+    /// Refuse sign-ins of users flagged by it.
+    block_leaked: bool,
     /// Sign-in methods chosen per domain (lower case); the rest follow `authenticationType`.
     methods: std::sync::RwLock<std::collections::HashMap<String, Arc<dyn signin::SignInMethod>>>,
 }
@@ -422,6 +434,16 @@ impl Tenant {
             })
             .await?;
         let sync_settings = db.read(onprem::load).await?;
+        let leaked = match &config.leaked_list {
+            Some(path) => {
+                let file = std::fs::File::open(path)
+                    .map_err(|err| db::DbError::Config(format!("the leaked-credential list {}: {err}", path.display())))?;
+                let list =
+                    phs::leaked::LeakedList::new(&path.display().to_string(), file).map_err(|err| db::DbError::Config(err.to_string()))?;
+                Some(std::sync::Mutex::new(list))
+            }
+            None => None,
+        };
         let app = AppState {
             inner: Arc::new(Shared {
                 identity,
@@ -438,6 +460,8 @@ impl Tenant {
                 dns_resolver: config.dns_resolver.or_else(dns::system_resolver),
                 match_policy: config.match_policy,
                 sync_settings: std::sync::RwLock::new(sync_settings),
+                leaked,
+                block_leaked: config.block_leaked,
             }),
         };
         if app.db.is_postgres() {
@@ -537,6 +561,16 @@ impl Tenant {
             .route(
                 "/v1.0/organization",
                 get(|State(state): State<AppState>, access: Access, headers: HeaderMap| audit::organization(state, access, headers)),
+            )
+            .route(
+                "/isthmus/v1/leakedCredentials/range/{prefix}",
+                get(|State(state): State<AppState>, access: Access, Path(prefix): Path<String>| {
+                    hashsync::leaked_range(state, access, prefix)
+                }),
+            )
+            .route(
+                "/v1.0/identityProtection/riskyUsers",
+                get(|State(state): State<AppState>, access: Access, headers: HeaderMap| hashsync::risky_users(state, access, headers)),
             )
             .route(
                 "/isthmus/v1/passwordHashSync",

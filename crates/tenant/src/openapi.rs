@@ -129,6 +129,16 @@ pub fn document() -> Value {
                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"value": {"type": "array", "maxItems": 1000}}}}}},
                "responses": with_errors(json!({"200": {"description": "A status per user: Success, NoTargetConnection, FilteredByTarget"}}))}}),
     );
+    paths.insert(
+        "/isthmus/v1/leakedCredentials/range/{prefix}".into(),
+        json!({"parameters": [{"name": "prefix", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{5}$"}}],
+               "get": {"summary": "k-anonymity range of the leaked NT-hash list: suffixes and counts under a 5-hex-digit prefix (sync service only; 404 without a list)",
+                       "responses": with_errors(json!({"200": {"description": "Suffixes and counts"}}))}}),
+    );
+    paths.insert(
+        "/v1.0/identityProtection/riskyUsers".into(),
+        json!({"get": {"summary": "Users whose synced password is on the leaked list", "responses": with_errors(json!({"200": {"description": "Risky users"}}))}}),
+    );
     paths.insert("/v1.0/directoryRoles/{id}".into(), json!({"parameters": id_parameter, "get": {"summary": "A directory role", "responses": with_errors(json!({"200": {"description": "The role"}}))}}));
     paths.insert(
         "/v1.0/directoryRoles/{id}/members".into(),

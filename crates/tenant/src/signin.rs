@@ -214,8 +214,20 @@ pub async fn authenticate(
         state.record("SignIn", flow.to_string(), key.clone(), grant.client_id.clone(), "disabled").await;
         return Err(TokenEndpointError::new("invalid_grant", 50057, "The user account is disabled."));
     }
-    // A temporary password synced from on-premises signs in only to be changed.
+    // A password found on the leaked list blocks the sign-in when the tenant says so.
     let id = user.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    if state.block_leaked {
+        let lookup = id.clone();
+        if state.db.read(move |conn| db::is_risky(conn, &lookup)).await.map_err(|err| unavailable(&err))? {
+            state.record("SignIn", flow.to_string(), key.clone(), grant.client_id.clone(), "blocked: leaked password").await;
+            return Err(TokenEndpointError::new(
+                "invalid_grant",
+                53003,
+                "Access has been blocked: this account's password is on a list of leaked passwords. Change it on-premises.",
+            ));
+        }
+    }
+    // A temporary password synced from on-premises signs in only to be changed.
     let synced = state.db.read(move |conn| db::synced_credential(conn, &id)).await.map_err(|err| unavailable(&err))?;
     if synced.is_some_and(|synced| synced.must_change) {
         state.record("SignIn", flow.to_string(), key.clone(), grant.client_id.clone(), "password must change").await;
