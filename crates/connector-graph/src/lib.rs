@@ -185,50 +185,65 @@ pub struct CredentialUpdate {
     pub leaked: Option<u64>,
 }
 
-/// The k-anonymity range of the tenant's leaked-hash list under a 5-hex-digit prefix: (suffix,
-/// times seen) pairs; `None` when the tenant has no list.
-pub async fn leaked_range(config: &GraphConfig, prefix: &str) -> Result<Option<Vec<(String, u64)>>, ConnectorError> {
-    let client = client::Client::new(config.clone())?;
-    let url = format!("{}/isthmus/v1/leakedCredentials/range/{prefix}", config.authority.trim_end_matches('/'));
-    let answer = client.send(reqwest::Method::GET, &url, None).await?;
-    if answer.status == reqwest::StatusCode::NOT_FOUND {
-        return Ok(None);
-    }
-    if !answer.status.is_success() {
-        return Err(client::error_of(&format!("GET {url}"), &answer));
-    }
-    Ok(Some(
-        answer.body["value"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|item| Some((item["suffix"].as_str()?.to_string(), item["count"].as_u64()?)))
-            .collect(),
-    ))
+/// The tenant's password-hash-sync endpoints over one client: it signs in once and keeps the
+/// token for every call of a pass (a pass asks one range per hash prefix).
+pub struct HashSyncEndpoints {
+    client: client::Client,
+    authority: String,
 }
 
-/// Sends credentials to the tenant's password-hash-sync endpoint, 1,000 per request; returns
-/// each user's status (`Success`, `NoTargetConnection`, `FilteredByTarget`) by immutable id.
-pub async fn send_credentials(config: &GraphConfig, updates: &[CredentialUpdate]) -> Result<Vec<(String, String)>, ConnectorError> {
-    let client = client::Client::new(config.clone())?;
-    let mut statuses = Vec::with_capacity(updates.len());
-    for chunk in updates.chunks(1000) {
-        let items: Vec<serde_json::Value> = chunk
-            .iter()
-            .map(|update| {
-                serde_json::json!({"onPremisesImmutableId": update.immutable_id, "credential": update.credential.as_str(),
-                                   "forceChangePasswordNextSignIn": update.must_change, "leakedCount": update.leaked})
-            })
-            .collect();
-        let body = serde_json::json!({ "value": items });
-        let url = format!("{}/isthmus/v1/passwordHashSync", config.authority.trim_end_matches('/'));
-        let answer = client.object_call(reqwest::Method::POST, &url, Some(&body)).await?;
-        for status in answer.body["value"].as_array().into_iter().flatten() {
-            let id = status["onPremisesImmutableId"].as_str().unwrap_or_default().to_string();
-            statuses.push((id, status["status"].as_str().unwrap_or("Unknown").to_string()));
-        }
+impl HashSyncEndpoints {
+    /// A handle for the tenant `config` names.
+    pub fn new(config: &GraphConfig) -> Result<Self, ConnectorError> {
+        Ok(HashSyncEndpoints {
+            client: client::Client::new(config.clone())?,
+            authority: config.authority.trim_end_matches('/').to_string(),
+        })
     }
-    Ok(statuses)
+
+    /// The k-anonymity range of the tenant's leaked-hash list under a 5-hex-digit prefix:
+    /// (suffix, times seen) pairs; `None` when the tenant has no list.
+    pub async fn leaked_range(&self, prefix: &str) -> Result<Option<Vec<(String, u64)>>, ConnectorError> {
+        let url = format!("{}/isthmus/v1/leakedCredentials/range/{prefix}", self.authority);
+        let answer = self.client.send(reqwest::Method::GET, &url, None).await?;
+        if answer.status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !answer.status.is_success() {
+            return Err(client::error_of(&format!("GET {url}"), &answer));
+        }
+        Ok(Some(
+            answer.body["value"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|item| Some((item["suffix"].as_str()?.to_string(), item["count"].as_u64()?)))
+                .collect(),
+        ))
+    }
+
+    /// Sends credentials to the tenant's password-hash-sync endpoint, 1,000 per request; returns
+    /// each user's status (`Success`, `NoTargetConnection`, `FilteredByTarget`) by immutable id.
+    pub async fn send_credentials(&self, updates: &[CredentialUpdate]) -> Result<Vec<(String, String)>, ConnectorError> {
+        let url = format!("{}/isthmus/v1/passwordHashSync", self.authority);
+        let mut statuses = Vec::with_capacity(updates.len());
+        for chunk in updates.chunks(1000) {
+            let items: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|update| {
+                    serde_json::json!({"onPremisesImmutableId": update.immutable_id, "credential": update.credential.as_str(),
+                                       "forceChangePasswordNextSignIn": update.must_change, "leakedCount": update.leaked})
+                })
+                .collect();
+            let body = serde_json::json!({ "value": items });
+            let answer = self.client.object_call(reqwest::Method::POST, &url, Some(&body)).await?;
+            for status in answer.body["value"].as_array().into_iter().flatten() {
+                let id = status["onPremisesImmutableId"].as_str().unwrap_or_default().to_string();
+                statuses.push((id, status["status"].as_str().unwrap_or("Unknown").to_string()));
+            }
+        }
+        Ok(statuses)
+    }
 }
 
 /// The DN of an object with `id`.

@@ -62,6 +62,7 @@ async fn pass<S: Store>(store: &S, config: &Config) -> anyhow::Result<()> {
     // Ranges of the tenant's leaked list by prefix; `None` inside: the tenant has no list.
     let mut ranges: std::collections::HashMap<String, Option<Vec<(String, u64)>>> = std::collections::HashMap::new();
     let mut list_loaded = true;
+    let endpoints = connector_graph::HashSyncEndpoints::new(cloud).with_context(|| format!("connector {}", cloud.id))?;
     for connector in config.connectors.iter().filter(|connector| connector.password_hash_sync) {
         let id = ConnectorId(connector.id.clone());
         let records =
@@ -101,7 +102,7 @@ async fn pass<S: Store>(store: &S, config: &Config) -> anyhow::Result<()> {
             if list_loaded {
                 let prefix = record.nt.to_hex()[..5].to_string();
                 if !ranges.contains_key(&prefix) {
-                    let range = connector_graph::leaked_range(cloud, &prefix).await.context("ask the tenant's leaked-credential list")?;
+                    let range = endpoints.leaked_range(&prefix).await.context("ask the tenant's leaked-credential list")?;
                     list_loaded = range.is_some();
                     ranges.insert(prefix.clone(), range);
                 }
@@ -119,7 +120,7 @@ async fn pass<S: Store>(store: &S, config: &Config) -> anyhow::Result<()> {
             });
         }
         tally.sent = updates.len();
-        let statuses = connector_graph::send_credentials(cloud, &updates).await.with_context(|| format!("send to {}", cloud.id))?;
+        let statuses = endpoints.send_credentials(&updates).await.with_context(|| format!("send to {}", cloud.id))?;
         for (anchor, status) in &statuses {
             match status.as_str() {
                 "Success" => tally.synced += 1,

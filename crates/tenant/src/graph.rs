@@ -737,10 +737,14 @@ pub async fn list_members(state: AppState, access: Access, headers: HeaderMap, k
     Ok(Json(json!({"@odata.context": format!("{}/v1.0/$metadata#directoryObjects", base_url(&headers)), "value": values})).into_response())
 }
 
-/// `POST /v1.0/groups/{id}/members/$ref` with `{"@odata.id": ".../directoryObjects/{id}"}`.
-pub async fn add_member(state: AppState, access: Access, key: String, body: Body) -> Result<Response, GraphError> {
-    access.require_write()?;
-    state.admit_write()?;
+/// The object id a directoryObjects URL names. Any host is accepted
+/// (`https://graph.microsoft.com/v1.0/directoryObjects/{id}`): the id is what counts.
+pub(crate) fn id_of_reference(url: &str) -> String {
+    url.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_string()
+}
+
+/// The id in a `$ref` body, `{"@odata.id": ".../directoryObjects/{id}"}` and nothing else.
+pub(crate) fn reference_body(body: Body) -> Result<String, GraphError> {
     let body = body_object(body)?;
     let reference = body
         .get("@odata.id")
@@ -749,8 +753,14 @@ pub async fn add_member(state: AppState, access: Access, key: String, body: Body
     if let Some(other) = body.keys().find(|name| *name != "@odata.id") {
         return Err(GraphError::bad_request(format!("Invalid property '{other}' in a reference.")));
     }
-    // Any host is accepted (`https://graph.microsoft.com/v1.0/directoryObjects/{id}`): the id is what counts.
-    let member = reference.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_string();
+    Ok(id_of_reference(reference))
+}
+
+/// `POST /v1.0/groups/{id}/members/$ref` with `{"@odata.id": ".../directoryObjects/{id}"}`.
+pub async fn add_member(state: AppState, access: Access, key: String, body: Body) -> Result<Response, GraphError> {
+    access.require_write()?;
+    state.admit_write()?;
+    let member = reference_body(body)?;
     let group = find(&state, &GROUPS, &key).await?;
     let group_id = group.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     let (group_for_db, member_for_db) = (group_id.clone(), member.clone());

@@ -69,15 +69,7 @@ fn require_role_admin(access: &Access) -> Result<(), GraphError> {
 pub async fn add_member(state: AppState, access: Access, id: String, body: crate::graph::Body) -> Result<Response, GraphError> {
     require_role_admin(&access)?;
     let (template, name, _) = role(&id)?;
-    let body = crate::graph::body_object(body)?;
-    let reference = body
-        .get("@odata.id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| GraphError::bad_request("The request needs an '@odata.id' reference."))?;
-    if let Some(other) = body.keys().find(|name| *name != "@odata.id") {
-        return Err(GraphError::bad_request(format!("Invalid property '{other}' in a reference.")));
-    }
-    let member = reference.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_string();
+    let member = crate::graph::reference_body(body)?;
     let for_db = member.clone();
     let added = state
         .db
