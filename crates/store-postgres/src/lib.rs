@@ -10,6 +10,9 @@
 
 mod schema;
 
+/// The newest schema version this program knows (one per migration step).
+pub const SCHEMA_VERSION: i64 = schema::VERSION;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -122,8 +125,14 @@ async fn rename_references(
     old_dn: &str,
     new_dn: &str,
 ) -> Result<u64> {
-    let probe = store::import::reference_probe(old_dn);
-    let candidates = query_cs(client, st, "connector = $1 AND strpos(lower(attributes), $2) > 0", &[&connector.0, &probe]).await?;
+    let target = index_key(&AttrValue::Reference(old_dn.to_string()), Matching::IgnoreCase);
+    let candidates = query_cs(
+        client,
+        st,
+        "connector = $1 AND id IN (SELECT cs_id FROM cs_values WHERE left(folded, 2) = 'r:' AND folded = $2)",
+        &[&connector.0, &target],
+    )
+    .await?;
     let mut changed = 0;
     for candidate in candidates {
         if let Some(updated) = store::import::rename_references(&candidate, old_dn, new_dn) {

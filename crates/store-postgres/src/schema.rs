@@ -6,7 +6,8 @@ use tokio_postgres::Client;
 
 use crate::backend;
 
-const STEPS: &[&str] = &["CREATE TABLE mv_objects (
+const STEPS: &[&str] = &[
+    "CREATE TABLE mv_objects (
         id BIGSERIAL PRIMARY KEY,
         object_type TEXT NOT NULL,
         attributes TEXT NOT NULL
@@ -62,7 +63,11 @@ const STEPS: &[&str] = &["CREATE TABLE mv_objects (
         updates BIGINT NOT NULL,
         deletes BIGINT NOT NULL,
         errors BIGINT NOT NULL
-     );"];
+     );",
+    // 2: references by target, so an imported rename finds the objects naming the old DN
+    // without reading the whole connector space.
+    "CREATE INDEX cs_values_reference ON cs_values(folded) WHERE left(folded, 2) = 'r:';",
+];
 
 /// The newest schema version this program knows.
 pub const VERSION: i64 = STEPS.len() as i64;

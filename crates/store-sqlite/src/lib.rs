@@ -130,10 +130,9 @@ fn write_values<'a>(
     let sql = format!("INSERT INTO {table} ({column}, attribute, exact, folded) VALUES (?1, ?2, ?3, ?4)");
     let mut statement = tx.prepare_cached(&sql).map_err(backend)?;
     for (name, values) in attributes {
-        if indexed.is_some_and(|set| !set.contains(name)) {
-            continue;
-        }
-        for value in values {
+        let listed = indexed.is_none_or(|set| set.contains(name));
+        // References are always indexed: renames look them up by target.
+        for value in values.iter().filter(|value| listed || matches!(value, AttrValue::Reference(_))) {
             statement
                 .execute(params![id, name, index_key(value, Matching::Exact), index_key(value, Matching::IgnoreCase)])
                 .map_err(backend)?;
@@ -151,8 +150,12 @@ fn rename_references(
     new_dn: &str,
     indexed: Option<&BTreeSet<String>>,
 ) -> Result<u64> {
-    let probe = store::import::reference_probe(old_dn);
-    let candidates = query_cs(tx, "connector = ?1 AND instr(lower(attributes), ?2) > 0", &[&connector.0, &probe])?;
+    let target = index_key(&AttrValue::Reference(old_dn.to_string()), Matching::IgnoreCase);
+    let candidates = query_cs(
+        tx,
+        "connector = ?1 AND id IN (SELECT cs_id FROM cs_values WHERE substr(folded, 1, 2) = 'r:' AND folded = ?2)",
+        &[&connector.0, &target],
+    )?;
     let mut changed = 0;
     for candidate in candidates {
         if let Some(updated) = store::import::rename_references(&candidate, old_dn, new_dn) {

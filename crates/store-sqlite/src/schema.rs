@@ -1,8 +1,10 @@
 //! Versioned migrations of the SQLite schema. Each step runs once, in a transaction, and records
 //! its number; a database from a newer program is refused rather than touched.
 
-use rusqlite::{Connection, params};
-use store::{Result, StoreError};
+use model::AttrValue;
+use rusqlite::{Connection, Transaction, params};
+use store::codec::{self, index_key};
+use store::{Matching, Result, StoreError};
 
 use crate::backend;
 
@@ -66,6 +68,10 @@ const STEPS: &[&str] = &[
         deletes INTEGER NOT NULL,
         errors INTEGER NOT NULL
      );",
+    // 2: references by target, so an imported rename finds the objects naming the old DN
+    // without reading the whole connector space. Reference values are indexed whatever the
+    // store's index list says; `backfill_references` adds those the list had left out.
+    "CREATE INDEX cs_values_reference ON cs_values(folded) WHERE substr(folded, 1, 2) = 'r:';",
 ];
 
 /// The newest schema version this program knows.
@@ -80,8 +86,33 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     for (index, step) in STEPS.iter().enumerate().skip(current as usize) {
         let tx = conn.transaction().map_err(backend)?;
         tx.execute_batch(step).map_err(backend)?;
+        if index + 1 == 2 {
+            backfill_references(&tx)?;
+        }
         tx.execute("INSERT INTO schema_version (version) VALUES (?1)", params![index as i64 + 1]).map_err(backend)?;
         tx.commit().map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Rewrites the reference rows of every connector-space object, so references in attributes
+/// left out of the store's index list can be found by target (schema step 2).
+fn backfill_references(tx: &Transaction<'_>) -> Result<()> {
+    let mut select = tx.prepare("SELECT id, attributes FROM cs_objects").map_err(backend)?;
+    let rows = select.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))).map_err(backend)?;
+    let mut clear = tx.prepare("DELETE FROM cs_values WHERE cs_id = ?1 AND substr(folded, 1, 2) = 'r:'").map_err(backend)?;
+    let mut insert = tx.prepare("INSERT INTO cs_values (cs_id, attribute, exact, folded) VALUES (?1, ?2, ?3, ?4)").map_err(backend)?;
+    for row in rows {
+        let (id, text) = row.map_err(backend)?;
+        let attributes = codec::attributes_from_text(&text)?;
+        clear.execute(params![id]).map_err(backend)?;
+        for (name, values) in attributes.iter() {
+            for value in values.iter().filter(|value| matches!(value, AttrValue::Reference(_))) {
+                insert
+                    .execute(params![id, name, index_key(value, Matching::Exact), index_key(value, Matching::IgnoreCase)])
+                    .map_err(backend)?;
+            }
+        }
     }
     Ok(())
 }

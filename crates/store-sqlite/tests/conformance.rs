@@ -48,3 +48,54 @@ async fn lookups_on_unindexed_attributes_are_refused_clearly() {
     let err = store.mv_find("person", "mail", &[model::AttrValue::string("a")], store::Matching::Exact).await.unwrap_err();
     assert_eq!(err.to_string(), "conflict: attribute mail is not indexed for lookups; add it to the store's index list");
 }
+
+#[tokio::test]
+async fn renames_follow_references_held_in_attributes_left_out_of_the_index_list() {
+    let store = SqliteStore::memory().unwrap().index_only(["sourceAnchor".to_string()].into());
+    store.migrate().await.unwrap();
+    store::testkit::renames_follow_references(&store).await;
+}
+
+/// A database from before reference rows were kept for every attribute gets them on upgrade, so
+/// renames imported afterwards still re-point references held in unlisted attributes.
+#[tokio::test]
+async fn upgrading_a_version_1_database_indexes_its_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("isthmus.db");
+    let store = SqliteStore::open(&path).unwrap().index_only(["sourceAnchor".to_string()].into());
+    store.migrate().await.unwrap();
+    let connector = model::ConnectorId("ad".into());
+    let run = store.run_start(&connector, "full-import", 1).await.unwrap();
+    let group = model::Attributes::new().with("member", model::AttrValue::Reference("CN=Ann,OU=A".into()));
+    let changes = [
+        store::ImportChange::Upsert {
+            anchor: model::Anchor(vec![1]),
+            dn: "CN=g,OU=A".into(),
+            object_type: "group".into(),
+            attributes: group,
+        },
+        store::ImportChange::Upsert {
+            anchor: model::Anchor(vec![2]),
+            dn: "CN=Ann,OU=A".into(),
+            object_type: "user".into(),
+            attributes: model::Attributes::new(),
+        },
+    ];
+    store.commit_import_page(&connector, run, &changes, None).await.unwrap();
+    {
+        // Back to version 1: no reference rows for unlisted attributes, no reference index.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DELETE FROM cs_values WHERE attribute = 'member'; DROP INDEX cs_values_reference; \
+             DELETE FROM schema_version WHERE version = 2;",
+        )
+        .unwrap();
+    }
+    let upgraded = SqliteStore::open(&path).unwrap().index_only(["sourceAnchor".to_string()].into());
+    upgraded.migrate().await.unwrap();
+    let rename = [store::ImportChange::Modify { anchor: model::Anchor(vec![2]), dn: "CN=Ann,OU=B".into(), changes: vec![] }];
+    let counts = upgraded.commit_import_page(&connector, run, &rename, None).await.unwrap();
+    assert_eq!(counts.updates, 2, "Ann renamed and the group re-pointed");
+    let g = upgraded.cs_by_anchor(&connector, &model::Anchor(vec![1])).await.unwrap().unwrap();
+    assert_eq!(g.attributes.get("member"), &[model::AttrValue::Reference("CN=Ann,OU=B".into())]);
+}

@@ -76,10 +76,3 @@ pub fn rename_references(referring: &CsObject, old_dn: &str, new_dn: &str) -> Op
     }
     apply_upsert(referring, &referring.dn, &referring.object_type, &attributes)
 }
-
-/// The text a referring object's stored attributes contain (lower-cased) when it may hold a
-/// reference to `dn`: a cheap pre-filter for [`rename_references`], which decides exactly.
-pub fn reference_probe(dn: &str) -> String {
-    let json = serde_json::to_string(&dn.to_lowercase()).unwrap_or_default();
-    json.trim_matches('"').to_string()
-}
