@@ -10,9 +10,12 @@
 //!
 //! Knows no store, no engine and no tenant.
 
+pub mod drsuapi;
 pub mod epm;
 pub mod ndr;
+pub mod ntlm;
 pub mod rpc;
+pub mod secrets;
 
 /// The DRSUAPI interface (MS-DRSR), version 4.0.
 pub const DRSUAPI: (ndr::Uuid, u16, u16) = (ndr::Uuid::parse("e3514235-4b06-11d1-ab04-00c04fc2dcd2"), 4, 0);

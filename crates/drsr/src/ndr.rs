@@ -104,6 +104,11 @@ impl Writer {
         self.align(4);
         self.bytes.extend_from_slice(&value.to_le_bytes());
     }
+    /// An aligned u64 (NDR hyper).
+    pub fn u64(&mut self, value: u64) {
+        self.align(8);
+        self.bytes.extend_from_slice(&value.to_le_bytes());
+    }
     /// Raw bytes (no alignment).
     pub fn raw(&mut self, bytes: &[u8]) {
         self.bytes.extend_from_slice(bytes);
@@ -176,6 +181,23 @@ impl<'a> Reader<'a> {
         self.align(4)?;
         let bytes = self.take(4, what)?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+    /// An aligned u64 (NDR hyper).
+    pub fn u64(&mut self, what: &str) -> Result<u64, RpcError> {
+        self.align(8)?;
+        let bytes = self.take(8, what)?;
+        let mut array = [0u8; 8];
+        array.copy_from_slice(bytes);
+        Ok(u64::from_le_bytes(array))
+    }
+    /// A conformant array's count, refused above `limit` (a hostile count must not become a
+    /// huge allocation).
+    pub fn count(&mut self, limit: usize, what: &str) -> Result<usize, RpcError> {
+        let count = self.u32(what)? as usize;
+        if count > limit || count > self.remaining() {
+            return Err(RpcError::Malformed(format!("{what}: a count of {count} with {} bytes left", self.remaining())));
+        }
+        Ok(count)
     }
     /// A UUID (aligned to 4).
     pub fn uuid(&mut self, what: &str) -> Result<Uuid, RpcError> {
