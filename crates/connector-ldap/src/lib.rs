@@ -20,6 +20,7 @@ mod export;
 mod generic;
 mod hashes;
 mod probe;
+pub mod replication;
 pub mod schema;
 mod session;
 
@@ -32,6 +33,7 @@ use model::ConnectorId;
 pub use config::{Bind, ConnectorRole, DeltaMode, Flavour, LdapConfig, Transport};
 pub use hashes::{HashRecord, read_nt_hashes};
 pub use probe::{AnchorProbe, probe_anchor};
+pub use replication::{ReplicationAccount, replication_account};
 
 /// Checks the settings, connects, binds and reads the directory's shape; the connector is ready.
 pub async fn open(config: LdapConfig) -> Result<Connector, ConnectorError> {

@@ -208,13 +208,16 @@ pub struct ChangesRequest {
     pub attributes: Vec<u32>,
 }
 
+/// An attribute id (under the reply's prefix table) and its values.
+pub type Attribute = (u32, Vec<Vec<u8>>);
+
 /// One replicated object: its name and the attribute values sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicatedObject {
     /// GUID, SID and DN.
     pub name: DsName,
     /// (attribute id under the reply's prefix table, values).
-    pub attributes: Vec<(u32, Vec<Vec<u8>>)>,
+    pub attributes: Vec<Attribute>,
 }
 
 /// A GetNCChanges reply (V6).
@@ -232,8 +235,10 @@ pub struct ChangesReply {
     pub objects: Vec<ReplicatedObject>,
     /// More replies follow.
     pub more: bool,
-    /// A non-zero Windows error when the server stopped.
+    /// A non-zero Windows error when the server stopped (dwDRSError).
     pub error: u32,
+    /// The call's return value (a Windows error; 0 success).
+    pub status: u32,
 }
 
 /// Encodes the `IDL_DRSGetNCChanges` request stub.
@@ -405,7 +410,7 @@ pub fn read_objects(r: &mut Reader<'_>) -> Result<Vec<ReplicatedObject>, RpcErro
     Ok(objects)
 }
 
-fn read_attributes(r: &mut Reader<'_>, count: usize) -> Result<Vec<(u32, Vec<Vec<u8>>)>, RpcError> {
+fn read_attributes(r: &mut Reader<'_>, count: usize) -> Result<Vec<Attribute>, RpcError> {
     let size = r.count(LIMIT, "ATTR array size")?;
     if size != count {
         return Err(RpcError::Malformed(format!("{size} attributes where attrCount says {count}")));
@@ -449,6 +454,11 @@ fn read_attributes(r: &mut Reader<'_>, count: usize) -> Result<Vec<(u32, Vec<Vec
 
 /// Decodes the `IDL_DRSGetNCChanges` response stub.
 pub fn decode_get_nc_changes(stub: &[u8]) -> Result<ChangesReply, RpcError> {
+    // The return value ends the stub, after every referent.
+    let status = match stub.len().checked_sub(4).map(|at| &stub[at..]) {
+        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]),
+        _ => return Err(RpcError::Malformed("a GetNCChanges reply without its return value".into())),
+    };
     let mut r = Reader::new(stub);
     let version = r.u32("pdwOutVersion")?;
     let arm = r.u32("reply union discriminant")?;
@@ -502,7 +512,7 @@ pub fn decode_get_nc_changes(stub: &[u8]) -> Result<ChangesReply, RpcError> {
         return Err(RpcError::Malformed(format!("{} objects where cNumObjects says {object_count}", objects.len())));
     }
     // Linked values (rgValues) follow; this client asks for none it reads.
-    Ok(ChangesReply { invocation_id, to, cursors, prefixes, objects, more, error })
+    Ok(ChangesReply { invocation_id, to, cursors, prefixes, objects, more, error, status })
 }
 
 /// A bound DRSUAPI session over a sealed connection.

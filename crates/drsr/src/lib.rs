@@ -12,6 +12,7 @@
 
 pub mod drsuapi;
 pub mod epm;
+pub mod hashes;
 pub mod ndr;
 pub mod ntlm;
 pub mod rpc;

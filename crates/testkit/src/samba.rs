@@ -290,6 +290,20 @@ impl SambaDc {
         matches!(self.lifetime, Lifetime::Attached { .. })
     }
 
+    /// Grants `trustee_dn` a control access right on the domain root with `samba-tool dsacl`:
+    /// `get-changes` ("Replicating Directory Changes"), `get-changes-all` ("… All"), as an
+    /// administrator delegates them to Entra Connect's AD DS connector account.
+    pub fn grant_on_domain_root(&self, trustee_dn: &str, right: &str) -> Result<()> {
+        run(Command::new("samba-tool")
+            .args(["dsacl", "set", "-H", &self.ldap_url(), "--action=allow"])
+            .arg(format!("--car={right}"))
+            .arg(format!("--objectdn={}", self.base_dn()))
+            .arg(format!("--trusteedn={trustee_dn}"))
+            .arg("--username=Administrator")
+            .arg(format!("--password={}", self.config.admin_password)))?;
+        Ok(())
+    }
+
     /// An LDAPS connection bound as Administrator, with seeding helpers.
     pub async fn admin(&self) -> Result<AdAdmin> {
         let mut conn = self.connect_ldaps().await?;
