@@ -75,8 +75,14 @@ pub async fn organization(state: AppState, access: Access, headers: HeaderMap) -
         .filter(|domain| domain.verified)
         .map(|domain| json!({"name": domain.name, "isDefault": domain.initial, "isInitial": domain.initial, "type": domain.authentication}))
         .collect();
+    let last_password_sync = state
+        .db
+        .read(|sql| crate::db::setting(sql, crate::hashsync::LAST_PASSWORD_SYNC))
+        .await?
+        .and_then(|value| String::from_utf8(value).ok()?.parse::<i64>().ok())
+        .map(crate::rfc3339);
     let org = json!({"id": state.identity.tenant_id, "displayName": state.identity.initial_domain, "verifiedDomains": domains,
-                     "onPremisesSyncEnabled": null, "tenantType": "AAD"});
+                     "onPremisesSyncEnabled": null, "onPremisesLastPasswordSyncDateTime": last_password_sync, "tenantType": "AAD"});
     Ok(Json(json!({"@odata.context": format!("{}/v1.0/$metadata#organization", crate::graph::base_url(&headers)), "value": [org]}))
         .into_response())
 }

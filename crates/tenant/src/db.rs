@@ -1017,6 +1017,15 @@ pub fn setting_or_insert(sql: &mut dyn Sql, name: &str, value: &[u8]) -> Result<
     setting(sql, name)?.ok_or_else(|| DbError::Corrupt(format!("setting {name} vanished")))
 }
 
+/// Stores a setting, replacing any value.
+pub fn set_setting(sql: &mut dyn Sql, name: &str, value: &[u8]) -> Result<(), DbError> {
+    sql.execute(
+        "INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        &[name.into(), value.into()],
+    )?;
+    Ok(())
+}
+
 /// Smart lockout: `user`'s failures in a row and until when (Unix seconds; 0: not) it is locked.
 pub fn lockout_entry(sql: &mut dyn Sql, user: &str) -> Result<Option<(i64, i64)>, DbError> {
     sql.query_opt("SELECT failures, locked_until FROM lockout WHERE user_key = ?1", &[user.into()])?

@@ -73,7 +73,10 @@ fn checked(body: serde_json::Map<String, Value>) -> Result<Vec<Item>, GraphError
     Ok(out)
 }
 
-/// `POST /isthmus/v1/passwordHashSync`.
+/// The setting holding the Unix time of the last password hash sync call (the heartbeat).
+pub(crate) const LAST_PASSWORD_SYNC: &str = "lastPasswordSync";
+
+/// `POST /isthmus/v1/passwordHashSync`. An empty `value` is a heartbeat.
 pub async fn receive(state: AppState, access: Access, body: crate::graph::Body) -> Result<Response, GraphError> {
     if !access.is_sync() {
         return Err(GraphError::denied());
@@ -87,6 +90,8 @@ pub async fn receive(state: AppState, access: Access, body: crate::graph::Body) 
     let statuses = state
         .db
         .call(move |sql| {
+            // Every call, an empty one included, is password hash sync's heartbeat.
+            db::set_setting(sql, LAST_PASSWORD_SYNC, now.to_string().as_bytes())?;
             let mut statuses = Vec::with_capacity(items.len());
             for item in items {
                 let found = db::find(sql, db::Kind::User, db::Lookup::ImmutableId(&item.anchor))?;
@@ -143,10 +148,7 @@ pub async fn risky_users(state: AppState, access: Access, headers: axum::http::H
     let value: Vec<Value> = users
         .into_iter()
         .map(|(id, upn, count, detected)| {
-            let when = time::OffsetDateTime::from_unix_timestamp(detected)
-                .ok()
-                .and_then(|when| when.format(&time::format_description::well_known::Rfc3339).ok())
-                .unwrap_or_default();
+            let when = crate::rfc3339(detected);
             json!({"id": id, "userPrincipalName": upn, "riskLevel": "high", "riskState": "atRisk", "riskDetail": "none",
                    "riskEventTypes": ["leakedCredentials"], "leakedCount": count, "riskLastUpdatedDateTime": when})
         })

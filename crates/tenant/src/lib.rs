@@ -354,6 +354,14 @@ pub fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|elapsed| elapsed.as_secs() as i64).unwrap_or(0)
 }
 
+/// A Unix time as RFC 3339 (UTC, seconds); empty when out of range.
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|when| when.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
 /// Now as RFC 3339 (UTC, seconds).
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()

@@ -1240,6 +1240,17 @@ async fn synced_users_sign_in_with_the_hash_password_hash_sync_sent() {
     let (status, _) =
         tenant.call(Method::POST, "/isthmus/v1/passwordHashSync", &admin, batch(json!([{"onPremisesImmutableId": "c2Ft", "credential": wire("x")}]))).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "only the sync service sends hashes");
+    // An empty batch is the heartbeat: the organization shows when password sync last called.
+    let last_sync = |org: &Value| org["value"][0]["onPremisesLastPasswordSyncDateTime"].clone();
+    let (_, org) = tenant.call(Method::GET, "/v1.0/organization", &admin, None).await;
+    assert_eq!(last_sync(&org), Value::Null, "{org}");
+    let before = tenant::now_rfc3339();
+    let (status, answer) = tenant.call(Method::POST, "/isthmus/v1/passwordHashSync", &sync, batch(json!([]))).await;
+    assert_eq!((status, &answer["value"]), (StatusCode::OK, &json!([])), "{answer}");
+    let after = tenant::now_rfc3339();
+    let (_, org) = tenant.call(Method::GET, "/v1.0/organization", &admin, None).await;
+    let beat = last_sync(&org).as_str().map(str::to_string).unwrap_or_default();
+    assert!(before <= beat && beat <= after, "the heartbeat's time, between {before} and {after}: {org}");
     // A bad item spoils the batch: nothing is stored.
     let (status, error) = tenant
         .call(
