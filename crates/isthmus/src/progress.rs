@@ -24,6 +24,16 @@ impl Bars {
     }
 }
 
+/// A spinner with a running count for a step outside the runner (password hash sync).
+pub fn spinner(prefix: &str, message: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(style("   {spinner} {prefix:<18} {msg:<13} {human_pos} objects  {elapsed}"));
+    bar.set_prefix(prefix.to_string());
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
 fn style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner())
 }
