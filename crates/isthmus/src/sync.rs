@@ -52,6 +52,11 @@ pub struct ServeArgs {
     /// within seconds).
     #[arg(long)]
     pub near_real_time_seconds: Option<u64>,
+    /// Minutes between password hash sync passes, when a connector has password_hash_sync
+    /// (Entra's default: 2). In near-real-time mode an on-premises change (a password change
+    /// sets pwdLastSet) also starts a pass at once.
+    #[arg(long, default_value_t = 2)]
+    pub password_sync_minutes: u64,
 }
 
 /// `isthmus sync serve`: an initial cycle, then delta cycles on schedule (and on change in
@@ -85,10 +90,29 @@ async fn serve_with<S: Store>(store: S, config: &Config, rules: sync_rules::Rule
         args.interval_minutes.max(1),
         poll.map_or(String::new(), |poll| format!(", near-real-time polling every {} s", poll.as_secs()))
     );
+    let password_sync = !config.sync.staging && config.connectors.iter().any(|connector| connector.password_hash_sync);
+    let password_interval = std::time::Duration::from_secs(args.password_sync_minutes.max(1) * 60);
+    if password_sync {
+        println!("   password hash sync every {} min", args.password_sync_minutes.max(1));
+    }
+    let hash_pass = |reason: &'static str| {
+        let store = runner.store();
+        async move {
+            tracing::debug!(reason, "password hash sync pass");
+            if let Err(err) = crate::phs_cmd::pass(store, config, false).await {
+                eprintln!("password hash sync failed: {err:#}");
+            }
+        }
+    };
     let mut initial = true;
     let mut next_cycle = tokio::time::Instant::now();
+    let mut next_hashes = tokio::time::Instant::now() + password_interval;
     loop {
         let now = tokio::time::Instant::now();
+        if password_sync && !initial && now >= next_hashes {
+            hash_pass("schedule").await;
+            next_hashes = tokio::time::Instant::now() + password_interval;
+        }
         let mut due = initial || now >= next_cycle;
         if !due && let Some(poll) = poll {
             // Cheap check of the sources; a change makes a cycle due at once.
@@ -102,8 +126,13 @@ async fn serve_with<S: Store>(store: S, config: &Config, rules: sync_rules::Rule
                     Err(err) => tracing::warn!(connector = source.0, "near-real-time poll: {err}"),
                 }
             }
+            if due && password_sync {
+                // A changed password shows as a changed pwdLastSet: its hash goes first.
+                hash_pass("on-premises change").await;
+                next_hashes = tokio::time::Instant::now() + password_interval;
+            }
             if !due {
-                let wait = poll.min(next_cycle.saturating_duration_since(tokio::time::Instant::now()));
+                let wait = poll.min(next_cycle.min(next_hashes).saturating_duration_since(tokio::time::Instant::now()));
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => continue,
                     _ = tokio::signal::ctrl_c() => break,
@@ -120,12 +149,17 @@ async fn serve_with<S: Store>(store: S, config: &Config, rules: sync_rules::Rule
                 }
                 Err(err) => eprintln!("cycle failed: {err:#}"),
             }
+            if initial && password_sync {
+                hash_pass("initial").await;
+                next_hashes = tokio::time::Instant::now() + password_interval;
+            }
             initial = false;
             next_cycle = tokio::time::Instant::now() + interval;
             continue;
         }
+        let wake = if password_sync { next_cycle.min(next_hashes) } else { next_cycle };
         tokio::select! {
-            _ = tokio::time::sleep_until(next_cycle) => {}
+            _ = tokio::time::sleep_until(wake) => {}
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
