@@ -223,7 +223,7 @@ ca_file = "{tenant_ca}"
 }
 
 /// This process's peak RSS (the tenant runs here), from /proc.
-fn own_peak_rss_kib() -> u64 {
+pub(crate) fn own_peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| status.lines().find_map(|line| line.strip_prefix("VmHWM:")?.split_whitespace().next()?.parse().ok()))

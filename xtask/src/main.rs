@@ -2,6 +2,7 @@
 
 mod bench_hybrid;
 mod bench_import;
+mod bench_phs;
 mod bench_sync;
 mod bench_tenant;
 mod gen_directory;
@@ -36,6 +37,8 @@ enum Command {
     BenchSync(bench_sync::Args),
     /// Time Samba AD → tenant with the release isthmus binary: the initial sync and near-real-time latency.
     BenchHybrid(bench_hybrid::Args),
+    /// Time password hash sync: NT hashes read over MS-DRSR, and password change → cloud sign-in.
+    BenchPhs(bench_phs::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         Command::BenchImport(args) => bench_import::run(&args),
         Command::BenchTenant(args) => bench_tenant::run(&args),
         Command::BenchHybrid(args) => bench_hybrid::run(&args),
+        Command::BenchPhs(args) => bench_phs::run(&args),
         Command::SambaDc { realm } => samba_dc(&realm),
     }
 }
