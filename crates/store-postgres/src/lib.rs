@@ -234,11 +234,28 @@ async fn update_cs(client: &impl GenericClient, st: &Statements, object: &CsObje
     if changed == 0 {
         return Err(StoreError::NotFound(object.id.to_string()));
     }
-    // The lookup index only changes with the attributes (most updates are links and flags).
+    // The lookup index only changes with the attributes (most updates are links and flags), and
+    // then only in the values that differ.
     if previous == attributes {
         return Ok(());
     }
-    write_values(client, st, "cs_values", "cs_id", object.id.0, object.attributes.iter()).await
+    let previous = codec::attributes_from_text(&previous)?;
+    let (removed, added) = codec::value_changes(&previous, &object.attributes);
+    if !removed.is_empty() {
+        let names: Vec<&str> = removed.iter().map(|(name, _)| *name).collect();
+        let exact: Vec<String> = removed.iter().map(|(_, value)| index_key(value, Matching::Exact)).collect();
+        let sql = "DELETE FROM cs_values v USING UNNEST($2::text[], $3::text[]) AS gone(attribute, exact) \
+                   WHERE v.cs_id = $1 AND v.attribute = gone.attribute AND v.exact = gone.exact";
+        client.execute(&st.get(client, sql).await?, &[&object.id.0, &names, &exact]).await.map_err(backend)?;
+    }
+    if !added.is_empty() {
+        let names: Vec<&str> = added.iter().map(|(name, _)| *name).collect();
+        let exact: Vec<String> = added.iter().map(|(_, value)| index_key(value, Matching::Exact)).collect();
+        let folded: Vec<String> = added.iter().map(|(_, value)| index_key(value, Matching::IgnoreCase)).collect();
+        let sql = "INSERT INTO cs_values (cs_id, attribute, exact, folded) SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[])";
+        client.execute(&st.get(client, sql).await?, &[&object.id.0, &names, &exact, &folded]).await.map_err(backend)?;
+    }
+    Ok(())
 }
 
 async fn find_ids(

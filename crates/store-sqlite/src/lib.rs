@@ -153,7 +153,9 @@ fn rename_references(
     let target = index_key(&AttrValue::Reference(old_dn.to_string()), Matching::IgnoreCase);
     let candidates = query_cs(
         tx,
-        "connector = ?1 AND id IN (SELECT cs_id FROM cs_values WHERE substr(folded, 1, 2) = 'r:' AND folded = ?2)",
+        // `+connector`: drive the query from the reference index, not from every object of the
+        // connector.
+        "+connector = ?1 AND id IN (SELECT cs_id FROM cs_values WHERE substr(folded, 1, 2) = 'r:' AND folded = ?2)",
         &[&connector.0, &target],
     )?;
     let mut changed = 0;
@@ -227,11 +229,26 @@ fn update_cs(tx: &Transaction<'_>, object: &CsObject, indexed: Option<&BTreeSet<
     if changed == 0 {
         return Err(StoreError::NotFound(object.id.to_string()));
     }
-    // The lookup index only changes with the attributes (most updates are links and flags).
+    // The lookup index only changes with the attributes (most updates are links and flags), and
+    // then only in the values that differ.
     if previous == attributes {
         return Ok(());
     }
-    write_cs_values(tx, object.id.0, &object.attributes, indexed)
+    let previous = codec::attributes_from_text(&previous)?;
+    let (removed, added) = codec::value_changes(&previous, &object.attributes);
+    let listed = |name: &str, value: &AttrValue| indexed.is_none_or(|set| set.contains(name)) || matches!(value, AttrValue::Reference(_));
+    let mut delete = tx.prepare_cached("DELETE FROM cs_values WHERE cs_id = ?1 AND attribute = ?2 AND exact = ?3").map_err(backend)?;
+    for (name, value) in removed.into_iter().filter(|(name, value)| listed(name, value)) {
+        delete.execute(params![object.id.0, name, index_key(value, Matching::Exact)]).map_err(backend)?;
+    }
+    let mut insert =
+        tx.prepare_cached("INSERT INTO cs_values (cs_id, attribute, exact, folded) VALUES (?1, ?2, ?3, ?4)").map_err(backend)?;
+    for (name, value) in added.into_iter().filter(|(name, value)| listed(name, value)) {
+        insert
+            .execute(params![object.id.0, name, index_key(value, Matching::Exact), index_key(value, Matching::IgnoreCase)])
+            .map_err(backend)?;
+    }
+    Ok(())
 }
 
 fn check_indexed(indexed: Option<&BTreeSet<String>>, attribute: &str) -> Result<()> {

@@ -227,6 +227,27 @@ pub fn index_key(value: &AttrValue, matching: Matching) -> String {
     }
 }
 
+/// The index rows an update must delete and insert, as (attribute, value) pairs: values of
+/// `old` that `new` lacks, and values of `new` that `old` lacks (compared by exact index key).
+/// Renaming one member of a large group touches two rows instead of rewriting all of them.
+pub fn value_changes<'a>(old: &'a Attributes, new: &'a Attributes) -> (Vec<(&'a str, &'a AttrValue)>, Vec<(&'a str, &'a AttrValue)>) {
+    use std::collections::BTreeSet;
+    let keys = |attributes: &Attributes, name: &str| -> BTreeSet<String> {
+        attributes.get(name).iter().map(|value| index_key(value, Matching::Exact)).collect()
+    };
+    let mut removed = Vec::new();
+    let mut added = Vec::new();
+    for (name, values) in old.iter() {
+        let kept = keys(new, name);
+        removed.extend(values.iter().filter(|value| !kept.contains(&index_key(value, Matching::Exact))).map(|value| (name, value)));
+    }
+    for (name, values) in new.iter() {
+        let had = keys(old, name);
+        added.extend(values.iter().filter(|value| !had.contains(&index_key(value, Matching::Exact))).map(|value| (name, value)));
+    }
+    (removed, added)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +301,21 @@ mod tests {
         assert!(export_from_text("{\"op\":\"explode\"}").unwrap_err().to_string().contains("unknown pending export"));
         assert!(import_from_code("maybe").is_err());
         assert!(mv_attributes_from_text("{\"a\": {\"v\": [], \"l\": [{\"rule\": 1}]}}").is_err());
+    }
+
+    #[test]
+    fn value_changes_name_only_what_differs() {
+        let mut old = Attributes::new().with("mail", AttrValue::string("a@x"));
+        old.set("member", vec![AttrValue::Reference("CN=a".into()), AttrValue::Reference("CN=b".into())]);
+        let mut new = old.clone();
+        new.set("member", vec![AttrValue::Reference("CN=a".into()), AttrValue::Reference("CN=c".into())]);
+        new.set("title", vec![AttrValue::string("t")]);
+        let (removed, added) = value_changes(&old, &new);
+        assert_eq!(removed, vec![("member", &AttrValue::Reference("CN=b".into()))]);
+        assert_eq!(added, vec![("member", &AttrValue::Reference("CN=c".into())), ("title", &AttrValue::string("t"))]);
+        let empty = Attributes::new();
+        let (removed, added) = value_changes(&new, &empty);
+        assert_eq!((removed.len(), added.len()), (4, 0));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::{CsQuery, ImportChange, Matching, NewCsObject, RunCounts, Store, Stor
 macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@tests $make; cs_objects, import_pages, import_modify, renames_follow_references, import_confirms_export_object, failed_page_changes_nothing,
-            obsoletion, metaverse, disconnector_lookup, run_history, migrate_is_idempotent);
+            obsoletion, metaverse, disconnector_lookup, updates_keep_the_lookup_index, run_history, migrate_is_idempotent);
     };
     (@tests $make:expr; $($check:ident),*) => {
         $(
@@ -419,6 +419,41 @@ pub async fn disconnector_lookup(store: &impl Store) {
             .expect("find")
             .is_empty()
     );
+}
+
+/// An update changes the lookup index in exactly the values that changed: old values are no
+/// longer found, new ones are, unchanged ones still are.
+pub async fn updates_keep_the_lookup_index(store: &impl Store) {
+    let cloud = ConnectorId("cloud".into());
+    let mut attributes = Attributes::new().with("mail", AttrValue::string("a@x"));
+    attributes.set("proxyAddresses", vec![AttrValue::string("smtp:p1@x"), AttrValue::string("smtp:p2@x")]);
+    let new = NewCsObject {
+        connector: cloud.clone(),
+        anchor: Some(anchor(7)),
+        dn: "CN=7".into(),
+        object_type: "user".into(),
+        attributes,
+        pending_import: None,
+        pending_export: None,
+        link: None,
+    };
+    let id = store.cs_insert(new).await.expect("cs");
+    let find = |attribute: &'static str, value: &'static str| {
+        let cloud = cloud.clone();
+        async move { store.cs_find(&cloud, "user", attribute, &[AttrValue::string(value)], Matching::IgnoreCase).await.expect("find") }
+    };
+    let mut object = store.cs_get(id).await.expect("get").expect("present");
+    object.attributes.set("mail", vec![AttrValue::string("b@x")]);
+    object.attributes.set("proxyAddresses", vec![AttrValue::string("smtp:p2@x"), AttrValue::string("smtp:P3@x")]);
+    store.cs_update(&object).await.expect("update");
+    assert!(find("mail", "a@x").await.is_empty(), "the old value is gone");
+    assert_eq!(find("mail", "B@X").await, vec![id]);
+    assert!(find("proxyAddresses", "smtp:p1@x").await.is_empty());
+    assert_eq!(find("proxyAddresses", "smtp:p2@x").await, vec![id], "an unchanged value is still found");
+    assert_eq!(find("proxyAddresses", "smtp:p3@x").await, vec![id]);
+    object.attributes.set("proxyAddresses", vec![]);
+    store.cs_update(&object).await.expect("clear");
+    assert!(find("proxyAddresses", "smtp:p2@x").await.is_empty());
 }
 
 /// Run history, newest first.
