@@ -227,10 +227,13 @@ pub fn index_key(value: &AttrValue, matching: Matching) -> String {
     }
 }
 
+/// An attribute name and one of its values.
+pub type NamedValue<'a> = (&'a str, &'a AttrValue);
+
 /// The index rows an update must delete and insert, as (attribute, value) pairs: values of
 /// `old` that `new` lacks, and values of `new` that `old` lacks (compared by exact index key).
 /// Renaming one member of a large group touches two rows instead of rewriting all of them.
-pub fn value_changes<'a>(old: &'a Attributes, new: &'a Attributes) -> (Vec<(&'a str, &'a AttrValue)>, Vec<(&'a str, &'a AttrValue)>) {
+pub fn value_changes<'a>(old: &'a Attributes, new: &'a Attributes) -> (Vec<NamedValue<'a>>, Vec<NamedValue<'a>>) {
     use std::collections::BTreeSet;
     let keys = |attributes: &Attributes, name: &str| -> BTreeSet<String> {
         attributes.get(name).iter().map(|value| index_key(value, Matching::Exact)).collect()
