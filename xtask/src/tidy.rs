@@ -36,6 +36,7 @@ pub const LAYERS: &[(&str, Layer)] = &[
     ("sync-rules", Layer::PureCore),
     ("sync-engine", Layer::PureCore),
     ("phs", Layer::PureCore),
+    ("pta", Layer::PureCore),
     ("store", Layer::Port),
     ("connector-api", Layer::Port),
     ("connector-memory", Layer::Adapter),
