@@ -172,6 +172,12 @@ pub async fn tenant_anchor(config: &GraphConfig) -> Result<Option<String>, Conne
     Ok(settings.pointer("/configuration/anchorAttribute").and_then(serde_json::Value::as_str).map(str::to_string))
 }
 
+/// An app-only access token for the tenant `config` names (client credentials), for
+/// administrative calls such as registering a pass-through agent.
+pub async fn app_token(config: &GraphConfig) -> Result<zeroize::Zeroizing<String>, ConnectorError> {
+    client::Client::new(config.clone())?.token().await
+}
+
 /// One user's credential for password hash sync.
 #[derive(Debug, Clone)]
 pub struct CredentialUpdate {

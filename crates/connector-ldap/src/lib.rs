@@ -19,6 +19,7 @@ pub mod config;
 mod export;
 mod generic;
 mod hashes;
+pub mod password_check;
 mod probe;
 pub mod replication;
 pub mod schema;
@@ -32,6 +33,7 @@ use model::ConnectorId;
 
 pub use config::{Bind, ConnectorRole, DeltaMode, Flavour, LdapConfig, Transport};
 pub use hashes::{HashRecord, read_nt_hashes};
+pub use password_check::PasswordChecker;
 pub use probe::{AnchorProbe, probe_anchor};
 pub use replication::{ReplicationAccount, replication_account};
 

@@ -297,7 +297,7 @@ fn search_error(base: &str, result: &LdapResult) -> ConnectorError {
     result_error(&format!("search {base}"), result)
 }
 
-fn client_config(path: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, ConnectorError> {
+pub(crate) fn client_config(path: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, ConnectorError> {
     use rustls::pki_types::pem::PemObject;
     let bad = |err: &dyn std::fmt::Display| ConnectorError::Config(format!("ca_file {}: {err}", path.display()));
     let mut roots = rustls::RootCertStore::empty();

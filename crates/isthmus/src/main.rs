@@ -7,6 +7,7 @@ mod ops;
 mod phs_cmd;
 mod preview;
 mod progress;
+mod pta_agent;
 mod quickstart;
 mod sync;
 mod tenant_cmd;
@@ -88,6 +89,16 @@ enum Command {
         #[command(subcommand)]
         command: PhsCommand,
     },
+    /// The pass-through authentication agent (on-premises; outbound HTTPS to the tenant only).
+    PtaAgent {
+        #[command(subcommand)]
+        command: PtaAgentCommand,
+    },
+    /// Pass-through authentication agents, as the tenant's administrator sees them.
+    Pta {
+        #[command(subcommand)]
+        command: pta_agent::AdminCommand,
+    },
     /// The cloud tenant (Graph-compatible API and sign-in) over HTTPS.
     Tenant {
         #[command(subcommand)]
@@ -110,6 +121,14 @@ enum Command {
 enum PhsCommand {
     /// One pass: every enabled, synced account's hash of the connectors with password_hash_sync.
     Run(phs_cmd::RunArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PtaAgentCommand {
+    /// Register this agent with the tenant (an admin app's credentials); keeps its certificate.
+    Register(pta_agent::RegisterArgs),
+    /// Take sign-ins from the tenant and check them against the domain controllers until stopped.
+    Run(pta_agent::RunArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,6 +192,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::CheckConfig { file } => sync::check(&file),
         Command::Tenant { command: TenantCommand::Serve(args) } => tenant_cmd::serve(&args).await,
         Command::Phs { command: PhsCommand::Run(args) } => phs_cmd::run(&args).await,
+        Command::PtaAgent { command: PtaAgentCommand::Register(args) } => pta_agent::register(&args).await,
+        Command::PtaAgent { command: PtaAgentCommand::Run(args) } => pta_agent::run(&args).await,
+        Command::Pta { command } => pta_agent::admin(&command).await,
         Command::History { db, limit } => ops::history(&ops::open(&db).await?, limit).await,
         Command::Cs { command: CsCommand::Search { db, args } } => ops::cs_search(&ops::open(&db).await?, &args).await,
         Command::Mv { command: MvCommand::Show { db, id } } => ops::mv_show(&ops::open(&db).await?, id).await,

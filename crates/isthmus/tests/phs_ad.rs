@@ -18,17 +18,6 @@ fn isthmus(args: &[&str]) -> (bool, String, String) {
     (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
-const MSAL: &str = r#"
-import json, sys, msal, requests
-base443, domain, client_id, ca, user, password = sys.argv[1:7]
-session = requests.Session()
-session.verify = ca
-session.trust_env = False
-app = msal.PublicClientApplication(client_id, authority=f"{base443}/{domain}", instance_discovery=False, http_client=session)
-result = app.acquire_token_by_username_password(user, password, scopes=["User.Read"])
-print(json.dumps({"user": result.get("id_token_claims", {}).get("preferred_username"), "error": result.get("error")}))
-"#;
-
 /// A Samba DC with people in an OU and a replication account holding "Replicating Directory
 /// Changes" only; a tenant (also on 443 of its own loopback address) with a leaked-hash list;
 /// a configuration that syncs the OU with password hash sync on, as that account.
@@ -229,19 +218,15 @@ async fn ad_passwords_replicated_over_drsr_sign_in_to_the_tenant() {
     }
 
     // Microsoft's msal signs in with the synced password (ROPC), as with any Entra tenant.
-    let script = fx.folder.path().join("msal_ropc.py");
-    std::fs::write(&script, MSAL).unwrap();
     let msal = |user: String, password: &'static str| {
-        let args: Vec<String> =
-            [script.to_str().unwrap(), &format!("https://{address}"), &initial, &fx.public_client, ca.to_str().unwrap(), &user, password]
-                .map(str::to_string)
-                .to_vec();
-        let python = python.clone();
+        let (python, base443, initial, client, ca) =
+            (python.clone(), format!("https://{address}"), initial.clone(), fx.public_client.clone(), ca.clone());
         async move {
-            let output = tokio::task::spawn_blocking(move || Command::new(python).args(args).output()).await.unwrap().unwrap();
-            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-            assert!(output.status.success(), "msal failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-            serde_json::from_str::<Value>(stdout.lines().last().unwrap_or_default()).unwrap()
+            let line = tokio::task::spawn_blocking(move || testkit::msal_ropc(&python, &base443, &initial, &client, &ca, &user, password))
+                .await
+                .unwrap()
+                .unwrap();
+            serde_json::from_str::<Value>(&line).unwrap()
         }
     };
     let result = msal(format!("hana@{initial}"), "Hana!Pass.1").await;

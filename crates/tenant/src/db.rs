@@ -187,6 +187,10 @@ CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT N
 CREATE INDEX IF NOT EXISTS role_members_member ON role_members(member_id);
 CREATE TABLE IF NOT EXISTS synced_credentials (user_id TEXT PRIMARY KEY, credential TEXT NOT NULL, must_change INTEGER NOT NULL, synced_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS risky_users (user_id TEXT PRIMARY KEY, leaked_count INTEGER NOT NULL, detected_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS domain_methods (name TEXT PRIMARY KEY COLLATE NOCASE, method TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pta_agents (id TEXT PRIMARY KEY, machine TEXT NOT NULL, version TEXT NOT NULL, encryption_key TEXT NOT NULL,
+    registered_at INTEGER NOT NULL, registered_by TEXT NOT NULL, not_after INTEGER NOT NULL, revoked_at INTEGER);
+CREATE TABLE IF NOT EXISTS pta_certs (fingerprint TEXT PRIMARY KEY, agent_id TEXT NOT NULL, not_after INTEGER NOT NULL);
 ";
 
 const POSTGRES_SCHEMA: &str = r#"
@@ -239,6 +243,10 @@ CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT N
 CREATE INDEX IF NOT EXISTS role_members_member ON role_members (member_id);
 CREATE TABLE IF NOT EXISTS synced_credentials (user_id TEXT PRIMARY KEY, credential TEXT NOT NULL, must_change BIGINT NOT NULL, synced_at BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS risky_users (user_id TEXT PRIMARY KEY, leaked_count BIGINT NOT NULL, detected_at BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS domain_methods (name TEXT PRIMARY KEY, method TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pta_agents (id TEXT PRIMARY KEY, machine TEXT NOT NULL, version TEXT NOT NULL, encryption_key TEXT NOT NULL,
+    registered_at BIGINT NOT NULL, registered_by TEXT NOT NULL, not_after BIGINT NOT NULL, revoked_at BIGINT);
+CREATE TABLE IF NOT EXISTS pta_certs (fingerprint TEXT PRIMARY KEY, agent_id TEXT NOT NULL, not_after BIGINT NOT NULL);
 "#;
 
 impl Db {
@@ -794,11 +802,17 @@ pub struct Domain {
     pub code: String,
     /// The tenant's initial domain.
     pub initial: bool,
+    /// Synced users of this (managed) domain sign in through pass-through agents.
+    pub pass_through: bool,
 }
 
 /// Every domain.
 pub fn domains(sql: &mut dyn Sql) -> Result<Vec<Domain>, DbError> {
-    let rows = sql.query("SELECT name, verified, authentication, code, initial FROM domains ORDER BY initial DESC, name", &[])?;
+    let rows = sql.query(
+        "SELECT d.name, d.verified, d.authentication, d.code, d.initial, m.method FROM domains d \
+         LEFT JOIN domain_methods m ON lower(m.name) = lower(d.name) ORDER BY d.initial DESC, d.name",
+        &[],
+    )?;
     rows.iter()
         .map(|row| {
             Ok(Domain {
@@ -807,9 +821,140 @@ pub fn domains(sql: &mut dyn Sql) -> Result<Vec<Domain>, DbError> {
                 authentication: row.text(2)?,
                 code: row.text(3)?,
                 initial: row.bool(4)?,
+                pass_through: row.opt_text(5)?.as_deref() == Some(PASS_THROUGH),
             })
         })
         .collect()
+}
+
+/// The stored method of a domain whose managed users sign in through pass-through agents.
+pub const PASS_THROUGH: &str = "PassThrough";
+
+/// Chooses how a managed domain's synced users' passwords are checked: through pass-through
+/// agents, or against the synced (or cloud) password.
+pub fn set_pass_through(sql: &mut dyn Sql, domain: &str, on: bool) -> Result<(), DbError> {
+    sql.execute("DELETE FROM domain_methods WHERE lower(name) = lower(?1)", &[domain.into()])?;
+    if on {
+        sql.execute("INSERT INTO domain_methods (name, method) VALUES (?1, ?2)", &[domain.into(), PASS_THROUGH.into()])?;
+    }
+    Ok(())
+}
+
+/// A registered pass-through agent.
+#[derive(Debug, Clone)]
+pub struct AgentRow {
+    /// Its id (a GUID).
+    pub id: String,
+    /// Its computer's name.
+    pub machine: String,
+    /// Its version.
+    pub version: String,
+    /// Its X25519 public key (base64).
+    pub encryption_key: String,
+    /// Registered when (Unix seconds).
+    pub registered_at: i64,
+    /// By whom (the admin's app or user id).
+    pub registered_by: String,
+    /// Its current certificate's expiry (Unix seconds).
+    pub not_after: i64,
+    /// Revoked when, if it was.
+    pub revoked_at: Option<i64>,
+}
+
+const AGENT_COLUMNS: &str = "id, machine, version, encryption_key, registered_at, registered_by, not_after, revoked_at";
+
+fn agent_row(row: &Row) -> Result<AgentRow, DbError> {
+    Ok(AgentRow {
+        id: row.text(0)?,
+        machine: row.text(1)?,
+        version: row.text(2)?,
+        encryption_key: row.text(3)?,
+        registered_at: row.int(4)?,
+        registered_by: row.text(5)?,
+        not_after: row.int(6)?,
+        revoked_at: match row.0.get(7) {
+            Some(crate::sql::SqlValue::Null) | None => None,
+            Some(_) => Some(row.int(7)?),
+        },
+    })
+}
+
+/// Every registered agent, revoked ones too.
+pub fn agents(sql: &mut dyn Sql) -> Result<Vec<AgentRow>, DbError> {
+    sql.query(&format!("SELECT {AGENT_COLUMNS} FROM pta_agents ORDER BY registered_at, id"), &[])?.iter().map(agent_row).collect()
+}
+
+/// Agents that may take sign-ins at `now`: not revoked, certificate not expired.
+pub fn active_agents(sql: &mut dyn Sql, now: i64) -> Result<Vec<AgentRow>, DbError> {
+    sql.query(&format!("SELECT {AGENT_COLUMNS} FROM pta_agents WHERE revoked_at IS NULL AND not_after > ?1 ORDER BY id"), &[now.into()])?
+        .iter()
+        .map(agent_row)
+        .collect()
+}
+
+/// The active agent a client certificate (SHA-256 fingerprint, hex) belongs to.
+pub fn agent_by_certificate(sql: &mut dyn Sql, fingerprint: &str, now: i64) -> Result<Option<AgentRow>, DbError> {
+    let columns = AGENT_COLUMNS.split(", ").map(|column| format!("a.{column}")).collect::<Vec<_>>().join(", ");
+    sql.query_opt(
+        &format!(
+            "SELECT {columns} FROM pta_certs c JOIN pta_agents a ON a.id = c.agent_id \
+             WHERE c.fingerprint = ?1 AND c.not_after > ?2 AND a.revoked_at IS NULL"
+        ),
+        &[fingerprint.into(), now.into()],
+    )?
+    .map(|row| agent_row(&row))
+    .transpose()
+}
+
+/// Registers an agent with its first certificate.
+pub fn insert_agent(sql: &mut dyn Sql, agent: &AgentRow, fingerprint: &str) -> Result<(), DbError> {
+    sql.execute(
+        "INSERT INTO pta_agents (id, machine, version, encryption_key, registered_at, registered_by, not_after) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        &[
+            agent.id.as_str().into(),
+            agent.machine.as_str().into(),
+            agent.version.as_str().into(),
+            agent.encryption_key.as_str().into(),
+            agent.registered_at.into(),
+            agent.registered_by.as_str().into(),
+            agent.not_after.into(),
+        ],
+    )?;
+    sql.execute(
+        "INSERT INTO pta_certs (fingerprint, agent_id, not_after) VALUES (?1, ?2, ?3)",
+        &[fingerprint.into(), agent.id.as_str().into(), agent.not_after.into()],
+    )?;
+    Ok(())
+}
+
+/// A renewed certificate and key: the old certificate stays good for `grace_until` at most
+/// (the agent's other connections switch over), the new one until `not_after`.
+pub fn renew_agent(
+    sql: &mut dyn Sql,
+    id: &str,
+    encryption_key: &str,
+    fingerprint: &str,
+    not_after: i64,
+    grace_until: i64,
+) -> Result<(), DbError> {
+    sql.execute(
+        "UPDATE pta_certs SET not_after = CASE WHEN not_after < ?2 THEN not_after ELSE ?2 END WHERE agent_id = ?1",
+        &[id.into(), grace_until.into()],
+    )?;
+    sql.execute(
+        "INSERT INTO pta_certs (fingerprint, agent_id, not_after) VALUES (?1, ?2, ?3)",
+        &[fingerprint.into(), id.into(), not_after.into()],
+    )?;
+    sql.execute(
+        "UPDATE pta_agents SET encryption_key = ?2, not_after = ?3 WHERE id = ?1",
+        &[id.into(), encryption_key.into(), not_after.into()],
+    )?;
+    Ok(())
+}
+
+/// Revokes an agent (its certificates stop working at once); false when there is no such agent.
+pub fn revoke_agent(sql: &mut dyn Sql, id: &str, now: i64) -> Result<bool, DbError> {
+    Ok(sql.execute("UPDATE pta_agents SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", &[id.into(), now.into()])? > 0)
 }
 
 /// Adds a domain; a conflict when it exists.

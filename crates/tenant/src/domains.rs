@@ -21,6 +21,8 @@ fn view(domain: &Domain) -> Value {
         "isRoot": true,
         "isVerified": domain.verified,
         "isAdminManaged": true,
+        // Isthmus: how the managed domain's synced users' passwords are checked.
+        "passwordValidation": if domain.pass_through { "PassThrough" } else { "PasswordHashSync" },
         "supportedServices": if domain.verified { json!(["Email", "OfficeCommunicationsOnline"]) } else { json!([]) },
     })
 }
@@ -82,8 +84,14 @@ pub async fn create(state: AppState, access: Access, body: crate::graph::Body) -
         return Err(GraphError::bad_request("Domains under isthmus.local are reserved for initial domains."));
     }
     let digits: String = crate::crypto::random_bytes(8).iter().map(|byte| char::from(b'0' + byte % 10)).collect();
-    let domain =
-        Domain { name: name.clone(), verified: false, authentication: "Managed".into(), code: format!("MS=ms{digits}"), initial: false };
+    let domain = Domain {
+        name: name.clone(),
+        verified: false,
+        authentication: "Managed".into(),
+        code: format!("MS=ms{digits}"),
+        initial: false,
+        pass_through: false,
+    };
     let stored = domain.clone();
     state.db.call(move |conn| db::insert_domain(conn, &stored)).await?;
     reload(&state).await?;
@@ -129,7 +137,10 @@ pub async fn verify(state: AppState, access: Access, name: String) -> Result<Res
     Ok(Json(view(&domain)).into_response())
 }
 
-/// `PATCH /v1.0/domains/{name}` with `{"authenticationType": "Managed" | "Federated"}`.
+/// `PATCH /v1.0/domains/{name}` with `{"authenticationType": "Managed" | "Federated"}` and (an
+/// Isthmus property) `{"passwordValidation": "PassThrough" | "PasswordHashSync"}`: whether the
+/// domain's synced users are checked by pass-through agents, or against synced hashes (the
+/// switch back is Entra's manual fallback).
 pub async fn update(state: AppState, access: Access, name: String, body: crate::graph::Body) -> Result<Response, GraphError> {
     access.require_write()?;
     let body = crate::graph::body_object(body)?;
@@ -143,16 +154,39 @@ pub async fn update(state: AppState, access: Access, name: String, body: crate::
                 domain.authentication = kind.to_string();
             }
             ("authenticationType", _) => return Err(GraphError::bad_request("authenticationType must be Managed or Federated.")),
-            (other, _) => return Err(GraphError::bad_request(format!("Invalid property '{other}' (only authenticationType can change)."))),
+            ("passwordValidation", Some(method @ ("PassThrough" | "PasswordHashSync"))) => {
+                if method == "PassThrough" && !domain.verified {
+                    return Err(GraphError::bad_request("Only a verified domain can use pass-through authentication."));
+                }
+                domain.pass_through = method == "PassThrough";
+            }
+            ("passwordValidation", _) => {
+                return Err(GraphError::bad_request("passwordValidation must be PassThrough or PasswordHashSync."));
+            }
+            (other, _) => {
+                return Err(GraphError::bad_request(format!(
+                    "Invalid property '{other}' (only authenticationType and passwordValidation can change)."
+                )));
+            }
         }
     }
     let stored = domain.clone();
-    state.db.call(move |conn| db::update_domain(conn, &stored)).await?;
+    state
+        .db
+        .call(move |conn| {
+            db::update_domain(conn, &stored)?;
+            db::set_pass_through(conn, &stored.name, stored.pass_through)
+        })
+        .await?;
     reload(&state).await?;
     state
         .record(
             "Directory",
-            format!("set domain authentication {}", domain.authentication),
+            format!(
+                "set domain authentication {}, password validation {}",
+                domain.authentication,
+                if domain.pass_through { "PassThrough" } else { "PasswordHashSync" }
+            ),
             access.caller.clone(),
             domain.name.clone(),
             "success",

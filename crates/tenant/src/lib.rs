@@ -23,6 +23,7 @@ mod oauth;
 pub mod odata;
 mod onprem;
 pub mod openapi;
+pub mod passthrough;
 pub mod resilience;
 mod roles;
 pub mod signin;
@@ -83,6 +84,8 @@ pub struct TenantConfig {
     /// Refuse the sign-in of users whose synced password is on the leaked list (otherwise
     /// they are only flagged as risky users).
     pub block_leaked: bool,
+    /// Pass-through authentication's timings and agent certificate lifetime.
+    pub pta: passthrough::PtaSettings,
 }
 
 impl TenantConfig {
@@ -102,6 +105,7 @@ impl TenantConfig {
             postgres: None,
             leaked_list: None,
             block_leaked: false,
+            pta: passthrough::PtaSettings::default(),
         }
     }
 }
@@ -151,6 +155,14 @@ pub struct Shared {
     block_leaked: bool,
     /// Sign-in methods chosen per domain (lower case); the rest follow `authenticationType`.
     methods: std::sync::RwLock<std::collections::HashMap<String, Arc<dyn signin::SignInMethod>>>,
+    /// The CA of pass-through agents' client certificates.
+    pta_ca: passthrough::AgentCa,
+    /// Pass-through sign-ins waiting for agents.
+    pta_hub: passthrough::Hub,
+    /// Pass-through timings.
+    pta_settings: passthrough::PtaSettings,
+    /// Pass-through's automatic fallback to synced hashes, after this long without agents.
+    pta_fallback: std::sync::RwLock<Option<std::time::Duration>>,
 }
 
 /// A token bucket for directory writes.
@@ -238,21 +250,34 @@ impl Shared {
         self.domain_cache.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
-    /// The sign-in method of a domain: one set for it, else by its authentication type.
+    /// The sign-in method of a domain: one set for it, else by its authentication type and
+    /// password validation.
     fn sign_in_method(&self, domain: &str) -> Arc<dyn signin::SignInMethod> {
         let chosen = self.methods.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&domain.to_lowercase()).cloned();
-        chosen.unwrap_or_else(|| match self.authentication_of(domain).as_deref() {
-            Some("Federated") => Arc::new(signin::FederatedElsewhere),
+        chosen.unwrap_or_else(|| match self.verified_domain(domain) {
+            Some(known) if known.authentication == "Federated" => Arc::new(signin::FederatedElsewhere),
+            Some(known) if known.pass_through => Arc::new(passthrough::PassThrough),
             _ => Arc::new(signin::CloudPassword),
         })
     }
 
     /// `Managed` or `Federated` for a verified domain of the tenant; `None` for any other.
     fn authentication_of(&self, domain: &str) -> Option<String> {
-        self.all_domains()
-            .into_iter()
-            .find(|known| known.verified && known.name.eq_ignore_ascii_case(domain))
-            .map(|known| known.authentication)
+        self.verified_domain(domain).map(|known| known.authentication)
+    }
+
+    /// A verified domain of the tenant by name.
+    fn verified_domain(&self, domain: &str) -> Option<db::Domain> {
+        self.all_domains().into_iter().find(|known| known.verified && known.name.eq_ignore_ascii_case(domain))
+    }
+
+    /// After how long without agents pass-through falls back to synced hashes (`None`: never).
+    pub(crate) fn pta_fallback(&self) -> Option<std::time::Duration> {
+        *self.pta_fallback.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn set_pta_fallback(&self, after: Option<std::time::Duration>) {
+        *self.pta_fallback.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = after;
     }
 }
 
@@ -288,17 +313,7 @@ impl FromRequestParts<AppState> for Access {
     type Rejection = GraphError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, GraphError> {
-        let header = parts.headers.get("authorization").and_then(|value| value.to_str().ok()).unwrap_or_default();
-        let Some(token) = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")) else {
-            return Err(GraphError::unauthenticated("Access token is empty."));
-        };
-        let claims = state
-            .signing
-            .verify(token.trim(), unix_now())
-            .map_err(|err| GraphError::unauthenticated(format!("Access token validation failure: {err}.")))?;
-        if claims.get("tid").and_then(|tid| tid.as_str()) != Some(state.identity.tenant_id.as_str()) {
-            return Err(GraphError::unauthenticated("Access token validation failure: the token is for another tenant."));
-        }
+        let claims = bearer_claims(state, &parts.headers)?;
         let caller = claims.get("appid").and_then(|id| id.as_str()).unwrap_or_default().to_string();
         let roles = claims
             .get("roles")
@@ -307,6 +322,22 @@ impl FromRequestParts<AppState> for Access {
             .unwrap_or_default();
         Ok(Access { caller, roles })
     }
+}
+
+/// The claims of the request's bearer token, checked: signed by this tenant, current, for it.
+pub(crate) fn bearer_claims(state: &AppState, headers: &HeaderMap) -> Result<serde_json::Value, GraphError> {
+    let header = headers.get("authorization").and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let Some(token) = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")) else {
+        return Err(GraphError::unauthenticated("Access token is empty."));
+    };
+    let claims = state
+        .signing
+        .verify(token.trim(), unix_now())
+        .map_err(|err| GraphError::unauthenticated(format!("Access token validation failure: {err}.")))?;
+    if claims.get("tid").and_then(|tid| tid.as_str()) != Some(state.identity.tenant_id.as_str()) {
+        return Err(GraphError::unauthenticated("Access token validation failure: the token is for another tenant."));
+    }
+    Ok(claims)
 }
 
 /// The routes of one collection: list, create, get, update, delete, and delta for users and groups.
@@ -380,6 +411,19 @@ pub struct Tenant {
     pub ca_pem: PathBuf,
 }
 
+/// A tenant serving in the background (tests, benchmarks, embedded use): where it listens, and
+/// the switch that stops it (sending on it, or dropping it).
+pub struct Running {
+    /// The bound addresses, in the order of [`TenantConfig::listen`].
+    pub addrs: Vec<SocketAddr>,
+    /// `https://<first address>` (its host is 127.0.0.1 when it listens on a loopback or any address).
+    pub base: String,
+    /// The CA certificate clients should trust.
+    pub ca_pem: PathBuf,
+    /// Stops the tenant.
+    pub stop: tokio::sync::oneshot::Sender<()>,
+}
+
 /// The first app registration, made when the tenant is new: its secret is shown once.
 pub struct BootstrapApp {
     /// The application (client) id.
@@ -432,6 +476,7 @@ impl Tenant {
             authentication: "Managed".into(),
             code: String::new(),
             initial: true,
+            pass_through: false,
         };
         let domains = db
             .call(move |conn| {
@@ -452,6 +497,14 @@ impl Tenant {
             }
             None => None,
         };
+        let pta_ca = passthrough::AgentCa::load_or_create(&db, &identity.tenant_id).await?;
+        let pta_fallback = db
+            .read(|sql| db::setting(sql, "pta_fallback_seconds"))
+            .await?
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| text.parse::<u64>().ok())
+            .map(std::time::Duration::from_secs);
+        let tls = state::server_config(&loaded.cert_pem, &loaded.key_pem, Some(&pta_ca.cert_der))?;
         let app = AppState {
             inner: Arc::new(Shared {
                 identity,
@@ -470,6 +523,10 @@ impl Tenant {
                 sync_settings: std::sync::RwLock::new(sync_settings),
                 leaked,
                 block_leaked: config.block_leaked,
+                pta_ca,
+                pta_hub: passthrough::Hub::new(config.pta),
+                pta_settings: config.pta,
+                pta_fallback: std::sync::RwLock::new(pta_fallback),
             }),
         };
         if app.db.is_postgres() {
@@ -489,7 +546,7 @@ impl Tenant {
                 }
             });
         }
-        Ok((Tenant { config, app, tls: loaded.tls, ca_pem: loaded.ca_pem }, bootstrap))
+        Ok((Tenant { config, app, tls, ca_pem: loaded.ca_pem }, bootstrap))
     }
 
     /// Registers an app with `roles` (for tests and the CLI); returns its id and secret.
@@ -504,8 +561,14 @@ impl Tenant {
     /// Adds `name` as a verified domain without the DNS check — an administrator's override
     /// (for labs and demos), logged and audited as such.
     pub async fn verify_domain_by_override(&self, name: &str, who: &str) -> Result<(), TenantError> {
-        let domain =
-            db::Domain { name: name.to_lowercase(), verified: true, authentication: "Managed".into(), code: String::new(), initial: false };
+        let domain = db::Domain {
+            name: name.to_lowercase(),
+            verified: true,
+            authentication: "Managed".into(),
+            code: String::new(),
+            initial: false,
+            pass_through: false,
+        };
         let stored = domain.clone();
         self.app
             .db
@@ -583,6 +646,38 @@ impl Tenant {
             .route(
                 "/isthmus/v1/passwordHashSync",
                 post(|State(state): State<AppState>, access: Access, body: graph::Body| hashsync::receive(state, access, body)),
+            )
+            .route(
+                "/isthmus/v1/passThroughAuthentication",
+                get(|State(state): State<AppState>, headers: HeaderMap| passthrough::list(state, headers)).patch(
+                    |State(state): State<AppState>, headers: HeaderMap, body: bytes::Bytes| {
+                        passthrough::update_settings(state, headers, body)
+                    },
+                ),
+            )
+            .route(
+                "/isthmus/v1/passThroughAuthentication/agents",
+                get(|State(state): State<AppState>, headers: HeaderMap| passthrough::list(state, headers)).post(
+                    |State(state): State<AppState>, headers: HeaderMap, body: bytes::Bytes| passthrough::register(state, headers, body),
+                ),
+            )
+            .route(
+                "/isthmus/v1/passThroughAuthentication/agents/{id}",
+                delete(|State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>| passthrough::revoke(state, headers, id)),
+            )
+            .route(
+                "/isthmus/v1/passThroughAuthentication/agent/poll",
+                post(|State(state): State<AppState>, agent: passthrough::Agent| passthrough::poll(state, agent)),
+            )
+            .route(
+                "/isthmus/v1/passThroughAuthentication/agent/answer",
+                post(|State(state): State<AppState>, agent: passthrough::Agent, body: bytes::Bytes| {
+                    passthrough::answer(state, agent, body)
+                }),
+            )
+            .route(
+                "/isthmus/v1/passThroughAuthentication/agent/renew",
+                post(|State(state): State<AppState>, agent: passthrough::Agent, body: bytes::Bytes| passthrough::renew(state, agent, body)),
             )
             .route("/v1.0/directoryRoles", get(|access: Access, headers: HeaderMap| roles::list(access, headers)))
             .route("/v1.0/directoryRoles/{id}", get(|access: Access, Path(id): Path<String>| roles::get(access, id)))
@@ -674,6 +769,21 @@ impl Tenant {
         )
     }
 
+    /// Binds and serves on the current tokio runtime until [`Running::stop`] fires or drops.
+    pub async fn spawn(self) -> Result<Running, TenantError> {
+        let ca_pem = self.ca_pem.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (addrs, serve) = self
+            .bind(async move {
+                let _ = stopped.await;
+            })
+            .await?;
+        tokio::spawn(serve);
+        let first = addrs.first().copied().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 443)));
+        let host = if first.ip().is_unspecified() || first.ip().is_loopback() { "127.0.0.1".to_string() } else { first.ip().to_string() };
+        Ok(Running { addrs, base: format!("https://{host}:{}", first.port()), ca_pem, stop })
+    }
+
     /// Binds every listen address; returns the bound addresses (port 0 gets a free port) and a
     /// future that serves until `shutdown` completes.
     pub async fn bind(
@@ -710,6 +820,18 @@ impl Tenant {
                                 }
                                 Err(_) => return,
                             };
+                            // A pass-through agent's client certificate (verified against
+                            // the agent CA by rustls) goes with every request of the connection.
+                            let client_cert = passthrough::PeerCertificate(
+                                tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|cert| Arc::new(cert.to_vec())),
+                            );
+                            let router = tower::ServiceExt::map_request(
+                                router,
+                                move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                                    request.extensions_mut().insert(client_cert.clone());
+                                    request
+                                },
+                            );
                             let service = TowerToHyperService::new(router);
                             if let Err(err) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await
                             {

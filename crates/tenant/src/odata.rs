@@ -29,6 +29,11 @@ impl GraphError {
         }
     }
 
+    /// An error with its own status and code.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        GraphError { status, code, message: message.into(), retry_after: None }
+    }
+
     /// 400 `Request_BadRequest`.
     pub fn bad_request(message: impl Into<String>) -> Self {
         GraphError { status: StatusCode::BAD_REQUEST, code: "Request_BadRequest", message: message.into(), retry_after: None }

@@ -32,10 +32,16 @@ pub struct UserGrant {
 }
 
 /// What a sign-in method says about a password.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Verdict {
     /// The password is right.
     Valid,
+    /// The password is right by the synced hash, because the method's own check was not
+    /// reachable (pass-through's automatic fallback).
+    ValidByFallback,
+    /// The method refuses the sign-in with its own error (an on-premises account state, or a
+    /// retryable failure of its machinery); it does not count toward smart lockout.
+    Refused(TokenEndpointError),
     /// The password is wrong (or the user cannot sign in this way).
     Invalid,
     /// The method cannot decide now (an agent or a federation server is down).
@@ -185,8 +191,25 @@ pub async fn authenticate(
             Verdict::Invalid
         }
     };
+    let mut method_name = method.name().to_string();
     let user = match (verdict, found) {
         (Verdict::Valid, Some(user)) => user,
+        (Verdict::ValidByFallback, Some(user)) => {
+            method_name = format!("{}, fallback to the synced hash", method.name());
+            user
+        }
+        (Verdict::Refused(refusal), _) => {
+            state
+                .record(
+                    "SignIn",
+                    format!("{flow} ({})", method.name()),
+                    key.clone(),
+                    grant.client_id.clone(),
+                    refusal_outcome(refusal.code),
+                )
+                .await;
+            return Err(refusal);
+        }
         (Verdict::Unavailable(why), _) => {
             state.record("SignIn", format!("{flow} ({})", method.name()), key.clone(), grant.client_id.clone(), "method unavailable").await;
             return Err(TokenEndpointError::new("temporarily_unavailable", 80001, format!("The sign-in method is not available: {why}")));
@@ -241,8 +264,24 @@ pub async fn authenticate(
         let lookup = key.clone();
         state.db.call(move |sql| db::lockout_clear(sql, &lookup)).await.map_err(|err| unavailable(&err))?;
     }
-    state.record("SignIn", format!("{flow} ({})", method.name()), key.clone(), grant.client_id.clone(), "success").await;
+    state.record("SignIn", format!("{flow} ({method_name})"), key.clone(), grant.client_id.clone(), "success").await;
     Ok(user)
+}
+
+/// The audit outcome of a refusal, by its AADSTS code.
+fn refusal_outcome(code: u32) -> &'static str {
+    match code {
+        50057 => "disabled on-premises",
+        50053 => "locked out on-premises",
+        50144 => "on-premises password expired",
+        50055 => "password must change",
+        80016 => "on-premises account expired",
+        80012 => "outside logon hours",
+        80017 => "workstation restriction",
+        80001 => "no pass-through agent",
+        80002 => "pass-through timed out",
+        _ => "refused by the sign-in method",
+    }
 }
 
 /// The password grant.

@@ -64,8 +64,10 @@ pub struct Loaded {
     pub legacy_identity: Option<Identity>,
     /// The token-signing key (PKCS#8), from an older tenant's `signing.p8`.
     pub legacy_signing: Option<zeroize::Zeroizing<Vec<u8>>>,
-    /// HTTPS server settings.
-    pub tls: Arc<rustls::ServerConfig>,
+    /// The HTTPS certificate (PEM).
+    pub cert_pem: PathBuf,
+    /// Its key (PEM).
+    pub key_pem: PathBuf,
     /// The CA clients should trust (the generated one).
     pub ca_pem: PathBuf,
     /// The directory database file (SQLite).
@@ -106,8 +108,9 @@ pub fn open(dir: &Path, hosts: &[String]) -> Result<Loaded, StateError> {
     if !cert_pem.exists() || !key_pem.exists() {
         issue_certificates(&dir.join("tls"), hosts)?;
     }
-    let tls = server_config(&cert_pem, &key_pem)?;
-    Ok(Loaded { legacy_identity, legacy_signing, tls, ca_pem, db_path: dir.join("tenant.db") })
+    // Fail early on unusable files (a given certificate), before the database is touched.
+    server_config(&cert_pem, &key_pem, None)?;
+    Ok(Loaded { legacy_identity, legacy_signing, cert_pem, key_pem, ca_pem, db_path: dir.join("tenant.db") })
 }
 
 /// Removes the files an older tenant kept its identity and key in, once the database holds them.
@@ -153,8 +156,10 @@ fn issue_certificates(dir: &Path, hosts: &[String]) -> Result<(), StateError> {
     Ok(())
 }
 
-/// rustls server settings from PEM files.
-pub fn server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<rustls::ServerConfig>, StateError> {
+/// rustls server settings from PEM files. With `agent_ca` (DER), clients may present a
+/// certificate issued by it (pass-through agents, mutual TLS); clients without one (browsers,
+/// MSAL, the sync) are served as before, and a certificate from any other issuer is refused.
+pub fn server_config(cert_pem: &Path, key_pem: &Path, agent_ca: Option<&[u8]>) -> Result<Arc<rustls::ServerConfig>, StateError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let invalid = |path: &Path, message: String| StateError::Invalid { path: path.to_path_buf(), message };
@@ -167,12 +172,22 @@ pub fn server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<rustls::Serv
     }
     let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|err| invalid(key_pem, err.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|err| invalid(cert_pem, err.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|err| invalid(key_pem, err.to_string()))?;
+        .map_err(|err| invalid(cert_pem, err.to_string()))?;
+    let builder = match agent_ca {
+        Some(der) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(CertificateDer::from(der.to_vec())).map_err(|err| invalid(cert_pem, format!("the agent CA: {err}")))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|err| invalid(cert_pem, format!("the agent CA: {err}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|err| invalid(key_pem, err.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -21,7 +21,7 @@ pub mod samba;
 pub mod slapd;
 pub mod tls;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use net::LoopbackAddr;
 
@@ -151,6 +151,45 @@ pub fn python_clients() -> Result<PathBuf> {
             candidate.display()
         ))),
     }
+}
+
+/// The resource-owner password grant through Microsoft's Python `msal` (a public client of
+/// `authority_base/tenant`, trusting `ca`, with no proxy settings from the environment): the
+/// JSON line the script prints, `{"user": <preferred_username or null>, "error": <error or null>}`.
+/// MSAL asks for user-realm discovery on port 443 whatever the authority's port, so
+/// `authority_base` is the tenant's `https://<address>` on 443.
+pub fn msal_ropc(
+    python: &Path,
+    authority_base: &str,
+    tenant: &str,
+    client_id: &str,
+    ca: &Path,
+    user: &str,
+    password: &str,
+) -> Result<String> {
+    const SCRIPT: &str = r#"
+import json, sys, msal, requests
+base443, domain, client_id, ca, user, password = sys.argv[1:7]
+session = requests.Session()
+session.verify = ca
+session.trust_env = False
+app = msal.PublicClientApplication(client_id, authority=f"{base443}/{domain}", instance_discovery=False, http_client=session)
+result = app.acquire_token_by_username_password(user, password, scopes=["User.Read"])
+print(json.dumps({"user": result.get("id_token_claims", {}).get("preferred_username"), "error": result.get("error")}))
+"#;
+    let ca = ca.display().to_string();
+    let args = ["-c", SCRIPT, authority_base, tenant, client_id, &ca, user, password];
+    let output =
+        std::process::Command::new(python).args(args).output().map_err(|err| Error::MissingTool(format!("{}: {err}", python.display())))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        return Err(Error::CommandFailed {
+            command: format!("{} -c <msal ROPC> … {user}", python.display()),
+            status: output.status.to_string(),
+            output: format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)),
+        });
+    }
+    Ok(stdout.lines().last().unwrap_or_default().to_string())
 }
 
 #[cfg(test)]
