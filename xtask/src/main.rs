@@ -3,6 +3,7 @@
 mod bench_hybrid;
 mod bench_import;
 mod bench_phs;
+mod bench_pta;
 mod bench_sync;
 mod bench_tenant;
 mod gen_directory;
@@ -39,6 +40,8 @@ enum Command {
     BenchHybrid(bench_hybrid::Args),
     /// Time password hash sync: NT hashes read over MS-DRSR, and password change → cloud sign-in.
     BenchPhs(bench_phs::Args),
+    /// Time pass-through authentication: sign-ins/s with one and three agents, latency over a bare bind.
+    BenchPta(bench_pta::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         Command::BenchTenant(args) => bench_tenant::run(&args),
         Command::BenchHybrid(args) => bench_hybrid::run(&args),
         Command::BenchPhs(args) => bench_phs::run(&args),
+        Command::BenchPta(args) => bench_pta::run(&args),
         Command::SambaDc { realm } => samba_dc(&realm),
     }
 }

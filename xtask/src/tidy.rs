@@ -45,6 +45,7 @@ pub const LAYERS: &[(&str, Layer)] = &[
     ("drsr", Layer::Adapter),
     ("sync-runner", Layer::Service),
     ("tenant", Layer::Service),
+    ("pta-agent", Layer::Service),
     ("store-sqlite", Layer::Adapter),
     ("store-postgres", Layer::Adapter),
     ("isthmus", Layer::Binary),
