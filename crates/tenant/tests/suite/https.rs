@@ -48,6 +48,7 @@ async fn start_policy(write_limit: Option<u32>, dns: Option<std::net::SocketAddr
     config.write_limit = write_limit;
     config.dns_resolver = dns;
     config.match_policy = policy;
+    config.pta.poll_wait = std::time::Duration::from_secs(1);
     let postgres = choose_backend(&mut config);
     let (tenant, bootstrap) = Tenant::open(config).await.unwrap();
     let admin = bootstrap.expect("a new tenant has an admin app");
@@ -1331,4 +1332,138 @@ async fn members_are_added_in_bulk_with_odata_bind() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "at most 20 per request");
     let (status, _) = tenant.call(Method::PATCH, &format!("/v1.0/users/{}", ids[0]), &admin, Some(bind(&[&ids[1]]))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "users have no members");
+}
+
+/// A pass-through agent driven by the test: its own key and certificate from the tenant.
+struct TestAgent {
+    http: reqwest::Client,
+    key: pta::AgentKey,
+    id: String,
+}
+
+impl TestAgent {
+    async fn register(tenant: &Running, admin: &str) -> (StatusCode, Option<TestAgent>) {
+        use rustls::pki_types::pem::PemObject as _;
+        let tls_key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::default().serialize_request(&tls_key).unwrap().pem().unwrap();
+        let key = pta::AgentKey::from_bytes([9; 32]);
+        let body = json!({"csr": csr, "encryptionKey": pta::key_to_text(&key.public()), "machineName": "test", "version": "1"});
+        let (status, registered) =
+            tenant.call(reqwest::Method::POST, "/isthmus/v1/passThroughAuthentication/agents", admin, Some(body)).await;
+        if status != StatusCode::CREATED {
+            return (status, None);
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from_pem_file(&tenant.ca_pem).unwrap()).unwrap();
+        let chain = vec![rustls::pki_types::CertificateDer::from_pem_slice(registered["certificate"].as_str().unwrap().as_bytes()).unwrap()];
+        let private = rustls::pki_types::PrivateKeyDer::from_pem_slice(tls_key.serialize_pem().as_bytes()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, private)
+            .unwrap();
+        let http = reqwest::Client::builder().use_preconfigured_tls(config).build().unwrap();
+        (status, Some(TestAgent { http, key, id: registered["agentId"].as_str().unwrap().to_string() }))
+    }
+
+    async fn post(&self, tenant: &Running, path: &str, body: Option<Value>) -> (StatusCode, String) {
+        let mut request = self.http.post(format!("{}/isthmus/v1/passThroughAuthentication/agent/{path}", tenant.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
+    /// Takes the next sign-in, checks the sealed password opens to `expected`, answers `outcome`.
+    async fn answer_next(&self, tenant: &Running, expected: &str, outcome: pta::Outcome) {
+        loop {
+            let (status, body) = self.post(tenant, "poll", None).await;
+            if status == StatusCode::NO_CONTENT {
+                continue;
+            }
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let work: pta::Work = serde_json::from_str(&body).unwrap();
+            let password = self.key.open(&work.context(&self.id), &work.sealed().unwrap()).unwrap();
+            assert_eq!(password.as_slice(), expected.as_bytes());
+            let (status, body) = self.post(tenant, "answer", Some(json!({"requestId": work.request_id, "outcome": outcome}))).await;
+            assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_outcomes_reach_the_token_endpoint() {
+    let tenant = start().await;
+    let (admin, sync, reader) = (tenant.token(&tenant.admin).await, tenant.token(&tenant.sync).await, tenant.token(&tenant.reader).await);
+    use reqwest::Method;
+    let domain_path = format!("/v1.0/domains/{}", tenant.domain);
+    for bad in [json!({"passwordValidation": "Sometimes"}), json!({"passwordValidation": 1})] {
+        let (status, _) = tenant.call(Method::PATCH, &domain_path, &admin, Some(bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    let (status, body) = tenant.call(Method::PATCH, &domain_path, &admin, Some(json!({"passwordValidation": "PassThrough"}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, pat) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced_user("pat", &tenant.domain, "cGF0"))).await;
+    assert_eq!(status, StatusCode::CREATED, "{pat}");
+    let upn = format!("pat@{}", tenant.domain);
+    let client = tenant.reader.0.clone();
+    let code = |body: &Value| body["error_codes"][0].as_u64().unwrap_or(0);
+
+    let (status, body) = tenant.password_grant(&client, &upn, "Pat!Pass.1").await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, 80001), "no agent yet: {body}");
+    let (status, _) = TestAgent::register(&tenant, &reader).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a reader may not register agents");
+    let (_, agent) = TestAgent::register(&tenant, &admin).await;
+    let agent = agent.unwrap();
+    assert_eq!(agent.post(&tenant, "poll", None).await.0, StatusCode::NO_CONTENT, "no work yet");
+
+    let cases = [
+        (pta::Outcome::Valid, 0),
+        (pta::Outcome::BadPassword, 50126),
+        (pta::Outcome::Disabled, 50057),
+        (pta::Outcome::LockedOut, 50053),
+        (pta::Outcome::PasswordExpired, 50144),
+        (pta::Outcome::MustChangePassword, 50055),
+        (pta::Outcome::AccountExpired, 80016),
+        (pta::Outcome::LogonHours, 80012),
+        (pta::Outcome::Workstation, 80017),
+        (pta::Outcome::DcUnreachable, 80007),
+    ];
+    for (outcome, expected) in cases {
+        let (signed_in, ()) = tokio::join!(tenant.password_grant(&client, &upn, "Pat!Pass.1"), agent.answer_next(&tenant, "Pat!Pass.1", outcome));
+        let (status, body) = signed_in;
+        assert_eq!(code(&body), expected, "{outcome:?}: {body}");
+        assert_eq!(status == StatusCode::OK, expected == 0, "{outcome:?}");
+        if outcome == pta::Outcome::DcUnreachable {
+            assert_eq!(body["error"], "temporarily_unavailable", "retryable: {body}");
+        }
+    }
+    // Cloud-only users of the domain keep their cloud password.
+    let (status, _) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("cloudy", &tenant.domain))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = tenant.password_grant(&client, &format!("cloudy@{}", tenant.domain), "Str0ng!Pass").await;
+    assert_eq!(status, StatusCode::OK, "no agent asked for a cloud-only user: {body}");
+
+    // Renewal: a new certificate; the old one keeps working a little while.
+    let tls_key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default().serialize_request(&tls_key).unwrap().pem().unwrap();
+    let renewal = json!({"csr": csr, "encryptionKey": pta::key_to_text(&pta::AgentKey::from_bytes([10; 32]).public())});
+    let (status, body) = agent.post(&tenant, "renew", Some(renewal)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(agent.post(&tenant, "poll", None).await.0, StatusCode::NO_CONTENT, "the old certificate's grace period");
+    let (_, list) = tenant.call(Method::GET, "/isthmus/v1/passThroughAuthentication/agents", &admin, None).await;
+    let listed = &list["value"][0];
+    assert_eq!((listed["status"].as_str(), listed["requestsServed"].as_u64(), listed["errors"].as_u64()), (Some("active"), Some(10), Some(1)), "{list}");
+    let (status, _) = tenant.call(Method::DELETE, &format!("/isthmus/v1/passThroughAuthentication/agents/{}", agent.id), &admin, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(agent.post(&tenant, "poll", None).await.0, StatusCode::FORBIDDEN, "revoked");
+    let (status, _) = tenant.call(Method::DELETE, &format!("/isthmus/v1/passThroughAuthentication/agents/{}", agent.id), &admin, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "revoked already");
+    for bad in [json!({"automaticFallbackSeconds": -1}), json!({"automaticFallbackSeconds": "soon"}), json!({"other": 1})] {
+        let (status, _) = tenant.call(Method::PATCH, "/isthmus/v1/passThroughAuthentication", &admin, Some(bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
 }
