@@ -42,6 +42,10 @@ use crate::{AppState, crypto, unix_now};
 /// Entra's limit of agents per tenant.
 pub const MAX_AGENTS: usize = 40;
 
+/// Sign-ins waiting for agents at once; beyond it new ones are refused at once (retryable)
+/// rather than queued, so a flood cannot grow the tenant's memory without bound.
+pub const MAX_PENDING: usize = 10_000;
+
 /// Timings of pass-through sign-ins (defaults in [`PtaSettings::default`]).
 #[derive(Debug, Clone, Copy)]
 pub struct PtaSettings {
@@ -475,6 +479,8 @@ pub enum NoAnswer {
     Timeout,
     /// Every agent that could be asked failed; the last failure.
     Failed(pta::Outcome),
+    /// Too many sign-ins are waiting already.
+    Busy,
 }
 
 impl Hub {
@@ -619,6 +625,10 @@ impl Hub {
         let (answers, mut received) = tokio::sync::mpsc::unbounded_channel();
         {
             let mut state = self.lock();
+            if state.pending.len() >= MAX_PENDING {
+                tracing::warn!(waiting = state.pending.len(), "pass-through queue full: sign-in refused");
+                return Err(NoAnswer::Busy);
+            }
             state.pending.insert(
                 request_id.clone(),
                 Pending {
@@ -770,6 +780,11 @@ impl SignInMethod for PassThrough {
                     "The password validation request to the pass-through agents timed out. Try again.",
                 )),
                 Err(NoAnswer::Failed(outcome)) => Verdict::Refused(refusal(outcome)),
+                Err(NoAnswer::Busy) => Verdict::Refused(TokenEndpointError::new(
+                    "temporarily_unavailable",
+                    80005,
+                    "Too many sign-ins are waiting for the pass-through agents. Try again.",
+                )),
             }
         })
     }
