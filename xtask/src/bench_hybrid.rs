@@ -89,14 +89,8 @@ async fn bench(args: &Args, isthmus: &Path) -> anyhow::Result<()> {
     tenant.verify_domain_by_override(&domain, "bench-hybrid").await?;
     let sync = tenant.register_app("Isthmus sync", &[tenant::SYNC_ROLE]).await?;
     let (initial, ca) = (tenant.initial_domain().to_string(), tenant.ca_pem.clone());
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (bound, serve) = tenant
-        .bind(async move {
-            let _ = stopped.await;
-        })
-        .await?;
-    tokio::spawn(serve);
-    let base = format!("https://127.0.0.1:{}", bound[0].port());
+    let running = tenant.spawn().await?;
+    let (_stop, base) = (running.stop, running.base);
     let http =
         reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca)?)?).use_rustls_tls().build()?;
     let form = [

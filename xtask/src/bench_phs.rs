@@ -163,14 +163,8 @@ async fn latency(args: &Args, isthmus: &Path) -> anyhow::Result<()> {
     let sync = tenant.register_app("Isthmus sync", &[tenant::SYNC_ROLE]).await?;
     let public = tenant.register_app("a public client", &["Directory.Read.All"]).await?;
     let (initial, ca) = (tenant.initial_domain().to_string(), tenant.ca_pem.clone());
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (bound, serve) = tenant
-        .bind(async move {
-            let _ = stopped.await;
-        })
-        .await?;
-    tokio::spawn(serve);
-    let base = format!("https://127.0.0.1:{}", bound[0].port());
+    let running = tenant.spawn().await?;
+    let (_stop, base) = (running.stop, running.base);
     let http =
         reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca)?)?).use_rustls_tls().build()?;
     let config_path = folder.path().join("isthmus.toml");

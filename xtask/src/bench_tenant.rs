@@ -56,14 +56,8 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     let sync = tenant.register_app("sync", &[tenant::SYNC_ROLE]).await?;
     let ca_file = tenant.ca_pem.clone();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_file)?)?;
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (bound, serve) = tenant
-        .bind(async move {
-            let _ = stopped.await;
-        })
-        .await?;
-    tokio::spawn(serve);
-    let base = format!("https://127.0.0.1:{}", bound[0].port());
+    let running = tenant.spawn().await?;
+    let (_stop, base) = (running.stop, running.base);
     let client = reqwest::Client::builder().add_root_certificate(ca).use_rustls_tls().build()?;
     let token_url = format!("{base}/{domain}/oauth2/v2.0/token");
 

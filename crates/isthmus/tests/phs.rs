@@ -87,15 +87,8 @@ async fn on_premises_passwords_sign_in_to_the_tenant_after_hash_sync() {
     let sync = tenant.register_app("Isthmus sync", &[tenant::SYNC_ROLE]).await.unwrap();
     let public = tenant.register_app("a public client", &["Directory.Read.All"]).await.unwrap();
     let (domain, ca) = (tenant.initial_domain().to_string(), tenant.ca_pem.clone());
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (bound, serve) = tenant
-        .bind(async move {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    tokio::spawn(serve);
-    let base = format!("https://127.0.0.1:{}", bound[0].port());
+    let running = tenant.spawn().await.unwrap();
+    let (_stop, base) = (running.stop, running.base);
     let http = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
         .use_rustls_tls()

@@ -134,15 +134,8 @@ async fn msal_and_msgraph_sdk_work_unmodified() {
     let (tenant, bootstrap) = Tenant::open(config).await.unwrap();
     let admin = bootstrap.unwrap();
     let (domain, ca) = (tenant.initial_domain().to_string(), tenant.ca_pem.clone());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (bound, serve) = tenant
-        .bind(async move {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    tokio::spawn(serve);
-    let base = format!("https://127.0.0.1:{}", bound[0].port());
+    let running = tenant.spawn().await.unwrap();
+    let (stop, base) = (running.stop, running.base);
     let script = dir.path().join("clients.py");
     std::fs::write(&script, SCRIPT).unwrap();
     let base443 = format!("https://{}", address.ip());
