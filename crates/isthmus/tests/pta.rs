@@ -453,7 +453,9 @@ async fn ad_passwords_and_account_states_through_three_agents() {
     let ((work, first, replay), ()) = tokio::join!(hand_side, sign_in_side);
     assert_eq!(first.0, 204, "{first:?}");
     assert_eq!(replay.0, 409, "a replayed answer: {replay:?}");
-    assert!(replay.1.contains("replay"), "{replay:?}");
+    // Refused as a replay, or (when another agent has answered the sign-in meanwhile) as an
+    // answer to a request that no longer waits; the tenant suite checks the replay case exactly.
+    assert!(replay.1.contains("replay") || replay.1.contains("no sign-in request"), "{replay:?}");
     let sealed = work.sealed().unwrap();
     let context = work.context(&hand.id);
     assert_eq!(hand.key.open(&context, &sealed).unwrap().as_slice(), PASSWORD.as_bytes(), "sealed to this agent's key");

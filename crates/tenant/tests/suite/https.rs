@@ -1441,6 +1441,32 @@ async fn pass_through_outcomes_reach_the_token_endpoint() {
             assert_eq!(body["error"], "temporarily_unavailable", "retryable: {body}");
         }
     }
+    // A second agent: the first answers "cannot decrypt", so the request waits for the second;
+    // meanwhile the first agent's replayed answer and an answer by hand to a request the second
+    // agent never got are refused, and the tenant keeps serving.
+    let (_, second) = TestAgent::register(&tenant, &admin).await;
+    let second = second.unwrap();
+    assert_eq!(second.post(&tenant, "poll", None).await.0, StatusCode::NO_CONTENT);
+    let relay = async {
+        let work = loop {
+            let (status, body) = agent.post(&tenant, "poll", None).await;
+            if status == StatusCode::OK {
+                break serde_json::from_str::<pta::Work>(&body).unwrap();
+            }
+        };
+        let answer = json!({"requestId": work.request_id, "outcome": "decryptFailed"});
+        assert_eq!(agent.post(&tenant, "answer", Some(answer.clone())).await.0, StatusCode::NO_CONTENT);
+        let (status, text) = agent.post(&tenant, "answer", Some(answer)).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(text.contains("replay"), "{text}");
+        let (status, text) = second.post(&tenant, "answer", Some(json!({"requestId": work.request_id, "outcome": "valid"}))).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(text.contains("not given to this agent"), "{text}");
+        second.answer_next(&tenant, "Pat!Pass.1", pta::Outcome::Valid).await;
+    };
+    let ((status, body), ()) = tokio::join!(tenant.password_grant(&client, &upn, "Pat!Pass.1"), relay);
+    assert_eq!(status, StatusCode::OK, "the second agent answered: {body}");
+
     // Cloud-only users of the domain keep their cloud password.
     let (status, _) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("cloudy", &tenant.domain))).await;
     assert_eq!(status, StatusCode::CREATED);
@@ -1455,8 +1481,8 @@ async fn pass_through_outcomes_reach_the_token_endpoint() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(agent.post(&tenant, "poll", None).await.0, StatusCode::NO_CONTENT, "the old certificate's grace period");
     let (_, list) = tenant.call(Method::GET, "/isthmus/v1/passThroughAuthentication/agents", &admin, None).await;
-    let listed = &list["value"][0];
-    assert_eq!((listed["status"].as_str(), listed["requestsServed"].as_u64(), listed["errors"].as_u64()), (Some("active"), Some(10), Some(1)), "{list}");
+    let listed = list["value"].as_array().unwrap().iter().find(|listed| listed["id"] == agent.id.as_str()).unwrap();
+    assert_eq!((listed["status"].as_str(), listed["requestsServed"].as_u64(), listed["errors"].as_u64()), (Some("active"), Some(11), Some(2)), "{list}");
     let (status, _) = tenant.call(Method::DELETE, &format!("/isthmus/v1/passThroughAuthentication/agents/{}", agent.id), &admin, None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(agent.post(&tenant, "poll", None).await.0, StatusCode::FORBIDDEN, "revoked");
