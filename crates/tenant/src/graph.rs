@@ -619,6 +619,9 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
     if patch.contains_key("onPremisesSyncEnabled") && !access.is_sync() {
         return Err(synced_refusal());
     }
+    // Only a changed UPN or address can free a value another object has in quarantine (a
+    // member add or any other property cannot): re-checking scans every quarantined object.
+    let frees_values = patch.keys().any(|name| matches!(name.as_str(), "userPrincipalName" | "proxyAddresses" | "mail"));
     let (kind, lookup, sync, domains) = (resource.kind, key.clone(), access.is_sync(), state.resilience_domains());
     let updated = state
         .db
@@ -671,7 +674,9 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
     let object =
         updated.ok_or_else(|| GraphError::not_found(&key))?.map_err(|why| why.map_or_else(synced_refusal, GraphError::bad_request))?;
     // A value this object gave up may free another's quarantine.
-    state.recheck_conflicts().await;
+    if frees_values {
+        state.recheck_conflicts().await;
+    }
     state
         .record(
             "Directory",
