@@ -112,6 +112,9 @@ async fn bench(args: &Args, isthmus: &std::path::Path) -> anyhow::Result<()> {
 
     // The floor: a bare bind on a kept LDAPS connection.
     let mut ldap = testkit::ldap::Connection::connect(&dc.ldaps_url(), Some(dc.ca_pem()), false).await?;
+    for user in users.iter().take(50) {
+        ldap.bind(user, PASSWORD).await?;
+    }
     let mut binds = Vec::new();
     for index in 0..args.sequential {
         let started = Instant::now();
@@ -120,6 +123,26 @@ async fn bench(args: &Args, isthmus: &std::path::Path) -> anyhow::Result<()> {
     }
     let (bind_median, bind_p99) = percentiles(binds);
     println!("bare LDAPS bind: median {bind_median:.2} ms, p99 {bind_p99:.2} ms ({} binds)", args.sequential);
+    // The DC's own ceiling: bare binds on as many connections as sign-ins in flight.
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    let per_connection = args.total / args.concurrency.max(1);
+    for connection in 0..args.concurrency.max(1) {
+        let (url, ca, users) = (dc.ldaps_url(), dc.ca_pem().to_path_buf(), users.clone());
+        set.spawn(async move {
+            let mut ldap = testkit::ldap::Connection::connect(&url, Some(&ca), false).await?;
+            for index in 0..per_connection {
+                ldap.bind(&users[(connection + index) % users.len()], PASSWORD).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(result) = set.join_next().await {
+        result??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let binds = per_connection * args.concurrency.max(1);
+    println!("bare LDAPS binds, {} connections: {binds} in {elapsed:.2} s = {:.0} binds/s", args.concurrency, binds as f64 / elapsed);
 
     let sign_in = |user: String| {
         let (http, url, client) = (http.clone(), format!("{base}/{realm}/oauth2/v2.0/token"), public.client_id.clone());
