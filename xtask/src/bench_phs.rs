@@ -66,26 +66,29 @@ fn set_hashes(dc: &SambaDc) -> anyhow::Result<Vec<String>> {
     anyhow::ensure!(listing.status.success(), "ldbsearch: {}", String::from_utf8_lossy(&listing.stderr));
     let dns: Vec<String> =
         String::from_utf8_lossy(&listing.stdout).lines().filter_map(|line| line.strip_prefix("dn: ")).map(str::to_string).collect();
-    let mut ldif = String::new();
-    for dn in &dns {
-        let cn = dn.split(',').next().and_then(|rdn| rdn.strip_prefix("CN=")).unwrap_or(dn);
-        let hash = phs::NtHash::of_password(&password_of(cn));
-        ldif.push_str(&format!(
-            "dn: {dn}\nchangetype: modify\nreplace: unicodePwd\nunicodePwd:: {}\n\n",
-            base64::engine::general_purpose::STANDARD.encode(hash.as_bytes())
-        ));
-    }
+    // One ldbmodify (one transaction) per chunk: 100,000 changes in one overflow TDB's recovery area.
     let file = dc.dir().join("bench-hashes.ldif");
-    std::fs::write(&file, ldif)?;
     let started = Instant::now();
-    let modified = Command::new("ldbmodify")
-        .arg("-H")
-        .arg(&sam)
-        .arg("--controls=local_oid:1.3.6.1.4.1.7165.4.3.12:0")
-        .arg(&file)
-        .output()
-        .context("run ldbmodify")?;
-    anyhow::ensure!(modified.status.success(), "ldbmodify: {}", String::from_utf8_lossy(&modified.stderr));
+    for chunk in dns.chunks(5_000) {
+        let mut ldif = String::new();
+        for dn in chunk {
+            let cn = dn.split(',').next().and_then(|rdn| rdn.strip_prefix("CN=")).unwrap_or(dn);
+            let hash = phs::NtHash::of_password(&password_of(cn));
+            ldif.push_str(&format!(
+                "dn: {dn}\nchangetype: modify\nreplace: unicodePwd\nunicodePwd:: {}\n\n",
+                base64::engine::general_purpose::STANDARD.encode(hash.as_bytes())
+            ));
+        }
+        std::fs::write(&file, ldif)?;
+        let modified = Command::new("ldbmodify")
+            .arg("-H")
+            .arg(&sam)
+            .arg("--controls=local_oid:1.3.6.1.4.1.7165.4.3.12:0")
+            .arg(&file)
+            .output()
+            .context("run ldbmodify")?;
+        anyhow::ensure!(modified.status.success(), "ldbmodify: {}", String::from_utf8_lossy(&modified.stderr));
+    }
     std::fs::remove_file(&file)?;
     println!("NT hashes set on {} people in {:.1} s", dns.len(), started.elapsed().as_secs_f64());
     Ok(dns)
