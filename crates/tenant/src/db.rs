@@ -119,6 +119,11 @@ CREATE INDEX IF NOT EXISTS objects_kind_id ON objects(kind, id);
 CREATE INDEX IF NOT EXISTS objects_kind_seq ON objects(kind, seq);
 CREATE INDEX IF NOT EXISTS objects_immutable ON objects(kind, json_extract(data, '$.onPremisesImmutableId'));
 CREATE INDEX IF NOT EXISTS objects_cloud_only ON objects(kind) WHERE json_extract(data, '$.onPremisesImmutableId') IS NULL;
+-- The few objects with quarantined values (re-checked after deletes and UPN/address changes).
+CREATE INDEX IF NOT EXISTS objects_provisioning_errors ON objects(id)
+    WHERE deleted = 0 AND json_extract(data, '$.onPremisesProvisioningErrors') IS NOT NULL;
+CREATE INDEX IF NOT EXISTS objects_wanted_upn ON objects(id)
+    WHERE deleted = 0 AND kind = 'user' AND lower(json_extract(data, '$.onPremisesUserPrincipalName')) <> lower(json_extract(data, '$.userPrincipalName'));
 CREATE TABLE IF NOT EXISTS credentials (
     user_id TEXT PRIMARY KEY,
     salt BLOB NOT NULL,
@@ -207,6 +212,10 @@ CREATE INDEX IF NOT EXISTS objects_kind_id ON objects (kind, id);
 CREATE INDEX IF NOT EXISTS objects_kind_seq ON objects (kind, seq);
 CREATE INDEX IF NOT EXISTS objects_immutable ON objects (kind, ((data::jsonb) ->> 'onPremisesImmutableId'));
 CREATE INDEX IF NOT EXISTS objects_cloud_only ON objects (kind) WHERE ((data::jsonb) ->> 'onPremisesImmutableId') IS NULL;
+CREATE INDEX IF NOT EXISTS objects_provisioning_errors ON objects (id)
+    WHERE deleted = 0 AND ((data::jsonb) ->> 'onPremisesProvisioningErrors') IS NOT NULL;
+CREATE INDEX IF NOT EXISTS objects_wanted_upn ON objects (id)
+    WHERE deleted = 0 AND kind = 'user' AND lower(((data::jsonb) ->> 'onPremisesUserPrincipalName')) <> lower(((data::jsonb) ->> 'userPrincipalName'));
 CREATE TABLE IF NOT EXISTS credentials (user_id TEXT PRIMARY KEY, salt BYTEA NOT NULL, hash BYTEA NOT NULL, iterations BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS apps (client_id TEXT PRIMARY KEY, name TEXT NOT NULL, secret_hash BYTEA NOT NULL, roles TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
@@ -594,9 +603,11 @@ pub fn with_provisioning_differences(sql: &mut dyn Sql) -> Result<Vec<Stored>, D
         json_text(dialect, "onPremisesUserPrincipalName"),
         json_text(dialect, "userPrincipalName"),
     );
+    // Two selects, each the WHERE of a partial index (objects_provisioning_errors,
+    // objects_wanted_upn), so only quarantined objects are read, not the whole directory.
     let query = format!(
-        "SELECT id, data, kind FROM objects WHERE deleted = 0 AND ({errors} IS NOT NULL \
-         OR (kind = 'user' AND {wanted} IS NOT NULL AND lower({wanted}) <> lower({upn})))"
+        "SELECT id, data, kind FROM objects WHERE deleted = 0 AND {errors} IS NOT NULL \
+         UNION SELECT id, data, kind FROM objects WHERE deleted = 0 AND kind = 'user' AND lower({wanted}) <> lower({upn})"
     );
     let mut out = Vec::new();
     for row in sql.query(&query, &[])? {
