@@ -192,7 +192,7 @@ CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT N
 CREATE INDEX IF NOT EXISTS role_members_member ON role_members(member_id);
 CREATE TABLE IF NOT EXISTS synced_credentials (user_id TEXT PRIMARY KEY, credential TEXT NOT NULL, must_change INTEGER NOT NULL, synced_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS risky_users (user_id TEXT PRIMARY KEY, leaked_count INTEGER NOT NULL, detected_at INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS domain_methods (name TEXT PRIMARY KEY COLLATE NOCASE, method TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS domain_settings (name TEXT PRIMARY KEY COLLATE NOCASE, method TEXT, validity_days INTEGER);
 CREATE TABLE IF NOT EXISTS pta_agents (id TEXT PRIMARY KEY, machine TEXT NOT NULL, version TEXT NOT NULL, encryption_key TEXT NOT NULL,
     registered_at INTEGER NOT NULL, registered_by TEXT NOT NULL, not_after INTEGER NOT NULL, revoked_at INTEGER);
 CREATE TABLE IF NOT EXISTS pta_certs (fingerprint TEXT PRIMARY KEY, agent_id TEXT NOT NULL, not_after INTEGER NOT NULL);
@@ -252,7 +252,7 @@ CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT N
 CREATE INDEX IF NOT EXISTS role_members_member ON role_members (member_id);
 CREATE TABLE IF NOT EXISTS synced_credentials (user_id TEXT PRIMARY KEY, credential TEXT NOT NULL, must_change BIGINT NOT NULL, synced_at BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS risky_users (user_id TEXT PRIMARY KEY, leaked_count BIGINT NOT NULL, detected_at BIGINT NOT NULL);
-CREATE TABLE IF NOT EXISTS domain_methods (name TEXT PRIMARY KEY, method TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS domain_settings (name TEXT PRIMARY KEY, method TEXT, validity_days BIGINT);
 CREATE TABLE IF NOT EXISTS pta_agents (id TEXT PRIMARY KEY, machine TEXT NOT NULL, version TEXT NOT NULL, encryption_key TEXT NOT NULL,
     registered_at BIGINT NOT NULL, registered_by TEXT NOT NULL, not_after BIGINT NOT NULL, revoked_at BIGINT);
 CREATE TABLE IF NOT EXISTS pta_certs (fingerprint TEXT PRIMARY KEY, agent_id TEXT NOT NULL, not_after BIGINT NOT NULL);
@@ -815,13 +815,16 @@ pub struct Domain {
     pub initial: bool,
     /// Synced users of this (managed) domain sign in through pass-through agents.
     pub pass_through: bool,
+    /// Days a cloud-checked password stays valid (`passwordValidityPeriodInDays`); `None`:
+    /// never expires (Graph's 2147483647).
+    pub password_validity_days: Option<u32>,
 }
 
 /// Every domain.
 pub fn domains(sql: &mut dyn Sql) -> Result<Vec<Domain>, DbError> {
     let rows = sql.query(
-        "SELECT d.name, d.verified, d.authentication, d.code, d.initial, m.method FROM domains d \
-         LEFT JOIN domain_methods m ON lower(m.name) = lower(d.name) ORDER BY d.initial DESC, d.name",
+        "SELECT d.name, d.verified, d.authentication, d.code, d.initial, m.method, m.validity_days FROM domains d \
+         LEFT JOIN domain_settings m ON lower(m.name) = lower(d.name) ORDER BY d.initial DESC, d.name",
         &[],
     )?;
     rows.iter()
@@ -833,6 +836,10 @@ pub fn domains(sql: &mut dyn Sql) -> Result<Vec<Domain>, DbError> {
                 code: row.text(3)?,
                 initial: row.bool(4)?,
                 pass_through: row.opt_text(5)?.as_deref() == Some(PASS_THROUGH),
+                password_validity_days: match row.0.get(6) {
+                    Some(crate::sql::SqlValue::Null) | None => None,
+                    Some(_) => u32::try_from(row.int(6)?).ok(),
+                },
             })
         })
         .collect()
@@ -841,13 +848,17 @@ pub fn domains(sql: &mut dyn Sql) -> Result<Vec<Domain>, DbError> {
 /// The stored method of a domain whose managed users sign in through pass-through agents.
 pub const PASS_THROUGH: &str = "PassThrough";
 
-/// Chooses how a managed domain's synced users' passwords are checked: through pass-through
-/// agents, or against the synced (or cloud) password.
-pub fn set_pass_through(sql: &mut dyn Sql, domain: &str, on: bool) -> Result<(), DbError> {
-    sql.execute("DELETE FROM domain_methods WHERE lower(name) = lower(?1)", &[domain.into()])?;
-    if on {
-        sql.execute("INSERT INTO domain_methods (name, method) VALUES (?1, ?2)", &[domain.into(), PASS_THROUGH.into()])?;
-    }
+/// Stores a domain's own settings: how its synced users' passwords are checked (through
+/// pass-through agents, or against the synced or cloud password), and the cloud password
+/// validity period (`None`: never expires).
+pub fn set_domain_settings(sql: &mut dyn Sql, domain: &str, pass_through: bool, validity_days: Option<u32>) -> Result<(), DbError> {
+    sql.execute("DELETE FROM domain_settings WHERE lower(name) = lower(?1)", &[domain.into()])?;
+    let method: Option<String> = pass_through.then(|| PASS_THROUGH.to_string());
+    let validity = validity_days.map_or(crate::sql::SqlValue::Null, |days| i64::from(days).into());
+    sql.execute(
+        "INSERT INTO domain_settings (name, method, validity_days) VALUES (?1, ?2, ?3)",
+        &[domain.into(), method.into(), validity],
+    )?;
     Ok(())
 }
 

@@ -12,6 +12,9 @@ use crate::db::{self, Domain};
 use crate::odata::GraphError;
 use crate::{Access, AppState};
 
+/// Graph's `passwordValidityPeriodInDays` for "never expires".
+const NEVER: u32 = 2_147_483_647;
+
 fn view(domain: &Domain) -> Value {
     json!({
         "id": domain.name,
@@ -23,6 +26,7 @@ fn view(domain: &Domain) -> Value {
         "isAdminManaged": true,
         // Isthmus: how the managed domain's synced users' passwords are checked.
         "passwordValidation": if domain.pass_through { "PassThrough" } else { "PasswordHashSync" },
+        "passwordValidityPeriodInDays": domain.password_validity_days.unwrap_or(NEVER),
         "supportedServices": if domain.verified { json!(["Email", "OfficeCommunicationsOnline"]) } else { json!([]) },
     })
 }
@@ -91,6 +95,7 @@ pub async fn create(state: AppState, access: Access, body: crate::graph::Body) -
         code: format!("MS=ms{digits}"),
         initial: false,
         pass_through: false,
+        password_validity_days: None,
     };
     let stored = domain.clone();
     state.db.call(move |conn| db::insert_domain(conn, &stored)).await?;
@@ -163,9 +168,18 @@ pub async fn update(state: AppState, access: Access, name: String, body: crate::
             ("passwordValidation", _) => {
                 return Err(GraphError::bad_request("passwordValidation must be PassThrough or PasswordHashSync."));
             }
+            ("passwordValidityPeriodInDays", _) => match value.as_u64() {
+                Some(days) if days == u64::from(NEVER) => domain.password_validity_days = None,
+                Some(days @ 1..=730) => domain.password_validity_days = u32::try_from(days).ok(),
+                _ => {
+                    return Err(GraphError::bad_request(format!(
+                        "passwordValidityPeriodInDays must be 1 to 730 days, or {NEVER} (never expires)."
+                    )));
+                }
+            },
             (other, _) => {
                 return Err(GraphError::bad_request(format!(
-                    "Invalid property '{other}' (only authenticationType and passwordValidation can change)."
+                    "Invalid property '{other}' (only authenticationType, passwordValidation and passwordValidityPeriodInDays can change)."
                 )));
             }
         }
@@ -175,7 +189,7 @@ pub async fn update(state: AppState, access: Access, name: String, body: crate::
         .db
         .call(move |conn| {
             db::update_domain(conn, &stored)?;
-            db::set_pass_through(conn, &stored.name, stored.pass_through)
+            db::set_domain_settings(conn, &stored.name, stored.pass_through, stored.password_validity_days)
         })
         .await?;
     reload(&state).await?;

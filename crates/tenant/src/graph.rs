@@ -48,6 +48,10 @@ const USER_PROPERTIES: &[(&str, Type)] = &[
     ("manager", Type::Str),
     ("onPremisesUserPrincipalName", Type::Str),
     ("onPremisesProvisioningErrors", Type::Objects),
+    // `DisablePasswordExpiration` (set by every hash sync unless the cloud policy applies).
+    ("passwordPolicies", Type::Str),
+    // When the password last changed (for synced users: when its hash arrived).
+    ("lastPasswordChangeDateTime", Type::Str),
 ];
 
 const GROUP_PROPERTIES: &[(&str, Type)] = &[

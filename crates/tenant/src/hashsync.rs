@@ -76,6 +76,33 @@ fn checked(body: serde_json::Map<String, Value>) -> Result<Vec<Item>, GraphError
 /// The setting holding the Unix time of the last password hash sync call (the heartbeat).
 pub(crate) const LAST_PASSWORD_SYNC: &str = "lastPasswordSync";
 
+/// A user's `passwordPolicies` after a hash sync: `DisablePasswordExpiration` added (`never`)
+/// or removed, the other policies kept; `None` when none is left.
+pub(crate) fn password_policies(current: Option<&str>, never: bool) -> Option<String> {
+    const NEVER: &str = "DisablePasswordExpiration";
+    let mut policies: Vec<&str> = current
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|policy| !policy.is_empty() && !policy.eq_ignore_ascii_case(NEVER))
+        .collect();
+    if never {
+        policies.push(NEVER);
+    }
+    (!policies.is_empty()).then(|| policies.join(", "))
+}
+
+/// Whether a cloud-checked password has expired: the user is not marked
+/// `DisablePasswordExpiration`, the domain's validity period is finite, and that many days have
+/// passed since `last_change` (Unix seconds).
+pub(crate) fn password_expired(policies: Option<&str>, last_change: i64, validity_days: Option<u32>, now: i64) -> bool {
+    let never = policies.unwrap_or_default().split(',').any(|policy| policy.trim().eq_ignore_ascii_case("DisablePasswordExpiration"));
+    match validity_days {
+        Some(days) if !never => now >= last_change.saturating_add(i64::from(days) * 86_400),
+        _ => false,
+    }
+}
+
 /// `POST /isthmus/v1/passwordHashSync`. An empty `value` is a heartbeat.
 pub async fn receive(state: AppState, access: Access, body: crate::graph::Body) -> Result<Response, GraphError> {
     if !access.is_sync() {
@@ -87,6 +114,9 @@ pub async fn receive(state: AppState, access: Access, body: crate::graph::Body) 
     let now = crate::unix_now();
     // Temporary passwords ("must change at next logon") sync only with the tenant feature on.
     let temporary_allowed = state.sync_feature("userForcePasswordChangeOnLogonEnabled");
+    // Without the cloud password policy, a synced password never expires in the cloud: every
+    // hash sync marks the user DisablePasswordExpiration; with it, the next sync removes the mark.
+    let cloud_policy = state.sync_feature("cloudPasswordPolicyForPasswordSyncedUsersEnabled");
     let statuses = state
         .db
         .call(move |sql| {
@@ -106,6 +136,12 @@ pub async fn receive(state: AppState, access: Access, body: crate::graph::Body) 
                 }
                 let row = db::SyncedCredentialRow { credential: item.credential, must_change: item.must_change, synced_at: now };
                 db::set_synced_credential(sql, id, &row)?;
+                if let Some(mut user) = target.clone() {
+                    user.insert("lastPasswordChangeDateTime".into(), Value::String(crate::rfc3339(now)));
+                    let policies = password_policies(user.get("passwordPolicies").and_then(Value::as_str), !cloud_policy);
+                    user.insert("passwordPolicies".into(), policies.map_or(Value::Null, Value::String));
+                    db::update(sql, db::Kind::User, &user)?;
+                }
                 // A password on the leaked list flags the user; a new one that is not clears it.
                 db::set_leaked(sql, id, item.leaked, now)?;
                 statuses.push(json!({"onPremisesImmutableId": item.anchor, "id": id, "status": "Success"}));
@@ -187,5 +223,30 @@ mod tests {
             let err = checked(body(bad.clone())).err().map(|err| err.message).unwrap_or_default();
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn hash_sync_marks_or_unmarks_never_expiring_passwords() {
+        assert_eq!(password_policies(None, true).as_deref(), Some("DisablePasswordExpiration"));
+        assert_eq!(password_policies(Some("DisablePasswordExpiration"), true).as_deref(), Some("DisablePasswordExpiration"));
+        assert_eq!(password_policies(Some("DisablePasswordExpiration"), false), None);
+        assert_eq!(
+            password_policies(Some("DisableStrongPassword, DisablePasswordExpiration"), false).as_deref(),
+            Some("DisableStrongPassword")
+        );
+        assert_eq!(
+            password_policies(Some("DisableStrongPassword"), true).as_deref(),
+            Some("DisableStrongPassword, DisablePasswordExpiration")
+        );
+    }
+
+    #[test]
+    fn a_password_expires_only_under_the_cloud_policy_with_a_finite_period() {
+        let day = 86_400;
+        assert!(!password_expired(Some("DisablePasswordExpiration"), 0, Some(1), 10 * day), "marked never");
+        assert!(!password_expired(None, 0, None, 10 * day), "the domain never expires passwords");
+        assert!(!password_expired(None, 0, Some(90), 89 * day));
+        assert!(password_expired(None, 0, Some(90), 90 * day));
+        assert!(password_expired(Some("DisableStrongPassword"), 0, Some(1), 2 * day));
     }
 }

@@ -477,6 +477,7 @@ impl Tenant {
             code: String::new(),
             initial: true,
             pass_through: false,
+            password_validity_days: None,
         };
         let domains = db
             .call(move |conn| {
@@ -568,6 +569,7 @@ impl Tenant {
             code: String::new(),
             initial: false,
             pass_through: false,
+            password_validity_days: None,
         };
         let stored = domain.clone();
         self.app

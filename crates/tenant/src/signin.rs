@@ -252,6 +252,22 @@ pub async fn authenticate(
     }
     // A temporary password synced from on-premises signs in only to be changed.
     let synced = state.db.read(move |conn| db::synced_credential(conn, &id)).await.map_err(|err| unavailable(&err))?;
+    // Under the cloud password policy, a synced password checked here expires after the
+    // domain's validity period (pass-through checks on-premises, where AD's own expiry applies).
+    if method.name() == CloudPassword.name()
+        && let Some(synced) = &synced
+    {
+        let validity = state.verified_domain(&domain).and_then(|known| known.password_validity_days);
+        let policies = user.get("passwordPolicies").and_then(Value::as_str);
+        if crate::hashsync::password_expired(policies, synced.synced_at, validity, crate::unix_now()) {
+            state.record("SignIn", flow.to_string(), key.clone(), grant.client_id.clone(), "password expired (cloud policy)").await;
+            return Err(TokenEndpointError::new(
+                "invalid_grant",
+                50055,
+                "The password is expired under the cloud password policy: change it on-premises.",
+            ));
+        }
+    }
     if synced.is_some_and(|synced| synced.must_change) {
         state.record("SignIn", flow.to_string(), key.clone(), grant.client_id.clone(), "password must change").await;
         return Err(TokenEndpointError::new(

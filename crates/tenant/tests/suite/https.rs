@@ -1299,6 +1299,30 @@ async fn synced_users_sign_in_with_the_hash_password_hash_sync_sent() {
     assert_eq!(answer["value"][0]["status"], "Success");
     let (status, error) = tenant.password_grant(&client, &upn, "Temp!Pass3").await;
     assert_eq!((status, error["error_codes"][0].as_i64()), (StatusCode::BAD_REQUEST, Some(50055)), "{error}");
+
+    // Cloud password expiry: every hash sync marks the user's password as never expiring in the
+    // cloud, unless the tenant enforces the cloud policy; then the next sync removes the mark.
+    let sam_path = format!("/v1.0/users/{}?$select=passwordPolicies,lastPasswordChangeDateTime", sam["id"].as_str().unwrap());
+    let (_, user) = tenant.call(Method::GET, &sam_path, &admin, None).await;
+    assert_eq!(user["passwordPolicies"], "DisablePasswordExpiration", "{user}");
+    assert!(user["lastPasswordChangeDateTime"].as_str().is_some_and(|at| at.starts_with("20")), "{user}");
+    let domain_path = format!("/v1.0/domains/{}", tenant.domain);
+    for bad in [json!({"passwordValidityPeriodInDays": 0}), json!({"passwordValidityPeriodInDays": 731}), json!({"passwordValidityPeriodInDays": "90"})] {
+        let (status, _) = tenant.call(Method::PATCH, &domain_path, &admin, Some(bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    let (status, _) = tenant.call(Method::PATCH, &domain_path, &admin, Some(json!({"passwordValidityPeriodInDays": 90}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, domain) = tenant.call(Method::GET, &domain_path, &admin, None).await;
+    assert_eq!(domain["passwordValidityPeriodInDays"], 90);
+    tenant.call(Method::PATCH, &path, &admin, Some(json!({"features": {"cloudPasswordPolicyForPasswordSyncedUsersEnabled": true}}))).await;
+    let (_, answer) =
+        tenant.call(Method::POST, "/isthmus/v1/passwordHashSync", &sync, batch(json!([{"onPremisesImmutableId": "c2Ft", "credential": wire("Policy!Pass4")}]))).await;
+    assert_eq!(answer["value"][0]["status"], "Success");
+    let (_, user) = tenant.call(Method::GET, &sam_path, &admin, None).await;
+    assert_eq!(user["passwordPolicies"], Value::Null, "the mark goes with the next sync: {user}");
+    let (status, body) = tenant.password_grant(&client, &upn, "Policy!Pass4").await;
+    assert_eq!(status, StatusCode::OK, "a password synced today is well inside 90 days: {body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
