@@ -52,6 +52,12 @@ pub struct ServeArgs {
     /// Refuse the sign-in of users whose synced password is on that list (default: flag only).
     #[arg(long)]
     pub block_leaked_credentials: bool,
+    /// Pass-through: seconds a sign-in waits for an agent's answer in all.
+    #[arg(long, default_value_t = 10)]
+    pub pta_timeout_seconds: u64,
+    /// Pass-through: days an agent certificate lives (agents renew with a sixth left).
+    #[arg(long, default_value_t = 180)]
+    pub pta_certificate_days: u64,
 }
 
 /// Runs the tenant.
@@ -70,6 +76,11 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     };
     config.leaked_list = args.leaked_list.clone();
     config.block_leaked = args.block_leaked_credentials;
+    anyhow::ensure!((2..=120).contains(&args.pta_timeout_seconds), "--pta-timeout-seconds must be 2 to 120");
+    anyhow::ensure!((1..=3650).contains(&args.pta_certificate_days), "--pta-certificate-days must be 1 to 3650");
+    config.pta.timeout = std::time::Duration::from_secs(args.pta_timeout_seconds);
+    config.pta.lease = config.pta.lease.min(config.pta.timeout / 2);
+    config.pta.certificate_lifetime = std::time::Duration::from_secs(args.pta_certificate_days * 86_400);
     config.postgres = args.postgres.clone().or_else(|| std::env::var("ISTHMUS_TENANT_POSTGRES").ok().filter(|url| !url.is_empty()));
     let (tenant, bootstrap) = tenant::Tenant::open(config).await.with_context(|| format!("open the tenant in {}", args.state.display()))?;
     println!("tenant {} ({})", tenant.tenant_id(), tenant.initial_domain());
