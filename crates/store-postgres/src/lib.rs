@@ -116,31 +116,26 @@ fn cs_from_row(row: &Row) -> Result<CsObject> {
     })
 }
 
-/// Points references to each old DN of `renames` held in the connector space at its new DN,
-/// rewriting each referring object once; returns how many objects changed.
+/// Points references to `old_dn` held in the connector space at `new_dn`; returns how many
+/// objects changed.
 async fn rename_references(
     client: &impl GenericClient,
     st: &Statements,
     connector: &ConnectorId,
-    renames: &[(String, String)],
+    old_dn: &str,
+    new_dn: &str,
 ) -> Result<u64> {
-    let mut referring = std::collections::BTreeMap::new();
-    for (old_dn, _) in renames {
-        let target = index_key(&AttrValue::Reference(old_dn.to_string()), Matching::IgnoreCase);
-        let candidates = query_cs(
-            client,
-            st,
-            "connector = $1 AND id IN (SELECT cs_id FROM cs_values WHERE left(folded, 2) = 'r:' AND folded = $2)",
-            &[&connector.0, &target],
-        )
-        .await?;
-        for candidate in candidates {
-            referring.entry(candidate.id.0).or_insert(candidate);
-        }
-    }
+    let target = index_key(&AttrValue::Reference(old_dn.to_string()), Matching::IgnoreCase);
+    let candidates = query_cs(
+        client,
+        st,
+        "connector = $1 AND id IN (SELECT cs_id FROM cs_values WHERE left(folded, 2) = 'r:' AND folded = $2)",
+        &[&connector.0, &target],
+    )
+    .await?;
     let mut changed = 0;
-    for candidate in referring.values() {
-        if let Some(updated) = store::import::rename_all(candidate, renames) {
+    for candidate in candidates {
+        if let Some(updated) = store::import::rename_references(&candidate, old_dn, new_dn) {
             update_cs(client, st, &updated).await?;
             changed += 1;
         }
@@ -401,13 +396,7 @@ impl store::Store for PostgresStore {
         let mut client = self.client.lock().await;
         let tx = client.transaction().await.map_err(backend)?;
         let mut counts = ImportCounts::default();
-        // Renames of this page, applied to referring objects once per page (see
-        // `store::import::rename_all`), and before any value delta.
-        let mut renames: Vec<(String, String)> = Vec::new();
         for change in changes {
-            if matches!(change, ImportChange::Modify { .. }) && !renames.is_empty() {
-                counts.updates += rename_references(&tx, &self.statements, connector, &std::mem::take(&mut renames)).await?;
-            }
             match change {
                 ImportChange::Upsert { anchor, dn, object_type, attributes } => {
                     if anchor.0.is_empty() {
@@ -452,7 +441,7 @@ impl store::Store for PostgresStore {
                                     update_cs(&tx, &self.statements, &updated).await?;
                                     counts.updates += 1;
                                     if !existing.dn.eq_ignore_ascii_case(dn) {
-                                        renames.push((existing.dn.clone(), dn.clone()));
+                                        counts.updates += rename_references(&tx, &self.statements, connector, &existing.dn, dn).await?;
                                     }
                                 }
                                 None if confirming => {
@@ -478,7 +467,7 @@ impl store::Store for PostgresStore {
                                     update_cs(&tx, &self.statements, &updated).await?;
                                     counts.updates += 1;
                                     if !existing.dn.eq_ignore_ascii_case(dn) {
-                                        renames.push((existing.dn.clone(), dn.clone()));
+                                        counts.updates += rename_references(&tx, &self.statements, connector, &existing.dn, dn).await?;
                                     }
                                 }
                                 None => counts.unchanged += 1,
@@ -501,9 +490,6 @@ impl store::Store for PostgresStore {
                     }
                 }
             }
-        }
-        if !renames.is_empty() {
-            counts.updates += rename_references(&tx, &self.statements, connector, &renames).await?;
         }
         if let Some(watermark) = watermark {
             tx.execute(

@@ -146,27 +146,21 @@ fn write_values<'a>(
 fn rename_references(
     tx: &Transaction<'_>,
     connector: &ConnectorId,
-    renames: &[(String, String)],
+    old_dn: &str,
+    new_dn: &str,
     indexed: Option<&BTreeSet<String>>,
 ) -> Result<u64> {
-    // Every object referring to any old name, read once (updates wait until all are read).
-    let mut referring = std::collections::BTreeMap::new();
-    for (old_dn, _) in renames {
-        let target = index_key(&AttrValue::Reference(old_dn.to_string()), Matching::IgnoreCase);
-        let candidates = query_cs(
-            tx,
-            // `+connector`: drive the query from the reference index, not from every object of the
-            // connector.
-            "+connector = ?1 AND id IN (SELECT cs_id FROM cs_values WHERE substr(folded, 1, 2) = 'r:' AND folded = ?2)",
-            &[&connector.0, &target],
-        )?;
-        for candidate in candidates {
-            referring.entry(candidate.id.0).or_insert(candidate);
-        }
-    }
+    let target = index_key(&AttrValue::Reference(old_dn.to_string()), Matching::IgnoreCase);
+    let candidates = query_cs(
+        tx,
+        // `+connector`: drive the query from the reference index, not from every object of the
+        // connector.
+        "+connector = ?1 AND id IN (SELECT cs_id FROM cs_values WHERE substr(folded, 1, 2) = 'r:' AND folded = ?2)",
+        &[&connector.0, &target],
+    )?;
     let mut changed = 0;
-    for candidate in referring.values() {
-        if let Some(updated) = store::import::rename_all(candidate, renames) {
+    for candidate in candidates {
+        if let Some(updated) = store::import::rename_references(&candidate, old_dn, new_dn) {
             update_cs(tx, &updated, indexed)?;
             changed += 1;
         }
@@ -425,13 +419,7 @@ impl store::Store for SqliteStore {
         self.call(move |conn, indexed| {
             let tx = conn.transaction().map_err(backend)?;
             let mut counts = ImportCounts::default();
-            // Renames of this page, applied to referring objects once per page (see
-            // `store::import::rename_all`), and before any value delta.
-            let mut renames: Vec<(String, String)> = Vec::new();
             for change in &changes {
-                if matches!(change, ImportChange::Modify { .. }) && !renames.is_empty() {
-                    counts.updates += rename_references(&tx, &connector, &std::mem::take(&mut renames), indexed)?;
-                }
                 match change {
                     ImportChange::Upsert { anchor, dn, object_type, attributes } => {
                         if anchor.0.is_empty() {
@@ -472,7 +460,7 @@ impl store::Store for SqliteStore {
                                         update_cs(&tx, &updated, indexed)?;
                                         counts.updates += 1;
                                         if !existing.dn.eq_ignore_ascii_case(dn) {
-                                            renames.push((existing.dn.clone(), dn.clone()));
+                                            counts.updates += rename_references(&tx, &connector, &existing.dn, dn, indexed)?;
                                         }
                                     }
                                     None if confirming => {
@@ -498,7 +486,7 @@ impl store::Store for SqliteStore {
                                         update_cs(&tx, &updated, indexed)?;
                                         counts.updates += 1;
                                         if !existing.dn.eq_ignore_ascii_case(dn) {
-                                            renames.push((existing.dn.clone(), dn.clone()));
+                                            counts.updates += rename_references(&tx, &connector, &existing.dn, dn, indexed)?;
                                         }
                                     }
                                     None => counts.unchanged += 1,
@@ -522,9 +510,6 @@ impl store::Store for SqliteStore {
                         }
                     }
                 }
-            }
-            if !renames.is_empty() {
-                counts.updates += rename_references(&tx, &connector, &renames, indexed)?;
             }
             if let Some(watermark) = watermark {
                 tx.execute(

@@ -47,21 +47,6 @@ pub fn apply_modify(existing: &CsObject, dn: &str, changes: &[AttrChange]) -> Op
     apply_upsert(existing, dn, &existing.object_type, &attributes)
 }
 
-/// The renames of one import page, applied to a referring object in order (a chain A→B, B→C
-/// ends at C); `None` when it holds none of the old names. Adapters gather a page's renames and
-/// rewrite each referring object once, not once per renamed member: a group of 100,000 members
-/// would otherwise be rewritten for every member renamed. They apply the gathered renames before
-/// a value-delta change (`Modify`) of the same page, whose values name objects by their new DNs.
-pub fn rename_all(referring: &CsObject, renames: &[(String, String)]) -> Option<CsObject> {
-    let mut current: Option<CsObject> = None;
-    for (old_dn, new_dn) in renames {
-        if let Some(renamed) = rename_references(current.as_ref().unwrap_or(referring), old_dn, new_dn) {
-            current = Some(renamed);
-        }
-    }
-    current
-}
-
 /// When an import moves an object from `old_dn` to `new_dn`, references to it held by other
 /// objects of the same connector space still name `old_dn` (AD and LDAP servers rewrite such
 /// references themselves but report no change for the referring objects). This is the referring
