@@ -251,6 +251,23 @@ pub async fn renames_follow_references(store: &impl Store) {
     assert_eq!(g.pending_import, Some(PendingImport::Update), "sync must see the group's new references");
     let untouched = store.cs_by_anchor(&other, &anchor(1)).await.expect("get").expect("other group");
     assert_eq!(untouched.attributes.get("managedBy"), &[AttrValue::Reference("CN=c,OU=A".into())], "only the same connector space");
+
+    // A member renamed, then removed from the group by a value delta of the same page (which
+    // names it by its new DN): the rename reaches the group first, so the removal takes. (A
+    // group written after a rename in the same page keeps what the server sent: the generic
+    // LDAP import test checks that against OpenLDAP, which does not rewrite references.)
+    let page = [
+        ImportChange::Modify { anchor: anchor(3), dn: "CN=c3,OU=A".into(), changes: vec![] },
+        ImportChange::Modify {
+            anchor: anchor(1),
+            dn: "CN=g,OU=A".into(),
+            changes: vec![AttrChange::Delete("member".into(), vec![AttrValue::Reference("CN=c3,OU=A".into())])],
+        },
+    ];
+    store.commit_import_page(&ad(), run, &page, None).await.expect("rename and removal");
+    let g = store.cs_by_anchor(&ad(), &anchor(1)).await.expect("get").expect("group");
+    assert_eq!(g.attributes.get("member"), &[AttrValue::Reference("CN=Bob \\, Jr,OU=B".into())], "the removal took");
+    assert_eq!(g.attributes.get("managedBy"), &[AttrValue::Reference("CN=c3,OU=A".into())], "the rename reached managedBy");
 }
 
 /// An import that finds an unconfirmed export object by DN confirms it (anchor set, link kept).
