@@ -116,26 +116,31 @@ fn cs_from_row(row: &Row) -> Result<CsObject> {
     })
 }
 
-/// Points references to `old_dn` held in the connector space at `new_dn`; returns how many
-/// objects changed.
+/// At the end of an import page: every object of the connector space referring to an old name
+/// of the page gets the renames it has not seen, written once; returns how many changed.
 async fn rename_references(
     client: &impl GenericClient,
     st: &Statements,
     connector: &ConnectorId,
-    old_dn: &str,
-    new_dn: &str,
+    renames: &store::import::PageRenames,
 ) -> Result<u64> {
-    let target = index_key(&AttrValue::Reference(old_dn.to_string()), Matching::IgnoreCase);
-    let candidates = query_cs(
-        client,
-        st,
-        "connector = $1 AND id IN (SELECT cs_id FROM cs_values WHERE left(folded, 2) = 'r:' AND folded = $2)",
-        &[&connector.0, &target],
-    )
-    .await?;
+    let mut referring = std::collections::BTreeMap::new();
+    for old_dn in renames.old_dns() {
+        let target = index_key(&AttrValue::Reference(old_dn.to_string()), Matching::IgnoreCase);
+        let candidates = query_cs(
+            client,
+            st,
+            "connector = $1 AND id IN (SELECT cs_id FROM cs_values WHERE left(folded, 2) = 'r:' AND folded = $2)",
+            &[&connector.0, &target],
+        )
+        .await?;
+        for candidate in candidates {
+            referring.entry(candidate.id.0).or_insert(candidate);
+        }
+    }
     let mut changed = 0;
-    for candidate in candidates {
-        if let Some(updated) = store::import::rename_references(&candidate, old_dn, new_dn) {
+    for candidate in referring.values() {
+        if let Some(updated) = renames.catch_up(candidate) {
             update_cs(client, st, &updated).await?;
             changed += 1;
         }
@@ -396,6 +401,7 @@ impl store::Store for PostgresStore {
         let mut client = self.client.lock().await;
         let tx = client.transaction().await.map_err(backend)?;
         let mut counts = ImportCounts::default();
+        let mut renames = store::import::PageRenames::default();
         for change in changes {
             match change {
                 ImportChange::Upsert { anchor, dn, object_type, attributes } => {
@@ -431,24 +437,28 @@ impl store::Store for PostgresStore {
                                 pending_export: None,
                                 link: None,
                             };
-                            insert_cs(&tx, &self.statements, &new, Some(run)).await?;
+                            let id = insert_cs(&tx, &self.statements, &new, Some(run)).await?;
+                            renames.written(id);
                             counts.adds += 1;
                         }
                         Some(existing) => {
                             let confirming = existing.pending_export.is_some();
-                            match store::import::apply_upsert(&existing, dn, object_type, attributes) {
+                            let caught_up = renames.catch_up(&existing);
+                            let base = caught_up.as_ref().unwrap_or(&existing);
+                            match store::import::apply_upsert(base, dn, object_type, attributes) {
                                 Some(updated) => {
                                     update_cs(&tx, &self.statements, &updated).await?;
                                     counts.updates += 1;
-                                    if !existing.dn.eq_ignore_ascii_case(dn) {
-                                        counts.updates += rename_references(&tx, &self.statements, connector, &existing.dn, dn).await?;
-                                    }
                                 }
-                                None if confirming => {
-                                    update_cs(&tx, &self.statements, &existing).await?;
+                                None if confirming || caught_up.is_some() => {
+                                    update_cs(&tx, &self.statements, base).await?;
                                     counts.updates += 1;
                                 }
                                 None => counts.unchanged += 1,
+                            }
+                            renames.written(existing.id);
+                            if !existing.dn.eq_ignore_ascii_case(dn) {
+                                renames.push(&existing.dn, dn);
                             }
                             tx.execute("UPDATE cs_objects SET seen_run = $2 WHERE id = $1", &[&existing.id.0, &run])
                                 .await
@@ -462,15 +472,22 @@ impl store::Store for PostgresStore {
                     match existing.filter(|existing| existing.pending_import != Some(PendingImport::Delete)) {
                         None => counts.missed += 1,
                         Some(existing) => {
-                            match store::import::apply_modify(&existing, dn, changes) {
+                            let caught_up = renames.catch_up(&existing);
+                            let base = caught_up.as_ref().unwrap_or(&existing);
+                            match store::import::apply_modify(base, dn, changes) {
                                 Some(updated) => {
                                     update_cs(&tx, &self.statements, &updated).await?;
                                     counts.updates += 1;
-                                    if !existing.dn.eq_ignore_ascii_case(dn) {
-                                        counts.updates += rename_references(&tx, &self.statements, connector, &existing.dn, dn).await?;
-                                    }
+                                }
+                                None if caught_up.is_some() => {
+                                    update_cs(&tx, &self.statements, base).await?;
+                                    counts.updates += 1;
                                 }
                                 None => counts.unchanged += 1,
+                            }
+                            renames.written(existing.id);
+                            if !existing.dn.eq_ignore_ascii_case(dn) {
+                                renames.push(&existing.dn, dn);
                             }
                             tx.execute("UPDATE cs_objects SET seen_run = $2 WHERE id = $1", &[&existing.id.0, &run])
                                 .await
@@ -481,15 +498,27 @@ impl store::Store for PostgresStore {
                 ImportChange::Delete { anchor } => {
                     let existing =
                         query_cs(&tx, &self.statements, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
-                    match existing.as_ref().and_then(store::import::apply_delete) {
-                        Some(updated) => {
-                            update_cs(&tx, &self.statements, &updated).await?;
-                            counts.deletes += 1;
-                        }
+                    match existing {
                         None => counts.unchanged += 1,
+                        Some(existing) => {
+                            let caught_up = renames.catch_up(&existing);
+                            let base = caught_up.as_ref().unwrap_or(&existing);
+                            match store::import::apply_delete(base) {
+                                Some(updated) => {
+                                    update_cs(&tx, &self.statements, &updated).await?;
+                                    counts.deletes += 1;
+                                }
+                                None if caught_up.is_some() => update_cs(&tx, &self.statements, base).await?,
+                                None => counts.unchanged += 1,
+                            }
+                            renames.written(existing.id);
+                        }
                     }
                 }
             }
+        }
+        if !renames.is_empty() {
+            counts.updates += rename_references(&tx, &self.statements, connector, &renames).await?;
         }
         if let Some(watermark) = watermark {
             tx.execute(

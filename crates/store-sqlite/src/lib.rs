@@ -143,24 +143,31 @@ fn write_values<'a>(
 
 /// Points references to `old_dn` held in the connector space at `new_dn`; returns how many
 /// objects changed.
+/// At the end of an import page: every object of the connector space referring to an old name
+/// of the page gets the renames it has not seen, written once; returns how many changed.
 fn rename_references(
     tx: &Transaction<'_>,
     connector: &ConnectorId,
-    old_dn: &str,
-    new_dn: &str,
+    renames: &store::import::PageRenames,
     indexed: Option<&BTreeSet<String>>,
 ) -> Result<u64> {
-    let target = index_key(&AttrValue::Reference(old_dn.to_string()), Matching::IgnoreCase);
-    let candidates = query_cs(
-        tx,
-        // `+connector`: drive the query from the reference index, not from every object of the
-        // connector.
-        "+connector = ?1 AND id IN (SELECT cs_id FROM cs_values WHERE substr(folded, 1, 2) = 'r:' AND folded = ?2)",
-        &[&connector.0, &target],
-    )?;
+    let mut referring = std::collections::BTreeMap::new();
+    for old_dn in renames.old_dns() {
+        let target = index_key(&AttrValue::Reference(old_dn.to_string()), Matching::IgnoreCase);
+        let candidates = query_cs(
+            tx,
+            // `+connector`: drive the query from the reference index, not from every object of the
+            // connector.
+            "+connector = ?1 AND id IN (SELECT cs_id FROM cs_values WHERE substr(folded, 1, 2) = 'r:' AND folded = ?2)",
+            &[&connector.0, &target],
+        )?;
+        for candidate in candidates {
+            referring.entry(candidate.id.0).or_insert(candidate);
+        }
+    }
     let mut changed = 0;
-    for candidate in candidates {
-        if let Some(updated) = store::import::rename_references(&candidate, old_dn, new_dn) {
+    for candidate in referring.values() {
+        if let Some(updated) = renames.catch_up(candidate) {
             update_cs(tx, &updated, indexed)?;
             changed += 1;
         }
@@ -419,6 +426,7 @@ impl store::Store for SqliteStore {
         self.call(move |conn, indexed| {
             let tx = conn.transaction().map_err(backend)?;
             let mut counts = ImportCounts::default();
+            let mut renames = store::import::PageRenames::default();
             for change in &changes {
                 match change {
                     ImportChange::Upsert { anchor, dn, object_type, attributes } => {
@@ -450,24 +458,28 @@ impl store::Store for SqliteStore {
                                     pending_export: None,
                                     link: None,
                                 };
-                                insert_cs(&tx, &new, Some(run), indexed)?;
+                                let id = insert_cs(&tx, &new, Some(run), indexed)?;
+                                renames.written(id);
                                 counts.adds += 1;
                             }
                             Some(existing) => {
                                 let confirming = existing.pending_export.is_some() && existing.anchor.as_ref() == Some(anchor);
-                                match store::import::apply_upsert(&existing, dn, object_type, attributes) {
+                                let caught_up = renames.catch_up(&existing);
+                                let base = caught_up.as_ref().unwrap_or(&existing);
+                                match store::import::apply_upsert(base, dn, object_type, attributes) {
                                     Some(updated) => {
                                         update_cs(&tx, &updated, indexed)?;
                                         counts.updates += 1;
-                                        if !existing.dn.eq_ignore_ascii_case(dn) {
-                                            counts.updates += rename_references(&tx, &connector, &existing.dn, dn, indexed)?;
-                                        }
                                     }
-                                    None if confirming => {
-                                        update_cs(&tx, &existing, indexed)?;
+                                    None if confirming || caught_up.is_some() => {
+                                        update_cs(&tx, base, indexed)?;
                                         counts.updates += 1;
                                     }
                                     None => counts.unchanged += 1,
+                                }
+                                renames.written(existing.id);
+                                if !existing.dn.eq_ignore_ascii_case(dn) {
+                                    renames.push(&existing.dn, dn);
                                 }
                                 tx.execute("UPDATE cs_objects SET seen_run = ?2 WHERE id = ?1", params![existing.id.0, run])
                                     .map_err(backend)?;
@@ -481,15 +493,22 @@ impl store::Store for SqliteStore {
                         {
                             None => counts.missed += 1,
                             Some(existing) => {
-                                match store::import::apply_modify(&existing, dn, changes) {
+                                let caught_up = renames.catch_up(&existing);
+                                let base = caught_up.as_ref().unwrap_or(&existing);
+                                match store::import::apply_modify(base, dn, changes) {
                                     Some(updated) => {
                                         update_cs(&tx, &updated, indexed)?;
                                         counts.updates += 1;
-                                        if !existing.dn.eq_ignore_ascii_case(dn) {
-                                            counts.updates += rename_references(&tx, &connector, &existing.dn, dn, indexed)?;
-                                        }
+                                    }
+                                    None if caught_up.is_some() => {
+                                        update_cs(&tx, base, indexed)?;
+                                        counts.updates += 1;
                                     }
                                     None => counts.unchanged += 1,
+                                }
+                                renames.written(existing.id);
+                                if !existing.dn.eq_ignore_ascii_case(dn) {
+                                    renames.push(&existing.dn, dn);
                                 }
                                 tx.execute("UPDATE cs_objects SET seen_run = ?2 WHERE id = ?1", params![existing.id.0, run])
                                     .map_err(backend)?;
@@ -497,19 +516,27 @@ impl store::Store for SqliteStore {
                         }
                     }
                     ImportChange::Delete { anchor } => {
-                        match query_cs(&tx, "connector = ?1 AND anchor = ?2", &[&connector.0, &anchor.0])?
-                            .pop()
-                            .as_ref()
-                            .and_then(store::import::apply_delete)
-                        {
-                            Some(updated) => {
-                                update_cs(&tx, &updated, indexed)?;
-                                counts.deletes += 1;
-                            }
+                        match query_cs(&tx, "connector = ?1 AND anchor = ?2", &[&connector.0, &anchor.0])?.pop() {
                             None => counts.unchanged += 1,
+                            Some(existing) => {
+                                let caught_up = renames.catch_up(&existing);
+                                let base = caught_up.as_ref().unwrap_or(&existing);
+                                match store::import::apply_delete(base) {
+                                    Some(updated) => {
+                                        update_cs(&tx, &updated, indexed)?;
+                                        counts.deletes += 1;
+                                    }
+                                    None if caught_up.is_some() => update_cs(&tx, base, indexed)?,
+                                    None => counts.unchanged += 1,
+                                }
+                                renames.written(existing.id);
+                            }
                         }
                     }
                 }
+            }
+            if !renames.is_empty() {
+                counts.updates += rename_references(&tx, &connector, &renames, indexed)?;
             }
             if let Some(watermark) = watermark {
                 tx.execute(

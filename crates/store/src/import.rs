@@ -47,6 +47,62 @@ pub fn apply_modify(existing: &CsObject, dn: &str, changes: &[AttrChange]) -> Op
     apply_upsert(existing, dn, &existing.object_type, &attributes)
 }
 
+/// The renames of one import page, applied as if each had rewritten the referring objects at
+/// once, but writing each referring object once per page: a group of 100,000 members is not
+/// rewritten for every member renamed.
+///
+/// Each object the page writes remembers how many renames came before its write: before the
+/// write, [`PageRenames::catch_up`] gives it the renames it has not seen (a value delta then
+/// applies to the renamed values); after the write, only later renames apply to it (an object
+/// the server sent with a stale reference keeps what the server sent, as OpenLDAP without
+/// referential integrity does). At the end of the page every object referring to an old name
+/// gets the renames it has not seen ([`PageRenames::catch_up`] again).
+#[derive(Debug, Default)]
+pub struct PageRenames {
+    renames: Vec<(String, String)>,
+    written: std::collections::HashMap<i64, usize>,
+}
+
+impl PageRenames {
+    /// No rename yet.
+    pub fn is_empty(&self) -> bool {
+        self.renames.is_empty()
+    }
+
+    /// An object of the page moved from `old_dn` to `new_dn` (after its own write).
+    pub fn push(&mut self, old_dn: &str, new_dn: &str) {
+        self.renames.push((old_dn.to_string(), new_dn.to_string()));
+    }
+
+    /// The page wrote the object `id` now.
+    pub fn written(&mut self, id: model::CsId) {
+        self.written.insert(id.0, self.renames.len());
+    }
+
+    /// The old names, to find referring objects by.
+    pub fn old_dns(&self) -> impl Iterator<Item = &str> {
+        self.renames.iter().map(|(old, _)| old.as_str())
+    }
+
+    /// `object` with the renames of the page it has not seen yet, or `None` when none changes it.
+    pub fn catch_up(&self, object: &CsObject) -> Option<CsObject> {
+        let seen = self.written.get(&object.id.0).copied().unwrap_or(0);
+        rename_all(object, self.renames.get(seen..).unwrap_or_default())
+    }
+}
+
+/// Renames applied to a referring object in order (a chain A→B, B→C ends at C); `None` when
+/// it holds none of the old names.
+pub fn rename_all(referring: &CsObject, renames: &[(String, String)]) -> Option<CsObject> {
+    let mut current: Option<CsObject> = None;
+    for (old_dn, new_dn) in renames {
+        if let Some(renamed) = rename_references(current.as_ref().unwrap_or(referring), old_dn, new_dn) {
+            current = Some(renamed);
+        }
+    }
+    current
+}
+
 /// When an import moves an object from `old_dn` to `new_dn`, references to it held by other
 /// objects of the same connector space still name `old_dn` (AD and LDAP servers rewrite such
 /// references themselves but report no change for the referring objects). This is the referring
