@@ -85,22 +85,66 @@ impl PageRenames {
     }
 
     /// `object` with the renames of the page it has not seen yet, or `None` when none changes it.
+    /// One pass over its values (a group of 100,000 members is read once, not once per rename).
     pub fn catch_up(&self, object: &CsObject) -> Option<CsObject> {
         let seen = self.written.get(&object.id.0).copied().unwrap_or(0);
-        rename_all(object, self.renames.get(seen..).unwrap_or_default())
-    }
-}
-
-/// Renames applied to a referring object in order (a chain A→B, B→C ends at C); `None` when
-/// it holds none of the old names.
-pub fn rename_all(referring: &CsObject, renames: &[(String, String)]) -> Option<CsObject> {
-    let mut current: Option<CsObject> = None;
-    for (old_dn, new_dn) in renames {
-        if let Some(renamed) = rename_references(current.as_ref().unwrap_or(referring), old_dn, new_dn) {
-            current = Some(renamed);
+        let pending = self.renames.get(seen..).unwrap_or_default();
+        if pending.is_empty() {
+            return None;
         }
+        // Old name (lower case) → the positions of its renames, in page order.
+        let mut by_old: std::collections::HashMap<String, Vec<usize>> = std::collections::HashMap::new();
+        for (position, (old_dn, _)) in pending.iter().enumerate() {
+            by_old.entry(old_dn.to_lowercase()).or_default().push(position);
+        }
+        // A value's final name: its first rename, then any later rename of that new name (A→B, B→C).
+        let follow = |value: &str| -> Option<String> {
+            let mut current: Option<String> = None;
+            let mut after = 0;
+            loop {
+                let key = current.as_deref().unwrap_or(value).to_lowercase();
+                let next = by_old.get(&key).and_then(|positions| positions.iter().copied().find(|position| *position >= after));
+                match next {
+                    Some(position) => {
+                        current = Some(pending[position].1.clone());
+                        after = position + 1;
+                    }
+                    None => return current,
+                }
+            }
+        };
+        let mut attributes = object.attributes.clone();
+        let mut changed = false;
+        let names: Vec<String> = attributes.iter().map(|(name, _)| name.to_string()).collect();
+        for name in names {
+            let values = attributes.get(&name);
+            if !values.iter().any(|value| matches!(value, AttrValue::Reference(_))) {
+                continue;
+            }
+            let mut renamed_any = false;
+            let renamed: Vec<AttrValue> = values
+                .iter()
+                .map(|value| match value {
+                    AttrValue::Reference(target) => match follow(target) {
+                        Some(new_dn) => {
+                            renamed_any = true;
+                            AttrValue::Reference(new_dn)
+                        }
+                        None => value.clone(),
+                    },
+                    other => other.clone(),
+                })
+                .collect();
+            if renamed_any {
+                attributes.set(name, renamed);
+                changed = true;
+            }
+        }
+        if !changed {
+            return None;
+        }
+        apply_upsert(object, &object.dn, &object.object_type, &attributes)
     }
-    current
 }
 
 /// When an import moves an object from `old_dn` to `new_dn`, references to it held by other
@@ -131,4 +175,50 @@ pub fn rename_references(referring: &CsObject, old_dn: &str, new_dn: &str) -> Op
         return None;
     }
     apply_upsert(referring, &referring.dn, &referring.object_type, &attributes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(id: i64, members: &[&str]) -> CsObject {
+        CsObject {
+            id: model::CsId(id),
+            connector: model::ConnectorId("ad".into()),
+            anchor: None,
+            dn: format!("CN=g{id}"),
+            object_type: "group".into(),
+            attributes: {
+                let mut attributes = Attributes::new();
+                attributes.set("member", members.iter().map(|dn| AttrValue::Reference((*dn).to_string())).collect());
+                attributes
+            },
+            link: None,
+            pending_import: None,
+            pending_export: None,
+            error: None,
+        }
+    }
+
+    fn members(object: &CsObject) -> Vec<String> {
+        object.attributes.get("member").iter().map(|value| format!("{value:?}")).collect()
+    }
+
+    #[test]
+    fn page_renames_follow_chains_case_insensitively_and_respect_writes() {
+        let mut renames = PageRenames::default();
+        renames.push("CN=A", "CN=B");
+        renames.push("cn=b", "CN=C");
+        renames.push("CN=X", "CN=Y");
+        let caught = renames.catch_up(&group(1, &["cn=a", "CN=Z", "CN=x"])).expect("renamed");
+        assert_eq!(members(&caught), members(&group(1, &["CN=C", "CN=Z", "CN=Y"])), "A→B→C, and X→Y");
+        assert_eq!(caught.pending_import, Some(PendingImport::Update));
+        assert!(renames.catch_up(&group(2, &["CN=Z"])).is_none(), "nothing to rename");
+        // Written after the first two renames: only the third applies.
+        renames.written(model::CsId(3));
+        assert!(renames.catch_up(&group(3, &["CN=A"])).is_none(), "the server's value after the rename stays");
+        renames.push("CN=A", "CN=A2");
+        let caught = renames.catch_up(&group(3, &["CN=A"])).expect("a later rename applies");
+        assert_eq!(members(&caught), members(&group(3, &["CN=A2"])));
+    }
 }
