@@ -124,6 +124,24 @@ impl Outcome {
         }
     }
 
+    /// The outcome of a refused sign-in as the tenant's sign-in log records it.
+    pub fn audit(self) -> &'static str {
+        match self {
+            Outcome::Valid => "success",
+            Outcome::BadPassword => "bad password",
+            Outcome::Disabled => "disabled on-premises",
+            Outcome::LockedOut => "locked out on-premises",
+            Outcome::PasswordExpired => "on-premises password expired",
+            Outcome::MustChangePassword => "password must change",
+            Outcome::AccountExpired => "on-premises account expired",
+            Outcome::LogonHours => "outside logon hours",
+            Outcome::Workstation => "workstation restriction",
+            Outcome::DcUnreachable | Outcome::DecryptFailed | Outcome::InvalidRequest | Outcome::AgentError => {
+                "refused by the sign-in method"
+            }
+        }
+    }
+
     /// Reads an AD simple-bind result: the LDAP result code and its diagnostic message
     /// (`80090308: LdapErr: …, data 52e, v1db1`). Codes that say the server cannot serve (busy,
     /// unavailable, down) give [`Outcome::DcUnreachable`], so the agent tries another DC.

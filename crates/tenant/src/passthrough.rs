@@ -241,7 +241,8 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result
 fn check_encryption_key(text: &str) -> Result<(), GraphError> {
     let key = pta::key_from_text(text)
         .ok_or_else(|| GraphError::bad_request("encryptionKey must be 32 bytes of base64 (an X25519 public key)."))?;
-    pta::seal(&key, crate::crypto::random_bytes(32).try_into().unwrap_or([7; 32]), b"probe", b"probe")
+    // A seal with any ephemeral key fails exactly for low-order (non-contributory) keys.
+    pta::seal(&key, [7; 32], b"probe", b"probe")
         .map(|_| ())
         .map_err(|_| GraphError::bad_request("encryptionKey is not a usable X25519 public key."))
 }
@@ -751,7 +752,7 @@ impl SignInMethod for PassThrough {
                     match answer.outcome {
                         pta::Outcome::Valid => Verdict::Valid,
                         pta::Outcome::BadPassword => Verdict::Invalid,
-                        outcome => Verdict::Refused(refusal(outcome)),
+                        outcome => refusal(outcome),
                     }
                 }
                 Err(NoAnswer::NoAgent) => {
@@ -768,28 +769,37 @@ impl SignInMethod for PassThrough {
                             };
                         }
                     }
-                    Verdict::Refused(TokenEndpointError::new(
-                        "temporarily_unavailable",
-                        80001,
-                        "No pass-through authentication agent is available to validate the password. Try again later.",
-                    ))
+                    Verdict::Refused(
+                        TokenEndpointError::new(
+                            "temporarily_unavailable",
+                            80001,
+                            "No pass-through authentication agent is available to validate the password. Try again later.",
+                        ),
+                        "no pass-through agent",
+                    )
                 }
-                Err(NoAnswer::Timeout) => Verdict::Refused(TokenEndpointError::new(
-                    "temporarily_unavailable",
-                    80002,
-                    "The password validation request to the pass-through agents timed out. Try again.",
-                )),
-                Err(NoAnswer::Failed(outcome)) => Verdict::Refused(refusal(outcome)),
-                Err(NoAnswer::Busy) => Verdict::Refused(TokenEndpointError::new(
-                    "temporarily_unavailable",
-                    80005,
-                    "Too many sign-ins are waiting for the pass-through agents. Try again.",
-                )),
+                Err(NoAnswer::Timeout) => Verdict::Refused(
+                    TokenEndpointError::new(
+                        "temporarily_unavailable",
+                        80002,
+                        "The password validation request to the pass-through agents timed out. Try again.",
+                    ),
+                    "pass-through timed out",
+                ),
+                Err(NoAnswer::Failed(outcome)) => refusal(outcome),
+                Err(NoAnswer::Busy) => Verdict::Refused(
+                    TokenEndpointError::new(
+                        "temporarily_unavailable",
+                        80005,
+                        "Too many sign-ins are waiting for the pass-through agents. Try again.",
+                    ),
+                    "refused by the sign-in method",
+                ),
             }
         })
     }
 }
 
-fn refusal(outcome: pta::Outcome) -> TokenEndpointError {
-    TokenEndpointError::new(outcome.oauth_error(), outcome.code(), outcome.message())
+fn refusal(outcome: pta::Outcome) -> Verdict {
+    Verdict::Refused(TokenEndpointError::new(outcome.oauth_error(), outcome.code(), outcome.message()), outcome.audit())
 }

@@ -40,8 +40,9 @@ pub enum Verdict {
     /// reachable (pass-through's automatic fallback).
     ValidByFallback,
     /// The method refuses the sign-in with its own error (an on-premises account state, or a
-    /// retryable failure of its machinery); it does not count toward smart lockout.
-    Refused(TokenEndpointError),
+    /// retryable failure of its machinery) and the outcome the sign-in log records; it does not
+    /// count toward smart lockout.
+    Refused(TokenEndpointError, &'static str),
     /// The password is wrong (or the user cannot sign in this way).
     Invalid,
     /// The method cannot decide now (an agent or a federation server is down).
@@ -198,16 +199,8 @@ pub async fn authenticate(
             method_name = format!("{}, fallback to the synced hash", method.name());
             user
         }
-        (Verdict::Refused(refusal), _) => {
-            state
-                .record(
-                    "SignIn",
-                    format!("{flow} ({})", method.name()),
-                    key.clone(),
-                    grant.client_id.clone(),
-                    refusal_outcome(refusal.code),
-                )
-                .await;
+        (Verdict::Refused(refusal, outcome), _) => {
+            state.record("SignIn", format!("{flow} ({})", method.name()), key.clone(), grant.client_id.clone(), outcome).await;
             return Err(refusal);
         }
         (Verdict::Unavailable(why), _) => {
@@ -282,22 +275,6 @@ pub async fn authenticate(
     }
     state.record("SignIn", format!("{flow} ({method_name})"), key.clone(), grant.client_id.clone(), "success").await;
     Ok(user)
-}
-
-/// The audit outcome of a refusal, by its AADSTS code.
-fn refusal_outcome(code: u32) -> &'static str {
-    match code {
-        50057 => "disabled on-premises",
-        50053 => "locked out on-premises",
-        50144 => "on-premises password expired",
-        50055 => "password must change",
-        80016 => "on-premises account expired",
-        80012 => "outside logon hours",
-        80017 => "workstation restriction",
-        80001 => "no pass-through agent",
-        80002 => "pass-through timed out",
-        _ => "refused by the sign-in method",
-    }
 }
 
 /// The password grant.
