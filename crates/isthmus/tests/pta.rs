@@ -8,7 +8,6 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -256,7 +255,6 @@ struct HandAgent {
 }
 
 async fn hand_agent(fx: &Fixture) -> HandAgent {
-    use rustls::pki_types::pem::PemObject as _;
     let tls_key = rcgen::KeyPair::generate().unwrap();
     let csr = rcgen::CertificateParams::default().serialize_request(&tls_key).unwrap().pem().unwrap();
     let key = pta::AgentKey::from_bytes([42; 32]);
@@ -264,16 +262,8 @@ async fn hand_agent(fx: &Fixture) -> HandAgent {
     let (status, registered) =
         fx.admin_call(reqwest::Method::POST, "/isthmus/v1/passThroughAuthentication/agents", Some(registration)).await;
     assert_eq!(status, 201, "{registered}");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from_pem_file(&fx.ca).unwrap()).unwrap();
-    let chain = vec![rustls::pki_types::CertificateDer::from_pem_slice(registered["certificate"].as_str().unwrap().as_bytes()).unwrap()];
-    let private = rustls::pki_types::PrivateKeyDer::from_pem_slice(tls_key.serialize_pem().as_bytes()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, private)
-        .unwrap();
+    let certificate = registered["certificate"].as_str().unwrap().as_bytes();
+    let config = testkit::tls::client_config_with_certificate(&fx.ca, certificate, tls_key.serialize_pem().as_bytes()).unwrap();
     let http = reqwest::Client::builder().use_preconfigured_tls(config).build().unwrap();
     HandAgent { http, key, id: registered["agentId"].as_str().unwrap().to_string() }
 }
@@ -385,20 +375,9 @@ async fn ad_passwords_and_account_states_through_three_agents() {
     assert_eq!(status, 409, "an answer to no request: {text}");
     // A client certificate from another CA does not get past TLS.
     let stranger = {
-        use rustls::pki_types::pem::PemObject as _;
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["stranger".to_string()]).unwrap().self_signed(&key).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(rustls::pki_types::CertificateDer::from_pem_file(&fx.ca).unwrap()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(
-                vec![cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
-            )
-            .unwrap();
+        let config = testkit::tls::client_config_with_certificate(&fx.ca, cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap();
         reqwest::Client::builder().use_preconfigured_tls(config).build().unwrap()
     };
     let refused = stranger.post(format!("{}/isthmus/v1/passThroughAuthentication/agent/poll", fx.base)).send().await;

@@ -49,6 +49,21 @@ pub fn issue_server_cert(dir: &Path, dns_name: &str, ip: Ipv4Addr) -> Result<Tls
 
 /// A rustls client configuration that trusts only the CA in `ca_pem`.
 pub fn client_config(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>> {
+    Ok(Arc::new(client_builder(ca_pem)?.with_no_client_auth()))
+}
+
+/// The same, presenting a client certificate (mutual TLS): `cert_pem` (the chain, leaf first)
+/// and its private key `key_pem`.
+pub fn client_config_with_certificate(ca_pem: &Path, cert_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = |err: &dyn std::fmt::Display| Error::Certificate(format!("client certificate: {err}"));
+    let chain =
+        rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem).collect::<std::result::Result<Vec<_>, _>>().map_err(|err| bad(&err))?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem).map_err(|err| bad(&err))?;
+    client_builder(ca_pem)?.with_client_auth_cert(chain, key).map_err(|err| bad(&err))
+}
+
+fn client_builder(ca_pem: &Path) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_pem)
@@ -58,12 +73,10 @@ pub fn client_config(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>> {
         roots.add(cert).map_err(|err| Error::Certificate(err.to_string()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|err| Error::Certificate(err.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+        .with_root_certificates(roots))
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<()> {

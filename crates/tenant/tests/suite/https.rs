@@ -1367,7 +1367,6 @@ struct TestAgent {
 
 impl TestAgent {
     async fn register(tenant: &Running, admin: &str) -> (StatusCode, Option<TestAgent>) {
-        use rustls::pki_types::pem::PemObject as _;
         let tls_key = rcgen::KeyPair::generate().unwrap();
         let csr = rcgen::CertificateParams::default().serialize_request(&tls_key).unwrap().pem().unwrap();
         let key = pta::AgentKey::from_bytes([9; 32]);
@@ -1377,16 +1376,9 @@ impl TestAgent {
         if status != StatusCode::CREATED {
             return (status, None);
         }
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(rustls::pki_types::CertificateDer::from_pem_file(&tenant.ca_pem).unwrap()).unwrap();
-        let chain = vec![rustls::pki_types::CertificateDer::from_pem_slice(registered["certificate"].as_str().unwrap().as_bytes()).unwrap()];
-        let private = rustls::pki_types::PrivateKeyDer::from_pem_slice(tls_key.serialize_pem().as_bytes()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, private)
-            .unwrap();
+        let certificate = registered["certificate"].as_str().unwrap().as_bytes();
+        let config =
+            testkit::tls::client_config_with_certificate(&tenant.ca_pem, certificate, tls_key.serialize_pem().as_bytes()).unwrap();
         let http = reqwest::Client::builder().use_preconfigured_tls(config).build().unwrap();
         (status, Some(TestAgent { http, key, id: registered["agentId"].as_str().unwrap().to_string() }))
     }
