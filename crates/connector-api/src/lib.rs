@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use model::{Anchor, ConnectorId, ImportChange, PendingExport};
+use model::{Anchor, AttrChange, ConnectorId, ImportChange, PendingExport};
 
 /// A boxed, `Send` future, the return type of connector operations.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -88,11 +88,50 @@ pub struct ExportRequest {
     pub change: PendingExport,
 }
 
-/// What a successful export did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What an export did. An export the directory applied only in part (it created the group
+/// but refused some members, the connection broke between two requests, a reference names an
+/// object the directory does not have yet) is still an outcome: [`ExportOutcome::left`] says
+/// exactly what did not reach the directory, so the runner records only what did and keeps
+/// the rest pending. Nothing not confirmed by the directory may be reported as done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExportOutcome {
     /// The anchor the directory gave a new object (adds).
     pub anchor: Option<Anchor>,
+    /// The part of the change the directory did not apply; `None` when all of it was.
+    pub left: Option<Unapplied>,
+}
+
+impl ExportOutcome {
+    /// Everything was applied; no new anchor.
+    pub fn done() -> Self {
+        ExportOutcome::default()
+    }
+
+    /// Everything was applied to a new object with this anchor.
+    pub fn created(anchor: Anchor) -> Self {
+        ExportOutcome { anchor: Some(anchor), left: None }
+    }
+}
+
+/// The part of an export the directory did not apply, relative to the change asked for: values
+/// of an `Add` not added, of a `Delete` not removed, and attributes of a `Replace`/`Clear`
+/// left as they were.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unapplied {
+    /// What did not reach the directory.
+    pub changes: Vec<AttrChange>,
+    /// Why.
+    pub reason: UnappliedReason,
+}
+
+/// Why part of an export was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnappliedReason {
+    /// The values refer to objects the directory does not have yet (created by a later
+    /// export): not an error; a later cycle sends them.
+    WaitingForReferences,
+    /// The directory refused or could not be reached for this part.
+    Failed(ConnectorError),
 }
 
 /// Writing to a connected directory.

@@ -1,16 +1,18 @@
 //! Export: create, update (properties by `PATCH`; members added 20 at a time with
-//! `members@odata.bind`, removed by `$ref`), delete.
+//! `members@odata.bind`, removed by `$ref`), delete. An export of several requests reports
+//! exactly what the directory did not take (members refused, a connection lost after the
+//! object was written, references to objects not created yet) in [`ExportOutcome::left`].
 
 use std::sync::Arc;
 
 use base64::Engine as _;
-use connector_api::{BoxFuture, ConnectorError, Export, ExportOutcome, ExportRequest};
+use connector_api::{BoxFuture, ConnectorError, Export, ExportOutcome, ExportRequest, Unapplied, UnappliedReason};
 use model::{Anchor, AttrChange, AttrValue, PendingExport};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use crate::client::Client;
-use crate::id_of;
+use crate::{dn_of, id_of};
 
 pub(crate) struct GraphExport {
     pub client: Arc<Client>,
@@ -66,84 +68,183 @@ struct Split {
     add: Vec<String>,
     remove: Vec<String>,
     replace: Option<Vec<String>>,
+    /// The name the changes give the members attribute (`members`, or `member`).
+    member_name: String,
+    /// Members to add or have that name an object not created in the cloud yet (its
+    /// connector-space DN is not an object id): they are left for a later cycle, and said so.
+    waiting: Vec<AttrValue>,
 }
 
 /// Splits changes into a property patch and member adds/removes (member ids).
 fn split(changes: &[AttrChange]) -> Split {
-    let (mut patch, mut add, mut remove, mut replace) = (Map::new(), Vec::new(), Vec::new(), None);
-    // A reference to an object not created in the cloud yet (its connector-space DN is not an
-    // object id) is left for a later cycle, once the import has confirmed that object.
-    let ids = |values: &[AttrValue]| {
-        values
-            .iter()
-            .map(|value| match value {
+    let mut split =
+        Split { patch: Map::new(), add: Vec::new(), remove: Vec::new(), replace: None, member_name: "members".into(), waiting: Vec::new() };
+    // Ids of the values; those without one go to `waiting` (adds) or are dropped (a removal of an
+    // object the cloud does not have is already true).
+    let ids = |values: &[AttrValue], waiting: Option<&mut Vec<AttrValue>>| {
+        let mut ids = Vec::new();
+        let mut waiting = waiting;
+        for value in values {
+            let id = match value {
                 AttrValue::Reference(dn) | AttrValue::String(dn) => id_of(dn).to_string(),
                 other => other.to_string(),
-            })
-            .filter(|id| is_object_id(id))
-            .collect::<Vec<_>>()
+            };
+            if is_object_id(&id) {
+                ids.push(id);
+            } else if let Some(waiting) = waiting.as_mut() {
+                waiting.push(value.clone());
+            }
+        }
+        ids
     };
     for change in changes {
+        if is_members(change.name()) {
+            split.member_name = change.name().to_string();
+        }
         match change {
-            AttrChange::Add(name, values) if is_members(name) => add.extend(ids(values)),
-            AttrChange::Delete(name, values) if is_members(name) => remove.extend(ids(values)),
-            AttrChange::Replace(name, values) if is_members(name) => replace = Some(ids(values)),
-            AttrChange::Clear(name) if is_members(name) => replace = Some(Vec::new()),
+            AttrChange::Add(name, values) if is_members(name) => {
+                let found = ids(values, Some(&mut split.waiting));
+                split.add.extend(found);
+            }
+            AttrChange::Delete(name, values) if is_members(name) => {
+                let found = ids(values, None);
+                split.remove.extend(found);
+            }
+            AttrChange::Replace(name, values) if is_members(name) => {
+                split.waiting.clear();
+                split.replace = Some(ids(values, Some(&mut split.waiting)));
+            }
+            AttrChange::Clear(name) if is_members(name) => {
+                split.waiting.clear();
+                split.replace = Some(Vec::new());
+            }
             AttrChange::Replace(name, values) | AttrChange::Add(name, values) => {
-                patch.insert(name.clone(), property_value(name, values));
+                split.patch.insert(name.clone(), property_value(name, values));
             }
             AttrChange::Clear(name) | AttrChange::Delete(name, _) => {
-                patch.insert(name.clone(), if COLLECTIONS.contains(&name.as_str()) { json!([]) } else { Value::Null });
+                split.patch.insert(name.clone(), if COLLECTIONS.contains(&name.as_str()) { json!([]) } else { Value::Null });
             }
         }
     }
-    Split { patch, add, remove, replace }
+    split
+}
+
+/// Member changes the directory did not take, and the first reason.
+struct MembersLeft {
+    add: Vec<String>,
+    remove: Vec<String>,
+    error: ConnectorError,
+}
+
+impl Split {
+    /// What of the member changes did not reach the directory: `left` (failed, with its reason)
+    /// and the references still waiting for their objects. `None` when everything was applied.
+    fn unapplied(&self, left: Option<MembersLeft>) -> Option<Unapplied> {
+        let mut changes = Vec::new();
+        let mut waiting = self.waiting.clone();
+        let reason = match left {
+            Some(left) => {
+                waiting.extend(left.add.iter().map(|id| AttrValue::Reference(dn_of(id))));
+                if !left.remove.is_empty() {
+                    changes.push(AttrChange::Delete(
+                        self.member_name.clone(),
+                        left.remove.iter().map(|id| AttrValue::Reference(dn_of(id))).collect(),
+                    ));
+                }
+                UnappliedReason::Failed(left.error)
+            }
+            None => UnappliedReason::WaitingForReferences,
+        };
+        if !waiting.is_empty() {
+            changes.insert(0, AttrChange::Add(self.member_name.clone(), waiting));
+        }
+        (!changes.is_empty()).then_some(Unapplied { changes, reason })
+    }
 }
 
 impl GraphExport {
-    async fn members(&self, group: &str, add: &[String], remove: &[String]) -> Result<(), ConnectorError> {
+    /// Adds and removes members; every change the directory did not take is in the error.
+    async fn members(&self, group: &str, add: &[String], remove: &[String]) -> Result<(), MembersLeft> {
         let base = self.client.config.graph.trim_end_matches('/').to_string();
+        let mut first_refusal: Option<ConnectorError> = None;
+        let mut not_added: Vec<String> = Vec::new();
+        let mut not_removed: Vec<String> = Vec::new();
         // Adds go 20 at a time (`members@odata.bind`, Graph's bulk add); a chunk the directory
-        // refuses because one is a member already goes again one by one.
+        // refuses (one is a member already, one does not exist) goes again one by one, so each
+        // member is added or refused on its own.
         let mut single = Vec::new();
-        for chunk in add.chunks(20) {
+        let chunks: Vec<&[String]> = add.chunks(20).collect();
+        for (index, chunk) in chunks.iter().enumerate() {
             let references: Vec<String> = chunk.iter().map(|member| format!("{base}/directoryObjects/{member}")).collect();
             let body = json!({ "members@odata.bind": references });
             match self.client.object_call(Method::PATCH, &format!("/groups/{group}"), Some(&body)).await {
-                Err(ConnectorError::Rejected { code, .. }) if code == "already-exists" => single.extend_from_slice(chunk),
-                other => {
-                    other?;
+                Ok(_) => {}
+                Err(ConnectorError::Rejected { .. }) => single.extend_from_slice(chunk),
+                Err(error) => {
+                    let add = chunks[index..].iter().flat_map(|chunk| chunk.iter()).chain(&single).cloned().collect();
+                    return Err(MembersLeft { add, remove: remove.to_vec(), error });
                 }
             }
         }
-        for member in &single {
+        for (index, member) in single.iter().enumerate() {
             let body = json!({"@odata.id": format!("{base}/directoryObjects/{member}")});
             match self.client.object_call(Method::POST, &format!("/groups/{group}/members/$ref"), Some(&body)).await {
+                Ok(_) => {}
                 Err(ConnectorError::Rejected { code, .. }) if code == "already-exists" => {}
-                other => {
-                    other?;
+                Err(error @ ConnectorError::Rejected { .. }) => {
+                    tracing::warn!(connector = self.client.config.id, group, member, "member not added: {error}");
+                    not_added.push(member.clone());
+                    first_refusal.get_or_insert(error);
+                }
+                Err(error) => {
+                    not_added.extend_from_slice(&single[index..]);
+                    return Err(MembersLeft { add: not_added, remove: remove.to_vec(), error });
                 }
             }
         }
-        for member in remove {
+        for (index, member) in remove.iter().enumerate() {
             match self.client.object_call(Method::DELETE, &format!("/groups/{group}/members/{member}/$ref"), None).await {
+                Ok(_) => {}
                 Err(ConnectorError::Rejected { code, .. }) if code == "no-such-object" => {}
-                other => {
-                    other?;
+                Err(error @ ConnectorError::Rejected { .. }) => {
+                    tracing::warn!(connector = self.client.config.id, group, member, "member not removed: {error}");
+                    not_removed.push(member.clone());
+                    first_refusal.get_or_insert(error);
+                }
+                Err(error) => {
+                    not_removed.extend_from_slice(&remove[index..]);
+                    return Err(MembersLeft { add: not_added, remove: not_removed, error });
                 }
             }
         }
-        Ok(())
+        match first_refusal {
+            None => Ok(()),
+            Some(error) => Err(MembersLeft { add: not_added, remove: not_removed, error }),
+        }
     }
 
     /// Makes the members exactly `wanted`.
-    async fn set_members(&self, group: &str, wanted: &[String]) -> Result<(), ConnectorError> {
-        let answer = self.client.object_call(Method::GET, &format!("/groups/{group}/members?$select=id"), None).await?;
-        let current: Vec<String> =
-            answer.body["value"].as_array().into_iter().flatten().filter_map(|member| member["id"].as_str().map(str::to_string)).collect();
-        let add: Vec<String> = wanted.iter().filter(|id| !current.contains(id)).cloned().collect();
-        let remove: Vec<String> = current.iter().filter(|id| !wanted.contains(id)).cloned().collect();
+    async fn set_members(&self, group: &str, wanted: &[String]) -> Result<(), MembersLeft> {
+        let current = self.current_members(group).await.map_err(|error| MembersLeft { add: wanted.to_vec(), remove: Vec::new(), error })?;
+        let add: Vec<String> = wanted.iter().filter(|id| !current.contains(*id)).cloned().collect();
+        let remove: Vec<String> = current.iter().filter(|id| !wanted.contains(*id)).cloned().collect();
         self.members(group, &add, &remove).await
+    }
+
+    /// A group's member ids, every page.
+    async fn current_members(&self, group: &str) -> Result<std::collections::HashSet<String>, ConnectorError> {
+        let mut ids = std::collections::HashSet::new();
+        let mut next = format!("/groups/{group}/members?$select=id");
+        loop {
+            let answer = self.client.object_call(Method::GET, &next, None).await?;
+            ids.extend(
+                answer.body["value"].as_array().into_iter().flatten().filter_map(|member| member["id"].as_str().map(str::to_string)),
+            );
+            match answer.body["@odata.nextLink"].as_str() {
+                Some(link) => next = link.to_string(),
+                None => return Ok(ids),
+            }
+        }
     }
 
     async fn run(&self, request: &ExportRequest) -> Result<ExportOutcome, ConnectorError> {
@@ -151,7 +252,8 @@ impl GraphExport {
         let anchor_id = request.anchor.as_ref().map(|anchor| String::from_utf8_lossy(&anchor.0).into_owned());
         match &request.change {
             PendingExport::Add(changes) => {
-                let Split { patch: mut body, add, replace, .. } = split(changes);
+                let split = split(changes);
+                let mut body = split.patch.clone();
                 body.retain(|_, value| !value.is_null());
                 body.insert(
                     "@odata.type".into(),
@@ -162,33 +264,36 @@ impl GraphExport {
                     .as_str()
                     .ok_or_else(|| ConnectorError::Unavailable(format!("POST /{segment} answered without an id")))?
                     .to_string();
-                let members: Vec<String> = replace.unwrap_or_default().into_iter().chain(add).collect();
-                // The object exists now: a member that cannot be added is retried by the next
-                // cycle's export, not a reason to lose the new object's anchor.
-                if !members.is_empty()
-                    && let Err(err) = self.members(&id, &members, &[]).await
-                {
-                    tracing::warn!(connector = self.client.config.id, group = id, "members not added yet: {err}");
-                }
-                Ok(ExportOutcome { anchor: Some(Anchor(id.into_bytes())) })
+                let members: Vec<String> = split.replace.clone().unwrap_or_default().into_iter().chain(split.add.iter().cloned()).collect();
+                // The object exists now: members that could not be added stay pending (the
+                // outcome says which), never a reason to lose the new object's anchor.
+                let left = if members.is_empty() { None } else { self.members(&id, &members, &[]).await.err() };
+                Ok(ExportOutcome { anchor: Some(Anchor(id.into_bytes())), left: split.unapplied(left) })
             }
             PendingExport::Update(changes) | PendingExport::Rename { changes, .. } => {
                 let id = anchor_id.unwrap_or_else(|| id_of(&request.dn).to_string());
-                let Split { patch, add, remove, replace } = split(changes);
-                if !patch.is_empty() {
-                    self.client.object_call(Method::PATCH, &format!("/{segment}/{id}"), Some(&Value::Object(patch))).await?;
+                let split = split(changes);
+                if !split.patch.is_empty() {
+                    self.client.object_call(Method::PATCH, &format!("/{segment}/{id}"), Some(&Value::Object(split.patch.clone()))).await?;
                 }
-                if let Some(wanted) = replace {
-                    self.set_members(&id, &wanted).await?;
+                // The properties are written: from here on, what fails is left pending.
+                let mut left = None;
+                if let Some(wanted) = &split.replace {
+                    left = self.set_members(&id, wanted).await.err();
                 }
-                self.members(&id, &add, &remove).await?;
-                Ok(ExportOutcome { anchor: None })
+                if left.is_none() {
+                    left = self.members(&id, &split.add, &split.remove).await.err();
+                } else if let Some(left) = left.as_mut() {
+                    left.add.extend(split.add.iter().cloned());
+                    left.remove.extend(split.remove.iter().cloned());
+                }
+                Ok(ExportOutcome { anchor: None, left: split.unapplied(left) })
             }
             PendingExport::Delete => {
                 let id = anchor_id.unwrap_or_else(|| id_of(&request.dn).to_string());
                 match self.client.object_call(Method::DELETE, &format!("/{segment}/{id}"), None).await {
-                    Err(ConnectorError::Rejected { code, .. }) if code == "no-such-object" => Ok(ExportOutcome { anchor: None }),
-                    other => other.map(|_| ExportOutcome { anchor: None }),
+                    Err(ConnectorError::Rejected { code, .. }) if code == "no-such-object" => Ok(ExportOutcome::done()),
+                    other => other.map(|_| ExportOutcome::done()),
                 }
             }
         }
@@ -207,8 +312,8 @@ impl GraphExport {
             .unwrap_or_else(|| id_of(&request.dn).to_string());
         Ok(match &request.change {
             PendingExport::Add(changes) => {
-                let Split { patch: mut body, add, remove, replace } = split(changes);
-                if !add.is_empty() || !remove.is_empty() || replace.is_some_and(|members| !members.is_empty()) {
+                let Split { patch: mut body, add, remove, replace, waiting, .. } = split(changes);
+                if !add.is_empty() || !remove.is_empty() || !waiting.is_empty() || replace.is_some_and(|members| !members.is_empty()) {
                     return Ok(None);
                 }
                 body.retain(|_, value| !value.is_null());
@@ -221,8 +326,8 @@ impl GraphExport {
                 )
             }
             PendingExport::Update(changes) => {
-                let Split { patch, add, remove, replace } = split(changes);
-                if !add.is_empty() || !remove.is_empty() || replace.is_some() || patch.is_empty() {
+                let Split { patch, add, remove, replace, waiting, .. } = split(changes);
+                if !add.is_empty() || !remove.is_empty() || !waiting.is_empty() || replace.is_some() || patch.is_empty() {
                     return Ok(None);
                 }
                 Some(
@@ -263,8 +368,9 @@ impl GraphExport {
                                 anchor: matches!(request.change, PendingExport::Add(_))
                                     .then(|| response["body"]["id"].as_str().map(|id| Anchor(id.as_bytes().to_vec())))
                                     .flatten(),
+                                left: None,
                             })),
-                            404 if request.change == PendingExport::Delete => Some(Ok(ExportOutcome { anchor: None })),
+                            404 if request.change == PendingExport::Delete => Some(Ok(ExportOutcome::done())),
                             // Throttled or failing inside the batch: that one goes alone, with retries.
                             429 | 503 | 504 => None,
                             _ => {

@@ -321,3 +321,75 @@ async fn wrong_credentials_are_a_configuration_error() {
     assert!(matches!(err, connector_api::ConnectorError::Config(_)), "{err}");
     assert!(!format!("{:?}", config(&running)).contains(&running.sync.1), "the secret stays out of Debug output");
 }
+
+/// The group add of `members`.
+fn new_group(nickname: &str, members: Vec<AttrValue>) -> ExportRequest {
+    ExportRequest {
+        dn: format!("CN={nickname}"),
+        object_type: "group".into(),
+        anchor: None,
+        change: PendingExport::Add(vec![
+            AttrChange::Replace("displayName".into(), vec![AttrValue::string(nickname)]),
+            AttrChange::Replace("mailEnabled".into(), vec![AttrValue::Boolean(false)]),
+            AttrChange::Replace("mailNickname".into(), vec![AttrValue::string(nickname)]),
+            AttrChange::Replace("securityEnabled".into(), vec![AttrValue::Boolean(true)]),
+            AttrChange::Replace("onPremisesImmutableId".into(), vec![AttrValue::string(format!("anchor-{nickname}"))]),
+            AttrChange::Replace("members".into(), members),
+        ]),
+    }
+}
+
+/// An export the tenant takes only in part says exactly what it did not take: a member the
+/// tenant does not have (refused), a member not created yet (waiting), never reported as done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_export_says_exactly_what_was_left() {
+    let running = tenant().await;
+    let connector = connector_graph::open(config(&running)).await.unwrap();
+    let export = connector.export.as_ref().unwrap();
+    let mut users = Vec::new();
+    for index in 0..25 {
+        let outcome = export.export(&new_user(&running.domain, &format!("u{index}"))).await.unwrap();
+        users.push(String::from_utf8(outcome.anchor.unwrap().0).unwrap());
+    }
+    let missing = "22222222-2222-2222-2222-222222222222".to_string();
+    let placeholder = AttrValue::Reference("CN={42}".into());
+
+    // Only references to objects not created yet: the group is made, the members wait.
+    let outcome = export.export(&new_group("waiting", vec![placeholder.clone()])).await.unwrap();
+    let left = outcome.left.expect("the member is left");
+    assert_eq!(left.reason, connector_api::UnappliedReason::WaitingForReferences);
+    assert_eq!(left.changes, vec![AttrChange::Add("members".into(), vec![placeholder.clone()])]);
+    assert!(outcome.anchor.is_some(), "the group exists");
+
+    // 25 real members (two chunks), one the tenant does not have, one not created yet.
+    let mut members: Vec<AttrValue> = users.iter().map(|id| AttrValue::Reference(dn_of(id))).collect();
+    members.insert(7, AttrValue::Reference(dn_of(&missing)));
+    members.push(placeholder.clone());
+    let outcome = export.export(&new_group("partial", members)).await.unwrap();
+    let group = String::from_utf8(outcome.anchor.clone().unwrap().0).unwrap();
+    let left = outcome.left.expect("two members are left");
+    assert!(matches!(left.reason, connector_api::UnappliedReason::Failed(connector_api::ConnectorError::Rejected { .. })), "{left:?}");
+    assert_eq!(left.changes, vec![AttrChange::Add("members".into(), vec![placeholder.clone(), AttrValue::Reference(dn_of(&missing))])]);
+    let (full, _) = full_import(&connector).await;
+    assert_eq!(upsert(&full, &group).unwrap().get("members").len(), 25, "every real member was added");
+
+    // An update that replaces the members: removals and additions, one refused.
+    let update = ExportRequest {
+        dn: dn_of(&group),
+        object_type: "group".into(),
+        anchor: Some(model::Anchor(group.clone().into_bytes())),
+        change: PendingExport::Update(vec![AttrChange::Replace(
+            "members".into(),
+            vec![AttrValue::Reference(dn_of(&users[0])), AttrValue::Reference(dn_of(&missing))],
+        )]),
+    };
+    let outcome = export.export(&update).await.unwrap();
+    let left = outcome.left.expect("the missing member is left");
+    assert_eq!(left.changes, vec![AttrChange::Add("members".into(), vec![AttrValue::Reference(dn_of(&missing))])]);
+    let (full, _) = full_import(&connector).await;
+    assert_eq!(upsert(&full, &group).unwrap().get("members"), &[AttrValue::Reference(dn_of(&users[0]))]);
+
+    // Everything taken: nothing left.
+    let outcome = export.export(&new_group("whole", vec![AttrValue::Reference(dn_of(&users[1]))])).await.unwrap();
+    assert_eq!(outcome.left, None);
+}

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use connector_api::{BoxFuture, ConnectorError, Export, ExportOutcome, ExportRequest};
+use connector_api::{BoxFuture, ConnectorError, Export, ExportOutcome, ExportRequest, Unapplied, UnappliedReason};
 use ldap3::{LdapResult, Mod};
 use model::{Anchor, AttrChange, Dn, PendingExport};
 
@@ -65,19 +65,19 @@ impl LdapExport {
                 let outcome = ldap.with_timeout(timeout).add(&request.dn, attributes).await;
                 self.check(format!("add {}", request.dn), outcome).await?;
                 let anchor = self.read_anchor(&request.dn).await?;
-                Ok(ExportOutcome { anchor: Some(anchor) })
+                Ok(ExportOutcome::created(anchor))
             }
             PendingExport::Update(changes) => {
                 self.modify(&request.dn, changes).await?;
-                Ok(ExportOutcome { anchor: None })
+                Ok(ExportOutcome::done())
             }
             PendingExport::Delete => {
                 let mut ldap = self.session.ldap().await?;
                 let outcome = ldap.with_timeout(timeout).delete(&request.dn).await;
                 match self.check(format!("delete {}", request.dn), outcome).await {
                     // Already gone is what we wanted.
-                    Err(ConnectorError::Rejected { code, .. }) if code == "no-such-object" => Ok(ExportOutcome { anchor: None }),
-                    other => other.map(|()| ExportOutcome { anchor: None }),
+                    Err(ConnectorError::Rejected { code, .. }) if code == "no-such-object" => Ok(ExportOutcome::done()),
+                    other => other.map(|()| ExportOutcome::done()),
                 }
             }
             PendingExport::Rename { new_dn, changes } => {
@@ -95,8 +95,15 @@ impl LdapExport {
                 let mut ldap = self.session.ldap().await?;
                 let outcome = ldap.with_timeout(timeout).modifydn(&request.dn, &rdn, true, superior).await;
                 self.check(format!("rename {} to {new_dn}", request.dn), outcome).await?;
-                self.modify(new_dn, changes).await?;
-                Ok(ExportOutcome { anchor: None })
+                // Renamed: from here on a failure leaves the object at its new name with the
+                // attribute changes not applied, which the outcome says exactly.
+                match self.modify(new_dn, changes).await {
+                    Ok(()) => Ok(ExportOutcome::done()),
+                    Err(err) => Ok(ExportOutcome {
+                        anchor: None,
+                        left: Some(Unapplied { changes: changes.clone(), reason: UnappliedReason::Failed(err) }),
+                    }),
+                }
             }
         }
     }

@@ -276,7 +276,7 @@ impl Export for MemoryConnector {
                     let anchor = state.new_anchor();
                     state.insert(anchor.clone(), Entry { dn: request.dn.clone(), object_type: request.object_type.clone(), attributes });
                     state.touch(&anchor);
-                    ExportOutcome { anchor: Some(Anchor(anchor)) }
+                    ExportOutcome::created(Anchor(anchor))
                 }
                 PendingExport::Update(changes) | PendingExport::Rename { changes, .. } => {
                     let anchor = request.anchor.as_ref().ok_or_else(not_found)?.0.clone();
@@ -286,13 +286,13 @@ impl Export for MemoryConnector {
                         state.rename(&anchor, new_dn);
                     }
                     state.touch(&anchor);
-                    ExportOutcome { anchor: None }
+                    ExportOutcome::done()
                 }
                 PendingExport::Delete => {
                     let anchor = request.anchor.as_ref().ok_or_else(not_found)?.0.clone();
                     state.remove(&anchor).ok_or_else(not_found)?;
                     state.touch(&anchor);
-                    ExportOutcome { anchor: None }
+                    ExportOutcome::done()
                 }
             };
             state.exports += 1;

@@ -1,9 +1,9 @@
 //! Export steps: pending exports to the connected directory, unless staging mode holds them or
 //! the accidental-delete threshold stops the whole export.
 
-use connector_api::{ConnectorError, ExportRequest};
+use connector_api::{ConnectorError, ExportRequest, Unapplied, UnappliedReason};
 use futures_util::StreamExt as _;
-use model::{ConnectorId, CsObject, ErrorStage, ObjectError, PendingExport};
+use model::{AttrChange, AttrValue, Attributes, ConnectorId, CsObject, ErrorStage, ObjectError, PendingExport, PendingImport};
 use store::{CsQuery, RunCounts, Store};
 
 use crate::{Runner, RunnerError};
@@ -114,7 +114,35 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Resul
 /// Most exports handed to a connector at once (Graph's `$batch` limit).
 const EXPORT_CHUNK: usize = 20;
 
-/// Records what one export did to its connector-space object.
+/// The attributes after an export that applied `changes` except `left`: what the directory
+/// holds now, as far as the export knows. A value of an `Add` left out is not there; a value of
+/// a `Delete` left out is still there; an attribute of a `Replace` or `Clear` left out keeps
+/// its earlier values.
+fn applied(before: &Attributes, changes: &[AttrChange], left: &[AttrChange]) -> Attributes {
+    let mut after = before.clone();
+    after.apply(changes);
+    for change in left {
+        match change {
+            AttrChange::Add(name, values) => after.apply(&[AttrChange::Delete(name.clone(), values.clone())]),
+            AttrChange::Delete(name, values) => {
+                let still: Vec<AttrValue> = values.iter().filter(|value| before.get(name).contains(value)).cloned().collect();
+                after.apply(&[AttrChange::Add(name.clone(), still)]);
+            }
+            AttrChange::Replace(name, _) | AttrChange::Clear(name) => {
+                let earlier = before.get(name).to_vec();
+                if earlier.is_empty() {
+                    after.apply(&[AttrChange::Clear(name.clone())]);
+                } else {
+                    after.set(name.clone(), earlier);
+                }
+            }
+        }
+    }
+    after
+}
+
+/// Records what one export did to its connector-space object: only what the directory
+/// confirmed; what it left stays pending (and visible).
 async fn apply_result<S: Store>(
     runner: &Runner<S>,
     id: &ConnectorId,
@@ -125,6 +153,8 @@ async fn apply_result<S: Store>(
 ) -> Result<(), RunnerError> {
     match result {
         Ok(outcome) => {
+            let left = outcome.left.clone();
+            let left_changes = left.as_ref().map_or(&[][..], |left| left.changes.as_slice());
             match change {
                 PendingExport::Delete => {
                     runner.store.cs_delete(cs.id).await?;
@@ -156,22 +186,49 @@ async fn apply_result<S: Store>(
                     if outcome.anchor.is_some() {
                         cs.anchor = outcome.anchor;
                     }
-                    cs.attributes.apply(&changes);
+                    cs.attributes = applied(&cs.attributes, &changes, left_changes);
                     counts.adds += 1;
                 }
                 PendingExport::Update(changes) => {
-                    cs.attributes.apply(&changes);
+                    cs.attributes = applied(&cs.attributes, &changes, left_changes);
                     counts.updates += 1;
                 }
                 PendingExport::Rename { new_dn, changes } => {
                     cs.dn = new_dn;
-                    cs.attributes.apply(&changes);
+                    cs.attributes = applied(&cs.attributes, &changes, left_changes);
                     counts.updates += 1;
                 }
             }
             cs.pending_export = None;
             cs.error = None;
+            let mut stop = None;
+            if let Some(Unapplied { changes: rest, reason }) = left {
+                // What is left stays pending, and the next sync of the object computes it
+                // again from current values (a reference then names the created object).
+                cs.pending_export = Some(PendingExport::Update(rest));
+                if cs.pending_import.is_none() {
+                    cs.pending_import = Some(PendingImport::Update);
+                }
+                match reason {
+                    UnappliedReason::WaitingForReferences => {
+                        tracing::debug!(connector = %id, dn = cs.dn, "references left for a later cycle");
+                    }
+                    UnappliedReason::Failed(ConnectorError::Rejected { code, message }) => {
+                        tracing::warn!(connector = %id, dn = cs.dn, code, "export applied in part");
+                        let message = format!("exported in part; the rest stays pending: {message}");
+                        cs.error = Some(ObjectError { stage: ErrorStage::Export, code, message });
+                        counts.errors += 1;
+                    }
+                    UnappliedReason::Failed(source) => {
+                        tracing::warn!(connector = %id, dn = cs.dn, "export applied in part: {source}");
+                        stop = Some(RunnerError::Connector { connector: id.0.clone(), source });
+                    }
+                }
+            }
             runner.store.cs_update(&cs).await?;
+            if let Some(err) = stop {
+                return Err(err);
+            }
         }
         Err(ConnectorError::Rejected { code, message }) => {
             tracing::warn!(connector = %id, dn = cs.dn, code, "export rejected");
@@ -182,4 +239,47 @@ async fn apply_result<S: Store>(
         Err(source) => return Err(RunnerError::Connector { connector: id.0.clone(), source }),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(names: &[&str]) -> Vec<AttrValue> {
+        names.iter().map(|name| AttrValue::Reference((*name).into())).collect()
+    }
+
+    #[test]
+    fn applied_keeps_only_what_the_directory_took() {
+        let mut before = Attributes::new();
+        before.set("members", refs(&["a", "b", "x"]));
+        before.set("displayName", vec![AttrValue::string("old")]);
+        let changes = vec![
+            AttrChange::Replace("members".into(), refs(&["a", "b", "c", "d"])),
+            AttrChange::Replace("displayName".into(), vec![AttrValue::string("new")]),
+            AttrChange::Replace("mail".into(), vec![AttrValue::string("m@example.com")]),
+        ];
+        // c was not added, x not removed, the mail not written.
+        let left = vec![
+            AttrChange::Add("members".into(), refs(&["c"])),
+            AttrChange::Delete("members".into(), refs(&["x"])),
+            AttrChange::Clear("mail".into()),
+        ];
+        let after = applied(&before, &changes, &left);
+        let mut members: Vec<String> = after.get("members").iter().map(ToString::to_string).collect();
+        members.sort();
+        assert_eq!(members, ["a", "b", "d", "x"]);
+        assert_eq!(after.get("displayName"), [AttrValue::string("new")]);
+        assert!(after.get("mail").is_empty(), "the mail was never written");
+        // Nothing left: everything asked for.
+        let all = applied(&before, &changes, &[]);
+        assert_eq!(all.get("members").len(), 4);
+        // A Delete left for a value that was not there before adds nothing.
+        let after =
+            applied(&before, &[AttrChange::Delete("members".into(), refs(&["q"]))], &[AttrChange::Delete("members".into(), refs(&["q"]))]);
+        assert_eq!(after.get("members").len(), 3);
+        // A Replace left keeps the earlier values.
+        let after = applied(&before, &changes, &[AttrChange::Replace("displayName".into(), vec![])]);
+        assert_eq!(after.get("displayName"), [AttrValue::string("old")]);
+    }
 }

@@ -538,7 +538,7 @@ impl connector_api::Export for MatchingTarget {
         &'a self,
         _request: &'a connector_api::ExportRequest,
     ) -> connector_api::BoxFuture<'a, Result<connector_api::ExportOutcome, connector_api::ConnectorError>> {
-        Box::pin(async { Ok(connector_api::ExportOutcome { anchor: Some(matched_anchor()) }) })
+        Box::pin(async { Ok(connector_api::ExportOutcome::created(matched_anchor())) })
     }
 }
 
@@ -599,7 +599,7 @@ impl connector_api::Export for SlowTarget {
         &'a self,
         request: &'a connector_api::ExportRequest,
     ) -> connector_api::BoxFuture<'a, Result<connector_api::ExportOutcome, connector_api::ConnectorError>> {
-        Box::pin(async move { Ok(connector_api::ExportOutcome { anchor: Some(model::Anchor(request.dn.clone().into_bytes())) }) })
+        Box::pin(async move { Ok(connector_api::ExportOutcome::created(model::Anchor(request.dn.clone().into_bytes()))) })
     }
 
     fn export_many<'a>(
@@ -619,7 +619,7 @@ impl connector_api::Export for SlowTarget {
             self.succeeded.fetch_add(requests.len(), SeqCst);
             requests
                 .iter()
-                .map(|request| Ok(connector_api::ExportOutcome { anchor: Some(model::Anchor(request.dn.clone().into_bytes())) }))
+                .map(|request| Ok(connector_api::ExportOutcome::created(model::Anchor(request.dn.clone().into_bytes()))))
                 .collect()
         })
     }
@@ -746,4 +746,87 @@ async fn progress_is_reported_step_by_step() {
     let export = events.iter().position(|event| event == "start dst export").expect("export started");
     assert_eq!(events[export + 1], "total 3", "the export knows its size: {events:?}");
     assert_eq!(events[export + 2], "advanced 3");
+}
+
+/// A target that, while `refusing` is set, writes everything of an export but the manager and
+/// says so (as a directory refusing one reference of a multi-request export).
+struct RefusesManager {
+    inner: Box<dyn connector_api::Export>,
+    refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl connector_api::Export for RefusesManager {
+    fn export<'a>(
+        &'a self,
+        request: &'a connector_api::ExportRequest,
+    ) -> connector_api::BoxFuture<'a, Result<connector_api::ExportOutcome, connector_api::ConnectorError>> {
+        Box::pin(async move {
+            if !self.refusing.load(std::sync::atomic::Ordering::SeqCst) {
+                return self.inner.export(request).await;
+            }
+            let mut request = request.clone();
+            let mut left = Vec::new();
+            if let model::PendingExport::Add(changes) | model::PendingExport::Update(changes) = &mut request.change {
+                left = changes.iter().filter(|change| change.name() == "manager").cloned().collect();
+                changes.retain(|change| change.name() != "manager");
+            }
+            let mut outcome = self.inner.export(&request).await?;
+            if !left.is_empty() {
+                outcome.left = Some(connector_api::Unapplied {
+                    changes: left,
+                    reason: connector_api::UnappliedReason::Failed(connector_api::ConnectorError::Rejected {
+                        code: "no-such-object".into(),
+                        message: "the manager is unknown".into(),
+                    }),
+                });
+            }
+            Ok(outcome)
+        })
+    }
+}
+
+/// An export the directory applies in part is recorded exactly: the part left stays pending
+/// and visible, the connector space never claims it, and the next delta cycle (nothing changed
+/// at the source) sends it.
+#[tokio::test]
+async fn a_partial_export_is_recorded_exactly_and_the_next_delta_cycle_sends_the_rest() {
+    let store = SqliteStore::memory().expect("store");
+    store.migrate().await.expect("migrate");
+    let mut runner = Runner::new(store, RuleSet::parse(RULES).expect("rules"), RunnerConfig::default());
+    let (src, dst) = (MemoryDirectory::new(), MemoryDirectory::new());
+    seed(&src);
+    runner.add_connector(src.connector("src", Role::Source, 10));
+    let refusing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut target = dst.connector("dst", Role::Target, 10);
+    let inner = target.export.take().expect("the memory directory writes");
+    target.export = Some(Box::new(RefusesManager { inner, refusing: refusing.clone() }));
+    runner.add_connector(target);
+
+    let reports = runner.run_cycle(true).await.expect("first cycle");
+    assert_eq!(status(&reports, "dst", Step::Export), "completed-errors", "{reports:#?}");
+    assert_eq!(dst.len(), 3);
+    assert!(dst_attribute(&dst, "CN=E2,OU=Cloud", "manager").is_empty(), "the directory has no manager");
+    let dst_id = ConnectorId("dst".into());
+    let bob = runner.store().cs_by_dn(&dst_id, "CN=E2,OU=Cloud").await.expect("read").expect("bob");
+    assert!(bob.attributes.get("manager").is_empty(), "the connector space does not claim the manager: {bob:#?}");
+    assert_eq!(
+        bob.pending_export,
+        Some(model::PendingExport::Update(vec![AttrChange::Replace(
+            "manager".into(),
+            vec![AttrValue::Reference("CN=E1,OU=Cloud".into())]
+        )])),
+        "the rest stays pending"
+    );
+    let error = bob.error.expect("and visible");
+    assert_eq!((error.stage, error.code.as_str()), (ErrorStage::Export, "no-such-object"));
+    assert!(bob.anchor.is_some(), "the object itself was created");
+
+    // The directory takes it now; nothing changed at the source.
+    refusing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let reports = runner.run_cycle(false).await.expect("delta cycle");
+    assert_eq!(status(&reports, "dst", Step::Export), "success", "{reports:#?}");
+    assert_eq!(dst_attribute(&dst, "CN=E2,OU=Cloud", "manager"), vec![AttrValue::Reference("CN=E1,OU=Cloud".into())]);
+    let bob = runner.store().cs_by_dn(&dst_id, "CN=E2,OU=Cloud").await.expect("read").expect("bob");
+    assert!(bob.pending_export.is_none() && bob.error.is_none(), "{bob:#?}");
+    assert_eq!(dst.len(), 3, "nothing added twice");
 }
