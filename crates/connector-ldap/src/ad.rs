@@ -43,6 +43,9 @@ struct Watermark {
     /// (stream, DirSync cookie in base64); per naming context a stream of the imported objects
     /// (named by the naming context) and one of its containers (`containers:<nc>`).
     cookies: Vec<(String, String)>,
+    /// When the last presence check began (Unix seconds); 0: never.
+    #[serde(default)]
+    presence_checked: i64,
 }
 
 const WATERMARK_KIND: &str = "ad-dirsync-v2";
@@ -63,6 +66,21 @@ struct FullCursor {
 struct DeltaCursor {
     nc: usize,
     watermark: Watermark,
+    /// The presence check, once the DirSync streams are read and a check is due.
+    #[serde(default)]
+    presence: Option<PresenceCursor>,
+}
+
+/// Where a presence check is: search base `scope`, paging cookie (base64), and its start.
+#[derive(Debug, Serialize, Deserialize)]
+struct PresenceCursor {
+    scope: usize,
+    paged: String,
+    started: i64,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs() as i64)
 }
 
 /// What the import knows about the directory after its first contact.
@@ -238,7 +256,9 @@ impl AdImport {
                     cookies.push((nc.clone(), cookie.clone()));
                     cookies.push((format!("{CONTAINERS}{nc}"), cookie));
                 }
-                FullCursor { scope: 0, paged: String::new(), watermark: Watermark { kind: WATERMARK_KIND.into(), cookies } }
+                // A full import names every object: it is a presence check of its own.
+                let watermark = Watermark { kind: WATERMARK_KIND.into(), cookies, presence_checked: unix_now() };
+                FullCursor { scope: 0, paged: String::new(), watermark }
             }
         };
         let scopes = self.scopes(directory);
@@ -287,9 +307,12 @@ impl AdImport {
                     return Err(ConnectorError::WatermarkExpired("the naming contexts changed since the last import".into()));
                 }
                 self.refresh_pilot().await?;
-                DeltaCursor { nc: 0, watermark }
+                DeltaCursor { nc: 0, watermark, presence: None }
             }
         };
+        if state.presence.is_some() {
+            return self.presence_page(directory, state).await;
+        }
         let Some((stream, cookie)) = state.watermark.cookies.get(state.nc).cloned() else {
             return Ok(ImportPage { changes: Vec::new(), next: None, watermark: Some(encode(&state.watermark)?), complete: false });
         };
@@ -327,10 +350,55 @@ impl AdImport {
         }
         let watermark = Some(encode(&state.watermark)?);
         if state.nc >= state.watermark.cookies.len() {
-            return Ok(ImportPage { changes, next: None, watermark, complete: false });
+            let now = unix_now();
+            let interval = i64::try_from(self.session.config.presence_check_minutes.saturating_mul(60)).unwrap_or(i64::MAX);
+            if now.saturating_sub(state.watermark.presence_checked) < interval {
+                return Ok(ImportPage { changes, next: None, watermark, complete: false });
+            }
+            // The DirSync streams are read (and their cookies stored with this page); a
+            // presence check follows.
+            state.presence = Some(PresenceCursor { scope: 0, paged: String::new(), started: now });
         }
         let next = serde_json::to_vec(&state).map_err(|err| ConnectorError::Config(err.to_string()))?;
         Ok(ImportPage { changes, next: Some(next), watermark, complete: false })
+    }
+
+    /// One page of a presence check: every in-scope object's objectGUID and DN, as modifies
+    /// without changes. The last page is marked `complete`, so the runner deletes what the check
+    /// did not name (a deletion DirSync did not return, e.g. to a least-privileged account)
+    /// and only then stores the watermark with the check's time.
+    async fn presence_page(&self, directory: &Directory, mut state: DeltaCursor) -> Result<ImportPage, ConnectorError> {
+        let scopes = self.scopes(directory);
+        let Some(presence) = state.presence.as_mut() else {
+            return Err(ConnectorError::Config("not a presence-check cursor".into()));
+        };
+        let Some(base) = scopes.get(presence.scope) else {
+            return Err(ConnectorError::Config("a presence-check cursor past the last scope".into()));
+        };
+        let paged = B64.decode(&presence.paged).map_err(|err| ConnectorError::Config(format!("bad paging cookie in the cursor: {err}")))?;
+        let wanted = ["objectGUID".to_string(), "objectClass".to_string()];
+        let (entries, next_cookie) = self.session.search_page(base, Scope::Subtree, &self.filter(), &wanted, paged).await?;
+        let mut changes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if !self.in_scope(directory, &entry.dn) || self.object_type(&entry).is_none() {
+                continue;
+            }
+            if let Some(guid) = raw_values(&entry, "objectGUID").first() {
+                changes.push(ImportChange::Modify { anchor: Anchor(guid.to_vec()), dn: entry.dn.clone(), changes: Vec::new() });
+            }
+        }
+        if next_cookie.is_empty() {
+            presence.scope += 1;
+            presence.paged.clear();
+        } else {
+            presence.paged = B64.encode(next_cookie);
+        }
+        if presence.scope >= scopes.len() {
+            state.watermark.presence_checked = presence.started;
+            return Ok(ImportPage { changes, next: None, watermark: Some(encode(&state.watermark)?), complete: true });
+        }
+        let next = serde_json::to_vec(&state).map_err(|err| ConnectorError::Config(err.to_string()))?;
+        Ok(ImportPage { changes, next: Some(next), watermark: None, complete: false })
     }
 
     /// Everything under a renamed or moved container, as it is now: upserts for objects in

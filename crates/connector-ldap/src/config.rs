@@ -155,6 +155,17 @@ pub struct LdapConfig {
     /// between this machine and the server (and replication delay between servers).
     #[serde(default = "default_overlap")]
     pub timestamp_overlap_seconds: u64,
+    /// Active Directory: minutes between presence checks, a paged read of every in-scope
+    /// object's objectGUID at the end of a delta import; objects it does not find are deleted.
+    /// DirSync returns deleted objects (tombstones) only to accounts that may list
+    /// `CN=Deleted Objects` (Samba: administrators only), so for the least-privileged sync
+    /// account this check is how deletions are seen. 0 checks on every delta import.
+    #[serde(default = "default_presence_check")]
+    pub presence_check_minutes: u64,
+}
+
+fn default_presence_check() -> u64 {
+    30
 }
 
 fn default_overlap() -> u64 {
@@ -191,6 +202,7 @@ impl LdapConfig {
             password_hash_sync: false,
             range_size: None,
             timeout_seconds: default_timeout(),
+            presence_check_minutes: default_presence_check(),
             delta: DeltaMode::Auto,
             timestamp_overlap_seconds: default_overlap(),
         }

@@ -193,6 +193,9 @@ async fn build<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet) 
     check_anchor(config).await?;
     store.migrate().await.context("create or check the database schema")?;
     let mut runner = Runner::new(store, rules, config.runner());
+    // One runner per database: a second `sync run` or `sync serve` stops here, before it
+    // connects to anything.
+    runner.claim().await.context("take the sync database")?;
     runner.set_progress(std::sync::Arc::new(crate::progress::Bars::default()));
     for connector in &config.connectors {
         let opened = connector_ldap::open(connector.clone()).await.with_context(|| format!("connector {}", connector.id))?;

@@ -698,3 +698,51 @@ async fn a_custom_source_anchor_is_checked_per_object() {
     let settings = graph.call(reqwest::Method::GET, "/v1.0/directory/onPremisesSynchronization", None).await;
     assert_eq!(settings["value"][0]["configuration"]["anchorAttribute"], "employeeID");
 }
+
+/// The sync account as docs/sync.md tells an operator to create it: an ordinary user with
+/// "Replicating Directory Changes" (+ "All") on the domain and write access to
+/// mS-DS-ConsistencyGuid on users under the synced OU; no administrator rights. Returns its DN
+/// and password.
+async fn least_privileged_account(dc: &SambaDc, ad: &mut testkit::samba::AdAdmin, ou: &str, domain: &str) -> (String, String) {
+    let password = "Sync!Acc0unt.Pass".to_string();
+    let account = ad.create_user(&AdUser::with_password("svc-isthmus", domain, &password)).await.unwrap();
+    dc.grant_on_domain_root(&account, "get-changes").unwrap();
+    dc.grant_on_domain_root(&account, "get-changes-all").unwrap();
+    let sid = ad.sid_of(&account).await.unwrap();
+    // WP on mS-DS-ConsistencyGuid (23773dc2-…) of user objects (bf967aba-…), inherited.
+    dc.grant_sddl(ou, &format!("(OA;CIIO;WP;23773dc2-b63a-11d2-90e1-00c04fd91ab1;bf967aba-0de6-11d0-a285-00aa003049e2;{sid})")).unwrap();
+    (account, password)
+}
+
+/// With the least-privileged account, the next delta cycle removes a user deleted in AD,
+/// removes one moved out of scope and disables one disabled: DirSync does not show that
+/// account the deleted user (only administrators may list CN=Deleted Objects on Samba), so the
+/// presence check finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_reach_the_tenant_with_the_least_privileged_account() {
+    let Some(Hybrid { graph, domain, mut ad, people, config_path, ou, _dc: dc, folder: _folder, _stop: _tenant_alive, .. }) = setup().await
+    else {
+        return;
+    };
+    let (account, password) = least_privileged_account(&dc, &mut ad, &ou, &domain).await;
+    edit(&config_path, &format!("dn = \"{}\"", dc.admin_dn()), &format!("dn = \"{account}\""));
+    edit(&config_path, &format!("password = \"{}\"", dc.config().admin_password), &format!("password = \"{password}\"\n"));
+    edit(&config_path, "include_ous = [", "presence_check_minutes = 0\ninclude_ous = [");
+    let config_arg = config_path.to_str().unwrap();
+    let (ok, out, err) = isthmus(&["sync", "run", "--config", config_arg]);
+    assert!(ok, "first cycle:\n{out}\n{err}");
+    let (ok, out, err) = isthmus(&["sync", "run", "--config", config_arg]);
+    assert!(ok, "second cycle:\n{out}\n{err}");
+    for sam in ["hana", "ivo", "kim"] {
+        assert_eq!(graph.synced(sam).await["accountEnabled"], true, "{sam} synced:\n{out}");
+    }
+
+    ad.conn().delete(&people[0]).await.unwrap();
+    ad.conn().rename(&people[1], "CN=ivo", Some(&format!("CN=Users,{}", dc.base_dn()))).await.unwrap();
+    ad.disable(&people[2]).await.unwrap();
+    let (ok, out, err) = isthmus(&["sync", "run", "--config", config_arg]);
+    assert!(ok, "delta cycle:\n{out}\n{err}");
+    assert!(graph.synced("hana").await.is_null(), "deleted on-premises, deleted in the tenant:\n{out}\n{err}");
+    assert!(graph.synced("ivo").await.is_null(), "moved out of scope, deleted in the tenant:\n{out}\n{err}");
+    assert_eq!(graph.synced("kim").await["accountEnabled"], false, "disabled:\n{out}\n{err}");
+}

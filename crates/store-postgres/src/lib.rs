@@ -23,6 +23,9 @@ use tokio::sync::Mutex;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, NoTls, Row};
 
+/// The advisory lock key of the one sync runner of a database ("isthmus-runner").
+const RUNNER_LOCK_KEY: i64 = 0x6973_7468_6d75_7372;
+
 /// A PostgreSQL-backed store.
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -618,6 +621,21 @@ impl store::Store for PostgresStore {
             .await
             .map_err(backend)?;
         Ok(rows.iter().map(|row| MvId(row.get(0))).collect())
+    }
+
+    async fn claim_runner(&self, now: i64) -> Result<u64> {
+        let client = self.client.lock().await;
+        // A session lock: held while this connection lives (several calls on one handle take
+        // it again, which PostgreSQL counts); a killed runner's connection ends and frees it.
+        let held: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&RUNNER_LOCK_KEY]).await.map_err(backend)?.get(0);
+        if !held {
+            return Err(StoreError::Busy("another session holds the runner lock of this PostgreSQL database".into()));
+        }
+        let changed = client
+            .execute("UPDATE runs SET status = 'interrupted', finished = $1 WHERE status = 'running' AND finished IS NULL", &[&now])
+            .await
+            .map_err(backend)?;
+        Ok(changed)
     }
 
     async fn run_start(&self, connector: &ConnectorId, step: &str, started: i64) -> Result<i64> {

@@ -42,3 +42,31 @@ async fn plain_text_to_a_remote_host_is_refused() {
     let err = PostgresStore::connect("postgresql://isthmus@db.example.com/isthmus").await.err().expect("refused");
     assert!(err.to_string().contains("refusing a plain-text connection"), "{err}");
 }
+
+/// One runner per database: a second session is refused while the first holds the claim; the
+/// claim ends with the first session (a killed runner's connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_runner_per_database() {
+    let Some(server) = testkit::available(Postgres::start()) else { return };
+    let (client, connection) = tokio_postgres::connect(server.url(), tokio_postgres::NoTls).await.expect("admin connect");
+    tokio::spawn(connection);
+    client.batch_execute("CREATE DATABASE isthmus_claim").await.expect("create database");
+    let url = server.database_url("isthmus_claim");
+    let first = PostgresStore::connect(&url).await.expect("first");
+    first.migrate().await.expect("migrate");
+    first.claim_runner(1).await.expect("claim");
+    let second = PostgresStore::connect(&url).await.expect("second");
+    let refused = second.claim_runner(2).await.expect_err("a second runner is refused");
+    assert!(matches!(refused, store::StoreError::Busy(_)), "{refused}");
+    drop(first);
+    // The session ends asynchronously once its connection task sees the client gone.
+    let mut claimed = Err(refused);
+    for _ in 0..50 {
+        claimed = second.claim_runner(3).await;
+        if claimed.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    claimed.expect("free once the first session ended");
+}

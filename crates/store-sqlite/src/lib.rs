@@ -20,6 +20,17 @@ use store::{CsQuery, ImportChange, ImportCounts, Matching, NewCsObject, Result, 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     indexed: Option<Arc<BTreeSet<String>>>,
+    /// The database file (`None` in memory).
+    path: Option<Arc<std::path::PathBuf>>,
+    /// The runner lock file, once claimed; the lock lives as long as the store.
+    runner_lock: Arc<Mutex<Option<std::fs::File>>>,
+}
+
+/// The file whose lock marks the one sync runner of a database: `<database>.runner.lock`.
+fn runner_lock_path(database: &Path) -> std::path::PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push(".runner.lock");
+    std::path::PathBuf::from(name)
 }
 
 fn backend(err: rusqlite::Error) -> StoreError {
@@ -35,7 +46,9 @@ impl SqliteStore {
         // Fewer, larger checkpoints and a 64 MiB page cache: the sync engine touches many rows per run.
         conn.pragma_update(None, "wal_autocheckpoint", 16384).map_err(backend)?;
         conn.pragma_update(None, "cache_size", -65536).map_err(backend)?;
-        Self::with_connection(conn)
+        let mut store = Self::with_connection(conn)?;
+        store.path = Some(Arc::new(path.to_path_buf()));
+        Ok(store)
     }
 
     /// A private in-memory database (tests, previews).
@@ -46,7 +59,7 @@ impl SqliteStore {
     fn with_connection(conn: Connection) -> Result<Self> {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(backend)?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), indexed: None })
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), indexed: None, path: None, runner_lock: Arc::default() })
     }
 
     /// Index only these attributes for join lookups (the join attributes of the rules), instead of all.
@@ -655,6 +668,43 @@ impl store::Store for SqliteStore {
             let mut statement = conn.prepare_cached("SELECT id FROM mv_objects WHERE id > ?1 ORDER BY id LIMIT ?2").map_err(backend)?;
             let rows = statement.query_map(params![after.map_or(0, |id| id.0), limit], |row| row.get(0)).map_err(backend)?;
             rows.map(|row| row.map(MvId).map_err(backend)).collect()
+        })
+        .await
+    }
+
+    async fn claim_runner(&self, now: i64) -> Result<u64> {
+        if let Some(path) = &self.path {
+            let mut held = self.runner_lock.lock().map_err(|_| StoreError::Backend("runner lock poisoned".into()))?;
+            if held.is_none() {
+                let lock_path = runner_lock_path(path);
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .map_err(|err| StoreError::Backend(format!("{}: {err}", lock_path.display()).into()))?;
+                match file.try_lock() {
+                    Ok(()) => *held = Some(file),
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        return Err(StoreError::Busy(format!(
+                            "{} is locked by another process (a `sync serve` or `sync run` of the same configuration)",
+                            lock_path.display()
+                        )));
+                    }
+                    Err(std::fs::TryLockError::Error(err)) => {
+                        return Err(StoreError::Backend(format!("lock {}: {err}", lock_path.display()).into()));
+                    }
+                }
+            }
+        }
+        self.call(move |conn, _| {
+            let changed = conn
+                .execute(
+                    "UPDATE runs SET status = 'interrupted', finished = ?1 WHERE status = 'running' AND finished IS NULL",
+                    params![now],
+                )
+                .map_err(backend)?;
+            Ok(changed as u64)
         })
         .await
     }

@@ -99,3 +99,21 @@ async fn upgrading_a_version_1_database_indexes_its_references() {
     let g = upgraded.cs_by_anchor(&connector, &model::Anchor(vec![1])).await.unwrap().unwrap();
     assert_eq!(g.attributes.get("member"), &[model::AttrValue::Reference("CN=Ann,OU=B".into())]);
 }
+
+/// One runner per database file: a second handle (another process) is refused while the first
+/// holds the claim, and may claim once the first is gone.
+#[tokio::test]
+async fn one_runner_per_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sync.db");
+    let first = SqliteStore::open(&path).unwrap();
+    first.migrate().await.unwrap();
+    first.claim_runner(1).await.unwrap();
+    first.claim_runner(2).await.expect("the holder may claim again");
+    let second = SqliteStore::open(&path).unwrap();
+    let refused = second.claim_runner(3).await.expect_err("a second runner is refused");
+    assert!(matches!(refused, store::StoreError::Busy(_)), "{refused}");
+    second.runs(1).await.expect("reading is not refused");
+    drop(first);
+    second.claim_runner(4).await.expect("free once the first is gone");
+}

@@ -40,6 +40,10 @@ pub enum StoreError {
         /// Newest version this program knows.
         supported: i64,
     },
+    /// Another runner (another process) works on this state now; two would interleave their
+    /// writes to one connector space.
+    #[error("another sync runner is using this database now: {0}")]
+    Busy(String),
     /// The database itself failed (connection lost, disk full …); retrying later may help.
     #[error("database error: {0}")]
     Backend(Box<dyn std::error::Error + Send + Sync>),
@@ -215,6 +219,11 @@ pub trait Store: Send + Sync {
     /// MV ids after `after`, at most `limit` (0 = all).
     fn mv_list(&self, after: Option<MvId>, limit: usize) -> impl Future<Output = Result<Vec<MvId>>> + Send;
 
+    /// Makes this handle the only sync runner of the state for as long as it lives (a second
+    /// process gets [`StoreError::Busy`]), then marks the run steps a runner left `running`
+    /// (it was killed) as `interrupted`, finished at `now`; returns how many. Calling it again
+    /// on the same handle only marks.
+    fn claim_runner(&self, now: i64) -> impl Future<Output = Result<u64>> + Send;
     /// Records the start of a run step; returns its id.
     fn run_start(&self, connector: &ConnectorId, step: &str, started: i64) -> impl Future<Output = Result<i64>> + Send;
     /// Records the end of a run step.

@@ -18,7 +18,7 @@ use crate::{CsQuery, ImportChange, Matching, NewCsObject, RunCounts, Store, Stor
 macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@tests $make; cs_objects, import_pages, import_modify, renames_follow_references, import_confirms_export_object, failed_page_changes_nothing,
-            obsoletion, metaverse, disconnector_lookup, updates_keep_the_lookup_index, run_history, migrate_is_idempotent);
+            obsoletion, metaverse, disconnector_lookup, updates_keep_the_lookup_index, run_history, interrupted_runs, migrate_is_idempotent);
     };
     (@tests $make:expr; $($check:ident),*) => {
         $(
@@ -504,6 +504,20 @@ pub async fn run_history(store: &impl Store) {
     assert_eq!(runs[1].counts.adds, 5);
     assert_eq!((runs[0].finished, runs[0].status.as_str()), (None, "running"));
     assert_eq!(store.runs(1).await.expect("runs").len(), 1);
+}
+
+/// Claiming the runner marks runs a killed runner left `running` as `interrupted`; finished
+/// runs keep their status; claiming again changes nothing more.
+pub async fn interrupted_runs(store: &impl Store) {
+    let done = store.run_start(&ad(), "full-import", 100).await.expect("start");
+    store.run_finish(done, 160, "success", RunCounts::default()).await.expect("finish");
+    let killed = store.run_start(&ad(), "export", 200).await.expect("start");
+    assert_eq!(store.claim_runner(300).await.expect("claim"), 1, "one run was left running");
+    let runs = store.runs(10).await.expect("runs");
+    let status = |id: i64| runs.iter().find(|run| run.id == id).map(|run| (run.status.clone(), run.finished)).expect("run");
+    assert_eq!(status(killed), ("interrupted".to_string(), Some(300)));
+    assert_eq!(status(done), ("success".to_string(), Some(160)));
+    assert_eq!(store.claim_runner(400).await.expect("claim again"), 0);
 }
 
 /// `migrate` twice is harmless.

@@ -159,6 +159,8 @@ pub struct Runner<S: Store> {
     deletes_allowed_once: std::sync::atomic::AtomicBool,
     /// Told how steps advance.
     pub(crate) progress: std::sync::Arc<dyn Progress>,
+    /// Whether this runner holds the store's runner claim (taken before its first step).
+    claimed: tokio::sync::OnceCell<()>,
 }
 
 impl<S: Store> Runner<S> {
@@ -173,6 +175,7 @@ impl<S: Store> Runner<S> {
             clock: Box::new(SystemClock),
             deletes_allowed_once: std::sync::atomic::AtomicBool::new(false),
             progress: std::sync::Arc::new(Silent),
+            claimed: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -218,9 +221,29 @@ impl<S: Store> Runner<S> {
         self.connectors.get(id).ok_or_else(|| RunnerError::UnknownConnector(id.0.clone()))
     }
 
+    /// Makes this runner the only one of its store (another process gets
+    /// [`StoreError::Busy`]) and marks the steps a killed runner left `running` as
+    /// `interrupted`. Done before the first step; calling it earlier reports a busy store at start.
+    pub async fn claim(&self) -> Result<(), RunnerError> {
+        self.claimed
+            .get_or_try_init(|| async {
+                let interrupted = self.store.claim_runner(self.clock.unix_seconds()).await?;
+                if interrupted > 0 {
+                    tracing::warn!(
+                        steps = interrupted,
+                        "run steps of an earlier runner that stopped without finishing are marked interrupted"
+                    );
+                }
+                Ok::<(), RunnerError>(())
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Runs one step on one connector and records it in the run history.
     pub async fn run_step(&self, connector: &ConnectorId, step: Step) -> Result<StepReport, RunnerError> {
         self.connector(connector)?;
+        self.claim().await?;
         let started = self.clock.unix_seconds();
         let run = self.store.run_start(connector, step.name(), started).await?;
         tracing::info!(connector = %connector, step = step.name(), "step started");

@@ -304,6 +304,19 @@ impl SambaDc {
         Ok(())
     }
 
+    /// Adds one ACE, in SDDL (e.g. `(OA;CIIO;WP;<attribute>;<class>;<SID>)`), to the security
+    /// descriptor of `object_dn` with `samba-tool dsacl`, as an administrator delegates a right
+    /// on an OU.
+    pub fn grant_sddl(&self, object_dn: &str, ace: &str) -> Result<()> {
+        run(Command::new("samba-tool")
+            .args(["dsacl", "set", "-H", &self.ldap_url()])
+            .arg(format!("--sddl={ace}"))
+            .arg(format!("--objectdn={object_dn}"))
+            .arg("--username=Administrator")
+            .arg(format!("--password={}", self.config.admin_password)))?;
+        Ok(())
+    }
+
     /// An LDAPS connection bound as Administrator, with seeding helpers.
     pub async fn admin(&self) -> Result<AdAdmin> {
         let mut conn = self.connect_ldaps().await?;
@@ -586,6 +599,20 @@ impl AdAdmin {
             .and_then(|values| values.first())
             .is_some_and(|value| value != "0");
         if locked { Ok(()) } else { Err(Error::Ldap { operation: format!("lock out {dn}"), message: "lockoutTime was not set".into() }) }
+    }
+
+    /// The object's SID in its text form (`S-1-5-21-…`).
+    pub async fn sid_of(&mut self, dn: &str) -> Result<String> {
+        let entries = self.conn.search(dn, Scope::Base, "(objectClass=*)", &["objectSid"]).await?;
+        let raw = entries.first().and_then(|entry| entry.bin_attrs.get("objectSid")).and_then(|values| values.first());
+        let missing = || Error::Ldap { operation: format!("read objectSid of {dn}"), message: "missing or malformed".into() };
+        let raw = raw.filter(|raw| raw.len() >= 8 && raw.len() == 8 + 4 * usize::from(raw[1])).ok_or_else(missing)?;
+        let authority = raw[2..8].iter().fold(0u64, |value, byte| (value << 8) | u64::from(*byte));
+        let mut sid = format!("S-{}-{authority}", raw[0]);
+        for chunk in raw[8..].chunks(4) {
+            sid.push_str(&format!("-{}", u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]])));
+        }
+        Ok(sid)
     }
 
     /// Reads `userAccountControl`.
