@@ -746,3 +746,272 @@ async fn deletions_reach_the_tenant_with_the_least_privileged_account() {
     assert!(graph.synced("ivo").await.is_null(), "moved out of scope, deleted in the tenant:\n{out}\n{err}");
     assert_eq!(graph.synced("kim").await["accountEnabled"], false, "disabled:\n{out}\n{err}");
 }
+
+/// xorshift64*: the crash test's seeded randomness.
+struct Seeded(u64);
+
+impl Seeded {
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % bound.max(1)
+    }
+}
+
+/// `isthmus sync run`, killed with SIGKILL `delay` after the `nth` (1-based) start of `step`
+/// (a piece of its log line, e.g. `connector=tenant step="export"`); whether it was killed
+/// (a run that ends first must have succeeded).
+fn killed_run(config: &str, step: &str, nth: usize, delay: std::time::Duration) -> bool {
+    use std::io::BufRead as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_isthmus"))
+        .args(["sync", "run", "--config", config])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start isthmus");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines, seen) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut count = 0;
+    let mut killed = false;
+    while let Ok(line) = seen.recv_timeout(std::time::Duration::from_secs(60)) {
+        if line.contains("step started") && line.contains(step) {
+            count += 1;
+            if count == nth {
+                std::thread::sleep(delay);
+                killed = child.try_wait().expect("wait").is_none();
+                if killed {
+                    child.kill().expect("SIGKILL");
+                }
+                break;
+            }
+        }
+    }
+    let status = child.wait().expect("reap");
+    assert!(killed || status.success(), "a run that was not killed failed: {status}");
+    killed
+}
+
+type Memberships = std::collections::BTreeMap<String, std::collections::BTreeSet<String>>;
+
+/// What the tenant holds of the synced objects: users (sam → enabled), groups (name → member
+/// sams), contacts (mail), and whatever it holds twice.
+#[derive(Debug, PartialEq, Eq, Default)]
+struct CloudState {
+    users: std::collections::BTreeMap<String, bool>,
+    groups: Memberships,
+    contacts: std::collections::BTreeSet<String>,
+    duplicates: Vec<String>,
+}
+
+impl Graph {
+    /// Every object of a collection, following nextLink.
+    async fn all(&self, path: &str) -> Vec<Value> {
+        let mut objects = Vec::new();
+        let mut next = Some(path.to_string());
+        while let Some(link) = next {
+            let page = self.call(reqwest::Method::GET, link.strip_prefix(&self.base).unwrap_or(&link), None).await;
+            objects.extend(page["value"].as_array().cloned().unwrap_or_default());
+            next = page["@odata.nextLink"].as_str().map(str::to_string);
+        }
+        objects
+    }
+
+    async fn cloud_state(&self) -> CloudState {
+        let mut state = CloudState::default();
+        let mut sam_of = std::collections::BTreeMap::new();
+        for user in self.all("/v1.0/users?$select=id,onPremisesSamAccountName,accountEnabled&$top=100").await {
+            let Some(sam) = user["onPremisesSamAccountName"].as_str() else { continue };
+            if state.users.insert(sam.to_string(), user["accountEnabled"] == json!(true)).is_some() {
+                state.duplicates.push(format!("user {sam}"));
+            }
+            sam_of.insert(user["id"].as_str().unwrap().to_string(), sam.to_string());
+        }
+        for group in self.all("/v1.0/groups?$top=100").await {
+            if group["onPremisesSyncEnabled"] != json!(true) {
+                continue;
+            }
+            let name = group["displayName"].as_str().unwrap().to_string();
+            let members = self.all(&format!("/v1.0/groups/{}/members?$select=id&$top=100", group["id"].as_str().unwrap())).await;
+            let sams = members.iter().map(|member| sam_of.get(member["id"].as_str().unwrap()).cloned().unwrap_or_default()).collect();
+            if state.groups.insert(name.clone(), sams).is_some() {
+                state.duplicates.push(format!("group {name}"));
+            }
+        }
+        for contact in self.all("/v1.0/contacts?$top=100").await {
+            let mail = contact["mail"].as_str().unwrap_or_default().to_lowercase();
+            if !state.contacts.insert(mail.clone()) {
+                state.duplicates.push(format!("contact {mail}"));
+            }
+        }
+        state
+    }
+}
+
+/// Runs plain `sync run` until a run exports nothing (at most `most` runs); its output.
+fn run_until_quiet(config: &str, most: usize) -> String {
+    let mut last = String::new();
+    for _ in 0..most {
+        let (ok, out, err) = isthmus(&["sync", "run", "--config", config]);
+        assert!(ok, "a plain run after the kills:\n{out}\n{err}");
+        let exports: Vec<&str> = err.lines().filter(|line| line.contains("step finished") && line.contains("step=\"export\"")).collect();
+        let quiet = !exports.is_empty() && exports.iter().all(|line| line.contains("adds=0 updates=0 deletes=0"));
+        last = format!("{out}\n{err}");
+        if quiet {
+            return last;
+        }
+    }
+    panic!("still exporting after {most} runs:\n{last}")
+}
+
+/// SIGKILL `isthmus sync run` inside each step (import, sync, export, confirming import) of an
+/// initial and of a delta cycle, at seeded random moments, against Samba and the tenant; then
+/// plain runs until quiet: the tenant (read through Graph) holds exactly what AD holds — every
+/// user, every group with every member, every contact, nothing twice — with nothing pending
+/// and no step left `running` in the history.
+async fn crash_safety(seed: u64) {
+    println!("crash test seed {seed}");
+    let Some(Hybrid { graph, domain, mut ad, people, config_path, ou, folder: _folder, _dc: _dc_alive, _stop: _tenant_alive, .. }) =
+        setup().await
+    else {
+        return;
+    };
+    let mut random = Seeded(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let config = config_path.to_str().unwrap().to_string();
+    let db = config_path.with_file_name("isthmus.db");
+    // On-premises: 100 more people, 5 groups (one of everyone: six chunks of members), 4 contacts.
+    let mut sams: Vec<String> = vec!["hana".into(), "ivo".into(), "kim".into()];
+    let mut dns: std::collections::BTreeMap<String, String> = sams.iter().cloned().zip(people.iter().cloned()).collect();
+    for n in 0..100 {
+        let sam = format!("p{n:03}");
+        let dn =
+            ad.create_user(&AdUser { parent_dn: Some(ou.clone()), ..AdUser::with_password(&sam, &domain, "Str0ng!Pass.1") }).await.unwrap();
+        dns.insert(sam.clone(), dn);
+        sams.push(sam);
+    }
+    let mut groups = Memberships::new();
+    groups.insert("Hybrid Staff".into(), ["hana".to_string()].into());
+    for g in 0..5 {
+        let name = format!("Crash Group {g}");
+        let members: std::collections::BTreeSet<String> =
+            if g == 0 { sams.iter().cloned().collect() } else { sams.iter().filter(|_| random.below(3) == 0).cloned().collect() };
+        let member_dns: Vec<&str> = members.iter().map(|sam| dns[sam].as_str()).collect();
+        ad.create_group(&name, Some(&ou), &member_dns).await.unwrap();
+        groups.insert(name, members);
+    }
+    let mut contacts = std::collections::BTreeSet::new();
+    for c in 0..4 {
+        let mail = format!("contact{c}@partner.example");
+        ad.create_contact(&format!("Contact {c}"), Some(&ou), &mail).await.unwrap();
+        contacts.insert(mail);
+    }
+
+    let mut kills = 0;
+    for round in 0..2 {
+        if round == 1 {
+            // Delta work: people added and deleted, members leaving and joining.
+            let mut newcomers = Vec::new();
+            for n in 0..5 {
+                let sam = format!("q{n}");
+                let dn = ad
+                    .create_user(&AdUser { parent_dn: Some(ou.clone()), ..AdUser::with_password(&sam, &domain, "Str0ng!Pass.1") })
+                    .await
+                    .unwrap();
+                dns.insert(sam.clone(), dn);
+                sams.push(sam.clone());
+                newcomers.push(sam);
+            }
+            for (name, members) in groups.iter_mut().filter(|(name, _)| name.starts_with("Crash Group")) {
+                let group_dn = format!("CN={name},{ou}");
+                let leaving: Vec<String> = members.iter().filter(|_| random.below(4) == 0).cloned().collect();
+                if !leaving.is_empty() {
+                    let leaving_dns: Vec<&str> = leaving.iter().map(|sam| dns[sam].as_str()).collect();
+                    ad.remove_members(&group_dn, &leaving_dns).await.unwrap();
+                    for sam in &leaving {
+                        members.remove(sam);
+                    }
+                }
+                let joining_dns: Vec<&str> = newcomers.iter().map(|sam| dns[sam].as_str()).collect();
+                ad.add_members(&group_dn, &joining_dns).await.unwrap();
+                members.extend(newcomers.iter().cloned());
+            }
+            for sam in ["p001", "p002"] {
+                ad.conn().delete(&dns[sam]).await.unwrap();
+                sams.retain(|kept| kept != sam);
+                for members in groups.values_mut() {
+                    members.remove(sam);
+                }
+            }
+        }
+        // Kills inside every step; the tenant export (where memberships were lost) most often.
+        let tenant = "connector=tenant step=".to_string();
+        let source = format!("connector={domain} step=");
+        for _ in 0..5 {
+            let (connector, step, nth) = match random.below(8) {
+                0 => (&source, "delta-import", 1),
+                1 => (&source, "delta-sync", 1),
+                2 => (&tenant, "delta-sync", 1),
+                3 => (&tenant, "delta-import", 2),
+                4 => (&source, "export", 1),
+                _ => (&tenant, "export", 1),
+            };
+            let delay = std::time::Duration::from_millis(random.below(150));
+            if killed_run(&config, &format!("{connector}\"{step}\""), nth, delay) {
+                kills += 1;
+                println!("seed {seed}, round {round}: killed in {connector}{step} (#{nth}) after {delay:?}");
+            }
+        }
+        let log = run_until_quiet(&config, 4);
+        let state = graph.cloud_state().await;
+        let want = CloudState {
+            users: sams.iter().map(|sam| (sam.clone(), true)).collect(),
+            groups: groups.clone(),
+            contacts: contacts.clone(),
+            duplicates: Vec::new(),
+        };
+        if state != want {
+            let missing: Vec<String> = want
+                .groups
+                .iter()
+                .flat_map(|(name, members)| {
+                    let held = state.groups.get(name);
+                    members.iter().filter(move |sam| !held.is_some_and(|held| held.contains(*sam))).map(move |sam| format!("{name}:{sam}"))
+                })
+                .collect();
+            panic!(
+                "seed {seed}, round {round}, {kills} kills: the tenant differs from AD; memberships missing: {missing:?}; users {} of {}; \
+                 duplicates {:?}; contacts {:?}\n{log}",
+                state.users.len(),
+                want.users.len(),
+                state.duplicates,
+                state.contacts
+            );
+        }
+        let (_, pending, _) = isthmus(&["cs", "search", "--db", db.to_str().unwrap(), "--connector", "tenant", "--pending-export"]);
+        assert!(!pending.contains("objectId=") && !pending.contains("CN="), "nothing left pending:\n{pending}");
+    }
+    let (_, history, _) = isthmus(&["history", "--db", db.to_str().unwrap(), "--limit", "500"]);
+    assert!(!history.contains(" running "), "no step stays running:\n{history}");
+    assert!(kills > 0 && history.contains("interrupted"), "killed steps are marked interrupted ({kills} kills):\n{history}");
+    println!("seed {seed}: {kills} kills; the tenant equals AD");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_safety_seed_1() {
+    crash_safety(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_safety_seed_2() {
+    crash_safety(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_safety_seed_3() {
+    crash_safety(3).await;
+}
