@@ -1373,24 +1373,25 @@ fn string_from_guid(args: &[Value], _: &mut Services<'_>) -> Result<Value, Strin
     guid_string(&raw).map(Value::Str).ok_or_else(|| format!("a GUID has 16 bytes, not {}", raw.len()))
 }
 
-fn string_from_sid(args: &[Value], _: &mut Services<'_>) -> Result<Value, String> {
-    let Some(raw) = bytes(&args[0], "sid")? else {
-        return Ok(Value::Null);
-    };
-    let bad = || format!("{} bytes are not a SID", raw.len());
-    if raw.len() < 8 {
-        return Err(bad());
-    }
-    let count = raw[1] as usize;
-    if raw.len() != 8 + 4 * count {
-        return Err(bad());
+/// Formats a binary SID (revision, count, 6-byte authority, little-endian sub-authorities) in
+/// its text form, `S-1-5-21-…`; `None` when the bytes are not a SID.
+pub fn sid_string(raw: &[u8]) -> Option<String> {
+    if raw.len() < 8 || raw.len() != 8 + 4 * usize::from(raw[1]) {
+        return None;
     }
     let authority = raw[2..8].iter().fold(0u64, |acc, &byte| acc << 8 | u64::from(byte));
     let mut text = format!("S-{}-{authority}", raw[0]);
     for chunk in raw[8..].chunks_exact(4) {
         text.push_str(&format!("-{}", u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]])));
     }
-    Ok(Value::Str(text))
+    Some(text)
+}
+
+fn string_from_sid(args: &[Value], _: &mut Services<'_>) -> Result<Value, String> {
+    let Some(raw) = bytes(&args[0], "sid")? else {
+        return Ok(Value::Null);
+    };
+    sid_string(&raw).map(Value::Str).ok_or_else(|| format!("{} bytes are not a SID", raw.len()))
 }
 
 // ---- date and time ---------------------------------------------------------------------

@@ -605,14 +605,8 @@ impl AdAdmin {
     pub async fn sid_of(&mut self, dn: &str) -> Result<String> {
         let entries = self.conn.search(dn, Scope::Base, "(objectClass=*)", &["objectSid"]).await?;
         let raw = entries.first().and_then(|entry| entry.bin_attrs.get("objectSid")).and_then(|values| values.first());
-        let missing = || Error::Ldap { operation: format!("read objectSid of {dn}"), message: "missing or malformed".into() };
-        let raw = raw.filter(|raw| raw.len() >= 8 && raw.len() == 8 + 4 * usize::from(raw[1])).ok_or_else(missing)?;
-        let authority = raw[2..8].iter().fold(0u64, |value, byte| (value << 8) | u64::from(*byte));
-        let mut sid = format!("S-{}-{authority}", raw[0]);
-        for chunk in raw[8..].chunks(4) {
-            sid.push_str(&format!("-{}", u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]])));
-        }
-        Ok(sid)
+        raw.and_then(|raw| sync_expr::functions::sid_string(raw))
+            .ok_or_else(|| Error::Ldap { operation: format!("read objectSid of {dn}"), message: "missing or malformed".into() })
     }
 
     /// Reads `userAccountControl`.
