@@ -55,10 +55,35 @@ const WATERMARK_KIND: &str = "ad-dirsync-v2";
 const CONTAINERS: &str = "containers:";
 const CONTAINER_FILTER: &str = "(|(objectClass=organizationalUnit)(objectClass=container))";
 
-#[derive(Debug, Serialize, Deserialize)]
-struct FullCursor {
+/// Where a paged read through the search bases is: base `scope`, paging cookie (base64).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Paging {
     scope: usize,
     paged: String,
+}
+
+impl Paging {
+    /// The paging cookie to send for the next page of the current base.
+    fn cookie(&self) -> Result<Vec<u8>, ConnectorError> {
+        B64.decode(&self.paged).map_err(|err| ConnectorError::Config(format!("bad paging cookie in the cursor: {err}")))
+    }
+
+    /// After a page: on to the next page of this base, or to the next base when `next_cookie`
+    /// is empty. Whether all `bases` are read.
+    fn advance(&mut self, next_cookie: Vec<u8>, bases: usize) -> bool {
+        if next_cookie.is_empty() {
+            self.scope += 1;
+            self.paged.clear();
+        } else {
+            self.paged = B64.encode(next_cookie);
+        }
+        self.scope >= bases
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FullCursor {
+    at: Paging,
     watermark: Watermark,
 }
 
@@ -71,11 +96,10 @@ struct DeltaCursor {
     presence: Option<PresenceCursor>,
 }
 
-/// Where a presence check is: search base `scope`, paging cookie (base64), and its start.
+/// Where a presence check is, and when it began.
 #[derive(Debug, Serialize, Deserialize)]
 struct PresenceCursor {
-    scope: usize,
-    paged: String,
+    at: Paging,
     started: i64,
 }
 
@@ -258,15 +282,15 @@ impl AdImport {
                 }
                 // A full import names every object: it is a presence check of its own.
                 let watermark = Watermark { kind: WATERMARK_KIND.into(), cookies, presence_checked: unix_now() };
-                FullCursor { scope: 0, paged: String::new(), watermark }
+                FullCursor { at: Paging::default(), watermark }
             }
         };
         let scopes = self.scopes(directory);
-        let Some(base) = scopes.get(state.scope) else {
+        let Some(base) = scopes.get(state.at.scope) else {
             return Ok(ImportPage { changes: Vec::new(), next: None, watermark: Some(encode(&state.watermark)?), complete: false });
         };
-        let paged = B64.decode(&state.paged).map_err(|err| ConnectorError::Config(format!("bad paging cookie in the cursor: {err}")))?;
-        let (entries, next_cookie) = self.session.search_page(base, Scope::Subtree, &self.filter(), &self.attributes(), paged).await?;
+        let (entries, next_cookie) =
+            self.session.search_page(base, Scope::Subtree, &self.filter(), &self.attributes(), state.at.cookie()?).await?;
         let mut changes = Vec::with_capacity(entries.len());
         for mut entry in entries {
             if !self.in_scope(directory, &entry.dn) {
@@ -277,13 +301,7 @@ impl AdImport {
                 changes.push(change);
             }
         }
-        if next_cookie.is_empty() {
-            state.scope += 1;
-            state.paged.clear();
-        } else {
-            state.paged = B64.encode(next_cookie);
-        }
-        if state.scope >= scopes.len() {
+        if state.at.advance(next_cookie, scopes.len()) {
             return Ok(ImportPage { changes, next: None, watermark: Some(encode(&state.watermark)?), complete: false });
         }
         let next = serde_json::to_vec(&state).map_err(|err| ConnectorError::Config(err.to_string()))?;
@@ -357,7 +375,7 @@ impl AdImport {
             }
             // The DirSync streams are read (and their cookies stored with this page); a
             // presence check follows.
-            state.presence = Some(PresenceCursor { scope: 0, paged: String::new(), started: now });
+            state.presence = Some(PresenceCursor { at: Paging::default(), started: now });
         }
         let next = serde_json::to_vec(&state).map_err(|err| ConnectorError::Config(err.to_string()))?;
         Ok(ImportPage { changes, next: Some(next), watermark, complete: false })
@@ -372,12 +390,11 @@ impl AdImport {
         let Some(presence) = state.presence.as_mut() else {
             return Err(ConnectorError::Config("not a presence-check cursor".into()));
         };
-        let Some(base) = scopes.get(presence.scope) else {
+        let Some(base) = scopes.get(presence.at.scope) else {
             return Err(ConnectorError::Config("a presence-check cursor past the last scope".into()));
         };
-        let paged = B64.decode(&presence.paged).map_err(|err| ConnectorError::Config(format!("bad paging cookie in the cursor: {err}")))?;
         let wanted = ["objectGUID".to_string(), "objectClass".to_string()];
-        let (entries, next_cookie) = self.session.search_page(base, Scope::Subtree, &self.filter(), &wanted, paged).await?;
+        let (entries, next_cookie) = self.session.search_page(base, Scope::Subtree, &self.filter(), &wanted, presence.at.cookie()?).await?;
         let mut changes = Vec::with_capacity(entries.len());
         for entry in entries {
             if !self.in_scope(directory, &entry.dn) || self.object_type(&entry).is_none() {
@@ -387,13 +404,7 @@ impl AdImport {
                 changes.push(ImportChange::Modify { anchor: Anchor(guid.to_vec()), dn: entry.dn.clone(), changes: Vec::new() });
             }
         }
-        if next_cookie.is_empty() {
-            presence.scope += 1;
-            presence.paged.clear();
-        } else {
-            presence.paged = B64.encode(next_cookie);
-        }
-        if presence.scope >= scopes.len() {
+        if presence.at.advance(next_cookie, scopes.len()) {
             state.watermark.presence_checked = presence.started;
             return Ok(ImportPage { changes, next: None, watermark: Some(encode(&state.watermark)?), complete: true });
         }
