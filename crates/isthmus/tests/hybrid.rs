@@ -759,10 +759,10 @@ impl Seeded {
     }
 }
 
-/// `isthmus sync run`, killed with SIGKILL `delay` after the `nth` (1-based) start of `step`
-/// (a piece of its log line, e.g. `connector=tenant step="export"`); whether it was killed
-/// (a run that ends first must have succeeded).
-fn killed_run(config: &str, step: &str, nth: usize, delay: std::time::Duration) -> bool {
+/// `isthmus sync run`, started and followed until the `nth` (1-based) start of `step` (a piece
+/// of its log line, e.g. `connector=tenant step="export"`); `None` (after checking it
+/// succeeded) when it ended first. Its log keeps being drained.
+fn run_into_step(config: &str, step: &str, nth: usize) -> Option<std::process::Child> {
     use std::io::BufRead as _;
     let mut child = Command::new(env!("CARGO_BIN_EXE_isthmus"))
         .args(["sync", "run", "--config", config])
@@ -778,19 +778,27 @@ fn killed_run(config: &str, step: &str, nth: usize, delay: std::time::Duration) 
         }
     });
     let mut count = 0;
-    let mut killed = false;
     while let Ok(line) = seen.recv_timeout(std::time::Duration::from_secs(60)) {
         if line.contains("step started") && line.contains(step) {
             count += 1;
             if count == nth {
-                std::thread::sleep(delay);
-                killed = child.try_wait().expect("wait").is_none();
-                if killed {
-                    child.kill().expect("SIGKILL");
-                }
-                break;
+                return Some(child);
             }
         }
+    }
+    let status = child.wait().expect("reap");
+    assert!(status.success(), "a run that ended before {step} (#{nth}) failed: {status}");
+    None
+}
+
+/// `isthmus sync run`, killed with SIGKILL `delay` after the `nth` start of `step`; whether it
+/// was killed (a run that ends first must have succeeded).
+fn killed_run(config: &str, step: &str, nth: usize, delay: std::time::Duration) -> bool {
+    let Some(mut child) = run_into_step(config, step, nth) else { return false };
+    std::thread::sleep(delay);
+    let killed = child.try_wait().expect("wait").is_none();
+    if killed {
+        child.kill().expect("SIGKILL");
     }
     let status = child.wait().expect("reap");
     assert!(killed || status.success(), "a run that was not killed failed: {status}");
@@ -910,6 +918,12 @@ async fn crash_safety(seed: u64) {
         ad.create_contact(&format!("Contact {c}"), Some(&ou), &mail).await.unwrap();
         contacts.insert(mail);
     }
+
+    // One runner per database: a second `sync run` while one works stops at once.
+    let mut first = run_into_step(&config, "step=\"delta-import\"", 1).expect("the first run reaches its import");
+    let (ok, out, err) = isthmus(&["sync", "run", "--config", &config]);
+    assert!(!ok && err.contains("another sync runner is using this database now"), "a second runner is refused:\n{out}\n{err}");
+    assert!(first.wait().expect("reap").success(), "the first run is not disturbed");
 
     let mut kills = 0;
     for round in 0..2 {
