@@ -145,8 +145,10 @@ impl SyncedCredential {
         let salt: [u8; SALT_LEN] =
             decode_hex(salt).and_then(|bytes| bytes.try_into().ok()).ok_or(WireError::Shape("the salt is not 10 bytes of hex"))?;
         let iterations: u32 = iterations.parse().map_err(|_| WireError::Shape("the iteration count is not a number"))?;
-        if !(1..=1_000_000).contains(&iterations) {
-            return Err(WireError::Shape("the iteration count must be 1–1,000,000"));
+        // What Entra's sync sends, and nothing else: each sign-in check costs the iterations,
+        // so a larger count from the wire would be a denial of service on every sign-in.
+        if iterations != ITERATIONS {
+            return Err(WireError::Shape("the iteration count must be 1000 (PBKDF2-HMAC-SHA256, as Entra's sync sends)"));
         }
         let hash: [u8; 32] =
             decode_hex(hash).and_then(|bytes| bytes.try_into().ok()).ok_or(WireError::Shape("the hash is not 32 bytes of hex"))?;
@@ -218,7 +220,9 @@ mod tests {
             ("", "start"),
             ("v1;PPH1_MD4,ab,1000,cd;", "salt"),
             ("v1;PPH1_MD4,abababababababababab,x,cd;", "iteration"),
-            ("v1;PPH1_MD4,abababababababababab,0,cd;", "1–1,000,000"),
+            ("v1;PPH1_MD4,abababababababababab,0,cd;", "must be 1000"),
+            ("v1;PPH1_MD4,abababababababababab,1000000,cd;", "must be 1000"),
+            ("v1;PPH1_MD4,abababababababababab,999,cd;", "must be 1000"),
             ("v1;PPH1_MD4,abababababababababab,1000,cd;", "hash"),
             ("v1;PPH1_MD4,abababababababababab,1000", "end"),
             ("v1;PPH1_MD4,a,b,c,d;", "exactly"),

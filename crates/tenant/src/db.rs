@@ -928,6 +928,16 @@ pub fn agent_by_certificate(sql: &mut dyn Sql, fingerprint: &str, now: i64) -> R
     .transpose()
 }
 
+/// The agent registered with this encryption key (revoked or not): a key is one agent's.
+pub fn agent_by_key(sql: &mut dyn Sql, encryption_key: &str) -> Result<Option<AgentRow>, DbError> {
+    sql.query_opt(
+        &format!("SELECT {AGENT_COLUMNS} FROM pta_agents WHERE encryption_key = ?1 ORDER BY registered_at DESC LIMIT 1"),
+        &[encryption_key.into()],
+    )?
+    .map(|row| agent_row(&row))
+    .transpose()
+}
+
 /// Registers an agent with its first certificate.
 pub fn insert_agent(sql: &mut dyn Sql, agent: &AgentRow, fingerprint: &str) -> Result<(), DbError> {
     sql.execute(

@@ -507,6 +507,22 @@ pub async fn create(
     if object.get("onPremisesSyncEnabled").and_then(Value::as_bool) == Some(true) && !access.is_sync() {
         return Err(GraphError::bad_request("Only the directory synchronization service can create objects synced from on-premises."));
     }
+    // The sync service creates synced objects only: anchored, marked, and without a password
+    // (passwords reach synced users by password hash sync, never as a cloud password).
+    if access.is_sync() {
+        if !has_anchor {
+            return Err(GraphError::bad_request(
+                "The directory synchronization service creates only objects synced from on-premises: onPremisesImmutableId is required.",
+            ));
+        }
+        if password.is_some() {
+            return Err(GraphError::bad_request("The directory synchronization service does not set passwords: password hash sync does."));
+        }
+        if let Some(refusal) = crate::resilience::sync_patch_refusal(&Map::new(), &object) {
+            return Err(GraphError::bad_request(refusal));
+        }
+        object.insert("onPremisesSyncEnabled".into(), Value::Bool(true));
+    }
     let synced = has_anchor && access.is_sync();
     if resource.kind == Kind::User && password.is_none() && !synced {
         return Err(GraphError::bad_request("Property 'passwordProfile' is required when creating a cloud-only user."));
@@ -611,6 +627,9 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
     };
     // An administrator's password reset: hashed here, stored with the update in one transaction.
     let password = check_properties(resource, &state, &mut patch, access.is_sync())?;
+    if access.is_sync() && password.is_some() {
+        return Err(GraphError::bad_request("The directory synchronization service does not set passwords: password hash sync does."));
+    }
     let credential = match password {
         Some((password, _)) => {
             let (password, iterations) = (zeroize::Zeroizing::new(password), state.password_iterations);
@@ -623,6 +642,7 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
     if patch.contains_key("onPremisesSyncEnabled") && !access.is_sync() {
         return Err(synced_refusal());
     }
+
     // Only a changed UPN or address can free a value another object has in quarantine (a
     // member add or any other property cannot): re-checking scans every quarantined object.
     let frees_values = patch.keys().any(|name| matches!(name.as_str(), "userPrincipalName" | "proxyAddresses" | "mail"));
@@ -631,6 +651,12 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
         .db
         .call(move |conn| {
             let Some(mut object) = db::get(conn, kind, &lookup)? else { return Ok(None) };
+            if sync
+                && let Some(refusal) = crate::resilience::sync_write_refusal(conn, kind, &object)?
+                    .or_else(|| crate::resilience::sync_patch_refusal(&object, &patch))
+            {
+                return Ok(Some(Err(Some(refusal))));
+            }
             let synced = object.get("onPremisesSyncEnabled").and_then(Value::as_bool) == Some(true);
             // A synced user's password is mastered on-premises (no password writeback here).
             if synced
@@ -701,18 +727,19 @@ pub async fn delete(resource: &'static Resource, state: AppState, access: Access
     let deleted = state
         .db
         .call(move |conn| {
-            let Some(object) = db::get(conn, kind, &lookup)? else { return Ok(Some(false)) };
+            let Some(object) = db::get(conn, kind, &lookup)? else { return Ok(Ok(false)) };
+            if sync && let Some(refusal) = crate::resilience::sync_write_refusal(conn, kind, &object)? {
+                return Ok(Err(GraphError::bad_request(refusal)));
+            }
             if object.get("onPremisesSyncEnabled").and_then(Value::as_bool) == Some(true) && !sync {
-                return Ok(None);
+                return Ok(Err(synced_refusal()));
             }
             let id = object.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-            db::delete(conn, kind, &id).map(Some)
+            db::delete(conn, kind, &id).map(Ok)
         })
         .await?;
-    match deleted {
-        None => return Err(synced_refusal()),
-        Some(false) => return Err(GraphError::not_found(&key)),
-        Some(true) => {}
+    if !deleted? {
+        return Err(GraphError::not_found(&key));
     }
     state.recheck_conflicts().await;
     state.record("Directory", format!("delete {}", resource.noun), access.caller.clone(), key.clone(), "success").await;
@@ -772,31 +799,39 @@ pub async fn add_member(state: AppState, access: Access, key: String, body: Body
     let member = reference_body(body)?;
     let group = find(&state, &GROUPS, &key).await?;
     let group_id = group.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-    let (group_for_db, member_for_db) = (group_id.clone(), member.clone());
+    let (group_for_db, member_for_db, sync) = (group_id.clone(), member.clone(), access.is_sync());
     let outcome = state
         .db
         .call(move |conn| {
+            if sync && let Some(refusal) = sync_refusal_for_group(conn, &group_for_db)? {
+                return Ok(Err(GraphError::bad_request(refusal)));
+            }
             if member_for_db == group_for_db {
-                return Ok(Err("A group cannot be a member of itself."));
+                return Ok(Err(GraphError::bad_request("A group cannot be a member of itself.")));
             }
             if db::kind_of(conn, &member_for_db)?.is_none() {
-                return Ok(Err("not found"));
+                return Ok(Err(GraphError::not_found(&member_for_db)));
             }
-            Ok(if db::add_member(conn, &group_for_db, &member_for_db)? { Ok(()) } else { Err("exists") })
+            Ok(if db::add_member(conn, &group_for_db, &member_for_db)? {
+                Ok(())
+            } else {
+                Err(GraphError::bad_request(
+                    "One or more added object references already exist for the following modified properties: 'members'.",
+                ))
+            })
         })
         .await?;
-    match outcome {
-        Ok(()) => {}
-        Err("not found") => return Err(GraphError::not_found(&member)),
-        Err("exists") => {
-            return Err(GraphError::bad_request(
-                "One or more added object references already exist for the following modified properties: 'members'.",
-            ));
-        }
-        Err(message) => return Err(GraphError::bad_request(message)),
-    }
+    outcome?;
     state.record("Directory", format!("add member {member}"), access.caller.clone(), group_id.clone(), "success").await;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Why the sync service may not change this group's members (see `resilience::sync_write_refusal`).
+fn sync_refusal_for_group(conn: &mut dyn crate::sql::Sql, group: &str) -> Result<Option<String>, db::DbError> {
+    match db::get(conn, Kind::Group, group)? {
+        Some(object) => crate::resilience::sync_write_refusal(conn, Kind::Group, &object),
+        None => Ok(None),
+    }
 }
 
 /// `DELETE /v1.0/groups/{id}/members/{member}/$ref`.
@@ -805,8 +840,16 @@ pub async fn remove_member(state: AppState, access: Access, key: String, member:
     state.admit_write()?;
     let group = find(&state, &GROUPS, &key).await?;
     let group_id = group.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-    let (group_for_db, member_for_db) = (group_id.clone(), member.clone());
-    let removed = state.db.call(move |conn| db::remove_member(conn, &group_for_db, &member_for_db)).await?;
+    let (group_for_db, member_for_db, sync) = (group_id.clone(), member.clone(), access.is_sync());
+    let removed = state
+        .db
+        .call(move |conn| {
+            if sync && let Some(refusal) = sync_refusal_for_group(conn, &group_for_db)? {
+                return Ok(Err(GraphError::bad_request(refusal)));
+            }
+            db::remove_member(conn, &group_for_db, &member_for_db).map(Ok)
+        })
+        .await??;
     if !removed {
         return Err(GraphError::not_found(&member));
     }

@@ -130,8 +130,15 @@ pub async fn receive(state: AppState, access: Access, body: crate::graph::Body) 
                     statuses.push(json!({"onPremisesImmutableId": item.anchor, "status": "NoTargetConnection"}));
                     continue;
                 };
+                if let Some(user) = &target
+                    && let Some(reason) = crate::resilience::sync_write_refusal(sql, db::Kind::User, user)?
+                {
+                    statuses.push(json!({"onPremisesImmutableId": item.anchor, "id": id, "status": "FilteredByTarget", "reason": reason}));
+                    continue;
+                }
                 if item.must_change && !temporary_allowed {
-                    statuses.push(json!({"onPremisesImmutableId": item.anchor, "id": id, "status": "FilteredByTarget"}));
+                    statuses.push(json!({"onPremisesImmutableId": item.anchor, "id": id, "status": "FilteredByTarget",
+                                         "reason": "Temporary passwords are not synced (userForcePasswordChangeOnLogonEnabled is off)."}));
                     continue;
                 }
                 let row = db::SyncedCredentialRow { credential: item.credential, must_change: item.must_change, synced_at: now };

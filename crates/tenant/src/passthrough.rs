@@ -256,7 +256,29 @@ pub async fn register(state: AppState, headers: axum::http::HeaderMap, body: byt
         return Err(GraphError::bad_request("machineName (1–255 characters) and version (at most 64) are required."));
     }
     let now = unix_now();
-    let active = state.db.read(move |sql| db::active_agents(sql, now)).await?;
+    let key = request.encryption_key.trim().to_string();
+    let (active, known) = state.db.read(move |sql| Ok((db::active_agents(sql, now)?, db::agent_by_key(sql, &key)?))).await?;
+    // A key is one agent's: the same registration sent again (a retry after a lost answer)
+    // gets the same agent with a fresh certificate, never a second agent sharing the key.
+    match known {
+        Some(agent) if agent.revoked_at.is_some() => {
+            return Err(GraphError::bad_request(
+                "This encryption key belonged to a revoked agent; the agent must generate a new key to register again.",
+            ));
+        }
+        Some(agent) => {
+            let (certificate, der, not_after) = state
+                .pta_ca
+                .issue(&request.csr, &state.identity.tenant_id, &agent.id, state.pta_settings.certificate_lifetime, now)
+                .map_err(GraphError::bad_request)?;
+            let (id, key, print) = (agent.id.clone(), agent.encryption_key.clone(), fingerprint(&der));
+            state.db.call(move |sql| db::renew_agent(sql, &id, &key, &print, not_after, now + 300)).await?;
+            state.record("PassThrough", format!("register agent again on {}", agent.machine), who, agent.id.clone(), "success").await;
+            let registered = pta::Registered { agent_id: agent.id, certificate, ca_certificate: state.pta_ca.cert_pem.clone(), not_after };
+            return Ok((StatusCode::OK, Json(registered)).into_response());
+        }
+        None => {}
+    }
     if active.len() >= MAX_AGENTS {
         return Err(GraphError::bad_request(format!("A tenant has at most {MAX_AGENTS} pass-through agents; revoke one first.")));
     }
@@ -276,7 +298,15 @@ pub async fn register(state: AppState, headers: axum::http::HeaderMap, body: byt
         revoked_at: None,
     };
     let print = fingerprint(&der);
-    state.db.call(move |sql| db::insert_agent(sql, &row, &print)).await?;
+    state
+        .db
+        .call(move |sql| {
+            if db::agent_by_key(sql, &row.encryption_key)?.is_some() {
+                return Err(db::DbError::Conflict("The same agent registered concurrently; send the registration again.".into()));
+            }
+            db::insert_agent(sql, &row, &print)
+        })
+        .await?;
     state.record("PassThrough", format!("register agent on {}", request.machine_name.trim()), who, agent_id.clone(), "success").await;
     let registered = pta::Registered { agent_id, certificate, ca_certificate: state.pta_ca.cert_pem.clone(), not_after };
     Ok((StatusCode::CREATED, Json(registered)).into_response())

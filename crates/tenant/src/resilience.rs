@@ -156,6 +156,51 @@ fn strip_times(object: &Map<String, Value>) -> Map<String, Value> {
     copy
 }
 
+/// Whether the sync service owns an object: it created it or took it over by a match, which
+/// marks it `onPremisesSyncEnabled`. Contacts the sync created before the tenant marked every
+/// object it creates carry only their anchor (a contact holds no credential).
+fn owned_by_sync(kind: Kind, object: &Map<String, Value>) -> bool {
+    object.get("onPremisesSyncEnabled").and_then(Value::as_bool) == Some(true)
+        || (kind == Kind::Contact && object.get("onPremisesImmutableId").is_some_and(Value::is_string))
+}
+
+/// Why the sync service may not write an existing object (update, delete, members, password
+/// hash), if it may not: it writes only what it owns, and never an account holding a directory
+/// role — so no on-premises change, and no stolen sync credential, reaches a cloud account or
+/// an administrator. Every write path of the sync service asks this, in the transaction that
+/// writes.
+pub(crate) fn sync_write_refusal(conn: &mut dyn Sql, kind: Kind, object: &Map<String, Value>) -> Result<Option<String>, DbError> {
+    let id = object.get("id").and_then(Value::as_str).unwrap_or_default();
+    let name = object.get("userPrincipalName").or_else(|| object.get("displayName")).and_then(Value::as_str).unwrap_or(id);
+    if !owned_by_sync(kind, object) {
+        return Ok(Some(format!(
+            "The directory synchronization service writes only objects it synchronizes; {name} is a cloud-only object."
+        )));
+    }
+    if kind == Kind::User && db::holds_a_role(conn, id)? {
+        return Ok(Some(format!(
+            "Existing Admin Role Conflict: {name} holds an administrator role; the directory synchronization service never writes a role holder."
+        )));
+    }
+    Ok(None)
+}
+
+/// What an update by the sync service may not change on an object it owns: it stays synced and
+/// keeps its anchor (a different anchor would be another on-premises object).
+pub(crate) fn sync_patch_refusal(existing: &Map<String, Value>, patch: &Map<String, Value>) -> Option<String> {
+    if let Some(enabled) = patch.get("onPremisesSyncEnabled")
+        && enabled.as_bool() != Some(true)
+    {
+        return Some("The directory synchronization service cannot turn synchronization off for an object.".into());
+    }
+    match (existing.get("onPremisesImmutableId").and_then(Value::as_str), patch.get("onPremisesImmutableId")) {
+        (Some(current), Some(wanted)) if wanted.as_str() != Some(current) => {
+            Some(format!("The onPremisesImmutableId of a synchronized object cannot change (it is {current})."))
+        }
+        _ => None,
+    }
+}
+
 /// How a synced object the sync service creates matches one the tenant already has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MatchPolicy {
@@ -192,6 +237,16 @@ pub(crate) fn find_match(conn: &mut dyn Sql, kind: Kind, wanted: &Map<String, Va
     if let Some(anchor) = wanted.get("onPremisesImmutableId").and_then(Value::as_str)
         && let Some(found) = db::find(conn, kind, db::Lookup::ImmutableId(anchor))?.into_iter().next()
     {
+        if kind == Kind::User
+            && let Some(id) = found.get("id").and_then(Value::as_str)
+            && db::holds_a_role(conn, id)?
+        {
+            return Ok(Match::Refused(format!(
+                "Existing Admin Role Conflict: the cloud account {} with onPremisesImmutableId {anchor} holds an administrator role; \
+                 hard matching never takes over an administrator.",
+                found.get("userPrincipalName").and_then(Value::as_str).unwrap_or(id)
+            )));
+        }
         if policy.block_hard_match_takeover && found.get("onPremisesSyncEnabled").and_then(Value::as_bool) != Some(true) {
             return Ok(Match::Refused(format!(
                 "An object with onPremisesImmutableId {anchor} exists and taking cloud objects over by hard match is blocked."

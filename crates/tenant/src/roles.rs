@@ -74,18 +74,25 @@ pub async fn add_member(state: AppState, access: Access, id: String, body: crate
     let added = state
         .db
         .call(move |sql| {
-            if db::kind_of(sql, &for_db)? != Some(db::Kind::User) {
-                return Ok(None);
+            let Some(user) = db::get(sql, db::Kind::User, &for_db)? else { return Ok(None) };
+            // A synced account's password and attributes are mastered on-premises: holding a
+            // role there would hand the cloud role to whoever controls the on-premises account.
+            if user.get("onPremisesSyncEnabled").and_then(serde_json::Value::as_bool) == Some(true) {
+                return Ok(Some(Err(())));
             }
-            db::add_role_member(sql, template, &for_db).map(Some)
+            db::add_role_member(sql, template, &for_db).map(|added| Some(Ok(added)))
         })
         .await?;
     match added {
         None => Err(GraphError::not_found(&member)),
-        Some(false) => Err(GraphError::bad_request(
+        Some(Err(())) => Err(GraphError::bad_request(
+            "Administrator roles are held by cloud-only accounts: this user is synchronized from on-premises, \
+             where its password and attributes are mastered.",
+        )),
+        Some(Ok(false)) => Err(GraphError::bad_request(
             "One or more added object references already exist for the following modified properties: 'members'.",
         )),
-        Some(true) => {
+        Some(Ok(true)) => {
             state.record("Directory", format!("add member to role {name}"), access.caller.clone(), member, "success").await;
             Ok(StatusCode::NO_CONTENT.into_response())
         }

@@ -8,3 +8,4 @@
 const POSTGRES: bool = false;
 
 include!("suite/https.rs");
+include!("suite/security.rs");

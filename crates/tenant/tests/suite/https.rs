@@ -1369,7 +1369,9 @@ impl TestAgent {
     async fn register(tenant: &Running, admin: &str) -> (StatusCode, Option<TestAgent>) {
         let tls_key = rcgen::KeyPair::generate().unwrap();
         let csr = rcgen::CertificateParams::default().serialize_request(&tls_key).unwrap().pem().unwrap();
-        let key = pta::AgentKey::from_bytes([9; 32]);
+        // Each agent its own key (a key is one agent's).
+        static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(9);
+        let key = pta::AgentKey::from_bytes([NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed); 32]);
         let body = json!({"csr": csr, "encryptionKey": pta::key_to_text(&key.public()), "machineName": "test", "version": "1"});
         let (status, registered) =
             tenant.call(reqwest::Method::POST, "/isthmus/v1/passThroughAuthentication/agents", admin, Some(body)).await;

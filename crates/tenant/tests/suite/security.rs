@@ -1,0 +1,146 @@
+// The tenant attacked from outside: what the sync role, other roles, unauthenticated callers and
+// slow clients must not be able to do. Included by `https.rs` and `https_postgres.rs` after
+// `suite/https.rs`, whose helpers it uses.
+
+/// Every path the sync service writes by, tried against a cloud-only Global Administrator and a
+/// cloud-only user: none changes them, and their owners' passwords keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_role_writes_only_what_it_owns() {
+    let tenant = start().await;
+    let (admin, sync) = (tenant.token(&tenant.admin).await, tenant.token(&tenant.sync).await);
+    use reqwest::Method;
+    let global = "62e90394-69f5-4237-9190-012177145e10";
+    let (_, gina) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("gina", &tenant.domain))).await;
+    let gina_id = gina["id"].as_str().unwrap().to_string();
+    let reference = |id: &str| json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{id}")});
+    let (status, _) = tenant.call(Method::POST, &format!("/v1.0/directoryRoles/{global}/members/$ref"), &admin, Some(reference(&gina_id))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, carl) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("carl", &tenant.domain))).await;
+    let carl_id = carl["id"].as_str().unwrap().to_string();
+    let (_, team) = tenant
+        .call(Method::POST, "/v1.0/groups", &admin, Some(json!({"displayName": "Team", "mailEnabled": false, "mailNickname": "team", "securityEnabled": true})))
+        .await;
+    let team_id = team["id"].as_str().unwrap().to_string();
+
+    // PATCH: the takeover of the finding (anchor + synced flag, then a hash), a password, anything.
+    let takeovers = [
+        json!({"onPremisesImmutableId": "Z2luYQ==", "onPremisesSyncEnabled": true}),
+        json!({"onPremisesSyncEnabled": true}),
+        json!({"onPremisesImmutableId": "Z2luYQ=="}),
+        json!({"passwordProfile": {"password": "Att4cker!Pass", "forceChangePasswordNextSignIn": false}}),
+        json!({"displayName": "Owned"}),
+    ];
+    for id in [&gina_id, &carl_id] {
+        for body in &takeovers {
+            let (status, error) = tenant.call(Method::PATCH, &format!("/v1.0/users/{id}"), &sync, Some(body.clone())).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "PATCH {body} on {id}: {error}");
+        }
+        // The same through $batch.
+        let batch = json!({"requests": [{"id": "1", "method": "PATCH", "url": format!("/users/{id}"), "body": takeovers[0]}]});
+        let (_, answer) = tenant.call(Method::POST, "/v1.0/$batch", &sync, Some(batch)).await;
+        assert_eq!(answer["responses"][0]["status"], 400, "{answer}");
+        let (status, _) = tenant.call(Method::DELETE, &format!("/v1.0/users/{id}"), &sync, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "the sync deletes only what it owns");
+    }
+    // Group writes: members and properties of a cloud-only group.
+    let (status, _) = tenant.call(Method::POST, &format!("/v1.0/groups/{team_id}/members/$ref"), &sync, Some(reference(&carl_id))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = tenant.call(Method::PATCH, &format!("/v1.0/groups/{team_id}"), &sync, Some(json!({"description": "owned"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Creates: never a cloud-only object, never a password.
+    let (status, _) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(user("mallory", &tenant.domain))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no cloud-only user from the sync");
+    let mut with_password = synced_user("mona", &tenant.domain, "bW9uYQ==");
+    with_password["passwordProfile"] = json!({"password": "Att4cker!Pass"});
+    let (status, _) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(with_password)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no password from the sync");
+    // A hard match prepared by an administrator never takes over a role holder.
+    let (status, _) = tenant.call(Method::PATCH, &format!("/v1.0/users/{gina_id}"), &admin, Some(json!({"onPremisesImmutableId": "Z2luYQ=="}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let mut hard = synced_user("gina2", &tenant.domain, "Z2luYQ==");
+    hard["displayName"] = json!("Attacker");
+    let (status, error) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(hard)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("Admin Role Conflict"), "{error}");
+    // Hash sync to the (still cloud-only) administrator's anchor: nothing to take.
+    let wire = phs::SyncedCredential::new(&phs::NtHash::of_password("Att4cker!Pass")).to_wire();
+    let (_, answer) = tenant
+        .call(Method::POST, "/isthmus/v1/passwordHashSync", &sync, Some(json!({"value": [{"onPremisesImmutableId": "Z2luYQ==", "credential": wire}]})))
+        .await;
+    assert_eq!(answer["value"][0]["status"], "NoTargetConnection", "{answer}");
+    let client = tenant.reader.0.clone();
+    let (status, _) = tenant.password_grant(&client, &format!("gina@{}", tenant.domain), "Att4cker!Pass").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the attacker's password does not sign in");
+    let (status, tokens) = tenant.password_grant(&client, &format!("gina@{}", tenant.domain), "Str0ng!Pass").await;
+    assert_eq!(status, StatusCode::OK, "the owner's does: {tokens}");
+    let (_, gina_now) = tenant.call(Method::GET, &format!("/v1.0/users/{gina_id}"), &admin, None).await;
+    assert_eq!((gina_now["displayName"].as_str(), gina_now["onPremisesSyncEnabled"].as_bool()), (Some("User gina"), None), "{gina_now}");
+
+    // On what it owns, the sync keeps its anchor and its flag, and a synced user holds no role.
+    let (status, sam) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced_user("sam", &tenant.domain, "c2Ft"))).await;
+    assert_eq!(status, StatusCode::CREATED, "{sam}");
+    let sam_path = format!("/v1.0/users/{}", sam["id"].as_str().unwrap());
+    for body in [json!({"onPremisesImmutableId": "b3RoZXI="}), json!({"onPremisesSyncEnabled": false})] {
+        let (status, _) = tenant.call(Method::PATCH, &sam_path, &sync, Some(body.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+    let (status, _) = tenant.call(Method::PATCH, &sam_path, &sync, Some(json!({"onPremisesImmutableId": "c2Ft", "displayName": "Sam"}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "the same anchor and the sync's own attributes are fine");
+    let (status, error) =
+        tenant.call(Method::POST, &format!("/v1.0/directoryRoles/{global}/members/$ref"), &admin, Some(reference(sam["id"].as_str().unwrap()))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("cloud-only"), "{error}");
+}
+
+/// Hash sync's parameters are what Entra sends: a costly iteration count would make every
+/// sign-in check of that user a denial of service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_sync_takes_only_entras_parameters() {
+    let tenant = start().await;
+    let sync = tenant.token(&tenant.sync).await;
+    use reqwest::Method;
+    let (status, _) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced_user("ida", &tenant.domain, "aWRh"))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let good = phs::SyncedCredential::new(&phs::NtHash::of_password("Pass!word1")).to_wire();
+    for iterations in ["1000000", "999", "1001"] {
+        let costly = good.replace(",1000,", &format!(",{iterations},"));
+        let (status, error) = tenant
+            .call(Method::POST, "/isthmus/v1/passwordHashSync", &sync, Some(json!({"value": [{"onPremisesImmutableId": "aWRh", "credential": costly}]})))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{iterations}: {error}");
+        assert!(error["error"]["message"].as_str().unwrap().contains("must be 1000"), "{error}");
+    }
+    let (_, answer) = tenant
+        .call(Method::POST, "/isthmus/v1/passwordHashSync", &sync, Some(json!({"value": [{"onPremisesImmutableId": "aWRh", "credential": good}]})))
+        .await;
+    assert_eq!(answer["value"][0]["status"], "Success", "{answer}");
+}
+
+/// A registration sent twice (a retry after a lost answer) is one agent: one row, one
+/// revocation; a revoked agent's key does not register again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_key_registers_one_agent() {
+    let tenant = start().await;
+    let admin = tenant.token(&tenant.admin).await;
+    use reqwest::Method;
+    let key = pta::key_to_text(&pta::AgentKey::from_bytes([77; 32]).public());
+    let registration = || {
+        let tls_key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::default().serialize_request(&tls_key).unwrap().pem().unwrap();
+        json!({"csr": csr, "encryptionKey": key, "machineName": "dc1", "version": "1"})
+    };
+    let agents = "/isthmus/v1/passThroughAuthentication/agents";
+    let (status, first) = tenant.call(Method::POST, agents, &admin, Some(registration())).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, again) = tenant.call(Method::POST, agents, &admin, Some(registration())).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["agentId"], first["agentId"], "the same agent");
+    assert_ne!(again["certificate"], first["certificate"], "with the new certificate");
+    let (_, list) = tenant.call(Method::GET, agents, &admin, None).await;
+    assert_eq!(list["value"].as_array().unwrap().len(), 1, "{list}");
+    let (status, _) = tenant.call(Method::DELETE, &format!("{agents}/{}", first["agentId"].as_str().unwrap()), &admin, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, error) = tenant.call(Method::POST, agents, &admin, Some(registration())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("revoked"), "{error}");
+}
