@@ -28,7 +28,7 @@ pub async fn list(
     query: AuditQuery,
     category: &'static str,
 ) -> Result<Response, GraphError> {
-    access.require_read()?;
+    access.require(crate::permissions::Area::AuditLogsRead)?;
     let top = match &query.top {
         None => 100,
         Some(text) => text
@@ -68,7 +68,7 @@ pub async fn list(
 
 /// `GET /v1.0/organization`.
 pub async fn organization(state: AppState, access: Access, headers: HeaderMap) -> Result<Response, GraphError> {
-    access.require_read()?;
+    access.require(crate::permissions::Area::OrganizationRead)?;
     let domains: Vec<Value> = state
         .all_domains()
         .iter()

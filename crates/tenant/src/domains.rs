@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::db::{self, Domain};
 use crate::odata::GraphError;
+use crate::permissions::Area;
 use crate::{Access, AppState};
 
 /// Graph's `passwordValidityPeriodInDays` for "never expires".
@@ -61,7 +62,7 @@ fn valid_name(name: &str) -> bool {
 
 /// `GET /v1.0/domains`.
 pub async fn list(state: AppState, access: Access, headers: HeaderMap) -> Result<Response, GraphError> {
-    access.require_read()?;
+    access.require(Area::DomainsRead)?;
     let values: Vec<Value> = state.all_domains().iter().map(view).collect();
     Ok(Json(json!({"@odata.context": format!("{}/v1.0/$metadata#domains", crate::graph::base_url(&headers)), "value": values}))
         .into_response())
@@ -69,13 +70,13 @@ pub async fn list(state: AppState, access: Access, headers: HeaderMap) -> Result
 
 /// `GET /v1.0/domains/{name}`.
 pub async fn get(state: AppState, access: Access, name: String) -> Result<Response, GraphError> {
-    access.require_read()?;
+    access.require(Area::DomainsRead)?;
     Ok(Json(view(&find(&state, &name)?)).into_response())
 }
 
 /// `POST /v1.0/domains` with `{"id": "contoso.example"}`: added unverified.
 pub async fn create(state: AppState, access: Access, body: crate::graph::Body) -> Result<Response, GraphError> {
-    access.require_write()?;
+    access.require(Area::DomainsWrite)?;
     let body = crate::graph::body_object(body)?;
     if let Some(other) = body.keys().find(|key| *key != "id" && *key != "@odata.type") {
         return Err(GraphError::bad_request(format!("Invalid property '{other}'.")));
@@ -106,7 +107,7 @@ pub async fn create(state: AppState, access: Access, body: crate::graph::Body) -
 
 /// `GET /v1.0/domains/{name}/verificationDnsRecords`.
 pub async fn verification_records(state: AppState, access: Access, name: String) -> Result<Response, GraphError> {
-    access.require_read()?;
+    access.require(Area::DomainsRead)?;
     let domain = find(&state, &name)?;
     let record = json!({"@odata.type": "#microsoft.graph.domainDnsTxtRecord", "id": format!("txt-{}", domain.name), "isOptional": false,
                         "label": domain.name, "recordType": "Txt", "supportedService": "Email", "ttl": 3600, "text": domain.code});
@@ -115,7 +116,7 @@ pub async fn verification_records(state: AppState, access: Access, name: String)
 
 /// `POST /v1.0/domains/{name}/verify`: looks for the TXT record through the configured resolver.
 pub async fn verify(state: AppState, access: Access, name: String) -> Result<Response, GraphError> {
-    access.require_write()?;
+    access.require(Area::DomainsWrite)?;
     let mut domain = find(&state, &name)?;
     if !domain.verified {
         let Some(resolver) = state.dns_resolver else {
@@ -147,7 +148,7 @@ pub async fn verify(state: AppState, access: Access, name: String) -> Result<Res
 /// domain's synced users are checked by pass-through agents, or against synced hashes (the
 /// switch back is Entra's manual fallback).
 pub async fn update(state: AppState, access: Access, name: String, body: crate::graph::Body) -> Result<Response, GraphError> {
-    access.require_write()?;
+    access.require(Area::DomainsWrite)?;
     let body = crate::graph::body_object(body)?;
     let mut domain = find(&state, &name)?;
     for (key, value) in &body {
@@ -211,7 +212,7 @@ pub async fn update(state: AppState, access: Access, name: String, body: crate::
 
 /// `DELETE /v1.0/domains/{name}`.
 pub async fn delete(state: AppState, access: Access, name: String) -> Result<Response, GraphError> {
-    access.require_write()?;
+    access.require(Area::DomainsWrite)?;
     let domain = find(&state, &name)?;
     if domain.initial {
         return Err(GraphError::bad_request("The initial domain cannot be removed."));

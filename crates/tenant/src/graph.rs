@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::db::{self, Credential, Kind};
 use crate::odata::GraphError;
+use crate::permissions::Area;
 use crate::{Access, AppState};
 
 /// Properties a user has, with their JSON type; `id` is assigned by the service.
@@ -100,6 +101,9 @@ pub struct Resource {
     noun: &'static str,
     properties: &'static [(&'static str, Type)],
     required: &'static [&'static str],
+    /// What reading and writing it needs.
+    read: Area,
+    write: Area,
 }
 
 /// Users.
@@ -110,6 +114,8 @@ pub static USERS: Resource = Resource {
     noun: "User",
     properties: USER_PROPERTIES,
     required: &["accountEnabled", "displayName", "mailNickname", "userPrincipalName"],
+    read: Area::UsersRead,
+    write: Area::UsersWrite,
 };
 
 /// Groups.
@@ -120,6 +126,8 @@ pub static GROUPS: Resource = Resource {
     noun: "Group",
     properties: GROUP_PROPERTIES,
     required: &["displayName", "mailEnabled", "mailNickname", "securityEnabled"],
+    read: Area::GroupsRead,
+    write: Area::GroupsWrite,
 };
 
 /// Organizational contacts.
@@ -130,6 +138,8 @@ pub static CONTACTS: Resource = Resource {
     noun: "Contact",
     properties: CONTACT_PROPERTIES,
     required: &["displayName"],
+    read: Area::ContactsRead,
+    write: Area::ContactsWrite,
 };
 
 fn resource_of(kind: Kind) -> &'static Resource {
@@ -270,7 +280,7 @@ pub async fn list(
     headers: HeaderMap,
     query: ListQuery,
 ) -> Result<Response, GraphError> {
-    access.require_read()?;
+    access.require(resource.read)?;
     let top = page_size(query.top.as_deref())?;
     let select = selection(resource, query.select.as_deref())?;
     let after = match &query.skiptoken {
@@ -351,7 +361,7 @@ pub async fn get_one(
     key: String,
     query: ListQuery,
 ) -> Result<Response, GraphError> {
-    access.require_read()?;
+    access.require(resource.read)?;
     let select = selection(resource, query.select.as_deref())?;
     let object = find(&state, resource, &key).await?;
     let mut body = project(resource, &object, select.as_deref());
@@ -489,7 +499,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GraphError> {
-    access.require_write()?;
+    access.require(resource.write)?;
     state.admit_write()?;
     let mut object = body_object(body)?;
     let password = check_properties(resource, &state, &mut object, access.is_sync())?;
@@ -607,7 +617,7 @@ fn synced_refusal() -> GraphError {
 
 /// `PATCH /v1.0/{collection}/{key}`.
 pub async fn update(resource: &'static Resource, state: AppState, access: Access, key: String, body: Body) -> Result<Response, GraphError> {
-    access.require_write()?;
+    access.require(resource.write)?;
     state.admit_write()?;
     let mut patch = body_object(body)?;
     // Members added with the update (`members@odata.bind`, Graph's bulk add: up to 20).
@@ -721,7 +731,7 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
 
 /// `DELETE /v1.0/{collection}/{key}`.
 pub async fn delete(resource: &'static Resource, state: AppState, access: Access, key: String) -> Result<Response, GraphError> {
-    access.require_write()?;
+    access.require(resource.write)?;
     state.admit_write()?;
     let (kind, lookup, sync) = (resource.kind, key.clone(), access.is_sync());
     let deleted = state
@@ -765,7 +775,7 @@ fn member_value(kind: &str, id: &str, data: &str) -> Value {
 
 /// `GET /v1.0/groups/{id}/members`.
 pub async fn list_members(state: AppState, access: Access, headers: HeaderMap, key: String) -> Result<Response, GraphError> {
-    access.require_read()?;
+    access.require(Area::GroupsRead)?;
     let group = find(&state, &GROUPS, &key).await?;
     let id = group.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     let members = state.db.read(move |conn| db::members(conn, &id)).await?;
@@ -794,7 +804,7 @@ pub(crate) fn reference_body(body: Body) -> Result<String, GraphError> {
 
 /// `POST /v1.0/groups/{id}/members/$ref` with `{"@odata.id": ".../directoryObjects/{id}"}`.
 pub async fn add_member(state: AppState, access: Access, key: String, body: Body) -> Result<Response, GraphError> {
-    access.require_write()?;
+    access.require(Area::GroupMembersWrite)?;
     state.admit_write()?;
     let member = reference_body(body)?;
     let group = find(&state, &GROUPS, &key).await?;
@@ -836,7 +846,7 @@ fn sync_refusal_for_group(conn: &mut dyn crate::sql::Sql, group: &str) -> Result
 
 /// `DELETE /v1.0/groups/{id}/members/{member}/$ref`.
 pub async fn remove_member(state: AppState, access: Access, key: String, member: String) -> Result<Response, GraphError> {
-    access.require_write()?;
+    access.require(Area::GroupMembersWrite)?;
     state.admit_write()?;
     let group = find(&state, &GROUPS, &key).await?;
     let group_id = group.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
@@ -892,7 +902,7 @@ pub async fn delta(
     headers: HeaderMap,
     query: ListQuery,
 ) -> Result<Response, GraphError> {
-    access.require_read()?;
+    access.require(resource.read)?;
     let top = page_size(query.top.as_deref())?;
     let select = selection(resource, query.select.as_deref())?;
     let token = query.skiptoken.as_deref().or(query.deltatoken.as_deref());

@@ -105,9 +105,7 @@ pub(crate) fn password_expired(policies: Option<&str>, last_change: i64, validit
 
 /// `POST /isthmus/v1/passwordHashSync`. An empty `value` is a heartbeat.
 pub async fn receive(state: AppState, access: Access, body: crate::graph::Body) -> Result<Response, GraphError> {
-    if !access.is_sync() {
-        return Err(GraphError::denied());
-    }
+    access.require(crate::permissions::Area::PasswordHashSync)?;
     state.admit_write()?;
     let items = checked(crate::graph::body_object(body)?)?;
     let count = items.len();
@@ -166,9 +164,7 @@ pub async fn receive(state: AppState, access: Access, body: crate::graph::Body) 
 /// `GET /isthmus/v1/leakedCredentials/range/{prefix}`: the k-anonymity range of the tenant's
 /// leaked-hash list under a 5-hex-digit prefix (sync service only); 404 when no list is loaded.
 pub async fn leaked_range(state: AppState, access: Access, prefix: String) -> Result<Response, GraphError> {
-    if !access.is_sync() {
-        return Err(GraphError::denied());
-    }
+    access.require(crate::permissions::Area::PasswordHashSync)?;
     let Some(list) = state.leaked.as_ref() else {
         return Err(GraphError::not_found("leakedCredentials (no leaked-credential list is loaded)"));
     };
@@ -186,7 +182,7 @@ pub async fn leaked_range(state: AppState, access: Access, prefix: String) -> Re
 
 /// `GET /v1.0/identityProtection/riskyUsers`: users whose synced password is on the leaked list.
 pub async fn risky_users(state: AppState, access: Access, headers: axum::http::HeaderMap) -> Result<Response, GraphError> {
-    access.require_read()?;
+    access.require(crate::permissions::Area::RiskyUsersRead)?;
     let users = state.db.read(db::risky_users).await?;
     let value: Vec<Value> = users
         .into_iter()

@@ -24,6 +24,7 @@ pub mod odata;
 mod onprem;
 pub mod openapi;
 pub mod passthrough;
+pub mod permissions;
 pub mod resilience;
 mod roles;
 pub mod signin;
@@ -289,14 +290,10 @@ pub(crate) struct Access {
 }
 
 impl Access {
-    fn require_read(&self) -> Result<(), GraphError> {
-        const READ: &[&str] = &["Directory.Read.All", "Directory.ReadWrite.All", "User.Read.All", "User.ReadWrite.All", SYNC_ROLE];
-        if self.roles.iter().any(|role| READ.contains(&role.as_str())) { Ok(()) } else { Err(GraphError::denied()) }
-    }
-
-    fn require_write(&self) -> Result<(), GraphError> {
-        const WRITE: &[&str] = &["Directory.ReadWrite.All", "User.ReadWrite.All", SYNC_ROLE];
-        if self.roles.iter().any(|role| WRITE.contains(&role.as_str())) { Ok(()) } else { Err(GraphError::denied()) }
+    /// Needs one of the roles `area` asks for (`permissions::PERMISSIONS`), else 403.
+    pub(crate) fn require(&self, area: permissions::Area) -> Result<(), GraphError> {
+        let needed = permissions::needed(area);
+        if self.roles.iter().any(|role| needed.contains(&role.as_str())) { Ok(()) } else { Err(GraphError::denied()) }
     }
 
     /// The caller is the sync service: it may write the attributes synced from on-premises.
@@ -324,7 +321,11 @@ impl FromRequestParts<AppState> for Access {
     }
 }
 
-/// The claims of the request's bearer token, checked: signed by this tenant, current, for it.
+/// The audiences of Graph access tokens: its resource URI and its application id.
+pub const GRAPH_AUDIENCES: &[&str] = &["https://graph.microsoft.com", "00000003-0000-0000-c000-000000000000"];
+
+/// The claims of the request's bearer token, checked: signed by this tenant, current, for it,
+/// an access token whose audience is this API.
 pub(crate) fn bearer_claims(state: &AppState, headers: &HeaderMap) -> Result<serde_json::Value, GraphError> {
     let header = headers.get("authorization").and_then(|value| value.to_str().ok()).unwrap_or_default();
     let Some(token) = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")) else {
@@ -336,6 +337,14 @@ pub(crate) fn bearer_claims(state: &AppState, headers: &HeaderMap) -> Result<ser
         .map_err(|err| GraphError::unauthenticated(format!("Access token validation failure: {err}.")))?;
     if claims.get("tid").and_then(|tid| tid.as_str()) != Some(state.identity.tenant_id.as_str()) {
         return Err(GraphError::unauthenticated("Access token validation failure: the token is for another tenant."));
+    }
+    // Only an access token for this API: an ID token (its audience is the client), a refresh
+    // token (no audience) or a token for another resource is not a caller.
+    if !claims.get("aud").and_then(|aud| aud.as_str()).is_some_and(|aud| GRAPH_AUDIENCES.contains(&aud)) {
+        return Err(GraphError::unauthenticated("Access token validation failure. Invalid audience."));
+    }
+    if !matches!(claims.get("idtyp").and_then(|kind| kind.as_str()), Some("app" | "user")) || claims.get("typ").is_some() {
+        return Err(GraphError::unauthenticated("Access token validation failure: not an access token."));
     }
     Ok(claims)
 }

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::odata::GraphError;
+use crate::permissions::Area;
 use crate::{Access, AppState, db};
 
 /// The settings row.
@@ -100,7 +101,7 @@ fn document(state: &AppState, settings: &Value) -> Value {
 
 /// `GET /v1.0/directory/onPremisesSynchronization`: a collection of the one object.
 pub async fn list(state: AppState, access: Access, headers: HeaderMap) -> Result<Response, GraphError> {
-    access.require_read()?;
+    access.require(Area::SyncSettingsRead)?;
     let settings = state.db.read(load).await?;
     let context = format!("{}/v1.0/$metadata#directory/onPremisesSynchronization", crate::graph::base_url(&headers));
     Ok(Json(json!({"@odata.context": context, "value": [document(&state, &settings)]})).into_response())
@@ -108,7 +109,7 @@ pub async fn list(state: AppState, access: Access, headers: HeaderMap) -> Result
 
 /// `GET /v1.0/directory/onPremisesSynchronization/{id}`.
 pub async fn get(state: AppState, access: Access, id: String) -> Result<Response, GraphError> {
-    access.require_read()?;
+    access.require(Area::SyncSettingsRead)?;
     if !id.eq_ignore_ascii_case(&state.identity.tenant_id) {
         return Err(GraphError::not_found(&id));
     }
@@ -182,7 +183,7 @@ fn anchor_change_allowed(from: Option<&str>, to: Option<&str>) -> bool {
 
 /// `PATCH /v1.0/directory/onPremisesSynchronization/{id}`.
 pub async fn update(state: AppState, access: Access, id: String, body: crate::graph::Body) -> Result<Response, GraphError> {
-    access.require_write()?;
+    access.require(Area::SyncSettingsWrite)?;
     if !id.eq_ignore_ascii_case(&state.identity.tenant_id) {
         return Err(GraphError::not_found(&id));
     }

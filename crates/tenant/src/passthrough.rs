@@ -226,7 +226,8 @@ async fn admin(state: &AppState, parts_headers: &axum::http::HeaderMap, write: b
     }
     let roles: Vec<&str> =
         claims.get("roles").and_then(Value::as_array).map(|roles| roles.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-    let allowed: &[&str] = if write { &["Directory.ReadWrite.All"] } else { &["Directory.ReadWrite.All", "Directory.Read.All"] };
+    let allowed =
+        crate::permissions::needed(if write { crate::permissions::Area::AgentsWrite } else { crate::permissions::Area::AgentsRead });
     if roles.iter().any(|role| allowed.contains(role)) {
         Ok(claims.get("appid").and_then(Value::as_str).unwrap_or_default().to_string())
     } else {

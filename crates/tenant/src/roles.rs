@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::odata::GraphError;
+use crate::permissions::Area;
 use crate::{Access, AppState, db};
 
 /// The built-in roles: (template id, display name, description).
@@ -34,7 +35,7 @@ fn role_value((template, name, description): &(&str, &str, &str)) -> Value {
 
 /// `GET /v1.0/directoryRoles`.
 pub async fn list(access: Access, headers: HeaderMap) -> Result<Response, GraphError> {
-    access.require_read()?;
+    access.require(Area::RolesRead)?;
     let values: Vec<Value> = ROLES.iter().map(role_value).collect();
     let context = format!("{}/v1.0/$metadata#directoryRoles", crate::graph::base_url(&headers));
     Ok(Json(json!({"@odata.context": context, "value": values})).into_response())
@@ -42,13 +43,13 @@ pub async fn list(access: Access, headers: HeaderMap) -> Result<Response, GraphE
 
 /// `GET /v1.0/directoryRoles/{id}`.
 pub async fn get(access: Access, id: String) -> Result<Response, GraphError> {
-    access.require_read()?;
+    access.require(Area::RolesRead)?;
     Ok(Json(role_value(role(&id)?)).into_response())
 }
 
 /// `GET /v1.0/directoryRoles/{id}/members`.
 pub async fn members(state: AppState, access: Access, headers: HeaderMap, id: String) -> Result<Response, GraphError> {
-    access.require_read()?;
+    access.require(Area::RolesRead)?;
     let (template, _, _) = role(&id)?;
     let members = state.db.read(move |sql| db::role_members(sql, template)).await?;
     let values: Vec<Value> =
@@ -57,12 +58,13 @@ pub async fn members(state: AppState, access: Access, headers: HeaderMap, id: St
     Ok(Json(json!({"@odata.context": context, "value": values})).into_response())
 }
 
-/// Role assignments need `Directory.ReadWrite.All`, and never come from the sync service.
+/// Role assignments need `RoleManagement.ReadWrite.Directory` (or `Directory.ReadWrite.All`),
+/// and never come from the sync service.
 fn require_role_admin(access: &Access) -> Result<(), GraphError> {
-    if access.is_sync() || !access.roles.iter().any(|role| role == "Directory.ReadWrite.All") {
+    if access.is_sync() {
         return Err(GraphError::denied());
     }
-    Ok(())
+    access.require(Area::RolesWrite)
 }
 
 /// `POST /v1.0/directoryRoles/{id}/members/$ref` with `{"@odata.id": ".../directoryObjects/{user}"}`.

@@ -11,6 +11,8 @@ struct Running {
     admin: (String, String),
     reader: (String, String),
     sync: (String, String),
+    /// An app for each role the permission table names, and one (`""`) with none.
+    role_apps: Vec<(String, (String, String))>,
     _dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
     _postgres: Option<testkit::postgres::Postgres>,
@@ -55,6 +57,12 @@ async fn start_policy(write_limit: Option<u32>, dns: Option<std::net::SocketAddr
     let reader = tenant.register_app("reader", &["Directory.Read.All"]).await.unwrap();
     let sync = tenant.register_app("sync", &[tenant::SYNC_ROLE]).await.unwrap();
     tenant.register_app_redirect(&reader.client_id, "http://localhost/callback").await.unwrap();
+    let mut role_apps = Vec::new();
+    for role in tenant::permissions::all_roles().into_iter().chain([""]) {
+        let roles: Vec<&str> = [role].into_iter().filter(|role| !role.is_empty()).collect();
+        let app = tenant.register_app(&format!("holds {role}"), &roles).await.unwrap();
+        role_apps.push((role.to_string(), (app.client_id.clone(), app.client_secret.to_string())));
+    }
     let (tenant_id, domain) = (tenant.tenant_id().to_string(), tenant.initial_domain().to_string());
     let ca_pem = tenant.ca_pem.clone();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_pem).unwrap()).unwrap();
@@ -76,6 +84,7 @@ async fn start_policy(write_limit: Option<u32>, dns: Option<std::net::SocketAddr
         admin: (admin.client_id.clone(), admin.client_secret.to_string()),
         reader: (reader.client_id.clone(), reader.client_secret.to_string()),
         sync: (sync.client_id.clone(), sync.client_secret.to_string()),
+        role_apps,
         _dir: dir,
         _stop: stop,
         _postgres: postgres,

@@ -144,3 +144,72 @@ async fn an_agent_key_registers_one_agent() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
     assert!(error["error"]["message"].as_str().unwrap().contains("revoked"), "{error}");
 }
+
+/// Graph takes only access tokens whose audience is Graph: a user's ID token (audience: the
+/// client) and refresh token (no audience) are not callers — 401, not 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_graph_access_tokens_are_bearers() {
+    let tenant = start().await;
+    let admin = tenant.token(&tenant.admin).await;
+    use reqwest::Method;
+    let (status, _) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("uma", &tenant.domain))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, tokens) = tenant.password_grant(&tenant.reader.0, &format!("uma@{}", tenant.domain), "Str0ng!Pass").await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    for kind in ["id_token", "refresh_token"] {
+        let token = tokens[kind].as_str().unwrap();
+        for path in ["/v1.0/users", "/v1.0/organization", "/isthmus/v1/passThroughAuthentication/agents"] {
+            let (status, error) = tenant.call(Method::GET, path, token, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{kind} on {path}: {error}");
+        }
+    }
+    let (status, _) = tenant.call(Method::GET, "/v1.0/users", tokens["access_token"].as_str().unwrap(), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the user's access token is a caller, without directory roles");
+}
+
+/// Every route that takes a token, called by an app holding each role of the permission table
+/// (and one holding none): refused (403) exactly when the table does not name the role. Ids are
+/// of nothing, so an allowed call ends in a 404 or 400 and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_requires_the_permissions_graph_documents() {
+    let tenant = start().await;
+    let nothing = "00000000-0000-4000-8000-000000000000";
+    let mut refused = 0;
+    for (role, app) in &tenant.role_apps {
+        let token = tenant.token(app).await;
+        for (method, path, area) in tenant::permissions::ROUTES {
+            let filled = if path.starts_with("/isthmus/v1/leakedCredentials") {
+                path.replace("{id}", "ABCDE")
+            } else if path.starts_with("/v1.0/domains/") {
+                path.replace("{id}", "nowhere.example")
+            } else {
+                path.replace("{id}", nothing).replace("{member}", nothing)
+            };
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let body = matches!(method, reqwest::Method::POST | reqwest::Method::PATCH).then(|| json!({}));
+            let (status, answer) = tenant.call(method.clone(), &filled, &token, body).await;
+            let allowed = tenant::permissions::needed(*area).contains(&role.as_str());
+            if allowed {
+                assert!(!matches!(status, StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED), "{role:?} {method} {filled}: {status} {answer}");
+            } else {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{role:?} {method} {filled}: {answer}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 100, "the walk refused {refused} calls");
+    // The finding: an app with only User.ReadWrite.All adds no domain, changes no sync setting,
+    // creates no group and reads no sign-in log.
+    let (_, user_admin) = tenant.role_apps.iter().find(|(role, _)| role == "User.ReadWrite.All").unwrap();
+    let token = tenant.token(user_admin).await;
+    use reqwest::Method;
+    for (method, path, body) in [
+        (Method::POST, "/v1.0/domains".to_string(), Some(json!({"id": "evil.example"}))),
+        (Method::PATCH, format!("/v1.0/directory/onPremisesSynchronization/{}", tenant.tenant_id), Some(json!({"features": {"blockSoftMatchEnabled": false}}))),
+        (Method::POST, "/v1.0/groups".to_string(), Some(json!({"displayName": "G", "mailEnabled": false, "mailNickname": "g", "securityEnabled": true}))),
+        (Method::GET, "/v1.0/auditLogs/signIns".to_string(), None),
+    ] {
+        let (status, _) = tenant.call(method.clone(), &path, &token, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
+    }
+}
