@@ -58,6 +58,9 @@ pub struct ServeArgs {
     /// Pass-through: days an agent certificate lives (agents renew with a sixth left).
     #[arg(long, default_value_t = 180)]
     pub pta_certificate_days: u64,
+    /// Days the audit and sign-in logs keep a record (older ones are removed every ten minutes).
+    #[arg(long, default_value_t = 30)]
+    pub audit_retention_days: u32,
 }
 
 /// Runs the tenant.
@@ -76,6 +79,8 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     };
     config.leaked_list = args.leaked_list.clone();
     config.block_leaked = args.block_leaked_credentials;
+    anyhow::ensure!((1..=3650).contains(&args.audit_retention_days), "--audit-retention-days must be 1 to 3650");
+    config.audit_retention_days = args.audit_retention_days;
     anyhow::ensure!((2..=120).contains(&args.pta_timeout_seconds), "--pta-timeout-seconds must be 2 to 120");
     anyhow::ensure!((1..=3650).contains(&args.pta_certificate_days), "--pta-certificate-days must be 1 to 3650");
     config.pta.timeout = std::time::Duration::from_secs(args.pta_timeout_seconds);

@@ -177,17 +177,33 @@ pub async fn show(State(state): State<AppState>, Path(tenant): Path<String>, Que
 }
 
 /// `POST /{tenant}/oauth2/v2.0/authorize`: the login form's answer.
-pub async fn submit(State(state): State<AppState>, Path(tenant): Path<String>, Form(params): Form<AuthorizeParams>) -> Response {
+pub async fn submit(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    peer: Option<axum::Extension<crate::limits::PeerAddr>>,
+    Form(params): Form<AuthorizeParams>,
+) -> Response {
+    let (source, now) = (peer.map(|peer| peer.0.0.ip()), crate::unix_now());
+    if let Some(wait) = state.failures.blocked(source, now) {
+        return crate::oauth::too_many_failures(wait);
+    }
     let redirect_uri = match check(&state, &tenant, &params).await {
         Ok(uri) => uri,
         Err(response) => return response,
     };
     let client_id = params.client_id.clone().unwrap_or_default();
     let username = params.username.clone().unwrap_or_default();
+    if !crate::limits::valid_username(&username) {
+        state.failures.failed(source, now);
+        return page(StatusCode::OK, login_form(&params, Some("Enter your user name as name@domain.")));
+    }
     let password = zeroize::Zeroizing::new(params.password.clone().unwrap_or_default());
     let user = match crate::signin::authenticate(&state, "authorization code", &client_id, &username, &password).await {
         Ok(user) => user,
-        Err(err) => return page(StatusCode::OK, login_form(&params, Some(&err.description))),
+        Err(err) => {
+            state.failures.failed(source, now);
+            return page(StatusCode::OK, login_form(&params, Some(&err.description)));
+        }
     };
     let grant = Grant {
         client_id,

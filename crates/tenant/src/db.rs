@@ -1230,6 +1230,15 @@ pub fn lockout_fail(sql: &mut dyn Sql, user: &str, now: i64, threshold: u32, dur
     Ok(locked)
 }
 
+/// Retention: drops audit records older than `audit_before` (RFC 3339, compared as text: every
+/// record's time has the same form) and smart-lockout locks that have run out (a lock that has
+/// run out counts the same as none). Returns how many of each went.
+pub fn prune(sql: &mut dyn Sql, audit_before: &str, now: i64) -> Result<(u64, u64), DbError> {
+    let audit = sql.execute("DELETE FROM audit WHERE time < ?1", &[audit_before.into()])?;
+    let locks = sql.execute("DELETE FROM lockout WHERE locked_until <> 0 AND locked_until <= ?1", &[now.into()])?;
+    Ok((audit, locks))
+}
+
 /// Smart lockout: a success clears the count.
 pub fn lockout_clear(sql: &mut dyn Sql, user: &str) -> Result<(), DbError> {
     sql.execute("DELETE FROM lockout WHERE user_key = ?1", &[user.into()])?;
@@ -1334,6 +1343,34 @@ mod tests {
         assert!(!db.call(|sql| lockout_fail(sql, "a@x", 200, 3, 60)).await.unwrap(), "after the lock the count starts over");
         db.call(|sql| lockout_clear(sql, "a@x")).await.unwrap();
         assert_eq!(db.read(|sql| lockout_entry(sql, "a@x")).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn retention_drops_old_audit_records_and_run_out_locks_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("tenant.db")).unwrap();
+        for time in ["2026-10-01T00:00:00Z", "2026-11-20T12:00:00Z"] {
+            let record = AuditRecord {
+                seq: 0,
+                time: time.into(),
+                category: "SignIn".into(),
+                activity: "x".into(),
+                actor: "a".into(),
+                target: "t".into(),
+                outcome: "bad password".into(),
+            };
+            db.call(move |sql| insert_audit(sql, &record)).await.unwrap();
+        }
+        db.call(|sql| lockout_fail(sql, "run-out@x", 100, 1, 60)).await.unwrap();
+        db.call(|sql| lockout_fail(sql, "locked@x", 1_000, 1, 60)).await.unwrap();
+        db.call(|sql| lockout_fail(sql, "counting@x", 100, 5, 60)).await.unwrap();
+        let removed = db.call(|sql| prune(sql, "2026-11-01T00:00:00Z", 500)).await.unwrap();
+        assert_eq!(removed, (1, 1));
+        let left = db.read(|sql| audit(sql, "SignIn", None, 10)).await.unwrap();
+        assert_eq!(left.iter().map(|record| record.time.as_str()).collect::<Vec<_>>(), ["2026-11-20T12:00:00Z"]);
+        assert_eq!(db.read(|sql| lockout_entry(sql, "run-out@x")).await.unwrap(), None);
+        assert_eq!(db.read(|sql| lockout_entry(sql, "locked@x")).await.unwrap(), Some((1, 1_060)), "a lock still on stays");
+        assert_eq!(db.read(|sql| lockout_entry(sql, "counting@x")).await.unwrap(), Some((1, 0)), "so does a count");
     }
 
     #[tokio::test]

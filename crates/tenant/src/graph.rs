@@ -513,18 +513,12 @@ pub async fn create(
     }
     // An administrator may give a cloud user an onPremisesImmutableId (to prepare a hard match,
     // or for a federated domain); only the sync service creates objects synced from on-premises.
-    let has_anchor = object.get("onPremisesImmutableId").is_some_and(|id| !id.is_null());
     if object.get("onPremisesSyncEnabled").and_then(Value::as_bool) == Some(true) && !access.is_sync() {
         return Err(GraphError::bad_request("Only the directory synchronization service can create objects synced from on-premises."));
     }
-    // The sync service creates synced objects only: anchored, marked, and without a password
+    // The sync service creates synced objects only: marked as such, and without a password
     // (passwords reach synced users by password hash sync, never as a cloud password).
     if access.is_sync() {
-        if !has_anchor {
-            return Err(GraphError::bad_request(
-                "The directory synchronization service creates only objects synced from on-premises: onPremisesImmutableId is required.",
-            ));
-        }
         if password.is_some() {
             return Err(GraphError::bad_request("The directory synchronization service does not set passwords: password hash sync does."));
         }
@@ -533,7 +527,7 @@ pub async fn create(
         }
         object.insert("onPremisesSyncEnabled".into(), Value::Bool(true));
     }
-    let synced = has_anchor && access.is_sync();
+    let synced = access.is_sync();
     if resource.kind == Kind::User && password.is_none() && !synced {
         return Err(GraphError::bad_request("Property 'passwordProfile' is required when creating a cloud-only user."));
     }
@@ -657,12 +651,13 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
     // member add or any other property cannot): re-checking scans every quarantined object.
     let frees_values = patch.keys().any(|name| matches!(name.as_str(), "userPrincipalName" | "proxyAddresses" | "mail"));
     let (kind, lookup, sync, domains) = (resource.kind, key.clone(), access.is_sync(), state.resilience_domains());
+    let policy = state.effective_match_policy();
     let updated = state
         .db
         .call(move |conn| {
             let Some(mut object) = db::get(conn, kind, &lookup)? else { return Ok(None) };
             if sync
-                && let Some(refusal) = crate::resilience::sync_write_refusal(conn, kind, &object)?
+                && let Some(refusal) = crate::resilience::sync_write_refusal(conn, kind, &object, Some(policy))?
                     .or_else(|| crate::resilience::sync_patch_refusal(&object, &patch))
             {
                 return Ok(Some(Err(Some(refusal))));
@@ -738,7 +733,7 @@ pub async fn delete(resource: &'static Resource, state: AppState, access: Access
         .db
         .call(move |conn| {
             let Some(object) = db::get(conn, kind, &lookup)? else { return Ok(Ok(false)) };
-            if sync && let Some(refusal) = crate::resilience::sync_write_refusal(conn, kind, &object)? {
+            if sync && let Some(refusal) = crate::resilience::sync_write_refusal(conn, kind, &object, None)? {
                 return Ok(Err(GraphError::bad_request(refusal)));
             }
             if object.get("onPremisesSyncEnabled").and_then(Value::as_bool) == Some(true) && !sync {
@@ -839,7 +834,7 @@ pub async fn add_member(state: AppState, access: Access, key: String, body: Body
 /// Why the sync service may not change this group's members (see `resilience::sync_write_refusal`).
 fn sync_refusal_for_group(conn: &mut dyn crate::sql::Sql, group: &str) -> Result<Option<String>, db::DbError> {
     match db::get(conn, Kind::Group, group)? {
-        Some(object) => crate::resilience::sync_write_refusal(conn, Kind::Group, &object),
+        Some(object) => crate::resilience::sync_write_refusal(conn, Kind::Group, &object, None),
         None => Ok(None),
     }
 }

@@ -129,7 +129,7 @@ pub async fn receive(state: AppState, access: Access, body: crate::graph::Body) 
                     continue;
                 };
                 if let Some(user) = &target
-                    && let Some(reason) = crate::resilience::sync_write_refusal(sql, db::Kind::User, user)?
+                    && let Some(reason) = crate::resilience::sync_write_refusal(sql, db::Kind::User, user, None)?
                 {
                     statuses.push(json!({"onPremisesImmutableId": item.anchor, "id": id, "status": "FilteredByTarget", "reason": reason}));
                     continue;

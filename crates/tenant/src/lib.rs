@@ -19,6 +19,7 @@ mod domains;
 pub mod filter;
 mod graph;
 mod hashsync;
+pub mod limits;
 mod oauth;
 pub mod odata;
 mod onprem;
@@ -87,6 +88,8 @@ pub struct TenantConfig {
     pub block_leaked: bool,
     /// Pass-through authentication's timings and agent certificate lifetime.
     pub pta: passthrough::PtaSettings,
+    /// Days the audit and sign-in logs keep a record (Entra keeps 30 on its free tier).
+    pub audit_retention_days: u32,
 }
 
 impl TenantConfig {
@@ -107,6 +110,7 @@ impl TenantConfig {
             leaked_list: None,
             block_leaked: false,
             pta: passthrough::PtaSettings::default(),
+            audit_retention_days: 30,
         }
     }
 }
@@ -164,6 +168,10 @@ pub struct Shared {
     pta_settings: passthrough::PtaSettings,
     /// Pass-through's automatic fallback to synced hashes, after this long without agents.
     pta_fallback: std::sync::RwLock<Option<std::time::Duration>>,
+    /// Failed sign-ins per source and the audit budget for them.
+    failures: limits::FailureLimits,
+    /// How long audit records are kept.
+    audit_retention: std::time::Duration,
 }
 
 /// A token bucket for directory writes.
@@ -199,11 +207,59 @@ impl Shared {
     }
 
     /// Writes an audit record (and the `audit` log line); never a secret in it.
+    /// Every field is bounded; failed sign-ins (which anyone can cause) take from a per-minute
+    /// budget, and those over it are summed up in one record the next minute.
     pub(crate) async fn record(&self, category: &'static str, activity: String, actor: String, target: String, outcome: &'static str) {
+        let (activity, actor, target) = (
+            limits::bounded(&activity, limits::MAX_AUDIT_FIELD),
+            limits::bounded(&actor, limits::MAX_AUDIT_FIELD),
+            limits::bounded(&target, limits::MAX_AUDIT_FIELD),
+        );
         tracing::info!(target: "audit", category, activity, actor, subject = target, outcome, "audit");
-        let record =
-            db::AuditRecord { seq: 0, time: now_rfc3339(), category: category.into(), activity, actor, target, outcome: outcome.into() };
-        if let Err(err) = self.db.append(move |conn| db::insert_audit(conn, &record)).await {
+        let mut records = Vec::new();
+        let mut this_one = true;
+        if category == "SignIn" && outcome != "success" {
+            let (budget, summary) = self.failures.audit(unix_now());
+            if let Some((minute, count)) = summary {
+                records.push(db::AuditRecord {
+                    seq: 0,
+                    time: rfc3339(minute * 60 + 59),
+                    category: category.into(),
+                    activity: format!(
+                        "{count} failed sign-in(s) not recorded one by one (over {} a minute)",
+                        limits::AUDITED_FAILURES_PER_MINUTE
+                    ),
+                    actor: String::new(),
+                    target: String::new(),
+                    outcome: "failures summed up".into(),
+                });
+            }
+            this_one = budget == limits::AuditBudget::Write;
+        }
+        if this_one {
+            records.push(db::AuditRecord {
+                seq: 0,
+                time: now_rfc3339(),
+                category: category.into(),
+                activity,
+                actor,
+                target,
+                outcome: outcome.into(),
+            });
+        }
+        if records.is_empty() {
+            return;
+        }
+        if let Err(err) = self
+            .db
+            .append(move |conn| {
+                for record in &records {
+                    db::insert_audit(conn, record)?;
+                }
+                Ok(())
+            })
+            .await
+        {
             tracing::error!("audit record not stored: {err}");
         }
     }
@@ -244,6 +300,17 @@ impl Shared {
     /// Keeps the sync settings just stored.
     pub(crate) fn set_sync_settings(&self, settings: serde_json::Value) {
         *self.sync_settings.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = settings;
+    }
+
+    /// Applies retention: audit records older than the retention, locks that have run out.
+    pub(crate) async fn prune(&self) {
+        let now = unix_now();
+        let before = rfc3339(now - self.audit_retention.as_secs() as i64);
+        match self.db.call(move |conn| db::prune(conn, &before, now)).await {
+            Ok((0, 0)) => {}
+            Ok((audit, locks)) => tracing::info!(audit, locks, "retention: old audit records and run-out locks removed"),
+            Err(err) => tracing::error!("retention failed: {err}"),
+        }
     }
 
     /// Every domain, verified or not.
@@ -537,6 +604,8 @@ impl Tenant {
                 pta_hub: passthrough::Hub::new(config.pta),
                 pta_settings: config.pta,
                 pta_fallback: std::sync::RwLock::new(pta_fallback),
+                failures: limits::FailureLimits::default(),
+                audit_retention: std::time::Duration::from_secs(u64::from(config.audit_retention_days.max(1)) * 86_400),
             }),
         };
         if app.db.is_postgres() {
@@ -810,8 +879,20 @@ impl Tenant {
         let router = self.router();
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let app = self.app.clone();
         let serve = async move {
             let mut tasks = Vec::new();
+            // Retention, at start and every ten minutes.
+            let mut stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => app.prune().await,
+                        _ = stop.changed() => break,
+                    }
+                }
+            }));
             for listener in listeners {
                 let (router, acceptor, mut stop) = (router.clone(), acceptor.clone(), stop_rx.clone());
                 tasks.push(tokio::spawn(async move {
@@ -840,6 +921,7 @@ impl Tenant {
                                 router,
                                 move |mut request: axum::extract::Request<hyper::body::Incoming>| {
                                     request.extensions_mut().insert(client_cert.clone());
+                                    request.extensions_mut().insert(limits::PeerAddr(peer));
                                     request
                                 },
                             );

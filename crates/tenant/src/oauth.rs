@@ -94,11 +94,74 @@ impl Drop for TokenForm {
 }
 
 /// `POST /{tenant}/oauth2/v2.0/token`.
-pub async fn token(State(state): State<AppState>, headers: HeaderMap, Path(tenant): Path<String>, Form(form): Form<TokenForm>) -> Response {
-    match issue(&state, &headers, &tenant, form).await {
-        Ok(body) => Json(body).into_response(),
-        Err(err) => err.into_response(),
+/// A source that has used its failed sign-ins of the minute gets 429 before anything is read
+/// or written; malformed identifiers are refused before anything is written; each failure
+/// counts against the source.
+pub async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    peer: Option<axum::Extension<crate::limits::PeerAddr>>,
+    Form(form): Form<TokenForm>,
+) -> Response {
+    let (source, now) = (peer.map(|peer| peer.0.0.ip()), crate::unix_now());
+    if let Some(wait) = state.failures.blocked(source, now) {
+        return too_many_failures(wait);
     }
+    let answer = match check_identifiers(&form) {
+        Ok(()) => issue(&state, &headers, &tenant, form).await,
+        Err(err) => Err(err),
+    };
+    match answer {
+        Ok(body) => {
+            let mut response = Json(body).into_response();
+            let headers = response.headers_mut();
+            headers.insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+            headers.insert(axum::http::header::PRAGMA, axum::http::HeaderValue::from_static("no-cache"));
+            response
+        }
+        Err(err) => {
+            if err.status.is_client_error() {
+                state.failures.failed(source, now);
+            }
+            err.into_response()
+        }
+    }
+}
+
+/// 429 for a source over its failed sign-ins, with when to come back.
+pub(crate) fn too_many_failures(wait: u64) -> Response {
+    let mut err = TokenEndpointError::new(
+        "temporarily_unavailable",
+        50196,
+        format!("Too many failed sign-ins from this address; try again in {wait} seconds."),
+    );
+    err.status = axum::http::StatusCode::TOO_MANY_REQUESTS;
+    let mut response = err.into_response();
+    response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(wait));
+    response
+}
+
+/// A client id is a GUID and a username a UPN within Entra's limits, or nothing is looked up.
+fn check_identifiers(form: &TokenForm) -> Result<(), TokenEndpointError> {
+    let client_id = form.client_id.as_deref().unwrap_or_default();
+    if !crate::limits::valid_client_id(client_id) {
+        return Err(TokenEndpointError::new(
+            "unauthorized_client",
+            700016,
+            "The client_id is not a valid application identifier (a GUID).",
+        ));
+    }
+    if let Some(username) = form.username.as_deref()
+        && !crate::limits::valid_username(username)
+    {
+        return Err(TokenEndpointError::new(
+            "invalid_grant",
+            50034,
+            format!("The username is not a valid user principal name (at most {} characters).", crate::limits::MAX_UPN),
+        ));
+    }
+    Ok(())
 }
 
 async fn issue(state: &AppState, headers: &HeaderMap, tenant: &str, form: TokenForm) -> Result<Value, TokenEndpointError> {

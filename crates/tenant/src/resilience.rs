@@ -169,10 +169,30 @@ fn owned_by_sync(kind: Kind, object: &Map<String, Value>) -> bool {
 /// role — so no on-premises change, and no stolen sync credential, reaches a cloud account or
 /// an administrator. Every write path of the sync service asks this, in the transaction that
 /// writes.
-pub(crate) fn sync_write_refusal(conn: &mut dyn Sql, kind: Kind, object: &Map<String, Value>) -> Result<Option<String>, DbError> {
+///
+/// `hard_match`: for an update, the tenant's policy — an update that joins a cloud object an
+/// administrator gave an `onPremisesImmutableId` (to prepare a hard match) is that hard match,
+/// allowed unless the policy blocks taking cloud objects over. Deletes and member changes touch
+/// only what the sync owns already.
+pub(crate) fn sync_write_refusal(
+    conn: &mut dyn Sql,
+    kind: Kind,
+    object: &Map<String, Value>,
+    hard_match: Option<MatchPolicy>,
+) -> Result<Option<String>, DbError> {
     let id = object.get("id").and_then(Value::as_str).unwrap_or_default();
     let name = object.get("userPrincipalName").or_else(|| object.get("displayName")).and_then(Value::as_str).unwrap_or(id);
-    if !owned_by_sync(kind, object) {
+    let prepared = object.get("onPremisesImmutableId").is_some_and(Value::is_string);
+    let taken_over = match hard_match {
+        Some(policy) if prepared && !owned_by_sync(kind, object) => {
+            if policy.block_hard_match_takeover {
+                return Ok(Some(format!("{name} is a cloud object; taking cloud objects over by hard match is blocked.")));
+            }
+            true
+        }
+        _ => false,
+    };
+    if !taken_over && !owned_by_sync(kind, object) {
         return Ok(Some(format!(
             "The directory synchronization service writes only objects it synchronizes; {name} is a cloud-only object."
         )));

@@ -171,6 +171,7 @@ pub async fn authenticate(
     let key = grant.username.to_lowercase();
     let (lookup, now) = (key.clone(), crate::unix_now());
     let entry = state.db.read(move |sql| db::lockout_entry(sql, &lookup)).await.map_err(|err| unavailable(&err))?;
+    let entry = entry.or_else(|| state.failures.unknown_entry(&key));
     if let Some(left) = entry.and_then(|(_, until)| Some(until - now).filter(|left| *left > 0)) {
         state.record("SignIn", flow.to_string(), key.clone(), grant.client_id.clone(), "locked").await;
         return Err(TokenEndpointError::new(
@@ -207,13 +208,18 @@ pub async fn authenticate(
             state.record("SignIn", format!("{flow} ({})", method.name()), key.clone(), grant.client_id.clone(), "method unavailable").await;
             return Err(TokenEndpointError::new("temporarily_unavailable", 80001, format!("The sign-in method is not available: {why}")));
         }
-        _ => {
+        (_, found) => {
             let (lookup, threshold, duration) = (key.clone(), state.lockout_threshold, state.lockout_duration.as_secs() as i64);
-            let locked = state
-                .db
-                .call(move |sql| db::lockout_fail(sql, &lookup, crate::unix_now(), threshold, duration))
-                .await
-                .map_err(|err| unavailable(&err))?;
+            // Only users have lockout rows: a name that is no user is counted in memory.
+            let locked = if found.is_some() {
+                state
+                    .db
+                    .call(move |sql| db::lockout_fail(sql, &lookup, crate::unix_now(), threshold, duration))
+                    .await
+                    .map_err(|err| unavailable(&err))?
+            } else {
+                state.failures.unknown_failed(&lookup, crate::unix_now(), threshold, duration)
+            };
             state
                 .record(
                     "SignIn",

@@ -213,3 +213,49 @@ async fn every_route_requires_the_permissions_graph_documents() {
         assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
     }
 }
+
+/// The finding: unknown 100 KB client ids and sign-ins of names that are no user grew the
+/// database without bound. Now identifiers are checked before anything is written, a source
+/// gets 429 after its failures of the minute, and failures leave bounded rows only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_callers_cannot_fill_the_disk() {
+    let tenant = start().await;
+    let admin = tenant.token(&tenant.admin).await;
+    let database = tenant._dir.path().join("state").join("tenant.db");
+    let size = || std::fs::metadata(&database).map(|meta| meta.len()).unwrap_or(0);
+    let before = size();
+    let huge = "a".repeat(100 * 1024);
+    let url = format!("{}/{}/oauth2/v2.0/token", tenant.base, tenant.domain);
+    let mut statuses = std::collections::BTreeMap::new();
+    let mut retry_after = None;
+    for n in 0..200 {
+        let form: Vec<(&str, String)> = if n % 2 == 0 {
+            vec![("grant_type", "client_credentials".into()), ("client_id", huge.clone()), ("client_secret", "x".into()), ("scope", "x/.default".into())]
+        } else {
+            vec![
+                ("grant_type", "password".into()),
+                ("client_id", tenant.reader.0.clone()),
+                ("username", format!("nobody{n}@{}", tenant.domain)),
+                ("password", "Wrong!Pass1".into()),
+                ("scope", "openid".into()),
+            ]
+        };
+        let response = tenant.client.post(&url).form(&form).send().await.unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = response.headers().get("retry-after").and_then(|value| value.to_str().ok()).map(str::to_string);
+        }
+        *statuses.entry(response.status().as_u16()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses.get(&429).copied(), Some(200 - tenant::limits::FAILURES_PER_SOURCE as usize), "{statuses:?}");
+    let wait: u64 = retry_after.expect("429 says when to come back").parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let (status, log) = tenant.call(reqwest::Method::GET, "/v1.0/auditLogs/signIns?$top=999", &admin, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let rows = log["value"].as_array().unwrap();
+    assert!(rows.len() <= tenant::limits::FAILURES_PER_SOURCE as usize, "{} rows", rows.len());
+    assert!(!log.to_string().contains(&"a".repeat(300)), "no client id of 100 KB is kept");
+    if !POSTGRES {
+        let grown = size().saturating_sub(before);
+        assert!(grown < 512 * 1024, "tenant.db grew by {grown} bytes");
+    }
+}
