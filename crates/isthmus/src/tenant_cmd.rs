@@ -61,6 +61,9 @@ pub struct ServeArgs {
     /// Days the audit and sign-in logs keep a record (older ones are removed every ten minutes).
     #[arg(long, default_value_t = 30)]
     pub audit_retention_days: u32,
+    /// Connections served at once; beyond, new clients wait in the listen queue.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
 }
 
 /// Runs the tenant.
@@ -81,6 +84,8 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     config.block_leaked = args.block_leaked_credentials;
     anyhow::ensure!((1..=3650).contains(&args.audit_retention_days), "--audit-retention-days must be 1 to 3650");
     config.audit_retention_days = args.audit_retention_days;
+    anyhow::ensure!(args.max_connections >= 1, "--max-connections must be at least 1");
+    config.max_connections = args.max_connections;
     anyhow::ensure!((2..=120).contains(&args.pta_timeout_seconds), "--pta-timeout-seconds must be 2 to 120");
     anyhow::ensure!((1..=3650).contains(&args.pta_certificate_days), "--pta-certificate-days must be 1 to 3650");
     config.pta.timeout = std::time::Duration::from_secs(args.pta_timeout_seconds);

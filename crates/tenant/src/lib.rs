@@ -90,7 +90,15 @@ pub struct TenantConfig {
     pub pta: passthrough::PtaSettings,
     /// Days the audit and sign-in logs keep a record (Entra keeps 30 on its free tier).
     pub audit_retention_days: u32,
+    /// A client must send a request's headers within this long (also the idle limit of a
+    /// kept-alive connection); then the connection is closed.
+    pub header_timeout: std::time::Duration,
+    /// Connections served at once; beyond, new ones wait in the listen queue (backpressure).
+    pub max_connections: usize,
 }
+
+/// Largest request head (request line and headers) taken; larger: 431.
+pub const MAX_HEADERS: usize = 64 * 1024;
 
 impl TenantConfig {
     /// Defaults for a tenant in `state_dir` listening on `listen`.
@@ -111,6 +119,8 @@ impl TenantConfig {
             block_leaked: false,
             pta: passthrough::PtaSettings::default(),
             audit_retention_days: 30,
+            header_timeout: std::time::Duration::from_secs(30),
+            max_connections: 10_000,
         }
     }
 }
@@ -880,6 +890,8 @@ impl Tenant {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let app = self.app.clone();
+        let (header_timeout, permits) =
+            (self.config.header_timeout, Arc::new(tokio::sync::Semaphore::new(self.config.max_connections.max(1))));
         let serve = async move {
             let mut tasks = Vec::new();
             // Retention, at start and every ten minutes.
@@ -894,16 +906,33 @@ impl Tenant {
                 }
             }));
             for listener in listeners {
-                let (router, acceptor, mut stop) = (router.clone(), acceptor.clone(), stop_rx.clone());
+                let (router, acceptor, mut stop, permits) = (router.clone(), acceptor.clone(), stop_rx.clone(), permits.clone());
                 tasks.push(tokio::spawn(async move {
                     loop {
+                        // At the connection limit, stop accepting: clients wait in the listen
+                        // queue instead of the server spinning or failing.
+                        let permit = tokio::select! {
+                            permit = permits.clone().acquire_owned() => permit,
+                            _ = stop.changed() => break,
+                        };
+                        let Ok(permit) = permit else { break };
                         let accepted = tokio::select! {
                             accepted = listener.accept() => accepted,
                             _ = stop.changed() => break,
                         };
-                        let Ok((tcp, peer)) = accepted else { continue };
+                        let (tcp, peer) = match accepted {
+                            Ok(accepted) => accepted,
+                            Err(err) => {
+                                // Out of file descriptors (or another passing error): wait
+                                // instead of spinning on the error.
+                                tracing::warn!("accept failed: {err}");
+                                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                                continue;
+                            }
+                        };
                         let (router, acceptor) = (router.clone(), acceptor.clone());
                         tokio::spawn(async move {
+                            let _permit = permit;
                             let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
                                 Ok(Ok(tls)) => tls,
                                 Ok(Err(err)) => {
@@ -926,8 +955,12 @@ impl Tenant {
                                 },
                             );
                             let service = TowerToHyperService::new(router);
-                            if let Err(err) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await
-                            {
+                            let connection = hyper::server::conn::http1::Builder::new()
+                                .timer(hyper_util::rt::TokioTimer::new())
+                                .header_read_timeout(header_timeout)
+                                .max_buf_size(MAX_HEADERS)
+                                .serve_connection(TokioIo::new(tls), service);
+                            if let Err(err) = connection.await {
                                 tracing::debug!(%peer, "connection: {err}");
                             }
                         });

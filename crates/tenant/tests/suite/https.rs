@@ -41,6 +41,15 @@ async fn start_full(write_limit: Option<u32>, dns: Option<std::net::SocketAddr>)
 }
 
 async fn start_policy(write_limit: Option<u32>, dns: Option<std::net::SocketAddr>, policy: tenant::resilience::MatchPolicy) -> Running {
+    start_tweaked(write_limit, dns, policy, |_| {}).await
+}
+
+async fn start_tweaked(
+    write_limit: Option<u32>,
+    dns: Option<std::net::SocketAddr>,
+    policy: tenant::resilience::MatchPolicy,
+    tweak: impl FnOnce(&mut TenantConfig),
+) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let mut config = TenantConfig::new(dir.path().join("state"), vec!["127.0.0.1:0".parse().unwrap()]);
     // Fast hashing for tests; the default is 600,000 iterations.
@@ -51,6 +60,7 @@ async fn start_policy(write_limit: Option<u32>, dns: Option<std::net::SocketAddr
     config.dns_resolver = dns;
     config.match_policy = policy;
     config.pta.poll_wait = std::time::Duration::from_secs(1);
+    tweak(&mut config);
     let postgres = choose_backend(&mut config);
     let (tenant, bootstrap) = Tenant::open(config).await.unwrap();
     let admin = bootstrap.expect("a new tenant has an admin app");
