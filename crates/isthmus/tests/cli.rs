@@ -103,3 +103,18 @@ fn check_rules_names_the_problems() {
 fn sync_rules_text() -> String {
     "[[rule]]\nname = \"Bad\"\ndirection = \"inbound\"\nconnector = \"ad\"\nsource_type = \"user\"\ntarget_type = \"person\"\nlink_type = \"join\"\nprecedence = 1\n[[rule.flow]]\ntarget = \"mail\"\nexpression = 'Trim(Lcase([mail]))'\n".into()
 }
+
+#[test]
+fn check_rules_refuses_an_expression_too_deep_with_the_rule_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("rules.toml");
+    let chain = vec!["[mail]"; 20_001].join(" & ");
+    std::fs::write(&file, sync_rules_text().replace("Trim(Lcase([mail]))", &chain)).expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_isthmus"))
+        .args(["check-rules", file.to_str().expect("utf-8")])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "a clear error, not a crash (134): {err}");
+    assert!(err.contains("rule \"Bad\"") && err.contains("nests deeper"), "{err}");
+}

@@ -409,19 +409,36 @@ impl Parser {
             return Err(ParseError { message: format!("expression nests deeper than {MAX_DEPTH} levels"), span });
         }
         // `&&` and `||` bind loosest; everything else shares one priority, left to right.
+        let entered = self.depth;
         let mut left = self.chain()?;
         while let Some((Token::Op(op @ (BinOp::And | BinOp::Or)), span)) = self.peek() {
             let (op, span) = (*op, *span);
+            self.deeper(span)?;
             self.position += 1;
             let right = self.chain()?;
             left = Expr::Binary { op, left: Box::new(left), right: Box::new(right), span };
         }
-        self.depth -= 1;
+        self.depth = entered - 1;
         Ok(left)
+    }
+
+    /// One more level of the tree being built: a chain of operators builds a tree as deep as it
+    /// is long, and checking and evaluating walk it recursively, so a chain counts toward the
+    /// same limit as nesting.
+    fn deeper(&mut self, span: Span) -> Result<(), ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(ParseError {
+                message: format!("expression nests deeper than {MAX_DEPTH} levels (nesting and chained operators)"),
+                span,
+            });
+        }
+        Ok(())
     }
 
     /// Operands joined by the non-logical operators, all of equal priority, left to right.
     fn chain(&mut self) -> Result<Expr, ParseError> {
+        let entered = self.depth;
         let mut left = self.operand()?;
         loop {
             let op = match self.peek() {
@@ -429,10 +446,12 @@ impl Parser {
                 Some((Token::Minus, span)) => (BinOp::Sub, *span),
                 _ => break,
             };
+            self.deeper(op.1)?;
             self.position += 1;
             let right = self.operand()?;
             left = Expr::Binary { op: op.0, left: Box::new(left), right: Box::new(right), span: op.1 };
         }
+        self.depth = entered;
         Ok(left)
     }
 

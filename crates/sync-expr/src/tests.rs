@@ -354,3 +354,16 @@ proptest! {
         prop_assert_eq!(crate::syntax::render(&reparsed), rendered);
     }
 }
+
+#[test]
+fn long_operator_chains_are_refused_not_a_stack_overflow() {
+    for op in ["+", "&", "&&", "="] {
+        let long = vec!["1"; 20_001].join(&format!(" {op} "));
+        let err = crate::syntax::parse(&long).expect_err(op);
+        assert!(err.message.contains("nests deeper"), "{op}: {}", err.message);
+    }
+    let mixed = format!("{}1{}", "(1 + ".repeat(150), " + 1)".repeat(150)).replace("(1 + 1", "(1 + 1 + 1 + 1");
+    assert!(crate::syntax::parse(&mixed).is_err(), "nesting and chains add up");
+    let fine = vec!["1"; 150].join(" + ");
+    assert!(crate::syntax::parse(&fine).is_ok(), "a chain of 149 operators is fine");
+}

@@ -87,6 +87,9 @@ enum Token {
 const MAX_LEN: usize = 4096;
 /// Deepest nesting accepted.
 const MAX_DEPTH: usize = 32;
+/// Most `and`/`or` clauses in one filter: each builds a level of the tree that matching walks
+/// recursively, so a long chain must not deepen it without bound.
+const MAX_CLAUSES: usize = 100;
 
 fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, FilterError> {
     let chars: Vec<char> = text.chars().collect();
@@ -150,6 +153,8 @@ struct Parser<'a> {
     at: usize,
     end: usize,
     known: &'a dyn Fn(&str) -> Option<bool>,
+    /// `and`/`or` clauses joined so far.
+    clauses: usize,
 }
 
 /// Parses `text`; `known(name)` says whether a property exists (`Some(true)` when multi-valued).
@@ -158,7 +163,7 @@ pub fn parse(text: &str, known: &dyn Fn(&str) -> Option<bool>) -> Result<Filter,
         return Err(FilterError { at: MAX_LEN, message: format!("the filter is longer than {MAX_LEN} characters") });
     }
     let tokens = tokenize(text)?;
-    let mut parser = Parser { tokens, at: 0, end: text.chars().count(), known };
+    let mut parser = Parser { tokens, at: 0, end: text.chars().count(), known, clauses: 0 };
     let filter = parser.or(0)?;
     if let Some((at, token)) = parser.tokens.get(parser.at) {
         return Err(FilterError { at: *at, message: format!("unexpected {token:?} after a complete expression") });
@@ -195,9 +200,18 @@ impl Parser<'_> {
         }
     }
 
+    fn another_clause(&mut self) -> Result<(), FilterError> {
+        self.clauses += 1;
+        if self.clauses > MAX_CLAUSES {
+            return Err(self.error(format!("the filter joins more than {MAX_CLAUSES} clauses")));
+        }
+        Ok(())
+    }
+
     fn or(&mut self, depth: usize) -> Result<Filter, FilterError> {
         let mut left = self.and(depth)?;
         while self.peek_word("or") {
+            self.another_clause()?;
             self.at += 1;
             left = Filter::Or(Box::new(left), Box::new(self.and(depth)?));
         }
@@ -207,6 +221,7 @@ impl Parser<'_> {
     fn and(&mut self, depth: usize) -> Result<Filter, FilterError> {
         let mut left = self.unary(depth)?;
         while self.peek_word("and") {
+            self.another_clause()?;
             self.at += 1;
             left = Filter::And(Box::new(left), Box::new(self.unary(depth)?));
         }
@@ -417,6 +432,16 @@ mod tests {
             let filter = parse(text, &known).unwrap_or_else(|err| panic!("{text}: {err}"));
             assert_eq!(filter.matches(&object()), expected, "{text}");
         }
+    }
+
+    #[test]
+    fn long_chains_of_clauses_are_refused() {
+        for joiner in [" or ", " and "] {
+            let long = vec!["mail eq 'x'"; 150].join(joiner);
+            let err = parse(&long, &known).expect_err(joiner).to_string();
+            assert!(err.contains("more than 100 clauses"), "{err}");
+        }
+        assert!(parse(&vec!["mail eq 'x'"; 100].join(" or "), &known).is_ok(), "99 joins are fine");
     }
 
     #[test]
