@@ -37,9 +37,24 @@ fn backend(err: rusqlite::Error) -> StoreError {
     StoreError::Backend(Box::new(err))
 }
 
+/// Mode 0600 for a new database file; an existing one and its companions narrowed to it.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    for companion in [String::new(), "-wal".into(), "-shm".into()] {
+        let file = std::path::PathBuf::from(format!("{}{companion}", path.display()));
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`. Call [`store::Store::migrate`] next.
+    /// The file (and SQLite's WAL and shared-memory files) is readable by its owner only.
     pub fn open(path: &Path) -> Result<Self> {
+        private_file(path).map_err(|err| StoreError::Backend(Box::new(err)))?;
         let conn = Connection::open(path).map_err(backend)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;

@@ -117,3 +117,19 @@ async fn one_runner_per_database_file() {
     drop(first);
     second.claim_runner(4).await.expect("free once the first is gone");
 }
+
+#[tokio::test]
+async fn the_database_files_are_the_owners_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("isthmus.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store.migrate().await.unwrap();
+    store.mv_insert("person").await.unwrap();
+    let mode = |suffix: &str| std::fs::metadata(format!("{}{suffix}", path.display())).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode(""), mode("-wal")), (0o600, 0o600));
+    drop(store);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _store = SqliteStore::open(&path).unwrap();
+    assert_eq!(mode(""), 0o600, "an older, wider file is narrowed");
+}

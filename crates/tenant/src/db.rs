@@ -258,9 +258,25 @@ CREATE TABLE IF NOT EXISTS pta_agents (id TEXT PRIMARY KEY, machine TEXT NOT NUL
 CREATE TABLE IF NOT EXISTS pta_certs (fingerprint TEXT PRIMARY KEY, agent_id TEXT NOT NULL, not_after BIGINT NOT NULL);
 "#;
 
+/// Creates `path` with mode 0600 when missing, and narrows it and SQLite's companion files to
+/// 0600 when they exist (SQLite creates the companions with the main file's mode).
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 impl Db {
-    /// Opens (creating) the SQLite database file.
+    /// Opens (creating) the SQLite database file, readable by its owner only (0600: it holds
+    /// password hashes and the token-signing key), as are its WAL and shared-memory files.
     pub fn open(path: &Path) -> Result<Self, DbError> {
+        owner_only(path).map_err(|err| DbError::Config(format!("{}: {err}", path.display())))?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -1343,6 +1359,21 @@ mod tests {
         assert!(!db.call(|sql| lockout_fail(sql, "a@x", 200, 3, 60)).await.unwrap(), "after the lock the count starts over");
         db.call(|sql| lockout_clear(sql, "a@x")).await.unwrap();
         assert_eq!(db.read(|sql| lockout_entry(sql, "a@x")).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_database_files_are_the_owners_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenant.db");
+        let db = Db::open(&path).unwrap();
+        db.call(|sql| set_setting(sql, "x", b"y")).await.unwrap();
+        let mode = |suffix: &str| std::fs::metadata(format!("{}{suffix}", path.display())).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(""), mode("-wal")), (0o600, 0o600));
+        drop(db);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _db = Db::open(&path).unwrap();
+        assert_eq!(mode(""), 0o600, "an older, wider file is narrowed");
     }
 
     #[tokio::test]

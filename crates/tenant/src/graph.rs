@@ -21,72 +21,72 @@ use crate::{Access, AppState};
 /// Properties a user has, with their JSON type; `id` is assigned by the service.
 const USER_PROPERTIES: &[(&str, Type)] = &[
     ("accountEnabled", Type::Bool),
-    ("displayName", Type::Str),
-    ("givenName", Type::Str),
-    ("surname", Type::Str),
-    ("mail", Type::Str),
-    ("mailNickname", Type::Str),
-    ("userPrincipalName", Type::Str),
-    ("jobTitle", Type::Str),
-    ("department", Type::Str),
-    ("companyName", Type::Str),
-    ("employeeId", Type::Str),
-    ("mobilePhone", Type::Str),
-    ("officeLocation", Type::Str),
-    ("usageLocation", Type::Str),
-    ("preferredLanguage", Type::Str),
-    ("businessPhones", Type::StrList),
-    ("otherMails", Type::StrList),
-    ("proxyAddresses", Type::StrList),
-    ("onPremisesImmutableId", Type::Str),
+    ("displayName", Type::Str(256)),
+    ("givenName", Type::Str(64)),
+    ("surname", Type::Str(64)),
+    ("mail", Type::Str(320)),
+    ("mailNickname", Type::Str(64)),
+    ("userPrincipalName", Type::Str(1024)),
+    ("jobTitle", Type::Str(128)),
+    ("department", Type::Str(64)),
+    ("companyName", Type::Str(64)),
+    ("employeeId", Type::Str(16)),
+    ("mobilePhone", Type::Str(64)),
+    ("officeLocation", Type::Str(128)),
+    ("usageLocation", Type::Str(2)),
+    ("preferredLanguage", Type::Str(16)),
+    ("businessPhones", Type::StrList(64)),
+    ("otherMails", Type::StrList(320)),
+    ("proxyAddresses", Type::StrList(1123)),
+    ("onPremisesImmutableId", Type::Str(60)),
     ("onPremisesSyncEnabled", Type::Bool),
-    ("onPremisesSamAccountName", Type::Str),
-    ("onPremisesDomainName", Type::Str),
-    ("onPremisesSecurityIdentifier", Type::Str),
-    ("onPremisesDistinguishedName", Type::Str),
-    ("onPremisesLastSyncDateTime", Type::Str),
+    ("onPremisesSamAccountName", Type::Str(256)),
+    ("onPremisesDomainName", Type::Str(256)),
+    ("onPremisesSecurityIdentifier", Type::Str(256)),
+    ("onPremisesDistinguishedName", Type::Str(2048)),
+    ("onPremisesLastSyncDateTime", Type::Str(64)),
     // The manager's object id (Graph sets it through `manager/$ref`; kept as a property here).
-    ("manager", Type::Str),
-    ("onPremisesUserPrincipalName", Type::Str),
+    ("manager", Type::Str(64)),
+    ("onPremisesUserPrincipalName", Type::Str(1024)),
     ("onPremisesProvisioningErrors", Type::Objects),
     // `DisablePasswordExpiration` (set by every hash sync unless the cloud policy applies).
-    ("passwordPolicies", Type::Str),
+    ("passwordPolicies", Type::Str(256)),
     // When the password last changed (for synced users: when its hash arrived).
-    ("lastPasswordChangeDateTime", Type::Str),
+    ("lastPasswordChangeDateTime", Type::Str(64)),
 ];
 
 const GROUP_PROPERTIES: &[(&str, Type)] = &[
-    ("displayName", Type::Str),
-    ("description", Type::Str),
+    ("displayName", Type::Str(256)),
+    ("description", Type::Str(1024)),
     ("mailEnabled", Type::Bool),
-    ("mailNickname", Type::Str),
+    ("mailNickname", Type::Str(64)),
     ("securityEnabled", Type::Bool),
-    ("groupTypes", Type::StrList),
-    ("mail", Type::Str),
-    ("proxyAddresses", Type::StrList),
-    ("visibility", Type::Str),
-    ("onPremisesImmutableId", Type::Str),
+    ("groupTypes", Type::StrList(64)),
+    ("mail", Type::Str(320)),
+    ("proxyAddresses", Type::StrList(1123)),
+    ("visibility", Type::Str(16)),
+    ("onPremisesImmutableId", Type::Str(60)),
     ("onPremisesSyncEnabled", Type::Bool),
-    ("onPremisesSamAccountName", Type::Str),
-    ("onPremisesDomainName", Type::Str),
-    ("onPremisesSecurityIdentifier", Type::Str),
-    ("onPremisesLastSyncDateTime", Type::Str),
+    ("onPremisesSamAccountName", Type::Str(256)),
+    ("onPremisesDomainName", Type::Str(256)),
+    ("onPremisesSecurityIdentifier", Type::Str(256)),
+    ("onPremisesLastSyncDateTime", Type::Str(64)),
     ("onPremisesProvisioningErrors", Type::Objects),
 ];
 
 const CONTACT_PROPERTIES: &[(&str, Type)] = &[
-    ("displayName", Type::Str),
-    ("givenName", Type::Str),
-    ("surname", Type::Str),
-    ("mail", Type::Str),
-    ("mailNickname", Type::Str),
-    ("companyName", Type::Str),
-    ("department", Type::Str),
-    ("jobTitle", Type::Str),
-    ("proxyAddresses", Type::StrList),
-    ("onPremisesImmutableId", Type::Str),
+    ("displayName", Type::Str(256)),
+    ("givenName", Type::Str(64)),
+    ("surname", Type::Str(64)),
+    ("mail", Type::Str(320)),
+    ("mailNickname", Type::Str(64)),
+    ("companyName", Type::Str(64)),
+    ("department", Type::Str(64)),
+    ("jobTitle", Type::Str(128)),
+    ("proxyAddresses", Type::StrList(1123)),
+    ("onPremisesImmutableId", Type::Str(60)),
     ("onPremisesSyncEnabled", Type::Bool),
-    ("onPremisesLastSyncDateTime", Type::Str),
+    ("onPremisesLastSyncDateTime", Type::Str(64)),
     ("onPremisesProvisioningErrors", Type::Objects),
 ];
 
@@ -173,8 +173,8 @@ impl Resource {
             .map(|(name, kind)| {
                 let schema = match kind {
                     Type::Bool => json!({"type": "boolean", "nullable": true}),
-                    Type::Str => json!({"type": "string", "nullable": true}),
-                    Type::StrList => json!({"type": "array", "items": {"type": "string"}}),
+                    Type::Str(max) => json!({"type": "string", "nullable": true, "maxLength": max}),
+                    Type::StrList(max) => json!({"type": "array", "items": {"type": "string", "maxLength": max}, "maxItems": MAX_ITEMS}),
                     Type::Objects => json!({"type": "array", "items": {"type": "object"}, "readOnly": true}),
                 };
                 (*name, schema)
@@ -192,20 +192,48 @@ impl Resource {
     }
 }
 
+/// A property's JSON type; strings with the most characters Graph takes (per value, for lists).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Type {
     Bool,
-    Str,
-    StrList,
+    Str(usize),
+    StrList(usize),
     /// Read-only structured values (`onPremisesProvisioningErrors`).
     Objects,
+}
+
+/// Most values in one list property.
+const MAX_ITEMS: usize = 1000;
+
+impl Type {
+    fn describe(self) -> &'static str {
+        match self {
+            Type::Bool => "true, false or null",
+            Type::Str(_) => "a string or null",
+            Type::StrList(_) => "an array of strings",
+            Type::Objects => "nothing (read-only)",
+        }
+    }
+}
+
+/// What is over Graph's limits in a value of the right type, if anything.
+fn too_long(kind: Type, value: &Value) -> Option<String> {
+    let over = |text: &str, max: usize| text.chars().nth(max).is_some();
+    match (kind, value) {
+        (Type::Str(max), Value::String(text)) if over(text, max) => Some(format!("longer than {max} characters")),
+        (Type::StrList(_), Value::Array(items)) if items.len() > MAX_ITEMS => Some(format!("more than {MAX_ITEMS} values")),
+        (Type::StrList(max), Value::Array(items)) if items.iter().filter_map(Value::as_str).any(|text| over(text, max)) => {
+            Some(format!("a value longer than {max} characters"))
+        }
+        _ => None,
+    }
 }
 
 fn type_ok(kind: Type, value: &Value) -> bool {
     match kind {
         Type::Bool => value.is_boolean() || value.is_null(),
-        Type::Str => value.is_string() || value.is_null(),
-        Type::StrList => value.as_array().is_some_and(|items| items.iter().all(Value::is_string)),
+        Type::Str(_) => value.is_string() || value.is_null(),
+        Type::StrList(_) => value.as_array().is_some_and(|items| items.iter().all(Value::is_string)),
         Type::Objects => false,
     }
 }
@@ -223,6 +251,33 @@ pub struct ListQuery {
     deltatoken: Option<String>,
     #[serde(rename = "$filter")]
     filter: Option<String>,
+    /// Every other parameter, so that an unsupported query option is refused, not ignored.
+    #[serde(flatten)]
+    other: std::collections::BTreeMap<String, String>,
+}
+
+impl ListQuery {
+    /// Refuses query options this request does not serve (`$orderby`, `$count`, `$expand`,
+    /// `$search`, …, or a supported one where it does not apply): a client must not get results
+    /// it did not ask for without knowing.
+    fn only(&self, allowed: &[&str]) -> Result<(), GraphError> {
+        let given = [("$top", self.top.is_some()), ("$skiptoken", self.skiptoken.is_some()), ("$select", self.select.is_some())]
+            .into_iter()
+            .chain([("$deltatoken", self.deltatoken.is_some()), ("$filter", self.filter.is_some())])
+            .filter(|(_, present)| *present)
+            .map(|(name, _)| name)
+            .chain(self.other.keys().map(String::as_str).filter(|name| name.starts_with('$')));
+        for name in given {
+            if !allowed.contains(&name) {
+                return Err(GraphError::new(
+                    StatusCode::BAD_REQUEST,
+                    "Request_UnsupportedQuery",
+                    format!("The query option '{name}' is not supported on this request."),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The `https://host[:port]` clients reached us at, for absolute links.
@@ -249,7 +304,7 @@ fn project(resource: &Resource, object: &Map<String, Value>, select: Option<&[St
         None => {
             out.insert("id".into(), object.get("id").cloned().unwrap_or(Value::Null));
             for (name, kind) in resource.properties {
-                let empty = if matches!(kind, Type::StrList | Type::Objects) { json!([]) } else { Value::Null };
+                let empty = if matches!(kind, Type::StrList(_) | Type::Objects) { json!([]) } else { Value::Null };
                 out.insert((*name).into(), object.get(*name).cloned().unwrap_or(empty));
             }
         }
@@ -281,6 +336,7 @@ pub async fn list(
     query: ListQuery,
 ) -> Result<Response, GraphError> {
     access.require(resource.read)?;
+    query.only(&["$top", "$skiptoken", "$select", "$filter"])?;
     let top = page_size(query.top.as_deref())?;
     let select = selection(resource, query.select.as_deref())?;
     let after = match &query.skiptoken {
@@ -291,7 +347,7 @@ pub async fn list(
         None => None,
         Some(text) => Some(
             crate::filter::parse(text, &|name| {
-                resource.property(name).map(|kind| kind == Type::StrList).or((name == "id").then_some(false))
+                resource.property(name).map(|kind| matches!(kind, Type::StrList(_))).or((name == "id").then_some(false))
             })
             .map_err(|err| GraphError::bad_request(err.to_string()))?,
         ),
@@ -362,6 +418,7 @@ pub async fn get_one(
     query: ListQuery,
 ) -> Result<Response, GraphError> {
     access.require(resource.read)?;
+    query.only(&["$select"])?;
     let select = selection(resource, query.select.as_deref())?;
     let object = find(&state, resource, &key).await?;
     let mut body = project(resource, &object, select.as_deref());
@@ -408,7 +465,13 @@ fn check_properties(
             None => return Err(GraphError::bad_request(format!("Invalid property '{name}'."))),
             Some(Type::Objects) => return Err(GraphError::bad_request(format!("Property '{name}' is read-only."))),
             Some(kind) if !type_ok(kind, value) => {
-                return Err(GraphError::bad_request(format!("Invalid value for property '{name}': expected {kind:?}.")));
+                return Err(GraphError::bad_request(format!("Invalid value for property '{name}': expected {}.", kind.describe())));
+            }
+            Some(kind) if let Some(why) = too_long(kind, value) => {
+                return Err(GraphError::bad_request(format!(
+                    "Invalid value specified for property '{name}' of resource '{}': {why}.",
+                    resource.noun
+                )));
             }
             Some(_) => {}
         }
@@ -898,6 +961,7 @@ pub async fn delta(
     query: ListQuery,
 ) -> Result<Response, GraphError> {
     access.require(resource.read)?;
+    query.only(&["$top", "$skiptoken", "$select", "$deltatoken"])?;
     let top = page_size(query.top.as_deref())?;
     let select = selection(resource, query.select.as_deref())?;
     let token = query.skiptoken.as_deref().or(query.deltatoken.as_deref());

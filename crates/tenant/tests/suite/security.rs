@@ -306,3 +306,55 @@ async fn slow_and_oversized_clients_do_not_hold_the_server() {
     let head = String::from_utf8_lossy(&buffer[..read]);
     assert!(head.starts_with("HTTP/1.1 431"), "{head:?}");
 }
+
+/// Graph's property limits, from the resource tables: a 3 MB displayName (stored before) and
+/// over-long list values are refused, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn property_limits_are_graphs() {
+    let tenant = start().await;
+    let (admin, sync) = (tenant.token(&tenant.admin).await, tenant.token(&tenant.sync).await);
+    use reqwest::Method;
+    let mut huge = user("hugo", &tenant.domain);
+    huge["displayName"] = json!("x".repeat(3 * 1024 * 1024));
+    let (status, error) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(huge)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error["error"]["message"].as_str().unwrap().contains("'displayName' of resource 'User': longer than 256 characters"), "{error}");
+    let mut at_limit = user("hugo", &tenant.domain);
+    at_limit["displayName"] = json!("é".repeat(256));
+    let (status, created) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(at_limit)).await;
+    assert_eq!(status, StatusCode::CREATED, "256 characters (512 bytes) are fine: {created}");
+    let mut synced = synced_user("sid", &tenant.domain, "c2lk");
+    synced["proxyAddresses"] = json!([format!("smtp:{}@x.example", "a".repeat(2000))]);
+    let (status, _) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced.clone())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the sync's values have limits too");
+    synced["proxyAddresses"] = json!((0..1001).map(|n| format!("smtp:a{n}@x.example")).collect::<Vec<_>>());
+    let (status, _) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = tenant
+        .call(Method::PATCH, &format!("/v1.0/users/{}", created["id"].as_str().unwrap()), &admin, Some(json!({"jobTitle": "j".repeat(129)})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "updates too");
+    let (_, listed) = tenant.call(Method::GET, "/v1.0/users?$select=displayName", &admin, None).await;
+    assert_eq!(listed["value"].as_array().unwrap().len(), 1, "only the good user was stored: {listed:.200}");
+}
+
+/// Query options the tenant does not serve are refused with Graph's error, not ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_query_options_are_refused() {
+    let tenant = start().await;
+    let admin = tenant.token(&tenant.admin).await;
+    for path in [
+        "/v1.0/users?$orderby=displayName",
+        "/v1.0/users?$count=true",
+        "/v1.0/users?$expand=manager",
+        "/v1.0/groups?$search=%22displayName:staff%22",
+        "/v1.0/users?$skip=5",
+        "/v1.0/users/delta()?$filter=mail%20eq%20'x'",
+        "/v1.0/contacts/00000000-0000-4000-8000-000000000000?$top=2",
+    ] {
+        let (status, error) = tenant.call(reqwest::Method::GET, path, &admin, None).await;
+        assert_eq!((status, error["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("Request_UnsupportedQuery")), "{path}: {error}");
+    }
+    let (status, _) = tenant.call(reqwest::Method::GET, "/v1.0/users?$top=5&$select=displayName&api-version=1.6", &admin, None).await;
+    assert_eq!(status, StatusCode::OK, "supported options, and parameters that are not query options, still work");
+}
