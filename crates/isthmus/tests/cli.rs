@@ -118,3 +118,64 @@ fn check_rules_refuses_an_expression_too_deep_with_the_rule_named() {
     assert_eq!(output.status.code(), Some(1), "a clear error, not a crash (134): {err}");
     assert!(err.contains("rule \"Bad\"") && err.contains("nests deeper"), "{err}");
 }
+
+/// CPU seconds a process has used (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("comm").1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+/// `tenant serve` out of file descriptors (a low `ulimit -n` and more connections than it
+/// allows): it pauses accepting instead of spinning on the error, and serves again once the
+/// connections are gone.
+#[test]
+fn tenant_serve_out_of_file_descriptors_does_not_spin() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let state = dir.path().join("tenant");
+    let command = format!(
+        "ulimit -n 64 && exec '{}' tenant serve --state '{}' --listen 127.0.0.1:{port}",
+        env!("CARGO_BIN_EXE_isthmus"),
+        state.display()
+    );
+    let mut server = Command::new("sh")
+        .args(["-c", &command])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start tenant serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "tenant serve did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Far more connections than descriptors: the kernel queues them, accept() fails with EMFILE.
+    let held: Vec<std::net::TcpStream> = (0..150).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok()).collect();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let before = cpu_seconds(server.id());
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let used = cpu_seconds(server.id()) - before;
+    assert!(used < 1.0, "a spinning accept loop burns the core ({used:.2} s of CPU in 3 s)");
+    drop(held);
+    let mut served = false;
+    for _ in 0..150 {
+        if let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read as _, Write as _};
+            // A TLS ClientHello is not needed to see that the server took the connection: it
+            // answers garbage by closing it, which needs a descriptor.
+            let _ = tcp.write_all(b"not tls\r\n\r\n");
+            let _ = tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut buffer = [0u8; 16];
+            if tcp.read(&mut buffer).is_ok() {
+                served = true;
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(served, "the server takes connections again once descriptors are free");
+}

@@ -62,6 +62,27 @@ async fn the_sync_role_writes_only_what_it_owns() {
     let (status, error) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(hard)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
     assert!(error["error"]["message"].as_str().unwrap().contains("Admin Role Conflict"), "{error}");
+    // Nor does an update that would complete that prepared hard match (the join path).
+    let (status, error) =
+        tenant.call(Method::PATCH, &format!("/v1.0/users/{gina_id}"), &sync, Some(json!({"onPremisesSyncEnabled": true, "displayName": "Owned"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("Admin Role Conflict"), "{error}");
+    // A prepared hard match on a user without a role is the sync's to complete, unless the
+    // tenant blocks taking cloud objects over.
+    let (status, _) = tenant.call(Method::PATCH, &format!("/v1.0/users/{carl_id}"), &admin, Some(json!({"onPremisesImmutableId": "Y2FybA=="}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let settings = format!("/v1.0/directory/onPremisesSynchronization/{}", tenant.tenant_id);
+    let block = |on: bool| json!({"features": {"blockCloudObjectTakeoverThroughHardMatchEnabled": on}});
+    let (status, _) = tenant.call(Method::PATCH, &settings, &admin, Some(block(true))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, error) =
+        tenant.call(Method::PATCH, &format!("/v1.0/users/{carl_id}"), &sync, Some(json!({"onPremisesSyncEnabled": true}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "blocked: {error}");
+    let (status, _) = tenant.call(Method::PATCH, &settings, &admin, Some(block(false))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, error) =
+        tenant.call(Method::PATCH, &format!("/v1.0/users/{carl_id}"), &sync, Some(json!({"onPremisesSyncEnabled": true}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "the prepared hard match: {error}");
     // Hash sync to the (still cloud-only) administrator's anchor: nothing to take.
     let wire = phs::SyncedCredential::new(&phs::NtHash::of_password("Att4cker!Pass")).to_wire();
     let (_, answer) = tenant
