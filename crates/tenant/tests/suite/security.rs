@@ -355,6 +355,10 @@ async fn property_limits_are_graphs() {
         .call(Method::PATCH, &format!("/v1.0/users/{}", created["id"].as_str().unwrap()), &admin, Some(json!({"jobTitle": "j".repeat(129)})))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "updates too");
+    // Nesting a body cannot deepen the server's recursion: a clear 400.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let response = tenant.client.post(format!("{}/v1.0/users", tenant.base)).bearer_auth(&admin).body(deep).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let (_, listed) = tenant.call(Method::GET, "/v1.0/users?$select=displayName", &admin, None).await;
     assert_eq!(listed["value"].as_array().unwrap().len(), 1, "only the good user was stored: {listed:.200}");
 }
