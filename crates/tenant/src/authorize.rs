@@ -4,8 +4,9 @@
 //! code (`grant_type=authorization_code`) for tokens when the `code_verifier` matches the S256
 //! challenge.
 //!
-//! Redirect URIs must be registered for the app (`Tenant::register_app_redirect`); a loopback
-//! `http://localhost` or `http://127.0.0.1` URI matches any port, as Entra allows for native apps.
+//! Redirect URIs must be registered for the app (`Tenant::register_app_redirect`) and match
+//! exactly; only a registered `http` loopback URI (`localhost`, `127.0.0.1`, `[::1]`) matches on
+//! any port (RFC 8252 §7.3), and URIs with userinfo or a fragment never match.
 //! Codes live ten minutes in the database (only their SHA-256; any tenant process redeems them)
 //! and are used once. The page escapes everything it echoes and
 //! forbids framing and scripts.
@@ -106,20 +107,31 @@ fn error_page(message: &str) -> Response {
     page(StatusCode::BAD_REQUEST, format!("<!doctype html><title>Sign-in error</title><p>{}</p>", escape(message)))
 }
 
-/// Whether `requested` matches one of the app's registered redirect URIs.
+/// Whether `requested` matches one of the app's registered redirect URIs: the exact string of
+/// a registered URI, parsed by a real URL parser and refused with userinfo or a fragment; the
+/// one freedom (RFC 8252 §7.3) is the port of a registered `http` loopback URI — host exactly
+/// `localhost`, `127.0.0.1` or `[::1]`, nothing else in the authority — compared by putting the
+/// requested port into the registered URI and comparing the whole string again.
 fn redirect_allowed(requested: &str, registered: &[String]) -> bool {
+    let Ok(parsed) = url::Url::parse(requested) else { return false };
+    if !parsed.username().is_empty() || parsed.password().is_some() || parsed.fragment().is_some() || requested.contains('#') {
+        return false;
+    }
     registered.iter().any(|uri| {
         if uri == requested {
             return true;
         }
-        // Loopback URIs match on any port.
-        let strip = |text: &str| -> Option<(String, String)> {
-            let rest = text.strip_prefix("http://")?;
-            let (authority, path) = rest.split_once('/').map_or((rest, ""), |(authority, path)| (authority, path));
-            let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
-            matches!(host, "localhost" | "127.0.0.1").then(|| (host.to_string(), path.to_string()))
+        let Ok(mut loopback) = url::Url::parse(uri) else { return false };
+        let is_loopback = |url: &url::Url| {
+            url.scheme() == "http"
+                && url.username().is_empty()
+                && url.password().is_none()
+                && matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
         };
-        matches!((strip(uri), strip(requested)), (Some(a), Some(b)) if a == b)
+        if !is_loopback(&loopback) || !is_loopback(&parsed) || loopback.host_str() != parsed.host_str() {
+            return false;
+        }
+        loopback.set_port(parsed.port()).is_ok() && loopback.as_str() == requested
     })
 }
 
@@ -288,5 +300,59 @@ mod tests {
         assert!(!redirect_allowed("http://evil.example/callback", &registered));
         assert!(!redirect_allowed("http://localhost:1/other", &registered));
         assert_eq!(escape("<script>\"x\"&'"), "&lt;script&gt;&quot;x&quot;&amp;&#39;");
+    }
+
+    /// The hostile forms of the finding and its cousins: none matches `http://localhost/callback`
+    /// or `https://app.example/cb`.
+    #[test]
+    fn hostile_redirect_uris_are_refused() {
+        let registered = vec!["http://localhost/callback".to_string(), "https://app.example/cb".to_string(), "http://[::1]/cb".to_string()];
+        for hostile in [
+            "http://localhost:1@evil.example/callback",
+            "http://localhost@evil.example/callback",
+            "http://user:pass@localhost/callback",
+            "http://localhost.evil.example/callback",
+            "http://localhost:1/callback#frag",
+            "http://localhost:1/callback/../other",
+            "http://localhost:1/%2e%2e/callback",
+            "http://localhost:1\\@evil.example/callback",
+            "http://localhost:1/callback?x=1",
+            "https://localhost:1/callback",
+            "http://127.0.0.1:1/callback",
+            "https://app.example:8443/cb",
+            "https://app.example/cb#x",
+            "https://app.example/cb/",
+            "https://APP.example/cb",
+            "https://app.example.evil/cb",
+            "https://evil.example/https://app.example/cb",
+            "javascript:alert(1)//https://app.example/cb",
+            "http://[::1]:1@evil.example/cb",
+            "http://localhost:99999/callback",
+            "",
+        ] {
+            assert!(!redirect_allowed(hostile, &registered), "{hostile}");
+        }
+        assert!(redirect_allowed("http://[::1]:4321/cb", &registered));
+        assert!(redirect_allowed("http://localhost:4321/callback", &registered));
+    }
+
+    proptest::proptest! {
+        /// Whatever is accepted goes to a registered host, without userinfo or fragment.
+        #[test]
+        fn anything_accepted_goes_to_a_registered_host(prefix in "[a-z:/@.\\\\%#?0-9\\[\\]]{0,12}", middle in "[a-z:/@.\\\\%#?0-9]{0,12}", suffix in "[a-z:/@.\\\\%#?0-9]{0,12}") {
+            let registered = vec!["http://localhost/callback".to_string(), "https://app.example/cb".to_string()];
+            for candidate in [
+                format!("http://localhost{prefix}/callback"),
+                format!("http://{prefix}localhost{middle}/callback{suffix}"),
+                format!("https://app.example{prefix}/cb{suffix}"),
+                format!("{prefix}https://app.example/cb{middle}"),
+            ] {
+                if redirect_allowed(&candidate, &registered) {
+                    let parsed = url::Url::parse(&candidate).unwrap();
+                    proptest::prop_assert!(matches!(parsed.host_str(), Some("localhost" | "app.example")), "{candidate}");
+                    proptest::prop_assert!(parsed.username().is_empty() && parsed.password().is_none() && parsed.fragment().is_none(), "{candidate}");
+                }
+            }
+        }
     }
 }

@@ -383,3 +383,46 @@ async fn unsupported_query_options_are_refused() {
     let (status, _) = tenant.call(reqwest::Method::GET, "/v1.0/users?$top=5&$select=displayName&api-version=1.6", &admin, None).await;
     assert_eq!(status, StatusCode::OK, "supported options, and parameters that are not query options, still work");
 }
+
+/// The token-theft finding end to end: with `http://localhost/callback` registered, hostile
+/// redirect URIs get the error page on GET, and a correct password posted with them yields no
+/// redirect, so no code ever leaves for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_redirect_uris_never_receive_a_code() {
+    use base64::Engine as _;
+    let tenant = start().await;
+    let admin = tenant.token(&tenant.admin).await;
+    let (status, _) = tenant.call(reqwest::Method::POST, "/v1.0/users", &admin, Some(user("vic", &tenant.domain))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&tenant.ca_pem).unwrap()).unwrap();
+    let browser = reqwest::Client::builder().add_root_certificate(ca).use_rustls_tls().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, b"verifier-verifier-verifier-verifier-verifier"));
+    let authorize = format!("{}/{}/oauth2/v2.0/authorize", tenant.base, tenant.domain);
+    let upn = format!("vic@{}", tenant.domain);
+    for hostile in [
+        "http://localhost:1@evil.example/callback",
+        "http://localhost@evil.example/callback",
+        "http://localhost:1/callback#x",
+        "http://localhost.evil.example/callback",
+        "http://localhost:1\\@evil.example/callback",
+        "http://localhost:1/%2e%2e/callback",
+        "https://localhost:1/callback",
+        "http://localhost:1/callback/..%2f..%2fother",
+    ] {
+        let query = [
+            ("client_id", tenant.reader.0.as_str()),
+            ("response_type", "code"),
+            ("redirect_uri", hostile),
+            ("scope", "openid"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ];
+        let page = browser.get(&authorize).query(&query).send().await.unwrap();
+        assert_eq!(page.status(), StatusCode::BAD_REQUEST, "{hostile}");
+        let mut form: Vec<(&str, &str)> = query.to_vec();
+        form.extend([("username", upn.as_str()), ("password", "Str0ng!Pass")]);
+        let posted = browser.post(&authorize).form(&form).send().await.unwrap();
+        assert!(posted.headers().get("location").is_none(), "{hostile}: redirected");
+        assert!(!posted.text().await.unwrap().contains("code="), "{hostile}");
+    }
+}
