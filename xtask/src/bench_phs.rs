@@ -164,7 +164,7 @@ async fn latency(args: &Args, isthmus: &Path) -> anyhow::Result<()> {
     let (tenant, _) = tenant::Tenant::open(tenant_config).await?;
     tenant.verify_domain_by_override(&domain, "bench-phs").await?;
     let sync = tenant.register_app("Isthmus sync", &[tenant::SYNC_ROLE]).await?;
-    let public = tenant.register_app("a public client", &["Directory.Read.All"]).await?;
+    let public = tenant.register_public_app("a public client").await?;
     let (initial, ca) = (tenant.initial_domain().to_string(), tenant.ca_pem.clone());
     let running = tenant.spawn().await?;
     let (_stop, base) = (running.stop, running.base);
@@ -220,7 +220,7 @@ ca_file = "{tenant_ca}"
     let signs_in = |password: String| {
         let form = [
             ("grant_type", "password".to_string()),
-            ("client_id", public.client_id.clone()),
+            ("client_id", public.clone()),
             ("username", format!("pat@{domain}")),
             ("password", password),
             ("scope", "openid".to_string()),

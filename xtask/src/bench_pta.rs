@@ -65,7 +65,7 @@ async fn bench(args: &Args, isthmus: &std::path::Path) -> anyhow::Result<()> {
     let (tenant, bootstrap) = tenant::Tenant::open(config).await?;
     let admin = bootstrap.context("a new tenant has its admin app")?;
     let sync = tenant.register_app("Isthmus sync", &[tenant::SYNC_ROLE]).await?;
-    let public = tenant.register_app("bench client", &["Directory.Read.All"]).await?;
+    let public = tenant.register_public_app("bench client").await?;
     tenant.verify_domain_by_override(&realm, "bench-pta").await?;
     let running = tenant.spawn().await?;
     let http = reqwest::Client::builder()
@@ -145,7 +145,7 @@ async fn bench(args: &Args, isthmus: &std::path::Path) -> anyhow::Result<()> {
     println!("bare LDAPS binds, {} connections: {binds} in {elapsed:.2} s = {:.0} binds/s", args.concurrency, binds as f64 / elapsed);
 
     let sign_in = |user: String| {
-        let (http, url, client) = (http.clone(), format!("{base}/{realm}/oauth2/v2.0/token"), public.client_id.clone());
+        let (http, url, client) = (http.clone(), format!("{base}/{realm}/oauth2/v2.0/token"), public.clone());
         async move {
             let form = [
                 ("grant_type", "password"),

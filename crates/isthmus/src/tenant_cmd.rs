@@ -96,14 +96,18 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     println!("tenant {} ({})", tenant.tenant_id(), tenant.initial_domain());
     println!("CA certificate for clients: {}", tenant.ca_pem.display());
     if let Some(app) = bootstrap {
+        // User sign-ins (MSAL's PublicClientApplication, native apps) need a public client: one
+        // comes with a new tenant.
+        let public = tenant.register_public_app("Isthmus sign-in (public client)").await.context("register the public client")?;
         let file = args.state.join("admin-app.txt");
-        let text = format!("client_id = {}\nclient_secret = {}\n", app.client_id, &*app.client_secret);
+        let text = format!("client_id = {}\nclient_secret = {}\npublic_client_id = {public}\n", app.client_id, &*app.client_secret);
         write_private(&file, &text).with_context(|| format!("write {}", file.display()))?;
         println!(
             "new tenant: admin app {} (Directory.ReadWrite.All); its secret is in {} (shown once, keep it safe)",
             app.client_id,
             file.display()
         );
+        println!("new tenant: public client {public} for user sign-ins (no secret: MSAL's PublicClientApplication, native apps)");
     }
     let domain = tenant.initial_domain().to_string();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("watch SIGTERM")?;

@@ -151,6 +151,9 @@ fn tenant_serve_out_of_file_descriptors_does_not_spin() {
         assert!(std::time::Instant::now() < deadline, "tenant serve did not start");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let bootstrap = std::fs::read_to_string(state.join("admin-app.txt")).expect("admin-app.txt");
+    let public = bootstrap.lines().find_map(|line| line.strip_prefix("public_client_id = ")).expect("a public client for user sign-ins");
+    assert_eq!(public.len(), 36, "{bootstrap}");
     // Far more connections than descriptors: the kernel queues them, accept() fails with EMFILE.
     let held: Vec<std::net::TcpStream> = (0..150).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok()).collect();
     std::thread::sleep(std::time::Duration::from_secs(1));

@@ -85,7 +85,7 @@ async fn on_premises_passwords_sign_in_to_the_tenant_after_hash_sync() {
     let (tenant, bootstrap) = tenant::Tenant::open(config).await.unwrap();
     let admin = bootstrap.unwrap();
     let sync = tenant.register_app("Isthmus sync", &[tenant::SYNC_ROLE]).await.unwrap();
-    let public = tenant.register_app("a public client", &["Directory.Read.All"]).await.unwrap();
+    let public = tenant.register_public_app("a public client").await.unwrap();
     let (domain, ca) = (tenant.initial_domain().to_string(), tenant.ca_pem.clone());
     let running = tenant.spawn().await.unwrap();
     let (_stop, base) = (running.stop, running.base);
@@ -97,7 +97,7 @@ async fn on_premises_passwords_sign_in_to_the_tenant_after_hash_sync() {
     let sign_in = |user: &str, password: &str| {
         let form = [
             ("grant_type", "password".to_string()),
-            ("client_id", public.client_id.clone()),
+            ("client_id", public.clone()),
             ("username", format!("{user}@{domain}")),
             ("password", password.to_string()),
             ("scope", "openid User.Read".to_string()),

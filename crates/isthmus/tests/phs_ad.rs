@@ -99,7 +99,7 @@ async fn setup() -> Option<Fixture> {
     let (tenant, bootstrap) = tenant::Tenant::open(config).await.unwrap();
     let admin_app = bootstrap.unwrap();
     let sync = tenant.register_app("Isthmus sync", &[tenant::SYNC_ROLE]).await.unwrap();
-    let public = tenant.register_app("a public client", &["Directory.Read.All"]).await.unwrap();
+    let public = tenant.register_public_app("a public client").await.unwrap();
     let (initial, ca) = (tenant.initial_domain().to_string(), tenant.ca_pem.clone());
     let running = tenant.spawn().await.unwrap();
     let (stop, base) = (running.stop, running.base);
@@ -170,7 +170,7 @@ ca_file = "{tenant_ca}"
         base,
         initial,
         ca,
-        public_client: public.client_id.clone(),
+        public_client: public.clone(),
         admin_app: (admin_app.client_id.clone(), admin_app.client_secret.to_string()),
         ad,
         ou,

@@ -193,7 +193,7 @@ async fn setup(settings: tenant::passthrough::PtaSettings) -> Option<Fixture> {
     let (tenant, bootstrap) = tenant::Tenant::open(config).await.unwrap();
     let admin = bootstrap.unwrap();
     let sync = tenant.register_app("Isthmus sync", &[tenant::SYNC_ROLE]).await.unwrap();
-    let public = tenant.register_app("a public client", &["Directory.Read.All"]).await.unwrap();
+    let public = tenant.register_public_app("a public client").await.unwrap();
     let realm = dc.config().realm.to_lowercase();
     tenant.verify_domain_by_override(&realm, "pta test").await.unwrap();
     let running = tenant.spawn().await.unwrap();
@@ -229,7 +229,7 @@ async fn setup(settings: tenant::passthrough::PtaSettings) -> Option<Fixture> {
         base,
         realm: realm.clone(),
         ca,
-        public_client: public.client_id.clone(),
+        public_client: public.clone(),
         admin: (admin.client_id.clone(), admin.client_secret.to_string()),
         sync_token,
         admin_token,

@@ -218,6 +218,7 @@ CREATE INDEX IF NOT EXISTS objects_wanted_upn ON objects (id)
     WHERE deleted = 0 AND kind = 'user' AND lower(((data::jsonb) ->> 'onPremisesUserPrincipalName')) <> lower(((data::jsonb) ->> 'userPrincipalName'));
 CREATE TABLE IF NOT EXISTS credentials (user_id TEXT PRIMARY KEY, salt BYTEA NOT NULL, hash BYTEA NOT NULL, iterations BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS apps (client_id TEXT PRIMARY KEY, name TEXT NOT NULL, secret_hash BYTEA NOT NULL, roles TEXT NOT NULL);
+ALTER TABLE apps ADD COLUMN IF NOT EXISTS public_client BIGINT NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
 INSERT INTO counters (name, value) VALUES ('seq', 0) ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS members (group_id TEXT NOT NULL, member_id TEXT NOT NULL, PRIMARY KEY (group_id, member_id));
@@ -282,6 +283,11 @@ impl Db {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SQLITE_SCHEMA)?;
+        // Added after the first release: public clients (no secret, user flows only).
+        let has_public = conn.prepare("SELECT 1 FROM pragma_table_info('apps') WHERE name = 'public_client'")?.exists([])?;
+        if !has_public {
+            conn.execute_batch("ALTER TABLE apps ADD COLUMN public_client INTEGER NOT NULL DEFAULT 0")?;
+        }
         Ok(Db { backend: Arc::new(Backend::Sqlite(Mutex::new(conn))) })
     }
 
@@ -800,15 +806,37 @@ pub fn insert_app(sql: &mut dyn Sql, client_id: &str, name: &str, secret_hash: &
     Ok(())
 }
 
-/// An app's secret hash and roles.
-pub type AppRecord = (Vec<u8>, Vec<String>);
+/// Registers a public client: no secret, no app roles, user flows only.
+pub fn insert_public_app(sql: &mut dyn Sql, client_id: &str, name: &str) -> Result<(), DbError> {
+    sql.execute(
+        "INSERT INTO apps (client_id, name, secret_hash, roles, public_client) VALUES (?1, ?2, ?3, '[]', 1)",
+        &[client_id.into(), name.into(), Vec::<u8>::new().as_slice().into()],
+    )?;
+    Ok(())
+}
 
-/// An app's secret hash and roles.
+/// A registered application.
+#[derive(Debug, Clone)]
+pub struct AppRecord {
+    /// SHA-256 of its secret (empty for a public client).
+    pub secret_hash: Vec<u8>,
+    /// Its application roles.
+    pub roles: Vec<String>,
+    /// A public client (a native or single-page app): it cannot keep a secret, has none, and
+    /// uses only user flows.
+    pub public_client: bool,
+}
+
+/// An app by client id.
 pub fn app(sql: &mut dyn Sql, client_id: &str) -> Result<Option<AppRecord>, DbError> {
-    let Some(row) = sql.query_opt("SELECT secret_hash, roles FROM apps WHERE client_id = ?1", &[client_id.into()])? else {
+    let Some(row) = sql.query_opt("SELECT secret_hash, roles, public_client FROM apps WHERE client_id = ?1", &[client_id.into()])? else {
         return Ok(None);
     };
-    Ok(Some((row.blob(0)?, serde_json::from_str(&row.text(1)?).unwrap_or_default())))
+    Ok(Some(AppRecord {
+        secret_hash: row.blob(0)?,
+        roles: serde_json::from_str(&row.text(1)?).unwrap_or_default(),
+        public_client: row.int(2)? != 0,
+    }))
 }
 
 /// Number of registered apps.

@@ -12,6 +12,7 @@
 mod audit;
 mod authorize;
 mod batch;
+pub mod client_auth;
 pub mod crypto;
 pub mod db;
 pub mod dns;
@@ -675,6 +676,15 @@ impl Tenant {
             .record("Directory", "verify domain (administrator override, no DNS)".into(), who.to_string(), domain.name, "success")
             .await;
         Ok(())
+    }
+
+    /// Registers a public client (a native or single-page app): no secret, user flows only.
+    /// Returns its client id.
+    pub async fn register_public_app(&self, name: &str) -> Result<String, TenantError> {
+        let (client_id, name) = (crypto::new_guid(), name.to_string());
+        let id = client_id.clone();
+        self.app.db.call(move |conn| db::insert_public_app(conn, &id, &name)).await?;
+        Ok(client_id)
     }
 
     /// Registers a redirect URI for an app (the authorization-code flow sends codes only there).

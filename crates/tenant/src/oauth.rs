@@ -142,16 +142,9 @@ pub(crate) fn too_many_failures(wait: u64) -> Response {
     response
 }
 
-/// A client id is a GUID and a username a UPN within Entra's limits, or nothing is looked up.
+/// A username is a UPN within Entra's limits, or nothing is looked up (the client id is checked
+/// with the client's authentication).
 fn check_identifiers(form: &TokenForm) -> Result<(), TokenEndpointError> {
-    let client_id = form.client_id.as_deref().unwrap_or_default();
-    if !crate::limits::valid_client_id(client_id) {
-        return Err(TokenEndpointError::new(
-            "unauthorized_client",
-            700016,
-            "The client_id is not a valid application identifier (a GUID).",
-        ));
-    }
     if let Some(username) = form.username.as_deref()
         && !crate::limits::valid_username(username)
     {
@@ -169,33 +162,50 @@ async fn issue(state: &AppState, headers: &HeaderMap, tenant: &str, form: TokenF
         return Err(TokenEndpointError::new("invalid_request", 90002, format!("Tenant '{tenant}' not found.")));
     }
     let grant = form.grant_type.as_deref().unwrap_or_default();
+    if !["client_credentials", "password", "refresh_token", "authorization_code"].contains(&grant) {
+        return Err(TokenEndpointError::new(
+            "unsupported_grant_type",
+            70003,
+            format!("The app requested an unsupported grant type '{grant}'."),
+        ));
+    }
+    // Every grant authenticates its client first: a confidential client by its secret.
+    let presented = crate::client_auth::presented(headers, form.client_id.as_deref(), form.client_secret.as_deref())?;
+    let client = match crate::client_auth::authenticate(state, &presented, grant).await {
+        Ok(client) => client,
+        Err(err) => {
+            state
+                .record("SignIn", format!("client authentication ({grant})"), presented.id.clone(), presented.id.clone(), "client refused")
+                .await;
+            return Err(err);
+        }
+    };
     match grant {
-        "client_credentials" => {}
-        "password" => return crate::signin::password_grant(state, headers, &form_fields(&form)).await,
-        "refresh_token" => return crate::signin::refresh_grant(state, headers, &form_fields(&form)).await,
+        "password" => crate::signin::password_grant(state, headers, &form_fields(&form, &client)).await,
+        "refresh_token" => crate::signin::refresh_grant(state, headers, &form_fields(&form, &client)).await,
         "authorization_code" => {
             let field = |value: &Option<String>| value.clone().unwrap_or_default();
-            return crate::authorize::exchange(
+            crate::authorize::exchange(
                 state,
                 headers,
-                &field(&form.client_id),
+                &client.id,
                 &field(&form.code),
                 &field(&form.redirect_uri),
                 &field(&form.code_verifier),
             )
-            .await;
+            .await
         }
-        _ => {
-            return Err(TokenEndpointError::new(
-                "unsupported_grant_type",
-                70003,
-                format!("The app requested an unsupported grant type '{grant}'."),
-            ));
-        }
+        _ => client_credentials(state, headers, &client, form.scope.clone().unwrap_or_default()).await,
     }
-    let client_id = form.client_id.clone().unwrap_or_default();
-    let secret = zeroize::Zeroizing::new(form.client_secret.clone().unwrap_or_default());
-    let scope = form.scope.clone().unwrap_or_default();
+}
+
+/// The client-credentials grant for an authenticated confidential client.
+async fn client_credentials(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: &crate::client_auth::Client,
+    scope: String,
+) -> Result<Value, TokenEndpointError> {
     if !scope.split_whitespace().any(|scope| scope.ends_with("/.default")) {
         return Err(TokenEndpointError::new(
             "invalid_scope",
@@ -205,29 +215,7 @@ async fn issue(state: &AppState, headers: &HeaderMap, tenant: &str, form: TokenF
             ),
         ));
     }
-    let lookup = client_id.clone();
-    let app = state.db.read(move |conn| crate::db::app(conn, &lookup)).await.map_err(|err| {
-        tracing::error!("{err}");
-        TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
-    })?;
-    let Some((hash, roles)) = app else {
-        state.record("SignIn", "client credentials".into(), client_id.clone(), client_id.clone(), "unknown client").await;
-        return Err(TokenEndpointError::new(
-            "unauthorized_client",
-            700016,
-            format!("Application with identifier '{client_id}' was not found in the directory."),
-        ));
-    };
-    if !crate::crypto::same(&crate::crypto::secret_hash(&secret), &hash) {
-        state.record("SignIn", "client credentials".into(), client_id.clone(), client_id.clone(), "bad secret").await;
-        let mut err = TokenEndpointError::new(
-            "invalid_client",
-            7000215,
-            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
-        );
-        err.status = axum::http::StatusCode::UNAUTHORIZED;
-        return Err(err);
-    }
+    let client_id = client.id.clone();
     let now = crate::unix_now();
     let claims = json!({
         "aud": "https://graph.microsoft.com",
@@ -241,7 +229,7 @@ async fn issue(state: &AppState, headers: &HeaderMap, tenant: &str, form: TokenF
         "appid": client_id,
         "azp": client_id,
         "idtyp": "app",
-        "roles": roles,
+        "roles": client.roles,
         "ver": "2.0",
     });
     let access_token = state.signing.sign(&claims).map_err(|err| {
@@ -258,10 +246,10 @@ async fn issue(state: &AppState, headers: &HeaderMap, tenant: &str, form: TokenF
     }))
 }
 
-/// The user-flow fields of a token request.
-fn form_fields(form: &TokenForm) -> crate::signin::UserGrant {
+/// The user-flow fields of a token request, for its authenticated client.
+fn form_fields(form: &TokenForm, client: &crate::client_auth::Client) -> crate::signin::UserGrant {
     crate::signin::UserGrant {
-        client_id: form.client_id.clone().unwrap_or_default(),
+        client_id: client.id.clone(),
         scope: form.scope.clone().unwrap_or_default(),
         username: form.username.clone().unwrap_or_default(),
         password: zeroize::Zeroizing::new(form.password.clone().unwrap_or_default()),

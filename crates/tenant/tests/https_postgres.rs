@@ -99,7 +99,7 @@ async fn several_tenant_processes_share_one_postgresql() {
     assert!(b.bootstrap.is_none(), "the second process finds it");
     let domain = a.tenant.initial_domain().to_string();
     let admin = (admin.client_id.as_str(), admin.client_secret.as_str());
-    let reader = b.tenant.register_app("reader", &["Directory.Read.All"]).await.unwrap();
+    let reader = b.tenant.register_public_app("public client").await.unwrap();
 
     // A token from one process is good at the other: one signing key.
     let token_a = token_at(&client, &a.base, &domain, admin).await;
@@ -126,10 +126,10 @@ async fn several_tenant_processes_share_one_postgresql() {
     // Smart lockout counts failures at every process.
     let upn = format!("ann@{domain}");
     for at in [&a.base, &b.base, &a.base] {
-        let (status, _) = sign_in(&client, at, &domain, &reader.client_id, &upn, "wrong").await;
+        let (status, _) = sign_in(&client, at, &domain, &reader, &upn, "wrong").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
-    let (_, error) = sign_in(&client, &b.base, &domain, &reader.client_id, &upn, "Str0ng!Pass").await;
+    let (_, error) = sign_in(&client, &b.base, &domain, &reader, &upn, "Str0ng!Pass").await;
     assert_eq!(error["error_codes"][0].as_i64(), Some(50053), "locked at B after failures at A and B: {error}");
 
     // A domain verified through one process is usable at the other within its refresh.

@@ -25,7 +25,7 @@ from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 
-base, domain, client_id, secret, ca, base443 = sys.argv[1:7]
+base, domain, client_id, secret, ca, base443, public_id = sys.argv[1:8]
 scope = "https://graph.microsoft.com/.default"
 out = {}
 
@@ -99,7 +99,7 @@ class PortPinning(requests.Session):
 pinned = PortPinning()
 pinned.verify = ca
 pinned.trust_env = False
-public = msal.PublicClientApplication(client_id, authority=f"{base}/{domain}", instance_discovery=False, http_client=pinned)
+public = msal.PublicClientApplication(public_id, authority=f"{base}/{domain}", instance_discovery=False, http_client=pinned)
 signed_in = public.acquire_token_by_username_password(f"py0@{domain}", "Str0ng!Pass", scopes=["User.Read"])
 out["ropc"] = "access_token" in signed_in
 out["ropc_user"] = signed_in.get("id_token_claims", {}).get("preferred_username")
@@ -114,7 +114,7 @@ out["ropc_wrong"] = wrong.get("error")
 plain = requests.Session()
 plain.verify = ca
 plain.trust_env = False
-on443 = msal.PublicClientApplication(client_id, authority=f"{base443}/{domain}", instance_discovery=False, http_client=plain)
+on443 = msal.PublicClientApplication(public_id, authority=f"{base443}/{domain}", instance_discovery=False, http_client=plain)
 signed_in = on443.acquire_token_by_username_password(f"py2@{domain}", "Str0ng!Pass", scopes=["User.Read"])
 out["ropc_443"] = signed_in.get("id_token_claims", {}).get("preferred_username") or signed_in.get("error_description")
 print(json.dumps(out))
@@ -133,6 +133,8 @@ async fn msal_and_msgraph_sdk_work_unmodified() {
     config.password_iterations = 1_000;
     let (tenant, bootstrap) = Tenant::open(config).await.unwrap();
     let admin = bootstrap.unwrap();
+    // ROPC and the silent refresh run as a public client (no secret), as MSAL's PublicClientApplication is.
+    let public = tenant.register_public_app("python public client").await.unwrap();
     let (domain, ca) = (tenant.initial_domain().to_string(), tenant.ca_pem.clone());
     let running = tenant.spawn().await.unwrap();
     let (stop, base) = (running.stop, running.base);
@@ -140,7 +142,7 @@ async fn msal_and_msgraph_sdk_work_unmodified() {
     std::fs::write(&script, SCRIPT).unwrap();
     let base443 = format!("https://{}", address.ip());
     let args: Vec<String> =
-        [script.to_str().unwrap(), &base, &domain, &admin.client_id, &admin.client_secret, ca.to_str().unwrap(), &base443]
+        [script.to_str().unwrap(), &base, &domain, &admin.client_id, &admin.client_secret, ca.to_str().unwrap(), &base443, &public]
             .map(str::to_string)
             .to_vec();
     let output = tokio::task::spawn_blocking(move || Command::new(python).args(args).output()).await.unwrap().unwrap();

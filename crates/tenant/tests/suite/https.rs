@@ -11,6 +11,8 @@ struct Running {
     admin: (String, String),
     reader: (String, String),
     sync: (String, String),
+    /// A public client (no secret) for user sign-ins.
+    public: String,
     /// An app for each role the permission table names, and one (`""`) with none.
     role_apps: Vec<(String, (String, String))>,
     _dir: tempfile::TempDir,
@@ -67,6 +69,8 @@ async fn start_tweaked(
     let reader = tenant.register_app("reader", &["Directory.Read.All"]).await.unwrap();
     let sync = tenant.register_app("sync", &[tenant::SYNC_ROLE]).await.unwrap();
     tenant.register_app_redirect(&reader.client_id, "http://localhost/callback").await.unwrap();
+    let public = tenant.register_public_app("public client").await.unwrap();
+    tenant.register_app_redirect(&public, "http://localhost/callback").await.unwrap();
     let mut role_apps = Vec::new();
     for role in tenant::permissions::all_roles().into_iter().chain([""]) {
         let roles: Vec<&str> = [role].into_iter().filter(|role| !role.is_empty()).collect();
@@ -94,6 +98,7 @@ async fn start_tweaked(
         admin: (admin.client_id.clone(), admin.client_secret.to_string()),
         reader: (reader.client_id.clone(), reader.client_secret.to_string()),
         sync: (sync.client_id.clone(), sync.client_secret.to_string()),
+        public,
         role_apps,
         _dir: dir,
         _stop: stop,
@@ -553,7 +558,7 @@ async fn cloud_users_sign_in_with_smart_lockout() {
     use reqwest::Method;
     let (_, ann) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("ann", &tenant.domain))).await;
     let upn = format!("ann@{}", tenant.domain);
-    let client = tenant.reader.0.clone();
+    let client = tenant.public.clone();
 
     let (status, tokens) = tenant.password_grant(&client, &upn.to_uppercase(), "Str0ng!Pass").await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
@@ -759,7 +764,7 @@ async fn custom_domains_are_verified_by_dns_txt_records() {
     assert_eq!((status, verified["isVerified"].as_bool()), (StatusCode::OK, Some(true)), "{verified}");
     let (status, body) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("ann", "contoso.example"))).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, _) = tenant.password_grant(&tenant.reader.0, "ann@contoso.example", "Str0ng!Pass").await;
+    let (status, _) = tenant.password_grant(&tenant.public, "ann@contoso.example", "Str0ng!Pass").await;
     assert_eq!(status, StatusCode::OK, "a managed domain's cloud user signs in");
     let realm: Value = tenant
         .client
@@ -784,7 +789,7 @@ async fn custom_domains_are_verified_by_dns_txt_records() {
         .await
         .unwrap();
     assert_eq!(realm["account_type"], "Federated");
-    let (status, error) = tenant.password_grant(&tenant.reader.0, "ann@contoso.example", "Str0ng!Pass").await;
+    let (status, error) = tenant.password_grant(&tenant.public, "ann@contoso.example", "Str0ng!Pass").await;
     assert_eq!(
         (status, error["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_grant")),
@@ -899,6 +904,7 @@ async fn the_sign_in_method_is_chosen_per_domain() {
         .form(&[
             ("grant_type", "password"),
             ("client_id", admin.client_id.as_str()),
+            ("client_secret", &admin.client_secret),
             ("username", upn.as_str()),
             ("password", "Str0ng!Pass"),
             ("scope", "User.Read"),
@@ -918,9 +924,9 @@ async fn sign_ins_and_directory_writes_are_audited_without_secrets() {
     use reqwest::Method;
     let (_, ann) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("ann", &tenant.domain))).await;
     let upn = format!("ann@{}", tenant.domain);
-    let (status, _) = tenant.password_grant(&tenant.reader.0, &upn, "Wrong!Pass1").await;
+    let (status, _) = tenant.password_grant(&tenant.public, &upn, "Wrong!Pass1").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = tenant.password_grant(&tenant.reader.0, &upn, "Str0ng!Pass").await;
+    let (status, _) = tenant.password_grant(&tenant.public, &upn, "Str0ng!Pass").await;
     assert_eq!(status, StatusCode::OK);
 
     let (status, writes) = tenant.call(Method::GET, "/v1.0/auditLogs/directoryAudits", &admin, None).await;
@@ -997,6 +1003,7 @@ async fn authorization_code_with_pkce_through_the_login_page() {
             ("code", code.as_str()),
             ("redirect_uri", redirect),
             ("code_verifier", verifier),
+            ("client_secret", tenant.reader.1.as_str()),
         ]
         .map(|(name, value)| (name.to_string(), value.to_string()));
         let request = tenant.client.post(&token_url).form(&form);
@@ -1023,7 +1030,25 @@ async fn authorization_code_with_pkce_through_the_login_page() {
         ("redirect_uri", redirect),
         ("code_verifier", verifier),
     ];
-    let tokens: Value = tenant.client.post(&token_url).form(&form).send().await.unwrap().json().await.unwrap();
+    // A confidential client's code is worth nothing without its secret (the theft finding):
+    // no secret, a wrong one, both methods at once — invalid_client, and the code survives.
+    for (secret, basic) in [(None, None), (Some("wrong"), None), (None, Some("wrong")), (Some(tenant.reader.1.as_str()), Some(tenant.reader.1.as_str()))] {
+        let mut request = form.to_vec();
+        if let Some(secret) = secret {
+            request.push(("client_secret", secret));
+        }
+        let mut post = tenant.client.post(&token_url).form(&request);
+        if let Some(basic) = basic {
+            post = post.basic_auth(client.as_str(), Some(basic));
+        }
+        let response = post.send().await.unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert!(matches!(body["error"].as_str(), Some("invalid_client" | "invalid_request")), "{secret:?} {basic:?}: {status} {body}");
+        assert!(status.is_client_error());
+    }
+    let tokens: Value =
+        tenant.client.post(&token_url).basic_auth(client.as_str(), Some(tenant.reader.1.as_str())).form(&form).send().await.unwrap().json().await.unwrap();
     assert_eq!(claims(tokens["id_token"].as_str().unwrap())["preferred_username"].as_str(), Some(upn.as_str()), "{tokens}");
     assert!(tokens["refresh_token"].is_string());
 
@@ -1251,7 +1276,7 @@ async fn synced_users_sign_in_with_the_hash_password_hash_sync_sent() {
     let (status, sam) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced_user("sam", &tenant.domain, "c2Ft"))).await;
     assert_eq!(status, StatusCode::CREATED, "{sam}");
     let upn = format!("sam@{}", tenant.domain);
-    let client = tenant.reader.0.clone();
+    let client = tenant.public.clone();
     let (status, _) = tenant.password_grant(&client, &upn, "On-Prem!Pass1").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "no credential synced yet");
 
@@ -1446,7 +1471,7 @@ async fn pass_through_outcomes_reach_the_token_endpoint() {
     let (status, pat) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced_user("pat", &tenant.domain, "cGF0"))).await;
     assert_eq!(status, StatusCode::CREATED, "{pat}");
     let upn = format!("pat@{}", tenant.domain);
-    let client = tenant.reader.0.clone();
+    let client = tenant.public.clone();
     let code = |body: &Value| body["error_codes"][0].as_u64().unwrap_or(0);
 
     let (status, body) = tenant.password_grant(&client, &upn, "Pat!Pass.1").await;

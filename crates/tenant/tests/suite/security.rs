@@ -89,7 +89,7 @@ async fn the_sync_role_writes_only_what_it_owns() {
         .call(Method::POST, "/isthmus/v1/passwordHashSync", &sync, Some(json!({"value": [{"onPremisesImmutableId": "Z2luYQ==", "credential": wire}]})))
         .await;
     assert_eq!(answer["value"][0]["status"], "NoTargetConnection", "{answer}");
-    let client = tenant.reader.0.clone();
+    let client = tenant.public.clone();
     let (status, _) = tenant.password_grant(&client, &format!("gina@{}", tenant.domain), "Att4cker!Pass").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "the attacker's password does not sign in");
     let (status, tokens) = tenant.password_grant(&client, &format!("gina@{}", tenant.domain), "Str0ng!Pass").await;
@@ -175,7 +175,7 @@ async fn only_graph_access_tokens_are_bearers() {
     use reqwest::Method;
     let (status, _) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("uma", &tenant.domain))).await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, tokens) = tenant.password_grant(&tenant.reader.0, &format!("uma@{}", tenant.domain), "Str0ng!Pass").await;
+    let (status, tokens) = tenant.password_grant(&tenant.public, &format!("uma@{}", tenant.domain), "Str0ng!Pass").await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
     for kind in ["id_token", "refresh_token"] {
         let token = tokens[kind].as_str().unwrap();
@@ -255,7 +255,7 @@ async fn unauthenticated_callers_cannot_fill_the_disk() {
         } else {
             vec![
                 ("grant_type", "password".into()),
-                ("client_id", tenant.reader.0.clone()),
+                ("client_id", tenant.public.clone()),
                 ("username", format!("nobody{n}@{}", tenant.domain)),
                 ("password", "Wrong!Pass1".into()),
                 ("scope", "openid".into()),
