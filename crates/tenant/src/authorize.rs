@@ -31,6 +31,9 @@ pub struct Grant {
     user_id: String,
     scope: String,
     challenge: String,
+    /// The authorize request's `nonce`, for the ID token.
+    #[serde(default)]
+    nonce: Option<String>,
 }
 
 /// How long a code may wait to be redeemed.
@@ -65,6 +68,7 @@ pub struct AuthorizeParams {
     state: Option<String>,
     code_challenge: Option<String>,
     code_challenge_method: Option<String>,
+    nonce: Option<String>,
     username: Option<String>,
     password: Option<String>,
 }
@@ -166,6 +170,7 @@ fn login_form(params: &AuthorizeParams, message: Option<&str>) -> String {
         ("state", &params.state),
         ("code_challenge", &params.code_challenge),
         ("code_challenge_method", &params.code_challenge_method),
+        ("nonce", &params.nonce),
     ]
     .iter()
     .map(|(name, value)| format!("<input type=\"hidden\" name=\"{name}\" value=\"{}\">", escape(value.as_deref().unwrap_or_default())))
@@ -223,6 +228,7 @@ pub async fn submit(
         user_id: user.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
         scope: params.scope.clone().unwrap_or_default(),
         challenge: params.code_challenge.clone().unwrap_or_default(),
+        nonce: params.nonce.clone(),
     };
     let code = match issue(&state, &grant).await {
         Ok(code) => code,
@@ -284,7 +290,8 @@ pub async fn exchange(
     let user = user
         .filter(|user| user.get("accountEnabled").and_then(Value::as_bool) == Some(true))
         .ok_or_else(|| invalid("the user is disabled or deleted"))?;
-    crate::signin::user_tokens(state, headers, &user, client_id, &grant.scope)
+    let request = crate::signin::TokenRequest { client_id, scope: &grant.scope, nonce: grant.nonce.as_deref(), family: None };
+    crate::signin::user_tokens(state, headers, &user, request).await
 }
 
 #[cfg(test)]

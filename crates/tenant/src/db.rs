@@ -188,6 +188,10 @@ INSERT OR IGNORE INTO proxies SELECT address.value, objects.id FROM objects, jso
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS lockout (user_key TEXT PRIMARY KEY, failures INTEGER NOT NULL, locked_until INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS auth_codes (code_hash TEXT PRIMARY KEY, grant_data TEXT NOT NULL, expires INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS refresh_tokens (id TEXT PRIMARY KEY, family TEXT NOT NULL, user_id TEXT NOT NULL, client_id TEXT NOT NULL,
+    expires INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0, revoked INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens (family);
+CREATE INDEX IF NOT EXISTS refresh_tokens_user ON refresh_tokens (user_id);
 CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT NOT NULL, PRIMARY KEY (role_id, member_id));
 CREATE INDEX IF NOT EXISTS role_members_member ON role_members(member_id);
 CREATE TABLE IF NOT EXISTS synced_credentials (user_id TEXT PRIMARY KEY, credential TEXT NOT NULL, must_change INTEGER NOT NULL, synced_at INTEGER NOT NULL);
@@ -249,6 +253,10 @@ CREATE INDEX IF NOT EXISTS proxies_object ON proxies (object_id);
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
 CREATE TABLE IF NOT EXISTS lockout (user_key TEXT PRIMARY KEY, failures BIGINT NOT NULL, locked_until BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS auth_codes (code_hash TEXT PRIMARY KEY, grant_data TEXT NOT NULL, expires BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS refresh_tokens (id TEXT PRIMARY KEY, family TEXT NOT NULL, user_id TEXT NOT NULL, client_id TEXT NOT NULL,
+    expires BIGINT NOT NULL, used BIGINT NOT NULL DEFAULT 0, revoked BIGINT NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens (family);
+CREATE INDEX IF NOT EXISTS refresh_tokens_user ON refresh_tokens (user_id);
 CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT NOT NULL, PRIMARY KEY (role_id, member_id));
 CREATE INDEX IF NOT EXISTS role_members_member ON role_members (member_id);
 CREATE TABLE IF NOT EXISTS synced_credentials (user_id TEXT PRIMARY KEY, credential TEXT NOT NULL, must_change BIGINT NOT NULL, synced_at BIGINT NOT NULL);
@@ -1280,6 +1288,7 @@ pub fn lockout_fail(sql: &mut dyn Sql, user: &str, now: i64, threshold: u32, dur
 pub fn prune(sql: &mut dyn Sql, audit_before: &str, now: i64) -> Result<(u64, u64), DbError> {
     let audit = sql.execute("DELETE FROM audit WHERE time < ?1", &[audit_before.into()])?;
     let locks = sql.execute("DELETE FROM lockout WHERE locked_until <> 0 AND locked_until <= ?1", &[now.into()])?;
+    sql.execute("DELETE FROM refresh_tokens WHERE expires <= ?1", &[now.into()])?;
     Ok((audit, locks))
 }
 
@@ -1307,6 +1316,53 @@ pub fn take_code(sql: &mut dyn Sql, code_hash: &str, now: i64) -> Result<Option<
         Some(row) if row.int(1)? > now => Some(row.text(0)?),
         _ => None,
     })
+}
+
+/// Records an issued refresh token (by its id) in its family (a sign-in and its rotations).
+pub fn insert_refresh(sql: &mut dyn Sql, id: &str, family: &str, user_id: &str, client_id: &str, expires: i64) -> Result<(), DbError> {
+    sql.execute(
+        "INSERT INTO refresh_tokens (id, family, user_id, client_id, expires) VALUES (?1, ?2, ?3, ?4, ?5)",
+        &[id.into(), family.into(), user_id.into(), client_id.into(), expires.into()],
+    )?;
+    Ok(())
+}
+
+/// What redeeming a refresh token found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Redeemed {
+    /// It was live and is now used: rotate (its family).
+    Rotate(String),
+    /// It was used before: a replay — its whole family is now revoked.
+    Replayed,
+    /// Unknown, revoked or expired.
+    Invalid,
+}
+
+/// Redeems refresh token `id` once: marks it used, or on a second use revokes its family
+/// (OAuth 2.0 Security BCP: refresh token rotation with reuse detection).
+pub fn redeem_refresh(sql: &mut dyn Sql, id: &str, now: i64) -> Result<Redeemed, DbError> {
+    let Some(row) = sql.query_opt("SELECT family, expires, used, revoked FROM refresh_tokens WHERE id = ?1", &[id.into()])? else {
+        return Ok(Redeemed::Invalid);
+    };
+    let (family, expires, used, revoked) = (row.text(0)?, row.int(1)?, row.int(2)? != 0, row.int(3)? != 0);
+    if revoked || expires <= now {
+        return Ok(Redeemed::Invalid);
+    }
+    if used {
+        sql.execute("UPDATE refresh_tokens SET revoked = 1 WHERE family = ?1", &[family.as_str().into()])?;
+        return Ok(Redeemed::Replayed);
+    }
+    if sql.execute("UPDATE refresh_tokens SET used = 1 WHERE id = ?1 AND used = 0", &[id.into()])? != 1 {
+        sql.execute("UPDATE refresh_tokens SET revoked = 1 WHERE family = ?1", &[family.as_str().into()])?;
+        return Ok(Redeemed::Replayed);
+    }
+    Ok(Redeemed::Rotate(family))
+}
+
+/// Revokes every refresh token of a user (password change, disable, an administrator's
+/// `revokeSignInSessions`). Returns how many were live.
+pub fn revoke_user_refresh(sql: &mut dyn Sql, user_id: &str) -> Result<u64, DbError> {
+    sql.execute("UPDATE refresh_tokens SET revoked = 1 WHERE user_id = ?1 AND revoked = 0", &[user_id.into()])
 }
 
 impl Db {

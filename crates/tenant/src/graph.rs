@@ -750,6 +750,7 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
             if sync {
                 crate::resilience::remember_wanted(&patch, &mut object);
             }
+            let disables = patch.get("accountEnabled") == Some(&Value::Bool(false));
             for (name, value) in patch {
                 object.insert(name, value);
             }
@@ -762,9 +763,13 @@ pub async fn update(resource: &'static Resource, state: AppState, access: Access
             if !db::update(conn, kind, &object)? {
                 return Ok(None);
             }
+            let id = object.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
             if let Some(credential) = &credential {
-                let id = object.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
                 db::set_credential(conn, &id, credential)?;
+            }
+            // A new password or a disabled account ends every sign-in: refresh tokens revoked.
+            if kind == Kind::User && (credential.is_some() || disables) {
+                db::revoke_user_refresh(conn, &id)?;
             }
             Ok(Some(Ok(object)))
         })
@@ -812,6 +817,19 @@ pub async fn delete(resource: &'static Resource, state: AppState, access: Access
     state.recheck_conflicts().await;
     state.record("Directory", format!("delete {}", resource.noun), access.caller.clone(), key.clone(), "success").await;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /v1.0/users/{id}/revokeSignInSessions`: revokes every refresh token of the user (and
+/// so every session built on one); Graph answers `{"value": true}`.
+pub async fn revoke_sign_in_sessions(state: AppState, access: Access, headers: HeaderMap, key: String) -> Result<Response, GraphError> {
+    access.require(Area::UsersRevokeSessions)?;
+    let user = find(&state, &USERS, &key).await?;
+    let id = user.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let target = id.clone();
+    let revoked = state.db.call(move |conn| db::revoke_user_refresh(conn, &target)).await?;
+    state.record("Directory", format!("revoke sign-in sessions ({revoked} refresh tokens)"), access.caller.clone(), id, "success").await;
+    let context = format!("{}/v1.0/$metadata#Edm.Boolean", base_url(&headers));
+    Ok(Json(json!({"@odata.context": context, "value": true})).into_response())
 }
 
 /// A member as Graph lists it: the object with its `@odata.type`.

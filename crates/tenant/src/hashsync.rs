@@ -139,8 +139,13 @@ pub async fn receive(state: AppState, access: Access, body: crate::graph::Body) 
                                          "reason": "Temporary passwords are not synced (userForcePasswordChangeOnLogonEnabled is off)."}));
                     continue;
                 }
+                // A changed password ends the user's sign-ins (the same one sent again does not).
+                let changed = db::synced_credential(sql, id)?.is_none_or(|old| old.credential != item.credential);
                 let row = db::SyncedCredentialRow { credential: item.credential, must_change: item.must_change, synced_at: now };
                 db::set_synced_credential(sql, id, &row)?;
+                if changed {
+                    db::revoke_user_refresh(sql, id)?;
+                }
                 if let Some(mut user) = target.clone() {
                     user.insert("lastPasswordChangeDateTime".into(), Value::String(crate::rfc3339(now)));
                     let policies = password_policies(user.get("passwordPolicies").and_then(Value::as_str), !cloud_policy);

@@ -835,6 +835,12 @@ impl Tenant {
                 post(|State(state): State<AppState>, access: Access, Path(name): Path<String>| domains::verify(state, access, name)),
             )
             .route(
+                "/v1.0/users/{key}/revokeSignInSessions",
+                post(|State(state): State<AppState>, access: Access, headers: HeaderMap, Path(key): Path<String>| {
+                    graph::revoke_sign_in_sessions(state, access, headers, key)
+                }),
+            )
+            .route(
                 "/v1.0/groups/{key}/members",
                 get(|State(state): State<AppState>, access: Access, headers: HeaderMap, Path(key): Path<String>| {
                     graph::list_members(state, access, headers, key)

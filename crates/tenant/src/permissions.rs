@@ -21,6 +21,8 @@ pub enum Area {
     UsersRead,
     /// Create, change, delete users.
     UsersWrite,
+    /// Revoke a user's sign-in sessions (refresh tokens).
+    UsersRevokeSessions,
     /// Read groups and their members.
     GroupsRead,
     /// Create, change, delete groups.
@@ -64,6 +66,7 @@ const WRITE_ALL: &str = "Directory.ReadWrite.All";
 pub const PERMISSIONS: &[(Area, &[&str])] = &[
     (Area::UsersRead, &["User.Read.All", "User.ReadWrite.All", READ_ALL, WRITE_ALL, SYNC_ROLE]),
     (Area::UsersWrite, &["User.ReadWrite.All", WRITE_ALL, SYNC_ROLE]),
+    (Area::UsersRevokeSessions, &["User.RevokeSessions.All", "User.ReadWrite.All", WRITE_ALL]),
     (Area::GroupsRead, &["GroupMember.Read.All", "Group.Read.All", "Group.ReadWrite.All", READ_ALL, WRITE_ALL, SYNC_ROLE]),
     (Area::GroupsWrite, &["Group.ReadWrite.All", WRITE_ALL, SYNC_ROLE]),
     (Area::GroupMembersWrite, &["GroupMember.ReadWrite.All", "Group.ReadWrite.All", WRITE_ALL, SYNC_ROLE]),
@@ -105,6 +108,7 @@ pub const ROUTES: &[(&str, &str, Area)] = &[
     ("PATCH", "/v1.0/users/{id}", Area::UsersWrite),
     ("DELETE", "/v1.0/users/{id}", Area::UsersWrite),
     ("GET", "/v1.0/users/delta()", Area::UsersRead),
+    ("POST", "/v1.0/users/{id}/revokeSignInSessions", Area::UsersRevokeSessions),
     ("GET", "/v1.0/groups", Area::GroupsRead),
     ("POST", "/v1.0/groups", Area::GroupsWrite),
     ("GET", "/v1.0/groups/{id}", Area::GroupsRead),

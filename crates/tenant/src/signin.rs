@@ -286,7 +286,7 @@ pub async fn authenticate(
 /// The password grant.
 pub async fn password_grant(state: &AppState, headers: &HeaderMap, grant: &UserGrant) -> Result<Value, TokenEndpointError> {
     let user = authenticate(state, "password", &grant.client_id, &grant.username, &grant.password).await?;
-    user_tokens(state, headers, &user, &grant.client_id, &grant.scope)
+    user_tokens(state, headers, &user, TokenRequest { client_id: &grant.client_id, scope: &grant.scope, nonce: None, family: None }).await
 }
 
 /// The refresh-token grant: a new set of tokens while the user still exists and is enabled.
@@ -301,45 +301,98 @@ pub async fn refresh_grant(state: &AppState, headers: &HeaderMap, grant: &UserGr
     if claims.get("azp").and_then(Value::as_str) != Some(grant.client_id.as_str()) {
         return Err(TokenEndpointError::new("invalid_grant", 70000, "The refresh token was issued to a different client."));
     }
+    // Used once: a second use is a replay, and revokes every token of the sign-in.
+    let token_id = claims.get("jti").and_then(Value::as_str).unwrap_or_default().to_string();
+    let now = crate::unix_now();
+    let family = match state.db.call(move |sql| db::redeem_refresh(sql, &token_id, now)).await.map_err(|err| unavailable(&err))? {
+        db::Redeemed::Rotate(family) => family,
+        db::Redeemed::Replayed => {
+            let oid = claims.get("oid").and_then(Value::as_str).unwrap_or_default().to_string();
+            state.record("SignIn", "refresh token".into(), oid, grant.client_id.clone(), "replayed: sign-in revoked").await;
+            return Err(TokenEndpointError::new(
+                "invalid_grant",
+                70008,
+                "The refresh token was already used; every token of this sign-in is revoked.",
+            ));
+        }
+        db::Redeemed::Invalid => {
+            return Err(TokenEndpointError::new("invalid_grant", 70008, "The refresh token has expired or been revoked."));
+        }
+    };
     let oid = claims.get("oid").and_then(Value::as_str).unwrap_or_default().to_string();
     let user = state.db.read(move |conn| db::get(conn, Kind::User, &oid)).await.map_err(|err| unavailable(&err))?;
     let Some(user) = user.filter(|user| user.get("accountEnabled").and_then(Value::as_bool) == Some(true)) else {
         return Err(TokenEndpointError::new("invalid_grant", 50057, "The user account is disabled or deleted."));
     };
-    user_tokens(state, headers, &user, &grant.client_id, &grant.scope)
+    let request = TokenRequest { client_id: &grant.client_id, scope: &grant.scope, nonce: None, family: Some(family) };
+    user_tokens(state, headers, &user, request).await
 }
 
-pub(crate) fn user_tokens(
+/// What tokens to issue to a signed-in user.
+pub(crate) struct TokenRequest<'a> {
+    /// The client they are for.
+    pub client_id: &'a str,
+    /// The scopes asked for: `offline_access` brings a refresh token.
+    pub scope: &'a str,
+    /// The authorize request's `nonce`, carried into the ID token.
+    pub nonce: Option<&'a str>,
+    /// A refresh being rotated: the family the new refresh token joins.
+    pub family: Option<String>,
+}
+
+/// Access and ID tokens for `user`, and a refresh token when `offline_access` was asked for (or
+/// a refresh is being rotated): recorded by its id in its family, so that a replay of a used
+/// one revokes the family and an administrator or a password change can revoke them all.
+pub(crate) async fn user_tokens(
     state: &AppState,
     headers: &HeaderMap,
     user: &serde_json::Map<String, Value>,
-    client_id: &str,
-    scope: &str,
+    request: TokenRequest<'_>,
 ) -> Result<Value, TokenEndpointError> {
     let now = crate::unix_now();
+    let client_id = request.client_id;
     let (oid, upn) = (
         user.get("id").and_then(Value::as_str).unwrap_or_default(),
         user.get("userPrincipalName").and_then(Value::as_str).unwrap_or_default(),
     );
     let tid = state.identity.tenant_id.as_str();
     let issuer = crate::oauth::issuer_for(state, headers);
+    let offline = request.family.is_some() || request.scope.split_whitespace().any(|scope| scope == "offline_access");
     let scopes: Vec<&str> =
-        scope.split_whitespace().filter(|scope| !["openid", "profile", "offline_access", "email"].contains(scope)).collect();
+        request.scope.split_whitespace().filter(|scope| !["openid", "profile", "offline_access", "email"].contains(scope)).collect();
     let granted = if scopes.is_empty() { "User.Read".to_string() } else { scopes.join(" ") };
     let access = json!({"aud": "https://graph.microsoft.com", "iss": issuer, "iat": now, "nbf": now, "exp": now + 3600, "tid": tid, "oid": oid, "sub": oid,
                         "upn": upn, "azp": client_id, "appid": client_id, "scp": granted, "idtyp": "user", "ver": "2.0"});
-    let id = json!({"aud": client_id, "iss": issuer, "iat": now, "nbf": now, "exp": now + 3600, "tid": tid, "oid": oid, "sub": oid,
-                    "preferred_username": upn, "name": user.get("displayName").cloned().unwrap_or(Value::Null), "ver": "2.0"});
-    let refresh = json!({"typ": "refresh", "iat": now, "nbf": now, "exp": now + 90 * 24 * 3600, "tid": tid, "oid": oid, "azp": client_id});
+    let mut id = json!({"aud": client_id, "iss": issuer, "iat": now, "nbf": now, "exp": now + 3600, "tid": tid, "oid": oid, "sub": oid,
+                        "preferred_username": upn, "name": user.get("displayName").cloned().unwrap_or(Value::Null), "ver": "2.0"});
+    if let Some(nonce) = request.nonce.filter(|nonce| !nonce.is_empty()) {
+        id["nonce"] = Value::String(nonce.to_string());
+    }
     let sign = |claims: &Value| state.signing.sign(claims).map_err(|err| unavailable(&err));
-    Ok(json!({
+    let mut body = json!({
         "token_type": "Bearer",
-        "scope": granted,
+        "scope": if offline { format!("{granted} offline_access") } else { granted.clone() },
         "expires_in": 3600,
         "ext_expires_in": 3600,
         "access_token": sign(&access)?,
         "id_token": sign(&id)?,
-        "refresh_token": sign(&refresh)?,
         "client_info": B64URL.encode(json!({"uid": oid, "utid": tid}).to_string()),
-    }))
+    });
+    if offline {
+        let (token_id, family) = (crate::crypto::new_guid(), request.family.unwrap_or_else(crate::crypto::new_guid));
+        let expires = now + REFRESH_SECONDS;
+        let refresh =
+            json!({"typ": "refresh", "jti": token_id, "iat": now, "nbf": now, "exp": expires, "tid": tid, "oid": oid, "azp": client_id});
+        let (stored_id, user_id, client) = (token_id.clone(), oid.to_string(), client_id.to_string());
+        state
+            .db
+            .call(move |sql| db::insert_refresh(sql, &stored_id, &family, &user_id, &client, expires))
+            .await
+            .map_err(|err| unavailable(&err))?;
+        body["refresh_token"] = Value::String(sign(&refresh)?);
+    }
+    Ok(body)
 }
+
+/// How long a refresh token lives (Entra: 90 days).
+const REFRESH_SECONDS: i64 = 90 * 24 * 3600;

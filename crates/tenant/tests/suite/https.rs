@@ -599,12 +599,24 @@ async fn cloud_users_sign_in_with_smart_lockout() {
     };
     let (status, again) = refreshed(refresh.clone()).await;
     assert_eq!(status, StatusCode::OK, "{again}");
-    let (status, _) = refreshed(format!("{refresh}x")).await;
+    let rotated = again["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(rotated, refresh, "rotated");
+    let (status, third) = refreshed(rotated.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{third}");
+    // Rotation with reuse detection: a used token replayed revokes the whole sign-in.
+    let (status, error) = refreshed(refresh.clone()).await;
+    assert_eq!((status, error["error_codes"][0].as_i64()), (StatusCode::BAD_REQUEST, Some(70008)), "{error}");
+    let (status, _) = refreshed(third["refresh_token"].as_str().unwrap().to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the newest token of the replayed family is revoked too");
+    let (status, _) = refreshed(format!("{rotated}x")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "a tampered refresh token");
+    // Disabling the account revokes its refresh tokens.
+    let (_, fresh) = tenant.password_grant(&client, &upn, "Str0ng!Pass").await;
+    let refresh = fresh["refresh_token"].as_str().unwrap().to_string();
     let (status, _) = tenant.call(Method::PATCH, &format!("/v1.0/users/{upn}"), &admin, Some(json!({"accountEnabled": false}))).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, error) = refreshed(refresh).await;
-    assert_eq!((status, error["error_codes"][0].as_i64()), (StatusCode::BAD_REQUEST, Some(50057)));
+    assert_eq!((status, error["error_codes"][0].as_i64()), (StatusCode::BAD_REQUEST, Some(70008)), "{error}");
     let (status, error) = tenant.password_grant(&client, &upn, "Str0ng!Pass").await;
     assert_eq!((status, error["error_codes"][0].as_i64()), (StatusCode::BAD_REQUEST, Some(50057)), "{error}");
     let (status, _) = tenant.call(Method::PATCH, &format!("/v1.0/users/{upn}"), &admin, Some(json!({"accountEnabled": true}))).await;
@@ -974,6 +986,7 @@ async fn authorization_code_with_pkce_through_the_login_page() {
         ("state", "<xyz>"),
         ("code_challenge", challenge.as_str()),
         ("code_challenge_method", "S256"),
+        ("nonce", "n-0S6_WzA2Mj"),
     ];
     let page = browser.get(&authorize).query(&query).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
@@ -1049,8 +1062,10 @@ async fn authorization_code_with_pkce_through_the_login_page() {
     }
     let tokens: Value =
         tenant.client.post(&token_url).basic_auth(client.as_str(), Some(tenant.reader.1.as_str())).form(&form).send().await.unwrap().json().await.unwrap();
-    assert_eq!(claims(tokens["id_token"].as_str().unwrap())["preferred_username"].as_str(), Some(upn.as_str()), "{tokens}");
-    assert!(tokens["refresh_token"].is_string());
+    let id_token = claims(tokens["id_token"].as_str().unwrap());
+    assert_eq!(id_token["preferred_username"].as_str(), Some(upn.as_str()), "{tokens}");
+    assert_eq!(id_token["nonce"].as_str(), Some("n-0S6_WzA2Mj"), "the authorize request's nonce: {id_token}");
+    assert!(tokens["refresh_token"].is_null(), "no refresh token without offline_access: {tokens}");
 
     // An unregistered redirect URI and a missing PKCE challenge are refused before any login.
     let mut evil = query.to_vec();

@@ -426,3 +426,72 @@ async fn hostile_redirect_uris_never_receive_a_code() {
         assert!(!posted.text().await.unwrap().contains("code="), "{hostile}");
     }
 }
+
+/// Refresh tokens as Entra and the OAuth 2.0 Security BCP keep them: only with
+/// `offline_access`, and revoked by an administrator's `revokeSignInSessions`, a password reset
+/// and a changed synced password (not by the same hash sent again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_tokens_end_with_revocation_and_password_changes() {
+    let tenant = start().await;
+    let (admin, sync) = (tenant.token(&tenant.admin).await, tenant.token(&tenant.sync).await);
+    use reqwest::Method;
+    let (_, rita) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("rita", &tenant.domain))).await;
+    let upn = format!("rita@{}", tenant.domain);
+    let token_url = format!("{}/{}/oauth2/v2.0/token", tenant.base, tenant.domain);
+    let sign_in = |username: String, password: &'static str, scope: &'static str| {
+        let request = tenant.client.post(&token_url).form(&[
+            ("grant_type", "password".to_string()),
+            ("client_id", tenant.public.clone()),
+            ("username", username),
+            ("password", password.to_string()),
+            ("scope", scope.to_string()),
+        ]);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let refresh = |token: &str| {
+        let request = tenant.client.post(&token_url).form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", tenant.public.as_str()),
+            ("refresh_token", token),
+            ("scope", "User.Read offline_access"),
+        ]);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let online = sign_in(upn.clone(), "Str0ng!Pass", "openid User.Read").await;
+    assert!(online["access_token"].is_string() && online["refresh_token"].is_null(), "no offline_access, no refresh token: {online}");
+    let offline = sign_in(upn.clone(), "Str0ng!Pass", "openid User.Read offline_access").await;
+    let token = offline["refresh_token"].as_str().expect("offline_access brings a refresh token").to_string();
+    let (status, revoked) =
+        tenant.call(Method::POST, &format!("/v1.0/users/{}/revokeSignInSessions", rita["id"].as_str().unwrap()), &admin, None).await;
+    assert_eq!((status, &revoked["value"]), (StatusCode::OK, &json!(true)), "{revoked}");
+    let (status, error) = refresh(&token).await;
+    assert_eq!((status, error["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")), "revoked by the administrator");
+    let offline = sign_in(upn.clone(), "Str0ng!Pass", "openid offline_access").await;
+    let token = offline["refresh_token"].as_str().unwrap().to_string();
+    let reset = json!({"passwordProfile": {"password": "N3w!Passw0rd", "forceChangePasswordNextSignIn": false}});
+    let (status, _) = tenant.call(Method::PATCH, &format!("/v1.0/users/{upn}"), &admin, Some(reset)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = refresh(&token).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "revoked by the password reset");
+
+    // A synced user: the same hash again keeps the sign-in, a changed one ends it.
+    let (status, _) = tenant.call(Method::POST, "/v1.0/users", &sync, Some(synced_user("sal", &tenant.domain, "c2Fs"))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let send = |password: &str| {
+        let wire = phs::SyncedCredential::new(&phs::NtHash::of_password(password)).to_wire();
+        json!({"value": [{"onPremisesImmutableId": "c2Fs", "credential": wire}]})
+    };
+    let first = send("Synced!Pass1");
+    tenant.call(Method::POST, "/isthmus/v1/passwordHashSync", &sync, Some(first.clone())).await;
+    let offline = sign_in(format!("sal@{}", tenant.domain), "Synced!Pass1", "openid offline_access").await;
+    let token = offline["refresh_token"].as_str().unwrap_or_else(|| panic!("{offline}")).to_string();
+    tenant.call(Method::POST, "/isthmus/v1/passwordHashSync", &sync, Some(first)).await;
+    let (status, rotated) = refresh(&token).await;
+    assert_eq!(status, StatusCode::OK, "the same hash again: {rotated}");
+    tenant.call(Method::POST, "/isthmus/v1/passwordHashSync", &sync, Some(send("Synced!Pass2"))).await;
+    let (status, _) = refresh(rotated["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a changed on-premises password ends the sign-in");
+}
