@@ -69,6 +69,12 @@ pub struct AuthorizeParams {
     code_challenge: Option<String>,
     code_challenge_method: Option<String>,
     nonce: Option<String>,
+    /// `query` (the default for codes), `fragment` or `form_post`.
+    response_mode: Option<String>,
+    /// `none` (answer without showing anything), `login`, `select_account`, `consent`.
+    prompt: Option<String>,
+    /// Prefills the user name.
+    login_hint: Option<String>,
     username: Option<String>,
     password: Option<String>,
 }
@@ -139,8 +145,84 @@ fn redirect_allowed(requested: &str, registered: &[String]) -> bool {
     })
 }
 
-/// Checks the parameters every authorize request needs; returns the redirect URI.
-async fn check(state: &AppState, tenant: &str, params: &AuthorizeParams) -> Result<String, Response> {
+/// Where and how the answer of an authorize request goes: the registered redirect URI, in the
+/// response mode asked for.
+struct Reply {
+    redirect_uri: String,
+    mode: Mode,
+    state: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Query,
+    Fragment,
+    FormPost,
+}
+
+impl Reply {
+    /// Sends `fields` (and `state`) to the redirect URI: a 302 with them in the query or the
+    /// fragment, or a page that posts them (`form_post`).
+    fn send(&self, mut fields: Vec<(&str, String)>) -> Response {
+        if let Some(state) = &self.state {
+            fields.push(("state", state.clone()));
+        }
+        let encoded =
+            fields.iter().map(|(name, value)| format!("{name}={}", crate::graph::percent_encode(value))).collect::<Vec<_>>().join("&");
+        let location = match self.mode {
+            Mode::Query => format!("{}{}{encoded}", self.redirect_uri, if self.redirect_uri.contains('?') { '&' } else { '?' }),
+            Mode::Fragment => format!("{}#{encoded}", self.redirect_uri),
+            Mode::FormPost => return form_post(&self.redirect_uri, &fields),
+        };
+        match HeaderValue::from_str(&location) {
+            Ok(value) => {
+                let mut response = StatusCode::FOUND.into_response();
+                response.headers_mut().insert(header::LOCATION, value);
+                response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                response
+            }
+            Err(_) => error_page("The redirect URI cannot be used."),
+        }
+    }
+
+    /// An OAuth error for the client, sent to its redirect URI.
+    fn error(&self, error: &str, description: &str) -> Response {
+        self.send(vec![("error", error.to_string()), ("error_description", description.to_string())])
+    }
+}
+
+/// The auto-submitting page of `response_mode=form_post`: its one script allowed by hash, the
+/// form allowed to post only to the redirect URI's origin.
+fn form_post(redirect_uri: &str, fields: &[(&str, String)]) -> Response {
+    const SCRIPT: &str = "document.forms[0].submit();";
+    let hash = base64::engine::general_purpose::STANDARD.encode(ring::digest::digest(&ring::digest::SHA256, SCRIPT.as_bytes()));
+    let origin = url::Url::parse(redirect_uri).map(|url| url.origin().ascii_serialization()).unwrap_or_default();
+    let inputs: String = fields
+        .iter()
+        .map(|(name, value)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", escape(name), escape(value)))
+        .collect();
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Signing in</title></head><body>\
+         <form method=\"post\" action=\"{}\">{inputs}<noscript><button type=\"submit\">Continue</button></noscript></form>\
+         <script>{SCRIPT}</script></body></html>",
+        escape(redirect_uri)
+    );
+    let mut response = (StatusCode::OK, Html(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(policy) =
+        HeaderValue::from_str(&format!("default-src 'none'; script-src 'sha256-{hash}'; form-action {origin}; frame-ancestors 'none'"))
+    {
+        headers.insert(header::CONTENT_SECURITY_POLICY, policy);
+    }
+    response
+}
+
+/// Checks an authorize request. The client and its redirect URI first: until both are known
+/// good nothing goes anywhere (an error page); after that, errors go to the client, in its
+/// response mode, with its `state` (RFC 6749 §4.1.2.1).
+async fn check(state: &AppState, tenant: &str, params: &AuthorizeParams) -> Result<Reply, Response> {
     if !crate::oauth::is_tenant_segment(state, tenant) {
         return Err(error_page(&format!("Tenant '{tenant}' not found.")));
     }
@@ -152,13 +234,23 @@ async fn check(state: &AppState, tenant: &str, params: &AuthorizeParams) -> Resu
     if !redirect_allowed(&redirect_uri, &redirects) {
         return Err(error_page("The redirect URI is not registered for this application."));
     }
+    let mode = match params.response_mode.as_deref() {
+        None | Some("query") => Mode::Query,
+        Some("fragment") => Mode::Fragment,
+        Some("form_post") => Mode::FormPost,
+        Some(_) => Mode::Query,
+    };
+    let reply = Reply { redirect_uri, mode, state: params.state.clone() };
+    if let Some(other) = params.response_mode.as_deref().filter(|mode| !["query", "fragment", "form_post"].contains(mode)) {
+        return Err(reply.error("invalid_request", &format!("The response_mode '{other}' is not supported.")));
+    }
     if params.response_type.as_deref() != Some("code") {
-        return Err(error_page("Only response_type=code is supported."));
+        return Err(reply.error("unsupported_response_type", "Only response_type=code is supported."));
     }
     if params.code_challenge.as_deref().is_none_or(str::is_empty) || params.code_challenge_method.as_deref() != Some("S256") {
-        return Err(error_page("PKCE is required: give code_challenge with code_challenge_method=S256."));
+        return Err(reply.error("invalid_request", "PKCE is required: give code_challenge with code_challenge_method=S256."));
     }
-    Ok(redirect_uri)
+    Ok(reply)
 }
 
 fn login_form(params: &AuthorizeParams, message: Option<&str>) -> String {
@@ -171,12 +263,13 @@ fn login_form(params: &AuthorizeParams, message: Option<&str>) -> String {
         ("code_challenge", &params.code_challenge),
         ("code_challenge_method", &params.code_challenge_method),
         ("nonce", &params.nonce),
+        ("response_mode", &params.response_mode),
     ]
     .iter()
     .map(|(name, value)| format!("<input type=\"hidden\" name=\"{name}\" value=\"{}\">", escape(value.as_deref().unwrap_or_default())))
     .collect();
     let message = message.map(|text| format!("<p role=\"alert\">{}</p>", escape(text))).unwrap_or_default();
-    let username = escape(params.username.as_deref().unwrap_or_default());
+    let username = escape(params.username.as_deref().or(params.login_hint.as_deref()).unwrap_or_default());
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sign in</title></head><body><h1>Sign in</h1>{message}\
          <form method=\"post\">{hidden}<label>Username <input name=\"username\" value=\"{username}\" autocomplete=\"username\"></label>\
@@ -187,8 +280,13 @@ fn login_form(params: &AuthorizeParams, message: Option<&str>) -> String {
 
 /// `GET /{tenant}/oauth2/v2.0/authorize`: the login page.
 pub async fn show(State(state): State<AppState>, Path(tenant): Path<String>, Query(params): Query<AuthorizeParams>) -> Response {
-    if let Err(response) = check(&state, &tenant, &params).await {
-        return response;
+    let reply = match check(&state, &tenant, &params).await {
+        Ok(reply) => reply,
+        Err(response) => return response,
+    };
+    // The tenant keeps no browser session: a sign-in without a page cannot happen.
+    if params.prompt.as_deref() == Some("none") {
+        return reply.error("login_required", "The user must sign in: prompt=none was asked and there is no session.");
     }
     page(StatusCode::OK, login_form(&params, None))
 }
@@ -204,10 +302,11 @@ pub async fn submit(
     if let Some(wait) = state.failures.blocked(source, now) {
         return crate::oauth::too_many_failures(wait);
     }
-    let redirect_uri = match check(&state, &tenant, &params).await {
-        Ok(uri) => uri,
+    let reply = match check(&state, &tenant, &params).await {
+        Ok(reply) => reply,
         Err(response) => return response,
     };
+    let redirect_uri = reply.redirect_uri.clone();
     let client_id = params.client_id.clone().unwrap_or_default();
     let username = params.username.clone().unwrap_or_default();
     if !crate::limits::valid_username(&username) {
@@ -237,20 +336,7 @@ pub async fn submit(
             return error_page("The sign-in service is temporarily unavailable; try again.");
         }
     };
-    let separator = if redirect_uri.contains('?') { '&' } else { '?' };
-    let mut location = format!("{redirect_uri}{separator}code={code}");
-    if let Some(state_value) = &params.state {
-        location.push_str(&format!("&state={}", crate::graph::percent_encode(state_value)));
-    }
-    match HeaderValue::from_str(&location) {
-        Ok(value) => {
-            let mut response = StatusCode::FOUND.into_response();
-            response.headers_mut().insert(header::LOCATION, value);
-            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
-        Err(_) => error_page("The redirect URI cannot be used."),
-    }
+    reply.send(vec![("code", code)])
 }
 
 /// The code exchange of the token endpoint.

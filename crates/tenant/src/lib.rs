@@ -864,6 +864,7 @@ impl Tenant {
             .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(oauth::token))
             .route("/{tenant}/oauth2/v2.0/authorize", get(authorize::show).post(authorize::submit))
             .route("/common/userrealm/{upn}", get(oauth::user_realm))
+            .route("/oidc/userinfo", get(oauth::userinfo).post(oauth::userinfo))
             .fallback(|| async { GraphError::bad_request("Invalid request: no such resource or method.") })
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self.app.clone());

@@ -48,15 +48,51 @@ pub async fn openid_configuration(State(state): State<AppState>, headers: Header
         "authorization_endpoint": format!("{base}/oauth2/v2.0/authorize"),
         "token_endpoint": format!("{base}/oauth2/v2.0/token"),
         "jwks_uri": format!("{base}/discovery/v2.0/keys"),
-        "response_types_supported": ["code", "id_token", "code id_token", "token id_token"],
+        "userinfo_endpoint": format!("https://{}/oidc/userinfo", host(&headers)),
+        // Exactly what is served.
+        "response_types_supported": ["code"],
         "response_modes_supported": ["query", "fragment", "form_post"],
-        "subject_types_supported": ["pairwise"],
+        "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["ES256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
         "grant_types_supported": ["client_credentials", "password", "refresh_token", "authorization_code"],
         "code_challenge_methods_supported": ["S256"],
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nbf", "nonce", "oid", "tid", "name", "preferred_username", "ver"],
+        "prompt_values_supported": ["none", "login", "select_account", "consent"],
+        "request_parameter_supported": false,
+        "request_uri_parameter_supported": false,
         "tenant_region_scope": "WW",
         "cloud_instance_name": "isthmus.local",
+    }))
+    .into_response()
+}
+
+/// `GET`/`POST /oidc/userinfo` (Entra serves it on Graph's host): the signed-in user's claims,
+/// for a user's Graph access token; `sub` is the ID token's.
+pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let claims = match crate::bearer_claims(&state, &headers) {
+        Ok(claims) => claims,
+        Err(err) => return err.into_response(),
+    };
+    if claims.get("idtyp").and_then(Value::as_str) != Some("user") {
+        return GraphError::unauthenticated("userinfo needs a user's access token.").into_response();
+    }
+    let oid = claims.get("oid").and_then(Value::as_str).unwrap_or_default().to_string();
+    let lookup = oid.clone();
+    let user = match state.db.read(move |conn| crate::db::get(conn, crate::db::Kind::User, &lookup)).await {
+        Ok(Some(user)) => user,
+        Ok(None) => return GraphError::unauthenticated("The user of this token no longer exists.").into_response(),
+        Err(err) => return GraphError::from(err).into_response(),
+    };
+    let text = |name: &str| user.get(name).cloned().unwrap_or(Value::Null);
+    Json(json!({
+        "sub": oid,
+        "name": text("displayName"),
+        "given_name": text("givenName"),
+        "family_name": text("surname"),
+        "email": text("mail"),
+        "preferred_username": text("userPrincipalName"),
     }))
     .into_response()
 }

@@ -9,3 +9,4 @@ const POSTGRES: bool = false;
 
 include!("suite/https.rs");
 include!("suite/security.rs");
+include!("suite/oidc.rs");

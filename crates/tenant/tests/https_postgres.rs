@@ -6,6 +6,7 @@ const POSTGRES: bool = true;
 
 include!("suite/https.rs");
 include!("suite/security.rs");
+include!("suite/oidc.rs");
 
 /// One tenant process of a shared database: its own state folder (its own TLS certificate), the
 /// directory, identity and signing key from PostgreSQL.

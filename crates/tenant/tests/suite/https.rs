@@ -1067,12 +1067,16 @@ async fn authorization_code_with_pkce_through_the_login_page() {
     assert_eq!(id_token["nonce"].as_str(), Some("n-0S6_WzA2Mj"), "the authorize request's nonce: {id_token}");
     assert!(tokens["refresh_token"].is_null(), "no refresh token without offline_access: {tokens}");
 
-    // An unregistered redirect URI and a missing PKCE challenge are refused before any login.
+    // An unregistered redirect URI gets an error page (nothing goes to it); a missing PKCE
+    // challenge is refused before any login, as an error sent to the registered redirect URI.
     let mut evil = query.to_vec();
     evil[2] = ("redirect_uri", "https://evil.example/callback");
     assert_eq!(browser.get(&authorize).query(&evil).send().await.unwrap().status(), StatusCode::BAD_REQUEST);
     let no_pkce: Vec<_> = query.iter().filter(|(name, _)| !name.starts_with("code_challenge")).cloned().collect();
-    assert_eq!(browser.get(&authorize).query(&no_pkce).send().await.unwrap().status(), StatusCode::BAD_REQUEST);
+    let refused = browser.get(&authorize).query(&no_pkce).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FOUND);
+    let location = refused.headers()["location"].to_str().unwrap();
+    assert!(location.starts_with(&format!("{redirect}?error=invalid_request&")) && !location.contains("code="), "{location}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

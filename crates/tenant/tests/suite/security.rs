@@ -389,14 +389,12 @@ async fn unsupported_query_options_are_refused() {
 /// redirect, so no code ever leaves for them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_redirect_uris_never_receive_a_code() {
-    use base64::Engine as _;
     let tenant = start().await;
     let admin = tenant.token(&tenant.admin).await;
     let (status, _) = tenant.call(reqwest::Method::POST, "/v1.0/users", &admin, Some(user("vic", &tenant.domain))).await;
     assert_eq!(status, StatusCode::CREATED);
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(&tenant.ca_pem).unwrap()).unwrap();
-    let browser = reqwest::Client::builder().add_root_certificate(ca).use_rustls_tls().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, b"verifier-verifier-verifier-verifier-verifier"));
+    let browser = browser(&tenant);
+    let challenge = challenge();
     let authorize = format!("{}/{}/oauth2/v2.0/authorize", tenant.base, tenant.domain);
     let upn = format!("vic@{}", tenant.domain);
     for hostile in [
