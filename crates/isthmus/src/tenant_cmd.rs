@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// Days the audit and sign-in logs keep a record (older ones are removed every ten minutes).
     #[arg(long, default_value_t = 30)]
     pub audit_retention_days: u32,
+    /// The URL clients reach the tenant at (e.g. https://login.contoso.example): the issuer of
+    /// every token and the base of discovery, whatever Host a request names. Default:
+    /// https://<first --host, or the first --listen address>[:port].
+    #[arg(long)]
+    pub public_url: Option<String>,
     /// Connections served at once; beyond, new clients wait in the listen queue.
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
@@ -86,6 +91,14 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     config.audit_retention_days = args.audit_retention_days;
     anyhow::ensure!(args.max_connections >= 1, "--max-connections must be at least 1");
     config.max_connections = args.max_connections;
+    if let Some(url) = &args.public_url {
+        let parsed = url::Url::parse(url).with_context(|| format!("--public-url {url}"))?;
+        anyhow::ensure!(
+            parsed.scheme() == "https" && parsed.host_str().is_some() && parsed.path() == "/" && parsed.query().is_none(),
+            "--public-url must be https://host[:port] with nothing after it, got {url}"
+        );
+        config.public_url = Some(url.trim_end_matches('/').to_string());
+    }
     anyhow::ensure!((2..=120).contains(&args.pta_timeout_seconds), "--pta-timeout-seconds must be 2 to 120");
     anyhow::ensure!((1..=3650).contains(&args.pta_certificate_days), "--pta-certificate-days must be 1 to 3650");
     config.pta.timeout = std::time::Duration::from_secs(args.pta_timeout_seconds);

@@ -13,7 +13,7 @@
 
 use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -342,7 +342,6 @@ pub async fn submit(
 /// The code exchange of the token endpoint.
 pub async fn exchange(
     state: &AppState,
-    headers: &HeaderMap,
     client_id: &str,
     code: &str,
     redirect_uri: &str,
@@ -377,7 +376,7 @@ pub async fn exchange(
         .filter(|user| user.get("accountEnabled").and_then(Value::as_bool) == Some(true))
         .ok_or_else(|| invalid("the user is disabled or deleted"))?;
     let request = crate::signin::TokenRequest { client_id, scope: &grant.scope, nonce: grant.nonce.as_deref(), family: None };
-    crate::signin::user_tokens(state, headers, &user, request).await
+    crate::signin::user_tokens(state, &user, request).await
 }
 
 #[cfg(test)]

@@ -96,6 +96,10 @@ pub struct TenantConfig {
     pub header_timeout: std::time::Duration,
     /// Connections served at once; beyond, new ones wait in the listen queue (backpressure).
     pub max_connections: usize,
+    /// The authority clients reach the tenant at (`https://login.example.com`): the issuer of
+    /// every token and the base of discovery's endpoints, whatever `Host` a request names.
+    /// `None`: `https://<first --host, or the first listen address>[:port]`.
+    pub public_url: Option<String>,
 }
 
 /// Largest request head (request line and headers) taken; larger: 431.
@@ -122,6 +126,7 @@ impl TenantConfig {
             audit_retention_days: 30,
             header_timeout: std::time::Duration::from_secs(30),
             max_connections: 10_000,
+            public_url: None,
         }
     }
 }
@@ -183,6 +188,8 @@ pub struct Shared {
     failures: limits::FailureLimits,
     /// How long audit records are kept.
     audit_retention: std::time::Duration,
+    /// The authority (`https://host[:port]`, no trailing slash), fixed when the listeners bind.
+    authority: std::sync::OnceLock<String>,
 }
 
 /// A token bucket for directory writes.
@@ -396,6 +403,31 @@ impl FromRequestParts<AppState> for Access {
             .map(|roles| roles.iter().filter_map(|role| role.as_str().map(str::to_string)).collect())
             .unwrap_or_default();
         Ok(Access { caller, roles })
+    }
+}
+
+/// The tenant's authority: the configured public URL, else `https://` the first certificate
+/// host name (or the first bound address) with the first bound port unless it is 443.
+fn authority(config: &TenantConfig, first: Option<SocketAddr>) -> String {
+    if let Some(url) = &config.public_url {
+        return url.trim_end_matches('/').to_string();
+    }
+    let port = first.map_or(443, |addr| addr.port());
+    let host = match (config.hosts.first(), first) {
+        (Some(host), _) => host.clone(),
+        (None, Some(addr)) if !addr.ip().is_unspecified() => match addr.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        },
+        _ => "127.0.0.1".to_string(),
+    };
+    if port == 443 { format!("https://{host}") } else { format!("https://{host}:{port}") }
+}
+
+impl Shared {
+    /// The authority tokens are issued by (`https://host[:port]`).
+    pub(crate) fn authority(&self) -> &str {
+        self.authority.get().map_or("https://127.0.0.1", String::as_str)
     }
 }
 
@@ -617,6 +649,7 @@ impl Tenant {
                 pta_fallback: std::sync::RwLock::new(pta_fallback),
                 failures: limits::FailureLimits::default(),
                 audit_retention: std::time::Duration::from_secs(u64::from(config.audit_retention_days.max(1)) * 86_400),
+                authority: std::sync::OnceLock::new(),
             }),
         };
         if app.db.is_postgres() {
@@ -903,6 +936,7 @@ impl Tenant {
             listeners.push(listener);
         }
         let bound: Vec<SocketAddr> = listeners.iter().filter_map(|listener| listener.local_addr().ok()).collect();
+        let _ = self.app.authority.set(authority(&self.config, bound.first().copied()));
         let router = self.router();
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

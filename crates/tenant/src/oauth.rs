@@ -16,10 +16,6 @@ use crate::odata::{GraphError, TokenEndpointError};
 /// Lifetime of issued access tokens.
 const TOKEN_SECONDS: i64 = 3600;
 
-fn host(headers: &HeaderMap) -> String {
-    headers.get("host").and_then(|host| host.to_str().ok()).unwrap_or("127.0.0.1").to_string()
-}
-
 /// Whether `segment` names this tenant (for other modules).
 pub(crate) fn is_tenant_segment(state: &AppState, segment: &str) -> bool {
     is_tenant(state, segment)
@@ -33,22 +29,30 @@ fn is_tenant(state: &AppState, segment: &str) -> bool {
         || segment.eq_ignore_ascii_case("common")
 }
 
-fn issuer(state: &AppState, headers: &HeaderMap) -> String {
-    format!("https://{}/{}/v2.0", host(headers), state.identity.tenant_id)
+/// The issuer of every token: pinned to the configured authority, never the `Host` header.
+fn issuer(state: &AppState) -> String {
+    format!("{}/{}/v2.0", state.authority(), state.identity.tenant_id)
 }
 
 /// `GET /{tenant}/v2.0/.well-known/openid-configuration`.
-pub async fn openid_configuration(State(state): State<AppState>, headers: HeaderMap, Path(tenant): Path<String>) -> Response {
+pub async fn openid_configuration(State(state): State<AppState>, Path(tenant): Path<String>) -> Response {
     if !is_tenant(&state, &tenant) {
         return GraphError::not_found(&tenant).into_response();
     }
-    let base = format!("https://{}/{tenant}", host(&headers));
+    let base = format!("{}/{tenant}", state.authority());
+    // Multi-tenant discovery (`/common`, `/organizations`) gives Microsoft's issuer template,
+    // which relying parties fill in with the token's `tid`.
+    let issuer = if ["common", "organizations"].iter().any(|multi| tenant.eq_ignore_ascii_case(multi)) {
+        format!("{}/{{tenantid}}/v2.0", state.authority())
+    } else {
+        issuer(&state)
+    };
     Json(json!({
-        "issuer": issuer(&state, &headers),
+        "issuer": issuer,
         "authorization_endpoint": format!("{base}/oauth2/v2.0/authorize"),
         "token_endpoint": format!("{base}/oauth2/v2.0/token"),
         "jwks_uri": format!("{base}/discovery/v2.0/keys"),
-        "userinfo_endpoint": format!("https://{}/oidc/userinfo", host(&headers)),
+        "userinfo_endpoint": format!("{}/oidc/userinfo", state.authority()),
         // Exactly what is served.
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "fragment", "form_post"],
@@ -98,7 +102,10 @@ pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Resp
 }
 
 /// `GET /{tenant}/discovery/v2.0/keys`.
-pub async fn jwks(State(state): State<AppState>) -> Response {
+pub async fn jwks(State(state): State<AppState>, Path(tenant): Path<String>) -> Response {
+    if !is_tenant(&state, &tenant) {
+        return GraphError::not_found(&tenant).into_response();
+    }
     Json(state.signing.jwks()).into_response()
 }
 
@@ -217,31 +224,18 @@ async fn issue(state: &AppState, headers: &HeaderMap, tenant: &str, form: TokenF
         }
     };
     match grant {
-        "password" => crate::signin::password_grant(state, headers, &form_fields(&form, &client)).await,
-        "refresh_token" => crate::signin::refresh_grant(state, headers, &form_fields(&form, &client)).await,
+        "password" => crate::signin::password_grant(state, &form_fields(&form, &client)).await,
+        "refresh_token" => crate::signin::refresh_grant(state, &form_fields(&form, &client)).await,
         "authorization_code" => {
             let field = |value: &Option<String>| value.clone().unwrap_or_default();
-            crate::authorize::exchange(
-                state,
-                headers,
-                &client.id,
-                &field(&form.code),
-                &field(&form.redirect_uri),
-                &field(&form.code_verifier),
-            )
-            .await
+            crate::authorize::exchange(state, &client.id, &field(&form.code), &field(&form.redirect_uri), &field(&form.code_verifier)).await
         }
-        _ => client_credentials(state, headers, &client, form.scope.clone().unwrap_or_default()).await,
+        _ => client_credentials(state, &client, form.scope.clone().unwrap_or_default()).await,
     }
 }
 
 /// The client-credentials grant for an authenticated confidential client.
-async fn client_credentials(
-    state: &AppState,
-    headers: &HeaderMap,
-    client: &crate::client_auth::Client,
-    scope: String,
-) -> Result<Value, TokenEndpointError> {
+async fn client_credentials(state: &AppState, client: &crate::client_auth::Client, scope: String) -> Result<Value, TokenEndpointError> {
     if !scope.split_whitespace().any(|scope| scope.ends_with("/.default")) {
         return Err(TokenEndpointError::new(
             "invalid_scope",
@@ -255,7 +249,7 @@ async fn client_credentials(
     let now = crate::unix_now();
     let claims = json!({
         "aud": "https://graph.microsoft.com",
-        "iss": issuer(state, headers),
+        "iss": issuer(state),
         "iat": now,
         "nbf": now,
         "exp": now + TOKEN_SECONDS,
@@ -293,9 +287,9 @@ fn form_fields(form: &TokenForm, client: &crate::client_auth::Client) -> crate::
     }
 }
 
-/// The issuer claim for requests that reached us as `headers` say.
-pub(crate) fn issuer_for(state: &AppState, headers: &HeaderMap) -> String {
-    issuer(state, headers)
+/// The issuer claim of every token.
+pub(crate) fn issuer_for(state: &AppState) -> String {
+    issuer(state)
 }
 
 /// `GET /common/userrealm/{upn}?api-version=1.0`: `Managed` for the tenant's domains,

@@ -8,7 +8,6 @@
 //! `preferred_username`, `name`, `tid`), `client_info` (`{"uid","utid"}`, base64url) and a
 //! refresh token (a signed JWT bound to the user and the client, 90 days).
 
-use axum::http::HeaderMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde_json::{Value, json};
@@ -284,13 +283,13 @@ pub async fn authenticate(
 }
 
 /// The password grant.
-pub async fn password_grant(state: &AppState, headers: &HeaderMap, grant: &UserGrant) -> Result<Value, TokenEndpointError> {
+pub async fn password_grant(state: &AppState, grant: &UserGrant) -> Result<Value, TokenEndpointError> {
     let user = authenticate(state, "password", &grant.client_id, &grant.username, &grant.password).await?;
-    user_tokens(state, headers, &user, TokenRequest { client_id: &grant.client_id, scope: &grant.scope, nonce: None, family: None }).await
+    user_tokens(state, &user, TokenRequest { client_id: &grant.client_id, scope: &grant.scope, nonce: None, family: None }).await
 }
 
 /// The refresh-token grant: a new set of tokens while the user still exists and is enabled.
-pub async fn refresh_grant(state: &AppState, headers: &HeaderMap, grant: &UserGrant) -> Result<Value, TokenEndpointError> {
+pub async fn refresh_grant(state: &AppState, grant: &UserGrant) -> Result<Value, TokenEndpointError> {
     let invalid = || TokenEndpointError::new("invalid_grant", 9002313, "Invalid request. The refresh token is malformed or not valid.");
     let claims = state.signing.verify(&grant.refresh_token, crate::unix_now()).map_err(|_| invalid())?;
     if claims.get("typ").and_then(Value::as_str) != Some("refresh")
@@ -325,7 +324,7 @@ pub async fn refresh_grant(state: &AppState, headers: &HeaderMap, grant: &UserGr
         return Err(TokenEndpointError::new("invalid_grant", 50057, "The user account is disabled or deleted."));
     };
     let request = TokenRequest { client_id: &grant.client_id, scope: &grant.scope, nonce: None, family: Some(family) };
-    user_tokens(state, headers, &user, request).await
+    user_tokens(state, &user, request).await
 }
 
 /// What tokens to issue to a signed-in user.
@@ -345,7 +344,6 @@ pub(crate) struct TokenRequest<'a> {
 /// one revokes the family and an administrator or a password change can revoke them all.
 pub(crate) async fn user_tokens(
     state: &AppState,
-    headers: &HeaderMap,
     user: &serde_json::Map<String, Value>,
     request: TokenRequest<'_>,
 ) -> Result<Value, TokenEndpointError> {
@@ -356,7 +354,7 @@ pub(crate) async fn user_tokens(
         user.get("userPrincipalName").and_then(Value::as_str).unwrap_or_default(),
     );
     let tid = state.identity.tenant_id.as_str();
-    let issuer = crate::oauth::issuer_for(state, headers);
+    let issuer = crate::oauth::issuer_for(state);
     let offline = request.family.is_some() || request.scope.split_whitespace().any(|scope| scope == "offline_access");
     let scopes: Vec<&str> =
         request.scope.split_whitespace().filter(|scope| !["openid", "profile", "offline_access", "email"].contains(scope)).collect();

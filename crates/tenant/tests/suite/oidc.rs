@@ -104,3 +104,36 @@ async fn userinfo_answers_for_a_users_access_token_only() {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "an app token, an ID token and a refresh token are refused");
     }
 }
+
+/// The issuer is the tenant's authority whatever `Host` a request names; multi-tenant discovery
+/// gives Microsoft's `{tenantid}` template; unknown tenant segments are 404 everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issuer_is_pinned_and_unknown_tenants_are_not_found() {
+    let tenant = start().await;
+    let issuer = format!("{}/{}/v2.0", tenant.base, tenant.tenant_id);
+    for segment in [tenant.tenant_id.as_str(), tenant.domain.as_str()] {
+        let url = format!("{}/{segment}/v2.0/.well-known/openid-configuration", tenant.base);
+        let document: Value = tenant.client.get(&url).header("host", "evil.example").send().await.unwrap().json().await.unwrap();
+        assert_eq!(document["issuer"].as_str(), Some(issuer.as_str()), "{segment}: {document}");
+        assert!(document["token_endpoint"].as_str().unwrap().starts_with(&tenant.base), "{document}");
+    }
+    for multi in ["common", "organizations"] {
+        let url = format!("{}/{multi}/v2.0/.well-known/openid-configuration", tenant.base);
+        let document: Value = tenant.client.get(&url).send().await.unwrap().json().await.unwrap();
+        assert_eq!(document["issuer"].as_str(), Some(format!("{}/{{tenantid}}/v2.0", tenant.base).as_str()), "{document}");
+    }
+    let response = tenant
+        .client
+        .post(format!("{}/{}/oauth2/v2.0/token", tenant.base, tenant.domain))
+        .header("host", "evil.example")
+        .form(&[("grant_type", "client_credentials"), ("client_id", &tenant.admin.0), ("client_secret", &tenant.admin.1), ("scope", "https://graph.microsoft.com/.default")])
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(claims(body["access_token"].as_str().unwrap())["iss"].as_str(), Some(issuer.as_str()), "a token minted with a forged Host");
+    for path in ["nowhere.example/discovery/v2.0/keys", "nowhere.example/v2.0/.well-known/openid-configuration"] {
+        let response = tenant.client.get(format!("{}/{path}", tenant.base)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+}
