@@ -174,21 +174,8 @@ ca_file = "{tenant_ca}"
     assert!(!out.contains(&nt("Ldap!Pass1")) && !err.contains(&nt("Ldap!Pass1")), "never a hash in the output");
     let (status, _) = sign_in("ben", "Ben!Pass1").await;
     assert_eq!(status, 400, "a disabled account's hash is not synced");
-    let admin_token: Value = http
-        .post(format!("{base}/{domain}/oauth2/v2.0/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", admin.client_id.as_str()),
-            ("client_secret", admin.client_secret.as_str()),
-            ("scope", "x/.default"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let admin_token = admin_token["access_token"].as_str().unwrap().to_string();
+    let token_url = format!("{base}/{domain}/oauth2/v2.0/token");
+    let admin_token = testkit::client_credentials_token(&http, &token_url, &admin.client_id, &admin.client_secret).await.unwrap();
     let risky = || {
         let request = http.get(format!("{base}/v1.0/identityProtection/riskyUsers")).bearer_auth(&admin_token);
         async move { request.send().await.unwrap().json::<Value>().await.unwrap() }

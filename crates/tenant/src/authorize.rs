@@ -234,14 +234,16 @@ async fn check(state: &AppState, tenant: &str, params: &AuthorizeParams) -> Resu
     if !redirect_allowed(&redirect_uri, &redirects) {
         return Err(error_page("The redirect URI is not registered for this application."));
     }
-    let mode = match params.response_mode.as_deref() {
+    // The login form echoes every parameter, absent ones as empty strings: empty is absent.
+    let response_mode = params.response_mode.as_deref().filter(|mode| !mode.is_empty());
+    let mode = match response_mode {
         None | Some("query") => Mode::Query,
         Some("fragment") => Mode::Fragment,
         Some("form_post") => Mode::FormPost,
         Some(_) => Mode::Query,
     };
     let reply = Reply { redirect_uri, mode, state: params.state.clone() };
-    if let Some(other) = params.response_mode.as_deref().filter(|mode| !["query", "fragment", "form_post"].contains(mode)) {
+    if let Some(other) = response_mode.filter(|mode| !["query", "fragment", "form_post"].contains(mode)) {
         return Err(reply.error("invalid_request", &format!("The response_mode '{other}' is not supported.")));
     }
     if params.response_type.as_deref() != Some("code") {

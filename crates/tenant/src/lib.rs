@@ -407,13 +407,15 @@ impl FromRequestParts<AppState> for Access {
 }
 
 /// The tenant's authority: the configured public URL, else `https://` the first certificate
-/// host name (or the first bound address) with the first bound port unless it is 443.
-fn authority(config: &TenantConfig, first: Option<SocketAddr>) -> String {
+/// host name (or the listener's own address) on the first listener on port 443 (or the first
+/// listener), its port shown unless 443.
+fn authority(config: &TenantConfig, bound: &[SocketAddr]) -> String {
     if let Some(url) = &config.public_url {
         return url.trim_end_matches('/').to_string();
     }
-    let port = first.map_or(443, |addr| addr.port());
-    let host = match (config.hosts.first(), first) {
+    let chosen = bound.iter().find(|addr| addr.port() == 443).or(bound.first()).copied();
+    let port = chosen.map_or(443, |addr| addr.port());
+    let host = match (config.hosts.first(), chosen) {
         (Some(host), _) => host.clone(),
         (None, Some(addr)) if !addr.ip().is_unspecified() => match addr.ip() {
             std::net::IpAddr::V6(ip) => format!("[{ip}]"),
@@ -936,7 +938,7 @@ impl Tenant {
             listeners.push(listener);
         }
         let bound: Vec<SocketAddr> = listeners.iter().filter_map(|listener| listener.local_addr().ok()).collect();
-        let _ = self.app.authority.set(authority(&self.config, bound.first().copied()));
+        let _ = self.app.authority.set(authority(&self.config, &bound));
         let router = self.router();
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -1025,5 +1027,31 @@ impl Tenant {
             }
         };
         Ok((bound, serve))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_authority_is_the_public_url_or_the_443_listener_by_its_host_name() {
+        let config = |hosts: &[&str], public: Option<&str>| {
+            let mut config = TenantConfig::new(PathBuf::from("x"), Vec::new());
+            config.hosts = hosts.iter().map(|host| host.to_string()).collect();
+            config.public_url = public.map(str::to_string);
+            config
+        };
+        let addr = |text: &str| text.parse::<SocketAddr>().unwrap();
+        assert_eq!(authority(&config(&[], Some("https://login.example/")), &[addr("0.0.0.0:443")]), "https://login.example");
+        assert_eq!(authority(&config(&["login.example"], None), &[addr("0.0.0.0:443")]), "https://login.example");
+        assert_eq!(authority(&config(&[], None), &[addr("127.0.0.1:8443")]), "https://127.0.0.1:8443");
+        assert_eq!(authority(&config(&[], None), &[addr("0.0.0.0:8443")]), "https://127.0.0.1:8443");
+        assert_eq!(authority(&config(&[], None), &[addr("[::1]:9443")]), "https://[::1]:9443");
+        assert_eq!(
+            authority(&config(&["127.0.0.12"], None), &[addr("127.0.0.1:39133"), addr("127.0.0.12:443")]),
+            "https://127.0.0.12",
+            "the host name goes with the 443 listener, not another listener's port"
+        );
     }
 }

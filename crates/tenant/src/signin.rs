@@ -367,12 +367,16 @@ pub(crate) async fn user_tokens(
         id["nonce"] = Value::String(nonce.to_string());
     }
     let sign = |claims: &Value| state.signing.sign(claims).map_err(|err| unavailable(&err));
+    let access_token = sign(&access)?;
+    // at_hash (OIDC Core §3.1.3.6): the left half of the access token's SHA-256 (ES256).
+    let digest = ring::digest::digest(&ring::digest::SHA256, access_token.as_bytes());
+    id["at_hash"] = Value::String(B64URL.encode(&digest.as_ref()[..16]));
     let mut body = json!({
         "token_type": "Bearer",
         "scope": if offline { format!("{granted} offline_access") } else { granted.clone() },
         "expires_in": 3600,
         "ext_expires_in": 3600,
-        "access_token": sign(&access)?,
+        "access_token": access_token,
         "id_token": sign(&id)?,
         "client_info": B64URL.encode(json!({"uid": oid, "utid": tid}).to_string()),
     });

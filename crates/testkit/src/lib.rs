@@ -153,6 +153,52 @@ pub fn python_clients() -> Result<PathBuf> {
     }
 }
 
+/// An app's access token from the tenant's token endpoint (`token_url`) by the client
+/// credentials grant; an error saying what the tenant answered otherwise.
+pub async fn client_credentials_token(http: &reqwest::Client, token_url: &str, client_id: &str, secret: &str) -> Result<String> {
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", client_id),
+        ("client_secret", secret),
+        ("scope", "https://graph.microsoft.com/.default"),
+    ];
+    let answer = http.post(token_url).form(&form).send().await.map_err(|err| Error::MissingTool(format!("{token_url}: {err}")))?;
+    let body: serde_json::Value = answer.json().await.map_err(|err| Error::MissingTool(format!("{token_url}: {err}")))?;
+    body["access_token"].as_str().map(str::to_string).ok_or_else(|| Error::MissingTool(format!("{token_url} gave no token: {body}")))
+}
+
+/// The Python interpreter of [`python_clients`] when it also has the OpenID Connect relying-party
+/// libraries `authlib` and `oic` (pyoidc) that `scripts/test-all` installs.
+pub fn oidc_python() -> Result<PathBuf> {
+    let python = python_clients()?;
+    let probe = std::process::Command::new(&python).args(["-c", "import authlib, oic"]).output();
+    match probe {
+        Ok(output) if output.status.success() => Ok(python),
+        _ => Err(Error::MissingTool(format!("{} lacks authlib/oic (run scripts/test-all)", python.display()))),
+    }
+}
+
+/// The folder whose `node_modules` has the Node `openid-client` package (`ISTHMUS_JS_CLIENTS`,
+/// else `target/jsclients`, which `scripts/test-all` fills with npm), checked by importing it.
+pub fn js_clients() -> Result<PathBuf> {
+    let folder = std::env::var_os("ISTHMUS_JS_CLIENTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/jsclients"));
+    let probe = std::process::Command::new("node")
+        .current_dir(&folder)
+        .args(["--input-type=module", "-e", "await import('openid-client')"])
+        .output();
+    match probe {
+        Ok(output) if output.status.success() => Ok(folder),
+        Ok(output) => Err(Error::MissingTool(format!(
+            "no openid-client under {} (run scripts/test-all, or set ISTHMUS_JS_CLIENTS): {}",
+            folder.display(),
+            String::from_utf8_lossy(&output.stderr).lines().next().unwrap_or_default()
+        ))),
+        Err(err) => Err(Error::MissingTool(format!("node is not installed ({err}); run scripts/test-all"))),
+    }
+}
+
 /// The resource-owner password grant through Microsoft's Python `msal` (a public client of
 /// `authority_base/tenant`, trusting `ca`, with no proxy settings from the environment): the
 /// JSON line the script prints, `{"user": <preferred_username or null>, "error": <error or null>}`.

@@ -1,0 +1,261 @@
+//! Relying-party libraries nobody here wrote, unmodified, against the tenant: Python `authlib`
+//! and `oic` (pyoidc), Node `openid-client` (OpenID-certified). Each discovers the tenant,
+//! builds the authorization URL (code + PKCE S256, nonce, state), lets a scripted browser sign in
+//! on the login page, redeems the code with its client authentication (`client_secret_basic` or
+//! `client_secret_post`), validates the ID token its own way (signature from the JWKS, issuer,
+//! audience, nonce, `at_hash` where it checks one), refreshes (the old refresh token then
+//! refused), and reads userinfo. The scripts print one JSON line the test reads.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use tenant::{Tenant, TenantConfig};
+
+/// The scripted browser: the login page's form posted with the user's password; returns the
+/// redirect the tenant answers with (the library's callback URL, code and state in it).
+const PYTHON: &str = r#"
+import json, re, sys, secrets, base64, hashlib, html
+import requests
+
+issuer, client_id, secret, redirect, user, password, ca = sys.argv[1:8]
+out = {}
+browser = requests.Session()
+browser.verify = ca
+browser.trust_env = False
+
+def sign_in(url):
+    page = browser.get(url, allow_redirects=False)
+    assert page.status_code == 200, (page.status_code, page.text[:300])
+    fields = {name: html.unescape(value) for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page.text)}
+    fields.update({"username": user, "password": password})
+    answer = browser.post(url.split("?")[0], data=fields, allow_redirects=False)
+    assert answer.status_code == 302, (answer.status_code, answer.text[:300])
+    return answer.headers["location"]
+
+# authlib
+from authlib.integrations.requests_client import OAuth2Session
+from authlib.common.security import generate_token
+from authlib.jose import JsonWebKey, jwt
+from authlib.oidc.core import CodeIDToken
+meta = browser.get(issuer + "/.well-known/openid-configuration").json()
+session = OAuth2Session(client_id, secret, scope="openid profile offline_access", redirect_uri=redirect,
+                        code_challenge_method="S256", token_endpoint_auth_method="client_secret_basic")
+session.verify = ca
+session.trust_env = False
+verifier, nonce = generate_token(48), generate_token(20)
+url, state = session.create_authorization_url(meta["authorization_endpoint"], nonce=nonce, code_verifier=verifier)
+location = sign_in(url)
+token = session.fetch_token(meta["token_endpoint"], authorization_response=location, code_verifier=verifier)
+keys = JsonWebKey.import_key_set(browser.get(meta["jwks_uri"]).json())
+claims = jwt.decode(token["id_token"], keys, claims_cls=CodeIDToken,
+                    claims_options={"iss": {"essential": True, "values": [meta["issuer"]]}},
+                    claims_params={"nonce": nonce, "client_id": client_id, "access_token": token["access_token"]})
+claims.validate(leeway=120)
+out["authlib_user"] = claims["preferred_username"]
+first_refresh = token["refresh_token"]
+renewed = session.refresh_token(meta["token_endpoint"], refresh_token=first_refresh)
+out["authlib_rotated"] = renewed["refresh_token"] != first_refresh
+try:
+    session.refresh_token(meta["token_endpoint"], refresh_token=first_refresh)
+    out["authlib_replay"] = "accepted"
+except Exception as err:
+    out["authlib_replay"] = getattr(err, "error", str(err))
+info = session.get(meta["userinfo_endpoint"]).json()
+out["authlib_userinfo_sub"] = info.get("sub") == claims["sub"]
+wrong = OAuth2Session(client_id, "wrong-secret", scope="openid", redirect_uri=redirect, code_challenge_method="S256",
+                      token_endpoint_auth_method="client_secret_post")
+wrong.verify = ca
+wrong.trust_env = False
+verifier = generate_token(48)
+url, _ = wrong.create_authorization_url(meta["authorization_endpoint"], nonce=generate_token(20), code_verifier=verifier)
+try:
+    wrong.fetch_token(meta["token_endpoint"], authorization_response=sign_in(url), code_verifier=verifier)
+    out["authlib_wrong_secret"] = "accepted"
+except Exception as err:
+    out["authlib_wrong_secret"] = getattr(err, "error", str(err))
+
+# oic (pyoidc)
+from oic.oic import Client
+from oic.oic.message import AuthorizationResponse, RegistrationResponse, AccessTokenResponse, OpenIDSchema
+from oic.utils.authn.client import CLIENT_AUTHN_METHOD
+client = Client(client_authn_method=CLIENT_AUTHN_METHOD, verify_ssl=ca)
+client.provider_config(issuer)
+client.store_registration_info(RegistrationResponse(client_id=client_id, client_secret=secret, redirect_uris=[redirect],
+                                                    token_endpoint_auth_method="client_secret_post"))
+verifier = secrets.token_urlsafe(48)
+challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+state, nonce = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+request = client.construct_AuthorizationRequest(request_args={
+    "client_id": client_id, "response_type": "code", "scope": ["openid", "offline_access"], "nonce": nonce, "state": state,
+    "redirect_uri": redirect, "code_challenge": challenge, "code_challenge_method": "S256"})
+location = sign_in(request.request(client.authorization_endpoint))
+answer = client.parse_response(AuthorizationResponse, info=location.split("?", 1)[1], sformat="urlencoded")
+assert answer["state"] == state
+tokens = client.do_access_token_request(state=state, request_args={"code": answer["code"], "code_verifier": verifier, "redirect_uri": redirect},
+                                        authn_method="client_secret_post")
+assert isinstance(tokens, AccessTokenResponse), tokens
+id_token = tokens["id_token"]
+out["oic_user"] = id_token["preferred_username"]
+out["oic_nonce"] = id_token["nonce"] == nonce
+info = client.do_user_info_request(state=state, method="GET")
+out["oic_userinfo_sub"] = isinstance(info, OpenIDSchema) and info["sub"] == id_token["sub"]
+print(json.dumps(out))
+"#;
+
+const NODE: &str = r#"
+import * as client from 'openid-client';
+const [issuer, clientId, secret, redirect, user, password] = process.argv.slice(2);
+const out = {};
+async function signIn(url) {
+  const page = await fetch(url, { redirect: 'manual' });
+  const text = await page.text();
+  if (page.status !== 200) throw new Error(`login page ${page.status}: ${text.slice(0, 200)}`);
+  const unescape = (value) => value.replace(/&quot;/g, '"').replace(/&#39;/g, "'").replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&amp;/g, '&');
+  const fields = new URLSearchParams();
+  for (const [, name, value] of text.matchAll(/<input type="hidden" name="([^"]+)" value="([^"]*)">/g)) fields.append(name, unescape(value));
+  fields.append('username', user);
+  fields.append('password', password);
+  const answer = await fetch(url.href.split('?')[0], { method: 'POST', body: fields, redirect: 'manual' });
+  if (answer.status !== 302) throw new Error(`sign-in ${answer.status}: ${(await answer.text()).slice(0, 200)}`);
+  return new URL(answer.headers.get('location'));
+}
+async function codeFlow(authentication, label) {
+  const config = await client.discovery(new URL(issuer), clientId, undefined, authentication);
+  const verifier = client.randomPKCECodeVerifier();
+  const nonce = client.randomNonce();
+  const state = client.randomState();
+  const url = client.buildAuthorizationUrl(config, {
+    redirect_uri: redirect, scope: 'openid profile offline_access', nonce, state,
+    code_challenge: await client.calculatePKCECodeChallenge(verifier), code_challenge_method: 'S256',
+  });
+  const tokens = await client.authorizationCodeGrant(config, await signIn(url), { pkceCodeVerifier: verifier, expectedNonce: nonce, expectedState: state });
+  out[`${label}_user`] = tokens.claims().preferred_username;
+  return { config, tokens };
+}
+const { config, tokens } = await codeFlow(client.ClientSecretBasic(secret), 'basic');
+await codeFlow(client.ClientSecretPost(secret), 'post');
+const renewed = await client.refreshTokenGrant(config, tokens.refresh_token);
+out.rotated = renewed.refresh_token !== tokens.refresh_token;
+try {
+  await client.refreshTokenGrant(config, tokens.refresh_token);
+  out.replay = 'accepted';
+} catch (err) {
+  out.replay = err.error ?? String(err);
+}
+const info = await client.fetchUserInfo(config, renewed.access_token, tokens.claims().sub);
+out.userinfo_sub = info.sub === tokens.claims().sub;
+try {
+  await codeFlow(client.ClientSecretPost('wrong-secret'), 'wrong');
+  out.wrong_secret = 'accepted';
+} catch (err) {
+  out.wrong_secret = err.error ?? String(err);
+}
+console.log(JSON.stringify(out));
+"#;
+
+struct Fixture {
+    issuer: String,
+    client_id: String,
+    secret: String,
+    redirect: String,
+    upn: String,
+    ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = TenantConfig::new(dir.path().join("state"), vec!["127.0.0.1:0".parse().unwrap()]);
+    config.password_iterations = 1_000;
+    let (tenant, bootstrap) = Tenant::open(config).await.unwrap();
+    let admin = bootstrap.unwrap();
+    let web = tenant.register_app("a web app", &[]).await.unwrap();
+    let redirect = "http://localhost:53117/callback".to_string();
+    tenant.register_app_redirect(&web.client_id, &redirect).await.unwrap();
+    let (tenant_id, domain, ca) = (tenant.tenant_id().to_string(), tenant.initial_domain().to_string(), tenant.ca_pem.clone());
+    let running = tenant.spawn().await.unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+        .use_rustls_tls()
+        .build()
+        .unwrap();
+    let token_url = format!("{}/{domain}/oauth2/v2.0/token", running.base);
+    let token = testkit::client_credentials_token(&http, &token_url, &admin.client_id, &admin.client_secret).await.unwrap();
+    let upn = format!("rp@{domain}");
+    let created = http
+        .post(format!("{}/v1.0/users", running.base))
+        .bearer_auth(&token)
+        .json(
+            &serde_json::json!({"accountEnabled": true, "displayName": "Relying Party User", "mailNickname": "rp", "userPrincipalName": upn,
+                                  "passwordProfile": {"password": "Str0ng!Pass", "forceChangePasswordNextSignIn": false}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), reqwest::StatusCode::CREATED);
+    Fixture {
+        issuer: format!("{}/{tenant_id}/v2.0", running.base),
+        client_id: web.client_id.clone(),
+        secret: web.client_secret.to_string(),
+        redirect,
+        upn,
+        ca,
+        _dir: dir,
+        _stop: running.stop,
+    }
+}
+
+fn last_json_line(output: &std::process::Output, who: &str) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{who} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|err| panic!("{who}: {err}: {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authlib_and_pyoidc_complete_the_code_flow_unmodified() {
+    let Some(python) = testkit::available(testkit::oidc_python()) else { return };
+    let fx = fixture().await;
+    let script = fx._dir.path().join("rp.py");
+    std::fs::write(&script, PYTHON).unwrap();
+    let args: Vec<String> =
+        [script.to_str().unwrap(), &fx.issuer, &fx.client_id, &fx.secret, &fx.redirect, &fx.upn, "Str0ng!Pass", fx.ca.to_str().unwrap()]
+            .map(str::to_string)
+            .to_vec();
+    let output = tokio::task::spawn_blocking(move || Command::new(python).args(args).output()).await.unwrap().unwrap();
+    let result = last_json_line(&output, "authlib/oic");
+    assert_eq!(result["authlib_user"], fx.upn.as_str(), "{result}");
+    assert_eq!(result["authlib_rotated"], true, "{result}");
+    assert_eq!(result["authlib_replay"], "invalid_grant", "a replayed refresh token: {result}");
+    assert_eq!(result["authlib_userinfo_sub"], true, "{result}");
+    assert_eq!(result["authlib_wrong_secret"], "invalid_client", "{result}");
+    assert_eq!(result["oic_user"], fx.upn.as_str(), "{result}");
+    assert_eq!(result["oic_nonce"], true, "{result}");
+    assert_eq!(result["oic_userinfo_sub"], true, "{result}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_client_completes_the_code_flow_unmodified() {
+    let Some(folder) = testkit::available(testkit::js_clients()) else { return };
+    let fx = fixture().await;
+    let script = folder.join(format!("rp-{}.mjs", std::process::id()));
+    std::fs::write(&script, NODE).unwrap();
+    let mut command = Command::new("node");
+    command.current_dir(&folder).env("NODE_EXTRA_CA_CERTS", &fx.ca).args([
+        script.to_str().unwrap(),
+        &fx.issuer,
+        &fx.client_id,
+        &fx.secret,
+        &fx.redirect,
+        &fx.upn,
+        "Str0ng!Pass",
+    ]);
+    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
+    let _ = std::fs::remove_file(&script);
+    let result = last_json_line(&output, "openid-client");
+    assert_eq!((result["basic_user"].as_str(), result["post_user"].as_str()), (Some(fx.upn.as_str()), Some(fx.upn.as_str())), "{result}");
+    assert_eq!(result["rotated"], true, "{result}");
+    assert_eq!(result["replay"], "invalid_grant", "{result}");
+    assert_eq!(result["userinfo_sub"], true, "{result}");
+    assert_eq!(result["wrong_secret"], "invalid_client", "{result}");
+}
