@@ -34,6 +34,30 @@ pub struct Grant {
     /// The authorize request's `nonce`, for the ID token.
     #[serde(default)]
     nonce: Option<String>,
+    /// When the user entered their password (Unix seconds), for `auth_time`.
+    #[serde(default)]
+    auth_time: Option<i64>,
+}
+
+/// The browser session's cookie: the tenant's single sign-on, eight hours.
+const SESSION_COOKIE: &str = "isthmus_session";
+const SESSION_SECONDS: i64 = 8 * 3600;
+
+/// The session id in a request's cookies, if any.
+fn session_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers.get_all(header::COOKIE).iter().filter_map(|value| value.to_str().ok()).flat_map(|value| value.split(';')).find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        (name == SESSION_COOKIE && !value.is_empty()).then(|| value.to_string())
+    })
+}
+
+/// The live session of a request's cookie: its user (still enabled) and sign-in time.
+async fn current_session(state: &AppState, headers: &axum::http::HeaderMap) -> Option<(serde_json::Map<String, Value>, i64)> {
+    let id = session_cookie(headers)?;
+    let (key, now) = (code_key(&id), crate::unix_now());
+    let (user_id, auth_time) = state.db.read(move |sql| crate::db::session(sql, &key, now)).await.ok()??;
+    let user = state.db.read(move |sql| crate::db::get(sql, crate::db::Kind::User, &user_id)).await.ok()??;
+    (user.get("accountEnabled").and_then(Value::as_bool) == Some(true)).then_some((user, auth_time))
 }
 
 /// How long a code may wait to be redeemed.
@@ -75,6 +99,8 @@ pub struct AuthorizeParams {
     prompt: Option<String>,
     /// Prefills the user name.
     login_hint: Option<String>,
+    /// Seconds since the password was entered beyond which it must be entered again.
+    max_age: Option<String>,
     username: Option<String>,
     password: Option<String>,
 }
@@ -281,16 +307,72 @@ fn login_form(params: &AuthorizeParams, message: Option<&str>) -> String {
 }
 
 /// `GET /{tenant}/oauth2/v2.0/authorize`: the login page.
-pub async fn show(State(state): State<AppState>, Path(tenant): Path<String>, Query(params): Query<AuthorizeParams>) -> Response {
+pub async fn show(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    headers: axum::http::HeaderMap,
+    Query(params): Query<AuthorizeParams>,
+) -> Response {
     let reply = match check(&state, &tenant, &params).await {
         Ok(reply) => reply,
         Err(response) => return response,
     };
-    // The tenant keeps no browser session: a sign-in without a page cannot happen.
-    if params.prompt.as_deref() == Some("none") {
-        return reply.error("login_required", "The user must sign in: prompt=none was asked and there is no session.");
+    let prompt = params.prompt.as_deref().filter(|prompt| !prompt.is_empty());
+    let max_age = match params.max_age.as_deref().filter(|age| !age.is_empty()).map(str::parse::<i64>) {
+        None => None,
+        Some(Ok(age)) if age >= 0 => Some(age),
+        Some(_) => return reply.error("invalid_request", "max_age must be a number of seconds."),
+    };
+    // Single sign-on: a live browser session answers without a page, unless the client asks
+    // for the password again (prompt=login or select_account, or a session older than max_age).
+    let session = current_session(&state, &headers).await;
+    let fresh = |auth_time: i64| max_age.is_none_or(|age| crate::unix_now() - auth_time <= age);
+    match (session, prompt) {
+        (Some((user, auth_time)), None | Some("none" | "consent")) if fresh(auth_time) => {
+            state
+                .record(
+                    "SignIn",
+                    "authorization code (single sign-on)".into(),
+                    user_id(&user),
+                    params.client_id.clone().unwrap_or_default(),
+                    "success",
+                )
+                .await;
+            code_reply(&state, &reply, &params, &user, auth_time).await
+        }
+        (_, Some("none")) => reply.error("login_required", "The user must sign in: prompt=none was asked and there is no usable session."),
+        _ => page(StatusCode::OK, login_form(&params, None)),
     }
-    page(StatusCode::OK, login_form(&params, None))
+}
+
+fn user_id(user: &serde_json::Map<String, Value>) -> String {
+    user.get("id").and_then(Value::as_str).unwrap_or_default().to_string()
+}
+
+/// A code for `user` sent to the client.
+async fn code_reply(
+    state: &AppState,
+    reply: &Reply,
+    params: &AuthorizeParams,
+    user: &serde_json::Map<String, Value>,
+    auth_time: i64,
+) -> Response {
+    let grant = Grant {
+        client_id: params.client_id.clone().unwrap_or_default(),
+        redirect_uri: reply.redirect_uri.clone(),
+        user_id: user_id(user),
+        scope: params.scope.clone().unwrap_or_default(),
+        challenge: params.code_challenge.clone().unwrap_or_default(),
+        nonce: params.nonce.clone().filter(|nonce| !nonce.is_empty()),
+        auth_time: Some(auth_time),
+    };
+    match issue(state, &grant).await {
+        Ok(code) => reply.send(vec![("code", code)]),
+        Err(err) => {
+            tracing::error!("authorization code not stored: {err}");
+            error_page("The sign-in service is temporarily unavailable; try again.")
+        }
+    }
 }
 
 /// `POST /{tenant}/oauth2/v2.0/authorize`: the login form's answer.
@@ -308,7 +390,6 @@ pub async fn submit(
         Ok(reply) => reply,
         Err(response) => return response,
     };
-    let redirect_uri = reply.redirect_uri.clone();
     let client_id = params.client_id.clone().unwrap_or_default();
     let username = params.username.clone().unwrap_or_default();
     if !crate::limits::valid_username(&username) {
@@ -323,22 +404,81 @@ pub async fn submit(
             return page(StatusCode::OK, login_form(&params, Some(&err.description)));
         }
     };
-    let grant = Grant {
-        client_id,
-        redirect_uri: redirect_uri.clone(),
-        user_id: user.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
-        scope: params.scope.clone().unwrap_or_default(),
-        challenge: params.code_challenge.clone().unwrap_or_default(),
-        nonce: params.nonce.clone(),
+    // The browser session: later authorize requests of any client sign in without a page.
+    let session_id = B64URL.encode(crate::crypto::random_bytes(32));
+    let (key, user_id, auth_time) = (code_key(&session_id), user_id(&user), crate::unix_now());
+    let stored = state.db.call(move |sql| crate::db::insert_session(sql, &key, &user_id, auth_time, auth_time + SESSION_SECONDS)).await;
+    let mut response = code_reply(&state, &reply, &params, &user, auth_time).await;
+    match stored {
+        Ok(()) => {
+            let cookie = format!("{SESSION_COOKIE}={session_id}; Path=/; Max-Age={SESSION_SECONDS}; Secure; HttpOnly; SameSite=Lax");
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().append(header::SET_COOKIE, value);
+            }
+        }
+        Err(err) => tracing::error!("browser session not stored: {err}"),
+    }
+    response
+}
+
+/// RP-initiated logout's parameters.
+#[derive(Debug, Deserialize, Default)]
+pub struct LogoutParams {
+    post_logout_redirect_uri: Option<String>,
+    id_token_hint: Option<String>,
+    client_id: Option<String>,
+    state: Option<String>,
+}
+
+/// `GET`/`POST /{tenant}/oauth2/v2.0/logout` (OpenID Connect RP-initiated logout): ends the
+/// browser session; then back to `post_logout_redirect_uri` when it is one of the client's
+/// registered redirect URIs (matched as redirect URIs are; the client named by `client_id` or
+/// by the `aud` of an `id_token_hint` this tenant signed), else a signed-out page.
+pub async fn logout(state: &AppState, tenant: &str, headers: &axum::http::HeaderMap, params: LogoutParams) -> Response {
+    if !crate::oauth::is_tenant_segment(state, tenant) {
+        return error_page(&format!("Tenant '{tenant}' not found."));
+    }
+    let hinted = match params.id_token_hint.as_deref().filter(|hint| !hint.is_empty()) {
+        None => None,
+        Some(hint) => match state.signing.signed_claims(hint) {
+            Ok(claims) if claims.get("tid").and_then(Value::as_str) == Some(state.identity.tenant_id.as_str()) => {
+                claims.get("aud").and_then(Value::as_str).map(str::to_string)
+            }
+            _ => return error_page("The id_token_hint is not an ID token of this tenant."),
+        },
     };
-    let code = match issue(&state, &grant).await {
-        Ok(code) => code,
-        Err(err) => {
-            tracing::error!("authorization code not stored: {err}");
-            return error_page("The sign-in service is temporarily unavailable; try again.");
+    let client = match (params.client_id.as_deref().filter(|id| !id.is_empty()), hinted.as_deref()) {
+        (Some(id), Some(aud)) if id != aud => return error_page("The client_id and the id_token_hint name different clients."),
+        (Some(id), _) => Some(id.to_string()),
+        (None, aud) => aud.map(str::to_string),
+    };
+    let destination = match params.post_logout_redirect_uri.as_deref().filter(|uri| !uri.is_empty()) {
+        None => None,
+        Some(uri) => {
+            let Some(client) = client else { return error_page("A post_logout_redirect_uri needs the client_id or an id_token_hint.") };
+            let lookup = client.clone();
+            let registered = state.db.read(move |sql| crate::db::app_redirects(sql, &lookup)).await.ok().flatten().unwrap_or_default();
+            if !redirect_allowed(uri, &registered) {
+                return error_page("The post_logout_redirect_uri is not registered for this application.");
+            }
+            Some(uri.to_string())
         }
     };
-    reply.send(vec![("code", code)])
+    if let Some(id) = session_cookie(headers) {
+        let key = code_key(&id);
+        if let Err(err) = state.db.call(move |sql| crate::db::delete_session(sql, &key)).await {
+            tracing::error!("browser session not ended: {err}");
+        }
+    }
+    let mut response = match destination {
+        Some(uri) => Reply { redirect_uri: uri, mode: Mode::Query, state: params.state.clone() }.send(Vec::new()),
+        None => page(StatusCode::OK, "<!doctype html><title>Signed out</title><p>You have signed out.</p>".to_string()),
+    };
+    let expired = format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Lax");
+    if let Ok(value) = HeaderValue::from_str(&expired) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
 }
 
 /// The code exchange of the token endpoint.
@@ -377,7 +517,13 @@ pub async fn exchange(
     let user = user
         .filter(|user| user.get("accountEnabled").and_then(Value::as_bool) == Some(true))
         .ok_or_else(|| invalid("the user is disabled or deleted"))?;
-    let request = crate::signin::TokenRequest { client_id, scope: &grant.scope, nonce: grant.nonce.as_deref(), family: None };
+    let request = crate::signin::TokenRequest {
+        client_id,
+        scope: &grant.scope,
+        nonce: grant.nonce.as_deref(),
+        family: None,
+        auth_time: grant.auth_time,
+    };
     crate::signin::user_tokens(state, &user, request).await
 }
 

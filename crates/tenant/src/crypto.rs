@@ -121,14 +121,7 @@ impl SigningKey {
 
     /// The claims of a token this key signed, checked for signature and time (`now`, Unix seconds).
     pub fn verify(&self, token: &str, now: i64) -> Result<Value, TokenError> {
-        let mut parts = token.split('.');
-        let (Some(header), Some(body), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Err(TokenError::Malformed);
-        };
-        let signature = B64URL.decode(signature).map_err(|_| TokenError::Malformed)?;
-        let key = signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, self.pair.public_key().as_ref());
-        key.verify(format!("{header}.{body}").as_bytes(), &signature).map_err(|_| TokenError::BadSignature)?;
-        let claims: Value = B64URL.decode(body).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).ok_or(TokenError::Malformed)?;
+        let claims = self.signed_claims(token)?;
         let exp = claims.get("exp").and_then(Value::as_i64).ok_or(TokenError::Malformed)?;
         let nbf = claims.get("nbf").and_then(Value::as_i64).unwrap_or(0);
         // Five minutes of clock skew, as Entra allows.
@@ -136,6 +129,19 @@ impl SigningKey {
             return Err(TokenError::Expired);
         }
         Ok(claims)
+    }
+
+    /// The claims of a token this key signed, checked for the signature only (an expired ID
+    /// token still names who it was for, as RP-initiated logout's `id_token_hint` needs).
+    pub fn signed_claims(&self, token: &str) -> Result<Value, TokenError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(body), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(TokenError::Malformed);
+        };
+        let signature = B64URL.decode(signature).map_err(|_| TokenError::Malformed)?;
+        let key = signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, self.pair.public_key().as_ref());
+        key.verify(format!("{header}.{body}").as_bytes(), &signature).map_err(|_| TokenError::BadSignature)?;
+        B64URL.decode(body).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).ok_or(TokenError::Malformed)
     }
 }
 

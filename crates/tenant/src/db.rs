@@ -192,6 +192,8 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (id TEXT PRIMARY KEY, family TEXT NOT 
     expires INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0, revoked INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens (family);
 CREATE INDEX IF NOT EXISTS refresh_tokens_user ON refresh_tokens (user_id);
+CREATE TABLE IF NOT EXISTS browser_sessions (id_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL, auth_time BIGINT NOT NULL, expires BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS browser_sessions_user ON browser_sessions (user_id);
 CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT NOT NULL, PRIMARY KEY (role_id, member_id));
 CREATE INDEX IF NOT EXISTS role_members_member ON role_members(member_id);
 CREATE TABLE IF NOT EXISTS synced_credentials (user_id TEXT PRIMARY KEY, credential TEXT NOT NULL, must_change INTEGER NOT NULL, synced_at INTEGER NOT NULL);
@@ -257,6 +259,8 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (id TEXT PRIMARY KEY, family TEXT NOT 
     expires BIGINT NOT NULL, used BIGINT NOT NULL DEFAULT 0, revoked BIGINT NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens (family);
 CREATE INDEX IF NOT EXISTS refresh_tokens_user ON refresh_tokens (user_id);
+CREATE TABLE IF NOT EXISTS browser_sessions (id_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL, auth_time BIGINT NOT NULL, expires BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS browser_sessions_user ON browser_sessions (user_id);
 CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT NOT NULL, PRIMARY KEY (role_id, member_id));
 CREATE INDEX IF NOT EXISTS role_members_member ON role_members (member_id);
 CREATE TABLE IF NOT EXISTS synced_credentials (user_id TEXT PRIMARY KEY, credential TEXT NOT NULL, must_change BIGINT NOT NULL, synced_at BIGINT NOT NULL);
@@ -1289,6 +1293,7 @@ pub fn prune(sql: &mut dyn Sql, audit_before: &str, now: i64) -> Result<(u64, u6
     let audit = sql.execute("DELETE FROM audit WHERE time < ?1", &[audit_before.into()])?;
     let locks = sql.execute("DELETE FROM lockout WHERE locked_until <> 0 AND locked_until <= ?1", &[now.into()])?;
     sql.execute("DELETE FROM refresh_tokens WHERE expires <= ?1", &[now.into()])?;
+    sql.execute("DELETE FROM browser_sessions WHERE expires <= ?1", &[now.into()])?;
     Ok((audit, locks))
 }
 
@@ -1359,10 +1364,33 @@ pub fn redeem_refresh(sql: &mut dyn Sql, id: &str, now: i64) -> Result<Redeemed,
     Ok(Redeemed::Rotate(family))
 }
 
-/// Revokes every refresh token of a user (password change, disable, an administrator's
-/// `revokeSignInSessions`). Returns how many were live.
+/// Revokes every refresh token and browser session of a user (password change, disable, an
+/// administrator's `revokeSignInSessions`). Returns how many refresh tokens were live.
 pub fn revoke_user_refresh(sql: &mut dyn Sql, user_id: &str) -> Result<u64, DbError> {
+    sql.execute("DELETE FROM browser_sessions WHERE user_id = ?1", &[user_id.into()])?;
     sql.execute("UPDATE refresh_tokens SET revoked = 1 WHERE user_id = ?1 AND revoked = 0", &[user_id.into()])
+}
+
+/// Keeps a browser session (by its id's hash) until `expires`; drops expired ones.
+pub fn insert_session(sql: &mut dyn Sql, id_hash: &str, user_id: &str, auth_time: i64, expires: i64) -> Result<(), DbError> {
+    sql.execute("DELETE FROM browser_sessions WHERE expires <= ?1", &[auth_time.into()])?;
+    sql.execute(
+        "INSERT INTO browser_sessions (id_hash, user_id, auth_time, expires) VALUES (?1, ?2, ?3, ?4)",
+        &[id_hash.into(), user_id.into(), auth_time.into(), expires.into()],
+    )?;
+    Ok(())
+}
+
+/// A live browser session: its user and when they signed in.
+pub fn session(sql: &mut dyn Sql, id_hash: &str, now: i64) -> Result<Option<(String, i64)>, DbError> {
+    sql.query_opt("SELECT user_id, auth_time FROM browser_sessions WHERE id_hash = ?1 AND expires > ?2", &[id_hash.into(), now.into()])?
+        .map(|row| Ok((row.text(0)?, row.int(1)?)))
+        .transpose()
+}
+
+/// Ends a browser session.
+pub fn delete_session(sql: &mut dyn Sql, id_hash: &str) -> Result<bool, DbError> {
+    Ok(sql.execute("DELETE FROM browser_sessions WHERE id_hash = ?1", &[id_hash.into()])? > 0)
 }
 
 impl Db {

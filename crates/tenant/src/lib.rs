@@ -898,6 +898,25 @@ impl Tenant {
             .route("/{tenant}/discovery/v2.0/keys", get(oauth::jwks))
             .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(oauth::token))
             .route("/{tenant}/oauth2/v2.0/authorize", get(authorize::show).post(authorize::submit))
+            .route(
+                "/{tenant}/oauth2/v2.0/logout",
+                get(
+                    |State(state): State<AppState>,
+                     Path(tenant): Path<String>,
+                     headers: HeaderMap,
+                     Query(params): Query<authorize::LogoutParams>| async move {
+                        authorize::logout(&state, &tenant, &headers, params).await
+                    },
+                )
+                .post(
+                    |State(state): State<AppState>,
+                     Path(tenant): Path<String>,
+                     headers: HeaderMap,
+                     axum::Form(params): axum::Form<authorize::LogoutParams>| async move {
+                        authorize::logout(&state, &tenant, &headers, params).await
+                    },
+                ),
+            )
             .route("/common/userrealm/{upn}", get(oauth::user_realm))
             .route("/oidc/userinfo", get(oauth::userinfo).post(oauth::userinfo))
             .fallback(|| async { GraphError::bad_request("Invalid request: no such resource or method.") })

@@ -53,6 +53,8 @@ pub async fn openid_configuration(State(state): State<AppState>, Path(tenant): P
         "token_endpoint": format!("{base}/oauth2/v2.0/token"),
         "jwks_uri": format!("{base}/discovery/v2.0/keys"),
         "userinfo_endpoint": format!("{}/oidc/userinfo", state.authority()),
+        "end_session_endpoint": format!("{base}/oauth2/v2.0/logout"),
+        "frontchannel_logout_supported": false,
         // Exactly what is served.
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "fragment", "form_post"],

@@ -285,7 +285,12 @@ pub async fn authenticate(
 /// The password grant.
 pub async fn password_grant(state: &AppState, grant: &UserGrant) -> Result<Value, TokenEndpointError> {
     let user = authenticate(state, "password", &grant.client_id, &grant.username, &grant.password).await?;
-    user_tokens(state, &user, TokenRequest { client_id: &grant.client_id, scope: &grant.scope, nonce: None, family: None }).await
+    user_tokens(
+        state,
+        &user,
+        TokenRequest { client_id: &grant.client_id, scope: &grant.scope, nonce: None, family: None, auth_time: Some(crate::unix_now()) },
+    )
+    .await
 }
 
 /// The refresh-token grant: a new set of tokens while the user still exists and is enabled.
@@ -323,7 +328,7 @@ pub async fn refresh_grant(state: &AppState, grant: &UserGrant) -> Result<Value,
     let Some(user) = user.filter(|user| user.get("accountEnabled").and_then(Value::as_bool) == Some(true)) else {
         return Err(TokenEndpointError::new("invalid_grant", 50057, "The user account is disabled or deleted."));
     };
-    let request = TokenRequest { client_id: &grant.client_id, scope: &grant.scope, nonce: None, family: Some(family) };
+    let request = TokenRequest { client_id: &grant.client_id, scope: &grant.scope, nonce: None, family: Some(family), auth_time: None };
     user_tokens(state, &user, request).await
 }
 
@@ -337,6 +342,8 @@ pub(crate) struct TokenRequest<'a> {
     pub nonce: Option<&'a str>,
     /// A refresh being rotated: the family the new refresh token joins.
     pub family: Option<String>,
+    /// When the user entered their password, for the ID token's `auth_time`.
+    pub auth_time: Option<i64>,
 }
 
 /// Access and ID tokens for `user`, and a refresh token when `offline_access` was asked for (or
@@ -365,6 +372,9 @@ pub(crate) async fn user_tokens(
                         "preferred_username": upn, "name": user.get("displayName").cloned().unwrap_or(Value::Null), "ver": "2.0"});
     if let Some(nonce) = request.nonce.filter(|nonce| !nonce.is_empty()) {
         id["nonce"] = Value::String(nonce.to_string());
+    }
+    if let Some(auth_time) = request.auth_time {
+        id["auth_time"] = Value::from(auth_time);
     }
     let sign = |claims: &Value| state.signing.sign(claims).map_err(|err| unavailable(&err));
     let access_token = sign(&access)?;

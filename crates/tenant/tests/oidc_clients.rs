@@ -4,7 +4,7 @@
 //! on the login page, redeems the code with its client authentication (`client_secret_basic` or
 //! `client_secret_post`), validates the ID token its own way (signature from the JWKS, issuer,
 //! audience, nonce, `at_hash` where it checks one), refreshes (the old refresh token then
-//! refused), and reads userinfo. The scripts print one JSON line the test reads.
+//! refused), reads userinfo and (openid-client) logs out through the end-session endpoint. The scripts print one JSON line the test reads.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
@@ -25,6 +25,10 @@ browser.trust_env = False
 
 def sign_in(url):
     page = browser.get(url, allow_redirects=False)
+    if page.status_code == 302:
+        # The browser session of an earlier sign-in: single sign-on, no page.
+        out["single_sign_on"] = out.get("single_sign_on", 0) + 1
+        return page.headers["location"]
     assert page.status_code == 200, (page.status_code, page.text[:300])
     fields = {name: html.unescape(value) for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page.text)}
     fields.update({"username": user, "password": password})
@@ -144,6 +148,9 @@ try {
 }
 const info = await client.fetchUserInfo(config, renewed.access_token, tokens.claims().sub);
 out.userinfo_sub = info.sub === tokens.claims().sub;
+const endSession = client.buildEndSessionUrl(config, { post_logout_redirect_uri: redirect, id_token_hint: tokens.id_token, state: 'bye' });
+const loggedOut = await fetch(endSession, { redirect: 'manual' });
+out.logout = loggedOut.headers.get('location');
 try {
   await codeFlow(client.ClientSecretPost('wrong-secret'), 'wrong');
   out.wrong_secret = 'accepted';
@@ -232,6 +239,7 @@ async fn authlib_and_pyoidc_complete_the_code_flow_unmodified() {
     assert_eq!(result["oic_user"], fx.upn.as_str(), "{result}");
     assert_eq!(result["oic_nonce"], true, "{result}");
     assert_eq!(result["oic_userinfo_sub"], true, "{result}");
+    assert_eq!(result["single_sign_on"], 2, "the later sign-ins of the same browser: {result}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,4 +266,5 @@ async fn openid_client_completes_the_code_flow_unmodified() {
     assert_eq!(result["replay"], "invalid_grant", "{result}");
     assert_eq!(result["userinfo_sub"], true, "{result}");
     assert_eq!(result["wrong_secret"], "invalid_client", "{result}");
+    assert_eq!(result["logout"], format!("{}?state=bye", fx.redirect), "RP-initiated logout with the ID token as the hint: {result}");
 }

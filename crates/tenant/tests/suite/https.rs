@@ -527,6 +527,13 @@ async fn filters_select_what_they_say_and_bad_ones_are_refused() {
 }
 
 impl Running {
+    /// A request to the token endpoint with `form`; its status and JSON answer.
+    async fn token_request(&self, form: &[(&str, &str)]) -> (StatusCode, Value) {
+        let url = format!("{}/{}/oauth2/v2.0/token", self.base, self.domain);
+        let response = self.client.post(url).form(form).send().await.unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+
     async fn password_grant(&self, client: &str, username: &str, password: &str) -> (StatusCode, Value) {
         let response = self
             .client

@@ -22,6 +22,7 @@ async fn discovery_promises_only_what_is_served() {
     assert_eq!(document["subject_types_supported"], json!(["public"]));
     assert_eq!(document["token_endpoint_auth_methods_supported"], json!(["client_secret_post", "client_secret_basic"]));
     assert_eq!(document["response_modes_supported"], json!(["query", "fragment", "form_post"]));
+    assert!(document["end_session_endpoint"].as_str().unwrap().ends_with("/oauth2/v2.0/logout"), "{document}");
     let userinfo = document["userinfo_endpoint"].as_str().unwrap();
     let response = tenant.client.get(userinfo).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "userinfo is served, and needs a token");
@@ -136,4 +137,98 @@ async fn the_issuer_is_pinned_and_unknown_tenants_are_not_found() {
         let response = tenant.client.get(format!("{}/{path}", tenant.base)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
     }
+}
+
+/// The browser session: after one sign-in, authorize answers without a page (also to
+/// `prompt=none`) until `prompt=login`, an exceeded `max_age`, logout or an administrator's
+/// revocation; logout returns only to a registered URI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_sign_on_lasts_until_logout_or_revocation() {
+    let tenant = start().await;
+    let admin = tenant.token(&tenant.admin).await;
+    let (_, sam) = tenant.call(reqwest::Method::POST, "/v1.0/users", &admin, Some(user("sso", &tenant.domain))).await;
+    let browser = browser(&tenant);
+    let authorize = format!("{}/{}/oauth2/v2.0/authorize", tenant.base, tenant.domain);
+    let redirect = "http://localhost/callback";
+    let challenge = challenge();
+    let query = |extra: &[(&'static str, &'static str)]| {
+        let mut query: Vec<(&str, String)> = vec![
+            ("client_id", tenant.public.clone()),
+            ("response_type", "code".into()),
+            ("redirect_uri", redirect.into()),
+            ("scope", "openid".into()),
+            ("nonce", "nn".into()),
+            ("code_challenge", challenge.clone()),
+            ("code_challenge_method", "S256".into()),
+        ];
+        query.extend(extra.iter().map(|(name, value)| (*name, value.to_string())));
+        query
+    };
+    let mut form = query(&[]);
+    form.extend([("username", format!("sso@{}", tenant.domain)), ("password", "Str0ng!Pass".into())]);
+    let signed_in = browser.post(&authorize).form(&form).send().await.unwrap();
+    assert_eq!(signed_in.status(), StatusCode::FOUND);
+    let set_cookie = signed_in.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set_cookie.contains("Secure") && set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let with_session = |extra: &[(&'static str, &'static str)]| browser.get(&authorize).query(&query(extra)).header("cookie", cookie.clone()).send();
+    let code_of = |response: &reqwest::Response| {
+        let location = response.headers().get("location").map(|value| value.to_str().unwrap().to_string()).unwrap_or_default();
+        location.split("code=").nth(1).map(|rest| rest.split('&').next().unwrap().to_string())
+    };
+    // Single sign-on: a code without a page, for prompt=none too.
+    for extra in [&[][..], &[("prompt", "none")][..]] {
+        let silent = with_session(extra).await.unwrap();
+        assert_eq!(silent.status(), StatusCode::FOUND, "{extra:?}");
+        let code = code_of(&silent).expect("a code");
+        let (_, tokens) = tenant
+            .token_request(&[
+                ("grant_type", "authorization_code"),
+                ("client_id", tenant.public.as_str()),
+                ("code", code.as_str()),
+                ("redirect_uri", redirect),
+                ("code_verifier", "verifier-verifier-verifier-verifier-verifier"),
+            ])
+            .await;
+        let id_token = claims(tokens["id_token"].as_str().unwrap_or_else(|| panic!("{tokens}")));
+        assert_eq!((id_token["oid"].clone(), id_token["nonce"].as_str()), (sam["id"].clone(), Some("nn")), "{id_token}");
+        assert!(id_token["auth_time"].as_i64().is_some(), "{id_token}");
+    }
+    // prompt=login and a max_age the session is older than ask for the password again.
+    let again = with_session(&[("prompt", "login")]).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK, "the login page");
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert_eq!(with_session(&[("max_age", "0")]).await.unwrap().status(), StatusCode::OK);
+    let too_old = with_session(&[("max_age", "0"), ("prompt", "none")]).await.unwrap();
+    assert!(too_old.headers()["location"].to_str().unwrap().contains("error=login_required"));
+    // Logout: only to a registered URI, then the session is gone.
+    let logout = format!("{}/{}/oauth2/v2.0/logout", tenant.base, tenant.domain);
+    let hostile = browser
+        .get(&logout)
+        .query(&[("post_logout_redirect_uri", "http://localhost:1@evil.example/callback"), ("client_id", tenant.public.as_str())])
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hostile.status(), StatusCode::BAD_REQUEST, "never back to an unregistered URI");
+    let out = browser
+        .get(&logout)
+        .query(&[("post_logout_redirect_uri", redirect), ("client_id", tenant.public.as_str()), ("state", "bye")])
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::FOUND);
+    assert_eq!(out.headers()["location"].to_str().unwrap(), format!("{redirect}?state=bye"));
+    assert!(out.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    let after = with_session(&[("prompt", "none")]).await.unwrap();
+    assert!(after.headers()["location"].to_str().unwrap().contains("error=login_required"), "the session ended at the tenant too");
+    // An administrator's revocation ends a session as well.
+    let signed_in = browser.post(&authorize).form(&form).send().await.unwrap();
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let (status, _) =
+        tenant.call(reqwest::Method::POST, &format!("/v1.0/users/{}/revokeSignInSessions", sam["id"].as_str().unwrap()), &admin, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let revoked = browser.get(&authorize).query(&query(&[("prompt", "none")])).header("cookie", cookie).send().await.unwrap();
+    assert!(revoked.headers()["location"].to_str().unwrap().contains("error=login_required"));
 }
