@@ -1,7 +1,10 @@
 //! Client authentication at the token endpoint, on every grant (RFC 6749 §2.3): a confidential
 //! client proves itself with its secret — `client_secret_post` (form) or `client_secret_basic`
-//! (HTTP Basic, each part form-urlencoded) — on client credentials, password, authorization code
-//! and refresh grants alike; a public client (a native or single-page app, registered as such)
+//! (HTTP Basic, each part form-urlencoded) — or with a certificate, `private_key_jwt` (RFC 7523:
+//! a `client_assertion` signed RS256 or PS256 by a certificate registered for the app, named by
+//! its `x5t#S256` or `x5t` thumbprint, as MSAL sends it; audience the token endpoint, issuer and
+//! subject the client, used once) — on client credentials, password, authorization code and
+//! refresh grants alike; a public client (a native or single-page app, registered as such)
 //! has no secret, presents none, and may use only user flows. The client id is checked to be a
 //! GUID before anything is looked up.
 
@@ -29,6 +32,23 @@ pub struct Presented {
     pub id: String,
     /// The secret, if one was presented.
     pub secret: Option<Zeroizing<String>>,
+    /// A signed client assertion (`private_key_jwt`), if one was presented.
+    pub assertion: Option<Zeroizing<String>>,
+}
+
+/// The one `client_assertion_type` there is.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The client's form fields.
+pub struct ClientFields<'a> {
+    /// `client_id`.
+    pub id: Option<&'a str>,
+    /// `client_secret`.
+    pub secret: Option<&'a str>,
+    /// `client_assertion_type`.
+    pub assertion_type: Option<&'a str>,
+    /// `client_assertion`.
+    pub assertion: Option<&'a str>,
 }
 
 fn invalid_request(message: &str) -> TokenEndpointError {
@@ -63,7 +83,28 @@ fn form_decode(text: &str) -> Option<String> {
 
 /// Reads who the client says it is: the form's `client_id`/`client_secret`, or HTTP Basic —
 /// never both ways of authenticating, and a form `client_id` beside Basic must agree.
-pub fn presented(headers: &HeaderMap, form_id: Option<&str>, form_secret: Option<&str>) -> Result<Presented, TokenEndpointError> {
+pub fn presented(headers: &HeaderMap, fields: &ClientFields<'_>) -> Result<Presented, TokenEndpointError> {
+    let (form_id, form_secret) = (fields.id.filter(|id| !id.is_empty()), fields.secret);
+    if let Some(assertion) = fields.assertion.filter(|assertion| !assertion.is_empty()) {
+        if fields.assertion_type != Some(JWT_BEARER) {
+            return Err(invalid_request("client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer."));
+        }
+        if form_secret.is_some() || headers.contains_key(axum::http::header::AUTHORIZATION) {
+            return Err(invalid_request("The request uses more than one method of client authentication."));
+        }
+        // The client id, when the form leaves it out, is the assertion's subject (checked
+        // against the signed claims afterwards).
+        let claimed = unverified_claims(assertion).and_then(|claims| claims.get("sub").and_then(|sub| sub.as_str()).map(str::to_string));
+        let id = form_id.map(str::to_string).or(claimed).unwrap_or_default();
+        if !crate::limits::valid_client_id(&id) {
+            return Err(TokenEndpointError::new(
+                "unauthorized_client",
+                700016,
+                "The client_id is not a valid application identifier (a GUID).",
+            ));
+        }
+        return Ok(Presented { id, secret: None, assertion: Some(Zeroizing::new(assertion.to_string())) });
+    }
     let basic = headers.get(axum::http::header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(|value| {
         let (scheme, rest) = value.split_once(' ')?;
         scheme.eq_ignore_ascii_case("basic").then(|| rest.trim().to_string())
@@ -86,11 +127,13 @@ pub fn presented(headers: &HeaderMap, form_id: Option<&str>, form_secret: Option
             if form_id.is_some_and(|form_id| form_id != id) {
                 return Err(invalid_request("The client_id of the form and of the Authorization header differ."));
             }
-            Presented { id, secret: Some(Zeroizing::new(secret)) }
+            Presented { id, secret: Some(Zeroizing::new(secret)), assertion: None }
         }
-        None => {
-            Presented { id: form_id.unwrap_or_default().to_string(), secret: form_secret.map(|secret| Zeroizing::new(secret.to_string())) }
-        }
+        None => Presented {
+            id: form_id.unwrap_or_default().to_string(),
+            secret: form_secret.map(|secret| Zeroizing::new(secret.to_string())),
+            assertion: None,
+        },
     };
     if !crate::limits::valid_client_id(&presented.id) {
         return Err(TokenEndpointError::new(
@@ -118,7 +161,7 @@ pub async fn authenticate(state: &AppState, presented: &Presented, grant: &str) 
     };
     let client = Client { id: presented.id.clone(), roles: app.roles.clone(), public: app.public_client };
     if app.public_client {
-        if presented.secret.is_some() {
+        if presented.secret.is_some() || presented.assertion.is_some() {
             return Err(invalid_client(700025, "Client is public so neither 'client_assertion' nor 'client_secret' should be presented."));
         }
         if grant == "client_credentials" {
@@ -128,6 +171,10 @@ pub async fn authenticate(state: &AppState, presented: &Presented, grant: &str) 
                 "A public client cannot use the client credentials grant: it has no secret.",
             ));
         }
+        return Ok(client);
+    }
+    if let Some(assertion) = &presented.assertion {
+        verify_assertion(state, &client.id, assertion).await?;
         return Ok(client);
     }
     let Some(secret) = &presented.secret else {
@@ -145,6 +192,106 @@ pub async fn authenticate(state: &AppState, presented: &Presented, grant: &str) 
     Ok(client)
 }
 
+/// A JWT's claims, not verified (to find whose it is).
+fn unverified_claims(token: &str) -> Option<serde_json::Value> {
+    let body = token.split('.').nth(1)?;
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(body).ok()?).ok()
+}
+
+fn bad_assertion(code: u32, why: &str) -> TokenEndpointError {
+    invalid_client(code, &format!("The client assertion is not valid: {why}."))
+}
+
+/// Checks a `private_key_jwt` client assertion of `client_id`: the certificate its header names
+/// is registered for the app and signed it (RS256 or PS256), it is for this tenant's token
+/// endpoint, from and about the client, current, and not seen before.
+async fn verify_assertion(state: &AppState, client_id: &str, assertion: &str) -> Result<(), TokenEndpointError> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+    let mut parts = assertion.split('.');
+    let (Some(header), Some(body), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(bad_assertion(700027, "it is not a signed JWT"));
+    };
+    let header: serde_json::Value = B64URL
+        .decode(header)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or_else(|| bad_assertion(700027, "its header is not JSON"))?;
+    let algorithm: &dyn rustls::pki_types::SignatureVerificationAlgorithm = match header.get("alg").and_then(|alg| alg.as_str()) {
+        Some("RS256") => webpki::ring::RSA_PKCS1_2048_8192_SHA256,
+        Some("PS256") => webpki::ring::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+        other => return Err(bad_assertion(700027, &format!("the algorithm {other:?} is not RS256 or PS256"))),
+    };
+    let thumbprint = header
+        .get("x5t#S256")
+        .or_else(|| header.get("x5t"))
+        .and_then(|value| value.as_str())
+        // MSAL pads the thumbprint's base64url; RFC 7515 does not: either is taken.
+        .and_then(|value| B64URL.decode(value.trim_end_matches('=')).ok())
+        .map(|bytes| bytes.iter().map(|byte| format!("{byte:02x}")).collect::<String>())
+        .ok_or_else(|| bad_assertion(700027, "its header names no certificate (x5t#S256 or x5t)"))?;
+    let (lookup, print) = (client_id.to_string(), thumbprint.clone());
+    let stored = state.db.read(move |sql| crate::db::app_certificate(sql, &lookup, &print)).await.map_err(|err| {
+        tracing::error!("{err}");
+        TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
+    })?;
+    let der = stored
+        .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
+        .ok_or_else(|| bad_assertion(700027, &format!("no certificate with thumbprint {thumbprint} is registered for the application")))?;
+    let signature = B64URL.decode(signature).map_err(|_| bad_assertion(700027, "its signature is not base64url"))?;
+    let der = rustls::pki_types::CertificateDer::from(der);
+    let certificate =
+        webpki::EndEntityCert::try_from(&der).map_err(|_| bad_assertion(700027, "the registered certificate cannot be read"))?;
+    let signed = format!("{}.{body}", assertion.split('.').next().unwrap_or_default());
+    certificate
+        .verify_signature(algorithm, signed.as_bytes(), &signature)
+        .map_err(|_| bad_assertion(700027, "its signature does not verify with the registered certificate"))?;
+    let claims: serde_json::Value = B64URL
+        .decode(body)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or_else(|| bad_assertion(700027, "its claims are not JSON"))?;
+    let text = |name: &str| claims.get(name).and_then(|value| value.as_str());
+    if text("iss") != Some(client_id) || text("sub") != Some(client_id) {
+        return Err(bad_assertion(700021, "iss and sub must both be the client id"));
+    }
+    let audiences: Vec<String> = {
+        let authority = state.authority();
+        let mut names = vec![state.identity.tenant_id.clone()];
+        names.extend(state.domains());
+        let mut audiences: Vec<String> = names.iter().map(|name| format!("{authority}/{name}/oauth2/v2.0/token")).collect();
+        audiences.push(crate::oauth::issuer_for(state));
+        audiences
+    };
+    let aud_ok = match claims.get("aud") {
+        Some(serde_json::Value::String(aud)) => audiences.iter().any(|known| known.eq_ignore_ascii_case(aud)),
+        Some(serde_json::Value::Array(list)) => {
+            list.iter().filter_map(|aud| aud.as_str()).any(|aud| audiences.iter().any(|known| known.eq_ignore_ascii_case(aud)))
+        }
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(bad_assertion(700022, "its audience is not this tenant's token endpoint"));
+    }
+    let now = crate::unix_now();
+    // NumericDate may have a fraction (MSAL sends one).
+    let seconds = |name: &str| claims.get(name).and_then(|value| value.as_i64().or_else(|| value.as_f64().map(|value| value as i64)));
+    let exp = seconds("exp").ok_or_else(|| bad_assertion(700024, "it has no exp"))?;
+    let nbf = seconds("nbf").unwrap_or(0);
+    if now > exp + 300 || now + 300 < nbf || exp - now > 86_400 {
+        return Err(bad_assertion(700024, "it is not within its valid time range (at most a day)"));
+    }
+    let jti = text("jti").filter(|jti| !jti.is_empty()).ok_or_else(|| bad_assertion(700027, "it has no jti"))?;
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::crypto::secret_hash(&format!("{client_id} {jti}")));
+    let first = state.db.call(move |sql| crate::db::first_use_of_assertion(sql, &key, exp + 300, now)).await.map_err(|err| {
+        tracing::error!("{err}");
+        TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
+    })?;
+    if !first {
+        return Err(bad_assertion(700027, "it was used before (a replay)"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,14 +307,20 @@ mod tests {
 
     #[test]
     fn basic_and_post_are_read_and_never_both() {
-        let from_basic = presented(&basic(&format!("{ID}:s%3Ac+r%25t")), None, None).unwrap();
+        let form =
+            |id: Option<&'static str>, secret: Option<&'static str>| ClientFields { id, secret, assertion_type: None, assertion: None };
+        let from_basic = presented(&basic(&format!("{ID}:s%3Ac+r%25t")), &form(None, None)).unwrap();
         assert_eq!((from_basic.id.as_str(), from_basic.secret.as_deref().map(String::as_str)), (ID, Some("s:c r%t")));
-        let from_form = presented(&HeaderMap::new(), Some(ID), Some("x")).unwrap();
+        let from_form = presented(&HeaderMap::new(), &form(Some(ID), Some("x"))).unwrap();
         assert_eq!(from_form.secret.as_deref().map(String::as_str), Some("x"));
-        assert!(presented(&basic(&format!("{ID}:x")), None, Some("y")).is_err(), "both methods");
-        assert!(presented(&basic(&format!("{ID}:x")), Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f1"), None).is_err(), "ids differ");
-        assert!(presented(&basic("no-colon"), None, None).is_err());
-        assert!(presented(&basic("short:x"), None, None).is_err(), "not a GUID");
-        assert!(presented(&HeaderMap::new(), None, None).is_err(), "no client at all");
+        assert!(presented(&basic(&format!("{ID}:x")), &form(None, Some("y"))).is_err(), "both methods");
+        assert!(presented(&basic(&format!("{ID}:x")), &form(Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f1"), None)).is_err(), "ids differ");
+        assert!(presented(&basic("no-colon"), &form(None, None)).is_err());
+        assert!(presented(&basic("short:x"), &form(None, None)).is_err(), "not a GUID");
+        assert!(presented(&HeaderMap::new(), &form(None, None)).is_err(), "no client at all");
+        let with_assertion = ClientFields { id: Some(ID), secret: Some("x"), assertion_type: Some(JWT_BEARER), assertion: Some("a.b.c") };
+        assert!(presented(&HeaderMap::new(), &with_assertion).is_err(), "a secret beside an assertion");
+        let wrong_type = ClientFields { id: Some(ID), secret: None, assertion_type: Some("saml"), assertion: Some("a.b.c") };
+        assert!(presented(&HeaderMap::new(), &wrong_type).is_err());
     }
 }

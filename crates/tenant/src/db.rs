@@ -193,6 +193,8 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (id TEXT PRIMARY KEY, family TEXT NOT 
 CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens (family);
 CREATE INDEX IF NOT EXISTS refresh_tokens_user ON refresh_tokens (user_id);
 CREATE TABLE IF NOT EXISTS browser_sessions (id_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL, auth_time BIGINT NOT NULL, expires BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS app_certificates (client_id TEXT NOT NULL, sha256 TEXT NOT NULL, sha1 TEXT NOT NULL, der TEXT NOT NULL, PRIMARY KEY (client_id, sha256));
+CREATE TABLE IF NOT EXISTS assertion_ids (id_hash TEXT PRIMARY KEY, expires BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS browser_sessions_user ON browser_sessions (user_id);
 CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT NOT NULL, PRIMARY KEY (role_id, member_id));
 CREATE INDEX IF NOT EXISTS role_members_member ON role_members(member_id);
@@ -260,6 +262,8 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (id TEXT PRIMARY KEY, family TEXT NOT 
 CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens (family);
 CREATE INDEX IF NOT EXISTS refresh_tokens_user ON refresh_tokens (user_id);
 CREATE TABLE IF NOT EXISTS browser_sessions (id_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL, auth_time BIGINT NOT NULL, expires BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS app_certificates (client_id TEXT NOT NULL, sha256 TEXT NOT NULL, sha1 TEXT NOT NULL, der TEXT NOT NULL, PRIMARY KEY (client_id, sha256));
+CREATE TABLE IF NOT EXISTS assertion_ids (id_hash TEXT PRIMARY KEY, expires BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS browser_sessions_user ON browser_sessions (user_id);
 CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT NOT NULL, PRIMARY KEY (role_id, member_id));
 CREATE INDEX IF NOT EXISTS role_members_member ON role_members (member_id);
@@ -1369,6 +1373,34 @@ pub fn redeem_refresh(sql: &mut dyn Sql, id: &str, now: i64) -> Result<Redeemed,
 pub fn revoke_user_refresh(sql: &mut dyn Sql, user_id: &str) -> Result<u64, DbError> {
     sql.execute("DELETE FROM browser_sessions WHERE user_id = ?1", &[user_id.into()])?;
     sql.execute("UPDATE refresh_tokens SET revoked = 1 WHERE user_id = ?1 AND revoked = 0", &[user_id.into()])
+}
+
+/// Adds a certificate (DER, base64 in the table) an app proves itself with; thumbprints in hex.
+pub fn insert_app_certificate(sql: &mut dyn Sql, client_id: &str, sha256: &str, sha1: &str, der_base64: &str) -> Result<(), DbError> {
+    sql.execute(
+        "INSERT INTO app_certificates (client_id, sha256, sha1, der) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+        &[client_id.into(), sha256.into(), sha1.into(), der_base64.into()],
+    )?;
+    Ok(())
+}
+
+/// An app's certificate (base64 DER) by its SHA-256 or SHA-1 thumbprint (hex, lower case).
+pub fn app_certificate(sql: &mut dyn Sql, client_id: &str, thumbprint: &str) -> Result<Option<String>, DbError> {
+    sql.query_opt(
+        "SELECT der FROM app_certificates WHERE client_id = ?1 AND (sha256 = ?2 OR sha1 = ?2)",
+        &[client_id.into(), thumbprint.into()],
+    )?
+    .map(|row| row.text(0))
+    .transpose()
+}
+
+/// Records a client assertion's `jti` until it expires; false when it was seen before (a replay).
+pub fn first_use_of_assertion(sql: &mut dyn Sql, id_hash: &str, expires: i64, now: i64) -> Result<bool, DbError> {
+    sql.execute("DELETE FROM assertion_ids WHERE expires <= ?1", &[now.into()])?;
+    Ok(sql.execute(
+        "INSERT INTO assertion_ids (id_hash, expires) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        &[id_hash.into(), expires.into()],
+    )? == 1)
 }
 
 /// Keeps a browser session (by its id's hash) until `expires`; drops expired ones.

@@ -60,7 +60,8 @@ pub async fn openid_configuration(State(state): State<AppState>, Path(tenant): P
         "response_modes_supported": ["query", "fragment", "form_post"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["ES256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "PS256"],
         "grant_types_supported": ["client_credentials", "password", "refresh_token", "authorization_code"],
         "code_challenge_methods_supported": ["S256"],
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
@@ -117,6 +118,8 @@ pub struct TokenForm {
     grant_type: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
+    client_assertion_type: Option<String>,
+    client_assertion: Option<String>,
     scope: Option<String>,
     username: Option<String>,
     password: Option<String>,
@@ -129,9 +132,16 @@ pub struct TokenForm {
 impl Drop for TokenForm {
     fn drop(&mut self) {
         use zeroize::Zeroize as _;
-        for secret in [&mut self.password, &mut self.client_secret, &mut self.refresh_token, &mut self.code, &mut self.code_verifier]
-            .into_iter()
-            .flatten()
+        for secret in [
+            &mut self.password,
+            &mut self.client_secret,
+            &mut self.client_assertion,
+            &mut self.refresh_token,
+            &mut self.code,
+            &mut self.code_verifier,
+        ]
+        .into_iter()
+        .flatten()
         {
             secret.zeroize();
         }
@@ -215,7 +225,13 @@ async fn issue(state: &AppState, headers: &HeaderMap, tenant: &str, form: TokenF
         ));
     }
     // Every grant authenticates its client first: a confidential client by its secret.
-    let presented = crate::client_auth::presented(headers, form.client_id.as_deref(), form.client_secret.as_deref())?;
+    let fields = crate::client_auth::ClientFields {
+        id: form.client_id.as_deref(),
+        secret: form.client_secret.as_deref(),
+        assertion_type: form.client_assertion_type.as_deref(),
+        assertion: form.client_assertion.as_deref(),
+    };
+    let presented = crate::client_auth::presented(headers, &fields)?;
     let client = match crate::client_auth::authenticate(state, &presented, grant).await {
         Ok(client) => client,
         Err(err) => {

@@ -268,3 +268,121 @@ async fn openid_client_completes_the_code_flow_unmodified() {
     assert_eq!(result["wrong_secret"], "invalid_client", "{result}");
     assert_eq!(result["logout"], format!("{}?state=bye", fx.redirect), "RP-initiated logout with the ID token as the hint: {result}");
 }
+
+/// Entra's own confidential-client method: MSAL's certificate credential (`private_key_jwt`),
+/// PS256 with `x5t#S256` and RS256 with an SHA-1 `x5t`; a replayed assertion and an
+/// unregistered certificate are refused.
+const MSAL_CERTIFICATE: &str = r#"
+import json, sys, time, uuid
+import msal, requests
+from msal.oauth2cli.assertion import JwtAssertionCreator
+base, domain, client_id, key_file, cert_file, other_key_file, other_cert_file, sha1, ca = sys.argv[1:10]
+session = requests.Session()
+session.verify = ca
+session.trust_env = False
+key, cert = open(key_file).read(), open(cert_file).read()
+scope = ["https://graph.microsoft.com/.default"]
+out = {}
+def token(credential):
+    app = msal.ConfidentialClientApplication(client_id, client_credential=credential, authority=f"{base}/{domain}",
+                                             instance_discovery=False, http_client=session)
+    answer = app.acquire_token_for_client(scope)
+    out.setdefault("why", []).append(answer.get("error_description"))
+    return "ok" if "access_token" in answer else answer.get("error")
+out["ps256"] = token({"private_key": key, "public_certificate": cert})
+out["rs256"] = token({"private_key": key, "thumbprint": sha1})
+out["unregistered"] = token({"private_key": open(other_key_file).read(), "public_certificate": open(other_cert_file).read()})
+endpoint = f"{base}/{domain}/oauth2/v2.0/token"
+assertion = JwtAssertionCreator(key, algorithm="RS256", sha1_thumbprint=sha1).create_normal_assertion(audience=endpoint, issuer=client_id)
+assertion = assertion.decode() if isinstance(assertion, bytes) else assertion
+form = {"grant_type": "client_credentials", "client_id": client_id, "scope": scope[0],
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer", "client_assertion": assertion}
+out["first"] = session.post(endpoint, data=form).status_code
+out["replay"] = session.post(endpoint, data=form).json().get("error")
+# The known attacks on client assertions, each made with PyJWT as an attacker would.
+import jwt, base64, binascii
+x5t = base64.urlsafe_b64encode(binascii.a2b_hex(sha1)).decode().rstrip("=")
+def claims(**changes):
+    now = int(time.time())
+    base = {"aud": endpoint, "iss": client_id, "sub": client_id, "jti": str(uuid.uuid4()), "nbf": now, "exp": now + 600}
+    base.update(changes)
+    return {name: value for name, value in base.items() if value is not None}
+attacks = {
+    "alg_none": jwt.encode(claims(), None, algorithm="none", headers={"x5t": x5t}),
+    # (PyJWT refuses to HMAC with a PEM key, so the token is put together by hand.)
+    "hs256_with_the_certificate": ".".join([
+        base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "x5t": x5t}).encode()).decode().rstrip("="),
+        base64.urlsafe_b64encode(json.dumps(claims()).encode()).decode().rstrip("="),
+        base64.urlsafe_b64encode(__import__("hmac").new(cert.encode(), b"x", "sha256").digest()).decode().rstrip("=")]),
+    "other_audience": jwt.encode(claims(aud="https://evil.example/token"), key, algorithm="RS256", headers={"x5t": x5t}),
+    "expired": jwt.encode(claims(exp=int(time.time()) - 3600, nbf=int(time.time()) - 4000), key, algorithm="RS256", headers={"x5t": x5t}),
+    "a_year_long": jwt.encode(claims(exp=int(time.time()) + 366 * 86400), key, algorithm="RS256", headers={"x5t": x5t}),
+    "subject_not_the_client": jwt.encode(claims(sub="00000000-0000-4000-8000-000000000001"), key, algorithm="RS256", headers={"x5t": x5t}),
+    "no_jti": jwt.encode(claims(jti=None), key, algorithm="RS256", headers={"x5t": x5t}),
+    "signed_by_a_stranger": jwt.encode(claims(), open(other_key_file).read(), algorithm="RS256", headers={"x5t": x5t}),
+}
+out["attacks"] = {name: session.post(endpoint, data=dict(form, client_assertion=value)).json().get("error") for name, value in attacks.items()}
+print(json.dumps(out))
+"#;
+
+fn openssl_certificate(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    use base64::Engine as _;
+    let (key, cert) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.pem")));
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &format!("/CN={name}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let body: String = pem.lines().filter(|line| !line.starts_with("-----")).collect();
+    (key, cert, base64::engine::general_purpose::STANDARD.decode(body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msal_certificate_credentials_are_private_key_jwt() {
+    let Some(python) = testkit::available(testkit::python_clients()) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = TenantConfig::new(dir.path().join("state"), vec!["127.0.0.1:0".parse().unwrap()]);
+    config.password_iterations = 1_000;
+    let (tenant, _) = Tenant::open(config).await.unwrap();
+    let app = tenant.register_app("daemon with a certificate", &["Directory.Read.All"]).await.unwrap();
+    let (key, cert, der) = openssl_certificate(dir.path(), "daemon");
+    let (other_key, other_cert, _) = openssl_certificate(dir.path(), "stranger");
+    tenant.add_app_certificate(&app.client_id, &der).await.unwrap();
+    let sha1: String =
+        ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &der).as_ref().iter().map(|byte| format!("{byte:02X}")).collect();
+    let (domain, ca) = (tenant.initial_domain().to_string(), tenant.ca_pem.clone());
+    let running = tenant.spawn().await.unwrap();
+    let script = dir.path().join("cert.py");
+    std::fs::write(&script, MSAL_CERTIFICATE).unwrap();
+    let paths = [&key, &cert, &other_key, &other_cert].map(|path| path.to_str().unwrap().to_string());
+    let args: Vec<String> = [
+        script.to_str().unwrap(),
+        &running.base,
+        &domain,
+        &app.client_id,
+        &paths[0],
+        &paths[1],
+        &paths[2],
+        &paths[3],
+        &sha1,
+        ca.to_str().unwrap(),
+    ]
+    .map(str::to_string)
+    .to_vec();
+    let output = tokio::task::spawn_blocking(move || Command::new(python).args(args).output()).await.unwrap().unwrap();
+    let result = last_json_line(&output, "msal certificate");
+    assert_eq!((result["ps256"].as_str(), result["rs256"].as_str()), (Some("ok"), Some("ok")), "{result}");
+    assert_eq!(result["unregistered"], "invalid_client", "{result}");
+    assert_eq!((result["first"].as_i64(), result["replay"].as_str()), (Some(200), Some("invalid_client")), "{result}");
+    let attacks = result["attacks"].as_object().unwrap();
+    assert_eq!(attacks.len(), 8);
+    for (attack, error) in attacks {
+        assert_eq!(error, "invalid_client", "{attack}: {result}");
+    }
+    drop(running.stop);
+}

@@ -20,7 +20,7 @@ async fn discovery_promises_only_what_is_served() {
     let document: Value = tenant.client.get(&url).send().await.unwrap().json().await.unwrap();
     assert_eq!(document["response_types_supported"], json!(["code"]));
     assert_eq!(document["subject_types_supported"], json!(["public"]));
-    assert_eq!(document["token_endpoint_auth_methods_supported"], json!(["client_secret_post", "client_secret_basic"]));
+    assert_eq!(document["token_endpoint_auth_methods_supported"], json!(["client_secret_post", "client_secret_basic", "private_key_jwt"]));
     assert_eq!(document["response_modes_supported"], json!(["query", "fragment", "form_post"]));
     assert!(document["end_session_endpoint"].as_str().unwrap().ends_with("/oauth2/v2.0/logout"), "{document}");
     let userinfo = document["userinfo_endpoint"].as_str().unwrap();
