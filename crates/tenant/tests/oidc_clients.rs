@@ -1,5 +1,6 @@
 //! Relying-party libraries nobody here wrote, unmodified, against the tenant: Python `authlib`
-//! and `oic` (pyoidc), Node `openid-client` (OpenID-certified). Each discovers the tenant,
+//! and `oic` (pyoidc), Node `openid-client` (OpenID-certified). Each discovers the tenant (authlib
+//! also through `/organizations` and its `{tenantid}` issuer template),
 //! builds the authorization URL (code + PKCE S256, nonce, state), lets a scripted browser sign in
 //! on the login page, redeems the code with its client authentication (`client_secret_basic` or
 //! `client_secret_post`), validates the ID token its own way (signature from the JWKS, issuer,
@@ -77,6 +78,19 @@ try:
     out["authlib_wrong_secret"] = "accepted"
 except Exception as err:
     out["authlib_wrong_secret"] = getattr(err, "error", str(err))
+
+# Multi-tenant discovery (/organizations), as Microsoft documents it: the issuer is the template
+# {tenantid}, filled in with the ID token's tid before authlib validates it.
+multi = browser.get(issuer.rsplit("/", 2)[0] + "/organizations/v2.0/.well-known/openid-configuration").json()
+verifier, nonce = generate_token(48), generate_token(20)
+url, _ = session.create_authorization_url(multi["authorization_endpoint"], nonce=nonce, code_verifier=verifier)
+token = session.fetch_token(multi["token_endpoint"], authorization_response=sign_in(url), code_verifier=verifier)
+unverified = jwt.decode(token["id_token"], keys)
+expected = multi["issuer"].replace("{tenantid}", unverified["tid"])
+claims = jwt.decode(token["id_token"], keys, claims_cls=CodeIDToken, claims_options={"iss": {"essential": True, "values": [expected]}},
+                    claims_params={"nonce": nonce, "client_id": client_id})
+claims.validate(leeway=120)
+out["authlib_multi_tenant_issuer"] = multi["issuer"].endswith("/{tenantid}/v2.0") and expected == meta["issuer"]
 
 # oic (pyoidc)
 from oic.oic import Client
@@ -239,7 +253,8 @@ async fn authlib_and_pyoidc_complete_the_code_flow_unmodified() {
     assert_eq!(result["oic_user"], fx.upn.as_str(), "{result}");
     assert_eq!(result["oic_nonce"], true, "{result}");
     assert_eq!(result["oic_userinfo_sub"], true, "{result}");
-    assert_eq!(result["single_sign_on"], 2, "the later sign-ins of the same browser: {result}");
+    assert_eq!(result["single_sign_on"], 3, "the later sign-ins of the same browser: {result}");
+    assert_eq!(result["authlib_multi_tenant_issuer"], true, "{result}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
