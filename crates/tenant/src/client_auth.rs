@@ -183,13 +183,27 @@ pub async fn authenticate(state: &AppState, presented: &Presented, grant: &str) 
             "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
         ));
     };
-    if !crate::crypto::same(&crate::crypto::secret_hash(secret), &app.secret_hash) {
-        return Err(invalid_client(
-            7000215,
-            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
-        ));
+    let presented_hash = crate::crypto::secret_hash(secret);
+    if crate::crypto::same(&presented_hash, &app.secret_hash) {
+        return Ok(client);
     }
-    Ok(client)
+    // Secrets added through Graph's addPassword, each with its expiry.
+    let lookup = client.id.clone();
+    let passwords = state.db.read(move |conn| crate::db::app_passwords(conn, &lookup)).await.map_err(|err| {
+        tracing::error!("{err}");
+        TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
+    })?;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&presented_hash);
+    if let Some((_, expires)) = passwords.iter().find(|(hash, _)| crate::crypto::same(hash.as_bytes(), encoded.as_bytes())) {
+        if *expires <= crate::unix_now() {
+            return Err(invalid_client(7000222, "The provided client secret keys are expired."));
+        }
+        return Ok(client);
+    }
+    Err(invalid_client(
+        7000215,
+        "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
+    ))
 }
 
 /// A JWT's claims, not verified (to find whose it is).

@@ -195,6 +195,9 @@ CREATE INDEX IF NOT EXISTS refresh_tokens_user ON refresh_tokens (user_id);
 CREATE TABLE IF NOT EXISTS browser_sessions (id_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL, auth_time BIGINT NOT NULL, expires BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS app_certificates (client_id TEXT NOT NULL, sha256 TEXT NOT NULL, sha1 TEXT NOT NULL, der TEXT NOT NULL, PRIMARY KEY (client_id, sha256));
 CREATE TABLE IF NOT EXISTS assertion_ids (id_hash TEXT PRIMARY KEY, expires BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS applications (object_id TEXT PRIMARY KEY, client_id TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS app_passwords (client_id TEXT NOT NULL, key_id TEXT NOT NULL, hash TEXT NOT NULL, expires BIGINT NOT NULL,
+    PRIMARY KEY (client_id, key_id));
 CREATE INDEX IF NOT EXISTS browser_sessions_user ON browser_sessions (user_id);
 CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT NOT NULL, PRIMARY KEY (role_id, member_id));
 CREATE INDEX IF NOT EXISTS role_members_member ON role_members(member_id);
@@ -264,6 +267,9 @@ CREATE INDEX IF NOT EXISTS refresh_tokens_user ON refresh_tokens (user_id);
 CREATE TABLE IF NOT EXISTS browser_sessions (id_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL, auth_time BIGINT NOT NULL, expires BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS app_certificates (client_id TEXT NOT NULL, sha256 TEXT NOT NULL, sha1 TEXT NOT NULL, der TEXT NOT NULL, PRIMARY KEY (client_id, sha256));
 CREATE TABLE IF NOT EXISTS assertion_ids (id_hash TEXT PRIMARY KEY, expires BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS applications (object_id TEXT PRIMARY KEY, client_id TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS app_passwords (client_id TEXT NOT NULL, key_id TEXT NOT NULL, hash TEXT NOT NULL, expires BIGINT NOT NULL,
+    PRIMARY KEY (client_id, key_id));
 CREATE INDEX IF NOT EXISTS browser_sessions_user ON browser_sessions (user_id);
 CREATE TABLE IF NOT EXISTS role_members (role_id TEXT NOT NULL, member_id TEXT NOT NULL, PRIMARY KEY (role_id, member_id));
 CREATE INDEX IF NOT EXISTS role_members_member ON role_members (member_id);
@@ -1373,6 +1379,85 @@ pub fn redeem_refresh(sql: &mut dyn Sql, id: &str, now: i64) -> Result<Redeemed,
 pub fn revoke_user_refresh(sql: &mut dyn Sql, user_id: &str) -> Result<u64, DbError> {
     sql.execute("DELETE FROM browser_sessions WHERE user_id = ?1", &[user_id.into()])?;
     sql.execute("UPDATE refresh_tokens SET revoked = 1 WHERE user_id = ?1 AND revoked = 0", &[user_id.into()])
+}
+
+/// An application object (Graph's `/applications`): its object id, client id and document.
+pub fn insert_application(sql: &mut dyn Sql, object_id: &str, client_id: &str, data: &str) -> Result<(), DbError> {
+    sql.execute(
+        "INSERT INTO applications (object_id, client_id, data) VALUES (?1, ?2, ?3)",
+        &[object_id.into(), client_id.into(), data.into()],
+    )?;
+    Ok(())
+}
+
+/// Replaces an application object's document.
+pub fn update_application(sql: &mut dyn Sql, object_id: &str, data: &str) -> Result<(), DbError> {
+    sql.execute("UPDATE applications SET data = ?2 WHERE object_id = ?1", &[object_id.into(), data.into()])?;
+    Ok(())
+}
+
+/// An application by object id or client id: (object id, client id, document).
+pub fn application(sql: &mut dyn Sql, key: &str) -> Result<Option<(String, String, String)>, DbError> {
+    sql.query_opt("SELECT object_id, client_id, data FROM applications WHERE object_id = ?1 OR client_id = ?1", &[key.into()])?
+        .map(|row| Ok((row.text(0)?, row.text(1)?, row.text(2)?)))
+        .transpose()
+}
+
+/// Every application object, by object id.
+pub fn applications(sql: &mut dyn Sql) -> Result<Vec<(String, String, String)>, DbError> {
+    sql.query("SELECT object_id, client_id, data FROM applications ORDER BY object_id", &[])?
+        .iter()
+        .map(|row| Ok((row.text(0)?, row.text(1)?, row.text(2)?)))
+        .collect()
+}
+
+/// Deletes an app with everything it holds (object, registration, secrets, certificates,
+/// redirect URIs, refresh tokens). False when there was no such app.
+pub fn delete_app(sql: &mut dyn Sql, client_id: &str) -> Result<bool, DbError> {
+    for table in ["applications", "app_passwords", "app_certificates", "app_redirects", "refresh_tokens"] {
+        sql.execute(&format!("DELETE FROM {table} WHERE client_id = ?1"), &[client_id.into()])?;
+    }
+    Ok(sql.execute("DELETE FROM apps WHERE client_id = ?1", &[client_id.into()])? > 0)
+}
+
+/// Replaces an app's redirect URIs.
+pub fn set_app_redirects(sql: &mut dyn Sql, client_id: &str, uris: &[String]) -> Result<(), DbError> {
+    sql.execute("DELETE FROM app_redirects WHERE client_id = ?1", &[client_id.into()])?;
+    for uri in uris {
+        insert_app_redirect(sql, client_id, uri)?;
+    }
+    Ok(())
+}
+
+/// Replaces an app's certificates: (SHA-256 hex, SHA-1 hex, base64 DER) each.
+pub fn set_app_certificates(sql: &mut dyn Sql, client_id: &str, certificates: &[(String, String, String)]) -> Result<(), DbError> {
+    sql.execute("DELETE FROM app_certificates WHERE client_id = ?1", &[client_id.into()])?;
+    for (sha256, sha1, der) in certificates {
+        insert_app_certificate(sql, client_id, sha256, sha1, der)?;
+    }
+    Ok(())
+}
+
+/// Adds a client secret (its SHA-256, base64) valid until `expires`.
+pub fn insert_app_password(sql: &mut dyn Sql, client_id: &str, key_id: &str, hash: &str, expires: i64) -> Result<(), DbError> {
+    sql.execute(
+        "INSERT INTO app_passwords (client_id, key_id, hash, expires) VALUES (?1, ?2, ?3, ?4)",
+        &[client_id.into(), key_id.into(), hash.into(), expires.into()],
+    )?;
+    Ok(())
+}
+
+/// Removes a client secret; false when the app has no such key.
+pub fn delete_app_password(sql: &mut dyn Sql, client_id: &str, key_id: &str) -> Result<bool, DbError> {
+    Ok(sql.execute("DELETE FROM app_passwords WHERE client_id = ?1 AND key_id = ?2", &[client_id.into(), key_id.into()])? > 0)
+}
+
+/// An app's client secrets: (SHA-256 base64, expiry).
+pub fn app_passwords(sql: &mut dyn Sql, client_id: &str) -> Result<Vec<(String, i64)>, DbError> {
+    sql.query("SELECT hash, expires FROM app_passwords WHERE client_id = ?1", &[client_id.into()])?
+        .iter()
+        .map(|row| Ok((row.text(0)?, row.int(1)?)))
+        .collect()
 }
 
 /// Adds a certificate (DER, base64 in the table) an app proves itself with; thumbprints in hex.

@@ -9,6 +9,7 @@
 //!
 //! Knows no sync engine and no on-premises directory.
 
+mod applications;
 mod audit;
 mod authorize;
 mod batch;
@@ -579,6 +580,7 @@ impl Tenant {
                 let made_app = db::app_count(sql)? == 0;
                 if made_app {
                     db::insert_app(sql, &client_id, "Isthmus admin", &hash, &["Directory.ReadWrite.All".to_string()])?;
+                    applications::object_for(sql, &client_id, "Isthmus admin", false)?;
                 }
                 Ok((identity, key, made_app))
             })
@@ -679,7 +681,13 @@ impl Tenant {
         let app = BootstrapApp { client_id: crypto::new_guid(), client_secret: crypto::new_secret() };
         let (client_id, hash, name) = (app.client_id.clone(), crypto::secret_hash(&app.client_secret), name.to_string());
         let roles: Vec<String> = roles.iter().map(|role| role.to_string()).collect();
-        self.app.db.call(move |conn| db::insert_app(conn, &client_id, &name, &hash, &roles)).await?;
+        self.app
+            .db
+            .call(move |conn| {
+                db::insert_app(conn, &client_id, &name, &hash, &roles)?;
+                applications::object_for(conn, &client_id, &name, false)
+            })
+            .await?;
         Ok(app)
     }
 
@@ -729,7 +737,13 @@ impl Tenant {
     pub async fn register_public_app(&self, name: &str) -> Result<String, TenantError> {
         let (client_id, name) = (crypto::new_guid(), name.to_string());
         let id = client_id.clone();
-        self.app.db.call(move |conn| db::insert_public_app(conn, &id, &name)).await?;
+        self.app
+            .db
+            .call(move |conn| {
+                db::insert_public_app(conn, &id, &name)?;
+                applications::object_for(conn, &id, &name, true)
+            })
+            .await?;
         Ok(client_id)
     }
 
@@ -879,6 +893,36 @@ impl Tenant {
             .route(
                 "/v1.0/domains/{name}/verify",
                 post(|State(state): State<AppState>, access: Access, Path(name): Path<String>| domains::verify(state, access, name)),
+            )
+            .route(
+                "/v1.0/applications",
+                get(|State(state): State<AppState>, access: Access, headers: HeaderMap| applications::list(state, access, headers)).post(
+                    |State(state): State<AppState>, access: Access, headers: HeaderMap, body: graph::Body| {
+                        applications::create(state, access, headers, body)
+                    },
+                ),
+            )
+            .route(
+                "/v1.0/applications/{key}",
+                get(|State(state): State<AppState>, access: Access, Path(key): Path<String>| applications::get(state, access, key))
+                    .patch(|State(state): State<AppState>, access: Access, Path(key): Path<String>, body: graph::Body| {
+                        applications::update(state, access, key, body)
+                    })
+                    .delete(|State(state): State<AppState>, access: Access, Path(key): Path<String>| {
+                        applications::delete(state, access, key)
+                    }),
+            )
+            .route(
+                "/v1.0/applications/{key}/addPassword",
+                post(|State(state): State<AppState>, access: Access, Path(key): Path<String>, body: graph::Body| {
+                    applications::add_password(state, access, key, body)
+                }),
+            )
+            .route(
+                "/v1.0/applications/{key}/removePassword",
+                post(|State(state): State<AppState>, access: Access, Path(key): Path<String>, body: graph::Body| {
+                    applications::remove_password(state, access, key, body)
+                }),
             )
             .route(
                 "/v1.0/users/{key}/revokeSignInSessions",

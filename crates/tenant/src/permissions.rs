@@ -39,6 +39,10 @@ pub enum Area {
     DomainsWrite,
     /// Read the organization.
     OrganizationRead,
+    /// Read app registrations.
+    ApplicationsRead,
+    /// Create, change, delete app registrations and their credentials.
+    ApplicationsWrite,
     /// Read directory roles and their holders.
     RolesRead,
     /// Assign and remove directory roles.
@@ -75,6 +79,8 @@ pub const PERMISSIONS: &[(Area, &[&str])] = &[
     (Area::DomainsRead, &["Domain.Read.All", "Domain.ReadWrite.All", READ_ALL, WRITE_ALL, SYNC_ROLE]),
     (Area::DomainsWrite, &["Domain.ReadWrite.All", WRITE_ALL]),
     (Area::OrganizationRead, &["Organization.Read.All", "Organization.ReadWrite.All", READ_ALL, WRITE_ALL]),
+    (Area::ApplicationsRead, &["Application.Read.All", "Application.ReadWrite.All", READ_ALL, WRITE_ALL]),
+    (Area::ApplicationsWrite, &["Application.ReadWrite.All", WRITE_ALL]),
     (Area::RolesRead, &["RoleManagement.Read.Directory", "RoleManagement.ReadWrite.Directory", READ_ALL, WRITE_ALL]),
     (Area::RolesWrite, &["RoleManagement.ReadWrite.Directory", WRITE_ALL]),
     (Area::SyncSettingsRead, &["OnPremDirectorySynchronization.Read.All", READ_ALL, WRITE_ALL, SYNC_ROLE]),
@@ -132,6 +138,13 @@ pub const ROUTES: &[(&str, &str, Area)] = &[
     ("GET", "/v1.0/domains/{id}/verificationDnsRecords", Area::DomainsRead),
     ("POST", "/v1.0/domains/{id}/verify", Area::DomainsWrite),
     ("GET", "/v1.0/organization", Area::OrganizationRead),
+    ("GET", "/v1.0/applications", Area::ApplicationsRead),
+    ("POST", "/v1.0/applications", Area::ApplicationsWrite),
+    ("GET", "/v1.0/applications/{id}", Area::ApplicationsRead),
+    ("PATCH", "/v1.0/applications/{id}", Area::ApplicationsWrite),
+    ("DELETE", "/v1.0/applications/{id}", Area::ApplicationsWrite),
+    ("POST", "/v1.0/applications/{id}/addPassword", Area::ApplicationsWrite),
+    ("POST", "/v1.0/applications/{id}/removePassword", Area::ApplicationsWrite),
     ("GET", "/v1.0/directoryRoles", Area::RolesRead),
     ("GET", "/v1.0/directoryRoles/{id}", Area::RolesRead),
     ("GET", "/v1.0/directoryRoles/{id}/members", Area::RolesRead),

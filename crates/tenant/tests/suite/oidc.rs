@@ -232,3 +232,73 @@ async fn single_sign_on_lasts_until_logout_or_revocation() {
     let revoked = browser.get(&authorize).query(&query(&[("prompt", "none")])).header("cookie", cookie).send().await.unwrap();
     assert!(revoked.headers()["location"].to_str().unwrap().contains("error=login_required"));
 }
+
+/// App registrations through Graph: a web app's secret from addPassword works until removed, a
+/// public client signs users in without a secret and gets none, bad redirect URIs and
+/// certificates are refused, a deleted app is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applications_are_registered_through_graph() {
+    use reqwest::Method;
+    let tenant = start().await;
+    let admin = tenant.token(&tenant.admin).await;
+    let (status, web) = tenant
+        .call(Method::POST, "/v1.0/applications", &admin, Some(json!({"displayName": "Web app", "web": {"redirectUris": ["https://app.example/cb"]}})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{web}");
+    let (id, app_id) = (web["id"].as_str().unwrap().to_string(), web["appId"].as_str().unwrap().to_string());
+    assert_ne!(id, app_id, "the object id is not the client id");
+    let (status, password) =
+        tenant.call(Method::POST, &format!("/v1.0/applications/{id}/addPassword"), &admin, Some(json!({"passwordCredential": {"displayName": "ci"}}))).await;
+    assert_eq!(status, StatusCode::OK, "{password}");
+    let secret = password["secretText"].as_str().unwrap().to_string();
+    let (_, shown) = tenant.call(Method::GET, &format!("/v1.0/applications/{id}"), &admin, None).await;
+    assert!(!shown.to_string().contains(&secret), "the secret is shown once: {shown}");
+    assert_eq!(shown["passwordCredentials"][0]["hint"].as_str(), Some(&secret[..3]));
+    let tenant_ref = &tenant;
+    let credentials = |secret: &str| {
+        let (app_id, secret) = (app_id.clone(), secret.to_string());
+        async move {
+            tenant_ref
+                .token_request(&[("grant_type", "client_credentials"), ("client_id", &app_id), ("client_secret", &secret), ("scope", "https://graph.microsoft.com/.default")])
+                .await
+        }
+    };
+    assert_eq!(credentials(&secret).await.0, StatusCode::OK);
+    let (status, _) = tenant.call(Method::POST, &format!("/v1.0/applications/{id}/removePassword"), &admin, Some(json!({"keyId": password["keyId"]}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(credentials(&secret).await.0, StatusCode::UNAUTHORIZED, "a removed secret");
+
+    // A public client: user sign-in without a secret, never a secret.
+    let (status, public) = tenant
+        .call(Method::POST, "/v1.0/applications", &admin, Some(json!({"displayName": "Desktop app", "isFallbackPublicClient": true,
+                                                                     "publicClient": {"redirectUris": ["http://localhost"]}})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{public}");
+    let public_id = public["id"].as_str().unwrap();
+    let (status, _) = tenant.call(Method::POST, "/v1.0/users", &admin, Some(user("pia", &tenant.domain))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, tokens) = tenant.password_grant(public["appId"].as_str().unwrap(), &format!("pia@{}", tenant.domain), "Str0ng!Pass").await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let (status, _) = tenant.call(Method::POST, &format!("/v1.0/applications/{public_id}/addPassword"), &admin, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a public client gets no secret");
+
+    // Bad input changes nothing.
+    for body in [
+        json!({"displayName": "x", "web": {"redirectUris": ["http://evil.example/cb"]}}),
+        json!({"displayName": "x", "web": {"redirectUris": ["https://user@app.example/cb"]}}),
+        json!({"displayName": "x", "web": {"redirectUris": ["https://app.example/cb#frag"]}}),
+        json!({"displayName": "x", "keyCredentials": [{"type": "AsymmetricX509Cert", "usage": "Verify", "key": "bm90IGEgY2VydA=="}]}),
+        json!({"displayName": ""}),
+        json!({"displayName": "x", "requiredResourceAccess": []}),
+    ] {
+        let (status, error) = tenant.call(Method::POST, "/v1.0/applications", &admin, Some(body.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {error}");
+    }
+    let (_, listed) = tenant.call(Method::GET, "/v1.0/applications", &admin, None).await;
+    let names: Vec<&str> = listed["value"].as_array().unwrap().iter().filter_map(|app| app["displayName"].as_str()).collect();
+    assert!(names.contains(&"Isthmus admin") && names.contains(&"Web app") && names.contains(&"Desktop app") && !names.contains(&"x"), "{names:?}");
+    let (status, _) = tenant.call(Method::DELETE, &format!("/v1.0/applications/{id}"), &admin, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, error) = credentials("anything").await;
+    assert_eq!((status, error["error"].as_str()), (StatusCode::BAD_REQUEST, Some("unauthorized_client")), "a deleted app: {error}");
+}

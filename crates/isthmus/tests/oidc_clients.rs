@@ -1,4 +1,6 @@
-//! Relying-party libraries nobody here wrote, unmodified, against the tenant: Python `authlib`
+//! Relying-party libraries nobody here wrote, unmodified, against the shipped `isthmus tenant
+//! serve`, every app registered through Graph's `/v1.0/applications` (no in-process shortcut):
+//! Python `authlib`
 //! and `oic` (pyoidc), Node `openid-client` (OpenID-certified). Each discovers the tenant (authlib
 //! also through `/organizations` and its `{tenantid}` issuer template),
 //! builds the authorization URL (code + PKCE S256, nonce, state), lets a scripted browser sign in
@@ -9,8 +11,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
-
-use tenant::{Tenant, TenantConfig};
 
 /// The scripted browser: the login page's form posted with the user's password; returns the
 /// redirect the tenant answers with (the library's callback URL, code and state in it).
@@ -174,6 +174,70 @@ try {
 console.log(JSON.stringify(out));
 "#;
 
+/// `isthmus tenant serve` in a folder of its own, stopped when dropped.
+struct Server {
+    base: String,
+    ca: std::path::PathBuf,
+    domain: String,
+    tenant_id: String,
+    http: reqwest::Client,
+    token: String,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let state = dir.path().join("tenant");
+        let child = Command::new(env!("CARGO_BIN_EXE_isthmus"))
+            .args(["tenant", "serve", "--state", state.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("isthmus tenant serve");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !state.join("admin-app.txt").exists() {
+            assert!(std::time::Instant::now() < deadline, "tenant serve did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let bootstrap = std::fs::read_to_string(state.join("admin-app.txt")).unwrap();
+        let field = |name: &str| bootstrap.lines().find_map(|line| line.strip_prefix(&format!("{name} = "))).unwrap().to_string();
+        let ca = state.join("tls").join("ca.pem");
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+            .use_rustls_tls()
+            .build()
+            .unwrap();
+        let base = format!("https://127.0.0.1:{port}");
+        // The tenant's own names come from Graph: the token endpoint takes `organizations` too.
+        let admin = (field("client_id"), field("client_secret"));
+        let token =
+            testkit::client_credentials_token(&http, &format!("{base}/organizations/oauth2/v2.0/token"), &admin.0, &admin.1).await.unwrap();
+        let org: serde_json::Value =
+            http.get(format!("{base}/v1.0/organization")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        let tenant_id = org["value"][0]["id"].as_str().unwrap().to_string();
+        let domain = org["value"][0]["verifiedDomains"][0]["name"].as_str().unwrap_or_default().to_string();
+        Server { base, ca, domain, tenant_id, http, token, dir, child }
+    }
+
+    async fn graph(&self, method: reqwest::Method, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let response = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body).send().await.unwrap();
+        let status = response.status();
+        let answer: serde_json::Value = response.json().await.unwrap_or_default();
+        assert!(status.is_success(), "{path}: {status} {answer}");
+        answer
+    }
+}
+
 struct Fixture {
     issuer: String,
     client_id: String,
@@ -181,49 +245,40 @@ struct Fixture {
     redirect: String,
     upn: String,
     ca: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    server: Server,
 }
 
+/// The shipped tenant with a user, and a web app registered through Graph with a secret.
 async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = TenantConfig::new(dir.path().join("state"), vec!["127.0.0.1:0".parse().unwrap()]);
-    config.password_iterations = 1_000;
-    let (tenant, bootstrap) = Tenant::open(config).await.unwrap();
-    let admin = bootstrap.unwrap();
-    let web = tenant.register_app("a web app", &[]).await.unwrap();
+    let server = Server::start().await;
     let redirect = "http://localhost:53117/callback".to_string();
-    tenant.register_app_redirect(&web.client_id, &redirect).await.unwrap();
-    let (tenant_id, domain, ca) = (tenant.tenant_id().to_string(), tenant.initial_domain().to_string(), tenant.ca_pem.clone());
-    let running = tenant.spawn().await.unwrap();
-    let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
-        .use_rustls_tls()
-        .build()
-        .unwrap();
-    let token_url = format!("{}/{domain}/oauth2/v2.0/token", running.base);
-    let token = testkit::client_credentials_token(&http, &token_url, &admin.client_id, &admin.client_secret).await.unwrap();
-    let upn = format!("rp@{domain}");
-    let created = http
-        .post(format!("{}/v1.0/users", running.base))
-        .bearer_auth(&token)
-        .json(
-            &serde_json::json!({"accountEnabled": true, "displayName": "Relying Party User", "mailNickname": "rp", "userPrincipalName": upn,
-                                  "passwordProfile": {"password": "Str0ng!Pass", "forceChangePasswordNextSignIn": false}}),
+    let app = server
+        .graph(
+            reqwest::Method::POST,
+            "/v1.0/applications",
+            serde_json::json!({"displayName": "a web app", "web": {"redirectUris": [redirect]}}),
         )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), reqwest::StatusCode::CREATED);
+        .await;
+    let password = server
+        .graph(reqwest::Method::POST, &format!("/v1.0/applications/{}/addPassword", app["id"].as_str().unwrap()), serde_json::json!({}))
+        .await;
+    let upn = format!("rp@{}", server.domain);
+    server
+        .graph(
+            reqwest::Method::POST,
+            "/v1.0/users",
+            serde_json::json!({"accountEnabled": true, "displayName": "Relying Party User", "mailNickname": "rp", "userPrincipalName": upn,
+                               "passwordProfile": {"password": "Str0ng!Pass", "forceChangePasswordNextSignIn": false}}),
+        )
+        .await;
     Fixture {
-        issuer: format!("{}/{tenant_id}/v2.0", running.base),
-        client_id: web.client_id.clone(),
-        secret: web.client_secret.to_string(),
+        issuer: format!("{}/{}/v2.0", server.base, server.tenant_id),
+        client_id: app["appId"].as_str().unwrap().to_string(),
+        secret: password["secretText"].as_str().unwrap().to_string(),
         redirect,
         upn,
-        ca,
-        _dir: dir,
-        _stop: running.stop,
+        ca: server.ca.clone(),
+        server,
     }
 }
 
@@ -237,7 +292,7 @@ fn last_json_line(output: &std::process::Output, who: &str) -> serde_json::Value
 async fn authlib_and_pyoidc_complete_the_code_flow_unmodified() {
     let Some(python) = testkit::available(testkit::oidc_python()) else { return };
     let fx = fixture().await;
-    let script = fx._dir.path().join("rp.py");
+    let script = fx.server.dir.path().join("rp.py");
     std::fs::write(&script, PYTHON).unwrap();
     let args: Vec<String> =
         [script.to_str().unwrap(), &fx.issuer, &fx.client_id, &fx.secret, &fx.redirect, &fx.upn, "Str0ng!Pass", fx.ca.to_str().unwrap()]
@@ -359,33 +414,36 @@ fn openssl_certificate(dir: &std::path::Path, name: &str) -> (std::path::PathBuf
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn msal_certificate_credentials_are_private_key_jwt() {
+    use base64::Engine as _;
     let Some(python) = testkit::available(testkit::python_clients()) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = TenantConfig::new(dir.path().join("state"), vec!["127.0.0.1:0".parse().unwrap()]);
-    config.password_iterations = 1_000;
-    let (tenant, _) = Tenant::open(config).await.unwrap();
-    let app = tenant.register_app("daemon with a certificate", &["Directory.Read.All"]).await.unwrap();
-    let (key, cert, der) = openssl_certificate(dir.path(), "daemon");
-    let (other_key, other_cert, _) = openssl_certificate(dir.path(), "stranger");
-    tenant.add_app_certificate(&app.client_id, &der).await.unwrap();
-    let sha1: String =
-        ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &der).as_ref().iter().map(|byte| format!("{byte:02X}")).collect();
-    let (domain, ca) = (tenant.initial_domain().to_string(), tenant.ca_pem.clone());
-    let running = tenant.spawn().await.unwrap();
-    let script = dir.path().join("cert.py");
+    let server = Server::start().await;
+    let dir = server.dir.path().to_path_buf();
+    let (key, cert, der) = openssl_certificate(&dir, "daemon");
+    let (other_key, other_cert, _) = openssl_certificate(&dir, "stranger");
+    let key_credential = serde_json::json!({"type": "AsymmetricX509Cert", "usage": "Verify", "displayName": "daemon",
+                                            "key": base64::engine::general_purpose::STANDARD.encode(&der)});
+    let app = server
+        .graph(
+            reqwest::Method::POST,
+            "/v1.0/applications",
+            serde_json::json!({"displayName": "daemon with a certificate", "keyCredentials": [key_credential]}),
+        )
+        .await;
+    let sha1 = app["keyCredentials"][0]["customKeyIdentifier"].as_str().unwrap().to_string();
+    let script = dir.join("cert.py");
     std::fs::write(&script, MSAL_CERTIFICATE).unwrap();
     let paths = [&key, &cert, &other_key, &other_cert].map(|path| path.to_str().unwrap().to_string());
     let args: Vec<String> = [
         script.to_str().unwrap(),
-        &running.base,
-        &domain,
-        &app.client_id,
+        &server.base,
+        &server.domain,
+        app["appId"].as_str().unwrap(),
         &paths[0],
         &paths[1],
         &paths[2],
         &paths[3],
         &sha1,
-        ca.to_str().unwrap(),
+        server.ca.to_str().unwrap(),
     ]
     .map(str::to_string)
     .to_vec();
@@ -399,5 +457,4 @@ async fn msal_certificate_credentials_are_private_key_jwt() {
     for (attack, error) in attacks {
         assert_eq!(error, "invalid_client", "{attack}: {result}");
     }
-    drop(running.stop);
 }
