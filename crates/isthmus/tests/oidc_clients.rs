@@ -18,7 +18,7 @@ const PYTHON: &str = r#"
 import json, re, sys, secrets, base64, hashlib, html
 import requests
 
-issuer, client_id, secret, redirect, user, password, ca = sys.argv[1:8]
+issuer, client_id, secret, redirect, user, password, ca, key_file, cert_file = sys.argv[1:10]
 out = {}
 browser = requests.Session()
 browser.verify = ca
@@ -91,6 +91,22 @@ claims = jwt.decode(token["id_token"], keys, claims_cls=CodeIDToken, claims_opti
                     claims_params={"nonce": nonce, "client_id": client_id})
 claims.validate(leeway=120)
 out["authlib_multi_tenant_issuer"] = multi["issuer"].endswith("/{tenantid}/v2.0") and expected == meta["issuer"]
+
+# private_key_jwt: the same code flow, the client proving itself with its registered certificate.
+from authlib.oauth2.rfc7523 import PrivateKeyJWT
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+certificate = x509.load_pem_x509_certificate(open(cert_file, "rb").read())
+x5t = base64.urlsafe_b64encode(certificate.fingerprint(hashes.SHA256())).decode().rstrip("=")
+signed = OAuth2Session(client_id, open(key_file).read(), scope="openid", redirect_uri=redirect, code_challenge_method="S256",
+                       token_endpoint_auth_method="private_key_jwt")
+signed.register_client_auth_method(PrivateKeyJWT(meta["token_endpoint"], headers={"x5t#S256": x5t}))
+signed.verify = ca
+signed.trust_env = False
+verifier = generate_token(48)
+url, _ = signed.create_authorization_url(meta["authorization_endpoint"], nonce=generate_token(20), code_verifier=verifier)
+token = signed.fetch_token(meta["token_endpoint"], authorization_response=sign_in(url), code_verifier=verifier)
+out["authlib_private_key_jwt"] = "id_token" in token
 
 # oic (pyoidc)
 from oic.oic import Client
@@ -248,6 +264,14 @@ struct Fixture {
     server: Server,
 }
 
+impl Fixture {
+    /// What every relying-party script takes first: issuer, client id, secret, redirect URI,
+    /// user and password.
+    fn rp_args(&self) -> Vec<String> {
+        [&self.issuer, &self.client_id, &self.secret, &self.redirect, &self.upn, "Str0ng!Pass"].map(str::to_string).to_vec()
+    }
+}
+
 /// The shipped tenant with a user, and a web app registered through Graph with a secret.
 async fn fixture() -> Fixture {
     let server = Server::start().await;
@@ -294,10 +318,21 @@ async fn authlib_and_pyoidc_complete_the_code_flow_unmodified() {
     let fx = fixture().await;
     let script = fx.server.dir.path().join("rp.py");
     std::fs::write(&script, PYTHON).unwrap();
-    let args: Vec<String> =
-        [script.to_str().unwrap(), &fx.issuer, &fx.client_id, &fx.secret, &fx.redirect, &fx.upn, "Str0ng!Pass", fx.ca.to_str().unwrap()]
-            .map(str::to_string)
-            .to_vec();
+    // The same app also proves itself with a certificate (keyCredentials through Graph).
+    use base64::Engine as _;
+    let (key, cert, der) = openssl_certificate(fx.server.dir.path(), "web-app");
+    let key_credential =
+        serde_json::json!({"type": "AsymmetricX509Cert", "usage": "Verify", "key": base64::engine::general_purpose::STANDARD.encode(&der)});
+    fx.server
+        .graph(
+            reqwest::Method::PATCH,
+            &format!("/v1.0/applications/{}", fx.client_id),
+            serde_json::json!({"keyCredentials": [key_credential]}),
+        )
+        .await;
+    let mut args = vec![script.to_str().unwrap().to_string()];
+    args.extend(fx.rp_args());
+    args.extend([fx.ca.to_str().unwrap(), key.to_str().unwrap(), cert.to_str().unwrap()].map(str::to_string));
     let output = tokio::task::spawn_blocking(move || Command::new(python).args(args).output()).await.unwrap().unwrap();
     let result = last_json_line(&output, "authlib/oic");
     assert_eq!(result["authlib_user"], fx.upn.as_str(), "{result}");
@@ -308,7 +343,8 @@ async fn authlib_and_pyoidc_complete_the_code_flow_unmodified() {
     assert_eq!(result["oic_user"], fx.upn.as_str(), "{result}");
     assert_eq!(result["oic_nonce"], true, "{result}");
     assert_eq!(result["oic_userinfo_sub"], true, "{result}");
-    assert_eq!(result["single_sign_on"], 3, "the later sign-ins of the same browser: {result}");
+    assert_eq!(result["single_sign_on"], 4, "the later sign-ins of the same browser: {result}");
+    assert_eq!(result["authlib_private_key_jwt"], true, "{result}");
     assert_eq!(result["authlib_multi_tenant_issuer"], true, "{result}");
 }
 
@@ -319,15 +355,7 @@ async fn openid_client_completes_the_code_flow_unmodified() {
     let script = folder.join(format!("rp-{}.mjs", std::process::id()));
     std::fs::write(&script, NODE).unwrap();
     let mut command = Command::new("node");
-    command.current_dir(&folder).env("NODE_EXTRA_CA_CERTS", &fx.ca).args([
-        script.to_str().unwrap(),
-        &fx.issuer,
-        &fx.client_id,
-        &fx.secret,
-        &fx.redirect,
-        &fx.upn,
-        "Str0ng!Pass",
-    ]);
+    command.current_dir(&folder).env("NODE_EXTRA_CA_CERTS", &fx.ca).arg(&script).args(fx.rp_args());
     let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
     let _ = std::fs::remove_file(&script);
     let result = last_json_line(&output, "openid-client");

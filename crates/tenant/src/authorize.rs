@@ -250,7 +250,10 @@ fn form_post(redirect_uri: &str, fields: &[(&str, String)]) -> Response {
 /// response mode, with its `state` (RFC 6749 §4.1.2.1).
 async fn check(state: &AppState, tenant: &str, params: &AuthorizeParams) -> Result<Reply, Response> {
     if !crate::oauth::is_tenant_segment(state, tenant) {
-        return Err(error_page(&format!("Tenant '{tenant}' not found.")));
+        return Err(page(
+            StatusCode::NOT_FOUND,
+            format!("<!doctype html><title>Not found</title><p>{}</p>", escape(&format!("Tenant '{tenant}' not found."))),
+        ));
     }
     let client_id = params.client_id.clone().unwrap_or_default();
     let lookup = client_id.clone();
@@ -436,7 +439,10 @@ pub struct LogoutParams {
 /// by the `aud` of an `id_token_hint` this tenant signed), else a signed-out page.
 pub async fn logout(state: &AppState, tenant: &str, headers: &axum::http::HeaderMap, params: LogoutParams) -> Response {
     if !crate::oauth::is_tenant_segment(state, tenant) {
-        return error_page(&format!("Tenant '{tenant}' not found."));
+        return page(
+            StatusCode::NOT_FOUND,
+            format!("<!doctype html><title>Not found</title><p>{}</p>", escape(&format!("Tenant '{tenant}' not found."))),
+        );
     }
     let hinted = match params.id_token_hint.as_deref().filter(|hint| !hint.is_empty()) {
         None => None,

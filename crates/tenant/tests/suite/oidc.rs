@@ -133,7 +133,12 @@ async fn the_issuer_is_pinned_and_unknown_tenants_are_not_found() {
         .unwrap();
     let body: Value = response.json().await.unwrap();
     assert_eq!(claims(body["access_token"].as_str().unwrap())["iss"].as_str(), Some(issuer.as_str()), "a token minted with a forged Host");
-    for path in ["nowhere.example/discovery/v2.0/keys", "nowhere.example/v2.0/.well-known/openid-configuration"] {
+    for path in [
+        "nowhere.example/discovery/v2.0/keys",
+        "nowhere.example/v2.0/.well-known/openid-configuration",
+        "nowhere.example/oauth2/v2.0/authorize?client_id=x",
+        "nowhere.example/oauth2/v2.0/logout",
+    ] {
         let response = tenant.client.get(format!("{}/{path}", tenant.base)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
     }
