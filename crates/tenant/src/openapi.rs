@@ -153,6 +153,26 @@ pub fn document() -> Value {
         json!({"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}, {"name": "member", "in": "path", "required": true, "schema": {"type": "string"}}],
         "delete": {"summary": "Take the role from a user", "responses": with_errors(json!({"204": {"description": "Removed"}}))}}),
     );
+    paths.insert(
+        "/v1.0/applications".into(),
+        json!({"get": {"summary": "App registrations", "responses": with_errors(json!({"200": {"description": "The applications"}}))},
+               "post": {"summary": "Register an app: displayName, web/publicClient redirectUris, isFallbackPublicClient, keyCredentials",
+                        "responses": with_errors(json!({"201": {"description": "The application (id: object id, appId: client id)"}}))}}),
+    );
+    paths.insert(
+        "/v1.0/applications/{id}".into(),
+        json!({"parameters": id_parameter,
+               "get": {"summary": "An app registration (by object id or appId)", "responses": with_errors(json!({"200": {"description": "The application"}}))},
+               "patch": {"summary": "Change an app registration", "responses": with_errors(json!({"204": {"description": "Changed"}}))},
+               "delete": {"summary": "Delete an app with its secrets, certificates and refresh tokens", "responses": with_errors(json!({"204": {"description": "Deleted"}}))}}),
+    );
+    for (path, summary, answer) in [
+        ("/v1.0/applications/{id}/addPassword", "A new client secret, secretText shown once", "200"),
+        ("/v1.0/applications/{id}/removePassword", "End a client secret by its keyId", "204"),
+        ("/v1.0/users/{id}/revokeSignInSessions", "Revoke the user's refresh tokens and browser sessions", "200"),
+    ] {
+        paths.insert(path.into(), json!({"parameters": id_parameter, "post": {"summary": summary, "responses": with_errors(json!({answer: {"description": summary}}))}}));
+    }
     for (path, summary) in [
         ("/v1.0/auditLogs/directoryAudits", "Directory writes, newest first"),
         ("/v1.0/auditLogs/signIns", "Sign-ins, newest first"),
