@@ -382,9 +382,28 @@ async fn code_reply(
 pub async fn submit(
     State(state): State<AppState>,
     Path(tenant): Path<String>,
+    headers: axum::http::HeaderMap,
     peer: Option<axum::Extension<crate::limits::PeerAddr>>,
     Form(params): Form<AuthorizeParams>,
 ) -> Response {
+    // Login CSRF: a page elsewhere must not post credentials (an attacker's) into the user's
+    // browser and so start a session as someone else. Browsers name the posting page's origin.
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|value| value.to_str().ok()) {
+        let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or_default();
+        let same = url::Url::parse(origin).ok().is_some_and(|origin| {
+            let authority = match origin.port() {
+                Some(port) => format!("{}:{port}", origin.host_str().unwrap_or_default()),
+                None => origin.host_str().unwrap_or_default().to_string(),
+            };
+            origin.scheme() == "https" && authority.eq_ignore_ascii_case(host)
+        });
+        if !same {
+            return page(
+                StatusCode::FORBIDDEN,
+                "<!doctype html><title>Sign-in refused</title><p>The sign-in form was posted from another site.</p>".into(),
+            );
+        }
+    }
     let (source, now) = (peer.map(|peer| peer.0.0.ip()), crate::unix_now());
     if let Some(wait) = state.failures.blocked(source, now) {
         return crate::oauth::too_many_failures(wait);

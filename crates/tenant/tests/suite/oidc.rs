@@ -171,8 +171,13 @@ async fn single_sign_on_lasts_until_logout_or_revocation() {
     };
     let mut form = query(&[]);
     form.extend([("username", format!("sso@{}", tenant.domain)), ("password", "Str0ng!Pass".into())]);
-    let signed_in = browser.post(&authorize).form(&form).send().await.unwrap();
-    assert_eq!(signed_in.status(), StatusCode::FOUND);
+    // Login CSRF: the form posted from another site starts nothing.
+    let forged = browser.post(&authorize).header("origin", "https://evil.example").form(&form).send().await.unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert!(forged.headers().get("set-cookie").is_none() && forged.headers().get("location").is_none());
+    let origin = tenant.base.clone();
+    let signed_in = browser.post(&authorize).header("origin", origin).form(&form).send().await.unwrap();
+    assert_eq!(signed_in.status(), StatusCode::FOUND, "posted from the tenant's own page");
     let set_cookie = signed_in.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(set_cookie.contains("Secure") && set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"), "{set_cookie}");
     let cookie = set_cookie.split(';').next().unwrap().to_string();
