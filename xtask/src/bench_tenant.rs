@@ -54,6 +54,8 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     let admin = bootstrap.context("a new tenant has an admin app")?;
     let domain = tenant.initial_domain().to_string();
     let sync = tenant.register_app("sync", &[tenant::SYNC_ROLE]).await?;
+    // User sign-ins come from a public client (a confidential one would send its secret).
+    let public = tenant.register_public_app("bench public client").await?;
     let ca_file = tenant.ca_pem.clone();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_file)?)?;
     let running = tenant.spawn().await?;
@@ -212,7 +214,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
             .map(|n| {
                 [
                     ("grant_type", "password".to_string()),
-                    ("client_id", admin.client_id.clone()),
+                    ("client_id", public.clone()),
                     ("username", format!("cloud-only{n}@{domain}")),
                     ("password", "Str0ng!Pass".to_string()),
                     ("scope", "openid profile User.Read".to_string()),
