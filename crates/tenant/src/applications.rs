@@ -5,8 +5,8 @@
 //!
 //! The registration the token endpoint reads stays in `apps` (with `app_redirects`,
 //! `app_certificates`, `app_passwords`); the application object keeps what Graph shows. App
-//! roles are granted elsewhere (service principals come with the operator surface); an
-//! application made here holds none.
+//! roles are granted on service principals (`service_principals`); an application made here
+//! starts with none.
 
 use axum::Json;
 use axum::http::{HeaderMap, StatusCode};

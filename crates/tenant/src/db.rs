@@ -196,6 +196,7 @@ CREATE TABLE IF NOT EXISTS browser_sessions (id_hash TEXT PRIMARY KEY, user_id T
 CREATE TABLE IF NOT EXISTS app_certificates (client_id TEXT NOT NULL, sha256 TEXT NOT NULL, sha1 TEXT NOT NULL, der TEXT NOT NULL, PRIMARY KEY (client_id, sha256));
 CREATE TABLE IF NOT EXISTS assertion_ids (id_hash TEXT PRIMARY KEY, expires BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS applications (object_id TEXT PRIMARY KEY, client_id TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS service_principals (object_id TEXT PRIMARY KEY, client_id TEXT NOT NULL UNIQUE, created TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS app_passwords (client_id TEXT NOT NULL, key_id TEXT NOT NULL, hash TEXT NOT NULL, expires BIGINT NOT NULL,
     PRIMARY KEY (client_id, key_id));
 CREATE INDEX IF NOT EXISTS browser_sessions_user ON browser_sessions (user_id);
@@ -268,6 +269,7 @@ CREATE TABLE IF NOT EXISTS browser_sessions (id_hash TEXT PRIMARY KEY, user_id T
 CREATE TABLE IF NOT EXISTS app_certificates (client_id TEXT NOT NULL, sha256 TEXT NOT NULL, sha1 TEXT NOT NULL, der TEXT NOT NULL, PRIMARY KEY (client_id, sha256));
 CREATE TABLE IF NOT EXISTS assertion_ids (id_hash TEXT PRIMARY KEY, expires BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS applications (object_id TEXT PRIMARY KEY, client_id TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS service_principals (object_id TEXT PRIMARY KEY, client_id TEXT NOT NULL UNIQUE, created TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS app_passwords (client_id TEXT NOT NULL, key_id TEXT NOT NULL, hash TEXT NOT NULL, expires BIGINT NOT NULL,
     PRIMARY KEY (client_id, key_id));
 CREATE INDEX IF NOT EXISTS browser_sessions_user ON browser_sessions (user_id);
@@ -1381,6 +1383,59 @@ pub fn revoke_user_refresh(sql: &mut dyn Sql, user_id: &str) -> Result<u64, DbEr
     sql.execute("UPDATE refresh_tokens SET revoked = 1 WHERE user_id = ?1 AND revoked = 0", &[user_id.into()])
 }
 
+/// A service principal for an app: (object id, client id, created).
+pub fn insert_service_principal(sql: &mut dyn Sql, object_id: &str, client_id: &str, created: &str) -> Result<bool, DbError> {
+    Ok(sql.execute(
+        "INSERT INTO service_principals (object_id, client_id, created) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        &[object_id.into(), client_id.into(), created.into()],
+    )? == 1)
+}
+
+/// An app's service principal, with what its app holds.
+#[derive(Debug, Clone)]
+pub struct ServicePrincipalRow {
+    /// Its object id.
+    pub object_id: String,
+    /// The app's client id.
+    pub client_id: String,
+    /// When it was made (RFC 3339).
+    pub created: String,
+    /// The app's name.
+    pub name: String,
+    /// The app's roles, JSON.
+    pub roles: String,
+}
+
+/// Service principals, all or one by object id or client id.
+pub fn service_principals(sql: &mut dyn Sql, key: Option<&str>) -> Result<Vec<ServicePrincipalRow>, DbError> {
+    let base =
+        "SELECT s.object_id, s.client_id, s.created, a.name, a.roles FROM service_principals s JOIN apps a ON a.client_id = s.client_id";
+    let rows = match key {
+        Some(key) => sql.query(&format!("{base} WHERE s.object_id = ?1 OR s.client_id = ?1"), &[key.into()])?,
+        None => sql.query(&format!("{base} ORDER BY s.object_id"), &[])?,
+    };
+    rows.iter()
+        .map(|row| {
+            Ok(ServicePrincipalRow {
+                object_id: row.text(0)?,
+                client_id: row.text(1)?,
+                created: row.text(2)?,
+                name: row.text(3)?,
+                roles: row.text(4)?,
+            })
+        })
+        .collect()
+}
+
+/// Replaces an app's application roles.
+pub fn set_app_roles(sql: &mut dyn Sql, client_id: &str, roles: &[String]) -> Result<(), DbError> {
+    sql.execute(
+        "UPDATE apps SET roles = ?2 WHERE client_id = ?1",
+        &[client_id.into(), serde_json::to_string(roles).unwrap_or_else(|_| "[]".into()).into()],
+    )?;
+    Ok(())
+}
+
 /// An application object (Graph's `/applications`): its object id, client id and document.
 pub fn insert_application(sql: &mut dyn Sql, object_id: &str, client_id: &str, data: &str) -> Result<(), DbError> {
     sql.execute(
@@ -1414,7 +1469,7 @@ pub fn applications(sql: &mut dyn Sql) -> Result<Vec<(String, String, String)>, 
 /// Deletes an app with everything it holds (object, registration, secrets, certificates,
 /// redirect URIs, refresh tokens). False when there was no such app.
 pub fn delete_app(sql: &mut dyn Sql, client_id: &str) -> Result<bool, DbError> {
-    for table in ["applications", "app_passwords", "app_certificates", "app_redirects", "refresh_tokens"] {
+    for table in ["applications", "service_principals", "app_passwords", "app_certificates", "app_redirects", "refresh_tokens"] {
         sql.execute(&format!("DELETE FROM {table} WHERE client_id = ?1"), &[client_id.into()])?;
     }
     Ok(sql.execute("DELETE FROM apps WHERE client_id = ?1", &[client_id.into()])? > 0)

@@ -30,6 +30,7 @@ pub mod passthrough;
 pub mod permissions;
 pub mod resilience;
 mod roles;
+mod service_principals;
 pub mod signin;
 pub mod sql;
 pub mod state;
@@ -922,6 +923,43 @@ impl Tenant {
                 "/v1.0/applications/{key}/removePassword",
                 post(|State(state): State<AppState>, access: Access, Path(key): Path<String>, body: graph::Body| {
                     applications::remove_password(state, access, key, body)
+                }),
+            )
+            .route(
+                "/v1.0/servicePrincipals",
+                get(
+                    |State(state): State<AppState>,
+                     access: Access,
+                     headers: HeaderMap,
+                     Query(query): Query<service_principals::PrincipalQuery>| {
+                        service_principals::list(state, access, headers, query)
+                    },
+                )
+                .post(|State(state): State<AppState>, access: Access, body: graph::Body| service_principals::create(state, access, body)),
+            )
+            .route(
+                "/v1.0/servicePrincipals/{key}",
+                get(|State(state): State<AppState>, access: Access, Path(key): Path<String>| service_principals::get(state, access, key)),
+            )
+            .route(
+                "/v1.0/servicePrincipals/{key}/appRoleAssignedTo",
+                get(|State(state): State<AppState>, access: Access, headers: HeaderMap, Path(key): Path<String>| {
+                    service_principals::assignments(state, access, headers, key)
+                })
+                .post(|State(state): State<AppState>, access: Access, Path(key): Path<String>, body: graph::Body| {
+                    service_principals::grant(state, access, key, body)
+                }),
+            )
+            .route(
+                "/v1.0/servicePrincipals/{key}/appRoleAssignedTo/{assignment}",
+                delete(|State(state): State<AppState>, access: Access, Path((key, assignment)): Path<(String, String)>| {
+                    service_principals::revoke(state, access, key, assignment)
+                }),
+            )
+            .route(
+                "/v1.0/servicePrincipals/{key}/appRoleAssignments",
+                get(|State(state): State<AppState>, access: Access, headers: HeaderMap, Path(key): Path<String>| {
+                    service_principals::assignments(state, access, headers, key)
                 }),
             )
             .route(

@@ -166,6 +166,17 @@ pub fn document() -> Value {
                "patch": {"summary": "Change an app registration", "responses": with_errors(json!({"204": {"description": "Changed"}}))},
                "delete": {"summary": "Delete an app with its secrets, certificates and refresh tokens", "responses": with_errors(json!({"204": {"description": "Deleted"}}))}}),
     );
+    paths.insert(
+        "/v1.0/servicePrincipals".into(),
+        json!({"get": {"summary": "Service principals ($filter=appId eq '…'); Microsoft Graph's lists the API's appRoles", "responses": with_errors(json!({"200": {"description": "Service principals"}}))},
+               "post": {"summary": "Make an app's service principal ({appId})", "responses": with_errors(json!({"201": {"description": "The service principal"}}))}}),
+    );
+    paths.insert(
+        "/v1.0/servicePrincipals/{id}/appRoleAssignedTo".into(),
+        json!({"parameters": id_parameter,
+               "get": {"summary": "Application-role grants on Microsoft Graph", "responses": with_errors(json!({"200": {"description": "Grants"}}))},
+               "post": {"summary": "Grant an app a role ({principalId, resourceId, appRoleId})", "responses": with_errors(json!({"201": {"description": "The grant"}}))}}),
+    );
     for (path, summary, answer) in [
         ("/v1.0/applications/{id}/addPassword", "A new client secret, secretText shown once", "200"),
         ("/v1.0/applications/{id}/removePassword", "End a client secret by its keyId", "204"),

@@ -39,8 +39,10 @@ pub enum Area {
     DomainsWrite,
     /// Read the organization.
     OrganizationRead,
-    /// Read app registrations.
+    /// Read app registrations, service principals and role grants.
     ApplicationsRead,
+    /// Grant and take back application roles.
+    AppRoleAssignmentsWrite,
     /// Create, change, delete app registrations and their credentials.
     ApplicationsWrite,
     /// Read directory roles and their holders.
@@ -81,6 +83,7 @@ pub const PERMISSIONS: &[(Area, &[&str])] = &[
     (Area::OrganizationRead, &["Organization.Read.All", "Organization.ReadWrite.All", READ_ALL, WRITE_ALL]),
     (Area::ApplicationsRead, &["Application.Read.All", "Application.ReadWrite.All", READ_ALL, WRITE_ALL]),
     (Area::ApplicationsWrite, &["Application.ReadWrite.All", WRITE_ALL]),
+    (Area::AppRoleAssignmentsWrite, &["AppRoleAssignment.ReadWrite.All", WRITE_ALL]),
     (Area::RolesRead, &["RoleManagement.Read.Directory", "RoleManagement.ReadWrite.Directory", READ_ALL, WRITE_ALL]),
     (Area::RolesWrite, &["RoleManagement.ReadWrite.Directory", WRITE_ALL]),
     (Area::SyncSettingsRead, &["OnPremDirectorySynchronization.Read.All", READ_ALL, WRITE_ALL, SYNC_ROLE]),
@@ -145,6 +148,13 @@ pub const ROUTES: &[(&str, &str, Area)] = &[
     ("DELETE", "/v1.0/applications/{id}", Area::ApplicationsWrite),
     ("POST", "/v1.0/applications/{id}/addPassword", Area::ApplicationsWrite),
     ("POST", "/v1.0/applications/{id}/removePassword", Area::ApplicationsWrite),
+    ("GET", "/v1.0/servicePrincipals", Area::ApplicationsRead),
+    ("POST", "/v1.0/servicePrincipals", Area::ApplicationsWrite),
+    ("GET", "/v1.0/servicePrincipals/{id}", Area::ApplicationsRead),
+    ("GET", "/v1.0/servicePrincipals/{id}/appRoleAssignedTo", Area::ApplicationsRead),
+    ("POST", "/v1.0/servicePrincipals/{id}/appRoleAssignedTo", Area::AppRoleAssignmentsWrite),
+    ("DELETE", "/v1.0/servicePrincipals/{id}/appRoleAssignedTo/{member}", Area::AppRoleAssignmentsWrite),
+    ("GET", "/v1.0/servicePrincipals/{id}/appRoleAssignments", Area::ApplicationsRead),
     ("GET", "/v1.0/directoryRoles", Area::RolesRead),
     ("GET", "/v1.0/directoryRoles/{id}", Area::RolesRead),
     ("GET", "/v1.0/directoryRoles/{id}/members", Area::RolesRead),

@@ -312,3 +312,52 @@ async fn applications_are_registered_through_graph() {
     let (status, error) = credentials("anything").await;
     assert_eq!((status, error["error"].as_str()), (StatusCode::BAD_REQUEST, Some("unauthorized_client")), "a deleted app: {error}");
 }
+
+/// Application roles granted through Graph, as `az`/Graph PowerShell scripts do: the app's
+/// service principal, the role looked up by value on Microsoft Graph's, an `appRoleAssignedTo`
+/// grant that the next token carries, and its removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_roles_are_granted_through_graph() {
+    use reqwest::Method;
+    let tenant = start().await;
+    let admin = tenant.token(&tenant.admin).await;
+    let (_, app) = tenant.call(Method::POST, "/v1.0/applications", &admin, Some(json!({"displayName": "reporting daemon"}))).await;
+    let app_id = app["appId"].as_str().unwrap().to_string();
+    let (_, password) = tenant.call(Method::POST, &format!("/v1.0/applications/{}/addPassword", app["id"].as_str().unwrap()), &admin, Some(json!({}))).await;
+    let credentials = (app_id.clone(), password["secretText"].as_str().unwrap().to_string());
+    let (status, principal) = tenant.call(Method::POST, "/v1.0/servicePrincipals", &admin, Some(json!({"appId": app_id}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{principal}");
+    let (status, _) = tenant.call(Method::POST, "/v1.0/servicePrincipals", &admin, Some(json!({"appId": app_id}))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "one service principal per app");
+    let (_, graph) =
+        tenant.call(Method::GET, "/v1.0/servicePrincipals?$filter=appId%20eq%20'00000003-0000-0000-c000-000000000000'", &admin, None).await;
+    let graph = &graph["value"][0];
+    let role_id = graph["appRoles"].as_array().unwrap().iter().find(|role| role["value"] == "User.Read.All").unwrap()["id"].clone();
+    assert_eq!(role_id, "df021288-bdef-4463-88db-98f22de89214", "Microsoft's id for a role Microsoft has");
+    let grant = json!({"principalId": principal["id"], "resourceId": graph["id"], "appRoleId": role_id});
+    let path = format!("/v1.0/servicePrincipals/{}/appRoleAssignedTo", graph["id"].as_str().unwrap());
+    for (who, token) in [("the sync service", tenant.token(&tenant.sync).await), ("a reader", tenant.token(&tenant.reader).await)] {
+        let (status, _) = tenant.call(Method::POST, &path, &token, Some(grant.clone())).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{who} grants no roles");
+    }
+    let before = tenant.token(&credentials).await;
+    assert_eq!(tenant.call(Method::GET, "/v1.0/users", &before, None).await.0, StatusCode::FORBIDDEN);
+    let (status, assignment) = tenant.call(Method::POST, &path, &admin, Some(grant)).await;
+    assert_eq!(status, StatusCode::CREATED, "{assignment}");
+    let after = tenant.token(&credentials).await;
+    assert_eq!(claims(&after)["roles"], json!(["User.Read.All"]));
+    assert_eq!(tenant.call(Method::GET, "/v1.0/users", &after, None).await.0, StatusCode::OK, "the grant works in the next token");
+    assert_eq!(tenant.call(Method::GET, "/v1.0/domains", &after, None).await.0, StatusCode::FORBIDDEN, "and only that role");
+    let (_, listed) =
+        tenant.call(Method::GET, &format!("/v1.0/servicePrincipals/{}/appRoleAssignments", principal["id"].as_str().unwrap()), &admin, None).await;
+    assert_eq!(listed["value"][0]["id"], assignment["id"], "{listed}");
+    let (status, _) = tenant.call(Method::DELETE, &format!("{path}/{}", assignment["id"].as_str().unwrap()), &admin, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let revoked = tenant.token(&credentials).await;
+    assert_eq!(tenant.call(Method::GET, "/v1.0/users", &revoked, None).await.0, StatusCode::FORBIDDEN, "the grant is gone");
+    // Every role the permission table names can be granted.
+    let offered: Vec<&str> = graph["appRoles"].as_array().unwrap().iter().filter_map(|role| role["value"].as_str()).collect();
+    for role in tenant::permissions::all_roles() {
+        assert!(offered.contains(&role), "{role} is not offered");
+    }
+}
