@@ -135,6 +135,17 @@ enum PtaAgentCommand {
 enum TenantCommand {
     /// Serve the tenant until Ctrl-C.
     Serve(tenant_cmd::ServeArgs),
+    /// App registrations, through Graph as an administrator.
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AppCommand {
+    /// Register an app: its secret (into a file), service principal and role grants; or a public client.
+    Create(tenant_cmd::AppCreateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +202,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Sync { command: SyncCommand::Serve(args) } => sync::serve(&args).await,
         Command::CheckConfig { file } => sync::check(&file),
         Command::Tenant { command: TenantCommand::Serve(args) } => tenant_cmd::serve(&args).await,
+        Command::Tenant { command: TenantCommand::App { command: AppCommand::Create(args) } } => tenant_cmd::app_create(&args).await,
         Command::Phs { command: PhsCommand::Run(args) } => phs_cmd::run(&args).await,
         Command::PtaAgent { command: PtaAgentCommand::Register(args) } => pta_agent::register(&args).await,
         Command::PtaAgent { command: PtaAgentCommand::Run(args) } => pta_agent::run(&args).await,

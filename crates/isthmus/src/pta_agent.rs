@@ -83,7 +83,7 @@ pub enum AdminCommand {
 }
 
 /// The admin app's token (client credentials).
-async fn admin_token(args: &TenantArgs) -> anyhow::Result<(pta_agent::TenantEndpoint, zeroize::Zeroizing<String>)> {
+pub(crate) async fn admin_token(args: &TenantArgs) -> anyhow::Result<(pta_agent::TenantEndpoint, zeroize::Zeroizing<String>)> {
     let secret = match std::env::var(&args.client_secret_env) {
         Ok(secret) if !secret.is_empty() => zeroize::Zeroizing::new(secret),
         _ if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {

@@ -146,3 +146,98 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     file.write_all(text.as_bytes())
 }
+
+/// Options of `isthmus tenant app create`.
+#[derive(Debug, clap::Args)]
+pub struct AppCreateArgs {
+    #[command(flatten)]
+    pub tenant: crate::pta_agent::TenantArgs,
+    /// The app's display name.
+    #[arg(long)]
+    pub name: String,
+    /// An application role to grant, by name (repeat): OnPremDirectorySynchronization.ReadWrite.All
+    /// for the sync service, Directory.ReadWrite.All for an administrator, …
+    #[arg(long = "role")]
+    pub roles: Vec<String>,
+    /// A public client (a native or desktop app, MSAL's PublicClientApplication): no secret, user
+    /// sign-ins only.
+    #[arg(long)]
+    pub public: bool,
+    /// A redirect URI for sign-ins (repeat): https, or http on loopback.
+    #[arg(long = "redirect-uri")]
+    pub redirect_uris: Vec<String>,
+    /// Where to write the new app's id and secret (mode 0600; secrets are never printed).
+    /// Required unless --public.
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// `isthmus tenant app create`: an app registration through Graph, its secret, its service
+/// principal and its role grants — what an operator needs for the sync app or a client.
+pub async fn app_create(args: &AppCreateArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    anyhow::ensure!(args.public || args.secret_file.is_some(), "give --secret-file (where the new secret goes) or --public");
+    anyhow::ensure!(
+        !args.public || args.roles.is_empty(),
+        "a public client holds no application roles (they are for apps with a secret)"
+    );
+    if let Some(file) = &args.secret_file {
+        anyhow::ensure!(!file.exists(), "{} exists; give a new file for the secret", file.display());
+    }
+    let (tenant, token) = crate::pta_agent::admin_token(&args.tenant).await?;
+    let call = |method: reqwest::Method, path: String, body: Option<serde_json::Value>| {
+        let (tenant, token) = (&tenant, &token);
+        async move { pta_agent::admin_call(tenant, token, method, &path, body).await.with_context(|| format!("the tenant refused {path}")) }
+    };
+    // Every role is checked before anything is made.
+    let graph =
+        call(reqwest::Method::GET, "/v1.0/servicePrincipals?$filter=appId%20eq%20'00000003-0000-0000-c000-000000000000'".into(), None)
+            .await?;
+    let graph = graph["value"][0].clone();
+    let offered: Vec<(String, String)> = graph["appRoles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|role| Some((role["value"].as_str()?.to_string(), role["id"].as_str()?.to_string())))
+        .collect();
+    let mut grants = Vec::new();
+    for role in &args.roles {
+        let Some((_, id)) = offered.iter().find(|(value, _)| value.eq_ignore_ascii_case(role)) else {
+            let names: Vec<&str> = offered.iter().map(|(value, _)| value.as_str()).collect();
+            anyhow::bail!("no application role {role:?}; the tenant offers: {}", names.join(", "));
+        };
+        grants.push((role.clone(), id.clone()));
+    }
+    let redirects = serde_json::json!({"redirectUris": args.redirect_uris});
+    let mut body = serde_json::json!({"displayName": args.name, "isFallbackPublicClient": args.public});
+    body[if args.public { "publicClient" } else { "web" }] = redirects;
+    let app = call(reqwest::Method::POST, "/v1.0/applications".into(), Some(body)).await?;
+    let (object_id, app_id) = (app["id"].as_str().unwrap_or_default().to_string(), app["appId"].as_str().unwrap_or_default().to_string());
+    if let Some(file) = &args.secret_file {
+        let password = call(
+            reqwest::Method::POST,
+            format!("/v1.0/applications/{object_id}/addPassword"),
+            Some(serde_json::json!({"passwordCredential": {"displayName": "isthmus tenant app create"}})),
+        )
+        .await?;
+        let secret = zeroize::Zeroizing::new(password["secretText"].as_str().unwrap_or_default().to_string());
+        let text = zeroize::Zeroizing::new(format!("client_id = {app_id}\nclient_secret = {}\n", &*secret));
+        write_private(file, &text).with_context(|| format!("write {}", file.display()))?;
+    }
+    if !grants.is_empty() {
+        let principal = call(reqwest::Method::POST, "/v1.0/servicePrincipals".into(), Some(serde_json::json!({"appId": app_id}))).await?;
+        let graph_id = graph["id"].as_str().unwrap_or_default();
+        for (role, id) in &grants {
+            let grant = serde_json::json!({"principalId": principal["id"], "resourceId": graph_id, "appRoleId": id});
+            call(reqwest::Method::POST, format!("/v1.0/servicePrincipals/{graph_id}/appRoleAssignedTo"), Some(grant))
+                .await
+                .with_context(|| format!("grant {role}"))?;
+        }
+    }
+    let roles = if args.roles.is_empty() { "no roles".to_string() } else { args.roles.join(", ") };
+    match &args.secret_file {
+        Some(file) => println!("app {app_id} ({}): {roles}; its id and secret are in {}", args.name, file.display()),
+        None => println!("public client {app_id} ({}): user sign-ins, no secret", args.name),
+    }
+    Ok(())
+}

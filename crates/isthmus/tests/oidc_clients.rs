@@ -194,6 +194,7 @@ console.log(JSON.stringify(out));
 struct Server {
     base: String,
     ca: std::path::PathBuf,
+    admin: (String, String),
     domain: String,
     tenant_id: String,
     http: reqwest::Client,
@@ -242,7 +243,7 @@ impl Server {
             http.get(format!("{base}/v1.0/organization")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
         let tenant_id = org["value"][0]["id"].as_str().unwrap().to_string();
         let domain = org["value"][0]["verifiedDomains"][0]["name"].as_str().unwrap_or_default().to_string();
-        Server { base, ca, domain, tenant_id, http, token, dir, child }
+        Server { base, ca, admin, domain, tenant_id, http, token, dir, child }
     }
 
     async fn graph(&self, method: reqwest::Method, path: &str, body: serde_json::Value) -> serde_json::Value {
@@ -485,4 +486,53 @@ async fn msal_certificate_credentials_are_private_key_jwt() {
     for (attack, error) in attacks {
         assert_eq!(error, "invalid_client", "{attack}: {result}");
     }
+}
+
+/// `isthmus tenant app create` makes the sync app (secret in a 0600 file, the sync role granted)
+/// and a public client through Graph; an unknown role is refused before anything is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_app_create_makes_the_sync_app_and_a_public_client() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let server = Server::start().await;
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_isthmus"))
+            .args(["tenant", "app", "create", "--tenant-url", &server.base, "--tenant", &server.domain, "--client-id", &server.admin.0])
+            .arg("--tenant-ca")
+            .arg(&server.ca)
+            .args(extra)
+            .env("ISTHMUS_CLIENT_SECRET", &server.admin.1)
+            .output()
+            .expect("isthmus tenant app create")
+    };
+    let file = server.dir.path().join("sync-app.txt");
+    let refused = run(&["--name", "typo", "--role", "OnPremDirectorySync.ReadWrite.All", "--secret-file", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("no application role") && err.contains("OnPremDirectorySynchronization.ReadWrite.All"),
+        "{err}"
+    );
+    let apps = server.graph(reqwest::Method::GET, "/v1.0/applications", serde_json::Value::Null).await;
+    assert!(!apps.to_string().contains("typo"), "nothing made: {apps}");
+    assert!(!file.exists());
+    let made =
+        run(&["--name", "Isthmus sync", "--role", "OnPremDirectorySynchronization.ReadWrite.All", "--secret-file", file.to_str().unwrap()]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let stdout = String::from_utf8_lossy(&made.stdout);
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let field = |name: &str| text.lines().find_map(|line| line.strip_prefix(&format!("{name} = "))).unwrap().to_string();
+    let (id, secret) = (field("client_id"), field("client_secret"));
+    assert!(stdout.contains(&id) && !stdout.contains(&secret), "the secret is never printed: {stdout}");
+    let token_url = format!("{}/{}/oauth2/v2.0/token", server.base, server.domain);
+    let token = testkit::client_credentials_token(&server.http, &token_url, &id, &secret).await.unwrap();
+    use base64::Engine as _;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(claims["roles"], serde_json::json!(["OnPremDirectorySynchronization.ReadWrite.All"]));
+    let public = run(&["--name", "Desktop sign-in", "--public", "--redirect-uri", "http://localhost"]);
+    let stdout = String::from_utf8_lossy(&public.stdout);
+    assert!(public.status.success() && stdout.starts_with("public client "), "{stdout}{}", String::from_utf8_lossy(&public.stderr));
+    let without_file = run(&["--name", "careless"]);
+    assert!(!without_file.status.success(), "a confidential app needs a place for its secret");
 }
