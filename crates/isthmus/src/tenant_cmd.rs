@@ -177,10 +177,7 @@ pub struct AppCreateArgs {
 pub async fn app_create(args: &AppCreateArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
     anyhow::ensure!(args.public || args.secret_file.is_some(), "give --secret-file (where the new secret goes) or --public");
-    anyhow::ensure!(
-        !args.public || args.roles.is_empty(),
-        "a public client holds no application roles (they are for apps with a secret)"
-    );
+    anyhow::ensure!(!args.public || args.roles.is_empty(), "a public client holds no application roles (they are for apps with a secret)");
     if let Some(file) = &args.secret_file {
         anyhow::ensure!(!file.exists(), "{} exists; give a new file for the secret", file.display());
     }
