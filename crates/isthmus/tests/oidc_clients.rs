@@ -536,3 +536,32 @@ async fn tenant_app_create_makes_the_sync_app_and_a_public_client() {
     let without_file = run(&["--name", "careless"]);
     assert!(!without_file.status.success(), "a confidential app needs a place for its secret");
 }
+
+/// `tenant serve --listen <address>` makes its certificate for that address too, so clients
+/// reaching the tenant there trust it without a `--host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_covers_the_listen_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let state = dir.path().join("tenant");
+    let listen = format!("127.0.0.254:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_isthmus"))
+        .args(["tenant", "serve", "--state", state.to_str().unwrap(), "--listen", &listen])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("isthmus tenant serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(std::time::Instant::now() < deadline, "tenant serve did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let ca = std::fs::read(state.join("tls").join("ca.pem")).unwrap();
+    let http =
+        reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap()).use_rustls_tls().build().unwrap();
+    let answer = http.get(format!("https://{listen}/organizations/v2.0/.well-known/openid-configuration")).send().await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let answer = answer.expect("the certificate is valid for the listen address");
+    assert_eq!(answer.status(), reqwest::StatusCode::OK);
+}

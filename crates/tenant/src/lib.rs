@@ -559,7 +559,24 @@ impl Tenant {
     /// Loads (or creates) the tenant in `config.state_dir`. A new tenant gets an admin app with
     /// `Directory.ReadWrite.All`, returned with its secret.
     pub async fn open(config: TenantConfig) -> Result<(Tenant, Option<BootstrapApp>), TenantError> {
-        let loaded = state::open(&config.state_dir, &config.hosts)?;
+        // The certificate made on first start covers the --host names and the addresses listened on.
+        let mut names = config.hosts.clone();
+        for addr in &config.listen {
+            let ip = addr.ip();
+            if !ip.is_unspecified() && !names.contains(&ip.to_string()) {
+                names.push(ip.to_string());
+            }
+        }
+        let loaded = state::open(&config.state_dir, &names)?;
+        for name in &loaded.uncovered {
+            tracing::warn!(
+                name,
+                "the tenant's HTTPS certificate ({}) does not cover this name; clients reaching it so will refuse the connection \
+                 (a certificate is made on first start only: remove tls/server.pem and tls/server.key to have one made for the \
+                 current names, signed by the same CA)",
+                loaded.cert_pem.display()
+            );
+        }
         let db = match &config.postgres {
             Some(url) => db::Db::connect_postgres(url).await?,
             None => db::Db::open(&loaded.db_path)?,

@@ -72,6 +72,9 @@ pub struct Loaded {
     pub ca_pem: PathBuf,
     /// The directory database file (SQLite).
     pub db_path: PathBuf,
+    /// Names and addresses asked for that the HTTPS certificate does not cover (it is made on
+    /// first start only, or given by the operator).
+    pub uncovered: Vec<String>,
 }
 
 /// A new tenant's identity: a fresh id, `<name>.isthmus.local`.
@@ -110,7 +113,25 @@ pub fn open(dir: &Path, hosts: &[String]) -> Result<Loaded, StateError> {
     }
     // Fail early on unusable files (a given certificate), before the database is touched.
     server_config(&cert_pem, &key_pem, None)?;
-    Ok(Loaded { legacy_identity, legacy_signing, cert_pem, key_pem, ca_pem, db_path: dir.join("tenant.db") })
+    let uncovered = uncovered(&cert_pem, hosts);
+    Ok(Loaded { legacy_identity, legacy_signing, cert_pem, key_pem, ca_pem, db_path: dir.join("tenant.db"), uncovered })
+}
+
+/// The names and addresses of `hosts` the certificate in `cert_pem` is not valid for.
+fn uncovered(cert_pem: &Path, hosts: &[String]) -> Vec<String> {
+    use rustls::pki_types::pem::PemObject;
+    let Some(Ok(der)) = rustls::pki_types::CertificateDer::pem_file_iter(cert_pem).ok().and_then(|mut certs| certs.next()) else {
+        return hosts.to_vec();
+    };
+    let Ok(certificate) = webpki::EndEntityCert::try_from(&der) else { return hosts.to_vec() };
+    hosts
+        .iter()
+        .filter(|host| {
+            let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string());
+            !name.is_ok_and(|name| certificate.verify_is_valid_for_subject_name(&name).is_ok())
+        })
+        .cloned()
+        .collect()
 }
 
 /// Removes the files an older tenant kept its identity and key in, once the database holds them.
@@ -197,4 +218,19 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), StateError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io("write", path))?;
     file.write_all(contents).map_err(io("write", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_covers_the_names_of_the_first_start_and_says_which_later_ones_it_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(dir.path(), &["login.contoso.example".to_string(), "127.0.0.254".to_string()]).unwrap();
+        assert!(first.uncovered.is_empty(), "{:?}", first.uncovered);
+        let later =
+            open(dir.path(), &["login.contoso.example".to_string(), "sso.contoso.example".to_string(), "10.0.0.9".to_string()]).unwrap();
+        assert_eq!(later.uncovered, ["sso.contoso.example", "10.0.0.9"]);
+    }
 }
