@@ -92,7 +92,6 @@ fn certificates(body: &Map<String, Value>) -> Result<Option<Vec<Certificate>>, G
     if list.len() > MAX_CREDENTIALS {
         return Err(GraphError::bad_request(format!("At most {MAX_CREDENTIALS} keyCredentials.")));
     }
-    let hex = |digest: ring::digest::Digest| digest.as_ref().iter().map(|byte| format!("{byte:02x}")).collect::<String>();
     let mut out = Vec::new();
     for (index, item) in list.iter().enumerate() {
         let bad = |why: &str| GraphError::bad_request(format!("keyCredentials[{index}]: {why}."));
@@ -110,12 +109,8 @@ fn certificates(body: &Map<String, Value>) -> Result<Option<Vec<Certificate>>, G
         let parsed = rustls::pki_types::CertificateDer::from(der.as_slice());
         webpki::EndEntityCert::try_from(&parsed).map_err(|_| bad("key is not an X.509 certificate"))?;
         let name = item.get("displayName").and_then(Value::as_str).unwrap_or_default().chars().take(256).collect();
-        out.push(Certificate {
-            sha256: hex(ring::digest::digest(&ring::digest::SHA256, &der)),
-            sha1: hex(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &der)),
-            der: base64::engine::general_purpose::STANDARD.encode(&der),
-            name,
-        });
+        let (sha256, sha1) = crate::crypto::thumbprints(&der);
+        out.push(Certificate { sha256, sha1, der: base64::engine::general_purpose::STANDARD.encode(&der), name });
     }
     Ok(Some(out))
 }

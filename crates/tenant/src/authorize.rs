@@ -233,16 +233,22 @@ fn form_post(redirect_uri: &str, fields: &[(&str, String)]) -> Response {
          <script>{SCRIPT}</script></body></html>",
         escape(redirect_uri)
     );
-    let mut response = (StatusCode::OK, Html(body)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The login page's headers, its policy widened by exactly this script and this target.
+    let mut response = page(StatusCode::OK, body);
     if let Ok(policy) =
         HeaderValue::from_str(&format!("default-src 'none'; script-src 'sha256-{hash}'; form-action {origin}; frame-ancestors 'none'"))
     {
-        headers.insert(header::CONTENT_SECURITY_POLICY, policy);
+        response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, policy);
     }
     response
+}
+
+/// The page for a tenant segment that names no tenant.
+fn tenant_not_found(tenant: &str) -> Response {
+    page(
+        StatusCode::NOT_FOUND,
+        format!("<!doctype html><title>Not found</title><p>{}</p>", escape(&format!("Tenant '{tenant}' not found."))),
+    )
 }
 
 /// Checks an authorize request. The client and its redirect URI first: until both are known
@@ -250,10 +256,7 @@ fn form_post(redirect_uri: &str, fields: &[(&str, String)]) -> Response {
 /// response mode, with its `state` (RFC 6749 §4.1.2.1).
 async fn check(state: &AppState, tenant: &str, params: &AuthorizeParams) -> Result<Reply, Response> {
     if !crate::oauth::is_tenant_segment(state, tenant) {
-        return Err(page(
-            StatusCode::NOT_FOUND,
-            format!("<!doctype html><title>Not found</title><p>{}</p>", escape(&format!("Tenant '{tenant}' not found."))),
-        ));
+        return Err(tenant_not_found(tenant));
     }
     let client_id = params.client_id.clone().unwrap_or_default();
     let lookup = client_id.clone();
@@ -458,10 +461,7 @@ pub struct LogoutParams {
 /// by the `aud` of an `id_token_hint` this tenant signed), else a signed-out page.
 pub async fn logout(state: &AppState, tenant: &str, headers: &axum::http::HeaderMap, params: LogoutParams) -> Response {
     if !crate::oauth::is_tenant_segment(state, tenant) {
-        return page(
-            StatusCode::NOT_FOUND,
-            format!("<!doctype html><title>Not found</title><p>{}</p>", escape(&format!("Tenant '{tenant}' not found."))),
-        );
+        return tenant_not_found(tenant);
     }
     let hinted = match params.id_token_hint.as_deref().filter(|hint| !hint.is_empty()) {
         None => None,
@@ -518,10 +518,7 @@ pub async fn exchange(
         |why: &str| TokenEndpointError::new("invalid_grant", 70008, format!("The provided authorization code is invalid: {why}."));
     let grant = take(state, code)
         .await
-        .map_err(|err| {
-            tracing::error!("authorization code lookup failed: {err}");
-            TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
-        })?
+        .map_err(|err| TokenEndpointError::unavailable(&format!("authorization code lookup failed: {err}")))?
         .ok_or_else(|| invalid("unknown, used or expired"))?;
     if grant.client_id != client_id || grant.redirect_uri != redirect_uri {
         return Err(invalid("issued to another client or redirect URI"));
@@ -535,10 +532,11 @@ pub async fn exchange(
         ));
     }
     let user_id = grant.user_id.clone();
-    let user = state.db.read(move |conn| crate::db::get(conn, crate::db::Kind::User, &user_id)).await.map_err(|err| {
-        tracing::error!("{err}");
-        TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
-    })?;
+    let user = state
+        .db
+        .read(move |conn| crate::db::get(conn, crate::db::Kind::User, &user_id))
+        .await
+        .map_err(|err| TokenEndpointError::unavailable(&err))?;
     let user = user
         .filter(|user| user.get("accountEnabled").and_then(Value::as_bool) == Some(true))
         .ok_or_else(|| invalid("the user is disabled or deleted"))?;

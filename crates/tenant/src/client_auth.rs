@@ -148,10 +148,7 @@ pub fn presented(headers: &HeaderMap, fields: &ClientFields<'_>) -> Result<Prese
 /// Authenticates the presented client for `grant`.
 pub async fn authenticate(state: &AppState, presented: &Presented, grant: &str) -> Result<Client, TokenEndpointError> {
     let lookup = presented.id.clone();
-    let app = state.db.read(move |conn| crate::db::app(conn, &lookup)).await.map_err(|err| {
-        tracing::error!("{err}");
-        TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
-    })?;
+    let app = state.db.read(move |conn| crate::db::app(conn, &lookup)).await.map_err(|err| TokenEndpointError::unavailable(&err))?;
     let Some(app) = app else {
         return Err(TokenEndpointError::new(
             "unauthorized_client",
@@ -189,10 +186,8 @@ pub async fn authenticate(state: &AppState, presented: &Presented, grant: &str) 
     }
     // Secrets added through Graph's addPassword, each with its expiry.
     let lookup = client.id.clone();
-    let passwords = state.db.read(move |conn| crate::db::app_passwords(conn, &lookup)).await.map_err(|err| {
-        tracing::error!("{err}");
-        TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
-    })?;
+    let passwords =
+        state.db.read(move |conn| crate::db::app_passwords(conn, &lookup)).await.map_err(|err| TokenEndpointError::unavailable(&err))?;
     let encoded = base64::engine::general_purpose::STANDARD.encode(&presented_hash);
     if let Some((_, expires)) = passwords.iter().find(|(hash, _)| crate::crypto::same(hash.as_bytes(), encoded.as_bytes())) {
         if *expires <= crate::unix_now() {
@@ -241,13 +236,14 @@ async fn verify_assertion(state: &AppState, client_id: &str, assertion: &str) ->
         .and_then(|value| value.as_str())
         // MSAL pads the thumbprint's base64url; RFC 7515 does not: either is taken.
         .and_then(|value| B64URL.decode(value.trim_end_matches('=')).ok())
-        .map(|bytes| bytes.iter().map(|byte| format!("{byte:02x}")).collect::<String>())
+        .map(|bytes| crate::crypto::hex(&bytes))
         .ok_or_else(|| bad_assertion(700027, "its header names no certificate (x5t#S256 or x5t)"))?;
     let (lookup, print) = (client_id.to_string(), thumbprint.clone());
-    let stored = state.db.read(move |sql| crate::db::app_certificate(sql, &lookup, &print)).await.map_err(|err| {
-        tracing::error!("{err}");
-        TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
-    })?;
+    let stored = state
+        .db
+        .read(move |sql| crate::db::app_certificate(sql, &lookup, &print))
+        .await
+        .map_err(|err| TokenEndpointError::unavailable(&err))?;
     let der = stored
         .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
         .ok_or_else(|| bad_assertion(700027, &format!("no certificate with thumbprint {thumbprint} is registered for the application")))?;
@@ -273,7 +269,7 @@ async fn verify_assertion(state: &AppState, client_id: &str, assertion: &str) ->
         let mut names = vec![state.identity.tenant_id.clone()];
         names.extend(state.domains());
         let mut audiences: Vec<String> = names.iter().map(|name| format!("{authority}/{name}/oauth2/v2.0/token")).collect();
-        audiences.push(crate::oauth::issuer_for(state));
+        audiences.push(crate::oauth::issuer(state));
         audiences
     };
     let aud_ok = match claims.get("aud") {
@@ -296,10 +292,11 @@ async fn verify_assertion(state: &AppState, client_id: &str, assertion: &str) ->
     }
     let jti = text("jti").filter(|jti| !jti.is_empty()).ok_or_else(|| bad_assertion(700027, "it has no jti"))?;
     let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::crypto::secret_hash(&format!("{client_id} {jti}")));
-    let first = state.db.call(move |sql| crate::db::first_use_of_assertion(sql, &key, exp + 300, now)).await.map_err(|err| {
-        tracing::error!("{err}");
-        TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
-    })?;
+    let first = state
+        .db
+        .call(move |sql| crate::db::first_use_of_assertion(sql, &key, exp + 300, now))
+        .await
+        .map_err(|err| TokenEndpointError::unavailable(&err))?;
     if !first {
         return Err(bad_assertion(700027, "it was used before (a replay)"));
     }

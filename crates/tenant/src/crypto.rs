@@ -37,12 +37,26 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     bytes
 }
 
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// A certificate's (DER) SHA-256 and SHA-1 thumbprints, lower-case hex: how an app's
+/// certificates are named (`x5t#S256`, `x5t`).
+pub fn thumbprints(der: &[u8]) -> (String, String) {
+    (
+        hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref()),
+        hex(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref()),
+    )
+}
+
 /// A random (version 4) GUID, lower-case with dashes.
 pub fn new_guid() -> String {
     let mut bytes = random_bytes(16);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    let hex = hex(&bytes);
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 

@@ -742,9 +742,7 @@ impl Tenant {
     /// Registers a certificate (DER) an app may prove itself with (`private_key_jwt`).
     pub async fn add_app_certificate(&self, client_id: &str, der: &[u8]) -> Result<(), TenantError> {
         use base64::Engine as _;
-        let hex = |digest: ring::digest::Digest| digest.as_ref().iter().map(|byte| format!("{byte:02x}")).collect::<String>();
-        let sha256 = hex(ring::digest::digest(&ring::digest::SHA256, der));
-        let sha1 = hex(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der));
+        let (sha256, sha1) = crypto::thumbprints(der);
         let (client_id, encoded) = (client_id.to_string(), base64::engine::general_purpose::STANDARD.encode(der));
         self.app.db.call(move |conn| db::insert_app_certificate(conn, &client_id, &sha256, &sha1, &encoded)).await?;
         Ok(())

@@ -30,7 +30,7 @@ fn is_tenant(state: &AppState, segment: &str) -> bool {
 }
 
 /// The issuer of every token: pinned to the configured authority, never the `Host` header.
-fn issuer(state: &AppState) -> String {
+pub(crate) fn issuer(state: &AppState) -> String {
     format!("{}/{}/v2.0", state.authority(), state.identity.tenant_id)
 }
 
@@ -280,10 +280,7 @@ async fn client_credentials(state: &AppState, client: &crate::client_auth::Clien
         "roles": client.roles,
         "ver": "2.0",
     });
-    let access_token = state.signing.sign(&claims).map_err(|err| {
-        tracing::error!("{err}");
-        TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
-    })?;
+    let access_token = state.signing.sign(&claims).map_err(|err| TokenEndpointError::unavailable(&err))?;
     state.record("SignIn", "client credentials".into(), client_id.clone(), client_id.clone(), "success").await;
     Ok(json!({
         "token_type": "Bearer",
@@ -303,11 +300,6 @@ fn form_fields(form: &TokenForm, client: &crate::client_auth::Client) -> crate::
         password: zeroize::Zeroizing::new(form.password.clone().unwrap_or_default()),
         refresh_token: zeroize::Zeroizing::new(form.refresh_token.clone().unwrap_or_default()),
     }
-}
-
-/// The issuer claim of every token.
-pub(crate) fn issuer_for(state: &AppState) -> String {
-    issuer(state)
 }
 
 /// `GET /common/userrealm/{upn}?api-version=1.0`: `Managed` for the tenant's domains,

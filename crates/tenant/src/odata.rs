@@ -121,6 +121,12 @@ impl TokenEndpointError {
     pub fn new(error: &'static str, code: u32, description: impl Into<String>) -> Self {
         TokenEndpointError { status: StatusCode::BAD_REQUEST, error, code, description: description.into() }
     }
+
+    /// The tenant's own failure (a database, signing): logged, and answered without its cause.
+    pub fn unavailable(err: &dyn std::fmt::Display) -> Self {
+        tracing::error!("{err}");
+        TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
+    }
 }
 
 impl IntoResponse for TokenEndpointError {

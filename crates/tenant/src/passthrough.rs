@@ -80,7 +80,7 @@ pub struct PeerCertificate(pub Option<Arc<Vec<u8>>>);
 
 /// SHA-256 of a certificate, lower-case hex.
 pub fn fingerprint(der: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, der).as_ref().iter().map(|byte| format!("{byte:02x}")).collect()
+    crate::crypto::hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
 }
 
 /// The agent CA: issues and (through the listener) verifies agent certificates.

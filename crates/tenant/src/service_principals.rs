@@ -38,7 +38,7 @@ const MICROSOFT_IDS: &[(&str, &str)] = &[
 /// A GUID-shaped id derived from `text` (stable across tenants and versions).
 fn derived_guid(text: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    let hex: String = digest.as_ref()[..16].iter().map(|byte| format!("{byte:02x}")).collect();
+    let hex = crate::crypto::hex(&digest.as_ref()[..16]);
     format!("{}-{}-4{}-8{}-{}", &hex[..8], &hex[8..12], &hex[13..16], &hex[17..20], &hex[20..32])
 }
 
@@ -61,6 +61,11 @@ pub fn app_roles() -> Vec<(String, &'static str)> {
 /// The Graph service principal's object id in this tenant (derived from the tenant id).
 fn graph_object_id(state: &AppState) -> String {
     derived_guid(&format!("graph-sp:{}", state.identity.tenant_id))
+}
+
+/// Whether `key` (an object id or an appId) names Microsoft Graph's service principal.
+fn is_graph(state: &AppState, key: &str) -> bool {
+    key == graph_object_id(state) || key == GRAPH_APP_ID
 }
 
 fn graph_principal(state: &AppState) -> Value {
@@ -148,7 +153,7 @@ pub async fn create(state: AppState, access: Access, body: crate::graph::Body) -
 /// `GET /v1.0/servicePrincipals/{id}` (object id or appId).
 pub async fn get(state: AppState, access: Access, key: String) -> Result<Response, GraphError> {
     access.require(Area::ApplicationsRead)?;
-    if key == graph_object_id(&state) || key == GRAPH_APP_ID {
+    if is_graph(&state, &key) {
         return Ok(Json(graph_principal(&state)).into_response());
     }
     let lookup = key.clone();
@@ -177,10 +182,10 @@ fn roles_of(principal: &db::ServicePrincipalRow) -> Vec<String> {
 /// `…/appRoleAssignments` (on an app: its grants).
 pub async fn assignments(state: AppState, access: Access, headers: HeaderMap, key: String) -> Result<Response, GraphError> {
     access.require(Area::ApplicationsRead)?;
-    let is_graph = key == graph_object_id(&state) || key == GRAPH_APP_ID;
-    let lookup = (!is_graph).then(|| key.clone());
+    let graph = is_graph(&state, &key);
+    let lookup = (!graph).then(|| key.clone());
     let rows = state.db.read(move |sql| db::service_principals(sql, lookup.as_deref())).await?;
-    if !is_graph && rows.is_empty() {
+    if !graph && rows.is_empty() {
         return Err(GraphError::not_found(&key));
     }
     let values: Vec<Value> =
@@ -201,7 +206,7 @@ pub async fn grant(state: AppState, access: Access, key: String, body: crate::gr
     let body = crate::graph::body_object(body)?;
     let text = |name: &str| body.get(name).and_then(Value::as_str).map(str::to_string);
     let graph = graph_object_id(&state);
-    if key != graph && key != GRAPH_APP_ID {
+    if !is_graph(&state, &key) {
         return Err(GraphError::bad_request("Application roles are granted on the Microsoft Graph service principal (this API's)."));
     }
     if text("resourceId").as_deref() != Some(graph.as_str()) {
@@ -236,7 +241,7 @@ pub async fn grant(state: AppState, access: Access, key: String, body: crate::gr
 /// `DELETE /v1.0/servicePrincipals/{graph}/appRoleAssignedTo/{assignment}`.
 pub async fn revoke(state: AppState, access: Access, key: String, assignment: String) -> Result<Response, GraphError> {
     require_grant(&access)?;
-    if key != graph_object_id(&state) && key != GRAPH_APP_ID {
+    if !is_graph(&state, &key) {
         return Err(GraphError::not_found(&key));
     }
     let target = assignment.clone();

@@ -133,11 +133,6 @@ impl SignInMethod for FederatedElsewhere {
     }
 }
 
-fn unavailable(err: &dyn std::fmt::Display) -> TokenEndpointError {
-    tracing::error!("{err}");
-    TokenEndpointError::new("temporarily_unavailable", 50000, "There was an error issuing a token.")
-}
-
 fn bad_credentials() -> TokenEndpointError {
     TokenEndpointError::new("invalid_grant", 50126, "Error validating credentials due to invalid username or password.")
 }
@@ -159,7 +154,7 @@ pub async fn authenticate(
         refresh_token: zeroize::Zeroizing::new(String::new()),
     };
     let client_id = grant.client_id.clone();
-    let app = state.db.read(move |conn| db::app(conn, &client_id)).await.map_err(|err| unavailable(&err))?;
+    let app = state.db.read(move |conn| db::app(conn, &client_id)).await.map_err(|err| TokenEndpointError::unavailable(&err))?;
     if app.is_none() {
         return Err(TokenEndpointError::new(
             "unauthorized_client",
@@ -169,7 +164,7 @@ pub async fn authenticate(
     }
     let key = grant.username.to_lowercase();
     let (lookup, now) = (key.clone(), crate::unix_now());
-    let entry = state.db.read(move |sql| db::lockout_entry(sql, &lookup)).await.map_err(|err| unavailable(&err))?;
+    let entry = state.db.read(move |sql| db::lockout_entry(sql, &lookup)).await.map_err(|err| TokenEndpointError::unavailable(&err))?;
     let entry = entry.or_else(|| state.failures.unknown_entry(&key));
     if let Some(left) = entry.and_then(|(_, until)| Some(until - now).filter(|left| *left > 0)) {
         state.record("SignIn", flow.to_string(), key.clone(), grant.client_id.clone(), "locked").await;
@@ -180,7 +175,8 @@ pub async fn authenticate(
         ));
     }
     let username = grant.username.clone();
-    let found = state.db.read(move |conn| db::get(conn, Kind::User, &username)).await.map_err(|err| unavailable(&err))?;
+    let found =
+        state.db.read(move |conn| db::get(conn, Kind::User, &username)).await.map_err(|err| TokenEndpointError::unavailable(&err))?;
     let domain = grant.username.rsplit_once('@').map(|(_, domain)| domain.to_string()).unwrap_or_default();
     let method = state.sign_in_method(&domain);
     let verdict = match &found {
@@ -215,7 +211,7 @@ pub async fn authenticate(
                     .db
                     .call(move |sql| db::lockout_fail(sql, &lookup, crate::unix_now(), threshold, duration))
                     .await
-                    .map_err(|err| unavailable(&err))?
+                    .map_err(|err| TokenEndpointError::unavailable(&err))?
             } else {
                 state.failures.unknown_failed(&lookup, crate::unix_now(), threshold, duration)
             };
@@ -239,7 +235,7 @@ pub async fn authenticate(
     let id = user.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     if state.block_leaked {
         let lookup = id.clone();
-        if state.db.read(move |conn| db::is_risky(conn, &lookup)).await.map_err(|err| unavailable(&err))? {
+        if state.db.read(move |conn| db::is_risky(conn, &lookup)).await.map_err(|err| TokenEndpointError::unavailable(&err))? {
             state.record("SignIn", flow.to_string(), key.clone(), grant.client_id.clone(), "blocked: leaked password").await;
             return Err(TokenEndpointError::new(
                 "invalid_grant",
@@ -249,7 +245,7 @@ pub async fn authenticate(
         }
     }
     // A temporary password synced from on-premises signs in only to be changed.
-    let synced = state.db.read(move |conn| db::synced_credential(conn, &id)).await.map_err(|err| unavailable(&err))?;
+    let synced = state.db.read(move |conn| db::synced_credential(conn, &id)).await.map_err(|err| TokenEndpointError::unavailable(&err))?;
     // Under the cloud password policy, a synced password checked here expires after the
     // domain's validity period (pass-through checks on-premises, where AD's own expiry applies).
     if method.name() == CloudPassword.name()
@@ -276,7 +272,7 @@ pub async fn authenticate(
     }
     if entry.is_some() {
         let lookup = key.clone();
-        state.db.call(move |sql| db::lockout_clear(sql, &lookup)).await.map_err(|err| unavailable(&err))?;
+        state.db.call(move |sql| db::lockout_clear(sql, &lookup)).await.map_err(|err| TokenEndpointError::unavailable(&err))?;
     }
     state.record("SignIn", format!("{flow} ({method_name})"), key.clone(), grant.client_id.clone(), "success").await;
     Ok(user)
@@ -308,7 +304,12 @@ pub async fn refresh_grant(state: &AppState, grant: &UserGrant) -> Result<Value,
     // Used once: a second use is a replay, and revokes every token of the sign-in.
     let token_id = claims.get("jti").and_then(Value::as_str).unwrap_or_default().to_string();
     let now = crate::unix_now();
-    let family = match state.db.call(move |sql| db::redeem_refresh(sql, &token_id, now)).await.map_err(|err| unavailable(&err))? {
+    let family = match state
+        .db
+        .call(move |sql| db::redeem_refresh(sql, &token_id, now))
+        .await
+        .map_err(|err| TokenEndpointError::unavailable(&err))?
+    {
         db::Redeemed::Rotate(family) => family,
         db::Redeemed::Replayed => {
             let oid = claims.get("oid").and_then(Value::as_str).unwrap_or_default().to_string();
@@ -324,7 +325,7 @@ pub async fn refresh_grant(state: &AppState, grant: &UserGrant) -> Result<Value,
         }
     };
     let oid = claims.get("oid").and_then(Value::as_str).unwrap_or_default().to_string();
-    let user = state.db.read(move |conn| db::get(conn, Kind::User, &oid)).await.map_err(|err| unavailable(&err))?;
+    let user = state.db.read(move |conn| db::get(conn, Kind::User, &oid)).await.map_err(|err| TokenEndpointError::unavailable(&err))?;
     let Some(user) = user.filter(|user| user.get("accountEnabled").and_then(Value::as_bool) == Some(true)) else {
         return Err(TokenEndpointError::new("invalid_grant", 50057, "The user account is disabled or deleted."));
     };
@@ -361,7 +362,7 @@ pub(crate) async fn user_tokens(
         user.get("userPrincipalName").and_then(Value::as_str).unwrap_or_default(),
     );
     let tid = state.identity.tenant_id.as_str();
-    let issuer = crate::oauth::issuer_for(state);
+    let issuer = crate::oauth::issuer(state);
     let offline = request.family.is_some() || request.scope.split_whitespace().any(|scope| scope == "offline_access");
     let scopes: Vec<&str> =
         request.scope.split_whitespace().filter(|scope| !["openid", "profile", "offline_access", "email"].contains(scope)).collect();
@@ -376,7 +377,7 @@ pub(crate) async fn user_tokens(
     if let Some(auth_time) = request.auth_time {
         id["auth_time"] = Value::from(auth_time);
     }
-    let sign = |claims: &Value| state.signing.sign(claims).map_err(|err| unavailable(&err));
+    let sign = |claims: &Value| state.signing.sign(claims).map_err(|err| TokenEndpointError::unavailable(&err));
     let access_token = sign(&access)?;
     // at_hash (OIDC Core §3.1.3.6): the left half of the access token's SHA-256 (ES256).
     let digest = ring::digest::digest(&ring::digest::SHA256, access_token.as_bytes());
@@ -400,7 +401,7 @@ pub(crate) async fn user_tokens(
             .db
             .call(move |sql| db::insert_refresh(sql, &stored_id, &family, &user_id, &client, expires))
             .await
-            .map_err(|err| unavailable(&err))?;
+            .map_err(|err| TokenEndpointError::unavailable(&err))?;
         body["refresh_token"] = Value::String(sign(&refresh)?);
     }
     Ok(body)
