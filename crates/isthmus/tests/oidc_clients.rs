@@ -212,17 +212,23 @@ impl Drop for Server {
 
 impl Server {
     async fn start() -> Server {
+        Server::start_at("127.0.0.1", &[]).await
+    }
+
+    /// `tenant serve` listening on `ip` (a free port), with `extra` options.
+    async fn start_at(ip: &str, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let state = dir.path().join("tenant");
         let child = Command::new(env!("CARGO_BIN_EXE_isthmus"))
-            .args(["tenant", "serve", "--state", state.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+            .args(["tenant", "serve", "--state", state.to_str().unwrap(), "--listen", &format!("{ip}:{port}")])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("isthmus tenant serve");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !state.join("admin-app.txt").exists() {
+        while std::net::TcpStream::connect((ip, port)).is_err() || !state.join("admin-app.txt").exists() {
             assert!(std::time::Instant::now() < deadline, "tenant serve did not start");
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
@@ -234,7 +240,7 @@ impl Server {
             .use_rustls_tls()
             .build()
             .unwrap();
-        let base = format!("https://127.0.0.1:{port}");
+        let base = format!("https://{ip}:{port}");
         // The tenant's own names come from Graph: the token endpoint takes `organizations` too.
         let admin = (field("client_id"), field("client_secret"));
         let token =
@@ -244,6 +250,11 @@ impl Server {
         let tenant_id = org["value"][0]["id"].as_str().unwrap().to_string();
         let domain = org["value"][0]["verifiedDomains"][0]["name"].as_str().unwrap_or_default().to_string();
         Server { base, ca, admin, domain, tenant_id, http, token, dir, child }
+    }
+
+    /// A public document of the tenant (discovery), as JSON.
+    async fn public_json(&self, path: &str) -> serde_json::Value {
+        self.http.get(format!("{}{path}", self.base)).send().await.unwrap().json().await.unwrap()
     }
 
     async fn graph(&self, method: reqwest::Method, path: &str, body: serde_json::Value) -> serde_json::Value {
@@ -538,30 +549,38 @@ async fn tenant_app_create_makes_the_sync_app_and_a_public_client() {
 }
 
 /// `tenant serve --listen <address>` makes its certificate for that address too, so clients
-/// reaching the tenant there trust it without a `--host`.
+/// reaching the tenant there trust it without a `--host` (the start itself signs in there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_certificate_covers_the_listen_address() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let state = dir.path().join("tenant");
-    let listen = format!("127.0.0.254:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_isthmus"))
-        .args(["tenant", "serve", "--state", state.to_str().unwrap(), "--listen", &listen])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("isthmus tenant serve");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::net::TcpStream::connect(&listen).is_err() {
-        assert!(std::time::Instant::now() < deadline, "tenant serve did not start");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let ca = std::fs::read(state.join("tls").join("ca.pem")).unwrap();
-    let http =
-        reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap()).use_rustls_tls().build().unwrap();
-    let answer = http.get(format!("https://{listen}/organizations/v2.0/.well-known/openid-configuration")).send().await;
-    let _ = child.kill();
-    let _ = child.wait();
-    let answer = answer.expect("the certificate is valid for the listen address");
+    let server = Server::start_at("127.0.0.254", &[]).await;
+    let answer = server.http.get(format!("{}/organizations/v2.0/.well-known/openid-configuration", server.base)).send().await.unwrap();
     assert_eq!(answer.status(), reqwest::StatusCode::OK);
+}
+
+/// `--public-url` is the issuer whatever address the tenant is reached at; bad values of the
+/// new options are refused with the option named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_serve_options_public_url_and_limits() {
+    let server = Server::start_at(
+        "127.0.0.1",
+        &["--public-url", "https://login.contoso.example", "--max-connections", "50", "--audit-retention-days", "7"],
+    )
+    .await;
+    let discovery = server.public_json(&format!("/{}/v2.0/.well-known/openid-configuration", server.tenant_id)).await;
+    assert_eq!(discovery["issuer"], format!("https://login.contoso.example/{}/v2.0", server.tenant_id));
+    assert!(discovery["token_endpoint"].as_str().unwrap().starts_with("https://login.contoso.example/"), "{discovery}");
+    for (option, value) in [
+        ("--public-url", "http://login.contoso.example"),
+        ("--public-url", "https://x.example/path"),
+        ("--max-connections", "0"),
+        ("--audit-retention-days", "0"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_isthmus"))
+            .args(["tenant", "serve", "--state", dir.path().join("t").to_str().unwrap(), "--listen", "127.0.0.1:0", option, value])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && err.contains(option), "{option} {value}: {err}");
+    }
 }
