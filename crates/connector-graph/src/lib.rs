@@ -165,6 +165,31 @@ async fn sync_settings(client: &client::Client) -> Result<serde_json::Value, Con
     Ok(answer.body.pointer("/value/0").cloned().unwrap_or_default())
 }
 
+/// The sync schedule settings the tenant keeps for its sync servers
+/// (`/directory/onPremisesSynchronization` → `configuration`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TenantSchedule {
+    /// `synchronizationInterval` as the tenant writes it (ISO 8601, e.g. `PT30M`).
+    pub interval: Option<String>,
+    /// `accidentalDeletionPrevention.synchronizationPreventionType`: `disabled`,
+    /// `enabledForCount` or `enabledForPercentage`.
+    pub prevention: Option<String>,
+    /// `accidentalDeletionPrevention.alertThreshold`.
+    pub threshold: Option<u64>,
+}
+
+/// Reads [`TenantSchedule`].
+pub async fn tenant_schedule(config: &GraphConfig) -> Result<TenantSchedule, ConnectorError> {
+    let client = client::Client::new(config.clone())?;
+    let settings = sync_settings(&client).await?;
+    let text = |pointer: &str| settings.pointer(pointer).and_then(serde_json::Value::as_str).map(str::to_string);
+    Ok(TenantSchedule {
+        interval: text("/configuration/synchronizationInterval"),
+        prevention: text("/configuration/accidentalDeletionPrevention/synchronizationPreventionType"),
+        threshold: settings.pointer("/configuration/accidentalDeletionPrevention/alertThreshold").and_then(serde_json::Value::as_u64),
+    })
+}
+
 /// The anchor attribute the tenant remembers, if a sync server stored one.
 pub async fn tenant_anchor(config: &GraphConfig) -> Result<Option<String>, ConnectorError> {
     let client = client::Client::new(config.clone())?;

@@ -34,7 +34,7 @@ use model::ConnectorId;
 pub use config::{Bind, ConnectorRole, DeltaMode, Flavour, LdapConfig, Transport};
 pub use hashes::{HashRecord, read_nt_hashes};
 pub use password_check::PasswordChecker;
-pub use probe::{AnchorProbe, probe_anchor};
+pub use probe::{AnchorProbe, UpnSuffixes, probe_anchor, upn_suffixes};
 pub use replication::{ReplicationAccount, replication_account};
 
 /// Checks the settings, connects, binds and reads the directory's shape; the connector is ready.

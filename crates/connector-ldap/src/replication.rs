@@ -93,7 +93,16 @@ pub async fn replication_account(config: LdapConfig) -> Result<ReplicationAccoun
     } else {
         let filter = match bind_name.split_once('\\') {
             Some((_, sam)) => format!("(sAMAccountName={})", escape_filter(sam)),
-            None => format!("(userPrincipalName={})", escape_filter(&bind_name)),
+            // AD also binds `sam@dns-domain` for accounts without a userPrincipalName (the
+            // implicit UPN: built-in accounts such as Administrator have none).
+            None => match bind_name.rsplit_once('@') {
+                Some((sam, suffix)) if suffix.eq_ignore_ascii_case(&dns_name(&default_nc)) => format!(
+                    "(|(userPrincipalName={})(&(sAMAccountName={})(!(userPrincipalName=*))))",
+                    escape_filter(&bind_name),
+                    escape_filter(sam)
+                ),
+                _ => format!("(userPrincipalName={})", escape_filter(&bind_name)),
+            },
         };
         session.search(&default_nc, Scope::Subtree, &filter, &wanted, Vec::new()).await?.0.into_iter().next()
     }
@@ -263,5 +272,26 @@ mod tests {
             with_dacl[24] = 3;
             let _ = grants_control_right(&with_dacl, &[sid(1)], &GET_CHANGES.guid);
         }
+    }
+}
+
+/// The DNS name of a domain naming context: `DC=corp,DC=example` → `corp.example`.
+fn dns_name(naming_context: &str) -> String {
+    naming_context
+        .split(',')
+        .filter_map(|part| part.trim().split_once('='))
+        .filter(|(kind, _)| kind.trim().eq_ignore_ascii_case("DC"))
+        .map(|(_, label)| label.trim())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[cfg(test)]
+mod dns_name_tests {
+    #[test]
+    fn a_naming_context_names_its_dns_domain() {
+        assert_eq!(super::dns_name("DC=corp,DC=example"), "corp.example");
+        assert_eq!(super::dns_name("dc=Sub, DC=corp,DC=example"), "Sub.corp.example");
+        assert_eq!(super::dns_name("CN=Configuration,DC=corp,DC=example"), "corp.example");
     }
 }

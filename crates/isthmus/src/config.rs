@@ -22,6 +22,9 @@ pub struct Config {
     /// The cloud directories (`[[graph]]` tables: a Graph-compatible API).
     #[serde(rename = "graph", default)]
     pub graphs: Vec<connector_graph::GraphConfig>,
+    /// The file's folder (relative paths in it are relative to this).
+    #[serde(skip)]
+    pub folder: PathBuf,
 }
 
 /// `[store]`: exactly one of `sqlite` and `postgres`.
@@ -63,6 +66,17 @@ pub struct SyncConfig {
     /// Export chunks (of up to 20 objects) a connector is given at once.
     #[serde(default = "default_export_concurrency")]
     pub export_concurrency: usize,
+    /// The control channel of `sync serve` (a Unix socket `sync status|start|scheduler`
+    /// talk to), relative to the configuration file. Default: `isthmus-sync.sock` beside it.
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    /// Days the run history keeps a step; older ones are removed after each cycle. 0 keeps all.
+    #[serde(default = "default_history_days")]
+    pub history_days: u32,
+}
+
+fn default_history_days() -> u32 {
+    90
 }
 
 fn default_export_concurrency() -> usize {
@@ -86,7 +100,10 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
         let mut config: Config = toml::from_str(&text).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
-        let folder = path.parent().unwrap_or(Path::new("."));
+        let folder = std::path::absolute(path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+            .with_context(|| format!("the folder of {}", path.display()))?;
+        let folder = folder.as_path();
+        config.folder = folder.to_path_buf();
         if let Some(sqlite) = &mut config.store.sqlite
             && sqlite.is_relative()
         {
@@ -208,6 +225,12 @@ impl Config {
         Ok(sync_rules::defaults::DefaultOptions { source_anchor, upn_attribute: self.sync.upn_attribute.clone() })
     }
 
+    /// Where `sync serve` listens for `sync status|start|scheduler`.
+    pub fn control_socket(&self) -> PathBuf {
+        let path = self.sync.control_socket.clone().unwrap_or_else(|| PathBuf::from("isthmus-sync.sock"));
+        if path.is_relative() { self.folder.join(path) } else { path }
+    }
+
     /// The runner's settings.
     pub fn runner(&self) -> sync_runner::RunnerConfig {
         sync_runner::RunnerConfig {
@@ -215,6 +238,45 @@ impl Config {
             deletion_threshold: (self.sync.deletion_threshold > 0).then_some(self.sync.deletion_threshold),
             export_concurrency: self.sync.export_concurrency,
         }
+    }
+}
+
+/// A sync store, opened from `[store]`: the one place the adapter is chosen.
+pub enum Opened {
+    /// `[store] sqlite`.
+    Sqlite(store_sqlite::SqliteStore),
+    /// `[store] postgres`.
+    Postgres(store_postgres::PostgresStore),
+}
+
+/// Runs `$body` with `$store` bound to the opened store, whichever adapter it is.
+macro_rules! with_store {
+    ($opened:expr, |$store:ident| $body:expr) => {
+        match $opened {
+            $crate::config::Opened::Sqlite($store) => $body,
+            $crate::config::Opened::Postgres($store) => $body,
+        }
+    };
+}
+pub(crate) use with_store;
+
+impl StoreConfig {
+    /// Opens the store and checks (or creates) its schema. `create`: false refuses a missing
+    /// SQLite file (an operator tool given a wrong path should not make an empty database).
+    pub async fn open(&self, create: bool) -> anyhow::Result<Opened> {
+        use store::Store as _;
+        let opened = match (&self.sqlite, &self.postgres) {
+            (Some(path), _) => {
+                anyhow::ensure!(create || path.exists(), "{} does not exist (no sync has run with this configuration yet)", path.display());
+                Opened::Sqlite(store_sqlite::SqliteStore::open(path).with_context(|| format!("open {}", path.display()))?)
+            }
+            (None, Some(url)) => {
+                Opened::Postgres(store_postgres::PostgresStore::connect(url).await.context("connect to PostgreSQL ([store] postgres)")?)
+            }
+            (None, None) => anyhow::bail!("[store]: give `sqlite` or `postgres`"),
+        };
+        with_store!(&opened, |store| store.migrate().await.context("create or check the database schema")?);
+        Ok(opened)
     }
 }
 

@@ -60,6 +60,15 @@ pub struct InitArgs {
     /// The attribute the cloud userPrincipalName comes from (alternate login ID: `mail`).
     #[arg(long, default_value = "userPrincipalName")]
     pub upn_attribute: String,
+    /// How users sign in to the cloud: `password-hash-sync` (their password hashes are synced;
+    /// Entra's express choice) or `pass-through` (checked on-premises by pass-through agents;
+    /// hash sync can stay on as the fallback with --password-hash-sync-backup). Asked on a terminal.
+    #[arg(long, value_parser = ["password-hash-sync", "pass-through"])]
+    pub sign_in: Option<String>,
+    /// With --sign-in pass-through: sync password hashes too, so the tenant can fall back to
+    /// them when no agent answers (`isthmus pta fallback`).
+    #[arg(long)]
+    pub password_hash_sync_backup: bool,
 }
 
 fn check(ok: bool, line: &str) -> bool {
@@ -114,6 +123,7 @@ struct Answers {
     client_id: String,
     source_anchor: String,
     upn_attribute: String,
+    sign_in: String,
 }
 
 /// Runs the checks and writes the file.
@@ -140,14 +150,27 @@ pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
     } else {
         (args.source_anchor.clone(), args.upn_attribute.clone())
     };
+    let sign_in = match &args.sign_in {
+        Some(method) => method.clone(),
+        None if interactive() => loop {
+            let answer = ask(&None, "sign-in", "Sign-in method: password-hash-sync or pass-through", Some("password-hash-sync"))?;
+            if answer == "password-hash-sync" || answer == "pass-through" {
+                break answer;
+            }
+            println!("  (password-hash-sync or pass-through)");
+        },
+        None => "password-hash-sync".to_string(),
+    };
     if source_anchor != "auto" {
         sync_rules::defaults::SourceAnchor::from_name(&source_anchor).map_err(|why| anyhow::anyhow!("--source-anchor: {why}"))?;
     }
-    let answers = Answers { ad_host, ad_user, tenant_url, tenant, client_id, source_anchor, upn_attribute };
+    let answers = Answers { ad_host, ad_user, tenant_url, tenant, client_id, source_anchor, upn_attribute, sign_in };
     let ad_id = "ad".to_string();
     let bind = connector_ldap::Bind::Simple { dn: answers.ad_user.clone(), password: ad_password.clone() };
     let mut ad = connector_ldap::LdapConfig::new(&ad_id, connector_ldap::Flavour::ActiveDirectory, &answers.ad_host, bind);
-    ad.ca_file = args.ad_ca.clone();
+    let ad_ca = absolute(args.ad_ca.as_deref(), "--ad-ca")?;
+    let tenant_ca = absolute(args.tenant_ca.as_deref(), "--tenant-ca")?;
+    ad.ca_file = ad_ca.clone();
     ad.include_ous = args.ou.clone();
     let graph = connector_graph::GraphConfig {
         id: "tenant".into(),
@@ -156,7 +179,7 @@ pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
         tenant: answers.tenant.clone(),
         client_id: answers.client_id.clone(),
         client_secret: client_secret.clone(),
-        ca_file: args.tenant_ca.clone(),
+        ca_file: tenant_ca.clone(),
         page_size: 200,
         attempts: 3,
     };
@@ -178,35 +201,79 @@ pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
         Err(ConnectorError::Config(why)) => failed |= !check(false, &why),
         Err(err) => failed |= !check(false, &format!("cannot reach {}: {err}", answers.ad_host)),
     }
-    if let Some(domain) = &domain {
-        let labels: Vec<&str> = domain.split('.').collect();
-        let non_routable = labels.len() < 2
-            || ["local", "lan", "internal", "corp", "home", "localdomain"].contains(&labels.last().copied().unwrap_or_default());
-        if non_routable {
-            warn(&format!(
-                "the forest's domain {domain} is not routable: it cannot be verified in a tenant; users' UPNs will get the tenant's initial domain unless you add a routable UPN suffix (or sync another attribute as the UPN)"
-            ));
+    let suffixes = if domain.is_some() && !failed {
+        match connector_ldap::upn_suffixes(ad.clone()).await {
+            Ok(found) => Some(found),
+            Err(err) => {
+                failed |= !check(false, &format!("reading the users' UPN suffixes: {err}"));
+                None
+            }
         }
-    }
+    } else {
+        None
+    };
 
     println!("Checking the tenant at {}:", answers.tenant_url);
+    let mut token = None;
     match connector_graph::open(graph.clone()).await {
         Ok(_) => {
             check(true, &format!("the app {} signs in", answers.client_id));
+            token = connector_graph::app_token(&graph).await.ok();
         }
         Err(err) => failed |= !check(false, &err.to_string()),
     }
-    if !failed && let Some(domain) = &domain {
-        match verified_domains(&graph).await {
-            Ok(verified) if verified.iter().any(|known| known.eq_ignore_ascii_case(domain)) => {
-                check(true, &format!("{domain} is a verified domain of the tenant"));
+    if let Some(token) = &token {
+        let roles = token_roles(token);
+        if roles.iter().any(|role| role == tenant::SYNC_ROLE) {
+            check(true, &format!("the app holds {}", tenant::SYNC_ROLE));
+        } else {
+            failed |= !check(
+                false,
+                &format!(
+                    "the app {} does not hold {} (it holds: {}); grant it, or make the sync app with \
+                     `isthmus tenant app create --name \"Isthmus sync\" --role {} --secret-file sync-app.txt`",
+                    answers.client_id,
+                    tenant::SYNC_ROLE,
+                    if roles.is_empty() { "no roles".to_string() } else { roles.join(", ") },
+                    tenant::SYNC_ROLE
+                ),
+            );
+        }
+        if let Some(broad) = roles.iter().find(|role| role.ends_with(".ReadWrite.All") && role.as_str() != tenant::SYNC_ROLE) {
+            warn(&format!("the app also holds {broad}: the sync needs only {}; a leaked secret would give more away", tenant::SYNC_ROLE));
+        }
+    }
+    if !failed && let Some(found) = &suffixes {
+        match tenant_domains(&graph, token.as_deref().map(String::as_str).unwrap_or_default()).await {
+            Ok(domains) => {
+                println!("UPN suffixes in use on-premises (only a verified suffix keeps its users' UPNs in the cloud):");
+                for (suffix, users) in &found.suffixes {
+                    match domains.iter().find(|(name, _)| name.eq_ignore_ascii_case(suffix)) {
+                        Some((_, true)) => {
+                            check(true, &format!("{suffix}: {users} user(s), verified"));
+                        }
+                        Some((_, false)) => warn(&format!(
+                            "{suffix}: {users} user(s), added but NOT verified (`isthmus tenant domain verify {suffix}`); they get the initial domain until it is"
+                        )),
+                        None => warn(&format!(
+                            "{suffix}: {users} user(s), not a domain of the tenant (`isthmus tenant domain add {suffix}`, then verify); they get the initial domain until it is"
+                        )),
+                    }
+                }
+                if found.without_upn > 0 {
+                    warn(&format!("{} user(s) have no userPrincipalName: they get one in the initial domain", found.without_upn));
+                }
             }
-            Ok(verified) => warn(&format!(
-                "{domain} is not verified in the tenant (verified: {}); users will get the initial domain until it is",
-                verified.join(", ")
-            )),
             Err(err) => failed |= !check(false, &format!("reading the tenant's domains: {err}")),
         }
+    }
+    if answers.sign_in == "pass-through" {
+        println!(
+            "Sign-in: pass-through authentication{}.",
+            if args.password_hash_sync_backup { ", password hashes synced as the fallback" } else { "" }
+        );
+    } else {
+        println!("Sign-in: password hash sync (hashes of hashes, transformed on this server, every 2 minutes).");
     }
     // The source anchor: the tenant's, if a sync server stored one; else the consistency GUID
     // unless something already uses it; else objectGUID (Entra Connect's automatic choice).
@@ -268,7 +335,9 @@ pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(!failed, "nothing written: fix what failed above and run init again");
 
-    let text = render(args, &answers, &anchor, &ad_id, &ad_password, &client_secret);
+    let db = absolute(Some(&args.db), "--db")?.unwrap_or_else(|| args.db.clone());
+    let paths = Paths { db, ad_ca, tenant_ca };
+    let text = render(args, &answers, &paths, &anchor, &ad_id, &ad_password, &client_secret);
     write_private(&args.config, &text).with_context(|| format!("write {}", args.config.display()))?;
     println!(
         "Wrote {} (mode 0600): {} settings — one forest, Entra Connect's default rules, {anchor} as the source anchor, {} as the UPN.",
@@ -276,40 +345,58 @@ pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
         if args.custom { "custom" } else { "express" },
         answers.upn_attribute
     );
-    println!("Next: isthmus sync run --config {} --full", args.config.display());
+    println!("Next: isthmus sync run --config {} --full   (or run `isthmus sync serve` as a service)", args.config.display());
+    if answers.sign_in == "pass-through" {
+        println!(
+            "Then, for pass-through sign-in: `isthmus pta-agent register` and `isthmus pta-agent run` on (at least) one server near the DCs, \
+             and `isthmus tenant domain set-authentication <domain> pass-through` for each verified domain."
+        );
+    }
     Ok(())
 }
 
-async fn verified_domains(graph: &connector_graph::GraphConfig) -> anyhow::Result<Vec<String>> {
+/// The tenant's domains with whether each is verified, read with the sync app's `token`.
+async fn tenant_domains(graph: &connector_graph::GraphConfig, token: &str) -> anyhow::Result<Vec<(String, bool)>> {
     let mut builder = reqwest::Client::builder().use_rustls_tls();
     if let Some(ca) = &graph.ca_file {
         builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca)?)?).tls_built_in_root_certs(false);
     }
     let http = builder.build()?;
-    let form = [
-        ("grant_type", "client_credentials"),
-        ("client_id", graph.client_id.as_str()),
-        ("client_secret", graph.client_secret.as_str()),
-        ("scope", "https://graph.microsoft.com/.default"),
-    ];
-    let token: serde_json::Value = http
-        .post(format!("{}/{}/oauth2/v2.0/token", graph.authority, graph.tenant))
-        .form(&form)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let token = token["access_token"].as_str().unwrap_or_default();
     let domains: serde_json::Value =
         http.get(format!("{}/domains", graph.graph)).bearer_auth(token).send().await?.error_for_status()?.json().await?;
     Ok(domains["value"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|domain| domain["isVerified"] == true)
-        .filter_map(|domain| domain["id"].as_str().map(str::to_string))
+        .filter_map(|domain| Some((domain["id"].as_str()?.to_string(), domain["isVerified"] == true)))
         .collect())
+}
+
+/// The application roles an access token carries (its `roles` claim). The token is the
+/// tenant's answer to this app, so it is read, not verified: the tenant checks it on every call.
+fn token_roles(token: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap_or_default();
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')) else { return Vec::new() };
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    claims["roles"].as_array().into_iter().flatten().filter_map(|role| role.as_str().map(str::to_string)).collect()
+}
+
+/// `path` made absolute (the configuration file resolves relative paths against its own
+/// folder, not the folder init ran in); a CA file must exist.
+fn absolute(path: Option<&std::path::Path>, flag: &str) -> anyhow::Result<Option<PathBuf>> {
+    let Some(path) = path else { return Ok(None) };
+    if flag != "--db" {
+        return std::fs::canonicalize(path).map(Some).with_context(|| format!("{flag} {}", path.display()));
+    }
+    Ok(Some(std::path::absolute(path).with_context(|| format!("{flag} {}", path.display()))?))
+}
+
+/// The file paths the configuration names, absolute.
+struct Paths {
+    db: PathBuf,
+    ad_ca: Option<PathBuf>,
+    tenant_ca: Option<PathBuf>,
 }
 
 /// A TOML basic string.
@@ -326,16 +413,19 @@ fn quote(text: &str) -> String {
     format!("\"{escaped}\"")
 }
 
-fn render(args: &InitArgs, answers: &Answers, anchor: &str, ad_id: &str, ad_password: &str, client_secret: &str) -> String {
+fn render(args: &InitArgs, answers: &Answers, paths: &Paths, anchor: &str, ad_id: &str, ad_password: &str, client_secret: &str) -> String {
     let mut text = format!(
         "# Written by isthmus init.\n[store]\nsqlite = {}\n\n[sync]\ndefault_rules = true\nsource_anchor = {}\nupn_attribute = {}\n\n",
-        quote(&args.db.display().to_string()),
+        quote(&paths.db.display().to_string()),
         quote(anchor),
         quote(&answers.upn_attribute)
     );
     text.push_str(&format!("[[connector]]\nid = {}\nflavour = \"active-directory\"\nhost = {}\n", quote(ad_id), quote(&answers.ad_host)));
-    if let Some(ca) = &args.ad_ca {
+    if let Some(ca) = &paths.ad_ca {
         text.push_str(&format!("ca_file = {}\n", quote(&ca.display().to_string())));
+    }
+    if answers.sign_in == "password-hash-sync" || args.password_hash_sync_backup {
+        text.push_str("password_hash_sync = true\n");
     }
     if !args.ou.is_empty() {
         let ous: Vec<String> = args.ou.iter().map(|ou| quote(ou)).collect();
@@ -355,7 +445,7 @@ fn render(args: &InitArgs, answers: &Answers, anchor: &str, ad_id: &str, ad_pass
         quote(&answers.client_id),
         quote(client_secret)
     ));
-    if let Some(ca) = &args.tenant_ca {
+    if let Some(ca) = &paths.tenant_ca {
         text.push_str(&format!("ca_file = {}\n", quote(&ca.display().to_string())));
     }
     text

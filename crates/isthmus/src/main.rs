@@ -10,12 +10,14 @@ mod progress;
 mod pta_agent;
 mod quickstart;
 mod sync;
+mod tenant_admin;
 mod tenant_cmd;
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use config::with_store;
 
 /// Isthmus: one identity on both sides of your on-premises directories and the cloud.
 #[derive(Debug, Parser)]
@@ -35,9 +37,8 @@ enum Command {
     Quickstart(quickstart::Args),
     /// Show the run history: every step with its counts.
     History {
-        /// The database.
-        #[arg(long)]
-        db: PathBuf,
+        #[command(flatten)]
+        store: ops::StoreArgs,
         /// Newest first, at most this many.
         #[arg(long, default_value_t = 30)]
         limit: usize,
@@ -54,18 +55,16 @@ enum Command {
     },
     /// Show values the cloud directory quarantined (duplicate UPNs and proxy addresses).
     Conflicts {
-        /// The database.
-        #[arg(long)]
-        db: PathBuf,
+        #[command(flatten)]
+        store: ops::StoreArgs,
         /// The cloud connector.
         #[arg(long, default_value = "tenant")]
         connector: String,
     },
     /// Show every pending export (what the next export would do), per connector.
     Plan {
-        /// The database.
-        #[arg(long)]
-        db: PathBuf,
+        #[command(flatten)]
+        store: ops::StoreArgs,
         /// Only this connector.
         #[arg(long)]
         connector: Option<String>,
@@ -140,12 +139,21 @@ enum TenantCommand {
         #[command(subcommand)]
         command: AppCommand,
     },
+    /// The tenant's domains: add, verify, show, and the sign-in method of their synced users.
+    Domain {
+        #[command(subcommand)]
+        command: tenant_admin::DomainCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum AppCommand {
     /// Register an app: its secret (into a file), service principal and role grants; or a public client.
     Create(tenant_cmd::AppCreateArgs),
+    /// List the app registrations with their kind and Graph roles.
+    List(tenant_admin::AppListArgs),
+    /// Delete an app registration (its secrets, grants and refresh tokens stop working).
+    Delete(tenant_admin::AppDeleteArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,15 +162,20 @@ enum SyncCommand {
     Run(sync::RunArgs),
     /// Cycles on schedule (and at once on on-premises changes, in near-real-time mode) until stopped.
     Serve(sync::ServeArgs),
+    /// What a running `sync serve` is doing: the cycle, step and progress, the last cycle.
+    Status(sync::StatusArgs),
+    /// Ask a running `sync serve` for a cycle now.
+    Start(sync::StartArgs),
+    /// Turn a running `sync serve`'s scheduled cycles on or off.
+    Scheduler(sync::SchedulerArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum CsCommand {
     /// Search a connector space.
     Search {
-        /// The database.
-        #[arg(long)]
-        db: PathBuf,
+        #[command(flatten)]
+        store: ops::StoreArgs,
         #[command(flatten)]
         args: ops::SearchArgs,
     },
@@ -172,9 +185,8 @@ enum CsCommand {
 enum MvCommand {
     /// Show one metaverse object with the lineage of every value and its connectors.
     Show {
-        /// The database.
-        #[arg(long)]
-        db: PathBuf,
+        #[command(flatten)]
+        store: ops::StoreArgs,
         /// The metaverse object id.
         id: i64,
     },
@@ -200,19 +212,33 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Init(args) => init::run(&args).await,
         Command::Sync { command: SyncCommand::Run(args) } => sync::run(&args).await,
         Command::Sync { command: SyncCommand::Serve(args) } => sync::serve(&args).await,
+        Command::Sync { command: SyncCommand::Status(args) } => sync::status(&args).await,
+        Command::Sync { command: SyncCommand::Start(args) } => sync::start(&args).await,
+        Command::Sync { command: SyncCommand::Scheduler(args) } => sync::scheduler(&args).await,
         Command::CheckConfig { file } => sync::check(&file),
         Command::Tenant { command: TenantCommand::Serve(args) } => tenant_cmd::serve(&args).await,
         Command::Tenant { command: TenantCommand::App { command: AppCommand::Create(args) } } => tenant_cmd::app_create(&args).await,
+        Command::Tenant { command: TenantCommand::App { command: AppCommand::List(args) } } => tenant_admin::app_list(&args).await,
+        Command::Tenant { command: TenantCommand::App { command: AppCommand::Delete(args) } } => tenant_admin::app_delete(&args).await,
+        Command::Tenant { command: TenantCommand::Domain { command } } => tenant_admin::domain(&command).await,
         Command::Phs { command: PhsCommand::Run(args) } => phs_cmd::run(&args).await,
         Command::PtaAgent { command: PtaAgentCommand::Register(args) } => pta_agent::register(&args).await,
         Command::PtaAgent { command: PtaAgentCommand::Run(args) } => pta_agent::run(&args).await,
         Command::Pta { command } => pta_agent::admin(&command).await,
-        Command::History { db, limit } => ops::history(&ops::open(&db).await?, limit).await,
-        Command::Cs { command: CsCommand::Search { db, args } } => ops::cs_search(&ops::open(&db).await?, &args).await,
-        Command::Mv { command: MvCommand::Show { db, id } } => ops::mv_show(&ops::open(&db).await?, id).await,
-        Command::Conflicts { db, connector } => ops::conflicts(&ops::open(&db).await?, &connector).await,
-        Command::Plan { db, connector } => ops::plan(&ops::open(&db).await?, connector.as_deref()).await,
-        Command::Preview(args) => preview::run(&ops::open(&args.db).await?, &args).await,
+        Command::History { store, limit } => with_store!(store.open().await?, |opened| ops::history(&opened, limit, store.json).await),
+        Command::Cs { command: CsCommand::Search { store, args } } => {
+            with_store!(store.open().await?, |opened| ops::cs_search(&opened, &args, store.json).await)
+        }
+        Command::Mv { command: MvCommand::Show { store, id } } => {
+            with_store!(store.open().await?, |opened| ops::mv_show(&opened, id, store.json).await)
+        }
+        Command::Conflicts { store, connector } => {
+            with_store!(store.open().await?, |opened| ops::conflicts(&opened, &connector, store.json).await)
+        }
+        Command::Plan { store, connector } => {
+            with_store!(store.open().await?, |opened| ops::plan(&opened, connector.as_deref(), store.json).await)
+        }
+        Command::Preview(args) => with_store!(args.store.open().await?, |opened| preview::run(&opened, &args).await),
         Command::CheckDn { dn } => {
             let parsed = model::Dn::parse(&dn).with_context(|| format!("`{dn}` is not a distinguished name"))?;
             println!("{parsed}");

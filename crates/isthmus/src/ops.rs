@@ -2,28 +2,92 @@
 //! lineage, and `plan` — every pending export, like `terraform plan`.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use model::{AttrChange, ConnectorId, CsObject, MvId, PendingExport};
+use serde_json::{Value, json};
 use store::{CsQuery, Store};
-use store_sqlite::SqliteStore;
 
-/// Opens an existing database (never creates one: a typo should not make an empty database).
-pub async fn open(db: &Path) -> anyhow::Result<SqliteStore> {
-    anyhow::ensure!(db.exists(), "{} does not exist (run `isthmus quickstart` or point --db at a database)", db.display());
-    let store = SqliteStore::open(db).with_context(|| format!("open {}", db.display()))?;
-    store.migrate().await.context("check the database schema")?;
-    Ok(store)
+/// Which store an operator command reads: the configuration's (SQLite or PostgreSQL), or an
+/// SQLite file named directly.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// The sync server's configuration file: its `[store]` is read (SQLite or PostgreSQL).
+    /// Default: isthmus.toml, unless --db is given.
+    #[arg(long, conflicts_with = "db")]
+    pub config: Option<PathBuf>,
+    /// An SQLite sync database (the quickstart's isthmus-quickstart.db, say).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl StoreArgs {
+    /// Opens the store (never creates an SQLite file: a typo should not make an empty database).
+    pub async fn open(&self) -> anyhow::Result<crate::config::Opened> {
+        let store = match &self.db {
+            Some(db) => crate::config::StoreConfig { sqlite: Some(db.clone()), postgres: None },
+            None => crate::config::Config::load(self.config.as_deref().unwrap_or(std::path::Path::new("isthmus.toml")))?.store,
+        };
+        store.open(false).await
+    }
+}
+
+fn cs_json(cs: &CsObject) -> Value {
+    let export = match &cs.pending_export {
+        None => Value::Null,
+        Some(PendingExport::Add(changes)) => json!({"kind": "add", "changes": changes_json(changes)}),
+        Some(PendingExport::Update(changes)) => json!({"kind": "update", "changes": changes_json(changes)}),
+        Some(PendingExport::Rename { new_dn, changes }) => json!({"kind": "rename", "newDn": new_dn, "changes": changes_json(changes)}),
+        Some(PendingExport::Delete) => json!({"kind": "delete"}),
+    };
+    json!({
+        "id": cs.id.0, "connector": cs.connector.0, "dn": cs.dn, "objectType": cs.object_type,
+        "joinedTo": cs.link.map(|mv| mv.0), "pendingExport": export,
+        "error": cs.error.as_ref().map(|error| json!({"code": error.code, "message": error.message})),
+    })
+}
+
+fn changes_json(changes: &[AttrChange]) -> Value {
+    let values = |values: &[model::AttrValue]| values.iter().map(ToString::to_string).collect::<Vec<_>>();
+    changes
+        .iter()
+        .map(|change| match change {
+            AttrChange::Replace(name, new) => json!({"attribute": name, "op": "replace", "values": values(new)}),
+            AttrChange::Add(name, added) => json!({"attribute": name, "op": "add", "values": values(added)}),
+            AttrChange::Delete(name, removed) => json!({"attribute": name, "op": "delete", "values": values(removed)}),
+            AttrChange::Clear(name) => json!({"attribute": name, "op": "clear", "values": []}),
+        })
+        .collect()
+}
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 /// `isthmus history`.
-pub async fn history(store: &SqliteStore, limit: usize) -> anyhow::Result<()> {
+pub async fn history(store: &impl Store, limit: usize, as_json: bool) -> anyhow::Result<()> {
+    let runs = store.runs(limit).await?;
+    if as_json {
+        let value: Vec<Value> = runs
+            .iter()
+            .map(|run| {
+                json!({"id": run.id, "connector": run.connector.0, "step": run.step, "status": run.status, "started": run.started,
+                       "finished": run.finished, "adds": run.counts.adds, "updates": run.counts.updates,
+                       "deletes": run.counts.deletes, "errors": run.counts.errors})
+            })
+            .collect();
+        return print_json(&json!({"value": value}));
+    }
     println!(
         "{:>5}  {:<18} {:<13} {:<36} {:>6} {:>7} {:>7} {:>6}  {:>5}",
         "run", "connector", "step", "status", "adds", "updates", "deletes", "errors", "secs"
     );
-    for run in store.runs(limit).await? {
+    for run in runs {
         let seconds = run.finished.map_or("-".to_string(), |finished| (finished - run.started).to_string());
         println!(
             "{:>5}  {:<18} {:<13} {:<36} {:>6} {:>7} {:>7} {:>6}  {:>5}",
@@ -62,7 +126,8 @@ pub struct SearchArgs {
 }
 
 /// `isthmus cs search`.
-pub async fn cs_search(store: &SqliteStore, args: &SearchArgs) -> anyhow::Result<()> {
+pub async fn cs_search(store: &impl Store, args: &SearchArgs, as_json: bool) -> anyhow::Result<()> {
+    let mut found = Vec::new();
     let connector = ConnectorId(args.connector.clone());
     let needle = args.dn_contains.as_deref().map(str::to_lowercase);
     let mut shown = 0;
@@ -76,7 +141,11 @@ pub async fn cs_search(store: &SqliteStore, args: &SearchArgs) -> anyhow::Result
             if needle.as_ref().is_some_and(|needle| !cs.dn.to_lowercase().contains(needle)) {
                 continue;
             }
-            print_cs_line(&cs);
+            if as_json {
+                found.push(cs_json(&cs));
+            } else {
+                print_cs_line(&cs);
+            }
             shown += 1;
             if shown >= args.limit {
                 break 'pages;
@@ -86,14 +155,18 @@ pub async fn cs_search(store: &SqliteStore, args: &SearchArgs) -> anyhow::Result
             break;
         }
     }
+    if as_json {
+        return print_json(&json!({"value": found}));
+    }
     println!("{shown} object(s)");
     Ok(())
 }
 
 /// `isthmus conflicts`: values the cloud directory quarantined (duplicate UPNs and proxy
 /// addresses), as the cloud connector imported them (`provisioningErrors`).
-pub async fn conflicts(store: &SqliteStore, connector: &str) -> anyhow::Result<()> {
+pub async fn conflicts(store: &impl Store, connector: &str, as_json: bool) -> anyhow::Result<()> {
     let connector = ConnectorId(connector.to_string());
+    let mut found = Vec::new();
     let mut shown = 0;
     let mut after = None;
     loop {
@@ -102,13 +175,20 @@ pub async fn conflicts(store: &SqliteStore, connector: &str) -> anyhow::Result<(
         for cs in &page {
             for conflict in cs.attributes.get("provisioningErrors") {
                 let upn = cs.attributes.get("userPrincipalName").first().map(ToString::to_string).unwrap_or_default();
-                println!("{}  {}  {upn}: {conflict}", cs.id, cs.dn);
+                if as_json {
+                    found.push(json!({"id": cs.id.0, "dn": cs.dn, "userPrincipalName": upn, "conflict": conflict.to_string()}));
+                } else {
+                    println!("{}  {}  {upn}: {conflict}", cs.id, cs.dn);
+                }
                 shown += 1;
             }
         }
         if page.len() < 1000 {
             break;
         }
+    }
+    if as_json {
+        return print_json(&json!({"value": found}));
     }
     println!("{shown} conflict(s) in {}", connector.0);
     Ok(())
@@ -128,8 +208,25 @@ fn print_cs_line(cs: &CsObject) {
 }
 
 /// `isthmus mv show`.
-pub async fn mv_show(store: &SqliteStore, id: i64) -> anyhow::Result<()> {
+pub async fn mv_show(store: &impl Store, id: i64, as_json: bool) -> anyhow::Result<()> {
     let mv = store.mv_get(MvId(id)).await?.with_context(|| format!("there is no metaverse object {id}"))?;
+    if as_json {
+        let attributes: serde_json::Map<String, Value> = mv
+            .attributes
+            .iter()
+            .map(|(name, attribute)| {
+                let values: Vec<String> = attribute.values.iter().map(ToString::to_string).collect();
+                let lineage: Vec<Value> = attribute
+                    .lineage
+                    .iter()
+                    .map(|lineage| json!({"rule": lineage.rule, "precedence": lineage.precedence, "csId": lineage.cs_id.0}))
+                    .collect();
+                (name.to_string(), json!({"values": values, "lineage": lineage}))
+            })
+            .collect();
+        let connectors: Vec<Value> = store.cs_linked_to(mv.id).await?.iter().map(cs_json).collect();
+        return print_json(&json!({"id": mv.id.0, "objectType": mv.object_type, "attributes": attributes, "connectors": connectors}));
+    }
     println!("{} ({})", mv.id, mv.object_type);
     for (name, attribute) in &mv.attributes {
         let values: Vec<String> = attribute.values.iter().map(ToString::to_string).collect();
@@ -146,7 +243,8 @@ pub async fn mv_show(store: &SqliteStore, id: i64) -> anyhow::Result<()> {
 }
 
 /// `isthmus plan`: every pending export of the given (or every known) connector.
-pub async fn plan(store: &SqliteStore, connector: Option<&str>) -> anyhow::Result<()> {
+pub async fn plan(store: &impl Store, connector: Option<&str>, as_json: bool) -> anyhow::Result<()> {
+    let mut found = Vec::new();
     let connectors: BTreeSet<String> = match connector {
         Some(connector) => [connector.to_string()].into(),
         None => store.runs(10_000).await?.into_iter().map(|run| run.connector.0).collect(),
@@ -160,6 +258,16 @@ pub async fn plan(store: &SqliteStore, connector: Option<&str>) -> anyhow::Resul
             after = page.last().map(|cs| cs.id);
             let done = page.len() < 1000;
             for cs in page {
+                if as_json {
+                    match &cs.pending_export {
+                        Some(PendingExport::Add(_)) => adds += 1,
+                        Some(PendingExport::Delete) => deletes += 1,
+                        Some(_) => changes += 1,
+                        None => continue,
+                    }
+                    found.push(cs_json(&cs));
+                    continue;
+                }
                 match &cs.pending_export {
                     Some(PendingExport::Add(attribute_changes)) => {
                         adds += 1;
@@ -187,6 +295,9 @@ pub async fn plan(store: &SqliteStore, connector: Option<&str>) -> anyhow::Resul
                 break;
             }
         }
+    }
+    if as_json {
+        return print_json(&json!({"add": adds, "change": changes, "delete": deletes, "value": found}));
     }
     println!("Plan: {adds} to add, {changes} to change, {deletes} to delete.");
     Ok(())

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use model::{AttrValue, ConnectorId, CsObject, MvId, MvObject};
 use store::{Matching, Store};
-use store_sqlite::SqliteStore;
 use sync_engine::inbound::{self, Candidate, InboundInput, JoinDecision, JoinPlan};
 use sync_engine::outbound::{self, OutboundDecision, OutboundInput};
 use sync_expr::Value;
@@ -16,9 +15,8 @@ use sync_rules::{Direction, RuleSet};
 /// Options of `isthmus preview`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The database.
-    #[arg(long)]
-    pub db: std::path::PathBuf,
+    #[command(flatten)]
+    pub store: crate::ops::StoreArgs,
     /// The object's connector.
     #[arg(long)]
     pub connector: String,
@@ -63,7 +61,7 @@ fn show(values: &[AttrValue]) -> String {
 }
 
 /// Runs the preview.
-pub async fn run(store: &SqliteStore, args: &Args) -> anyhow::Result<()> {
+pub async fn run(store: &impl Store, args: &Args) -> anyhow::Result<()> {
     let rules = load_rules(args)?;
     let connector = ConnectorId(args.connector.clone());
     let cs = store.cs_by_dn(&connector, &args.dn).await?.with_context(|| format!("{} has no object {}", args.connector, args.dn))?;

@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use store::Store;
+use sync_runner::Clock;
 use sync_runner::{Runner, StepReport};
 
-use crate::config::Config;
+use crate::config::{Config, with_store};
 
 /// Options of `isthmus sync run`.
 #[derive(Debug, clap::Args)]
@@ -44,9 +45,11 @@ pub struct ServeArgs {
     /// The configuration file.
     #[arg(long, default_value = "isthmus.toml")]
     pub config: PathBuf,
-    /// Minutes between scheduled delta cycles (Entra's default: 30).
-    #[arg(long, default_value_t = 30)]
-    pub interval_minutes: u64,
+    /// Minutes between scheduled delta cycles. Default: the tenant's synchronizationInterval
+    /// (`/directory/onPremisesSynchronization`; Entra's default 30), read before every cycle;
+    /// giving it here overrides the tenant (a customized interval).
+    #[arg(long)]
+    pub interval_minutes: Option<u64>,
     /// Near-real-time mode: every this many seconds, a delta import of each source directory;
     /// when it finds changes, a delta cycle runs at once (an on-premises change reaches the cloud
     /// within seconds).
@@ -57,113 +60,173 @@ pub struct ServeArgs {
     /// sets pwdLastSet) also starts a pass at once.
     #[arg(long, default_value_t = 2)]
     pub password_sync_minutes: u64,
+    /// Start with scheduled cycles off (only the initial cycle and `isthmus sync start` run
+    /// until `isthmus sync scheduler enable`).
+    #[arg(long)]
+    pub scheduler_disabled: bool,
 }
 
 /// `isthmus sync serve`: an initial cycle, then delta cycles on schedule (and on change in
-/// near-real-time mode) until Ctrl-C or SIGTERM; one cycle at a time.
+/// near-real-time mode, and on `sync start`) until Ctrl-C or SIGTERM; one cycle at a time.
 pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let rules = config.rules()?;
-    if let Some(path) = &config.store.sqlite {
-        let store = store_sqlite::SqliteStore::open(path).with_context(|| format!("open {}", path.display()))?;
-        serve_with(store, &config, rules, args).await
-    } else {
-        let url = config.store.postgres.as_deref().unwrap_or_default();
-        let store = store_postgres::PostgresStore::connect(url).await.context("connect to PostgreSQL ([store] postgres)")?;
-        serve_with(store, &config, rules, args).await
+    let opened = config.store.open(true).await?;
+    // Password hash sync keeps its own handle on the store (it runs between cycles).
+    let hashes = config.store.open(true).await?;
+    with_store!(opened, |store| with_store!(hashes, |hash_store| serve_with(store, hash_store, &config, rules, args).await))
+}
+
+/// Password hash sync as the scheduler's side task.
+struct PasswordSync<S> {
+    store: S,
+    config: std::sync::Arc<Config>,
+    every: std::time::Duration,
+}
+
+impl<S: Store + Sync> sync_runner::scheduler::SideTask for PasswordSync<S> {
+    fn every(&self) -> std::time::Duration {
+        self.every
+    }
+
+    fn run<'a>(&'a self, reason: &'static str) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            tracing::debug!(reason, "password hash sync pass");
+            if let Err(err) = crate::phs_cmd::pass(&self.store, &self.config, false).await {
+                eprintln!("password hash sync failed: {err:#}");
+            }
+        })
     }
 }
 
-async fn serve_with<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet, args: &ServeArgs) -> anyhow::Result<()> {
-    let runner = build(store, config, rules).await?;
-    let interval = std::time::Duration::from_secs(args.interval_minutes.max(1) * 60);
-    let poll = args.near_real_time_seconds.map(|seconds| std::time::Duration::from_secs(seconds.max(1)));
-    let sources: Vec<model::ConnectorId> = config
-        .connectors
-        .iter()
-        .filter(|connector| connector.role == connector_ldap::ConnectorRole::Source)
-        .map(|connector| model::ConnectorId(connector.id.clone()))
-        .collect();
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("watch SIGTERM")?;
-    println!(
-        "== serving: a delta cycle every {} min{}",
-        args.interval_minutes.max(1),
-        poll.map_or(String::new(), |poll| format!(", near-real-time polling every {} s", poll.as_secs()))
-    );
+/// The interval and threshold from the tenant's sync settings, read before every cycle.
+struct TenantSettings {
+    graph: connector_graph::GraphConfig,
+    /// `--interval-minutes`: overrides the tenant.
+    interval: Option<std::time::Duration>,
+    /// The configuration file's threshold, used when the tenant cannot be read.
+    fallback_threshold: Option<u64>,
+    announced: std::sync::Mutex<Option<sync_runner::scheduler::Timing>>,
+}
+
+impl sync_runner::scheduler::Settings for TenantSettings {
+    fn refresh(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<sync_runner::scheduler::Timing>> + Send + '_>> {
+        Box::pin(async move {
+            let (interval, threshold, source) = match connector_graph::tenant_schedule(&self.graph).await {
+                Ok(tenant) => {
+                    let interval = self.interval.or_else(|| {
+                        tenant
+                            .interval
+                            .as_deref()
+                            .and_then(sync_runner::scheduler::parse_iso_duration)
+                            .filter(|interval| !interval.is_zero())
+                    });
+                    let threshold = match (tenant.prevention.as_deref(), tenant.threshold) {
+                        (Some("disabled"), _) => None,
+                        (Some("enabledForPercentage"), _) => {
+                            tracing::warn!(
+                                "the tenant's deletion prevention is a percentage, which Isthmus does not support yet: using [sync] deletion_threshold"
+                            );
+                            self.fallback_threshold
+                        }
+                        (_, Some(threshold)) => Some(threshold).filter(|threshold| *threshold > 0),
+                        _ => self.fallback_threshold,
+                    };
+                    (interval.unwrap_or(sync_runner::scheduler::DEFAULT_INTERVAL), threshold, "the tenant's settings")
+                }
+                Err(err) => {
+                    tracing::warn!("reading the tenant's sync settings: {err}; keeping the current interval and threshold");
+                    return None;
+                }
+            };
+            let mut announced = self.announced.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if *announced != Some((interval, threshold)) {
+                println!(
+                    "   cycle interval {} min{}, deletion threshold {} ({source})",
+                    interval.as_secs() / 60,
+                    if self.interval.is_some() { " (--interval-minutes)" } else { "" },
+                    threshold.map_or("off".to_string(), |threshold| threshold.to_string())
+                );
+                *announced = Some((interval, threshold));
+            }
+            Some((interval, threshold))
+        })
+    }
+}
+
+async fn serve_with<S: Store + Sync + 'static, H: Store + Sync + 'static>(
+    store: S,
+    hash_store: H,
+    config: &Config,
+    rules: sync_rules::RuleSet,
+    args: &ServeArgs,
+) -> anyhow::Result<()> {
+    let mut runner = build(store, config, rules).await?;
+    let board = std::sync::Arc::new(sync_runner::status::Board::new(
+        std::sync::Arc::new(crate::progress::Bars::default()),
+        env!("CARGO_PKG_VERSION"),
+    ));
+    runner.set_progress(board.clone());
+    if args.scheduler_disabled {
+        board.set_scheduler_enabled(false);
+    }
+    let config = std::sync::Arc::new(Config::load(&args.config)?);
+    let interval = args.interval_minutes.map(|minutes| std::time::Duration::from_secs(minutes.max(1) * 60));
+    let mut schedule = sync_runner::scheduler::Schedule::every(interval.unwrap_or(sync_runner::scheduler::DEFAULT_INTERVAL));
+    schedule.near_real_time = args.near_real_time_seconds.map(|seconds| std::time::Duration::from_secs(seconds.max(1)));
+    schedule.settings = config.graphs.first().map(|graph| {
+        std::sync::Arc::new(TenantSettings {
+            graph: graph.clone(),
+            interval,
+            fallback_threshold: config.runner().deletion_threshold,
+            announced: std::sync::Mutex::new(None),
+        }) as std::sync::Arc<dyn sync_runner::scheduler::Settings>
+    });
     let password_sync = !config.sync.staging && config.connectors.iter().any(|connector| connector.password_hash_sync);
-    let password_interval = std::time::Duration::from_secs(args.password_sync_minutes.max(1) * 60);
     if password_sync {
+        let every = std::time::Duration::from_secs(args.password_sync_minutes.max(1) * 60);
+        schedule.side_tasks.push(std::sync::Arc::new(PasswordSync { store: hash_store, config: config.clone(), every }));
         println!("   password hash sync every {} min", args.password_sync_minutes.max(1));
     }
-    let hash_pass = |reason: &'static str| {
-        let store = runner.store();
-        async move {
-            tracing::debug!(reason, "password hash sync pass");
-            if let Err(err) = crate::phs_cmd::pass(store, config, false).await {
-                eprintln!("password hash sync failed: {err:#}");
-            }
+    schedule.on_cycle = Some(print_reports);
+    let (requests, receiver) = tokio::sync::mpsc::channel(8);
+    let connectors: Vec<model::ConnectorId> =
+        config.connectors.iter().map(|c| c.id.clone()).chain(config.graphs.iter().map(|g| g.id.clone())).map(model::ConnectorId).collect();
+    let socket = config.control_socket();
+    let control = sync_runner::control::listen(&socket, board.clone(), requests, connectors)?;
+    println!(
+        "== serving{}; control channel {}",
+        schedule.near_real_time.map_or(String::new(), |poll| format!(": near-real-time polling every {} s", poll.as_secs())),
+        socket.display()
+    );
+    let history_days = config.sync.history_days;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("watch SIGTERM")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
         }
     };
-    let mut initial = true;
-    let mut next_cycle = tokio::time::Instant::now();
-    let mut next_hashes = tokio::time::Instant::now() + password_interval;
-    loop {
-        let now = tokio::time::Instant::now();
-        if password_sync && !initial && now >= next_hashes {
-            hash_pass("schedule").await;
-            next_hashes = tokio::time::Instant::now() + password_interval;
-        }
-        let mut due = initial || now >= next_cycle;
-        if !due && let Some(poll) = poll {
-            // Cheap check of the sources; a change makes a cycle due at once.
-            for source in &sources {
-                match runner.run_step(source, sync_runner::Step::DeltaImport).await {
-                    Ok(report) if report.counts.adds + report.counts.updates + report.counts.deletes > 0 => {
-                        tracing::info!(connector = source.0, "changes on-premises; running a cycle now");
-                        due = true;
-                    }
-                    Ok(_) => {}
-                    Err(err) => tracing::warn!(connector = source.0, "near-real-time poll: {err}"),
+    let retention = async {
+        // Run-history retention, hourly (and at start).
+        loop {
+            if history_days > 0 {
+                let cut = sync_runner::Clock::unix_seconds(&sync_runner::SystemClock) - i64::from(history_days) * 86_400;
+                match runner.store().runs_prune(cut).await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, days = history_days, "run history older than the retention removed"),
+                    Err(err) => tracing::warn!("run-history retention: {err}"),
                 }
             }
-            if due && password_sync {
-                // A changed password shows as a changed pwdLastSet: its hash goes first.
-                hash_pass("on-premises change").await;
-                next_hashes = tokio::time::Instant::now() + password_interval;
-            }
-            if !due {
-                let wait = poll.min(next_cycle.min(next_hashes).saturating_duration_since(tokio::time::Instant::now()));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => continue,
-                    _ = tokio::signal::ctrl_c() => break,
-                    _ = terminate.recv() => break,
-                }
-            }
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         }
-        if due {
-            let started = Instant::now();
-            match runner.run_cycle(initial).await {
-                Ok(reports) => {
-                    print_reports(&reports);
-                    println!("   cycle done in {:.1} s", started.elapsed().as_secs_f64());
-                }
-                Err(err) => eprintln!("cycle failed: {err:#}"),
-            }
-            if initial && password_sync {
-                hash_pass("initial").await;
-                next_hashes = tokio::time::Instant::now() + password_interval;
-            }
-            initial = false;
-            next_cycle = tokio::time::Instant::now() + interval;
-            continue;
-        }
-        let wake = if password_sync { next_cycle.min(next_hashes) } else { next_cycle };
-        tokio::select! {
-            _ = tokio::time::sleep_until(wake) => {}
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
-        }
+    };
+    tokio::select! {
+        _ = sync_runner::scheduler::run(&runner, schedule, board, receiver, shutdown) => {}
+        () = retention => {}
     }
+    control.abort();
+    let _ = std::fs::remove_file(&socket);
     println!("stopped");
     Ok(())
 }
@@ -195,7 +258,7 @@ async fn build<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet) 
     let mut runner = Runner::new(store, rules, config.runner());
     // One runner per database: a second `sync run` or `sync serve` stops here, before it
     // connects to anything.
-    runner.claim().await.context("take the sync database")?;
+    runner.claim().await.context("take the sync store")?;
     runner.set_progress(std::sync::Arc::new(crate::progress::Bars::default()));
     for connector in &config.connectors {
         let opened = connector_ldap::open(connector.clone()).await.with_context(|| format!("connector {}", connector.id))?;
@@ -226,14 +289,7 @@ pub fn check(path: &std::path::Path) -> anyhow::Result<()> {
 pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let rules = config.rules()?;
-    if let Some(path) = &config.store.sqlite {
-        let store = store_sqlite::SqliteStore::open(path).with_context(|| format!("open {}", path.display()))?;
-        cycle(store, &config, rules, args).await
-    } else {
-        let url = config.store.postgres.as_deref().unwrap_or_default();
-        let store = store_postgres::PostgresStore::connect(url).await.context("connect to PostgreSQL ([store] postgres)")?;
-        cycle(store, &config, rules, args).await
-    }
+    with_store!(config.store.open(true).await?, |store| cycle(store, &config, rules, args).await)
 }
 
 async fn cycle<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet, args: &RunArgs) -> anyhow::Result<()> {
@@ -265,6 +321,17 @@ async fn cycle<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet, 
         .map(|report| format!("{} {}: {}", report.connector.0, report.step.name(), report.detail))
         .collect();
     anyhow::ensure!(stopped.is_empty(), "{} step(s) stopped:\n  {}", stopped.len(), stopped.join("\n  "));
+    let rejected: u64 = reports.iter().map(|report| report.counts.errors).sum();
+    if rejected > 0 {
+        let connectors: std::collections::BTreeSet<&str> =
+            reports.iter().filter(|report| report.counts.errors > 0).map(|report| report.connector.0.as_str()).collect();
+        anyhow::bail!(
+            "the run ended with {rejected} object error(s) in {}: see `isthmus cs search --config {} --connector <id> --errors`",
+            connectors.into_iter().collect::<Vec<_>>().join(", "),
+            args.config.display()
+        );
+    }
+    println!("   done: every step succeeded");
     Ok(())
 }
 
@@ -283,4 +350,131 @@ pub fn print_reports(reports: &[StepReport]) {
             report.detail
         );
     }
+}
+
+/// Options of `isthmus sync status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The configuration file of the running `sync serve`.
+    #[arg(long, default_value = "isthmus.toml")]
+    pub config: PathBuf,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `isthmus sync start`.
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// The configuration file of the running `sync serve`.
+    #[arg(long, default_value = "isthmus.toml")]
+    pub config: PathBuf,
+    /// A full cycle (full imports and syncs) instead of a delta cycle.
+    #[arg(long)]
+    pub full: bool,
+    /// Only this connector's import, sync and export.
+    #[arg(long)]
+    pub connector: Option<String>,
+}
+
+/// `isthmus sync scheduler enable|disable`.
+#[derive(Debug, clap::Args)]
+pub struct SchedulerArgs {
+    /// enable or disable.
+    #[arg(value_parser = ["enable", "disable"])]
+    pub switch: String,
+    /// The configuration file of the running `sync serve`.
+    #[arg(long, default_value = "isthmus.toml")]
+    pub config: PathBuf,
+}
+
+async fn control(config: &std::path::Path, request: sync_runner::control::Request) -> anyhow::Result<sync_runner::control::Answer> {
+    let config = Config::load(config)?;
+    let answer = sync_runner::control::call(&config.control_socket(), &request).await?;
+    if let sync_runner::control::Answer::Error { message } = &answer {
+        anyhow::bail!("the sync server refused: {message}");
+    }
+    Ok(answer)
+}
+
+fn when(unix: i64) -> String {
+    let ago = Clock::unix_seconds(&sync_runner::SystemClock) - unix;
+    if ago >= 0 { format!("{ago} s ago") } else { format!("in {} s", -ago) }
+}
+
+/// `isthmus sync status`.
+pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let sync_runner::control::Answer::Status(status) = control(&args.config, sync_runner::control::Request::Status).await? else {
+        anyhow::bail!("the sync server answered something other than its status");
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!("sync server: pid {}, version {}, {} cycle(s) since start", status.pid, status.version, status.cycles);
+    println!(
+        "scheduler:   {}, a delta cycle every {} min{}",
+        if status.scheduler_enabled { "enabled" } else { "DISABLED" },
+        status.interval_seconds / 60,
+        status.next_cycle.map_or(String::new(), |next| format!(", next {}", when(next)))
+    );
+    match &status.current {
+        None => println!("state:       idle"),
+        Some(cycle) => {
+            println!(
+                "state:       running a {:?} cycle{} (started {}, {} step(s) done)",
+                cycle.kind,
+                cycle.connector.as_ref().map_or(String::new(), |id| format!(" of {id}")),
+                when(cycle.started),
+                cycle.steps.len()
+            );
+            if let Some(step) = &cycle.current {
+                let elapsed = (Clock::unix_seconds(&sync_runner::SystemClock) - step.started).max(0) as u64;
+                let progress = match step.total {
+                    Some(total) if total > 0 && step.done > 0 => {
+                        let eta = elapsed * total.saturating_sub(step.done) / step.done;
+                        format!("{}/{total} objects, eta {eta} s", step.done)
+                    }
+                    Some(total) => format!("{}/{total} objects", step.done),
+                    None => format!("{} objects so far", step.done),
+                };
+                println!("step:        {} {}: {progress} ({elapsed} s)", step.connector, step.step);
+            }
+        }
+    }
+    if let Some(last) = &status.last {
+        println!(
+            "last cycle:  {:?}{}, {} (finished {}){}",
+            last.kind,
+            last.connector.as_ref().map_or(String::new(), |id| format!(" of {id}")),
+            last.outcome,
+            last.finished.map_or("-".to_string(), when),
+            last.error.as_ref().map_or(String::new(), |error| format!(": {error}"))
+        );
+        for step in &last.steps {
+            println!(
+                "   {:<18} {:<13} {:<24} adds {:>5}  updates {:>5}  deletes {:>5}  errors {:>3}   {}",
+                step.connector, step.step, step.status, step.adds, step.updates, step.deletes, step.errors, step.detail
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `isthmus sync start`.
+pub async fn start(args: &StartArgs) -> anyhow::Result<()> {
+    let request = sync_runner::control::Request::Start { full: args.full, connector: args.connector.clone() };
+    if let sync_runner::control::Answer::Ok { message } = control(&args.config, request).await? {
+        println!("{message}");
+    }
+    Ok(())
+}
+
+/// `isthmus sync scheduler enable|disable`.
+pub async fn scheduler(args: &SchedulerArgs) -> anyhow::Result<()> {
+    let request = sync_runner::control::Request::Scheduler { enabled: args.switch == "enable" };
+    if let sync_runner::control::Answer::Ok { message } = control(&args.config, request).await? {
+        println!("{message}");
+    }
+    Ok(())
 }

@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// Connections served at once; beyond, new clients wait in the listen queue.
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
+    /// LAB ONLY: let this domain (repeat) be verified without its DNS TXT record, for test
+    /// forests no public DNS serves. Every such verification is audited as a lab override.
+    #[arg(long = "lab-verify-domain")]
+    pub lab_verify_domains: Vec<String>,
 }
 
 /// Runs the tenant.
@@ -80,6 +84,10 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     config.lockout_threshold = args.lockout_threshold;
     config.lockout_seconds = args.lockout_seconds;
     config.dns_resolver = args.dns_resolver;
+    for domain in &args.lab_verify_domains {
+        eprintln!("warning: lab override: {domain} can be verified without its DNS record (never on a production tenant)");
+    }
+    config.lab_verified_domains = args.lab_verify_domains.clone();
     config.match_policy = tenant::resilience::MatchPolicy {
         block_soft_match: args.block_soft_match,
         block_hard_match_takeover: args.block_hard_match_takeover,

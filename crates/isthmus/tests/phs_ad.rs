@@ -199,6 +199,19 @@ async fn ad_passwords_replicated_over_drsr_sign_in_to_the_tenant() {
     assert!(err.contains("lacks Replicating Directory Changes All (DS-Replication-Get-Changes-All"), "{err}");
     assert!(!err.contains("lacks Replicating Directory Changes (DS"), "only the missing right: {err}");
 
+    // A built-in account named by its implicit UPN (sam@dns-domain; it has no
+    // userPrincipalName), as `sync run` accepts it: found, and it holds both rights.
+    let admin_config = config_path.with_file_name("administrator.toml");
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    let text = text
+        .replace(&format!("dn = \"{}\"", fx.account), &format!("dn = \"Administrator@{}\"", fx.realm))
+        .replace("password = \"Sync!Acc0unt-1\"", &format!("password = \"{}\"", fx.dc.config().admin_password))
+        .replace("sqlite = \"isthmus.db\"", "sqlite = \"administrator.db\"");
+    std::fs::write(&admin_config, text).unwrap();
+    let (ok, out, err) = isthmus(&["phs", "run", "--config", admin_config.to_str().unwrap()]);
+    assert!(!err.contains("was not found"), "{out}\n{err}");
+    assert!(ok, "{out}\n{err}");
+
     fx.dc.grant_on_domain_root(&fx.account, "get-changes-all").unwrap();
     let (ok, out, err) = isthmus(&["phs", "run", "--config", config_arg]);
     assert!(ok, "{out}\n{err}");

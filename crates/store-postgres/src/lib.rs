@@ -61,8 +61,13 @@ fn backend(err: tokio_postgres::Error) -> StoreError {
 impl PostgresStore {
     /// Connects to `url` (e.g. `postgresql://isthmus@127.0.0.1:5432/isthmus`). Call [`store::Store::migrate`] next.
     pub async fn connect(url: &str) -> Result<Self> {
-        let config: tokio_postgres::Config = url.parse().map_err(|err| StoreError::Backend(Box::new(err)))?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|err| StoreError::Backend(Box::new(err)))?;
         check_transport(url, &config)?;
+        if config.get_application_name().is_none() {
+            // Names this process in pg_stat_activity (and in a second runner's refusal).
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            config.application_name(format!("isthmus pid {} on {}", std::process::id(), host.trim()));
+        }
         let (client, connection) = config.connect(NoTls).await.map_err(backend)?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
@@ -629,7 +634,30 @@ impl store::Store for PostgresStore {
         // it again, which PostgreSQL counts); a killed runner's connection ends and frees it.
         let held: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&RUNNER_LOCK_KEY]).await.map_err(backend)?.get(0);
         if !held {
-            return Err(StoreError::Busy("another session holds the runner lock of this PostgreSQL database".into()));
+            // Name the holder: its session's client address, application and backend.
+            let holder = client
+                .query_opt(
+                    "SELECT a.pid, COALESCE(a.application_name, ''), COALESCE(host(a.client_addr), 'local socket'), a.backend_start::text \
+                     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                     WHERE l.locktype = 'advisory' AND l.granted AND l.objid = ($1::bigint & 4294967295)::oid AND l.database = \
+                     (SELECT oid FROM pg_database WHERE datname = current_database())",
+                    &[&RUNNER_LOCK_KEY],
+                )
+                .await
+                .ok()
+                .flatten()
+                .map(|row| {
+                    let (pid, application, address, since): (i32, String, String, String) =
+                        (row.get(0), row.get(1), row.get(2), row.get(3));
+                    format!(
+                        "backend {pid} ({}from {address}, since {since})",
+                        if application.is_empty() { String::new() } else { format!("{application}, ") }
+                    )
+                })
+                .unwrap_or_else(|| "another session".into());
+            return Err(StoreError::Busy(format!(
+                "the runner lock of this PostgreSQL database is held by {holder} (a `sync serve` or `sync run` of the same store); one store has one writer"
+            )));
         }
         let changed = client
             .execute("UPDATE runs SET status = 'interrupted', finished = $1 WHERE status = 'running' AND finished IS NULL", &[&now])
@@ -668,6 +696,11 @@ impl store::Store for PostgresStore {
             .await
             .map_err(backend)?;
         if changed == 0 { Err(StoreError::NotFound(format!("run {id}"))) } else { Ok(()) }
+    }
+
+    async fn runs_prune(&self, before: i64) -> Result<u64> {
+        let client = self.client.lock().await;
+        client.execute("DELETE FROM runs WHERE started < $1 AND finished IS NOT NULL", &[&before]).await.map_err(backend)
     }
 
     async fn runs(&self, limit: usize) -> Result<Vec<RunRecord>> {

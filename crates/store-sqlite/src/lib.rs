@@ -699,10 +699,18 @@ impl store::Store for SqliteStore {
                     .open(&lock_path)
                     .map_err(|err| StoreError::Backend(format!("{}: {err}", lock_path.display()).into()))?;
                 match file.try_lock() {
-                    Ok(()) => *held = Some(file),
+                    Ok(()) => {
+                        // Who holds it, for the error a second runner gets.
+                        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+                        let holder = format!("process {} on {}", std::process::id(), host.trim());
+                        let _ = file.set_len(0).and_then(|()| std::io::Write::write_all(&mut &file, holder.as_bytes()));
+                        *held = Some(file);
+                    }
                     Err(std::fs::TryLockError::WouldBlock) => {
+                        let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
+                        let holder = if holder.trim().is_empty() { "another process".to_string() } else { holder.trim().to_string() };
                         return Err(StoreError::Busy(format!(
-                            "{} is locked by another process (a `sync serve` or `sync run` of the same configuration)",
+                            "{} is locked by {holder} (a `sync serve` or `sync run` of the same configuration); one store has one writer",
                             lock_path.display()
                         )));
                     }
@@ -747,6 +755,14 @@ impl store::Store for SqliteStore {
                 )
                 .map_err(backend)?;
             if changed == 0 { Err(StoreError::NotFound(format!("run {id}"))) } else { Ok(()) }
+        })
+        .await
+    }
+
+    async fn runs_prune(&self, before: i64) -> Result<u64> {
+        self.call(move |conn, _| {
+            let removed = conn.execute("DELETE FROM runs WHERE started < ?1 AND finished IS NOT NULL", params![before]).map_err(backend)?;
+            Ok(removed as u64)
         })
         .await
     }

@@ -230,4 +230,7 @@ pub trait Store: Send + Sync {
     fn run_finish(&self, id: i64, finished: i64, status: &str, counts: RunCounts) -> impl Future<Output = Result<()>> + Send;
     /// The newest run steps first.
     fn runs(&self, limit: usize) -> impl Future<Output = Result<Vec<RunRecord>>> + Send;
+    /// Removes finished run steps that started before `before` (run-history retention); a
+    /// step still running is kept. Returns how many were removed.
+    fn runs_prune(&self, before: i64) -> impl Future<Output = Result<u64>> + Send;
 }

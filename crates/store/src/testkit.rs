@@ -18,7 +18,7 @@ use crate::{CsQuery, ImportChange, Matching, NewCsObject, RunCounts, Store, Stor
 macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@tests $make; cs_objects, import_pages, import_modify, renames_follow_references, import_confirms_export_object, failed_page_changes_nothing,
-            obsoletion, metaverse, disconnector_lookup, updates_keep_the_lookup_index, run_history, interrupted_runs, migrate_is_idempotent);
+            obsoletion, metaverse, disconnector_lookup, updates_keep_the_lookup_index, run_history, run_history_retention, interrupted_runs, migrate_is_idempotent);
     };
     (@tests $make:expr; $($check:ident),*) => {
         $(
@@ -504,6 +504,19 @@ pub async fn run_history(store: &impl Store) {
     assert_eq!(runs[1].counts.adds, 5);
     assert_eq!((runs[0].finished, runs[0].status.as_str()), (None, "running"));
     assert_eq!(store.runs(1).await.expect("runs").len(), 1);
+}
+
+/// Retention removes finished steps older than the cut, never a running one.
+pub async fn run_history_retention(store: &impl Store) {
+    let old = store.run_start(&ad(), "full-import", 100).await.expect("start");
+    store.run_finish(old, 160, "success", RunCounts::default()).await.expect("finish");
+    let old_running = store.run_start(&ad(), "export", 150).await.expect("start");
+    let new = store.run_start(&ad(), "delta-sync", 500).await.expect("start");
+    store.run_finish(new, 510, "success", RunCounts::default()).await.expect("finish");
+    assert_eq!(store.runs_prune(400).await.expect("prune"), 1);
+    let left: Vec<i64> = store.runs(10).await.expect("runs").iter().map(|run| run.id).collect();
+    assert_eq!(left, vec![new, old_running]);
+    assert_eq!(store.runs_prune(400).await.expect("prune again"), 0);
 }
 
 /// Claiming the runner marks runs a killed runner left `running` as `interrupted`; finished

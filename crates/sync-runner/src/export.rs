@@ -45,7 +45,7 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Resul
         );
         return Ok(("staging-no-export".into(), planned, detail));
     }
-    if let Some(threshold) = runner.config.deletion_threshold
+    if let Some(threshold) = runner.deletion_threshold()
         && planned.deletes > threshold
         && !runner.deletes_allowed_once.swap(false, std::sync::atomic::Ordering::SeqCst)
     {

@@ -1,14 +1,17 @@
 //! The sync runner: drives the pure engine (`sync-engine`) over a store (`store::Store`) and
 //! connectors (`connector-api`), one run-profile step at a time — full/delta import, full/delta
 //! sync, export — and whole cycles in Entra's order, with staging mode and the accidental-delete
-//! threshold. [`scheduler`] repeats cycles.
+//! threshold. [`scheduler`] repeats cycles, [`status`] says what it is doing and [`control`] is
+//! the local channel `isthmus sync status|start|scheduler` talk to.
 //!
 //! It owns orchestration and I/O; decisions are the engine's. It depends on ports only: the
 //! binary picks the store and connector adapters.
 
+pub mod control;
 mod export;
 mod import;
 pub mod scheduler;
+pub mod status;
 mod sync;
 
 use std::collections::BTreeMap;
@@ -161,11 +164,14 @@ pub struct Runner<S: Store> {
     pub(crate) progress: std::sync::Arc<dyn Progress>,
     /// Whether this runner holds the store's runner claim (taken before its first step).
     claimed: tokio::sync::OnceCell<()>,
+    /// The deletion threshold in force (0: off); starts as the config's, settings may change it.
+    threshold: std::sync::atomic::AtomicU64,
 }
 
 impl<S: Store> Runner<S> {
     /// A runner over `store` with `rules`.
     pub fn new(store: S, rules: RuleSet, config: RunnerConfig) -> Self {
+        let threshold = std::sync::atomic::AtomicU64::new(config.deletion_threshold.unwrap_or(0));
         Runner {
             store,
             rules,
@@ -176,7 +182,18 @@ impl<S: Store> Runner<S> {
             deletes_allowed_once: std::sync::atomic::AtomicBool::new(false),
             progress: std::sync::Arc::new(Silent),
             claimed: tokio::sync::OnceCell::new(),
+            threshold,
         }
+    }
+
+    /// The accidental-delete threshold in force (`None`: off).
+    pub fn deletion_threshold(&self) -> Option<u64> {
+        Some(self.threshold.load(std::sync::atomic::Ordering::SeqCst)).filter(|threshold| *threshold > 0)
+    }
+
+    /// Changes the threshold for the next exports (the tenant's setting changed).
+    pub fn set_deletion_threshold(&self, threshold: Option<u64>) {
+        self.threshold.store(threshold.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Reports how steps advance to `progress` (progress bars).
@@ -212,7 +229,8 @@ impl<S: Store> Runner<S> {
         self.deletes_allowed_once.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Settings (e.g. to flip staging mode).
+    /// Settings (e.g. to flip staging mode); the threshold changes through
+    /// [`Runner::set_deletion_threshold`].
     pub fn config_mut(&mut self) -> &mut RunnerConfig {
         &mut self.config
     }
@@ -293,6 +311,27 @@ impl<S: Store> Runner<S> {
                 Err(err)
             }
         }
+    }
+
+    /// The source connectors (AD forests, LDAP directories), in order.
+    pub fn sources(&self) -> Vec<ConnectorId> {
+        self.order.iter().filter(|id| self.connectors.get(*id).is_some_and(|c| c.info.role == Role::Source)).cloned().collect()
+    }
+
+    /// One connector's part of a cycle: its import, its sync, its export (when it exports) and
+    /// the confirming import after an export that changed something.
+    pub async fn run_connector_cycle(&self, id: &ConnectorId, initial: bool) -> Result<Vec<StepReport>, RunnerError> {
+        let (import_step, sync_step) = if initial { (Step::FullImport, Step::FullSync) } else { (Step::DeltaImport, Step::DeltaSync) };
+        let mut reports = vec![self.run_step(id, import_step).await?, self.run_step(id, sync_step).await?];
+        if self.connector(id)?.export.is_some() {
+            let report = self.run_step(id, Step::Export).await?;
+            let changed = report.counts.adds + report.counts.updates + report.counts.deletes > 0;
+            reports.push(report);
+            if changed {
+                reports.push(self.run_step(id, Step::DeltaImport).await?);
+            }
+        }
+        Ok(reports)
     }
 
     /// One cycle in Entra's order: import sources, import targets, sync sources, sync targets,

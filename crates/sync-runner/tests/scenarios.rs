@@ -10,6 +10,7 @@ use model::{AttrChange, AttrValue, Attributes, ConnectorId, ErrorStage};
 use store::{CsQuery, Store};
 use store_sqlite::SqliteStore;
 use sync_rules::RuleSet;
+use sync_runner::scheduler::Schedule;
 use sync_runner::{Runner, RunnerConfig, Step, StepReport};
 
 const RULES: &str = r#"
@@ -296,6 +297,12 @@ async fn an_existing_target_object_is_hard_matched_not_duplicated() {
     assert_eq!(attributes.get("displayName"), &[AttrValue::string("Ann Boss")]);
 }
 
+fn board() -> std::sync::Arc<sync_runner::status::Board> {
+    struct Quiet;
+    impl sync_runner::Progress for Quiet {}
+    std::sync::Arc::new(sync_runner::status::Board::new(std::sync::Arc::new(Quiet), "test"))
+}
+
 #[tokio::test]
 async fn the_scheduler_runs_cycles_until_shutdown() {
     let world = world(RunnerConfig::default()).await;
@@ -307,7 +314,7 @@ async fn the_scheduler_runs_cycles_until_shutdown() {
         let _ = stop.send(());
     };
     let (cycles, ()) = tokio::join!(
-        sync_runner::scheduler::run(&world.runner, std::time::Duration::from_millis(40), receiver, async move {
+        sync_runner::scheduler::run(&world.runner, Schedule::every(std::time::Duration::from_millis(40)), board(), receiver, async move {
             let _ = stopped.await;
         }),
         stopper
@@ -320,22 +327,23 @@ async fn the_scheduler_runs_cycles_until_shutdown() {
 async fn the_scheduler_runs_a_cycle_on_demand_between_ticks() {
     let world = world(RunnerConfig::default()).await;
     let anchors = seed(&world.src);
+    let (src, dst) = (world.src.clone(), world.dst.clone());
     let (requests, receiver) = tokio::sync::mpsc::channel(4);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let driver = async {
         // The first tick runs the initial cycle at once; the next is an hour away.
-        while world.dst.len() < 3 {
+        while dst.len() < 3 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        world.src.modify(&anchors[0], &[AttrChange::Replace("displayName".into(), vec![AttrValue::string("On Demand")])]);
-        requests.send(sync_runner::scheduler::CycleRequest { initial: false }).await.expect("request");
-        while dst_attribute(&world.dst, "CN=E1,OU=Cloud", "displayName") != vec![AttrValue::string("On Demand")] {
+        src.modify(&anchors[0], &[AttrChange::Replace("displayName".into(), vec![AttrValue::string("On Demand")])]);
+        requests.send(sync_runner::scheduler::CycleRequest { initial: false, connector: None }).await.expect("request");
+        while dst_attribute(&dst, "CN=E1,OU=Cloud", "displayName") != vec![AttrValue::string("On Demand")] {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         let _ = stop.send(());
     };
     let (cycles, ()) = tokio::join!(
-        sync_runner::scheduler::run(&world.runner, std::time::Duration::from_secs(3600), receiver, async move {
+        sync_runner::scheduler::run(&world.runner, Schedule::every(std::time::Duration::from_secs(3600)), board(), receiver, async move {
             let _ = stopped.await;
         }),
         driver

@@ -31,6 +31,7 @@ pub mod permissions;
 pub mod resilience;
 mod roles;
 mod service_principals;
+pub use service_principals::GRAPH_APP_ID;
 pub mod signin;
 pub mod sql;
 pub mod state;
@@ -78,6 +79,10 @@ pub struct TenantConfig {
     pub write_limit: Option<u32>,
     /// The DNS resolver domain verification asks; `None`: the first of `/etc/resolv.conf`.
     pub dns_resolver: Option<SocketAddr>,
+    /// Lab override of domain verification: these domains (lower case) verify without a DNS
+    /// lookup. For test forests whose names no public DNS serves; every use is audited as
+    /// such and the server warns at start.
+    pub lab_verified_domains: Vec<String>,
     /// How the sync service's creates match existing objects (soft and hard match).
     pub match_policy: resilience::MatchPolicy,
     /// Keep the directory in PostgreSQL at this URL instead of SQLite in the state folder
@@ -120,6 +125,7 @@ impl TenantConfig {
             lockout_seconds: 60,
             write_limit: None,
             dns_resolver: None,
+            lab_verified_domains: Vec::new(),
             match_policy: resilience::MatchPolicy::default(),
             postgres: None,
             leaked_list: None,
@@ -169,6 +175,8 @@ pub struct Shared {
     throttle: Option<std::sync::Mutex<Bucket>>,
     domain_cache: std::sync::RwLock<Vec<db::Domain>>,
     dns_resolver: Option<SocketAddr>,
+    /// [`TenantConfig::lab_verified_domains`].
+    lab_verified_domains: Vec<String>,
     match_policy: resilience::MatchPolicy,
     /// `/directory/onPremisesSynchronization` (its features steer matching).
     sync_settings: std::sync::RwLock<serde_json::Value>,
@@ -661,6 +669,7 @@ impl Tenant {
                 domain_cache: std::sync::RwLock::new(domains),
                 methods: std::sync::RwLock::new(std::collections::HashMap::new()),
                 dns_resolver: config.dns_resolver.or_else(dns::system_resolver),
+                lab_verified_domains: config.lab_verified_domains.iter().map(|name| name.to_lowercase()).collect(),
                 match_policy: config.match_policy,
                 sync_settings: std::sync::RwLock::new(sync_settings),
                 leaked,
