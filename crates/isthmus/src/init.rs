@@ -49,6 +49,10 @@ pub struct InitArgs {
     /// The SQLite database the configuration names.
     #[arg(long, default_value = "isthmus.db")]
     pub db: PathBuf,
+    /// Keep the sync state in PostgreSQL at this URL instead of SQLite (`postgresql://user@host/db`;
+    /// a password belongs in ~/.pgpass, not here). Checked before the file is written.
+    #[arg(long, conflicts_with = "db")]
+    pub postgres: Option<String>,
     /// Custom settings instead of express: choose the source anchor and the UPN attribute
     /// (asked for on a terminal, or --source-anchor / --upn-attribute).
     #[arg(long)]
@@ -333,6 +337,16 @@ pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(url) = &args.postgres {
+        println!("Checking the sync store:");
+        let store = crate::config::StoreConfig { sqlite: None, postgres: Some(url.clone()) };
+        match store.open(true).await {
+            Ok(_) => {
+                check(true, "PostgreSQL answers and the sync schema is in place");
+            }
+            Err(err) => failed |= !check(false, &format!("{err:#}")),
+        }
+    }
     anyhow::ensure!(!failed, "nothing written: fix what failed above and run init again");
 
     let db = absolute(Some(&args.db), "--db")?.unwrap_or_else(|| args.db.clone());
@@ -415,8 +429,11 @@ fn quote(text: &str) -> String {
 
 fn render(args: &InitArgs, answers: &Answers, paths: &Paths, anchor: &str, ad_id: &str, ad_password: &str, client_secret: &str) -> String {
     let mut text = format!(
-        "# Written by isthmus init.\n[store]\nsqlite = {}\n\n[sync]\ndefault_rules = true\nsource_anchor = {}\nupn_attribute = {}\n\n",
-        quote(&paths.db.display().to_string()),
+        "# Written by isthmus init.\n[store]\n{}\n\n[sync]\ndefault_rules = true\nsource_anchor = {}\nupn_attribute = {}\n\n",
+        match &args.postgres {
+            Some(url) => format!("postgres = {}", quote(url)),
+            None => format!("sqlite = {}", quote(&paths.db.display().to_string())),
+        },
         quote(anchor),
         quote(&answers.upn_attribute)
     );

@@ -394,7 +394,8 @@ async fn init_checks_everything_before_it_writes_a_configuration() {
         "the bind as",
         "DirSync and reading objects work",
         "signs in",
-        "is a verified domain of the tenant",
+        "user(s), verified",
+        "the app holds OnPremDirectorySynchronization.ReadWrite.All",
         "no object uses mS-DS-ConsistencyGuid yet",
         "may write mS-DS-ConsistencyGuid",
     ] {
@@ -508,7 +509,7 @@ async fn the_lifecycle_of_on_premises_objects_reaches_the_tenant() {
     let set_guid = |value: Vec<u8>| ldap3::Mod::Replace(b"mS-DS-ConsistencyGuid".to_vec(), std::collections::HashSet::from([value]));
     ad.conn().modify(&otto, vec![set_guid(vec![0x42; 16])]).await.unwrap();
     let (ok, out, err) = sync(&[]);
-    assert!(ok, "{out}\n{err}");
+    assert!(!ok && err.contains("1 object error(s) in corp.example.test"), "a rejected object fails the run:\n{out}\n{err}");
     let shown = errors();
     assert!(shown.contains("sourceAnchor attribute has changed"), "the changed anchor is an error:\n{shown}\n{out}");
     assert_eq!(graph.synced("otto").await["accountEnabled"], true, "the cloud object stays as it was");
@@ -684,7 +685,9 @@ async fn a_custom_source_anchor_is_checked_per_object() {
     ad.conn().replace(&people[1], "employeeID", &["ivo@corp"]).await.unwrap();
     let config_arg = config_path.to_str().unwrap();
     let (ok, out, err) = isthmus(&["sync", "run", "--config", config_arg, "--full"]);
-    assert!(ok, "{out}\n{err}");
+    // Objects were rejected: the run says so and exits non-zero (a script or unit notices).
+    assert!(!ok && err.contains("object error(s) in") && err.contains("cs search"), "{out}\n{err}");
+    assert!(!out.contains("stopped"), "no step stopped: {out}");
     let hana = graph.synced("hana").await;
     assert_eq!(hana["onPremisesImmutableId"], "E1001", "a string anchor is taken as it is: {hana}");
     assert!(graph.synced("ivo").await.is_null(), "an anchor Entra would refuse is not exported");
