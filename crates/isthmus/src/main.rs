@@ -192,7 +192,26 @@ enum MvCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // The message and its causes, never a stack backtrace (anyhow captures one when
+            // RUST_BACKTRACE is set): these are the operator's errors, not the program's.
+            eprintln!("Error: {err}");
+            let causes: Vec<String> = err.chain().skip(1).map(ToString::to_string).collect();
+            if !causes.is_empty() {
+                eprintln!("\nCaused by:");
+                for cause in causes {
+                    eprintln!("    {cause}");
+                }
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let default_filter = if ansi { "warn" } else { "warn,sync_runner=info" };

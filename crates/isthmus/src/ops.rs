@@ -45,7 +45,7 @@ fn cs_json(cs: &CsObject) -> Value {
         Some(PendingExport::Delete) => json!({"kind": "delete"}),
     };
     json!({
-        "id": cs.id.0, "connector": cs.connector.0, "dn": cs.dn, "objectType": cs.object_type,
+        "id": cs.id.0, "connector": cs.connector.0, "dn": cs.dn, "name": cs.label(), "objectType": cs.object_type,
         "joinedTo": cs.link.map(|mv| mv.0), "pendingExport": export,
         "error": cs.error.as_ref().map(|error| json!({"code": error.code, "message": error.message})),
     })
@@ -204,7 +204,8 @@ fn print_cs_line(cs: &CsObject) {
         Some(PendingExport::Delete) => " [pending delete]".into(),
     };
     let error = cs.error.as_ref().map_or(String::new(), |error| format!(" ERROR {}: {}", error.code, error.message));
-    println!("{}  {}  ({}, {link}){export}{error}", cs.id, cs.dn, cs.object_type);
+    let name = cs.label().map_or(String::new(), |label| format!(" \"{label}\""));
+    println!("{}  {}{name}  ({}, {link}){export}{error}", cs.id, cs.dn, cs.object_type);
 }
 
 /// `isthmus mv show`.
@@ -271,7 +272,12 @@ pub async fn plan(store: &impl Store, connector: Option<&str>, as_json: bool) ->
                 match &cs.pending_export {
                     Some(PendingExport::Add(attribute_changes)) => {
                         adds += 1;
-                        println!("+ {connector}: {} ({})", cs.dn, cs.object_type);
+                        println!(
+                            "+ {connector}: {}{} ({})",
+                            cs.dn,
+                            cs.label().map_or(String::new(), |label| format!(" \"{label}\"")),
+                            cs.object_type
+                        );
                         print_changes(attribute_changes);
                     }
                     Some(PendingExport::Update(attribute_changes)) => {

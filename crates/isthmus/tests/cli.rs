@@ -38,6 +38,9 @@ fn quickstart_then_operator_tools() {
     let (ok, out, _) = isthmus(&["cs", "search", "--db", db, "--connector", "tenant", "--limit", "5"]);
     assert!(ok);
     assert!(out.contains("joined to mv:") && out.ends_with("5 object(s)\n"), "{out}");
+    // Cloud objects' DNs are ids: each line also names the object (its UPN, mail or name).
+    let first = out.lines().next().unwrap_or_default();
+    assert!(first.contains("objectId=") && first.contains("@") && first.contains('"'), "named, not only an id: {first}");
 
     let (ok, out, err) = isthmus(&[
         "preview",
@@ -84,6 +87,16 @@ fn operator_tools_refuse_a_missing_database() {
     let (ok, _, err) = isthmus(&["history", "--db", "/nonexistent/isthmus.db"]);
     assert!(!ok);
     assert!(err.contains("/nonexistent/isthmus.db does not exist"), "{err}");
+    // An operator's mistake prints its message, never a stack backtrace, even when asked for
+    // backtraces (they are for the program's bugs).
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_isthmus"))
+        .args(["history", "--config", "/nonexistent/isthmus.toml"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run isthmus");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && err.starts_with("Error: read /nonexistent/isthmus.toml"), "{err}");
+    assert!(!err.to_lowercase().contains("backtrace") && !err.contains("main.rs"), "{err}");
 }
 
 #[test]

@@ -319,6 +319,18 @@ pub struct CsObject {
     pub error: Option<ObjectError>,
 }
 
+impl CsObject {
+    /// A name for people: the first of userPrincipalName, mail, displayName, cn, uid it has.
+    /// Cloud objects' DNs are ids (`objectId=…`, or `CN={7}` before their first export), so
+    /// logs and operator tools show this beside the DN.
+    pub fn label(&self) -> Option<String> {
+        ["userPrincipalName", "mail", "displayName", "cn", "uid"]
+            .iter()
+            .find_map(|name| self.attributes.get(name).first().map(ToString::to_string))
+            .filter(|label| !label.is_empty())
+    }
+}
+
 /// Which rule put a value on an MV attribute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lineage {

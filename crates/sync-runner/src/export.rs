@@ -170,7 +170,7 @@ async fn apply_result<S: Store>(
                         // cloud soft or hard match). An unjoined copy in the connector space
                         // gives way; one joined elsewhere is this object's error.
                         if other.link.is_none() {
-                            tracing::info!(connector = %id, dn = cs.dn, matched = other.dn, "the directory matched the add to an existing object");
+                            tracing::info!(connector = %id, dn = cs.dn, name = cs.label(), matched = other.dn, "the directory matched the add to an existing object");
                             runner.store.cs_delete(other.id).await?;
                         } else {
                             let message = format!(
@@ -214,13 +214,13 @@ async fn apply_result<S: Store>(
                         tracing::debug!(connector = %id, dn = cs.dn, "references left for a later cycle");
                     }
                     UnappliedReason::Failed(ConnectorError::Rejected { code, message }) => {
-                        tracing::warn!(connector = %id, dn = cs.dn, code, "export applied in part");
+                        tracing::warn!(connector = %id, dn = cs.dn, name = cs.label(), code, "export applied in part");
                         let message = format!("exported in part; the rest stays pending: {message}");
                         cs.error = Some(ObjectError { stage: ErrorStage::Export, code, message });
                         counts.errors += 1;
                     }
                     UnappliedReason::Failed(source) => {
-                        tracing::warn!(connector = %id, dn = cs.dn, "export applied in part: {source}");
+                        tracing::warn!(connector = %id, dn = cs.dn, name = cs.label(), "export applied in part: {source}");
                         stop = Some(RunnerError::Connector { connector: id.0.clone(), source });
                     }
                 }
@@ -231,7 +231,7 @@ async fn apply_result<S: Store>(
             }
         }
         Err(ConnectorError::Rejected { code, message }) => {
-            tracing::warn!(connector = %id, dn = cs.dn, code, "export rejected");
+            tracing::warn!(connector = %id, dn = cs.dn, name = cs.label(), code, "export rejected");
             cs.error = Some(ObjectError { stage: ErrorStage::Export, code, message });
             runner.store.cs_update(&cs).await?;
             counts.errors += 1;
