@@ -46,6 +46,7 @@ pub const LAYERS: &[(&str, Layer)] = &[
     ("sync-runner", Layer::Service),
     ("tenant", Layer::Service),
     ("pta-agent", Layer::Service),
+    ("password-sync", Layer::Service),
     ("store-sqlite", Layer::Adapter),
     ("store-postgres", Layer::Adapter),
     ("isthmus", Layer::Binary),

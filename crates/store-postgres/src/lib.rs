@@ -552,6 +552,27 @@ impl store::Store for PostgresStore {
             .map_err(backend)
     }
 
+    async fn service_state(&self, service: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let client = self.client.lock().await;
+        let row = client
+            .query_opt("SELECT value FROM service_state WHERE service = $1 AND key = $2", &[&service, &key])
+            .await
+            .map_err(backend)?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    async fn set_service_state(&self, service: &str, key: &str, value: &[u8]) -> Result<()> {
+        let client = self.client.lock().await;
+        client
+            .execute(
+                "INSERT INTO service_state (service, key, value) VALUES ($1, $2, $3) ON CONFLICT (service, key) DO UPDATE SET value = excluded.value",
+                &[&service, &key, &value],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn watermark(&self, connector: &ConnectorId) -> Result<Option<Vec<u8>>> {
         let client = self.client.lock().await;
         let row = client.query_opt("SELECT value FROM watermarks WHERE connector = $1", &[&connector.0]).await.map_err(backend)?;

@@ -67,6 +67,8 @@ const STEPS: &[&str] = &[
     // 2: references by target, so an imported rename finds the objects naming the old DN
     // without reading the whole connector space.
     "CREATE INDEX cs_values_reference ON cs_values(folded) WHERE left(folded, 2) = 'r:';",
+    // 3: services' own state (password hash sync's watermarks), apart from connectors'.
+    "CREATE TABLE service_state (service TEXT NOT NULL, key TEXT NOT NULL, value BYTEA NOT NULL, PRIMARY KEY (service, key));",
 ];
 
 /// The newest schema version this program knows.

@@ -594,6 +594,29 @@ impl store::Store for SqliteStore {
         .await
     }
 
+    async fn service_state(&self, service: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let (service, key) = (service.to_string(), key.to_string());
+        self.call(move |conn, _| {
+            conn.query_row("SELECT value FROM service_state WHERE service = ?1 AND key = ?2", params![service, key], |row| row.get(0))
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn set_service_state(&self, service: &str, key: &str, value: &[u8]) -> Result<()> {
+        let (service, key, value) = (service.to_string(), key.to_string(), value.to_vec());
+        self.call(move |conn, _| {
+            conn.execute(
+                "INSERT INTO service_state (service, key, value) VALUES (?1, ?2, ?3) ON CONFLICT (service, key) DO UPDATE SET value = excluded.value",
+                params![service, key, value],
+            )
+            .map(|_| ())
+            .map_err(backend)
+        })
+        .await
+    }
+
     async fn watermark(&self, connector: &ConnectorId) -> Result<Option<Vec<u8>>> {
         let connector = connector.0.clone();
         self.call(move |conn, _| {

@@ -72,6 +72,8 @@ const STEPS: &[&str] = &[
     // without reading the whole connector space. Reference values are indexed whatever the
     // store's index list says; `backfill_references` adds those the list had left out.
     "CREATE INDEX cs_values_reference ON cs_values(folded) WHERE substr(folded, 1, 2) = 'r:';",
+    // 3: services' own state (password hash sync's watermarks), apart from connectors'.
+    "CREATE TABLE service_state (service TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (service, key));",
 ];
 
 /// The newest schema version this program knows.

@@ -195,6 +195,11 @@ pub trait Store: Send + Sync {
     /// Marks every imported CS object of a connector that `import_run` did not see as deleted
     /// (the end of a full import: obsoletion); returns how many.
     fn obsolete_unseen(&self, connector: &ConnectorId, import_run: i64) -> impl Future<Output = Result<u64>> + Send;
+    /// A service's own small state (password hash sync's replication watermarks), by key;
+    /// never a secret.
+    fn service_state(&self, service: &str, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+    /// Replaces a service's state under `key`.
+    fn set_service_state(&self, service: &str, key: &str, value: &[u8]) -> impl Future<Output = Result<()>> + Send;
     /// The connector's last committed watermark.
     fn watermark(&self, connector: &ConnectorId) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
     /// Forgets the watermark (the next delta import becomes a full one).

@@ -18,7 +18,7 @@ use crate::{CsQuery, ImportChange, Matching, NewCsObject, RunCounts, Store, Stor
 macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@tests $make; cs_objects, import_pages, import_modify, renames_follow_references, import_confirms_export_object, failed_page_changes_nothing,
-            obsoletion, metaverse, disconnector_lookup, updates_keep_the_lookup_index, run_history, run_history_retention, interrupted_runs, migrate_is_idempotent);
+            obsoletion, metaverse, disconnector_lookup, updates_keep_the_lookup_index, run_history, run_history_retention, service_state, interrupted_runs, migrate_is_idempotent);
     };
     (@tests $make:expr; $($check:ident),*) => {
         $(
@@ -504,6 +504,18 @@ pub async fn run_history(store: &impl Store) {
     assert_eq!(runs[1].counts.adds, 5);
     assert_eq!((runs[0].finished, runs[0].status.as_str()), (None, "running"));
     assert_eq!(store.runs(1).await.expect("runs").len(), 1);
+}
+
+/// A service's state: absent, written, replaced; keys and services apart; no connector's watermark.
+pub async fn service_state(store: &impl Store) {
+    assert_eq!(store.service_state("password-hash-sync", "ad#DC=x").await.expect("read"), None);
+    store.set_service_state("password-hash-sync", "ad#DC=x", b"one").await.expect("write");
+    store.set_service_state("password-hash-sync", "ad#DC=y", b"other").await.expect("write");
+    store.set_service_state("password-hash-sync", "ad#DC=x", b"two").await.expect("replace");
+    assert_eq!(store.service_state("password-hash-sync", "ad#DC=x").await.expect("read").as_deref(), Some(&b"two"[..]));
+    assert_eq!(store.service_state("password-hash-sync", "ad#DC=y").await.expect("read").as_deref(), Some(&b"other"[..]));
+    assert_eq!(store.service_state("another", "ad#DC=x").await.expect("read"), None);
+    assert_eq!(store.watermark(&ConnectorId("ad#DC=x".into())).await.expect("watermark"), None);
 }
 
 /// Retention removes finished steps older than the cut, never a running one.

@@ -117,6 +117,40 @@ pub enum RunnerError {
     },
 }
 
+/// Group memberships for ISMEMBEROF scoping clauses, read once per step from the connector
+/// spaces: connector → group DN (lower case) → member DNs (lower case). Every user of scoping
+/// outside a sync step (password hash sync, previews) loads them the same way.
+#[derive(Debug, Clone, Default)]
+pub struct Memberships(BTreeMap<ConnectorId, BTreeMap<String, std::collections::BTreeSet<String>>>);
+
+impl Memberships {
+    /// Reads the groups that the inbound rules' ISMEMBEROF clauses name.
+    pub async fn load<S: Store>(store: &S, rules: &RuleSet) -> Result<Memberships, StoreError> {
+        let mut memberships = Memberships::default();
+        for rule in rules.rules().iter().filter(|rule| rule.direction == sync_rules::Direction::Inbound) {
+            for condition in rule.scope.iter().flatten() {
+                if !matches!(condition.operator, sync_rules::Operator::IsMemberOf | sync_rules::Operator::IsNotMemberOf) {
+                    continue;
+                }
+                let group = store.cs_by_dn(&rule.connector, &condition.value).await?;
+                let members = group.map_or_else(std::collections::BTreeSet::new, |group| {
+                    group.attributes.get("member").iter().map(|value| value.to_string().to_lowercase()).collect()
+                });
+                memberships.0.entry(rule.connector.clone()).or_default().insert(condition.value.to_lowercase(), members);
+            }
+        }
+        Ok(memberships)
+    }
+
+    /// Whether `cs` is a member of `group` (a DN an ISMEMBEROF clause names).
+    pub fn member_of(&self, cs: &model::CsObject, group: &str) -> bool {
+        self.0
+            .get(&cs.connector)
+            .and_then(|groups| groups.get(&group.to_lowercase()))
+            .is_some_and(|members| members.contains(&cs.dn.to_lowercase()))
+    }
+}
+
 /// Current time for run history and `Now()`; injected so tests control it.
 pub trait Clock: Send + Sync {
     /// Seconds since the Unix epoch.

@@ -10,19 +10,16 @@ use store::{CsQuery, Matching, NewCsObject, RunCounts, Store};
 use sync_engine::inbound::{self, Candidate, InboundInput, JoinDecision, JoinPlan};
 use sync_engine::outbound::{self, OutboundDecision, OutboundInput};
 use sync_expr::Value;
-use sync_rules::{Direction, Operator};
+use sync_rules::Direction;
 
 use crate::{Runner, RunnerError};
 
 const PAGE: usize = 1000;
 
-/// Group memberships for ISMEMBEROF clauses: group DN (lower case) → member DNs (lower case).
-type Memberships = BTreeMap<String, BTreeSet<String>>;
-
 struct Context<'r, S: Store> {
     runner: &'r Runner<S>,
     parameters: BTreeMap<ConnectorId, BTreeMap<String, Value>>,
-    memberships: BTreeMap<ConnectorId, Memberships>,
+    memberships: crate::Memberships,
     now: sync_expr::time::DateTime,
     counts: RunCounts,
     random_state: u64,
@@ -43,13 +40,13 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId, full: bo
     let mut context = Context {
         runner,
         parameters,
-        memberships: BTreeMap::new(),
+        memberships: crate::Memberships::default(),
         now,
         counts: RunCounts::default(),
         random_state: runner.clock.unix_seconds() as u64 | 1,
         deleting: BTreeSet::new(),
     };
-    context.load_memberships().await?;
+    context.memberships = crate::Memberships::load(&runner.store, &runner.rules).await?;
 
     // Page by page: inbound for the page's CS objects, then every MV object they touched
     // (flow, lifetime, outbound), and only then are their pending imports marked processed.
@@ -109,30 +106,8 @@ fn intersect(sets: Vec<Vec<i64>>) -> Vec<i64> {
 }
 
 impl<S: Store> Context<'_, S> {
-    /// Reads the groups that ISMEMBEROF clauses name, once per step.
-    async fn load_memberships(&mut self) -> Result<(), RunnerError> {
-        for rule in self.runner.rules.rules().iter().filter(|rule| rule.direction == Direction::Inbound) {
-            for condition in rule.scope.iter().flatten() {
-                if !matches!(condition.operator, Operator::IsMemberOf | Operator::IsNotMemberOf) {
-                    continue;
-                }
-                let group = self.runner.store.cs_by_dn(&rule.connector, &condition.value).await?;
-                let members: BTreeSet<String> = group.map_or_else(BTreeSet::new, |group| {
-                    group.attributes.get("member").iter().map(|value| value.to_string().to_lowercase()).collect()
-                });
-                self.memberships.entry(rule.connector.clone()).or_default().insert(condition.value.to_lowercase(), members);
-            }
-        }
-        Ok(())
-    }
-
     fn member_of(&self) -> impl Fn(&CsObject, &str) -> bool + '_ {
-        move |cs: &CsObject, group: &str| {
-            self.memberships
-                .get(&cs.connector)
-                .and_then(|groups| groups.get(&group.to_lowercase()))
-                .is_some_and(|members| members.contains(&cs.dn.to_lowercase()))
-        }
+        move |cs: &CsObject, group: &str| self.memberships.member_of(cs, group)
     }
 
     fn set_error(&mut self, cs: &mut CsObject, error: ObjectError) {
