@@ -257,7 +257,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Plan { store, connector } => {
             with_store!(store.open().await?, |opened| ops::plan(&opened, connector.as_deref(), store.json).await)
         }
-        Command::Preview(args) => with_store!(args.store.open().await?, |opened| preview::run(&opened, &args).await),
+        Command::Preview(args) => with_store!(args.store.open().await?, |opened| preview::run(opened, &args).await),
         Command::CheckDn { dn } => {
             let parsed = model::Dn::parse(&dn).with_context(|| format!("`{dn}` is not a distinguished name"))?;
             println!("{parsed}");

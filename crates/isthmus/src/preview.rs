@@ -1,16 +1,16 @@
 //! `isthmus preview`: what a sync would do to one connector-space object — the rules in scope,
-//! the join decision, the metaverse values it would compute (old → new, with the contributing
-//! rule) and the outbound decision for every target — without changing anything.
+//! the join or projection, the metaverse values (old → new, with the contributing rule), and
+//! what every connector space would get (provision, export, delete, errors) — without changing
+//! anything. The answer is `sync_runner::Runner::explain`'s: the sync step's own code run over
+//! an overlay of the store; this file only prints it.
 
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use model::{AttrValue, ConnectorId, CsObject, MvId, MvObject};
-use store::{Matching, Store};
-use sync_engine::inbound::{self, Candidate, InboundInput, JoinDecision, JoinPlan};
-use sync_engine::outbound::{self, OutboundDecision, OutboundInput};
+use model::{AttrChange, AttrValue, ConnectorId, CsObject, MvId, MvObject, PendingExport};
+use store::Store;
 use sync_expr::Value;
-use sync_rules::{Direction, RuleSet};
+use sync_rules::RuleSet;
 
 /// Options of `isthmus preview`.
 #[derive(Debug, clap::Args)]
@@ -23,7 +23,7 @@ pub struct Args {
     /// The object's DN.
     #[arg(long)]
     pub dn: String,
-    /// A rule file (TOML). Either this or --default-rules.
+    /// A rule file (TOML). Default: the rules of --config's file.
     #[arg(long, conflicts_with = "default_rules")]
     pub rules: Option<std::path::PathBuf>,
     /// The default rules for `AD1,AD2:CLOUD` (the quickstart's are `corp.example.test:tenant`).
@@ -52,7 +52,11 @@ fn load_rules(args: &Args) -> anyhow::Result<RuleSet> {
             sync_rules::defaults::ad_to_cloud(&ads, cloud)
                 .map_err(|errors| anyhow::anyhow!("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))
         }
-        (None, None) => anyhow::bail!("say which rules to preview with: --rules FILE or --default-rules AD:CLOUD"),
+        // The rules of the configuration file the store came from.
+        (None, None) if args.store.db.is_none() => {
+            crate::config::Config::load(args.store.config.as_deref().unwrap_or(std::path::Path::new("isthmus.toml")))?.rules()
+        }
+        (None, None) => anyhow::bail!("say which rules to preview with: --rules FILE, --default-rules AD:CLOUD, or --config (its rules)"),
     }
 }
 
@@ -60,163 +64,131 @@ fn show(values: &[AttrValue]) -> String {
     values.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
-/// Runs the preview.
-pub async fn run(store: &impl Store, args: &Args) -> anyhow::Result<()> {
+fn mv_name(id: MvId) -> String {
+    if id.0 >= i64::MAX / 2 { "a new metaverse object".to_string() } else { id.to_string() }
+}
+
+/// Runs the preview: the runner's explanation (the sync step's own code over an overlay of
+/// the store), printed.
+pub async fn run<S: Store>(store: S, args: &Args) -> anyhow::Result<()> {
     let rules = load_rules(args)?;
-    let connector = ConnectorId(args.connector.clone());
-    let cs = store.cs_by_dn(&connector, &args.dn).await?.with_context(|| format!("{} has no object {}", args.connector, args.dn))?;
-    let mut parameters: BTreeMap<ConnectorId, BTreeMap<String, Value>> = BTreeMap::new();
-    let own = parameters.entry(connector.clone()).or_default();
-    own.insert("Connector.ID".into(), Value::str(connector.0.clone()));
-    for (name, value) in &args.params {
-        own.insert(name.clone(), Value::str(value.clone()));
-    }
-    let member_of = |_: &CsObject, _: &str| false;
+    let runner = sync_runner::Runner::new(store, rules, sync_runner::RunnerConfig::default());
+    let parameters: BTreeMap<String, Value> = args.params.iter().map(|(name, value)| (name.clone(), Value::str(value.clone()))).collect();
+    let explanation = runner.explain(&ConnectorId(args.connector.clone()), &args.dn, parameters).await?;
+    let cs = &explanation.object;
     println!(
         "{} ({}) in {}: {}",
         cs.dn,
         cs.object_type,
-        connector.0,
+        cs.connector.0,
         cs.link.map_or("disconnector".to_string(), |mv| format!("joined to {mv}"))
     );
-    let in_scope = inbound::rules_in_scope(&rules, &cs, &member_of);
     println!("inbound rules in scope:");
-    for rule in &in_scope {
-        println!("  [{}] {}", rule.precedence, rule.name);
+    for (precedence, name) in &explanation.rules_in_scope {
+        println!("  [{precedence}] {name}");
     }
-    if in_scope.is_empty() {
+    if explanation.rules_in_scope.is_empty() {
         println!("  (none)");
     }
-
-    // Join or projection.
-    let (mv, is_new) = match cs.link {
-        Some(id) => (store.mv_get(id).await?.with_context(|| format!("{id} is missing"))?, false),
-        None => {
-            let plan = inbound::plan_join(&rules, &cs, &member_of);
-            let mut candidates = Vec::new();
-            if let JoinPlan::Lookup { groups, .. } = &plan {
-                for group in groups {
-                    let mut found = Vec::new();
-                    if let Some(query) = group {
-                        let mut ids: Option<Vec<MvId>> = None;
-                        for (attribute, values, case_sensitive) in &query.clauses {
-                            let matching = if *case_sensitive { Matching::Exact } else { Matching::IgnoreCase };
-                            let hits = store.mv_find(&query.mv_type, attribute, values, matching).await?;
-                            ids = Some(match ids {
-                                None => hits,
-                                Some(previous) => previous.into_iter().filter(|id| hits.contains(id)).collect(),
-                            });
-                        }
-                        for id in ids.unwrap_or_default() {
-                            let taken = store.cs_linked_to(id).await?.iter().any(|other| other.connector == cs.connector);
-                            found.push(Candidate { mv: id, taken_by_same_connector: taken });
-                        }
-                    }
-                    candidates.push(found);
+    match &explanation.metaverse {
+        Some(mv) => {
+            let before = explanation.mv_changes.iter().find(|(_, after)| after.as_ref().is_some_and(|after| after.id == mv.id));
+            match before {
+                Some((None, _)) => {
+                    println!("metaverse: {} ({}) would be projected:", mv_name(mv.id), mv.object_type);
+                    print_values(None, mv);
                 }
-            }
-            match inbound::decide_join(&plan, &candidates) {
-                JoinDecision::Join(id) => {
-                    println!("join: would join {id}");
-                    (store.mv_get(id).await?.with_context(|| format!("{id} is missing"))?, false)
+                Some((Some(old), _)) => {
+                    println!("metaverse: {} ({}) would change:", mv.id, mv.object_type);
+                    print_values(Some(old), mv);
                 }
-                JoinDecision::Project(mv_type) => {
-                    println!("join: no match; would project a new {mv_type}");
-                    (MvObject { id: MvId(0), object_type: mv_type, attributes: BTreeMap::new() }, true)
-                }
-                JoinDecision::Disconnector => {
-                    println!("join: stays a disconnector; nothing flows");
-                    return Ok(());
-                }
-                JoinDecision::Error(error) => {
-                    println!("join: error {}: {}", error.code, error.message);
-                    return Ok(());
+                None => {
+                    println!("metaverse: {} ({}) stays as it is:", mv.id, mv.object_type);
+                    print_values(Some(mv), mv);
                 }
             }
         }
-    };
-
-    // Inbound flow with every joined object (this one as it is now).
-    let mut joined: Vec<CsObject> = if is_new { Vec::new() } else { store.cs_linked_to(mv.id).await? };
-    joined.retain(|other| other.id != cs.id);
-    joined.push(cs.clone());
-    let refs: Vec<&CsObject> = joined.iter().collect();
-    let resolve = |_: &ConnectorId, _: &str| None;
-    let mut random = || 4u64;
-    let now = sync_expr::time::DateTime::from_unix_seconds(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
-    )
-    .unwrap_or(sync_expr::time::DateTime::MIN);
-    let result = inbound::flow_inbound(InboundInput {
-        rules: &rules,
-        mv: &mv,
-        is_new,
-        joined: &refs,
-        member_of: &member_of,
-        parameters: &parameters,
-        resolve_reference: &resolve,
-        now,
-        random: &mut random,
-    });
-    println!("metaverse ({}):", mv.object_type);
-    let mut names: Vec<&String> = result.attributes.keys().chain(mv.attributes.keys()).collect();
-    names.sort();
-    names.dedup();
-    for name in names {
-        let old = mv.attributes.get(name).map(|attribute| show(&attribute.values)).unwrap_or_default();
-        let new = result.attributes.get(name);
-        let new_text = new.map(|attribute| show(&attribute.values)).unwrap_or_default();
-        let rule = new.and_then(|attribute| attribute.lineage.first()).map_or(String::new(), |lineage| format!("  ← {}", lineage.rule));
-        if old == new_text {
-            println!("    {name:<28} {new_text}{rule}");
-        } else {
-            println!("  ~ {name:<28} {old} → {new_text}{rule}");
+        None => println!("metaverse: not joined; nothing flows"),
+    }
+    for (before, after) in &explanation.mv_changes {
+        if let (Some(old), None) = (before, after) {
+            println!("  - {} ({}) would be deleted", old.id, old.object_type);
         }
     }
-    for (_, error) in &result.errors {
-        println!("  ! {}: {}", error.code, error.message);
+    println!("connector spaces:");
+    for (before, after) in &explanation.cs_changes {
+        match (before, after) {
+            (None, Some(new)) => println!("  + {}: would provision {} {}{}", new.connector.0, new.object_type, new.dn, export_text(new)),
+            (Some(old), Some(new)) => {
+                let mut what = Vec::new();
+                if old.link != new.link {
+                    what.push(match new.link {
+                        Some(mv) => format!("would join {}", mv_name(mv)),
+                        None => "would be disconnected".to_string(),
+                    });
+                }
+                if old.pending_export != new.pending_export {
+                    what.push(format!("would export{}", export_text(new)));
+                }
+                if old.error != new.error {
+                    what.push(match &new.error {
+                        Some(error) => format!("error {}: {}", error.code, error.message),
+                        None => "its error would clear".to_string(),
+                    });
+                }
+                if old.dn != new.dn {
+                    what.push(format!("renamed to {}", new.dn));
+                }
+                println!("  ~ {}: {} {}", new.connector.0, new.dn, what.join("; "));
+            }
+            (Some(old), None) => println!("  - {}: {} would be removed from the connector space", old.connector.0, old.dn),
+            (None, None) => {}
+        }
     }
-
-    // Outbound to every connector with outbound rules for this MV type.
-    let projected = MvObject { id: mv.id, object_type: mv.object_type.clone(), attributes: result.attributes.clone() };
-    let mut targets: Vec<ConnectorId> = rules
-        .rules()
-        .iter()
-        .filter(|rule| rule.direction == Direction::Outbound && rule.source_type == projected.object_type)
-        .map(|rule| rule.connector.clone())
-        .collect();
-    targets.dedup();
-    for target in targets {
-        let target_cs = joined.iter().find(|other| other.connector == target);
-        let empty = BTreeMap::new();
-        let resolve_outbound = |_: MvId| None;
-        let mut random = || 5u64;
-        let decision = outbound::sync_outbound(OutboundInput {
-            rules: &rules,
-            mv: &projected,
-            connector: &target,
-            joined: target_cs,
-            join_candidates: &[],
-            parameters: &empty,
-            resolve_reference: &resolve_outbound,
-            now,
-            random: &mut random,
-        });
-        println!("outbound to {}: {}", target.0, describe(&decision));
+    if explanation.cs_changes.is_empty() {
+        println!("  (no change)");
     }
     Ok(())
 }
 
-fn describe(decision: &OutboundDecision) -> String {
-    match decision {
-        OutboundDecision::Nothing => "nothing to do".into(),
-        OutboundDecision::Join { cs, .. } => format!("would join {cs}"),
-        OutboundDecision::Provision { dn, object_type, attributes, .. } => {
-            let values: Vec<String> = attributes.iter().map(|(name, values)| format!("{name}={}", show(values))).collect();
-            format!("would provision {object_type} {dn} with {}", values.join(", "))
+fn print_values(old: Option<&MvObject>, new: &MvObject) {
+    let mut names: Vec<&String> = new.attributes.keys().chain(old.map(|old| old.attributes.keys()).into_iter().flatten()).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let before = old.and_then(|old| old.attributes.get(name)).map(|attribute| show(&attribute.values)).unwrap_or_default();
+        let attribute = new.attributes.get(name);
+        let after = attribute.map(|attribute| show(&attribute.values)).unwrap_or_default();
+        let rule =
+            attribute.and_then(|attribute| attribute.lineage.first()).map_or(String::new(), |lineage| format!("  ← {}", lineage.rule));
+        if before == after {
+            println!("      {name:<28} {after}{rule}");
+        } else if old.is_some() {
+            println!("    ~ {name:<28} {before} → {after}{rule}");
+        } else {
+            println!("    + {name:<28} {after}{rule}");
         }
-        OutboundDecision::Export(export) => format!("would export {export:?}"),
-        OutboundDecision::Deprovision(cs) => format!("would delete {cs}"),
-        OutboundDecision::Error(error) => format!("error {}: {}", error.code, error.message),
+    }
+}
+
+fn export_text(cs: &CsObject) -> String {
+    let changes = |changes: &[AttrChange]| {
+        changes
+            .iter()
+            .map(|change| match change {
+                AttrChange::Replace(name, values) => format!("{name}={}", show(values)),
+                AttrChange::Add(name, values) => format!("{name}+={}", show(values)),
+                AttrChange::Delete(name, values) => format!("{name}-={}", show(values)),
+                AttrChange::Clear(name) => format!("{name} cleared"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match &cs.pending_export {
+        None => String::new(),
+        Some(PendingExport::Add(list)) => format!(" (add: {})", changes(list)),
+        Some(PendingExport::Update(list)) => format!(" (update: {})", changes(list)),
+        Some(PendingExport::Rename { new_dn, changes: list }) => format!(" (rename to {new_dn}: {})", changes(list)),
+        Some(PendingExport::Delete) => " (delete)".to_string(),
     }
 }

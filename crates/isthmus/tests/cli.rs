@@ -58,7 +58,7 @@ fn quickstart_then_operator_tools() {
     assert!(ok, "{out}\n{err}");
     assert!(out.contains("[102] In from AD - User AccountEnabled (corp.example.test)"), "rules in scope:\n{out}");
     assert!(out.contains("title                        Chief Demo Officer"), "computed values:\n{out}");
-    assert!(out.contains("outbound to tenant: nothing to do"), "already in sync:\n{out}");
+    assert!(out.contains("stays as it is") && out.contains("connector spaces:\n  (no change)"), "already in sync:\n{out}");
     let (ok, _, err) = isthmus(&[
         "preview",
         "--db",
@@ -71,7 +71,7 @@ fn quickstart_then_operator_tools() {
         "corp.example.test:tenant",
     ]);
     assert!(!ok);
-    assert!(err.contains("corp.example.test has no object CN=nobody"), "{err}");
+    assert!(err.contains("\"corp.example.test\" has no object CN=nobody"), "{err}");
 
     let (ok, out, _) = isthmus(&["mv", "show", "--db", db, "1"]);
     assert!(ok);

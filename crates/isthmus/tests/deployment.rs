@@ -323,6 +323,14 @@ async fn deployment(kind: SyncStore) {
     let mv = search["value"][0]["joinedTo"].as_i64().unwrap().to_string();
     let shown: Value = serde_json::from_str(&ok(&["mv", "show", "--config", &config_arg, &mv, "--json"], &[])).unwrap();
     assert_eq!(shown["connectors"].as_array().unwrap().len(), 2, "{shown}");
+    // The preview runs the sync's own code over the store (either kind) with the config's rules.
+    let preview = ok(&["preview", "--config", &config_arg, "--connector", "ad", "--dn", &hana], &[]);
+    assert!(
+        preview.contains("In from AD - User Join (ad)")
+            && preview.contains("stays as it is")
+            && preview.contains("connector spaces:\n  (no change)"),
+        "{preview}"
+    );
 
     // 7. The synced user signs in with msal (the hash came with the initial cycle's pass);
     //    msgraph-sdk lists the synced users.

@@ -8,11 +8,14 @@
 //! binary picks the store and connector adapters.
 
 pub mod control;
+mod explain;
 mod export;
 mod import;
 pub mod scheduler;
 pub mod status;
 mod sync;
+
+pub use explain::{Explanation, Overlay};
 
 use std::collections::BTreeMap;
 
@@ -107,6 +110,14 @@ pub enum RunnerError {
         /// Why.
         why: String,
     },
+    /// The connector space holds no such object.
+    #[error("connector \"{connector}\" has no object {dn}")]
+    NoObject {
+        /// Connector.
+        connector: String,
+        /// The DN asked for.
+        dn: String,
+    },
     /// The connector failed as a whole (not one object).
     #[error("connector \"{connector}\": {source}")]
     Connector {
@@ -150,6 +161,9 @@ impl Memberships {
             .is_some_and(|members| members.contains(&cs.dn.to_lowercase()))
     }
 }
+
+/// The store's service-state name under which each connector's `%Parameters%` are kept.
+pub const PARAMETERS: &str = "connector-parameters";
 
 /// Current time for run history and `Now()`; injected so tests control it.
 pub trait Clock: Send + Sync {
@@ -292,10 +306,29 @@ impl<S: Store> Runner<S> {
         Ok(())
     }
 
+    /// Keeps the connector's `%Parameters%` (read when it opened) in the store, so that a
+    /// preview, which connects to nothing, evaluates flows with the same values.
+    async fn keep_parameters(&self, id: &ConnectorId) -> Result<(), RunnerError> {
+        let texts: BTreeMap<&String, &str> = self
+            .connector(id)?
+            .info
+            .parameters
+            .iter()
+            .filter_map(|(name, value)| match value {
+                sync_expr::Value::Str(text) => Some((name, text.as_str())),
+                _ => None,
+            })
+            .collect();
+        let bytes = serde_json::to_vec(&texts).map_err(|err| StoreError::Backend(Box::new(err)))?;
+        self.store.set_service_state(PARAMETERS, &id.0, &bytes).await?;
+        Ok(())
+    }
+
     /// Runs one step on one connector and records it in the run history.
     pub async fn run_step(&self, connector: &ConnectorId, step: Step) -> Result<StepReport, RunnerError> {
         self.connector(connector)?;
         self.claim().await?;
+        self.keep_parameters(connector).await?;
         let started = self.clock.unix_seconds();
         let run = self.store.run_start(connector, step.name(), started).await?;
         tracing::info!(connector = %connector, step = step.name(), "step started");
@@ -345,6 +378,18 @@ impl<S: Store> Runner<S> {
                 Err(err)
             }
         }
+    }
+
+    /// What a sync would do to one connector-space object, without changing anything (the sync
+    /// step's own code over an overlay of the store). `parameters` adds `%Parameters%` values
+    /// for the object's connector.
+    pub async fn explain(
+        &self,
+        connector: &ConnectorId,
+        dn: &str,
+        parameters: BTreeMap<String, sync_expr::Value>,
+    ) -> Result<Explanation, RunnerError> {
+        sync::explain(self, connector, dn, parameters).await
     }
 
     /// The source connectors (AD forests, LDAP directories), in order.

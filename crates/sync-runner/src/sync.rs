@@ -500,3 +500,72 @@ impl<S: Store> Context<'_, S> {
         Ok(())
     }
 }
+
+/// What a sync would do to the object `dn` of `connector`: the sync step's own code for that
+/// object (inbound, then the metaverse work of every MV object it touches) over an overlay of
+/// the store, so nothing changes. `extra` adds `%Parameters%` for the object's connector (a
+/// preview runs without connecting, so connectors' own parameters are not read).
+pub(crate) async fn explain<S: Store>(
+    runner: &Runner<S>,
+    connector: &ConnectorId,
+    dn: &str,
+    extra: BTreeMap<String, Value>,
+) -> Result<crate::explain::Explanation, RunnerError> {
+    let cs = runner
+        .store
+        .cs_by_dn(connector, dn)
+        .await?
+        .ok_or_else(|| RunnerError::NoObject { connector: connector.0.clone(), dn: dn.to_string() })?;
+    let mut shadow = Runner::new(crate::explain::Overlay::new(&runner.store), runner.rules.clone(), runner.config.clone());
+    // Outbound targets are the connectors in order, then any other the rules name.
+    shadow.order = runner.order.clone();
+    for rule in runner.rules.rules() {
+        if !shadow.order.contains(&rule.connector) {
+            shadow.order.push(rule.connector.clone());
+        }
+    }
+    let mut parameters: BTreeMap<ConnectorId, BTreeMap<String, Value>> = BTreeMap::new();
+    for id in &shadow.order {
+        let mut values = match runner.connectors.get(id) {
+            Some(connector) => connector.info.parameters.clone(),
+            // Not opened (a preview): the values its last run kept.
+            None => {
+                let kept = runner.store.service_state(crate::PARAMETERS, &id.0).await?.unwrap_or_default();
+                let texts: BTreeMap<String, String> = serde_json::from_slice(&kept).unwrap_or_default();
+                texts.into_iter().map(|(name, text)| (name, Value::str(text))).collect()
+            }
+        };
+        values.entry("Connector.ID".into()).or_insert_with(|| Value::str(id.0.clone()));
+        parameters.insert(id.clone(), values);
+    }
+    parameters.entry(connector.clone()).or_default().extend(extra);
+    let now = sync_expr::time::DateTime::from_unix_seconds(runner.clock.unix_seconds()).unwrap_or(sync_expr::time::DateTime::MIN);
+    let mut context = Context {
+        runner: &shadow,
+        parameters,
+        memberships: crate::Memberships::load(&runner.store, &runner.rules).await?,
+        now,
+        counts: RunCounts::default(),
+        random_state: runner.clock.unix_seconds() as u64 | 1,
+        deleting: BTreeSet::new(),
+    };
+    let rules_in_scope = {
+        let member_of = context.member_of();
+        inbound::rules_in_scope(&runner.rules, &cs, &member_of).iter().map(|rule| (rule.precedence, rule.name.clone())).collect()
+    };
+    let mut affected = BTreeSet::new();
+    let mut projected = BTreeSet::new();
+    context.inbound(cs.clone(), &mut affected, &mut projected).await?;
+    for mv in affected {
+        context.metaverse(mv, projected.contains(&mv)).await?;
+    }
+    for deleted in std::mem::take(&mut context.deleting) {
+        shadow.store.cs_delete(deleted).await?;
+    }
+    let metaverse = match shadow.store.cs_get(cs.id).await?.and_then(|after| after.link) {
+        Some(mv) => shadow.store.mv_get(mv).await?,
+        None => None,
+    };
+    let (cs_changes, mv_changes) = shadow.store.changes().await?;
+    Ok(crate::explain::Explanation { object: cs, rules_in_scope, cs_changes, mv_changes, metaverse })
+}

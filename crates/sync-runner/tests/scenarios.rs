@@ -838,3 +838,49 @@ async fn a_partial_export_is_recorded_exactly_and_the_next_delta_cycle_sends_the
     assert!(bob.pending_export.is_none() && bob.error.is_none(), "{bob:#?}");
     assert_eq!(dst.len(), 3, "nothing added twice");
 }
+
+#[tokio::test]
+async fn explain_says_what_a_sync_would_do_and_changes_nothing() {
+    let world = world(RunnerConfig::default()).await;
+    let anchors = seed(&world.src);
+    world.runner.run_cycle(true).await.expect("initial cycle");
+    world.src.modify(&anchors[1], &[AttrChange::Replace("displayName".into(), vec![AttrValue::string("Bob Renamed")])]);
+    world.runner.run_step(&ConnectorId("src".into()), Step::DeltaImport).await.expect("import");
+    let src = ConnectorId("src".into());
+    let runs_before = world.runner.store().runs(100).await.expect("runs").len();
+    let explanation = world.runner.explain(&src, "CN=E2,OU=Staff", Default::default()).await.expect("explain");
+    assert_eq!(explanation.rules_in_scope, vec![(10, "In from source - Join".to_string())]);
+    let mv = explanation.metaverse.clone().expect("joined");
+    assert_eq!(mv.attributes["displayName"].values, vec![AttrValue::string("Bob Renamed")]);
+    assert_eq!(mv.attributes["manager"].values.len(), 1, "the reference resolves as in a run: {mv:?}");
+    let (before, after) =
+        explanation.cs_changes.iter().find(|(_, after)| after.as_ref().is_some_and(|cs| cs.connector.0 == "dst")).expect("dst change");
+    assert!(before.as_ref().is_some_and(|cs| cs.pending_export.is_none()));
+    assert!(
+        matches!(&after.as_ref().expect("after").pending_export, Some(model::PendingExport::Update(changes)) if changes.iter().any(|change| matches!(change, AttrChange::Replace(name, values) if name == "displayName" && values == &vec![AttrValue::string("Bob Renamed")]))),
+        "{after:?}"
+    );
+    // Nothing was written: the store still has the pending import and no pending export.
+    let stored = world.runner.store().cs_by_dn(&src, "CN=E2,OU=Staff").await.expect("read").expect("object");
+    assert!(stored.pending_import.is_some(), "still pending for the real sync");
+    let pending = world
+        .runner
+        .store()
+        .cs_list(&ConnectorId("dst".into()), &CsQuery { pending_export: true, ..CsQuery::default() })
+        .await
+        .expect("list");
+    assert!(pending.is_empty(), "{pending:?}");
+    assert_eq!(world.runner.store().runs(100).await.expect("runs").len(), runs_before, "no run recorded");
+    // The same object's real sync does what the explanation said.
+    world.runner.run_step(&src, Step::DeltaSync).await.expect("sync");
+    let pending = world
+        .runner
+        .store()
+        .cs_list(&ConnectorId("dst".into()), &CsQuery { pending_export: true, ..CsQuery::default() })
+        .await
+        .expect("list");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(&pending[0].pending_export, &after.as_ref().expect("after").pending_export);
+    let missing = world.runner.explain(&src, "CN=Nobody", Default::default()).await.expect_err("no such object");
+    assert!(missing.to_string().contains("has no object CN=Nobody"), "{missing}");
+}
