@@ -225,5 +225,7 @@ pub async fn pass<S: Store>(store: &S, config: &Config, full: bool) -> anyhow::R
             }
         }
     }
+    let refused: usize = tallies.iter().map(|tally| tally.refused).sum();
+    anyhow::ensure!(refused == 0, "the tenant refused {refused} password hash(es); the log names each account's anchor and the reason");
     Ok(())
 }

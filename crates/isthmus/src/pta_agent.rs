@@ -65,7 +65,13 @@ pub struct RunArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum AdminCommand {
     /// List the agents with their health.
-    List(TenantArgs),
+    List {
+        #[command(flatten)]
+        tenant: TenantArgs,
+        /// Print JSON (the tenant's agent objects) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke an agent: its certificate stops working at once.
     Revoke {
         #[command(flatten)]
@@ -150,9 +156,13 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
 pub async fn admin(command: &AdminCommand) -> anyhow::Result<()> {
     const AGENTS: &str = "/isthmus/v1/passThroughAuthentication/agents";
     match command {
-        AdminCommand::List(args) => {
+        AdminCommand::List { tenant: args, json } => {
             let (tenant, token) = admin_token(args).await?;
             let body = pta_agent::admin_call(&tenant, &token, reqwest::Method::GET, AGENTS, None).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+                return Ok(());
+            }
             let agents = body["value"].as_array().cloned().unwrap_or_default();
             println!("{:<38} {:<20} {:<9} {:<22} {:>8} {:>7}", "agent", "machine", "status", "last seen", "served", "errors");
             for agent in &agents {

@@ -413,10 +413,11 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
     }
     println!("sync server: pid {}, version {}, {} cycle(s) since start", status.pid, status.version, status.cycles);
     println!(
-        "scheduler:   {}, a delta cycle every {} min{}",
+        "scheduler:   {}, a delta cycle every {} min{}; deletion threshold {}",
         if status.scheduler_enabled { "enabled" } else { "DISABLED" },
         status.interval_seconds / 60,
-        status.next_cycle.map_or(String::new(), |next| format!(", next {}", when(next)))
+        status.next_cycle.map_or(String::new(), |next| format!(", next {}", when(next))),
+        status.deletion_threshold.map_or("off".to_string(), |threshold| threshold.to_string())
     );
     match &status.current {
         None => println!("state:       idle"),

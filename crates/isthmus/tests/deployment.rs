@@ -289,6 +289,36 @@ async fn deployment(kind: SyncStore) {
         "{written}"
     );
 
+    // The tenant keeps the sync schedule (as Entra does): 45 minutes and a threshold of 250,
+    // set through Graph by the administrator.
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+        .use_rustls_tls()
+        .build()
+        .unwrap();
+    let token =
+        testkit::client_credentials_token(&http, &format!("{base}/{initial}/oauth2/v2.0/token"), &admin_id, &admin_secret).await.unwrap();
+    let settings: Value = http
+        .get(format!("{base}/v1.0/directory/onPremisesSynchronization"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let settings_id = settings["value"][0]["id"].as_str().unwrap().to_string();
+    let schedule = serde_json::json!({"configuration": {"synchronizationInterval": "PT45M",
+        "accidentalDeletionPrevention": {"synchronizationPreventionType": "enabledForCount", "alertThreshold": 250}}});
+    let patched = http
+        .patch(format!("{base}/v1.0/directory/onPremisesSynchronization/{settings_id}"))
+        .bearer_auth(&token)
+        .json(&schedule)
+        .send()
+        .await
+        .unwrap();
+    assert!(patched.status().is_success(), "{:?}", patched.text().await);
+
     // 6. sync serve; status, start, the scheduler switch; a second writer is refused.
     let config_arg = text(&config);
     let serve = Service::start(&["sync", "serve", "--config", &config_arg, "--password-sync-minutes", "60"], &[], dir("serve.log"));
@@ -300,6 +330,11 @@ async fn deployment(kind: SyncStore) {
     let first = status().unwrap();
     assert_eq!(first["last"]["outcome"], "success", "{first}\n{}", serve.log());
     assert_eq!(first["last"]["kind"], "full");
+    assert_eq!(
+        (first["interval_seconds"].as_u64(), first["deletion_threshold"].as_u64()),
+        (Some(2700), Some(250)),
+        "the tenant's schedule: {first}"
+    );
     let (second, _, err) = isthmus(&["sync", "run", "--config", &config_arg], &[]);
     assert!(!second && err.contains("one store has one writer") && err.contains(&format!("{}", serve.child.id())), "{err}");
     let human = ok(&["sync", "status", "--config", &config_arg], &[]);
@@ -361,13 +396,9 @@ async fn deployment(kind: SyncStore) {
     assert_eq!(result["user"], upn.as_str(), "checked on-premises by the agent: {result}");
     let result = msal(&python, &base, &initial, &public_id, &ca, &upn, "Not!Her.Pass9");
     assert_eq!(result["error"], "invalid_grant", "a wrong password is refused on-premises: {result}");
-    let agents = admin(&["pta", "list"]);
-    let served: u64 = agents
-        .lines()
-        .find(|line| line.contains("agent-1"))
-        .and_then(|line| line.split_whitespace().rev().nth(1)?.parse().ok())
-        .unwrap_or(0);
-    assert!(served >= 2, "both sign-ins went through the agent:\n{agents}");
+    let agents: Value = serde_json::from_str(&admin(&["pta", "list", "--json"])).unwrap();
+    let agent = agents["value"].as_array().unwrap().iter().find(|agent| agent["machineName"] == "agent-1").unwrap();
+    assert!(agent["requestsServed"].as_u64() >= Some(2), "both sign-ins went through the agent: {agents}");
     let back = admin(&["tenant", "domain", "set-authentication", &domain, "managed"]);
     assert!(back.contains("PasswordHashSync"), "{back}");
     drop(serve);

@@ -324,10 +324,23 @@ impl CsObject {
     /// Cloud objects' DNs are ids (`objectId=…`, or `CN={7}` before their first export), so
     /// logs and operator tools show this beside the DN.
     pub fn label(&self) -> Option<String> {
-        ["userPrincipalName", "mail", "displayName", "cn", "uid"]
-            .iter()
-            .find_map(|name| self.attributes.get(name).first().map(ToString::to_string))
-            .filter(|label| !label.is_empty())
+        // An object not yet exported holds its values in the pending add.
+        let pending = match &self.pending_export {
+            Some(PendingExport::Add(changes)) => changes.as_slice(),
+            _ => &[],
+        };
+        ["userPrincipalName", "mail", "displayName", "cn", "uid"].iter().find_map(|name| {
+            let stored = self.attributes.get(name).first().map(ToString::to_string);
+            let added = || {
+                pending.iter().find_map(|change| match change {
+                    AttrChange::Replace(attribute, values) | AttrChange::Add(attribute, values) if attribute.eq_ignore_ascii_case(name) => {
+                        values.first().map(ToString::to_string)
+                    }
+                    _ => None,
+                })
+            };
+            stored.or_else(added).filter(|label| !label.is_empty())
+        })
     }
 }
 
@@ -382,6 +395,32 @@ mod tests {
 
     fn s(text: &str) -> AttrValue {
         AttrValue::string(text)
+    }
+
+    #[test]
+    fn an_object_is_labelled_by_its_name_stored_or_about_to_be_exported() {
+        let mut cs = CsObject {
+            id: CsId(1),
+            connector: ConnectorId("tenant".into()),
+            anchor: None,
+            dn: "CN={7}".into(),
+            object_type: "user".into(),
+            attributes: Attributes::new(),
+            link: None,
+            pending_import: None,
+            pending_export: None,
+            error: None,
+        };
+        assert_eq!(cs.label(), None);
+        cs.pending_export = Some(PendingExport::Add(vec![
+            AttrChange::Replace("displayName".into(), vec![s("Ann Lee")]),
+            AttrChange::Replace("userPrincipalName".into(), vec![s("ann@corp")]),
+        ]));
+        assert_eq!(cs.label().as_deref(), Some("ann@corp"), "the UPN first, from the pending add");
+        cs.attributes = Attributes::new().with("mail", s("ann.lee@corp"));
+        assert_eq!(cs.label().as_deref(), Some("ann@corp"), "by name order, the pending UPN before a stored mail");
+        cs.attributes = Attributes::new().with("userPrincipalName", s("stored@corp"));
+        assert_eq!(cs.label().as_deref(), Some("stored@corp"), "a stored value before a pending one of the same name");
     }
 
     #[test]

@@ -86,6 +86,7 @@ pub async fn run<S: Store>(
         schedule.side_tasks.iter().map(|task| tokio::time::Instant::now() + task.every()).collect();
     let mut next_poll = schedule.near_real_time.map(|poll| tokio::time::Instant::now() + poll);
     board.set_interval(schedule.interval);
+    board.set_threshold(runner.deletion_threshold());
     loop {
         board.set_next_cycle(if board.scheduler_enabled() || cycles == 0 { Some(next_cycle) } else { None });
         let now = tokio::time::Instant::now();
@@ -169,6 +170,7 @@ pub async fn run<S: Store>(
                 board.set_interval(interval);
             }
             runner.set_deletion_threshold(threshold);
+            board.set_threshold(threshold);
         }
         let initial = request.initial || cycles == 0;
         let kind = if initial { CycleKind::Full } else { CycleKind::Delta };

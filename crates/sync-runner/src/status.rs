@@ -108,6 +108,8 @@ pub struct Status {
     pub scheduler_enabled: bool,
     /// Seconds between scheduled cycles.
     pub interval_seconds: u64,
+    /// The accidental-delete threshold in force (`None`: off).
+    pub deletion_threshold: Option<u64>,
     /// When the next scheduled cycle starts (Unix seconds), if one is scheduled.
     pub next_cycle: Option<i64>,
     /// Cycles run since the server started.
@@ -120,6 +122,7 @@ pub struct Status {
 
 struct Inner {
     interval: Duration,
+    threshold: Option<u64>,
     next_cycle: Option<i64>,
     cycles: u64,
     current: Option<Cycle>,
@@ -146,6 +149,7 @@ impl Board {
         Board {
             inner: Mutex::new(Inner {
                 interval: crate::scheduler::DEFAULT_INTERVAL,
+                threshold: None,
                 next_cycle: None,
                 cycles: 0,
                 current: None,
@@ -180,6 +184,10 @@ impl Board {
 
     pub(crate) fn set_interval(&self, interval: Duration) {
         self.with(|inner| inner.interval = interval);
+    }
+
+    pub(crate) fn set_threshold(&self, threshold: Option<u64>) {
+        self.with(|inner| inner.threshold = threshold);
     }
 
     pub(crate) fn set_next_cycle(&self, at: Option<tokio::time::Instant>) {
@@ -230,6 +238,7 @@ impl Board {
             state: if inner.current.is_some() { "running" } else { "idle" }.into(),
             scheduler_enabled: self.scheduler_enabled(),
             interval_seconds: inner.interval.as_secs(),
+            deletion_threshold: inner.threshold,
             next_cycle: inner.next_cycle,
             cycles: inner.cycles,
             current: inner.current.clone(),
