@@ -291,11 +291,7 @@ async fn deployment(kind: SyncStore) {
 
     // The tenant keeps the sync schedule (as Entra does): 45 minutes and a threshold of 250,
     // set through Graph by the administrator.
-    let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
-        .use_rustls_tls()
-        .build()
-        .unwrap();
+    let http = testkit::https_client(&ca).unwrap();
     let token =
         testkit::client_credentials_token(&http, &format!("{base}/{initial}/oauth2/v2.0/token"), &admin_id, &admin_secret).await.unwrap();
     let settings: Value = http

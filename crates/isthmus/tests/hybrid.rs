@@ -91,11 +91,7 @@ async fn setup() -> Option<Hybrid> {
     let (initial, ca) = (tenant.initial_domain().to_string(), tenant.ca_pem.clone());
     let running = tenant.spawn().await.unwrap();
     let (stop, base) = (running.stop, running.base);
-    let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
-        .use_rustls_tls()
-        .build()
-        .unwrap();
+    let http = testkit::https_client(&ca).unwrap();
     let form = [
         ("grant_type", "client_credentials"),
         ("client_id", admin.client_id.as_str()),

@@ -235,11 +235,7 @@ impl Server {
         let bootstrap = std::fs::read_to_string(state.join("admin-app.txt")).unwrap();
         let field = |name: &str| bootstrap.lines().find_map(|line| line.strip_prefix(&format!("{name} = "))).unwrap().to_string();
         let ca = state.join("tls").join("ca.pem");
-        let http = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
-            .use_rustls_tls()
-            .build()
-            .unwrap();
+        let http = testkit::https_client(&ca).unwrap();
         let base = format!("https://{ip}:{port}");
         // The tenant's own names come from Graph: the token endpoint takes `organizations` too.
         let admin = (field("client_id"), field("client_secret"));

@@ -89,11 +89,7 @@ async fn on_premises_passwords_sign_in_to_the_tenant_after_hash_sync() {
     let (domain, ca) = (tenant.initial_domain().to_string(), tenant.ca_pem.clone());
     let running = tenant.spawn().await.unwrap();
     let (_stop, base) = (running.stop, running.base);
-    let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
-        .use_rustls_tls()
-        .build()
-        .unwrap();
+    let http = testkit::https_client(&ca).unwrap();
     let sign_in = |user: &str, password: &str| {
         let form = [
             ("grant_type", "password".to_string()),

@@ -103,11 +103,7 @@ async fn setup() -> Option<Fixture> {
     let (initial, ca) = (tenant.initial_domain().to_string(), tenant.ca_pem.clone());
     let running = tenant.spawn().await.unwrap();
     let (stop, base) = (running.stop, running.base);
-    let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
-        .use_rustls_tls()
-        .build()
-        .unwrap();
+    let http = testkit::https_client(&ca).unwrap();
     // On-premises: people in an OU; the replication account elsewhere, with one right of two.
     let realm = dc.config().realm.to_lowercase();
     let mut ad = dc.admin().await.unwrap();

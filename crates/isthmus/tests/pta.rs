@@ -198,11 +198,7 @@ async fn setup(settings: tenant::passthrough::PtaSettings) -> Option<Fixture> {
     tenant.verify_domain_by_override(&realm, "pta test").await.unwrap();
     let running = tenant.spawn().await.unwrap();
     let (ca, base, stop) = (running.ca_pem, running.base, running.stop);
-    let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
-        .use_rustls_tls()
-        .build()
-        .unwrap();
+    let http = testkit::https_client(&ca).unwrap();
     let token = |client_id: String, secret: String| {
         let (http, base, realm) = (http.clone(), base.clone(), realm.clone());
         async move {

@@ -153,6 +153,20 @@ pub fn python_clients() -> Result<PathBuf> {
     }
 }
 
+/// An HTTPS client that trusts only the CA in `ca_pem` (a self-hosted tenant's), with no proxy
+/// settings from the environment.
+pub fn https_client(ca_pem: &Path) -> Result<reqwest::Client> {
+    let pem = std::fs::read(ca_pem).map_err(|source| Error::Io { what: "read the CA certificate", path: ca_pem.to_path_buf(), source })?;
+    let certificate = reqwest::Certificate::from_pem(&pem).map_err(|err| Error::Certificate(format!("{}: {err}", ca_pem.display())))?;
+    reqwest::Client::builder()
+        .add_root_certificate(certificate)
+        .tls_built_in_root_certs(false)
+        .no_proxy()
+        .use_rustls_tls()
+        .build()
+        .map_err(|err| Error::Certificate(format!("an HTTPS client trusting {}: {err}", ca_pem.display())))
+}
+
 /// An app's access token from the tenant's token endpoint (`token_url`) by the client
 /// credentials grant; an error saying what the tenant answered otherwise.
 pub async fn client_credentials_token(http: &reqwest::Client, token_url: &str, client_id: &str, secret: &str) -> Result<String> {
