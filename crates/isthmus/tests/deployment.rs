@@ -315,6 +315,25 @@ async fn deployment(kind: SyncStore) {
         .unwrap();
     assert!(patched.status().is_success(), "{:?}", patched.text().await);
 
+    // The lab override is in the directory audit log, as such.
+    let audits: Value =
+        http.get(format!("{base}/v1.0/auditLogs/directoryAudits")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let lab = audits["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|audit| audit["targetResources"][0]["id"] == "lab.example" && audit["activityDisplayName"] != "add domain");
+    let lab = lab.unwrap_or_else(|| panic!("no audit of the lab verification: {audits}"));
+    assert_eq!(
+        (lab["activityDisplayName"].as_str(), lab["result"].as_str()),
+        (Some("verify domain (lab override: no DNS lookup)"), Some("success")),
+        "{lab}"
+    );
+    let real = audits["value"].as_array().unwrap().iter().find(|audit| {
+        audit["targetResources"][0]["id"] == domain.as_str() && audit["result"] == "success" && audit["activityDisplayName"] != "add domain"
+    });
+    assert_eq!(real.map(|audit| audit["activityDisplayName"].clone()), Some(Value::from("verify domain")), "{audits}");
+
     // 6. sync serve; status, start, the scheduler switch; a second writer is refused.
     let config_arg = text(&config);
     let serve = Service::start(&["sync", "serve", "--config", &config_arg, "--password-sync-minutes", "60"], &[], dir("serve.log"));
