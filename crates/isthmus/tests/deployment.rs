@@ -350,6 +350,13 @@ async fn deployment(kind: SyncStore) {
         (Some(2700), Some(250)),
         "the tenant's schedule: {first}"
     );
+    // The control channel is the service account's alone.
+    let socket = dir("isthmus-sync.sock");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
+    let probe = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(b'{\"op\":\"scheduler\",\"enabled\":false}\\n')\nprint(s.recv(4096))";
+    let other = Command::new("runuser").args(["-u", "nobody", "--", "python3", "-c", probe, &text(&socket)]).output().unwrap();
+    assert!(!other.status.success() && String::from_utf8_lossy(&other.stderr).contains("PermissionError"), "{other:?}");
     let (second, _, err) = isthmus(&["sync", "run", "--config", &config_arg], &[]);
     assert!(!second && err.contains("one store has one writer") && err.contains(&format!("{}", serve.child.id())), "{err}");
     let human = ok(&["sync", "status", "--config", &config_arg], &[]);
