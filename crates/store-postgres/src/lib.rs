@@ -31,6 +31,40 @@ const RUNNER_LOCK_KEY: i64 = 0x6973_7468_6d75_7372;
 pub struct PostgresStore {
     client: Arc<Mutex<Client>>,
     statements: Arc<Statements>,
+    /// A unit of work is open on the connection (`BEGIN` sent): each call is a savepoint in it.
+    in_unit: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Runs `$body` (an expression using `$tx: &impl GenericClient`, evaluating to a `Result`)
+/// atomically: in its own transaction, or inside an open unit of work as a savepoint that is
+/// rolled back when the body fails.
+macro_rules! atomically {
+    ($store:expr, $client:ident, |$tx:ident| $body:expr) => {{
+        if $store.in_unit.load(std::sync::atomic::Ordering::SeqCst) {
+            $client.batch_execute("SAVEPOINT isthmus_call").await.map_err(backend)?;
+            let result = {
+                let $tx = &*$client;
+                async { $body }.await
+            };
+            let end = if result.is_ok() {
+                "RELEASE SAVEPOINT isthmus_call"
+            } else {
+                "ROLLBACK TO SAVEPOINT isthmus_call; RELEASE SAVEPOINT isthmus_call"
+            };
+            $client.batch_execute(end).await.map_err(backend)?;
+            result
+        } else {
+            let transaction = $client.transaction().await.map_err(backend)?;
+            let result = {
+                let $tx = &transaction;
+                async { $body }.await
+            };
+            if result.is_ok() {
+                transaction.commit().await.map_err(backend)?;
+            }
+            result
+        }
+    }};
 }
 
 /// Prepared statements by SQL text: each is parsed and planned once per connection, not per call
@@ -74,7 +108,7 @@ impl PostgresStore {
                 eprintln!("PostgreSQL connection ended: {err}");
             }
         });
-        Ok(PostgresStore { client: Arc::new(Mutex::new(client)), statements: Arc::new(Statements::default()) })
+        Ok(PostgresStore { client: Arc::new(Mutex::new(client)), statements: Arc::new(Statements::default()), in_unit: Arc::default() })
     }
 }
 
@@ -288,6 +322,35 @@ async fn find_ids(
 }
 
 impl store::Store for PostgresStore {
+    async fn begin_unit(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let client = self.client.lock().await;
+        if self.in_unit.swap(true, Ordering::SeqCst) {
+            return Err(StoreError::Conflict("a unit of work is already open on this store handle".into()));
+        }
+        let begun = client.batch_execute("BEGIN").await.map_err(backend);
+        if begun.is_err() {
+            self.in_unit.store(false, Ordering::SeqCst);
+        }
+        begun
+    }
+
+    async fn commit_unit(&self) -> Result<()> {
+        let client = self.client.lock().await;
+        if !self.in_unit.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Conflict("no unit of work is open on this store handle".into()));
+        }
+        client.batch_execute("COMMIT").await.map_err(backend)
+    }
+
+    async fn rollback_unit(&self) -> Result<()> {
+        let client = self.client.lock().await;
+        if !self.in_unit.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        client.batch_execute("ROLLBACK").await.map_err(backend)
+    }
+
     async fn migrate(&self) -> Result<()> {
         let mut client = self.client.lock().await;
         schema::migrate(&mut client).await
@@ -313,17 +376,12 @@ impl store::Store for PostgresStore {
 
     async fn cs_insert(&self, object: NewCsObject) -> Result<CsId> {
         let mut client = self.client.lock().await;
-        let tx = client.transaction().await.map_err(backend)?;
-        let id = insert_cs(&tx, &self.statements, &object, None).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(id)
+        atomically!(self, client, |tx| insert_cs(tx, &self.statements, &object, None).await)
     }
 
     async fn cs_update(&self, object: &CsObject) -> Result<()> {
         let mut client = self.client.lock().await;
-        let tx = client.transaction().await.map_err(backend)?;
-        update_cs(&tx, &self.statements, object).await?;
-        tx.commit().await.map_err(backend)
+        atomically!(self, client, |tx| update_cs(tx, &self.statements, object).await)
     }
 
     async fn cs_delete(&self, id: CsId) -> Result<()> {
@@ -407,137 +465,137 @@ impl store::Store for PostgresStore {
         watermark: Option<&[u8]>,
     ) -> Result<ImportCounts> {
         let mut client = self.client.lock().await;
-        let tx = client.transaction().await.map_err(backend)?;
-        let mut counts = ImportCounts::default();
-        let mut renames = store::import::PageRenames::default();
-        for change in changes {
-            match change {
-                ImportChange::Upsert { anchor, dn, object_type, attributes } => {
-                    if anchor.0.is_empty() {
-                        return Err(StoreError::Conflict(format!("imported object {dn} has an empty anchor")));
-                    }
-                    let mut existing =
-                        query_cs(&tx, &self.statements, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
-                    if existing.is_none() {
-                        // An unconfirmed export object with this DN is confirmed by the import.
-                        existing = query_cs(
-                            &tx,
-                            &self.statements,
-                            "connector = $1 AND dn_folded = $2 AND anchor IS NULL",
-                            &[&connector.0, &dn.to_lowercase()],
-                        )
-                        .await?
-                        .pop()
-                        .map(|mut export_object| {
-                            export_object.anchor = Some(anchor.clone());
-                            export_object
-                        });
-                    }
-                    match existing {
-                        None => {
-                            let new = NewCsObject {
-                                connector: connector.clone(),
-                                anchor: Some(anchor.clone()),
-                                dn: dn.clone(),
-                                object_type: object_type.clone(),
-                                attributes: attributes.clone(),
-                                pending_import: Some(PendingImport::Add),
-                                pending_export: None,
-                                link: None,
-                            };
-                            let id = insert_cs(&tx, &self.statements, &new, Some(run)).await?;
-                            renames.written(id);
-                            counts.adds += 1;
+        atomically!(self, client, |tx| {
+            let mut counts = ImportCounts::default();
+            let mut renames = store::import::PageRenames::default();
+            for change in changes {
+                match change {
+                    ImportChange::Upsert { anchor, dn, object_type, attributes } => {
+                        if anchor.0.is_empty() {
+                            return Err(StoreError::Conflict(format!("imported object {dn} has an empty anchor")));
                         }
-                        Some(existing) => {
-                            let confirming = existing.pending_export.is_some();
-                            let caught_up = renames.catch_up(&existing);
-                            let base = caught_up.as_ref().unwrap_or(&existing);
-                            match store::import::apply_upsert(base, dn, object_type, attributes) {
-                                Some(updated) => {
-                                    update_cs(&tx, &self.statements, &updated).await?;
-                                    counts.updates += 1;
-                                }
-                                None if confirming || caught_up.is_some() => {
-                                    update_cs(&tx, &self.statements, base).await?;
-                                    counts.updates += 1;
-                                }
-                                None => counts.unchanged += 1,
-                            }
-                            renames.written(existing.id);
-                            if !existing.dn.eq_ignore_ascii_case(dn) {
-                                renames.push(&existing.dn, dn);
-                            }
-                            tx.execute("UPDATE cs_objects SET seen_run = $2 WHERE id = $1", &[&existing.id.0, &run])
-                                .await
-                                .map_err(backend)?;
+                        let mut existing =
+                            query_cs(tx, &self.statements, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
+                        if existing.is_none() {
+                            // An unconfirmed export object with this DN is confirmed by the import.
+                            existing = query_cs(
+                                tx,
+                                &self.statements,
+                                "connector = $1 AND dn_folded = $2 AND anchor IS NULL",
+                                &[&connector.0, &dn.to_lowercase()],
+                            )
+                            .await?
+                            .pop()
+                            .map(|mut export_object| {
+                                export_object.anchor = Some(anchor.clone());
+                                export_object
+                            });
                         }
-                    }
-                }
-                ImportChange::Modify { anchor, dn, changes } => {
-                    let existing =
-                        query_cs(&tx, &self.statements, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
-                    match existing.filter(|existing| existing.pending_import != Some(PendingImport::Delete)) {
-                        None => counts.missed += 1,
-                        Some(existing) => {
-                            let caught_up = renames.catch_up(&existing);
-                            let base = caught_up.as_ref().unwrap_or(&existing);
-                            match store::import::apply_modify(base, dn, changes) {
-                                Some(updated) => {
-                                    update_cs(&tx, &self.statements, &updated).await?;
-                                    counts.updates += 1;
-                                }
-                                None if caught_up.is_some() => {
-                                    update_cs(&tx, &self.statements, base).await?;
-                                    counts.updates += 1;
-                                }
-                                None => counts.unchanged += 1,
+                        match existing {
+                            None => {
+                                let new = NewCsObject {
+                                    connector: connector.clone(),
+                                    anchor: Some(anchor.clone()),
+                                    dn: dn.clone(),
+                                    object_type: object_type.clone(),
+                                    attributes: attributes.clone(),
+                                    pending_import: Some(PendingImport::Add),
+                                    pending_export: None,
+                                    link: None,
+                                };
+                                let id = insert_cs(tx, &self.statements, &new, Some(run)).await?;
+                                renames.written(id);
+                                counts.adds += 1;
                             }
-                            renames.written(existing.id);
-                            if !existing.dn.eq_ignore_ascii_case(dn) {
-                                renames.push(&existing.dn, dn);
+                            Some(existing) => {
+                                let confirming = existing.pending_export.is_some();
+                                let caught_up = renames.catch_up(&existing);
+                                let base = caught_up.as_ref().unwrap_or(&existing);
+                                match store::import::apply_upsert(base, dn, object_type, attributes) {
+                                    Some(updated) => {
+                                        update_cs(tx, &self.statements, &updated).await?;
+                                        counts.updates += 1;
+                                    }
+                                    None if confirming || caught_up.is_some() => {
+                                        update_cs(tx, &self.statements, base).await?;
+                                        counts.updates += 1;
+                                    }
+                                    None => counts.unchanged += 1,
+                                }
+                                renames.written(existing.id);
+                                if !existing.dn.eq_ignore_ascii_case(dn) {
+                                    renames.push(&existing.dn, dn);
+                                }
+                                tx.execute("UPDATE cs_objects SET seen_run = $2 WHERE id = $1", &[&existing.id.0, &run])
+                                    .await
+                                    .map_err(backend)?;
                             }
-                            tx.execute("UPDATE cs_objects SET seen_run = $2 WHERE id = $1", &[&existing.id.0, &run])
-                                .await
-                                .map_err(backend)?;
                         }
                     }
-                }
-                ImportChange::Delete { anchor } => {
-                    let existing =
-                        query_cs(&tx, &self.statements, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
-                    match existing {
-                        None => counts.unchanged += 1,
-                        Some(existing) => {
-                            let caught_up = renames.catch_up(&existing);
-                            let base = caught_up.as_ref().unwrap_or(&existing);
-                            match store::import::apply_delete(base) {
-                                Some(updated) => {
-                                    update_cs(&tx, &self.statements, &updated).await?;
-                                    counts.deletes += 1;
+                    ImportChange::Modify { anchor, dn, changes } => {
+                        let existing =
+                            query_cs(tx, &self.statements, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
+                        match existing.filter(|existing| existing.pending_import != Some(PendingImport::Delete)) {
+                            None => counts.missed += 1,
+                            Some(existing) => {
+                                let caught_up = renames.catch_up(&existing);
+                                let base = caught_up.as_ref().unwrap_or(&existing);
+                                match store::import::apply_modify(base, dn, changes) {
+                                    Some(updated) => {
+                                        update_cs(tx, &self.statements, &updated).await?;
+                                        counts.updates += 1;
+                                    }
+                                    None if caught_up.is_some() => {
+                                        update_cs(tx, &self.statements, base).await?;
+                                        counts.updates += 1;
+                                    }
+                                    None => counts.unchanged += 1,
                                 }
-                                None if caught_up.is_some() => update_cs(&tx, &self.statements, base).await?,
-                                None => counts.unchanged += 1,
+                                renames.written(existing.id);
+                                if !existing.dn.eq_ignore_ascii_case(dn) {
+                                    renames.push(&existing.dn, dn);
+                                }
+                                tx.execute("UPDATE cs_objects SET seen_run = $2 WHERE id = $1", &[&existing.id.0, &run])
+                                    .await
+                                    .map_err(backend)?;
                             }
-                            renames.written(existing.id);
+                        }
+                    }
+                    ImportChange::Delete { anchor } => {
+                        let existing =
+                            query_cs(tx, &self.statements, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
+                        match existing {
+                            None => counts.unchanged += 1,
+                            Some(existing) => {
+                                let caught_up = renames.catch_up(&existing);
+                                let base = caught_up.as_ref().unwrap_or(&existing);
+                                match store::import::apply_delete(base) {
+                                    Some(updated) => {
+                                        update_cs(tx, &self.statements, &updated).await?;
+                                        counts.deletes += 1;
+                                    }
+                                    None if caught_up.is_some() => update_cs(tx, &self.statements, base).await?,
+                                    None => counts.unchanged += 1,
+                                }
+                                renames.written(existing.id);
+                            }
                         }
                     }
                 }
             }
-        }
-        if !renames.is_empty() {
-            counts.updates += rename_references(&tx, &self.statements, connector, &renames).await?;
-        }
-        if let Some(watermark) = watermark {
-            tx.execute(
+            if !renames.is_empty() {
+                counts.updates += rename_references(tx, &self.statements, connector, &renames).await?;
+            }
+            if let Some(watermark) = watermark {
+                tx.execute(
                 "INSERT INTO watermarks (connector, value) VALUES ($1, $2) ON CONFLICT (connector) DO UPDATE SET value = excluded.value",
                 &[&connector.0, &watermark],
             )
             .await
             .map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)?;
-        Ok(counts)
+            }
+            Ok::<ImportCounts, StoreError>(counts)
+        })
     }
 
     async fn obsolete_unseen(&self, connector: &ConnectorId, import_run: i64) -> Result<u64> {
@@ -606,20 +664,20 @@ impl store::Store for PostgresStore {
 
     async fn mv_update(&self, object: &MvObject) -> Result<()> {
         let mut client = self.client.lock().await;
-        let tx = client.transaction().await.map_err(backend)?;
-        let changed = tx
-            .execute(
-                "UPDATE mv_objects SET object_type = $2, attributes = $3 WHERE id = $1",
-                &[&object.id.0, &object.object_type, &codec::mv_attributes_to_text(&object.attributes)],
-            )
-            .await
-            .map_err(backend)?;
-        if changed == 0 {
-            return Err(StoreError::NotFound(object.id.to_string()));
-        }
-        let attributes = object.attributes.iter().map(|(name, attribute)| (name.as_str(), attribute.values.as_slice()));
-        write_values(&tx, &self.statements, "mv_values", "mv_id", object.id.0, attributes).await?;
-        tx.commit().await.map_err(backend)
+        atomically!(self, client, |tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE mv_objects SET object_type = $2, attributes = $3 WHERE id = $1",
+                    &[&object.id.0, &object.object_type, &codec::mv_attributes_to_text(&object.attributes)],
+                )
+                .await
+                .map_err(backend)?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(object.id.to_string()));
+            }
+            let attributes = object.attributes.iter().map(|(name, attribute)| (name.as_str(), attribute.values.as_slice()));
+            write_values(tx, &self.statements, "mv_values", "mv_id", object.id.0, attributes).await
+        })
     }
 
     async fn mv_delete(&self, id: MvId) -> Result<()> {

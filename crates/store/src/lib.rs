@@ -152,6 +152,15 @@ pub trait Store: Send + Sync {
     /// Creates or upgrades the schema.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
 
+    /// Opens a unit of work on this handle: every call until [`Store::commit_unit`] is part of
+    /// one transaction, so a crash (or [`Store::rollback_unit`]) leaves none of them. Each call
+    /// stays atomic within it. Units do not nest; other handles see the writes only at commit.
+    fn begin_unit(&self) -> impl Future<Output = Result<()>> + Send;
+    /// Commits the open unit of work.
+    fn commit_unit(&self) -> impl Future<Output = Result<()>> + Send;
+    /// Abandons the open unit of work's writes (after an error).
+    fn rollback_unit(&self) -> impl Future<Output = Result<()>> + Send;
+
     /// A CS object by id.
     fn cs_get(&self, id: CsId) -> impl Future<Output = Result<Option<CsObject>>> + Send;
     /// A CS object by anchor within a connector.

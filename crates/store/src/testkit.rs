@@ -18,7 +18,7 @@ use crate::{CsQuery, ImportChange, Matching, NewCsObject, RunCounts, Store, Stor
 macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@tests $make; cs_objects, import_pages, import_modify, renames_follow_references, import_confirms_export_object, failed_page_changes_nothing,
-            obsoletion, metaverse, disconnector_lookup, updates_keep_the_lookup_index, run_history, run_history_retention, service_state, interrupted_runs, migrate_is_idempotent);
+            obsoletion, metaverse, disconnector_lookup, updates_keep_the_lookup_index, run_history, run_history_retention, service_state, units_of_work, interrupted_runs, migrate_is_idempotent);
     };
     (@tests $make:expr; $($check:ident),*) => {
         $(
@@ -504,6 +504,41 @@ pub async fn run_history(store: &impl Store) {
     assert_eq!(runs[1].counts.adds, 5);
     assert_eq!((runs[0].finished, runs[0].status.as_str()), (None, "running"));
     assert_eq!(store.runs(1).await.expect("runs").len(), 1);
+}
+
+/// A unit of work: rolled back, none of its writes stay; committed, all do; a failed call inside
+/// it undoes only itself; units do not nest; commit without one is refused.
+pub async fn units_of_work(store: &impl Store) {
+    let new = |byte: u8, dn: &str| NewCsObject {
+        connector: ad(),
+        anchor: Some(anchor(byte)),
+        dn: dn.into(),
+        object_type: "user".into(),
+        attributes: Attributes::new().with("mail", AttrValue::string(format!("{byte}@x"))),
+        pending_import: None,
+        pending_export: None,
+        link: None,
+    };
+    assert!(store.commit_unit().await.is_err(), "no unit open");
+    store.begin_unit().await.expect("begin");
+    assert!(store.begin_unit().await.is_err(), "units do not nest");
+    let first = store.cs_insert(new(1, "CN=One")).await.expect("insert");
+    let mv = store.mv_insert("person").await.expect("mv");
+    store.rollback_unit().await.expect("rollback");
+    assert_eq!(store.cs_get(first).await.expect("read"), None, "rolled back");
+    assert_eq!(store.mv_get(mv).await.expect("read"), None, "rolled back");
+
+    store.begin_unit().await.expect("begin again");
+    let second = store.cs_insert(new(2, "CN=Two")).await.expect("insert");
+    // A duplicate anchor fails alone; the unit goes on.
+    assert!(store.cs_insert(new(2, "CN=Twin")).await.is_err(), "duplicate anchor");
+    let mut object = store.cs_get(second).await.expect("read").expect("inside the unit, its own write is seen");
+    object.link = Some(store.mv_insert("person").await.expect("mv"));
+    store.cs_update(&object).await.expect("update");
+    store.commit_unit().await.expect("commit");
+    let stored = store.cs_get(second).await.expect("read").expect("committed");
+    assert_eq!(stored.link, object.link);
+    assert_eq!(store.cs_by_dn(&ad(), "CN=Twin").await.expect("read"), None);
 }
 
 /// A service's state: absent, written, replaced; keys and services apart; no connector's watermark.

@@ -95,6 +95,19 @@ impl<S: Store> Store for Overlay<'_, S> {
         Ok(())
     }
 
+    // The overlay's writes are all in memory: a unit of work changes nothing.
+    async fn begin_unit(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn commit_unit(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn rollback_unit(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn cs_get(&self, id: CsId) -> Result<Option<CsObject>, StoreError> {
         if let Some(changed) = self.with(|changes| changes.cs.get(&id).cloned()) {
             return Ok(changed);

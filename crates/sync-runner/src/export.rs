@@ -97,11 +97,15 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Resul
             // store), and the chunks in flight finish, before a failure of the step is reported.
             let Some((chunk, outcomes)) = in_flight.next().await else { break };
             runner.progress.advanced(chunk.len() as u64);
+            // One chunk's results are one unit of work (each object's record still on its own
+            // within it: a failed one does not undo the others).
+            runner.store.begin_unit().await?;
             for ((cs, change), result) in chunk.iter().cloned().zip(outcomes) {
                 if let Err(err) = apply_result(runner, id, cs, change, result, &mut counts).await {
                     failure.get_or_insert(err);
                 }
             }
+            runner.store.commit_unit().await?;
         }
         if let Some(err) = failure {
             return Err(err);

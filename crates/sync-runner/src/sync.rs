@@ -60,26 +60,25 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId, full: bo
         after = page.last().map(|cs| cs.id);
         let done = page.len() < PAGE;
         let page_len = page.len() as u64;
-        let mut affected: BTreeSet<MvId> = BTreeSet::new();
-        let mut projected: BTreeSet<MvId> = BTreeSet::new();
-        let mut kept = Vec::new();
-        for cs in page {
-            let cs_id = cs.id;
-            let had_pending = cs.pending_import.is_some();
-            if context.inbound(cs, &mut affected, &mut projected).await? && had_pending {
-                kept.push(cs_id);
+        // The page is one unit of work: its inbound and metaverse work, the cleared pending
+        // imports and the deletes commit together (a crash leaves the page pending, redone).
+        runner.store.begin_unit().await?;
+        let result = sync_page(&mut context, page).await;
+        let (page_processed, page_touched) = match result {
+            Ok(done) => {
+                runner.store.commit_unit().await?;
+                done
             }
-            processed += 1;
-        }
-        touched += affected.len();
-        for mv in affected {
-            context.metaverse(mv, projected.contains(&mv)).await?;
-        }
-        runner.store.cs_clear_pending_import(&kept).await?;
+            Err(err) => {
+                if let Err(rollback) = runner.store.rollback_unit().await {
+                    tracing::warn!(connector = %id, "rolling back the page after an error failed too: {rollback}");
+                }
+                return Err(err);
+            }
+        };
+        processed += page_processed;
+        touched += page_touched;
         runner.progress.advanced(page_len);
-        for deleted in std::mem::take(&mut context.deleting) {
-            runner.store.cs_delete(deleted).await?;
-        }
         tracing::info!(connector = %id, processed, metaverse = touched, "sync progress");
         if done {
             break;
@@ -88,6 +87,34 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId, full: bo
     let counts = context.counts;
     let status = if counts.errors > 0 { "completed-errors" } else { "success" };
     Ok((status.into(), counts, format!("{processed} connector-space objects, {touched} metaverse objects")))
+}
+
+/// One page of a sync step: inbound for its CS objects, then every MV object they touched
+/// (flow, lifetime, outbound), then their pending imports marked processed and the deleted
+/// ones removed. Returns (objects processed, MV objects touched).
+async fn sync_page<S: Store>(context: &mut Context<'_, S>, page: Vec<CsObject>) -> Result<(u64, usize), RunnerError> {
+    let store = &context.runner.store;
+    let mut affected: BTreeSet<MvId> = BTreeSet::new();
+    let mut projected: BTreeSet<MvId> = BTreeSet::new();
+    let mut kept = Vec::new();
+    let mut processed = 0;
+    for cs in page {
+        let cs_id = cs.id;
+        let had_pending = cs.pending_import.is_some();
+        if context.inbound(cs, &mut affected, &mut projected).await? && had_pending {
+            kept.push(cs_id);
+        }
+        processed += 1;
+    }
+    let touched = affected.len();
+    for mv in affected {
+        context.metaverse(mv, projected.contains(&mv)).await?;
+    }
+    store.cs_clear_pending_import(&kept).await?;
+    for deleted in std::mem::take(&mut context.deleting) {
+        store.cs_delete(deleted).await?;
+    }
+    Ok((processed, touched))
 }
 
 fn matching(case_sensitive: bool) -> Matching {
