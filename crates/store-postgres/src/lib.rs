@@ -16,7 +16,7 @@ pub const SCHEMA_VERSION: i64 = schema::VERSION;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use model::{Anchor, AttrValue, ConnectorId, CsId, CsObject, MvId, MvObject, ObjectError, PendingImport};
+use model::{Anchor, AttrValue, ConnectorId, CsId, CsObject, MvId, MvObject, ObjectError};
 use store::codec::{self, index_key};
 use store::{CsQuery, ImportChange, ImportCounts, Matching, NewCsObject, Result, RunCounts, RunRecord, StoreError};
 use tokio::sync::Mutex;
@@ -160,6 +160,47 @@ fn cs_from_row(row: &Row) -> Result<CsObject> {
 
 /// At the end of an import page: every object of the connector space referring to an old name
 /// of the page gets the renames it has not seen, written once; returns how many changed.
+/// The import loop's transaction operations on PostgreSQL (`store::import::apply_page`).
+struct PostgresImport<'a, C: GenericClient> {
+    client: &'a C,
+    st: &'a Statements,
+}
+
+impl<C: GenericClient + Sync> store::import::ImportTx for PostgresImport<'_, C> {
+    async fn by_anchor(&mut self, connector: &ConnectorId, anchor: &Anchor) -> Result<Option<CsObject>> {
+        Ok(query_cs(self.client, self.st, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop())
+    }
+
+    async fn export_object_by_dn(&mut self, connector: &ConnectorId, dn: &str) -> Result<Option<CsObject>> {
+        let sql = "connector = $1 AND dn_folded = $2 AND anchor IS NULL";
+        Ok(query_cs(self.client, self.st, sql, &[&connector.0, &dn.to_lowercase()]).await?.pop())
+    }
+
+    async fn insert(&mut self, object: &NewCsObject, run: i64) -> Result<CsId> {
+        insert_cs(self.client, self.st, object, Some(run)).await
+    }
+
+    async fn update(&mut self, object: &CsObject) -> Result<()> {
+        update_cs(self.client, self.st, object).await
+    }
+
+    async fn mark_seen(&mut self, id: CsId, run: i64) -> Result<()> {
+        let statement = self.st.get(self.client, "UPDATE cs_objects SET seen_run = $2 WHERE id = $1").await?;
+        self.client.execute(&statement, &[&id.0, &run]).await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn rename_references(&mut self, connector: &ConnectorId, renames: &store::import::PageRenames) -> Result<u64> {
+        rename_references(self.client, self.st, connector, renames).await
+    }
+
+    async fn set_watermark(&mut self, connector: &ConnectorId, watermark: &[u8]) -> Result<()> {
+        let sql = "INSERT INTO watermarks (connector, value) VALUES ($1, $2) ON CONFLICT (connector) DO UPDATE SET value = excluded.value";
+        self.client.execute(sql, &[&connector.0, &watermark]).await.map_err(backend)?;
+        Ok(())
+    }
+}
+
 async fn rename_references(
     client: &impl GenericClient,
     st: &Statements,
@@ -466,135 +507,7 @@ impl store::Store for PostgresStore {
     ) -> Result<ImportCounts> {
         let mut client = self.client.lock().await;
         atomically!(self, client, |tx| {
-            let mut counts = ImportCounts::default();
-            let mut renames = store::import::PageRenames::default();
-            for change in changes {
-                match change {
-                    ImportChange::Upsert { anchor, dn, object_type, attributes } => {
-                        if anchor.0.is_empty() {
-                            return Err(StoreError::Conflict(format!("imported object {dn} has an empty anchor")));
-                        }
-                        let mut existing =
-                            query_cs(tx, &self.statements, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
-                        if existing.is_none() {
-                            // An unconfirmed export object with this DN is confirmed by the import.
-                            existing = query_cs(
-                                tx,
-                                &self.statements,
-                                "connector = $1 AND dn_folded = $2 AND anchor IS NULL",
-                                &[&connector.0, &dn.to_lowercase()],
-                            )
-                            .await?
-                            .pop()
-                            .map(|mut export_object| {
-                                export_object.anchor = Some(anchor.clone());
-                                export_object
-                            });
-                        }
-                        match existing {
-                            None => {
-                                let new = NewCsObject {
-                                    connector: connector.clone(),
-                                    anchor: Some(anchor.clone()),
-                                    dn: dn.clone(),
-                                    object_type: object_type.clone(),
-                                    attributes: attributes.clone(),
-                                    pending_import: Some(PendingImport::Add),
-                                    pending_export: None,
-                                    link: None,
-                                };
-                                let id = insert_cs(tx, &self.statements, &new, Some(run)).await?;
-                                renames.written(id);
-                                counts.adds += 1;
-                            }
-                            Some(existing) => {
-                                let confirming = existing.pending_export.is_some();
-                                let caught_up = renames.catch_up(&existing);
-                                let base = caught_up.as_ref().unwrap_or(&existing);
-                                match store::import::apply_upsert(base, dn, object_type, attributes) {
-                                    Some(updated) => {
-                                        update_cs(tx, &self.statements, &updated).await?;
-                                        counts.updates += 1;
-                                    }
-                                    None if confirming || caught_up.is_some() => {
-                                        update_cs(tx, &self.statements, base).await?;
-                                        counts.updates += 1;
-                                    }
-                                    None => counts.unchanged += 1,
-                                }
-                                renames.written(existing.id);
-                                if !existing.dn.eq_ignore_ascii_case(dn) {
-                                    renames.push(&existing.dn, dn);
-                                }
-                                tx.execute("UPDATE cs_objects SET seen_run = $2 WHERE id = $1", &[&existing.id.0, &run])
-                                    .await
-                                    .map_err(backend)?;
-                            }
-                        }
-                    }
-                    ImportChange::Modify { anchor, dn, changes } => {
-                        let existing =
-                            query_cs(tx, &self.statements, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
-                        match existing.filter(|existing| existing.pending_import != Some(PendingImport::Delete)) {
-                            None => counts.missed += 1,
-                            Some(existing) => {
-                                let caught_up = renames.catch_up(&existing);
-                                let base = caught_up.as_ref().unwrap_or(&existing);
-                                match store::import::apply_modify(base, dn, changes) {
-                                    Some(updated) => {
-                                        update_cs(tx, &self.statements, &updated).await?;
-                                        counts.updates += 1;
-                                    }
-                                    None if caught_up.is_some() => {
-                                        update_cs(tx, &self.statements, base).await?;
-                                        counts.updates += 1;
-                                    }
-                                    None => counts.unchanged += 1,
-                                }
-                                renames.written(existing.id);
-                                if !existing.dn.eq_ignore_ascii_case(dn) {
-                                    renames.push(&existing.dn, dn);
-                                }
-                                tx.execute("UPDATE cs_objects SET seen_run = $2 WHERE id = $1", &[&existing.id.0, &run])
-                                    .await
-                                    .map_err(backend)?;
-                            }
-                        }
-                    }
-                    ImportChange::Delete { anchor } => {
-                        let existing =
-                            query_cs(tx, &self.statements, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop();
-                        match existing {
-                            None => counts.unchanged += 1,
-                            Some(existing) => {
-                                let caught_up = renames.catch_up(&existing);
-                                let base = caught_up.as_ref().unwrap_or(&existing);
-                                match store::import::apply_delete(base) {
-                                    Some(updated) => {
-                                        update_cs(tx, &self.statements, &updated).await?;
-                                        counts.deletes += 1;
-                                    }
-                                    None if caught_up.is_some() => update_cs(tx, &self.statements, base).await?,
-                                    None => counts.unchanged += 1,
-                                }
-                                renames.written(existing.id);
-                            }
-                        }
-                    }
-                }
-            }
-            if !renames.is_empty() {
-                counts.updates += rename_references(tx, &self.statements, connector, &renames).await?;
-            }
-            if let Some(watermark) = watermark {
-                tx.execute(
-                "INSERT INTO watermarks (connector, value) VALUES ($1, $2) ON CONFLICT (connector) DO UPDATE SET value = excluded.value",
-                &[&connector.0, &watermark],
-            )
-            .await
-            .map_err(backend)?;
-            }
-            Ok::<ImportCounts, StoreError>(counts)
+            store::import::apply_page(&mut PostgresImport { client: tx, st: &self.statements }, connector, run, changes, watermark).await
         })
     }
 

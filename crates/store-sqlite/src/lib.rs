@@ -110,6 +110,63 @@ impl SqliteStore {
     }
 }
 
+/// Runs a future whose every step is a synchronous SQLite call (it never waits) to its end.
+fn run_now<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(result) => result,
+        std::task::Poll::Pending => Err(StoreError::Backend("an SQLite import step waited, which it never should".into())),
+    }
+}
+
+/// The import loop's transaction operations on SQLite (`store::import::apply_page`).
+struct SqliteImport<'a> {
+    tx: &'a Connection,
+    indexed: Option<&'a BTreeSet<String>>,
+}
+
+impl store::import::ImportTx for SqliteImport<'_> {
+    async fn by_anchor(&mut self, connector: &ConnectorId, anchor: &Anchor) -> Result<Option<CsObject>> {
+        Ok(query_cs(self.tx, "connector = ?1 AND anchor = ?2", &[&connector.0, &anchor.0])?.pop())
+    }
+
+    async fn export_object_by_dn(&mut self, connector: &ConnectorId, dn: &str) -> Result<Option<CsObject>> {
+        Ok(query_cs(self.tx, "connector = ?1 AND dn_folded = ?2 AND anchor IS NULL", &[&connector.0, &dn.to_lowercase()])?.pop())
+    }
+
+    async fn insert(&mut self, object: &NewCsObject, run: i64) -> Result<CsId> {
+        insert_cs(self.tx, object, Some(run), self.indexed)
+    }
+
+    async fn update(&mut self, object: &CsObject) -> Result<()> {
+        update_cs(self.tx, object, self.indexed)
+    }
+
+    async fn mark_seen(&mut self, id: CsId, run: i64) -> Result<()> {
+        self.tx
+            .prepare_cached("UPDATE cs_objects SET seen_run = ?2 WHERE id = ?1")
+            .map_err(backend)?
+            .execute(params![id.0, run])
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn rename_references(&mut self, connector: &ConnectorId, renames: &store::import::PageRenames) -> Result<u64> {
+        rename_references(self.tx, connector, renames, self.indexed)
+    }
+
+    async fn set_watermark(&mut self, connector: &ConnectorId, watermark: &[u8]) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO watermarks (connector, value) VALUES (?1, ?2) ON CONFLICT(connector) DO UPDATE SET value = excluded.value",
+            )
+            .map_err(backend)?
+            .execute(params![connector.0, watermark])
+            .map_err(backend)?;
+        Ok(())
+    }
+}
+
 const CS_COLUMNS: &str =
     "id, connector, anchor, dn, object_type, attributes, link, pending_import, pending_export, error_stage, error_code, error_message";
 
@@ -491,131 +548,13 @@ impl store::Store for SqliteStore {
         let (connector, changes, watermark) = (connector.clone(), changes.to_vec(), watermark.map(<[u8]>::to_vec));
         self.call(move |conn, indexed| {
             let tx = conn.savepoint().map_err(backend)?;
-            let mut counts = ImportCounts::default();
-            let mut renames = store::import::PageRenames::default();
-            for change in &changes {
-                match change {
-                    ImportChange::Upsert { anchor, dn, object_type, attributes } => {
-                        if anchor.0.is_empty() {
-                            return Err(StoreError::Conflict(format!("imported object {dn} has an empty anchor")));
-                        }
-                        let existing = query_cs(&tx, "connector = ?1 AND anchor = ?2", &[&connector.0, &anchor.0])?.pop();
-                        let existing = match existing {
-                            Some(existing) => Some(existing),
-                            // An unconfirmed export object with this DN is confirmed by the import.
-                            None => {
-                                query_cs(&tx, "connector = ?1 AND dn_folded = ?2 AND anchor IS NULL", &[&connector.0, &dn.to_lowercase()])?
-                                    .pop()
-                                    .map(|mut export_object| {
-                                        export_object.anchor = Some(anchor.clone());
-                                        export_object
-                                    })
-                            }
-                        };
-                        match existing {
-                            None => {
-                                let new = NewCsObject {
-                                    connector: connector.clone(),
-                                    anchor: Some(anchor.clone()),
-                                    dn: dn.clone(),
-                                    object_type: object_type.clone(),
-                                    attributes: attributes.clone(),
-                                    pending_import: Some(model::PendingImport::Add),
-                                    pending_export: None,
-                                    link: None,
-                                };
-                                let id = insert_cs(&tx, &new, Some(run), indexed)?;
-                                renames.written(id);
-                                counts.adds += 1;
-                            }
-                            Some(existing) => {
-                                let confirming = existing.pending_export.is_some() && existing.anchor.as_ref() == Some(anchor);
-                                let caught_up = renames.catch_up(&existing);
-                                let base = caught_up.as_ref().unwrap_or(&existing);
-                                match store::import::apply_upsert(base, dn, object_type, attributes) {
-                                    Some(updated) => {
-                                        update_cs(&tx, &updated, indexed)?;
-                                        counts.updates += 1;
-                                    }
-                                    None if confirming || caught_up.is_some() => {
-                                        update_cs(&tx, base, indexed)?;
-                                        counts.updates += 1;
-                                    }
-                                    None => counts.unchanged += 1,
-                                }
-                                renames.written(existing.id);
-                                if !existing.dn.eq_ignore_ascii_case(dn) {
-                                    renames.push(&existing.dn, dn);
-                                }
-                                tx.prepare_cached("UPDATE cs_objects SET seen_run = ?2 WHERE id = ?1")
-                                    .map_err(backend)?
-                                    .execute(params![existing.id.0, run])
-                                    .map_err(backend)?;
-                            }
-                        }
-                    }
-                    ImportChange::Modify { anchor, dn, changes } => {
-                        match query_cs(&tx, "connector = ?1 AND anchor = ?2", &[&connector.0, &anchor.0])?
-                            .pop()
-                            .filter(|existing| existing.pending_import != Some(model::PendingImport::Delete))
-                        {
-                            None => counts.missed += 1,
-                            Some(existing) => {
-                                let caught_up = renames.catch_up(&existing);
-                                let base = caught_up.as_ref().unwrap_or(&existing);
-                                match store::import::apply_modify(base, dn, changes) {
-                                    Some(updated) => {
-                                        update_cs(&tx, &updated, indexed)?;
-                                        counts.updates += 1;
-                                    }
-                                    None if caught_up.is_some() => {
-                                        update_cs(&tx, base, indexed)?;
-                                        counts.updates += 1;
-                                    }
-                                    None => counts.unchanged += 1,
-                                }
-                                renames.written(existing.id);
-                                if !existing.dn.eq_ignore_ascii_case(dn) {
-                                    renames.push(&existing.dn, dn);
-                                }
-                                tx.prepare_cached("UPDATE cs_objects SET seen_run = ?2 WHERE id = ?1")
-                                    .map_err(backend)?
-                                    .execute(params![existing.id.0, run])
-                                    .map_err(backend)?;
-                            }
-                        }
-                    }
-                    ImportChange::Delete { anchor } => {
-                        match query_cs(&tx, "connector = ?1 AND anchor = ?2", &[&connector.0, &anchor.0])?.pop() {
-                            None => counts.unchanged += 1,
-                            Some(existing) => {
-                                let caught_up = renames.catch_up(&existing);
-                                let base = caught_up.as_ref().unwrap_or(&existing);
-                                match store::import::apply_delete(base) {
-                                    Some(updated) => {
-                                        update_cs(&tx, &updated, indexed)?;
-                                        counts.deletes += 1;
-                                    }
-                                    None if caught_up.is_some() => update_cs(&tx, base, indexed)?,
-                                    None => counts.unchanged += 1,
-                                }
-                                renames.written(existing.id);
-                            }
-                        }
-                    }
-                }
-            }
-            if !renames.is_empty() {
-                counts.updates += rename_references(&tx, &connector, &renames, indexed)?;
-            }
-            if let Some(watermark) = watermark {
-                tx.prepare_cached(
-                    "INSERT INTO watermarks (connector, value) VALUES (?1, ?2) ON CONFLICT(connector) DO UPDATE SET value = excluded.value",
-                )
-                .map_err(backend)?
-                .execute(params![connector.0, watermark])
-                .map_err(backend)?;
-            }
+            let counts = run_now(store::import::apply_page(
+                &mut SqliteImport { tx: &tx, indexed },
+                &connector,
+                run,
+                &changes,
+                watermark.as_deref(),
+            ))?;
             tx.commit().map_err(backend)?;
             Ok(counts)
         })

@@ -1,7 +1,11 @@
 //! How an imported change alters a CS object: the decision every adapter applies inside its
 //! import transaction, kept here so SQLite and PostgreSQL cannot drift apart.
 
-use model::{AttrChange, AttrValue, Attributes, CsObject, PendingImport};
+use std::future::Future;
+
+use model::{Anchor, AttrChange, AttrValue, Attributes, ConnectorId, CsId, CsObject, PendingImport};
+
+use crate::{ImportChange, ImportCounts, NewCsObject, Result, StoreError};
 
 /// The object after an upsert of the full imported state, or `None` when nothing changed.
 pub fn apply_upsert(existing: &CsObject, dn: &str, object_type: &str, attributes: &Attributes) -> Option<CsObject> {
@@ -175,6 +179,144 @@ pub fn rename_references(referring: &CsObject, old_dn: &str, new_dn: &str) -> Op
         return None;
     }
     apply_upsert(referring, &referring.dn, &referring.object_type, &attributes)
+}
+
+/// What an adapter does inside one import transaction; [`apply_page`] is the algorithm over it,
+/// written once for every adapter. Each method runs in the adapter's open transaction.
+pub trait ImportTx {
+    /// The connector's object with this anchor.
+    fn by_anchor(&mut self, connector: &ConnectorId, anchor: &Anchor) -> impl Future<Output = Result<Option<CsObject>>>;
+    /// The connector's unconfirmed export object (no anchor yet) with this DN.
+    fn export_object_by_dn(&mut self, connector: &ConnectorId, dn: &str) -> impl Future<Output = Result<Option<CsObject>>>;
+    /// Creates an object seen by import run `run`.
+    fn insert(&mut self, object: &NewCsObject, run: i64) -> impl Future<Output = Result<CsId>>;
+    /// Replaces an object's state.
+    fn update(&mut self, object: &CsObject) -> impl Future<Output = Result<()>>;
+    /// Marks an object as seen by import run `run` (full-import obsoletion).
+    fn mark_seen(&mut self, id: CsId, run: i64) -> impl Future<Output = Result<()>>;
+    /// Rewrites references to the page's renamed objects in the connector; returns how many
+    /// objects changed.
+    fn rename_references(&mut self, connector: &ConnectorId, renames: &PageRenames) -> impl Future<Output = Result<u64>>;
+    /// Stores the connector's watermark.
+    fn set_watermark(&mut self, connector: &ConnectorId, watermark: &[u8]) -> impl Future<Output = Result<()>>;
+}
+
+/// An upsert or modify of a known object: the change applied to it (caught up with the page's
+/// earlier renames) is written when it changes anything, or when `force` or a catch-up needs it;
+/// its rename is remembered and it is marked seen.
+#[allow(clippy::too_many_arguments, reason = "the page's state, threaded through one change")]
+async fn update_seen<T: ImportTx>(
+    tx: &mut T,
+    renames: &mut PageRenames,
+    counts: &mut ImportCounts,
+    existing: CsObject,
+    dn: &str,
+    run: i64,
+    force: bool,
+    change: impl FnOnce(&CsObject) -> Option<CsObject>,
+) -> Result<()> {
+    let caught_up = renames.catch_up(&existing);
+    let base = caught_up.as_ref().unwrap_or(&existing);
+    match change(base) {
+        Some(updated) => {
+            tx.update(&updated).await?;
+            counts.updates += 1;
+        }
+        None if force || caught_up.is_some() => {
+            tx.update(base).await?;
+            counts.updates += 1;
+        }
+        None => counts.unchanged += 1,
+    }
+    renames.written(existing.id);
+    if !existing.dn.eq_ignore_ascii_case(dn) {
+        renames.push(&existing.dn, dn);
+    }
+    tx.mark_seen(existing.id, run).await
+}
+
+/// Applies one import page and its watermark through `tx` (the adapter commits): upserts
+/// (an unknown anchor whose DN is an unconfirmed export object confirms it), modifies, deletes,
+/// renames followed by references within the page, every object seen marked for obsoletion.
+pub async fn apply_page<T: ImportTx>(
+    tx: &mut T,
+    connector: &ConnectorId,
+    run: i64,
+    changes: &[ImportChange],
+    watermark: Option<&[u8]>,
+) -> Result<ImportCounts> {
+    let mut counts = ImportCounts::default();
+    let mut renames = PageRenames::default();
+    for change in changes {
+        match change {
+            ImportChange::Upsert { anchor, dn, object_type, attributes } => {
+                if anchor.0.is_empty() {
+                    return Err(StoreError::Conflict(format!("imported object {dn} has an empty anchor")));
+                }
+                let existing = match tx.by_anchor(connector, anchor).await? {
+                    Some(existing) => Some(existing),
+                    // An unconfirmed export object with this DN is confirmed by the import.
+                    None => tx.export_object_by_dn(connector, dn).await?.map(|mut export_object| {
+                        export_object.anchor = Some(anchor.clone());
+                        export_object
+                    }),
+                };
+                let Some(existing) = existing else {
+                    let new = NewCsObject {
+                        connector: connector.clone(),
+                        anchor: Some(anchor.clone()),
+                        dn: dn.clone(),
+                        object_type: object_type.clone(),
+                        attributes: attributes.clone(),
+                        pending_import: Some(PendingImport::Add),
+                        pending_export: None,
+                        link: None,
+                    };
+                    let id = tx.insert(&new, run).await?;
+                    renames.written(id);
+                    counts.adds += 1;
+                    continue;
+                };
+                // Confirming an export object: written even when the values agree.
+                let confirming = existing.pending_export.is_some() && existing.anchor.as_ref() == Some(anchor);
+                let change = |base: &CsObject| apply_upsert(base, dn, object_type, attributes);
+                update_seen(tx, &mut renames, &mut counts, existing, dn, run, confirming, change).await?;
+            }
+            ImportChange::Modify { anchor, dn, changes } => {
+                let existing =
+                    tx.by_anchor(connector, anchor).await?.filter(|existing| existing.pending_import != Some(PendingImport::Delete));
+                let Some(existing) = existing else {
+                    counts.missed += 1;
+                    continue;
+                };
+                update_seen(tx, &mut renames, &mut counts, existing, dn, run, false, |base| apply_modify(base, dn, changes)).await?;
+            }
+            ImportChange::Delete { anchor } => {
+                let Some(existing) = tx.by_anchor(connector, anchor).await? else {
+                    counts.unchanged += 1;
+                    continue;
+                };
+                let caught_up = renames.catch_up(&existing);
+                let base = caught_up.as_ref().unwrap_or(&existing);
+                match apply_delete(base) {
+                    Some(updated) => {
+                        tx.update(&updated).await?;
+                        counts.deletes += 1;
+                    }
+                    None if caught_up.is_some() => tx.update(base).await?,
+                    None => counts.unchanged += 1,
+                }
+                renames.written(existing.id);
+            }
+        }
+    }
+    if !renames.is_empty() {
+        counts.updates += tx.rename_references(connector, &renames).await?;
+    }
+    if let Some(watermark) = watermark {
+        tx.set_watermark(connector, watermark).await?;
+    }
+    Ok(counts)
 }
 
 #[cfg(test)]
