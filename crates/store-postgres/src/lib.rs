@@ -453,6 +453,23 @@ impl store::Store for PostgresStore {
         query_cs(&*client, &self.statements, &sql_where, &[&connector.0, &after]).await
     }
 
+    async fn cs_links_by_dn(&self, connector: &ConnectorId, dns: &[String]) -> Result<Vec<(String, MvId)>> {
+        let client = self.client.lock().await;
+        let folded: Vec<String> = dns.iter().map(|dn| dn.to_lowercase()).collect();
+        let sql = "SELECT DISTINCT ON (dn_folded) dn_folded, link FROM cs_objects \
+                   WHERE connector = $1 AND dn_folded = ANY($2) AND link IS NOT NULL ORDER BY dn_folded, id";
+        let rows = client.query(&self.statements.get(&*client, sql).await?, &[&connector.0, &folded]).await.map_err(backend)?;
+        Ok(rows.iter().map(|row| (row.get(0), MvId(row.get(1)))).collect())
+    }
+
+    async fn cs_dns_by_link(&self, connector: &ConnectorId, mvs: &[MvId]) -> Result<Vec<(MvId, String)>> {
+        let client = self.client.lock().await;
+        let ids: Vec<i64> = mvs.iter().map(|mv| mv.0).collect();
+        let sql = "SELECT DISTINCT ON (link) link, dn FROM cs_objects WHERE link = ANY($1) AND connector = $2 ORDER BY link, id";
+        let rows = client.query(&self.statements.get(&*client, sql).await?, &[&ids, &connector.0]).await.map_err(backend)?;
+        Ok(rows.iter().map(|row| (MvId(row.get(0)), row.get(1))).collect())
+    }
+
     async fn cs_linked_to(&self, mv: MvId) -> Result<Vec<CsObject>> {
         let client = self.client.lock().await;
         query_cs(&*client, &self.statements, "link = $1 ORDER BY id", &[&mv.0]).await
@@ -577,19 +594,39 @@ impl store::Store for PostgresStore {
 
     async fn mv_update(&self, object: &MvObject) -> Result<()> {
         let mut client = self.client.lock().await;
+        let st = &self.statements;
         atomically!(self, client, |tx| {
-            let changed = tx
-                .execute(
-                    "UPDATE mv_objects SET object_type = $2, attributes = $3 WHERE id = $1",
-                    &[&object.id.0, &object.object_type, &codec::mv_attributes_to_text(&object.attributes)],
-                )
+            let attributes = codec::mv_attributes_to_text(&object.attributes);
+            let previous = tx
+                .query_opt(&st.get(tx, "SELECT attributes FROM mv_objects WHERE id = $1").await?, &[&object.id.0])
                 .await
-                .map_err(backend)?;
-            if changed == 0 {
-                return Err(StoreError::NotFound(object.id.to_string()));
+                .map_err(backend)?
+                .map(|row| row.get::<_, String>(0));
+            let Some(previous) = previous else { return Err(StoreError::NotFound(object.id.to_string())) };
+            let update = st.get(tx, "UPDATE mv_objects SET object_type = $2, attributes = $3 WHERE id = $1").await?;
+            tx.execute(&update, &[&object.id.0, &object.object_type, &attributes]).await.map_err(backend)?;
+            // Only the values that differ touch the lookup index.
+            if previous == attributes {
+                return Ok(());
             }
-            let attributes = object.attributes.iter().map(|(name, attribute)| (name.as_str(), attribute.values.as_slice()));
-            write_values(tx, &self.statements, "mv_values", "mv_id", object.id.0, attributes).await
+            let (old, new) = (codec::mv_values(&codec::mv_attributes_from_text(&previous)?), codec::mv_values(&object.attributes));
+            let (removed, added) = codec::value_changes(&old, &new);
+            if !removed.is_empty() {
+                let names: Vec<&str> = removed.iter().map(|(name, _)| *name).collect();
+                let exact: Vec<String> = removed.iter().map(|(_, value)| index_key(value, Matching::Exact)).collect();
+                let sql = "DELETE FROM mv_values v USING UNNEST($2::text[], $3::text[]) AS gone(attribute, exact) \
+                           WHERE v.mv_id = $1 AND v.attribute = gone.attribute AND v.exact = gone.exact";
+                tx.execute(&st.get(tx, sql).await?, &[&object.id.0, &names, &exact]).await.map_err(backend)?;
+            }
+            if !added.is_empty() {
+                let names: Vec<&str> = added.iter().map(|(name, _)| *name).collect();
+                let exact: Vec<String> = added.iter().map(|(_, value)| index_key(value, Matching::Exact)).collect();
+                let folded: Vec<String> = added.iter().map(|(_, value)| index_key(value, Matching::IgnoreCase)).collect();
+                let sql =
+                    "INSERT INTO mv_values (mv_id, attribute, exact, folded) SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[])";
+                tx.execute(&st.get(tx, sql).await?, &[&object.id.0, &names, &exact, &folded]).await.map_err(backend)?;
+            }
+            Ok(())
         })
     }
 

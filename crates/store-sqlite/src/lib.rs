@@ -479,6 +479,44 @@ impl store::Store for SqliteStore {
         .await
     }
 
+    async fn cs_links_by_dn(&self, connector: &ConnectorId, dns: &[String]) -> Result<Vec<(String, MvId)>> {
+        let (connector, dns) = (connector.0.clone(), dns.to_vec());
+        self.call(move |conn, _| {
+            let mut statement = conn
+                .prepare_cached("SELECT link FROM cs_objects WHERE connector = ?1 AND dn_folded = ?2 AND link IS NOT NULL")
+                .map_err(backend)?;
+            let mut found = Vec::new();
+            for dn in dns {
+                let folded = dn.to_lowercase();
+                if let Some(link) =
+                    statement.query_row(params![connector, folded], |row| row.get::<_, i64>(0)).optional().map_err(backend)?
+                {
+                    found.push((folded, MvId(link)));
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn cs_dns_by_link(&self, connector: &ConnectorId, mvs: &[MvId]) -> Result<Vec<(MvId, String)>> {
+        let (connector, mvs) = (connector.0.clone(), mvs.to_vec());
+        self.call(move |conn, _| {
+            let mut statement =
+                conn.prepare_cached("SELECT dn FROM cs_objects WHERE link = ?1 AND connector = ?2 ORDER BY id").map_err(backend)?;
+            let mut found = Vec::new();
+            for mv in mvs {
+                if let Some(dn) =
+                    statement.query_row(params![mv.0, connector], |row| row.get::<_, String>(0)).optional().map_err(backend)?
+                {
+                    found.push((mv, dn));
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn cs_linked_to(&self, mv: MvId) -> Result<Vec<CsObject>> {
         self.call(move |conn, _| query_cs(conn, "link = ?1 ORDER BY id", &[&mv.0])).await
     }
@@ -654,17 +692,42 @@ impl store::Store for SqliteStore {
         let object = object.clone();
         self.call(move |conn, indexed| {
             let tx = conn.savepoint().map_err(backend)?;
-            let changed = tx
-                .prepare_cached("UPDATE mv_objects SET object_type = ?2, attributes = ?3 WHERE id = ?1")
+            let attributes = codec::mv_attributes_to_text(&object.attributes);
+            let previous: Option<String> = tx
+                .prepare_cached("SELECT attributes FROM mv_objects WHERE id = ?1")
                 .map_err(backend)?
-                .execute(params![object.id.0, object.object_type, codec::mv_attributes_to_text(&object.attributes)])
+                .query_row(params![object.id.0], |row| row.get(0))
+                .optional()
                 .map_err(backend)?;
-            if changed == 0 {
-                return Err(StoreError::NotFound(object.id.to_string()));
+            let Some(previous) = previous else { return Err(StoreError::NotFound(object.id.to_string())) };
+            tx.prepare_cached("UPDATE mv_objects SET object_type = ?2, attributes = ?3 WHERE id = ?1")
+                .map_err(backend)?
+                .execute(params![object.id.0, object.object_type, attributes])
+                .map_err(backend)?;
+            // Only the values that differ touch the lookup index (a group's members: the
+            // changed ones, not all of them).
+            if previous != attributes {
+                let (old, new) = (codec::mv_values(&codec::mv_attributes_from_text(&previous)?), codec::mv_values(&object.attributes));
+                let (removed, added) = codec::value_changes(&old, &new);
+                let listed = |name: &str, value: &AttrValue| {
+                    indexed.is_none_or(|set| set.contains(name)) || matches!(value, AttrValue::Reference(_))
+                };
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM mv_values WHERE mv_id = ?1 AND attribute = ?2 AND exact = ?3").map_err(backend)?;
+                for (name, value) in removed.into_iter().filter(|(name, value)| listed(name, value)) {
+                    delete.execute(params![object.id.0, name, index_key(value, Matching::Exact)]).map_err(backend)?;
+                }
+                drop(delete);
+                let mut insert = tx
+                    .prepare_cached("INSERT INTO mv_values (mv_id, attribute, exact, folded) VALUES (?1, ?2, ?3, ?4)")
+                    .map_err(backend)?;
+                for (name, value) in added.into_iter().filter(|(name, value)| listed(name, value)) {
+                    insert
+                        .execute(params![object.id.0, name, index_key(value, Matching::Exact), index_key(value, Matching::IgnoreCase)])
+                        .map_err(backend)?;
+                }
+                drop(insert);
             }
-            tx.prepare_cached("DELETE FROM mv_values WHERE mv_id = ?1").map_err(backend)?.execute(params![object.id.0]).map_err(backend)?;
-            let attributes = object.attributes.iter().map(|(name, attribute)| (name.as_str(), attribute.values.as_slice()));
-            write_values(&tx, "mv_values", "mv_id", object.id.0, attributes, indexed)?;
             tx.commit().map_err(backend)
         })
         .await

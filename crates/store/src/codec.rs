@@ -92,6 +92,16 @@ pub fn mv_attributes_to_text(attributes: &BTreeMap<String, MvAttribute>) -> Stri
 }
 
 /// Decodes [`mv_attributes_to_text`].
+/// An MV object's values without their lineage (what its lookup index holds).
+pub fn mv_values(attributes: &BTreeMap<String, MvAttribute>) -> Attributes {
+    let mut values = Attributes::new();
+    for (name, attribute) in attributes {
+        values.set(name.clone(), attribute.values.clone());
+    }
+    values
+}
+
+/// MV attributes from [`mv_attributes_to_text`].
 pub fn mv_attributes_from_text(text: &str) -> Result<BTreeMap<String, MvAttribute>> {
     let json: Json = serde_json::from_str(text).map_err(|err| corrupt(format!("MV attributes: {err}")))?;
     let map = json.as_object().ok_or_else(|| corrupt("MV attributes are not an object"))?;

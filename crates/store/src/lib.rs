@@ -175,6 +175,13 @@ pub trait Store: Send + Sync {
     fn cs_delete(&self, id: CsId) -> impl Future<Output = Result<()>> + Send;
     /// Lists a connector's CS objects by id.
     fn cs_list(&self, connector: &ConnectorId, query: &CsQuery) -> impl Future<Output = Result<Vec<CsObject>>> + Send;
+    /// Of `dns` (any case), those naming an object of `connector` that is joined to an MV
+    /// object: (the DN in lower case, that MV object). Reads no attributes (reference
+    /// resolution: a group's members).
+    fn cs_links_by_dn(&self, connector: &ConnectorId, dns: &[String]) -> impl Future<Output = Result<Vec<(String, MvId)>>> + Send;
+    /// Of `mvs`, those an object of `connector` is joined to: (the MV object, that object's DN).
+    /// Reads no attributes (outbound references).
+    fn cs_dns_by_link(&self, connector: &ConnectorId, mvs: &[MvId]) -> impl Future<Output = Result<Vec<(MvId, String)>>> + Send;
     /// CS objects linked to an MV object.
     fn cs_linked_to(&self, mv: MvId) -> impl Future<Output = Result<Vec<CsObject>>> + Send;
     /// Disconnectors of a connector and type whose attribute holds one of `values`.

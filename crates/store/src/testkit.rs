@@ -18,7 +18,7 @@ use crate::{CsQuery, ImportChange, Matching, NewCsObject, RunCounts, Store, Stor
 macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@tests $make; cs_objects, import_pages, import_modify, renames_follow_references, import_confirms_export_object, failed_page_changes_nothing,
-            obsoletion, metaverse, disconnector_lookup, updates_keep_the_lookup_index, run_history, run_history_retention, service_state, units_of_work, interrupted_runs, migrate_is_idempotent);
+            obsoletion, metaverse, disconnector_lookup, updates_keep_the_lookup_index, run_history, run_history_retention, service_state, units_of_work, reference_lookups, interrupted_runs, migrate_is_idempotent);
     };
     (@tests $make:expr; $($check:ident),*) => {
         $(
@@ -405,6 +405,21 @@ pub async fn metaverse(store: &impl Store) {
         Vec::<MvId>::new(),
         "index follows updates"
     );
+    // Values changed in part (a group's members): the index holds exactly the new ones, and
+    // an update with the same values (lineage only) keeps them.
+    let member = |n: u8| AttrValue::Reference(format!("{n}"));
+    let lineage = vec![Lineage { rule: "r".into(), precedence: 1, connector: ad(), cs_id: CsId(3) }];
+    mv.attributes.insert("member".into(), MvAttribute { values: vec![member(1), member(2), member(3)], lineage: lineage.clone() });
+    store.mv_update(&mv).await.expect("members");
+    mv.attributes.insert("member".into(), MvAttribute { values: vec![member(2), member(3), member(4)], lineage });
+    store.mv_update(&mv).await.expect("one out, one in");
+    for (n, expected) in [(1, vec![]), (2, vec![id]), (3, vec![id]), (4, vec![id])] {
+        assert_eq!(find("member", member(n), Matching::Exact).await, expected, "member {n}");
+    }
+    mv.attributes.get_mut("member").expect("member").lineage[0].precedence = 2;
+    store.mv_update(&mv).await.expect("lineage only");
+    assert_eq!(find("member", member(4), Matching::Exact).await, vec![id]);
+    assert_eq!(store.mv_get(id).await.expect("get"), Some(mv.clone()));
 
     let cs = store
         .cs_insert(NewCsObject {
@@ -504,6 +519,41 @@ pub async fn run_history(store: &impl Store) {
     assert_eq!(runs[1].counts.adds, 5);
     assert_eq!((runs[0].finished, runs[0].status.as_str()), (None, "running"));
     assert_eq!(store.runs(1).await.expect("runs").len(), 1);
+}
+
+/// Reference resolution without reading objects: DNs (any case) → MV objects of joined
+/// objects, and MV objects → DNs of a connector's joined objects; disconnectors and other
+/// connectors are not answers.
+pub async fn reference_lookups(store: &impl Store) {
+    let (ann_mv, bob_mv, cloud_only) = (
+        store.mv_insert("person").await.expect("mv"),
+        store.mv_insert("person").await.expect("mv"),
+        store.mv_insert("person").await.expect("mv"),
+    );
+    let put = |byte: u8, connector: &str, dn: &str, link: Option<MvId>| NewCsObject {
+        connector: ConnectorId(connector.into()),
+        anchor: Some(anchor(byte)),
+        dn: dn.into(),
+        object_type: "user".into(),
+        attributes: Attributes::new(),
+        pending_import: None,
+        pending_export: None,
+        link,
+    };
+    store.cs_insert(put(1, "ad", "CN=Ann,OU=A", Some(ann_mv))).await.expect("ann");
+    store.cs_insert(put(2, "ad", "CN=Bob,OU=A", Some(bob_mv))).await.expect("bob");
+    store.cs_insert(put(3, "ad", "CN=Loose,OU=A", None)).await.expect("disconnector");
+    store.cs_insert(put(4, "tenant", "objectId=ann", Some(ann_mv))).await.expect("cloud ann");
+    store.cs_insert(put(5, "tenant", "objectId=solo", Some(cloud_only))).await.expect("cloud only");
+    let dns = ["cn=ANN,ou=a".to_string(), "CN=Loose,OU=A".into(), "CN=Nobody".into(), "CN=Bob,OU=A".into()];
+    let mut links = store.cs_links_by_dn(&ad(), &dns).await.expect("links");
+    links.sort();
+    assert_eq!(links, vec![("cn=ann,ou=a".to_string(), ann_mv), ("cn=bob,ou=a".to_string(), bob_mv)]);
+    assert_eq!(store.cs_links_by_dn(&ConnectorId("tenant".into()), &dns).await.expect("other connector"), vec![]);
+    let mut dns = store.cs_dns_by_link(&ConnectorId("tenant".into()), &[ann_mv, bob_mv, cloud_only]).await.expect("dns");
+    dns.sort();
+    assert_eq!(dns, vec![(ann_mv, "objectId=ann".to_string()), (cloud_only, "objectId=solo".to_string())]);
+    assert_eq!(store.cs_dns_by_link(&ad(), &[]).await.expect("none asked"), vec![]);
 }
 
 /// A unit of work: rolled back, none of its writes stay; committed, all do; a failed call inside

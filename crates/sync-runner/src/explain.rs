@@ -172,6 +172,26 @@ impl<S: Store> Store for Overlay<'_, S> {
         Ok(listed.into_iter().filter_map(|object| self.cs_view(Some(object))).collect())
     }
 
+    async fn cs_links_by_dn(&self, connector: &ConnectorId, dns: &[String]) -> Result<Vec<(String, MvId)>, StoreError> {
+        let mut found = Vec::new();
+        for dn in dns {
+            if let Some(link) = self.cs_by_dn(connector, dn).await?.and_then(|object| object.link) {
+                found.push((dn.to_lowercase(), link));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn cs_dns_by_link(&self, connector: &ConnectorId, mvs: &[MvId]) -> Result<Vec<(MvId, String)>, StoreError> {
+        let mut found = Vec::new();
+        for mv in mvs {
+            if let Some(object) = self.cs_linked_to(*mv).await?.into_iter().find(|object| &object.connector == connector) {
+                found.push((*mv, object.dn));
+            }
+        }
+        Ok(found)
+    }
+
     async fn cs_linked_to(&self, mv: MvId) -> Result<Vec<CsObject>, StoreError> {
         let stored = if mv.0 >= FIRST_NEW_ID { Vec::new() } else { self.inner.cs_linked_to(mv).await? };
         Ok(self.with(|changes| {

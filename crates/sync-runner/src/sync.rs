@@ -350,24 +350,24 @@ impl<S: Store> Context<'_, S> {
             .any(|rule| rule.direction == Direction::Outbound && &rule.connector == connector && rule.source_type == mv_type)
     }
 
-    /// Reference values (DNs) of the joined objects → the MV objects they are joined to.
+    /// Reference values (DNs) of the joined objects → the MV objects they are joined to, read
+    /// in one set-based lookup per connector (no object is decoded).
     async fn inbound_references(&self, joined: &[CsObject]) -> Result<BTreeMap<(ConnectorId, String), MvId>, RunnerError> {
-        let mut map = BTreeMap::new();
+        let mut wanted: BTreeMap<ConnectorId, BTreeSet<String>> = BTreeMap::new();
         for cs in joined {
             for (_, values) in cs.attributes.iter() {
                 for value in values {
                     if let AttrValue::Reference(dn) = value {
-                        let key = (cs.connector.clone(), dn.to_lowercase());
-                        if map.contains_key(&key) {
-                            continue;
-                        }
-                        if let Some(target) = self.runner.store.cs_by_dn(&cs.connector, dn).await?
-                            && let Some(mv) = target.link
-                        {
-                            map.insert(key, mv);
-                        }
+                        wanted.entry(cs.connector.clone()).or_default().insert(dn.to_lowercase());
                     }
                 }
+            }
+        }
+        let mut map = BTreeMap::new();
+        for (connector, dns) in wanted {
+            let dns: Vec<String> = dns.into_iter().collect();
+            for (dn, mv) in self.runner.store.cs_links_by_dn(&connector, &dns).await? {
+                map.insert((connector.clone(), dn), mv);
             }
         }
         Ok(map)
@@ -376,19 +376,19 @@ impl<S: Store> Context<'_, S> {
     async fn outbound(&mut self, mv: &model::MvObject, target: &ConnectorId, joined: &[CsObject]) -> Result<(), RunnerError> {
         let store = &self.runner.store;
         let mut target_cs = joined.iter().find(|cs| &cs.connector == target).cloned();
-        // MV references → DNs of the target's objects joined to them.
-        let mut references = BTreeMap::new();
-        for attribute in mv.attributes.values() {
-            for value in &attribute.values {
-                if let AttrValue::Reference(id) = value
-                    && let Ok(id) = id.parse::<i64>()
-                    && let std::collections::btree_map::Entry::Vacant(slot) = references.entry(MvId(id))
-                    && let Some(cs) = store.cs_linked_to(MvId(id)).await?.into_iter().find(|cs| &cs.connector == target)
-                {
-                    slot.insert(cs.dn);
-                }
-            }
-        }
+        // MV references → DNs of the target's objects joined to them (one set-based lookup).
+        let referenced: BTreeSet<MvId> = mv
+            .attributes
+            .values()
+            .flat_map(|attribute| attribute.values.iter())
+            .filter_map(|value| match value {
+                AttrValue::Reference(id) => id.parse::<i64>().ok().map(MvId),
+                _ => None,
+            })
+            .collect();
+        let referenced: Vec<MvId> = referenced.into_iter().collect();
+        let references: BTreeMap<MvId, String> =
+            if referenced.is_empty() { BTreeMap::new() } else { store.cs_dns_by_link(target, &referenced).await?.into_iter().collect() };
         let resolve = |id: MvId| references.get(&id).cloned();
         let mut join_candidates = Vec::new();
         if target_cs.is_none() {
