@@ -68,11 +68,31 @@ macro_rules! atomically {
 }
 
 /// Prepared statements by SQL text: each is parsed and planned once per connection, not per call
-/// (half the round trips of an unprepared query).
+/// (half the round trips of an unprepared query); and the attributes the lookup index holds.
 #[derive(Default)]
-struct Statements(std::sync::Mutex<std::collections::HashMap<String, tokio_postgres::Statement>>);
+struct Statements(
+    std::sync::Mutex<std::collections::HashMap<String, tokio_postgres::Statement>>,
+    /// `None`: every attribute (see `Store::index_attributes`).
+    std::sync::RwLock<Option<Arc<std::collections::BTreeSet<String>>>>,
+);
 
 impl Statements {
+    /// Whether the lookup index holds this value (references always: renames search them).
+    fn indexes(&self, name: &str, value: &AttrValue) -> bool {
+        matches!(value, AttrValue::Reference(_))
+            || self.1.read().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().is_none_or(|set| set.contains(name))
+    }
+
+    /// Refuses a lookup on an attribute the index does not hold.
+    fn check_indexed(&self, attribute: &str) -> Result<()> {
+        match self.1.read().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref() {
+            Some(set) if !set.contains(attribute) => {
+                Err(StoreError::Conflict(format!("attribute {attribute} is not indexed for lookups; add it to the store's index list")))
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn get(&self, client: &impl GenericClient, sql: &str) -> Result<tokio_postgres::Statement> {
         if let Some(statement) = self.0.lock().map_err(|_| StoreError::Backend("statement cache poisoned".into()))?.get(sql) {
             return Ok(statement.clone());
@@ -82,6 +102,9 @@ impl Statements {
         Ok(statement)
     }
 }
+
+/// Where the indexed attribute set is kept (`Store::service_state`).
+const INDEX_STATE: (&str, &str) = ("store", "indexed-attributes");
 
 fn backend(err: tokio_postgres::Error) -> StoreError {
     if let Some(db) = err.as_db_error()
@@ -248,7 +271,7 @@ async fn write_values<'a>(
     client.execute(&st.get(client, &format!("DELETE FROM {table} WHERE {column} = $1")).await?, &[&id]).await.map_err(backend)?;
     let (mut names, mut exact, mut folded) = (Vec::new(), Vec::new(), Vec::new());
     for (name, values) in attributes {
-        for value in values {
+        for value in values.iter().filter(|value| st.indexes(name, value)) {
             names.push(name.to_string());
             exact.push(index_key(value, Matching::Exact));
             folded.push(index_key(value, Matching::IgnoreCase));
@@ -329,6 +352,8 @@ async fn update_cs(client: &impl GenericClient, st: &Statements, object: &CsObje
     }
     let previous = codec::attributes_from_text(&previous)?;
     let (removed, added) = codec::value_changes(&previous, &object.attributes);
+    let removed: Vec<_> = removed.into_iter().filter(|(name, value)| st.indexes(name, value)).collect();
+    let added: Vec<_> = added.into_iter().filter(|(name, value)| st.indexes(name, value)).collect();
     if !removed.is_empty() {
         let names: Vec<&str> = removed.iter().map(|(name, _)| *name).collect();
         let exact: Vec<String> = removed.iter().map(|(_, value)| index_key(value, Matching::Exact)).collect();
@@ -394,7 +419,81 @@ impl store::Store for PostgresStore {
 
     async fn migrate(&self) -> Result<()> {
         let mut client = self.client.lock().await;
-        schema::migrate(&mut client).await
+        schema::migrate(&mut client).await?;
+        // The index list the store was last given holds for this handle too.
+        let row = client
+            .query_opt("SELECT value FROM service_state WHERE service = $1 AND key = $2", &[&INDEX_STATE.0, &INDEX_STATE.1])
+            .await
+            .map_err(backend)?;
+        if let Some(row) = row {
+            let set = codec::name_set_from_bytes(&row.get::<_, Vec<u8>>(0));
+            *self.statements.1.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(set));
+        }
+        Ok(())
+    }
+
+    async fn index_attributes(&self, attributes: &std::collections::BTreeSet<String>) -> Result<u64> {
+        let mut client = self.client.lock().await;
+        let wanted = attributes.clone();
+        let changed = atomically!(self, client, |tx| {
+            let stored = tx
+                .query_opt("SELECT value FROM service_state WHERE service = $1 AND key = $2", &[&INDEX_STATE.0, &INDEX_STATE.1])
+                .await
+                .map_err(backend)?
+                .map(|row| codec::name_set_from_bytes(&row.get::<_, Vec<u8>>(0)));
+            if stored.as_ref() == Some(&wanted) {
+                return Ok(0u64);
+            }
+            let listed: Vec<&str> = wanted.iter().map(String::as_str).collect();
+            let mut changed = 0u64;
+            for values in ["cs_values", "mv_values"] {
+                let sql = format!("DELETE FROM {values} WHERE NOT (attribute = ANY($1)) AND left(folded, 2) <> 'r:'");
+                changed += tx.execute(&sql, &[&listed]).await.map_err(backend)?;
+            }
+            // Rows of newly listed attributes come from the stored objects.
+            let added: Vec<String> = match &stored {
+                Some(before) => wanted.difference(before).cloned().collect(),
+                None => Vec::new(),
+            };
+            if !added.is_empty() {
+                for (owners, values, owner) in [("cs_objects", "cs_values", "cs_id"), ("mv_objects", "mv_values", "mv_id")] {
+                    let rows = tx.query(&format!("SELECT id, attributes FROM {owners}"), &[]).await.map_err(backend)?;
+                    for row in rows {
+                        let (id, text): (i64, String) = (row.get(0), row.get(1));
+                        let parsed = if owners == "mv_objects" {
+                            codec::mv_values(&codec::mv_attributes_from_text(&text)?)
+                        } else {
+                            codec::attributes_from_text(&text)?
+                        };
+                        let (mut names, mut exact, mut folded) = (Vec::new(), Vec::new(), Vec::new());
+                        for (name, values) in parsed.iter().filter(|(name, _)| added.iter().any(|added| added == name)) {
+                            for value in values.iter().filter(|value| !matches!(value, AttrValue::Reference(_))) {
+                                names.push(name.to_string());
+                                exact.push(index_key(value, Matching::Exact));
+                                folded.push(index_key(value, Matching::IgnoreCase));
+                            }
+                        }
+                        if !names.is_empty() {
+                            changed += names.len() as u64;
+                            let sql = format!(
+                                "INSERT INTO {values} ({owner}, attribute, exact, folded) SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[])"
+                            );
+                            tx.execute(&sql, &[&id, &names, &exact, &folded]).await.map_err(backend)?;
+                        }
+                    }
+                }
+            }
+            let bytes = codec::name_set_to_bytes(&wanted);
+            tx.execute(
+                "INSERT INTO service_state (service, key, value) VALUES ($1, $2, $3) ON CONFLICT (service, key) DO UPDATE SET value = excluded.value",
+                &[&INDEX_STATE.0, &INDEX_STATE.1, &bytes],
+            )
+            .await
+            .map_err(backend)?;
+            Ok(changed)
+        })?;
+        *self.statements.1.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(attributes.clone()));
+        Ok(changed)
     }
 
     async fn cs_get(&self, id: CsId) -> Result<Option<CsObject>> {
@@ -483,6 +582,7 @@ impl store::Store for PostgresStore {
         values: &[AttrValue],
         matching: Matching,
     ) -> Result<Vec<CsId>> {
+        self.statements.check_indexed(attribute)?;
         let column = if matching == Matching::Exact { "exact" } else { "folded" };
         let sql = format!(
             "SELECT DISTINCT o.id FROM cs_values v JOIN cs_objects o ON o.id = v.cs_id \
@@ -611,6 +711,8 @@ impl store::Store for PostgresStore {
             }
             let (old, new) = (codec::mv_values(&codec::mv_attributes_from_text(&previous)?), codec::mv_values(&object.attributes));
             let (removed, added) = codec::value_changes(&old, &new);
+            let removed: Vec<_> = removed.into_iter().filter(|(name, value)| st.indexes(name, value)).collect();
+            let added: Vec<_> = added.into_iter().filter(|(name, value)| st.indexes(name, value)).collect();
             if !removed.is_empty() {
                 let names: Vec<&str> = removed.iter().map(|(name, _)| *name).collect();
                 let exact: Vec<String> = removed.iter().map(|(_, value)| index_key(value, Matching::Exact)).collect();
@@ -639,6 +741,7 @@ impl store::Store for PostgresStore {
     }
 
     async fn mv_find(&self, object_type: &str, attribute: &str, values: &[AttrValue], matching: Matching) -> Result<Vec<MvId>> {
+        self.statements.check_indexed(attribute)?;
         let column = if matching == Matching::Exact { "exact" } else { "folded" };
         let sql = format!(
             "SELECT DISTINCT m.id FROM mv_values v JOIN mv_objects m ON m.id = v.mv_id WHERE m.object_type = $1 AND v.attribute = $2 AND v.{column} = ANY($3)"

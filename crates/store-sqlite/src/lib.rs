@@ -21,7 +21,8 @@ pub struct SqliteStore {
     /// A unit of work is open (`BEGIN IMMEDIATE` sent); each call is a savepoint in it.
     in_unit: Arc<std::sync::atomic::AtomicBool>,
     conn: Arc<Mutex<Connection>>,
-    indexed: Option<Arc<BTreeSet<String>>>,
+    /// The attributes the lookup index holds (`None`: all); see `Store::index_attributes`.
+    indexed: Arc<std::sync::RwLock<Option<Arc<BTreeSet<String>>>>>,
     /// The database file (`None` in memory).
     path: Option<Arc<std::path::PathBuf>>,
     /// The runner lock file, once claimed; the lock lives as long as the store.
@@ -85,7 +86,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             in_unit: Arc::default(),
             conn: Arc::new(Mutex::new(conn)),
-            indexed: None,
+            indexed: Arc::default(),
             path: None,
             runner_lock: Arc::default(),
         })
@@ -93,8 +94,8 @@ impl SqliteStore {
 
     /// Index only these attributes for join lookups (the join attributes of the rules), instead of all.
     /// Lookups on other attributes then fail with a clear error.
-    pub fn index_only(mut self, attributes: BTreeSet<String>) -> Self {
-        self.indexed = Some(Arc::new(attributes));
+    pub fn index_only(self, attributes: BTreeSet<String>) -> Self {
+        *self.indexed.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(attributes));
         self
     }
 
@@ -105,8 +106,9 @@ impl SqliteStore {
         &self,
         work: impl FnOnce(&mut Connection, Option<&BTreeSet<String>>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        let indexed = self.indexed.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         let mut guard = self.conn.lock().map_err(|_| StoreError::Backend("the SQLite connection lock is poisoned".into()))?;
-        work(&mut guard, self.indexed.as_deref())
+        work(&mut guard, indexed.as_deref())
     }
 }
 
@@ -378,7 +380,91 @@ fn find_ids(conn: &Connection, sql: &str, fixed: &[&dyn rusqlite::ToSql], values
     Ok(ids.into_iter().collect())
 }
 
+/// Where the indexed attribute set is kept (`Store::service_state`).
+const INDEX_STATE: (&str, &str) = ("store", "indexed-attributes");
+
+/// Brings the lookup index of `table` (`cs_values` of `cs_objects` or `mv_values` of
+/// `mv_objects`) from `before` (`None`: every attribute) to `after`; returns rows changed.
+fn reindex(
+    tx: &Connection,
+    values: &str,
+    owners: &str,
+    owner: &str,
+    before: Option<&BTreeSet<String>>,
+    after: &BTreeSet<String>,
+) -> Result<u64> {
+    let mut changed = 0u64;
+    // Rows of attributes no longer listed go (references stay: renames search them).
+    let present: Vec<String> = {
+        let mut statement = tx.prepare(&format!("SELECT DISTINCT attribute FROM {values}")).map_err(backend)?;
+        let rows = statement.query_map([], |row| row.get(0)).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)?
+    };
+    for attribute in present.iter().filter(|attribute| !after.contains(*attribute)) {
+        let sql = format!("DELETE FROM {values} WHERE attribute = ?1 AND substr(folded, 1, 2) <> 'r:'");
+        changed += tx.execute(&sql, params![attribute]).map_err(backend)? as u64;
+    }
+    // Rows of newly listed attributes come from the stored objects.
+    let added: BTreeSet<String> = match before {
+        Some(before) => after.difference(before).cloned().collect(),
+        None => BTreeSet::new(),
+    };
+    if added.is_empty() {
+        return Ok(changed);
+    }
+    let mut select = tx.prepare(&format!("SELECT id, attributes FROM {owners}")).map_err(backend)?;
+    let rows = select.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))).map_err(backend)?;
+    let mut insert =
+        tx.prepare(&format!("INSERT INTO {values} ({owner}, attribute, exact, folded) VALUES (?1, ?2, ?3, ?4)")).map_err(backend)?;
+    for row in rows {
+        let (id, text) = row.map_err(backend)?;
+        let attributes = if owners == "mv_objects" {
+            codec::mv_values(&codec::mv_attributes_from_text(&text)?)
+        } else {
+            codec::attributes_from_text(&text)?
+        };
+        for (name, values) in attributes.iter().filter(|(name, _)| added.contains(*name)) {
+            for value in values.iter().filter(|value| !matches!(value, AttrValue::Reference(_))) {
+                insert
+                    .execute(params![id, name, index_key(value, Matching::Exact), index_key(value, Matching::IgnoreCase)])
+                    .map_err(backend)?;
+                changed += 1;
+            }
+        }
+    }
+    Ok(changed)
+}
+
 impl store::Store for SqliteStore {
+    async fn index_attributes(&self, attributes: &BTreeSet<String>) -> Result<u64> {
+        let wanted = attributes.clone();
+        let changed = self
+            .call(move |conn, _| {
+                let tx = conn.savepoint().map_err(backend)?;
+                let stored: Option<Vec<u8>> = tx
+                    .query_row("SELECT value FROM service_state WHERE service = ?1 AND key = ?2", params![INDEX_STATE.0, INDEX_STATE.1], |row| row.get(0))
+                    .optional()
+                    .map_err(backend)?;
+                let before = stored.map(|bytes| store::codec::name_set_from_bytes(&bytes));
+                if before.as_ref() == Some(&wanted) {
+                    return Ok(0);
+                }
+                let changed = reindex(&tx, "cs_values", "cs_objects", "cs_id", before.as_ref(), &wanted)?
+                    + reindex(&tx, "mv_values", "mv_objects", "mv_id", before.as_ref(), &wanted)?;
+                let bytes = store::codec::name_set_to_bytes(&wanted);
+                tx.execute(
+                    "INSERT INTO service_state (service, key, value) VALUES (?1, ?2, ?3) ON CONFLICT (service, key) DO UPDATE SET value = excluded.value",
+                    params![INDEX_STATE.0, INDEX_STATE.1, bytes],
+                )
+                .map_err(backend)?;
+                tx.commit().map_err(backend)?;
+                Ok(changed)
+            })
+            .await?;
+        *self.indexed.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(attributes.clone()));
+        Ok(changed)
+    }
+
     async fn begin_unit(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
         if self.in_unit.swap(true, Ordering::SeqCst) {
@@ -406,7 +492,24 @@ impl store::Store for SqliteStore {
     }
 
     async fn migrate(&self) -> Result<()> {
-        self.call(|conn, _| schema::migrate(conn)).await
+        let stored = self
+            .call(|conn, _| {
+                schema::migrate(conn)?;
+                conn.query_row(
+                    "SELECT value FROM service_state WHERE service = ?1 AND key = ?2",
+                    params![INDEX_STATE.0, INDEX_STATE.1],
+                    |row| row.get::<_, Vec<u8>>(0),
+                )
+                .optional()
+                .map_err(backend)
+            })
+            .await?;
+        // The index list the store was last given holds for this handle too.
+        if let Some(bytes) = stored {
+            *self.indexed.write().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                Some(Arc::new(store::codec::name_set_from_bytes(&bytes)));
+        }
+        Ok(())
     }
 
     async fn cs_get(&self, id: CsId) -> Result<Option<CsObject>> {

@@ -261,6 +261,16 @@ pub fn value_changes<'a>(old: &'a Attributes, new: &'a Attributes) -> (Vec<Named
     (removed, added)
 }
 
+/// A set of attribute names as stored (one per line).
+pub fn name_set_to_bytes(names: &std::collections::BTreeSet<String>) -> Vec<u8> {
+    names.iter().map(String::as_str).collect::<Vec<_>>().join("\n").into_bytes()
+}
+
+/// The set [`name_set_to_bytes`] wrote.
+pub fn name_set_from_bytes(bytes: &[u8]) -> std::collections::BTreeSet<String> {
+    String::from_utf8_lossy(bytes).lines().filter(|name| !name.is_empty()).map(str::to_string).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,6 +152,15 @@ pub trait Store: Send + Sync {
     /// Creates or upgrades the schema.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
 
+    /// From now on, keeps lookup-index rows (what [`Store::cs_find`] and [`Store::mv_find`]
+    /// search) only for these attributes, and for every reference (renames search those): the
+    /// rules' join attributes. When the store was indexed for another set, the index is brought
+    /// to this one first (rows of attributes no longer listed removed, rows of newly listed ones
+    /// written from the stored objects); returns how many rows that changed. The set is kept in
+    /// the store, so every later handle and process indexes the same. A lookup on an attribute
+    /// outside the set is refused.
+    fn index_attributes(&self, attributes: &std::collections::BTreeSet<String>) -> impl Future<Output = Result<u64>> + Send;
+
     /// Opens a unit of work on this handle: every call until [`Store::commit_unit`] is part of
     /// one transaction, so a crash (or [`Store::rollback_unit`]) leaves none of them. Each call
     /// stays atomic within it. Units do not nest; other handles see the writes only at commit.

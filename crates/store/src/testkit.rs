@@ -18,7 +18,7 @@ use crate::{CsQuery, ImportChange, Matching, NewCsObject, RunCounts, Store, Stor
 macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@tests $make; cs_objects, import_pages, import_modify, renames_follow_references, import_confirms_export_object, failed_page_changes_nothing,
-            obsoletion, metaverse, disconnector_lookup, updates_keep_the_lookup_index, run_history, run_history_retention, service_state, units_of_work, reference_lookups, interrupted_runs, migrate_is_idempotent);
+            obsoletion, metaverse, disconnector_lookup, updates_keep_the_lookup_index, run_history, run_history_retention, service_state, units_of_work, reference_lookups, index_attributes, interrupted_runs, migrate_is_idempotent);
     };
     (@tests $make:expr; $($check:ident),*) => {
         $(
@@ -519,6 +519,54 @@ pub async fn run_history(store: &impl Store) {
     assert_eq!(runs[1].counts.adds, 5);
     assert_eq!((runs[0].finished, runs[0].status.as_str()), (None, "running"));
     assert_eq!(store.runs(1).await.expect("runs").len(), 1);
+}
+
+/// The lookup index follows the attribute list: an unlisted attribute is refused, a newly
+/// listed one finds objects stored before, references stay findable, and the list holds for a
+/// later `migrate` of the same handle.
+pub async fn index_attributes(store: &impl Store) {
+    let cs = |byte: u8, mail: &str, employee: &str| NewCsObject {
+        connector: ad(),
+        anchor: Some(anchor(byte)),
+        dn: format!("CN={byte}"),
+        object_type: "user".into(),
+        attributes: Attributes::new()
+            .with("mail", AttrValue::string(mail))
+            .with("employeeID", AttrValue::string(employee))
+            .with("manager", AttrValue::Reference("CN=Boss".into())),
+        pending_import: None,
+        pending_export: None,
+        link: None,
+    };
+    let find = |attribute: &'static str, value: &'static str| async move {
+        store.cs_find(&ad(), "user", attribute, &[AttrValue::string(value)], Matching::IgnoreCase).await
+    };
+    let only_mail: std::collections::BTreeSet<String> = ["mail".to_string()].into();
+    store.cs_insert(cs(1, "ann@x", "E1")).await.expect("before");
+    let mv = store.mv_insert("person").await.expect("mv");
+    let mut person = store.mv_get(mv).await.expect("get").expect("mv");
+    let lineage = vec![Lineage { rule: "r".into(), precedence: 1, connector: ad(), cs_id: CsId(1) }];
+    person.attributes.insert("employeeID".into(), MvAttribute { values: vec![AttrValue::string("E1")], lineage: lineage.clone() });
+    person.attributes.insert("mail".into(), MvAttribute { values: vec![AttrValue::string("ann@x")], lineage });
+    store.mv_update(&person).await.expect("mv values");
+
+    assert!(store.index_attributes(&only_mail).await.expect("narrow") > 0, "rows of employeeID removed");
+    store.cs_insert(cs(2, "bob@x", "E2")).await.expect("after");
+    assert_eq!(find("mail", "BOB@x").await.expect("listed").len(), 1);
+    assert!(find("employeeID", "E2").await.is_err(), "an unlisted attribute is refused, not silently empty");
+    assert!(store.mv_find("person", "employeeID", &[AttrValue::string("E1")], Matching::Exact).await.is_err());
+    let by_reference = store.cs_find(&ad(), "user", "manager", &[AttrValue::Reference("CN=Boss".into())], Matching::IgnoreCase).await;
+    assert!(by_reference.is_err(), "references are kept for renames, but a lookup by them needs the list");
+    assert_eq!(store.index_attributes(&only_mail).await.expect("same"), 0, "the same list changes nothing");
+
+    let both: std::collections::BTreeSet<String> = ["mail".to_string(), "employeeID".to_string()].into();
+    assert!(store.index_attributes(&both).await.expect("widen") >= 3, "employeeID rows written from the stored objects");
+    let mut found = find("employeeID", "e1").await.expect("listed now");
+    found.extend(find("employeeID", "e2").await.expect("listed now"));
+    assert_eq!(found.len(), 2, "objects stored before and after the narrow list");
+    assert_eq!(store.mv_find("person", "employeeID", &[AttrValue::string("E1")], Matching::Exact).await.expect("mv"), vec![mv]);
+    store.migrate().await.expect("migrate again");
+    assert!(store.cs_find(&ad(), "user", "sn", &[AttrValue::string("x")], Matching::Exact).await.is_err(), "the stored list holds");
 }
 
 /// Reference resolution without reading objects: DNs (any case) → MV objects of joined

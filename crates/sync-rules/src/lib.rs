@@ -202,6 +202,13 @@ impl RuleSet {
         &self.rules
     }
 
+    /// Every attribute a join looks objects up by (the targets of the join conditions: MV
+    /// attributes for inbound rules, connector-space attributes for outbound ones): what a
+    /// store's lookup index must hold.
+    pub fn join_targets(&self) -> std::collections::BTreeSet<String> {
+        self.rules().iter().flat_map(|rule| rule.join.iter().flatten()).map(|condition| condition.target.clone()).collect()
+    }
+
     /// The rules for `direction` and `connector`, by precedence.
     pub fn for_connector<'a>(&'a self, direction: Direction, connector: &'a ConnectorId) -> impl Iterator<Item = &'a Rule> + 'a {
         self.rules.iter().filter(move |rule| rule.direction == direction && &rule.connector == connector)

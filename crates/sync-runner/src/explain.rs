@@ -95,6 +95,11 @@ impl<S: Store> Store for Overlay<'_, S> {
         Ok(())
     }
 
+    // A preview leaves the lookup index as the real runs keep it.
+    async fn index_attributes(&self, _attributes: &std::collections::BTreeSet<String>) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     // The overlay's writes are all in memory: a unit of work changes nothing.
     async fn begin_unit(&self) -> Result<(), StoreError> {
         Ok(())

@@ -294,6 +294,12 @@ impl<S: Store> Runner<S> {
         self.claimed
             .get_or_try_init(|| async {
                 let interrupted = self.store.claim_runner(self.clock.unix_seconds()).await?;
+                // The lookup index holds what these rules join on (brought to it when the rules'
+                // join attributes changed since the last run).
+                let rebuilt = self.store.index_attributes(&self.rules.join_targets()).await?;
+                if rebuilt > 0 {
+                    tracing::info!(rows = rebuilt, "the lookup index now holds the rules' join attributes");
+                }
                 if interrupted > 0 {
                     tracing::warn!(
                         steps = interrupted,
