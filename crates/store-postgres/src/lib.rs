@@ -33,6 +33,8 @@ pub struct PostgresStore {
     statements: Arc<Statements>,
     /// A unit of work is open on the connection (`BEGIN` sent): each call is a savepoint in it.
     in_unit: Arc<std::sync::atomic::AtomicBool>,
+    /// The last call's savepoint is still open (released by the next call or the commit).
+    savepoint_open: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Runs `$body` (an expression using `$tx: &impl GenericClient`, evaluating to a `Result`)
@@ -41,17 +43,19 @@ pub struct PostgresStore {
 macro_rules! atomically {
     ($store:expr, $client:ident, |$tx:ident| $body:expr) => {{
         if $store.in_unit.load(std::sync::atomic::Ordering::SeqCst) {
-            $client.batch_execute("SAVEPOINT isthmus_call").await.map_err(backend)?;
-            let result = {
+            // The savepoint is sent pipelined with the body's first statement, and the previous
+            // call's is released in the same batch: no round trip of its own.
+            let open = $store.savepoint_open.swap(true, std::sync::atomic::Ordering::SeqCst);
+            let start = if open { "RELEASE SAVEPOINT isthmus_call; SAVEPOINT isthmus_call" } else { "SAVEPOINT isthmus_call" };
+            let (begun, result) = {
                 let $tx = &*$client;
-                async { $body }.await
+                tokio::join!($tx.batch_execute(start), async { $body })
             };
-            let end = if result.is_ok() {
-                "RELEASE SAVEPOINT isthmus_call"
-            } else {
-                "ROLLBACK TO SAVEPOINT isthmus_call; RELEASE SAVEPOINT isthmus_call"
-            };
-            $client.batch_execute(end).await.map_err(backend)?;
+            begun.map_err(backend)?;
+            if result.is_err() {
+                $store.savepoint_open.store(false, std::sync::atomic::Ordering::SeqCst);
+                $client.batch_execute("ROLLBACK TO SAVEPOINT isthmus_call; RELEASE SAVEPOINT isthmus_call").await.map_err(backend)?;
+            }
             result
         } else {
             let transaction = $client.transaction().await.map_err(backend)?;
@@ -131,7 +135,7 @@ impl PostgresStore {
                 eprintln!("PostgreSQL connection ended: {err}");
             }
         });
-        Ok(PostgresStore { client: Arc::new(Mutex::new(client)), statements: Arc::new(Statements::default()), in_unit: Arc::default() })
+        Ok(PostgresStore { client: Arc::new(Mutex::new(client)), statements: Arc::new(Statements::default()), in_unit: Arc::default(), savepoint_open: Arc::default() })
     }
 }
 
@@ -394,6 +398,7 @@ impl store::Store for PostgresStore {
         if self.in_unit.swap(true, Ordering::SeqCst) {
             return Err(StoreError::Conflict("a unit of work is already open on this store handle".into()));
         }
+        self.savepoint_open.store(false, Ordering::SeqCst);
         let begun = client.batch_execute("BEGIN").await.map_err(backend);
         if begun.is_err() {
             self.in_unit.store(false, Ordering::SeqCst);
