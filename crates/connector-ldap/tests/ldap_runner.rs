@@ -83,7 +83,7 @@ async fn a_lost_server_keeps_the_watermark_and_the_next_run_carries_on() {
     admin.conn().replace(&people[0], "mail", &["moved@example.test"]).await.unwrap();
     slapd.stop();
     let report = runner.run_step(&id, Step::DeltaImport).await.unwrap();
-    assert_eq!(report.status, "stopped-connector-unavailable", "{}", report.detail);
+    assert_eq!(report.status, sync_runner::StepStatus::StoppedConnectorUnavailable, "{}", report.detail);
     assert_eq!(runner.store().watermark(&id).await.unwrap().as_ref(), Some(&first), "the watermark stays");
 
     // It comes back: the same connector reconnects and the delta sees the change.
@@ -136,7 +136,7 @@ async fn refused_exports_mark_their_objects_and_the_rest_go_through() {
 
     let reports = runner.run_cycle(true).await.unwrap();
     let export = reports.iter().find(|report| report.connector.0 == "openldap" && report.step == Step::Export).expect("export step");
-    assert_eq!(export.status, "completed-errors", "{}", export.detail);
+    assert_eq!(export.status, sync_runner::StepStatus::CompletedErrors, "{}", export.detail);
     let id = ConnectorId("openldap".into());
     let objects = runner.store().cs_list(&id, &CsQuery::default()).await.unwrap();
     let refused: Vec<_> = objects.iter().filter(|cs| cs.error.is_some()).collect();

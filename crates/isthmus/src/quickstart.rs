@@ -89,7 +89,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         show_cloud_object(&runner, dn).await?;
     }
     let sum = |what: fn(&sync_runner::StepReport) -> u64| all_reports.iter().map(what).sum::<u64>();
-    let stopped = all_reports.iter().filter(|report| report.status.starts_with("stopped")).count();
+    let stopped = all_reports.iter().filter(|report| report.status.stopped()).count();
     println!("\n== summary");
     println!("   forest      {} people, {} groups, 50 contacts (generated, seed 42)", args.users, args.groups);
     println!("   cloud       {} objects in the tenant", cloud_objects(&runner).await?);

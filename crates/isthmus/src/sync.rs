@@ -317,7 +317,7 @@ async fn cycle<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet, 
     println!("   {:.1} s", started.elapsed().as_secs_f64());
     let stopped: Vec<String> = reports
         .iter()
-        .filter(|report| report.status.starts_with("stopped"))
+        .filter(|report| report.status.stopped())
         .map(|report| format!("{} {}: {}", report.connector.0, report.step.name(), report.detail))
         .collect();
     anyhow::ensure!(stopped.is_empty(), "{} step(s) stopped:\n  {}", stopped.len(), stopped.join("\n  "));
@@ -342,7 +342,7 @@ pub fn print_reports(reports: &[StepReport]) {
             "   {:<18} {:<13} {:<24} adds {:>5}  updates {:>5}  deletes {:>5}  errors {:>3}   {}",
             report.connector.0,
             report.step.name(),
-            report.status,
+            report.status.name(),
             report.counts.adds,
             report.counts.updates,
             report.counts.deletes,

@@ -135,7 +135,12 @@ impl PostgresStore {
                 eprintln!("PostgreSQL connection ended: {err}");
             }
         });
-        Ok(PostgresStore { client: Arc::new(Mutex::new(client)), statements: Arc::new(Statements::default()), in_unit: Arc::default(), savepoint_open: Arc::default() })
+        Ok(PostgresStore {
+            client: Arc::new(Mutex::new(client)),
+            statements: Arc::new(Statements::default()),
+            in_unit: Arc::default(),
+            savepoint_open: Arc::default(),
+        })
     }
 }
 

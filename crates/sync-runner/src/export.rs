@@ -10,7 +10,7 @@ use crate::{Runner, RunnerError};
 
 const PAGE: usize = 1000;
 
-pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Result<(String, RunCounts, String), RunnerError> {
+pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Result<(crate::StepStatus, RunCounts, String), RunnerError> {
     let connector = runner.connector(id)?;
     let Some(export) = &connector.export else {
         return Err(RunnerError::Unsupported { connector: id.0.clone(), step: "export", why: "it is read-only".into() });
@@ -43,7 +43,7 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Resul
             planned.updates,
             planned.deletes
         );
-        return Ok(("staging-no-export".into(), planned, detail));
+        return Ok((crate::StepStatus::StagingNoExport, planned, detail));
     }
     if let Some(threshold) = runner.deletion_threshold()
         && planned.deletes > threshold
@@ -54,7 +54,7 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Resul
             "{} pending deletes exceed the threshold of {threshold}; nothing was exported. Review them with `isthmus plan`, then run `isthmus sync run --allow-deletes` once (the approval is used up by that export)",
             planned.deletes
         );
-        return Ok(("stopped-deletion-threshold-exceeded".into(), RunCounts::default(), detail));
+        return Ok((crate::StepStatus::StoppedDeletionThreshold, RunCounts::default(), detail));
     }
     let mut counts = RunCounts::default();
     // Exports go in chunks (a connector may send a chunk in one request); results are applied
@@ -111,8 +111,11 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Resul
             return Err(err);
         }
     }
-    let status = if counts.errors > 0 { "completed-errors" } else { "success" };
-    Ok((status.into(), counts, format!("{} exported, {} rejected", counts.adds + counts.updates + counts.deletes, counts.errors)))
+    Ok((
+        crate::StepStatus::of(counts),
+        counts,
+        format!("{} exported, {} rejected", counts.adds + counts.updates + counts.deletes, counts.errors),
+    ))
 }
 
 /// Most exports handed to a connector at once (Graph's `$batch` limit).

@@ -13,7 +13,7 @@ pub(crate) async fn run<S: Store>(
     id: &ConnectorId,
     run: i64,
     full: bool,
-) -> Result<(String, RunCounts, String), RunnerError> {
+) -> Result<(crate::StepStatus, RunCounts, String), RunnerError> {
     let connector = runner.connector(id)?;
     let watermark = if full { None } else { runner.store.watermark(id).await? };
     let mut full = full || watermark.is_none();
@@ -81,5 +81,5 @@ pub(crate) async fn run<S: Store>(
         runner.store.clear_watermark(id).await?;
         detail.push_str(&format!(", {missed} missed (next import: full)"));
     }
-    Ok(("success".into(), counts, detail))
+    Ok((crate::StepStatus::Success, counts, detail))
 }

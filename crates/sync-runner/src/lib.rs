@@ -75,6 +75,50 @@ impl Default for RunnerConfig {
     }
 }
 
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepStatus {
+    /// Every object went through.
+    Success,
+    /// It ran to the end; some objects were rejected (per-object errors).
+    CompletedErrors,
+    /// Staging mode: the export was held.
+    StagingNoExport,
+    /// The export would delete more than the threshold allows: nothing exported.
+    StoppedDeletionThreshold,
+    /// The directory could not be reached; the last committed page stays, the next run goes on.
+    StoppedConnectorUnavailable,
+}
+
+impl StepStatus {
+    /// The name in run history, the CLI and the status channel.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepStatus::Success => "success",
+            StepStatus::CompletedErrors => "completed-errors",
+            StepStatus::StagingNoExport => "staging-no-export",
+            StepStatus::StoppedDeletionThreshold => "stopped-deletion-threshold-exceeded",
+            StepStatus::StoppedConnectorUnavailable => "stopped-connector-unavailable",
+        }
+    }
+
+    /// Whether the step stopped before doing its work (a cycle reports it, a command fails).
+    pub fn stopped(self) -> bool {
+        matches!(self, StepStatus::StoppedDeletionThreshold | StepStatus::StoppedConnectorUnavailable)
+    }
+
+    /// Success, or completed with per-object errors.
+    fn of(counts: RunCounts) -> StepStatus {
+        if counts.errors > 0 { StepStatus::CompletedErrors } else { StepStatus::Success }
+    }
+}
+
+impl std::fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The outcome of one step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepReport {
@@ -82,8 +126,8 @@ pub struct StepReport {
     pub connector: ConnectorId,
     /// Step.
     pub step: Step,
-    /// `success`, `completed-errors`, `stopped-deletion-threshold-exceeded`, `staging-no-export`, `stopped-connector-unavailable`.
-    pub status: String,
+    /// How it ended.
+    pub status: StepStatus,
     /// Counts.
     pub counts: RunCounts,
     /// A line for people, e.g. why the step stopped.
@@ -360,21 +404,21 @@ impl<S: Store> Runner<S> {
         step: Step,
         run: i64,
         finished: i64,
-        result: Result<(String, RunCounts, String), RunnerError>,
+        result: Result<(StepStatus, RunCounts, String), RunnerError>,
     ) -> Result<StepReport, RunnerError> {
         match result {
             Ok((status, counts, detail)) => {
-                self.store.run_finish(run, finished, &status, counts).await?;
-                tracing::info!(connector = %connector, step = step.name(), status, adds = counts.adds, updates = counts.updates, deletes = counts.deletes, errors = counts.errors, "step finished");
+                self.store.run_finish(run, finished, status.name(), counts).await?;
+                tracing::info!(connector = %connector, step = step.name(), status = status.name(), adds = counts.adds, updates = counts.updates, deletes = counts.deletes, errors = counts.errors, "step finished");
                 Ok(StepReport { connector: connector.clone(), step, status, counts, detail })
             }
             Err(RunnerError::Connector { connector: name, source: ConnectorError::Unavailable(why) }) => {
                 // The last committed page and its watermark stay; the next run continues.
-                self.store.run_finish(run, finished, "stopped-connector-unavailable", RunCounts::default()).await?;
+                self.store.run_finish(run, finished, StepStatus::StoppedConnectorUnavailable.name(), RunCounts::default()).await?;
                 Ok(StepReport {
                     connector: connector.clone(),
                     step,
-                    status: "stopped-connector-unavailable".into(),
+                    status: StepStatus::StoppedConnectorUnavailable,
                     counts: RunCounts::default(),
                     detail: format!("{name}: {why}"),
                 })

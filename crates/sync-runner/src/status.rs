@@ -63,7 +63,7 @@ impl From<&StepReport> for StepLine {
         StepLine {
             connector: report.connector.0.clone(),
             step: report.step.name().to_string(),
-            status: report.status.clone(),
+            status: report.status.name().to_string(),
             adds: report.counts.adds,
             updates: report.counts.updates,
             deletes: report.counts.deletes,
@@ -250,7 +250,7 @@ impl Board {
 /// A cycle's outcome from its steps: `stopped` when a step stopped, `completed-errors` when
 /// objects were rejected, else `success`.
 pub fn outcome(reports: &[StepReport]) -> &'static str {
-    if reports.iter().any(|report| report.status.starts_with("stopped")) {
+    if reports.iter().any(|report| report.status.stopped()) {
         "stopped"
     } else if reports.iter().any(|report| report.counts.errors > 0) {
         "completed-errors"

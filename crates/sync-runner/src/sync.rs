@@ -28,7 +28,11 @@ struct Context<'r, S: Store> {
     deleting: BTreeSet<CsId>,
 }
 
-pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId, full: bool) -> Result<(String, RunCounts, String), RunnerError> {
+pub(crate) async fn run<S: Store>(
+    runner: &Runner<S>,
+    id: &ConnectorId,
+    full: bool,
+) -> Result<(crate::StepStatus, RunCounts, String), RunnerError> {
     runner.connector(id)?;
     let mut parameters = BTreeMap::new();
     for (connector_id, connector) in &runner.connectors {
@@ -85,8 +89,7 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId, full: bo
         }
     }
     let counts = context.counts;
-    let status = if counts.errors > 0 { "completed-errors" } else { "success" };
-    Ok((status.into(), counts, format!("{processed} connector-space objects, {touched} metaverse objects")))
+    Ok((crate::StepStatus::of(counts), counts, format!("{processed} connector-space objects, {touched} metaverse objects")))
 }
 
 /// One page of a sync step: inbound for its CS objects, then every MV object they touched

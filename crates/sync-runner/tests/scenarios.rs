@@ -112,7 +112,7 @@ fn status(reports: &[StepReport], connector: &str, step: Step) -> String {
     reports
         .iter()
         .filter(|report| report.connector.0 == connector && report.step == step)
-        .map(|report| report.status.clone())
+        .map(|report| report.status.name().to_string())
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -180,7 +180,7 @@ async fn deletion_threshold_stops_the_whole_export_until_allowed() {
 
     let reports = world.runner.run_cycle(false).await.expect("delta");
     let export = reports.iter().find(|report| report.connector.0 == "dst" && report.step == Step::Export).expect("export");
-    assert_eq!(export.status, "stopped-deletion-threshold-exceeded");
+    assert_eq!(export.status, sync_runner::StepStatus::StoppedDeletionThreshold);
     assert!(export.detail.starts_with("2 pending deletes exceed the threshold of 1; nothing was exported"), "{}", export.detail);
     assert_eq!(world.dst.len(), 3, "nothing deleted");
     assert_eq!(
@@ -213,7 +213,7 @@ async fn staging_mode_syncs_but_never_exports() {
     seed(&world.src);
     let reports = world.runner.run_cycle(true).await.expect("staging cycle");
     let export = reports.iter().find(|report| report.connector.0 == "dst" && report.step == Step::Export).expect("export");
-    assert_eq!(export.status, "staging-no-export");
+    assert_eq!(export.status, sync_runner::StepStatus::StagingNoExport);
     assert_eq!(export.counts.adds, 3, "the report says what would be exported");
     assert!(export.detail.contains("3 exports held (3 adds, 0 updates, 0 deletes)"), "{}", export.detail);
     assert!(world.dst.is_empty());
@@ -248,7 +248,7 @@ async fn an_unreachable_directory_stops_the_step_and_the_next_run_continues() {
     world.src.modify(&anchors[0], &[AttrChange::Replace("displayName".into(), vec![AttrValue::string("Ann Later")])]);
     world.src.set_unavailable(true);
     let report = world.runner.run_step(&src_id, Step::DeltaImport).await.expect("step runs");
-    assert_eq!(report.status, "stopped-connector-unavailable");
+    assert_eq!(report.status, sync_runner::StepStatus::StoppedConnectorUnavailable);
     assert_eq!(world.runner.store().watermark(&src_id).await.expect("watermark"), watermark, "the last committed watermark stays");
 
     world.src.set_unavailable(false);
