@@ -47,7 +47,7 @@ fn cs_json(cs: &CsObject) -> Value {
     json!({
         "id": cs.id.0, "connector": cs.connector.0, "dn": cs.dn, "name": cs.label(), "objectType": cs.object_type,
         "joinedTo": cs.link.map(|mv| mv.0), "pendingExport": export,
-        "error": cs.error.as_ref().map(|error| json!({"code": error.code, "message": error.message})),
+        "error": cs.error.as_ref().map(|error| json!({"code": error.code, "message": error.message, "target": error.target.as_ref().map(|target| target.0.clone())})),
     })
 }
 
@@ -203,7 +203,10 @@ fn print_cs_line(cs: &CsObject) {
         Some(PendingExport::Rename { .. }) => " [pending rename]".into(),
         Some(PendingExport::Delete) => " [pending delete]".into(),
     };
-    let error = cs.error.as_ref().map_or(String::new(), |error| format!(" ERROR {}: {}", error.code, error.message));
+    let error = cs.error.as_ref().map_or(String::new(), |error| {
+        let target = error.target.as_ref().map_or(String::new(), |target| format!(" (to {target})"));
+        format!(" ERROR {}{target}: {}", error.code, error.message)
+    });
     let name = cs.label().map_or(String::new(), |label| format!(" \"{label}\""));
     println!("{}  {}{name}  ({}, {link}){export}{error}", cs.id, cs.dn, cs.object_type);
 }

@@ -281,6 +281,9 @@ pub struct ObjectError {
     pub code: String,
     /// What went wrong, for people.
     pub message: String,
+    /// For an outbound error: the connector whose object it is about (the error is over when
+    /// outbound sync to that connector decides anything else).
+    pub target: Option<ConnectorId>,
 }
 
 /// The run step in which an [`ObjectError`] arose.
@@ -290,6 +293,8 @@ pub enum ErrorStage {
     Import,
     /// Scope, join, projection or attribute flow.
     Sync,
+    /// What to write to another connector (outbound sync): provisioning, join, export values.
+    Outbound,
     /// Writing to the connected directory.
     Export,
 }

@@ -184,7 +184,7 @@ fn cs_from_row(row: &Row) -> Result<CsObject> {
         pending_import: pending_import.as_deref().map(codec::import_from_code).transpose()?,
         pending_export: pending_export.as_deref().map(codec::export_from_text).transpose()?,
         error: match (error_stage.as_deref(), error_code, error_message) {
-            (Some(stage), Some(code), Some(message)) => Some(ObjectError { stage: codec::stage_from_code(stage)?, code, message }),
+            (Some(stage), Some(code), Some(message)) => Some(codec::error_from_columns(stage, code, message)?),
             _ => None,
         },
     })
@@ -344,7 +344,7 @@ async fn update_cs(client: &impl GenericClient, st: &Statements, object: &CsObje
                 &object.link.map(|mv| mv.0),
                 &object.pending_import.map(codec::import_to_code),
                 &object.pending_export.as_ref().map(codec::export_to_text),
-                &object.error.as_ref().map(|error| codec::stage_to_code(error.stage)),
+                &object.error.as_ref().map(codec::error_stage_text),
                 &object.error.as_ref().map(|error| error.code.clone()),
                 &object.error.as_ref().map(|error| error.message.clone()),
             ],
@@ -618,7 +618,7 @@ impl store::Store for PostgresStore {
         let changed = client
             .execute(
                 "UPDATE cs_objects SET error_stage = $2, error_code = $3, error_message = $4 WHERE id = $1",
-                &[&id.0, &error.map(|e| codec::stage_to_code(e.stage)), &error.map(|e| e.code.clone()), &error.map(|e| e.message.clone())],
+                &[&id.0, &error.map(codec::error_stage_text), &error.map(|e| e.code.clone()), &error.map(|e| e.message.clone())],
             )
             .await
             .map_err(backend)?;

@@ -197,7 +197,7 @@ fn cs_from_row(row: &Row<'_>) -> rusqlite::Result<Result<CsObject>> {
             pending_import: pending_import.as_deref().map(codec::import_from_code).transpose()?,
             pending_export: pending_export.as_deref().map(codec::export_from_text).transpose()?,
             error: match (error_stage.as_deref(), error_code, error_message) {
-                (Some(stage), Some(code), Some(message)) => Some(ObjectError { stage: codec::stage_from_code(stage)?, code, message }),
+                (Some(stage), Some(code), Some(message)) => Some(codec::error_from_columns(stage, code, message)?),
                 _ => None,
             },
         })
@@ -325,7 +325,7 @@ fn update_cs(tx: &Connection, object: &CsObject, indexed: Option<&BTreeSet<Strin
                 object.link.map(|mv| mv.0),
                 object.pending_import.map(codec::import_to_code),
                 object.pending_export.as_ref().map(codec::export_to_text),
-                object.error.as_ref().map(|error| codec::stage_to_code(error.stage)),
+                object.error.as_ref().map(codec::error_stage_text),
                 object.error.as_ref().map(|error| error.code.clone()),
                 object.error.as_ref().map(|error| error.message.clone()),
             ],
@@ -669,7 +669,7 @@ impl store::Store for SqliteStore {
                 .map_err(backend)?
                 .execute(params![
                     id.0,
-                    error.as_ref().map(|e| codec::stage_to_code(e.stage)),
+                    error.as_ref().map(codec::error_stage_text),
                     error.as_ref().map(|e| e.code.clone()),
                     error.as_ref().map(|e| e.message.clone())
                 ])

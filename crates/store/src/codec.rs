@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use model::{AttrChange, AttrValue, Attributes, ConnectorId, CsId, ErrorStage, Lineage, MvAttribute, PendingExport, PendingImport};
+use model::{
+    AttrChange, AttrValue, Attributes, ConnectorId, CsId, ErrorStage, Lineage, MvAttribute, ObjectError, PendingExport, PendingImport,
+};
 use serde_json::{Map, Value as Json, json};
 
 use crate::{Matching, Result, StoreError};
@@ -203,23 +205,45 @@ pub fn import_from_code(code: &str) -> Result<PendingImport> {
     })
 }
 
-/// An error stage as a short code.
-pub fn stage_to_code(stage: ErrorStage) -> &'static str {
-    match stage {
-        ErrorStage::Import => "import",
-        ErrorStage::Sync => "sync",
-        ErrorStage::Export => "export",
+/// The stored form of an error's stage (and, for an outbound error, its target connector):
+/// `import`, `sync`, `export` or `outbound:<connector>`.
+pub fn error_stage_text(error: &ObjectError) -> String {
+    match (error.stage, &error.target) {
+        (ErrorStage::Import, _) => "import".into(),
+        (ErrorStage::Sync, _) => "sync".into(),
+        (ErrorStage::Export, _) => "export".into(),
+        (ErrorStage::Outbound, Some(target)) => format!("outbound:{}", target.0),
+        (ErrorStage::Outbound, None) => "outbound:".into(),
     }
 }
 
-/// Decodes [`stage_to_code`].
-pub fn stage_from_code(code: &str) -> Result<ErrorStage> {
-    Ok(match code {
-        "import" => ErrorStage::Import,
-        "sync" => ErrorStage::Sync,
-        "export" => ErrorStage::Export,
-        other => return Err(corrupt(format!("unknown error stage \"{other}\""))),
-    })
+/// An error from its stored columns ([`error_stage_text`], code, message). Errors stored by
+/// earlier versions as `sync` with a code `outbound-…` and a message `to <connector>: …` are
+/// read as the outbound errors they were.
+pub fn error_from_columns(stage: &str, code: String, message: String) -> Result<ObjectError> {
+    let simple = |stage| Ok(ObjectError { stage, code: code.clone(), message: message.clone(), target: None });
+    match stage {
+        "import" => simple(ErrorStage::Import),
+        "export" => simple(ErrorStage::Export),
+        "sync" => match (code.strip_prefix("outbound-"), message.strip_prefix("to ").and_then(|rest| rest.split_once(": "))) {
+            (Some(code), Some((target, message))) => Ok(ObjectError {
+                stage: ErrorStage::Outbound,
+                code: code.to_string(),
+                message: message.to_string(),
+                target: Some(ConnectorId(target.to_string())),
+            }),
+            _ => simple(ErrorStage::Sync),
+        },
+        other => match other.strip_prefix("outbound:") {
+            Some(target) => Ok(ObjectError {
+                stage: ErrorStage::Outbound,
+                code,
+                message,
+                target: (!target.is_empty()).then(|| ConnectorId(target.to_string())),
+            }),
+            None => Err(corrupt(format!("unknown error stage \"{other}\""))),
+        },
+    }
 }
 
 /// The index key of a value for join lookups: exact, or folded to lower case for text when
@@ -274,6 +298,25 @@ pub fn name_set_from_bytes(bytes: &[u8]) -> std::collections::BTreeSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_round_trip_and_earlier_outbound_errors_are_read_as_such() {
+        let outbound = ObjectError {
+            stage: ErrorStage::Outbound,
+            code: "source-anchor-changed".into(),
+            message: "the sourceAnchor attribute has changed".into(),
+            target: Some(ConnectorId("tenant".into())),
+        };
+        let stored = error_stage_text(&outbound);
+        assert_eq!(stored, "outbound:tenant");
+        assert_eq!(error_from_columns(&stored, outbound.code.clone(), outbound.message.clone()).unwrap(), outbound);
+        let legacy =
+            error_from_columns("sync", "outbound-source-anchor-changed".into(), "to tenant: the sourceAnchor attribute has changed".into());
+        assert_eq!(legacy.unwrap(), outbound, "as stored before the stage existed");
+        let flow = error_from_columns("sync", "flow-error".into(), "to be or not".into()).unwrap();
+        assert_eq!((flow.stage, flow.target), (ErrorStage::Sync, None));
+        assert!(error_from_columns("later", "x".into(), "y".into()).is_err());
+    }
 
     #[test]
     fn round_trips() {

@@ -85,7 +85,7 @@ pub async fn cs_objects(store: &impl Store) {
     changed.dn = "CN=Ann,OU=Moved,DC=corp".into();
     store.cs_update(&changed).await.expect("update");
     assert_eq!(store.cs_get(id).await.expect("get"), Some(changed.clone()));
-    let error = ObjectError { stage: ErrorStage::Sync, code: "flow-error".into(), message: "boom".into() };
+    let error = ObjectError { stage: ErrorStage::Sync, code: "flow-error".into(), message: "boom".into(), target: None };
     store.cs_set_error(id, Some(&error)).await.expect("set error");
     assert_eq!(store.cs_get(id).await.expect("get").expect("present").error, Some(error));
     assert_eq!(store.cs_linked_to(mv).await.expect("linked").len(), 1);

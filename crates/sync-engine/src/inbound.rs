@@ -290,5 +290,5 @@ fn translate_references(
 }
 
 pub(crate) fn sync_error(code: &str, message: String) -> ObjectError {
-    ObjectError { stage: ErrorStage::Sync, code: code.to_string(), message }
+    ObjectError { stage: ErrorStage::Sync, code: code.to_string(), message, target: None }
 }

@@ -184,7 +184,12 @@ async fn apply_result<S: Store>(
                                 "the directory matched this add to {}, which is already joined to another metaverse object",
                                 other.dn
                             );
-                            cs.error = Some(ObjectError { stage: ErrorStage::Export, code: "matched-joined-object".into(), message });
+                            cs.error = Some(ObjectError {
+                                stage: ErrorStage::Export,
+                                code: "matched-joined-object".into(),
+                                message,
+                                target: None,
+                            });
                             runner.store.cs_update(&cs).await?;
                             counts.errors += 1;
                             return Ok(());
@@ -223,7 +228,7 @@ async fn apply_result<S: Store>(
                     UnappliedReason::Failed(ConnectorError::Rejected { code, message }) => {
                         tracing::warn!(connector = %id, dn = cs.dn, name = cs.label(), code, "export applied in part");
                         let message = format!("exported in part; the rest stays pending: {message}");
-                        cs.error = Some(ObjectError { stage: ErrorStage::Export, code, message });
+                        cs.error = Some(ObjectError { stage: ErrorStage::Export, code, message, target: None });
                         counts.errors += 1;
                     }
                     UnappliedReason::Failed(source) => {
@@ -239,7 +244,7 @@ async fn apply_result<S: Store>(
         }
         Err(ConnectorError::Rejected { code, message }) => {
             tracing::warn!(connector = %id, dn = cs.dn, name = cs.label(), code, "export rejected");
-            cs.error = Some(ObjectError { stage: ErrorStage::Export, code, message });
+            cs.error = Some(ObjectError { stage: ErrorStage::Export, code, message, target: None });
             runner.store.cs_update(&cs).await?;
             counts.errors += 1;
         }

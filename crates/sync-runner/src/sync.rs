@@ -447,9 +447,8 @@ impl<S: Store> Context<'_, S> {
         // An outbound error recorded by an earlier run for this target is over once outbound
         // sync decides anything else (the anchor restored, the value fixed).
         if !matches!(decision, OutboundDecision::Error(_)) {
-            let marker = format!("to {target}: ");
             let stale = |cs: &CsObject| {
-                cs.error.as_ref().is_some_and(|error| error.code.starts_with("outbound-") && error.message.starts_with(&marker))
+                cs.error.as_ref().is_some_and(|error| error.stage == model::ErrorStage::Outbound && error.target.as_ref() == Some(target))
             };
             let cleared: Vec<CsId> =
                 target_cs.iter().chain(joined.iter().filter(|cs| &cs.connector != target)).filter(|cs| stale(cs)).map(|cs| cs.id).collect();
@@ -516,8 +515,8 @@ impl<S: Store> Context<'_, S> {
             }
             OutboundDecision::Error(mut error) => {
                 // Marked as outbound and for which target, so a later success can clear it.
-                error.code = format!("outbound-{}", error.code);
-                error.message = format!("to {target}: {}", error.message);
+                error.stage = model::ErrorStage::Outbound;
+                error.target = Some(target.clone());
                 let holder = target_cs.or_else(|| joined.iter().find(|cs| &cs.connector != target).cloned());
                 if let Some(mut cs) = holder {
                     self.set_error(&mut cs, error);
