@@ -117,6 +117,7 @@ async fn bench<S: Store>(args: &Args, store: S) -> anyhow::Result<()> {
         cloud.len(),
         args.users + args.groups
     );
+    println!("peak RSS after the first cycle: {} MiB", peak_rss_kib() / 1024);
     // The first export leaves references to objects created in the same export (managers,
     // members in chunks still in flight) for the next cycle, as Entra's export does.
     let started = Instant::now();
