@@ -202,7 +202,48 @@ impl GraphExport {
                 }
             }
         }
-        for (index, member) in remove.iter().enumerate() {
+        // Removals go 20 at a time in one `$batch`; what a batch could not settle (throttled,
+        // no answer, the batch refused as a whole) goes again one by one below.
+        let mut again: Vec<String> = Vec::new();
+        for chunk in remove.chunks(20) {
+            if chunk.len() == 1 {
+                again.extend_from_slice(chunk);
+                continue;
+            }
+            let requests: Vec<Value> = chunk
+                .iter()
+                .enumerate()
+                .map(|(index, member)| json!({"id": index.to_string(), "method": "DELETE", "url": format!("/groups/{group}/members/{member}/$ref")}))
+                .collect();
+            let mut settled = vec![false; chunk.len()];
+            if let Ok(answer) = self.client.send(Method::POST, "/$batch", Some(&json!({"requests": requests}))).await
+                && answer.status.is_success()
+            {
+                for response in answer.body["responses"].as_array().into_iter().flatten() {
+                    let Some(index) = response["id"].as_str().and_then(|id| id.parse::<usize>().ok()).filter(|index| *index < chunk.len())
+                    else {
+                        continue;
+                    };
+                    match response["status"].as_u64() {
+                        // Removed, or not a member any more.
+                        Some(200..=299 | 404) => settled[index] = true,
+                        Some(429 | 503 | 504) | None => {}
+                        Some(status) => {
+                            let status = reqwest::StatusCode::from_u16(u16::try_from(status).unwrap_or(400))
+                                .unwrap_or(reqwest::StatusCode::BAD_REQUEST);
+                            let answer = crate::client::Answer { status, body: response["body"].clone() };
+                            let error = crate::client::error_of(&format!("remove member {} of {group}", chunk[index]), &answer);
+                            tracing::warn!(connector = self.client.config.id, group, member = chunk[index], "member not removed: {error}");
+                            not_removed.push(chunk[index].clone());
+                            first_refusal.get_or_insert(error);
+                            settled[index] = true;
+                        }
+                    }
+                }
+            }
+            again.extend(chunk.iter().zip(settled).filter(|(_, settled)| !settled).map(|(member, _)| member.clone()));
+        }
+        for (index, member) in again.iter().enumerate() {
             match self.client.object_call(Method::DELETE, &format!("/groups/{group}/members/{member}/$ref"), None).await {
                 Ok(_) => {}
                 Err(ConnectorError::Rejected { code, .. }) if code == "no-such-object" => {}
@@ -212,7 +253,7 @@ impl GraphExport {
                     first_refusal.get_or_insert(error);
                 }
                 Err(error) => {
-                    not_removed.extend_from_slice(&remove[index..]);
+                    not_removed.extend_from_slice(&again[index..]);
                     return Err(MembersLeft { add: not_added, remove: not_removed, error });
                 }
             }
