@@ -325,15 +325,15 @@ async fn insert_cs(client: &impl GenericClient, st: &Statements, object: &NewCsO
 
 async fn update_cs(client: &impl GenericClient, st: &Statements, object: &CsObject) -> Result<()> {
     let attributes = codec::attributes_to_text(&object.attributes);
+    // One round trip: the row is updated and its attributes before the update come back (the
+    // sub-select reads the row as it was).
+    let sql = "UPDATE cs_objects o SET anchor = $2, dn = $3, dn_folded = $4, object_type = $5, attributes = $6, link = $7, \
+               pending_import = $8, pending_export = $9, error_stage = $10, error_code = $11, error_message = $12 \
+               FROM (SELECT id, attributes FROM cs_objects WHERE id = $1 FOR UPDATE) AS before \
+               WHERE o.id = before.id RETURNING before.attributes";
     let previous = client
-        .query_opt(&st.get(client, "SELECT attributes FROM cs_objects WHERE id = $1").await?, &[&object.id.0])
-        .await
-        .map_err(backend)?;
-    let Some(previous) = previous.map(|row| row.get::<_, String>(0)) else { return Err(StoreError::NotFound(object.id.to_string())) };
-    let changed = client
-        .execute(
-            &st.get(client, "UPDATE cs_objects SET anchor = $2, dn = $3, dn_folded = $4, object_type = $5, attributes = $6, link = $7, pending_import = $8, \
-             pending_export = $9, error_stage = $10, error_code = $11, error_message = $12 WHERE id = $1").await?,
+        .query_opt(
+            &st.get(client, sql).await?,
             &[
                 &object.id.0,
                 &object.anchor.as_ref().map(|anchor| anchor.0.clone()),
@@ -350,10 +350,13 @@ async fn update_cs(client: &impl GenericClient, st: &Statements, object: &CsObje
             ],
         )
         .await
-        .map_err(backend)?;
-    if changed == 0 {
-        return Err(StoreError::NotFound(object.id.to_string()));
-    }
+        .map_err(|err| match err.code() {
+            Some(code) if *code == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => {
+                StoreError::Conflict(format!("another object of {} has the anchor of {}", object.connector, object.dn))
+            }
+            _ => backend(err),
+        })?;
+    let Some(previous) = previous.map(|row| row.get::<_, String>(0)) else { return Err(StoreError::NotFound(object.id.to_string())) };
     // The lookup index only changes with the attributes (most updates are links and flags), and
     // then only in the values that differ.
     if previous == attributes {
@@ -707,14 +710,21 @@ impl store::Store for PostgresStore {
         let st = &self.statements;
         atomically!(self, client, |tx| {
             let attributes = codec::mv_attributes_to_text(&object.attributes);
+            // One round trip: updated, with the attributes it had.
+            let update = st
+                .get(
+                    tx,
+                    "UPDATE mv_objects m SET object_type = $2, attributes = $3 \
+                     FROM (SELECT id, attributes FROM mv_objects WHERE id = $1 FOR UPDATE) AS before \
+                     WHERE m.id = before.id RETURNING before.attributes",
+                )
+                .await?;
             let previous = tx
-                .query_opt(&st.get(tx, "SELECT attributes FROM mv_objects WHERE id = $1").await?, &[&object.id.0])
+                .query_opt(&update, &[&object.id.0, &object.object_type, &attributes])
                 .await
                 .map_err(backend)?
                 .map(|row| row.get::<_, String>(0));
             let Some(previous) = previous else { return Err(StoreError::NotFound(object.id.to_string())) };
-            let update = st.get(tx, "UPDATE mv_objects SET object_type = $2, attributes = $3 WHERE id = $1").await?;
-            tx.execute(&update, &[&object.id.0, &object.object_type, &attributes]).await.map_err(backend)?;
             // Only the values that differ touch the lookup index.
             if previous == attributes {
                 return Ok(());
