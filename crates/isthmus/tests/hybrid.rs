@@ -417,6 +417,14 @@ async fn init_checks_everything_before_it_writes_a_configuration() {
     let (ok, out, err) = run_init_with(&hybrid.dc_admin.1, &second, &[]);
     assert!(ok && out.contains("anchored on objectGUID: this server uses it too"), "{out}\n{err}");
     assert!(std::fs::read_to_string(&second).unwrap().contains("source_anchor = \"objectGUID\""));
+    // Pass-through sign-in: no hash sync in the file, and the next steps named.
+    let pass_through = hybrid.folder.path().join("pass-through.toml");
+    let (ok, out, err) = run_init_with(&hybrid.dc_admin.1, &pass_through, &["--sign-in", "pass-through"]);
+    assert!(ok && out.contains("Sign-in: pass-through authentication.") && out.contains("isthmus pta-agent register"), "{out}\n{err}");
+    assert!(!std::fs::read_to_string(&pass_through).unwrap().contains("password_hash_sync"), "no hashes synced unless asked");
+    let backup = hybrid.folder.path().join("backup.toml");
+    let (ok, out, err) = run_init_with(&hybrid.dc_admin.1, &backup, &["--sign-in", "pass-through", "--password-hash-sync-backup"]);
+    assert!(ok && std::fs::read_to_string(&backup).unwrap().contains("password_hash_sync = true"), "{out}\n{err}");
     let third = hybrid.folder.path().join("third.toml");
     let (ok, out, _) = run_init_with(&hybrid.dc_admin.1, &third, &["--source-anchor", "mS-DS-ConsistencyGuid", "--upn-attribute", "mail"]);
     assert!(!ok && out.contains("use --source-anchor objectGUID") && !third.exists(), "{out}");
