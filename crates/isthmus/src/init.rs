@@ -172,8 +172,8 @@ pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
     let ad_id = "ad".to_string();
     let bind = connector_ldap::Bind::Simple { dn: answers.ad_user.clone(), password: ad_password.clone() };
     let mut ad = connector_ldap::LdapConfig::new(&ad_id, connector_ldap::Flavour::ActiveDirectory, &answers.ad_host, bind);
-    let ad_ca = absolute(args.ad_ca.as_deref(), "--ad-ca")?;
-    let tenant_ca = absolute(args.tenant_ca.as_deref(), "--tenant-ca")?;
+    let ad_ca = existing_file(args.ad_ca.as_deref(), "--ad-ca")?;
+    let tenant_ca = existing_file(args.tenant_ca.as_deref(), "--tenant-ca")?;
     ad.ca_file = ad_ca.clone();
     ad.include_ous = args.ou.clone();
     let graph = connector_graph::GraphConfig {
@@ -349,7 +349,7 @@ pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(!failed, "nothing written: fix what failed above and run init again");
 
-    let db = absolute(Some(&args.db), "--db")?.unwrap_or_else(|| args.db.clone());
+    let db = std::path::absolute(&args.db).with_context(|| format!("--db {}", args.db.display()))?;
     let paths = Paths { db, ad_ca, tenant_ca };
     let text = render(args, &answers, &paths, &anchor, &ad_id, &ad_password, &client_secret);
     write_private(&args.config, &text).with_context(|| format!("write {}", args.config.display()))?;
@@ -396,14 +396,10 @@ fn token_roles(token: &str) -> Vec<String> {
     claims["roles"].as_array().into_iter().flatten().filter_map(|role| role.as_str().map(str::to_string)).collect()
 }
 
-/// `path` made absolute (the configuration file resolves relative paths against its own
-/// folder, not the folder init ran in); a CA file must exist.
-fn absolute(path: Option<&std::path::Path>, flag: &str) -> anyhow::Result<Option<PathBuf>> {
-    let Some(path) = path else { return Ok(None) };
-    if flag != "--db" {
-        return std::fs::canonicalize(path).map(Some).with_context(|| format!("{flag} {}", path.display()));
-    }
-    Ok(Some(std::path::absolute(path).with_context(|| format!("{flag} {}", path.display()))?))
+/// An existing file (a CA) named by `flag`, made absolute: the configuration file resolves
+/// relative paths against its own folder, not the folder init ran in.
+fn existing_file(path: Option<&std::path::Path>, flag: &str) -> anyhow::Result<Option<PathBuf>> {
+    path.map(|path| std::fs::canonicalize(path).with_context(|| format!("{flag} {}", path.display()))).transpose()
 }
 
 /// The file paths the configuration names, absolute.

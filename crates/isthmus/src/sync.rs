@@ -69,12 +69,12 @@ pub struct ServeArgs {
 /// `isthmus sync serve`: an initial cycle, then delta cycles on schedule (and on change in
 /// near-real-time mode, and on `sync start`) until Ctrl-C or SIGTERM; one cycle at a time.
 pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)?;
+    let config = std::sync::Arc::new(Config::load(&args.config)?);
     let rules = config.rules()?;
     let opened = config.store.open(true).await?;
     // Password hash sync keeps its own handle on the store (it runs between cycles).
     let hashes = config.store.open(true).await?;
-    with_store!(opened, |store| with_store!(hashes, |hash_store| serve_with(store, hash_store, &config, rules, args).await))
+    with_store!(opened, |store| with_store!(hashes, |hash_store| serve_with(store, hash_store, config.clone(), rules, args).await))
 }
 
 /// Password hash sync as the scheduler's side task.
@@ -157,11 +157,11 @@ impl sync_runner::scheduler::Settings for TenantSettings {
 async fn serve_with<S: Store + Sync + 'static, H: Store + Sync + 'static>(
     store: S,
     hash_store: H,
-    config: &Config,
+    config: std::sync::Arc<Config>,
     rules: sync_rules::RuleSet,
     args: &ServeArgs,
 ) -> anyhow::Result<()> {
-    let mut runner = build(store, config, rules).await?;
+    let mut runner = build(store, &config, rules).await?;
     let board = std::sync::Arc::new(sync_runner::status::Board::new(
         std::sync::Arc::new(crate::progress::Bars::default()),
         env!("CARGO_PKG_VERSION"),
@@ -170,7 +170,6 @@ async fn serve_with<S: Store + Sync + 'static, H: Store + Sync + 'static>(
     if args.scheduler_disabled {
         board.set_scheduler_enabled(false);
     }
-    let config = std::sync::Arc::new(Config::load(&args.config)?);
     let interval = args.interval_minutes.map(|minutes| std::time::Duration::from_secs(minutes.max(1) * 60));
     let mut schedule = sync_runner::scheduler::Schedule::every(interval.unwrap_or(sync_runner::scheduler::DEFAULT_INTERVAL));
     schedule.near_real_time = args.near_real_time_seconds.map(|seconds| std::time::Duration::from_secs(seconds.max(1)));

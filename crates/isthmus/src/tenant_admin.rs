@@ -65,18 +65,19 @@ pub struct AppDeleteArgs {
     pub app_id: String,
 }
 
-struct Admin {
+/// The admin app signed in to the tenant: Graph calls as it.
+pub(crate) struct Admin {
     tenant: pta_agent::TenantEndpoint,
     token: zeroize::Zeroizing<String>,
 }
 
 impl Admin {
-    async fn sign_in(args: &TenantArgs) -> anyhow::Result<Admin> {
+    pub(crate) async fn sign_in(args: &TenantArgs) -> anyhow::Result<Admin> {
         let (tenant, token) = crate::pta_agent::admin_token(args).await?;
         Ok(Admin { tenant, token })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(crate) async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         pta_agent::admin_call(&self.tenant, &self.token, method, path, body).await.with_context(|| format!("the tenant refused {path}"))
     }
 }

@@ -189,10 +189,10 @@ pub async fn app_create(args: &AppCreateArgs) -> anyhow::Result<()> {
     if let Some(file) = &args.secret_file {
         anyhow::ensure!(!file.exists(), "{} exists; give a new file for the secret", file.display());
     }
-    let (tenant, token) = crate::pta_agent::admin_token(&args.tenant).await?;
+    let admin = crate::tenant_admin::Admin::sign_in(&args.tenant).await?;
     let call = |method: reqwest::Method, path: String, body: Option<serde_json::Value>| {
-        let (tenant, token) = (&tenant, &token);
-        async move { pta_agent::admin_call(tenant, token, method, &path, body).await.with_context(|| format!("the tenant refused {path}")) }
+        let admin = &admin;
+        async move { admin.call(method, &path, body).await }
     };
     // Every role is checked before anything is made.
     let graph =

@@ -23,7 +23,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_isthmus");
 fn isthmus(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let output = Command::new(BIN)
         .args(args)
-        .envs(env.iter().copied())
         .env_remove("ISTHMUS_CLIENT_SECRET")
         .env_remove("ISTHMUS_AD_PASSWORD")
         .envs(env.iter().copied())

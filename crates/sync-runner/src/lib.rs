@@ -258,6 +258,9 @@ pub struct Runner<S: Store> {
     claimed: tokio::sync::OnceCell<()>,
     /// The deletion threshold in force (0: off); starts as the config's, settings may change it.
     threshold: std::sync::atomic::AtomicU64,
+    /// Connectors whose `%Parameters%` this runner has kept in the store (they do not change
+    /// while a connector is open: once is enough, not every step or near-real-time poll).
+    parameters_kept: std::sync::Mutex<std::collections::BTreeSet<ConnectorId>>,
 }
 
 impl<S: Store> Runner<S> {
@@ -275,6 +278,7 @@ impl<S: Store> Runner<S> {
             progress: std::sync::Arc::new(Silent),
             claimed: tokio::sync::OnceCell::new(),
             threshold,
+            parameters_kept: std::sync::Mutex::default(),
         }
     }
 
@@ -356,9 +360,12 @@ impl<S: Store> Runner<S> {
         Ok(())
     }
 
-    /// Keeps the connector's `%Parameters%` (read when it opened) in the store, so that a
-    /// preview, which connects to nothing, evaluates flows with the same values.
+    /// Keeps the connector's `%Parameters%` (read when it opened) in the store, once per runner,
+    /// so that a preview, which connects to nothing, evaluates flows with the same values.
     async fn keep_parameters(&self, id: &ConnectorId) -> Result<(), RunnerError> {
+        if self.parameters_kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(id) {
+            return Ok(());
+        }
         let texts: BTreeMap<&String, &str> = self
             .connector(id)?
             .info
@@ -371,6 +378,7 @@ impl<S: Store> Runner<S> {
             .collect();
         let bytes = serde_json::to_vec(&texts).map_err(|err| StoreError::Backend(Box::new(err)))?;
         self.store.set_service_state(PARAMETERS, &id.0, &bytes).await?;
+        self.parameters_kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(id.clone());
         Ok(())
     }
 
