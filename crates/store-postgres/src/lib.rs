@@ -539,7 +539,8 @@ impl store::Store for PostgresStore {
 
     async fn cs_delete(&self, id: CsId) -> Result<()> {
         let client = self.client.lock().await;
-        match client.execute("DELETE FROM cs_objects WHERE id = $1", &[&id.0]).await.map_err(backend)? {
+        let delete = self.statements.get(&*client, "DELETE FROM cs_objects WHERE id = $1").await?;
+        match client.execute(&delete, &[&id.0]).await.map_err(backend)? {
             0 => Err(StoreError::NotFound(id.to_string())),
             _ => Ok(()),
         }
@@ -585,6 +586,15 @@ impl store::Store for PostgresStore {
     async fn cs_linked_to(&self, mv: MvId) -> Result<Vec<CsObject>> {
         let client = self.client.lock().await;
         query_cs(&*client, &self.statements, "link = $1 ORDER BY id", &[&mv.0]).await
+    }
+
+    async fn cs_linked_to_many(&self, mvs: &[MvId]) -> Result<Vec<CsObject>> {
+        if mvs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = mvs.iter().map(|mv| mv.0).collect();
+        let client = self.client.lock().await;
+        query_cs(&*client, &self.statements, "link = ANY($1) ORDER BY link, id", &[&ids]).await
     }
 
     async fn cs_find(
@@ -688,7 +698,8 @@ impl store::Store for PostgresStore {
 
     async fn mv_get(&self, id: MvId) -> Result<Option<MvObject>> {
         let client = self.client.lock().await;
-        let row = client.query_opt("SELECT object_type, attributes FROM mv_objects WHERE id = $1", &[&id.0]).await.map_err(backend)?;
+        let sql = "SELECT object_type, attributes FROM mv_objects WHERE id = $1";
+        let row = client.query_opt(&self.statements.get(&*client, sql).await?, &[&id.0]).await.map_err(backend)?;
         row.map(|row| {
             let attributes: String = row.get(1);
             Ok(MvObject { id, object_type: row.get(0), attributes: codec::mv_attributes_from_text(&attributes)? })
@@ -696,12 +707,27 @@ impl store::Store for PostgresStore {
         .transpose()
     }
 
+    async fn mv_get_many(&self, ids: &[MvId]) -> Result<Vec<MvObject>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = ids.iter().map(|mv| mv.0).collect();
+        let client = self.client.lock().await;
+        let sql = "SELECT id, object_type, attributes FROM mv_objects WHERE id = ANY($1) ORDER BY id";
+        let rows = client.query(&self.statements.get(&*client, sql).await?, &[&ids]).await.map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let attributes: String = row.get(2);
+                Ok(MvObject { id: MvId(row.get(0)), object_type: row.get(1), attributes: codec::mv_attributes_from_text(&attributes)? })
+            })
+            .collect()
+    }
+
     async fn mv_insert(&self, object_type: &str) -> Result<MvId> {
         let client = self.client.lock().await;
-        let row = client
-            .query_one("INSERT INTO mv_objects (object_type, attributes) VALUES ($1, '{}') RETURNING id", &[&object_type])
-            .await
-            .map_err(backend)?;
+        let insert =
+            self.statements.get(&*client, "INSERT INTO mv_objects (object_type, attributes) VALUES ($1, '{}') RETURNING id").await?;
+        let row = client.query_one(&insert, &[&object_type]).await.map_err(backend)?;
         Ok(MvId(row.get(0)))
     }
 
@@ -754,7 +780,8 @@ impl store::Store for PostgresStore {
 
     async fn mv_delete(&self, id: MvId) -> Result<()> {
         let client = self.client.lock().await;
-        match client.execute("DELETE FROM mv_objects WHERE id = $1", &[&id.0]).await.map_err(backend)? {
+        let delete = self.statements.get(&*client, "DELETE FROM mv_objects WHERE id = $1").await?;
+        match client.execute(&delete, &[&id.0]).await.map_err(backend)? {
             0 => Err(StoreError::NotFound(id.to_string())),
             _ => Ok(()),
         }

@@ -624,6 +624,20 @@ impl store::Store for SqliteStore {
         self.call(move |conn, _| query_cs(conn, "link = ?1 ORDER BY id", &[&mv.0])).await
     }
 
+    async fn cs_linked_to_many(&self, mvs: &[MvId]) -> Result<Vec<CsObject>> {
+        let mut mvs = mvs.to_vec();
+        mvs.sort_unstable();
+        mvs.dedup();
+        self.call(move |conn, _| {
+            let mut linked = Vec::new();
+            for mv in mvs {
+                linked.extend(query_cs(conn, "link = ?1 ORDER BY id", &[&mv.0])?);
+            }
+            Ok(linked)
+        })
+        .await
+    }
+
     async fn cs_find(
         &self,
         connector: &ConnectorId,
@@ -775,6 +789,25 @@ impl store::Store for SqliteStore {
                 .map_err(backend)?;
             row.map(|(object_type, attributes)| Ok(MvObject { id, object_type, attributes: codec::mv_attributes_from_text(&attributes)? }))
                 .transpose()
+        })
+        .await
+    }
+
+    async fn mv_get_many(&self, ids: &[MvId]) -> Result<Vec<MvObject>> {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        self.call(move |conn, _| {
+            let mut statement = conn.prepare_cached("SELECT object_type, attributes FROM mv_objects WHERE id = ?1").map_err(backend)?;
+            let mut found = Vec::new();
+            for id in ids {
+                let row: Option<(String, String)> =
+                    statement.query_row(params![id.0], |row| Ok((row.get(0)?, row.get(1)?))).optional().map_err(backend)?;
+                if let Some((object_type, attributes)) = row {
+                    found.push(MvObject { id, object_type, attributes: codec::mv_attributes_from_text(&attributes)? });
+                }
+            }
+            Ok(found)
         })
         .await
     }

@@ -74,6 +74,10 @@ const STEPS: &[&str] = &[
     "CREATE INDEX cs_values_reference ON cs_values(folded) WHERE substr(folded, 1, 2) = 'r:';",
     // 3: services' own state (password hash sync's watermarks), apart from connectors'.
     "CREATE TABLE service_state (service TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (service, key));",
+    // 4: a connector's objects in id order, so a full sync's page (`connector = ? AND id > ?
+    // ORDER BY id LIMIT n`) is an index range, not a sort of every remaining row per page
+    // (quadratic in the connector space's size).
+    "CREATE INDEX cs_objects_connector ON cs_objects(connector, id);",
 ];
 
 /// The newest schema version this program knows.

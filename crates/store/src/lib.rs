@@ -193,6 +193,9 @@ pub trait Store: Send + Sync {
     fn cs_dns_by_link(&self, connector: &ConnectorId, mvs: &[MvId]) -> impl Future<Output = Result<Vec<(MvId, String)>>> + Send;
     /// CS objects linked to an MV object.
     fn cs_linked_to(&self, mv: MvId) -> impl Future<Output = Result<Vec<CsObject>>> + Send;
+    /// CS objects linked to any of `mvs`, ordered by (link, id): a sync page's one read of
+    /// every object joined to the MV objects it touched.
+    fn cs_linked_to_many(&self, mvs: &[MvId]) -> impl Future<Output = Result<Vec<CsObject>>> + Send;
     /// Disconnectors of a connector and type whose attribute holds one of `values`.
     fn cs_find(
         &self,
@@ -232,6 +235,8 @@ pub trait Store: Send + Sync {
 
     /// An MV object by id.
     fn mv_get(&self, id: MvId) -> impl Future<Output = Result<Option<MvObject>>> + Send;
+    /// The MV objects of `ids` that exist, in id order (a sync page's one read of them).
+    fn mv_get_many(&self, ids: &[MvId]) -> impl Future<Output = Result<Vec<MvObject>>> + Send;
     /// Creates an empty MV object.
     fn mv_insert(&self, object_type: &str) -> impl Future<Output = Result<MvId>> + Send;
     /// Replaces an MV object's attributes.

@@ -571,7 +571,8 @@ pub async fn index_attributes(store: &impl Store) {
 
 /// Reference resolution without reading objects: DNs (any case) → MV objects of joined
 /// objects, and MV objects → DNs of a connector's joined objects; disconnectors and other
-/// connectors are not answers.
+/// connectors are not answers. And a sync page's set-based reads (`cs_linked_to_many`,
+/// `mv_get_many`).
 pub async fn reference_lookups(store: &impl Store) {
     let (ann_mv, bob_mv, cloud_only) = (
         store.mv_insert("person").await.expect("mv"),
@@ -602,6 +603,25 @@ pub async fn reference_lookups(store: &impl Store) {
     dns.sort();
     assert_eq!(dns, vec![(ann_mv, "objectId=ann".to_string()), (cloud_only, "objectId=solo".to_string())]);
     assert_eq!(store.cs_dns_by_link(&ad(), &[]).await.expect("none asked"), vec![]);
+
+    // A sync page's gather: every object joined to the MV objects asked, by (link, id); the MV
+    // objects that exist, in id order, whatever order they were asked in.
+    let gone = MvId(cloud_only.0 + 1000);
+    let linked = store.cs_linked_to_many(&[cloud_only, ann_mv, gone]).await.expect("linked to many");
+    let shape: Vec<(Option<MvId>, String)> = linked.iter().map(|cs| (cs.link, cs.dn.clone())).collect();
+    assert_eq!(
+        shape,
+        vec![(Some(ann_mv), "CN=Ann,OU=A".to_string()), (Some(ann_mv), "objectId=ann".into()), (Some(cloud_only), "objectId=solo".into())]
+    );
+    assert_eq!(linked[0], store.cs_linked_to(ann_mv).await.expect("linked")[0], "the same objects as one by one");
+    assert_eq!(store.cs_linked_to_many(&[]).await.expect("none asked"), vec![]);
+    let mut bob = store.mv_get(bob_mv).await.expect("get").expect("bob");
+    bob.attributes.insert("displayName".into(), model::MvAttribute { values: vec![AttrValue::string("Bob")], lineage: Vec::new() });
+    store.mv_update(&bob).await.expect("update");
+    let many = store.mv_get_many(&[cloud_only, gone, bob_mv, ann_mv]).await.expect("get many");
+    assert_eq!(many.iter().map(|mv| mv.id).collect::<Vec<_>>(), vec![ann_mv, bob_mv, cloud_only]);
+    assert_eq!(many[1], bob, "attributes read as mv_get reads them");
+    assert_eq!(store.mv_get_many(&[]).await.expect("none asked"), vec![]);
 }
 
 /// A unit of work: rolled back, none of its writes stay; committed, all do; a failed call inside

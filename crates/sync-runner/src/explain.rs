@@ -44,6 +44,14 @@ pub struct Overlay<'s, S: Store> {
     changes: Mutex<Changes>,
 }
 
+/// `ids` in order, each once (how the set-based reads answer).
+fn unique(ids: &[MvId]) -> Vec<MvId> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 fn refused(what: &str) -> StoreError {
     StoreError::Conflict(format!("a preview does not {what}"))
 }
@@ -218,6 +226,14 @@ impl<S: Store> Store for Overlay<'_, S> {
         }))
     }
 
+    async fn cs_linked_to_many(&self, mvs: &[MvId]) -> Result<Vec<CsObject>, StoreError> {
+        let mut linked = Vec::new();
+        for mv in unique(mvs) {
+            linked.extend(self.cs_linked_to(mv).await?);
+        }
+        Ok(linked)
+    }
+
     async fn cs_find(
         &self,
         connector: &ConnectorId,
@@ -289,6 +305,14 @@ impl<S: Store> Store for Overlay<'_, S> {
             return Ok(changed);
         }
         self.inner.mv_get(id).await
+    }
+
+    async fn mv_get_many(&self, ids: &[MvId]) -> Result<Vec<MvObject>, StoreError> {
+        let mut found = Vec::new();
+        for id in unique(ids) {
+            found.extend(self.mv_get(id).await?);
+        }
+        Ok(found)
     }
 
     async fn mv_insert(&self, object_type: &str) -> Result<MvId, StoreError> {

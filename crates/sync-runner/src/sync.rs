@@ -110,8 +110,21 @@ async fn sync_page<S: Store>(context: &mut Context<'_, S>, page: Vec<CsObject>) 
         processed += 1;
     }
     let touched = affected.len();
+    // Gather: the page's MV objects and everything joined to them, in two set-based reads.
+    // Deciding for one MV object writes only it and its own joined objects, so each
+    // snapshot stays true until its turn.
+    let ids: Vec<MvId> = affected.iter().copied().collect();
+    let mut objects: BTreeMap<MvId, model::MvObject> = store.mv_get_many(&ids).await?.into_iter().map(|mv| (mv.id, mv)).collect();
+    let mut linked: BTreeMap<MvId, Vec<CsObject>> = BTreeMap::new();
+    for cs in store.cs_linked_to_many(&ids).await? {
+        if let Some(mv) = cs.link {
+            linked.entry(mv).or_default().push(cs);
+        }
+    }
     for mv in affected {
-        context.metaverse(mv, projected.contains(&mv)).await?;
+        let Some(object) = objects.remove(&mv) else { continue };
+        let joined = linked.remove(&mv).unwrap_or_default();
+        context.metaverse_with(object, joined, projected.contains(&mv)).await?;
     }
     store.cs_clear_pending_import(&kept).await?;
     for deleted in std::mem::take(&mut context.deleting) {
@@ -200,7 +213,9 @@ impl<S: Store> Context<'_, S> {
                         affected.insert(mv);
                         projected.insert(mv);
                         self.counts.adds += 1;
-                        self.flow_inbound_now(mv, true).await?;
+                        // Just created: empty, and this object is the only one joined to it.
+                        let object = model::MvObject { id: mv, object_type: mv_type, attributes: BTreeMap::new() };
+                        self.flow_inbound_for(object, vec![cs], true).await?;
                         return Ok(true);
                     }
                     JoinDecision::Disconnector => {}
@@ -244,10 +259,19 @@ impl<S: Store> Context<'_, S> {
         self.random_state.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
+    /// The metaverse work for one MV object read from the store (a preview's one object).
     async fn metaverse(&mut self, mv_id: MvId, is_new: bool) -> Result<(), RunnerError> {
         let store = &self.runner.store;
         let Some(mv) = store.mv_get(mv_id).await? else { return Ok(()) };
-        let mut joined = store.cs_linked_to(mv_id).await?;
+        let joined = store.cs_linked_to(mv_id).await?;
+        self.metaverse_with(mv, joined, is_new).await
+    }
+
+    /// The metaverse work for one MV object given with every CS object joined to it: lifetime,
+    /// inbound flow, outbound to every target.
+    async fn metaverse_with(&mut self, mv: model::MvObject, mut joined: Vec<CsObject>, is_new: bool) -> Result<(), RunnerError> {
+        let store = &self.runner.store;
+        let mv_id = mv.id;
         joined.retain(|cs| !self.deleting.contains(&cs.id));
         let survives = {
             let refs: Vec<&CsObject> = joined.iter().collect();
