@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use model::{Anchor, AttrValue, ConnectorId, CsId, CsObject, MvId, MvObject, ObjectError};
-use store::codec::{self, index_key};
+use store::codec::{self, Space, index_key};
 use store::{CsQuery, ImportChange, ImportCounts, Matching, NewCsObject, Result, RunCounts, RunRecord, StoreError};
 use tokio::sync::Mutex;
 use tokio_postgres::types::ToSql;
@@ -81,10 +81,10 @@ struct Statements(
 );
 
 impl Statements {
-    /// Whether the lookup index holds this value (references always: renames search them).
-    fn indexes(&self, name: &str, value: &AttrValue) -> bool {
-        matches!(value, AttrValue::Reference(_))
-            || self.1.read().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().is_none_or(|set| set.contains(name))
+    /// Whether the lookup index of `space` holds this value ([`codec::indexes`]).
+    fn indexes(&self, space: Space, name: &str, value: &AttrValue) -> bool {
+        let listed = self.1.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        codec::indexes(space, listed.as_deref(), name, value)
     }
 
     /// Refuses a lookup on an attribute the index does not hold.
@@ -108,7 +108,7 @@ impl Statements {
 }
 
 /// Where the indexed attribute set is kept (`Store::service_state`).
-const INDEX_STATE: (&str, &str) = ("store", "indexed-attributes");
+pub(crate) const INDEX_STATE: (&str, &str) = ("store", "indexed-attributes");
 
 fn backend(err: tokio_postgres::Error) -> StoreError {
     if let Some(db) = err.as_db_error()
@@ -280,7 +280,7 @@ async fn write_values<'a>(
     client.execute(&st.get(client, &format!("DELETE FROM {table} WHERE {column} = $1")).await?, &[&id]).await.map_err(backend)?;
     let (mut names, mut exact, mut folded) = (Vec::new(), Vec::new(), Vec::new());
     for (name, values) in attributes {
-        for value in values.iter().filter(|value| st.indexes(name, value)) {
+        for value in values.iter().filter(|value| st.indexes(Space::Connector, name, value)) {
             names.push(name.to_string());
             exact.push(index_key(value, Matching::Exact));
             folded.push(index_key(value, Matching::IgnoreCase));
@@ -364,8 +364,8 @@ async fn update_cs(client: &impl GenericClient, st: &Statements, object: &CsObje
     }
     let previous = codec::attributes_from_text(&previous)?;
     let (removed, added) = codec::value_changes(&previous, &object.attributes);
-    let removed: Vec<_> = removed.into_iter().filter(|(name, value)| st.indexes(name, value)).collect();
-    let added: Vec<_> = added.into_iter().filter(|(name, value)| st.indexes(name, value)).collect();
+    let removed: Vec<_> = removed.into_iter().filter(|(name, value)| st.indexes(Space::Connector, name, value)).collect();
+    let added: Vec<_> = added.into_iter().filter(|(name, value)| st.indexes(Space::Connector, name, value)).collect();
     if !removed.is_empty() {
         let names: Vec<&str> = removed.iter().map(|(name, _)| *name).collect();
         let exact: Vec<String> = removed.iter().map(|(_, value)| index_key(value, Matching::Exact)).collect();
@@ -459,9 +459,12 @@ impl store::Store for PostgresStore {
             }
             let listed: Vec<&str> = wanted.iter().map(String::as_str).collect();
             let mut changed = 0u64;
-            for values in ["cs_values", "mv_values"] {
-                let sql = format!("DELETE FROM {values} WHERE NOT (attribute = ANY($1)) AND left(folded, 2) <> 'r:'");
-                changed += tx.execute(&sql, &[&listed]).await.map_err(backend)?;
+            // A connector space keeps its references whatever the list says; the metaverse does not.
+            for sql in [
+                "DELETE FROM cs_values WHERE NOT (attribute = ANY($1)) AND left(folded, 2) <> 'r:'",
+                "DELETE FROM mv_values WHERE NOT (attribute = ANY($1))",
+            ] {
+                changed += tx.execute(sql, &[&listed]).await.map_err(backend)?;
             }
             // Rows of newly listed attributes come from the stored objects.
             let added: Vec<String> = match &stored {
@@ -479,8 +482,10 @@ impl store::Store for PostgresStore {
                             codec::attributes_from_text(&text)?
                         };
                         let (mut names, mut exact, mut folded) = (Vec::new(), Vec::new(), Vec::new());
-                        for (name, values) in parsed.iter().filter(|(name, _)| added.iter().any(|added| added == name)) {
-                            for value in values.iter().filter(|value| !matches!(value, AttrValue::Reference(_))) {
+                        for (name, values_of) in parsed.iter().filter(|(name, _)| added.iter().any(|added| added == name)) {
+                            // A connector space's references are there already.
+                            let already = |value: &AttrValue| values == "cs_values" && matches!(value, AttrValue::Reference(_));
+                            for value in values_of.iter().filter(|value| !already(value)) {
                                 names.push(name.to_string());
                                 exact.push(index_key(value, Matching::Exact));
                                 folded.push(index_key(value, Matching::IgnoreCase));
@@ -607,16 +612,32 @@ impl store::Store for PostgresStore {
     ) -> Result<Vec<CsId>> {
         self.statements.check_indexed(attribute)?;
         let column = if matching == Matching::Exact { "exact" } else { "folded" };
-        let sql = format!(
-            "SELECT DISTINCT o.id FROM cs_values v JOIN cs_objects o ON o.id = v.cs_id \
-             WHERE o.connector = $1 AND o.object_type = $2 AND o.link IS NULL AND v.attribute = $3 AND v.{column} = ANY($4)"
-        );
+        // The attribute lookups hold no references (schema step 5): those go through the
+        // reference index, by folded key, then compared as asked.
+        let (references, others): (Vec<AttrValue>, Vec<AttrValue>) =
+            values.iter().cloned().partition(|value| matches!(value, AttrValue::Reference(_)));
+        let from = "SELECT DISTINCT o.id FROM cs_values v JOIN cs_objects o ON o.id = v.cs_id \
+                    WHERE o.connector = $1 AND o.object_type = $2 AND o.link IS NULL AND v.attribute = $3";
         let client = self.client.lock().await;
-        Ok(find_ids(&*client, &self.statements, &sql, &[&connector.0, &object_type, &attribute], values, matching)
-            .await?
-            .into_iter()
-            .map(CsId)
-            .collect())
+        let fixed: [&(dyn ToSql + Sync); 3] = [&connector.0, &object_type, &attribute];
+        let mut ids = Vec::new();
+        if !others.is_empty() {
+            let sql = format!("{from} AND left(v.folded, 2) <> 'r:' AND v.{column} = ANY($4)");
+            ids = find_ids(&*client, &self.statements, &sql, &fixed, &others, matching).await?;
+        }
+        if !references.is_empty() {
+            let folded: Vec<String> = references.iter().map(|value| index_key(value, Matching::IgnoreCase)).collect();
+            let keys: Vec<String> = references.iter().map(|value| index_key(value, matching)).collect();
+            let sql = format!("{from} AND left(v.folded, 2) = 'r:' AND v.folded = ANY($4) AND v.{column} = ANY($5)");
+            let rows = client
+                .query(&self.statements.get(&*client, &sql).await?, &[&connector.0, &object_type, &attribute, &folded, &keys])
+                .await
+                .map_err(backend)?;
+            ids.extend(rows.iter().map(|row| row.get::<_, i64>(0)));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids.into_iter().map(CsId).collect())
     }
 
     async fn cs_clear_pending_import(&self, ids: &[CsId]) -> Result<()> {
@@ -757,8 +778,8 @@ impl store::Store for PostgresStore {
             }
             let (old, new) = (codec::mv_values(&codec::mv_attributes_from_text(&previous)?), codec::mv_values(&object.attributes));
             let (removed, added) = codec::value_changes(&old, &new);
-            let removed: Vec<_> = removed.into_iter().filter(|(name, value)| st.indexes(name, value)).collect();
-            let added: Vec<_> = added.into_iter().filter(|(name, value)| st.indexes(name, value)).collect();
+            let removed: Vec<_> = removed.into_iter().filter(|(name, value)| st.indexes(Space::Metaverse, name, value)).collect();
+            let added: Vec<_> = added.into_iter().filter(|(name, value)| st.indexes(Space::Metaverse, name, value)).collect();
             if !removed.is_empty() {
                 let names: Vec<&str> = removed.iter().map(|(name, _)| *name).collect();
                 let exact: Vec<String> = removed.iter().map(|(_, value)| index_key(value, Matching::Exact)).collect();

@@ -73,6 +73,14 @@ const STEPS: &[&str] = &[
     // ORDER BY id LIMIT n`) is an index range, not a sort of every remaining row per page
     // (quadratic in the connector space's size).
     "CREATE INDEX cs_objects_connector ON cs_objects(connector, id);",
+    // 5: reference rows (a group's members: most rows of a large directory) leave the
+    // attribute lookups, which never search them: a connector space finds referrers through
+    // `cs_values_reference`, and the metaverse keeps none unless its attribute is listed
+    // (`drop_unlisted_metaverse_references` runs with this step).
+    "DROP INDEX cs_values_exact;
+     DROP INDEX cs_values_folded;
+     CREATE INDEX cs_values_exact ON cs_values(attribute, exact) WHERE left(folded, 2) <> 'r:';
+     CREATE INDEX cs_values_folded ON cs_values(attribute, folded) WHERE left(folded, 2) <> 'r:';",
 ];
 
 /// The newest schema version this program knows.
@@ -91,7 +99,25 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<()> {
     }
     for (index, step) in STEPS.iter().enumerate().skip(current as usize) {
         tx.batch_execute(step).await.map_err(backend)?;
+        if index + 1 == 5 {
+            drop_unlisted_metaverse_references(&tx).await?;
+        }
         tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&(index as i64 + 1)]).await.map_err(backend)?;
     }
     tx.commit().await.map_err(backend)
+}
+
+/// Removes the metaverse's reference rows of attributes the store's index list leaves out
+/// (schema step 5); with no list, every attribute stays indexed.
+async fn drop_unlisted_metaverse_references(tx: &tokio_postgres::Transaction<'_>) -> Result<()> {
+    let (service, key) = crate::INDEX_STATE;
+    let stored = tx
+        .query_opt("SELECT value FROM service_state WHERE service = $1 AND key = $2", &[&service, &key])
+        .await
+        .map_err(backend)?
+        .map(|row| row.get::<_, Vec<u8>>(0));
+    let Some(stored) = stored else { return Ok(()) };
+    let listed: Vec<String> = store::codec::name_set_from_bytes(&stored).into_iter().collect();
+    tx.execute("DELETE FROM mv_values WHERE left(folded, 2) = 'r:' AND NOT (attribute = ANY($1))", &[&listed]).await.map_err(backend)?;
+    Ok(())
 }

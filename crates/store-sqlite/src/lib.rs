@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use model::{Anchor, AttrValue, Attributes, ConnectorId, CsId, CsObject, MvId, MvObject, ObjectError};
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use store::codec::{self, index_key};
+use store::codec::{self, Space, index_key};
 use store::{CsQuery, ImportChange, ImportCounts, Matching, NewCsObject, Result, RunCounts, RunRecord, StoreError};
 
 /// A SQLite-backed store.
@@ -217,23 +217,29 @@ fn query_cs(conn: &Connection, sql_where: &str, args: &[&dyn rusqlite::ToSql]) -
 
 fn write_cs_values(tx: &Connection, id: i64, attributes: &Attributes, indexed: Option<&BTreeSet<String>>) -> Result<()> {
     tx.prepare_cached("DELETE FROM cs_values WHERE cs_id = ?1").map_err(backend)?.execute(params![id]).map_err(backend)?;
-    write_values(tx, "cs_values", "cs_id", id, attributes.iter(), indexed)
+    write_values(tx, Space::Connector, id, attributes.iter(), indexed)
+}
+
+/// The table and owner column of a space's lookup index.
+fn values_table(space: Space) -> (&'static str, &'static str) {
+    match space {
+        Space::Connector => ("cs_values", "cs_id"),
+        Space::Metaverse => ("mv_values", "mv_id"),
+    }
 }
 
 fn write_values<'a>(
     tx: &Connection,
-    table: &str,
-    column: &str,
+    space: Space,
     id: i64,
     attributes: impl Iterator<Item = (&'a str, &'a [AttrValue])>,
     indexed: Option<&BTreeSet<String>>,
 ) -> Result<()> {
+    let (table, column) = values_table(space);
     let sql = format!("INSERT INTO {table} ({column}, attribute, exact, folded) VALUES (?1, ?2, ?3, ?4)");
     let mut statement = tx.prepare_cached(&sql).map_err(backend)?;
     for (name, values) in attributes {
-        let listed = indexed.is_none_or(|set| set.contains(name));
-        // References are always indexed: renames look them up by target.
-        for value in values.iter().filter(|value| listed || matches!(value, AttrValue::Reference(_))) {
+        for value in values.iter().filter(|value| codec::indexes(space, indexed, name, value)) {
             statement
                 .execute(params![id, name, index_key(value, Matching::Exact), index_key(value, Matching::IgnoreCase)])
                 .map_err(backend)?;
@@ -341,7 +347,7 @@ fn update_cs(tx: &Connection, object: &CsObject, indexed: Option<&BTreeSet<Strin
     }
     let previous = codec::attributes_from_text(&previous)?;
     let (removed, added) = codec::value_changes(&previous, &object.attributes);
-    let listed = |name: &str, value: &AttrValue| indexed.is_none_or(|set| set.contains(name)) || matches!(value, AttrValue::Reference(_));
+    let listed = |name: &str, value: &AttrValue| codec::indexes(Space::Connector, indexed, name, value);
     let mut delete = tx.prepare_cached("DELETE FROM cs_values WHERE cs_id = ?1 AND attribute = ?2 AND exact = ?3").map_err(backend)?;
     for (name, value) in removed.into_iter().filter(|(name, value)| listed(name, value)) {
         delete.execute(params![object.id.0, name, index_key(value, Matching::Exact)]).map_err(backend)?;
@@ -381,27 +387,25 @@ fn find_ids(conn: &Connection, sql: &str, fixed: &[&dyn rusqlite::ToSql], values
 }
 
 /// Where the indexed attribute set is kept (`Store::service_state`).
-const INDEX_STATE: (&str, &str) = ("store", "indexed-attributes");
+pub(crate) const INDEX_STATE: (&str, &str) = ("store", "indexed-attributes");
 
-/// Brings the lookup index of `table` (`cs_values` of `cs_objects` or `mv_values` of
-/// `mv_objects`) from `before` (`None`: every attribute) to `after`; returns rows changed.
-fn reindex(
-    tx: &Connection,
-    values: &str,
-    owners: &str,
-    owner: &str,
-    before: Option<&BTreeSet<String>>,
-    after: &BTreeSet<String>,
-) -> Result<u64> {
+/// Brings the lookup index of `space` from `before` (`None`: every attribute) to `after`;
+/// returns rows changed. A connector space keeps its reference rows whatever the list says.
+fn reindex(tx: &Connection, space: Space, before: Option<&BTreeSet<String>>, after: &BTreeSet<String>) -> Result<u64> {
+    let (values, owner) = values_table(space);
+    let owners = match space {
+        Space::Connector => "cs_objects",
+        Space::Metaverse => "mv_objects",
+    };
     let mut changed = 0u64;
-    // Rows of attributes no longer listed go (references stay: renames search them).
     let present: Vec<String> = {
         let mut statement = tx.prepare(&format!("SELECT DISTINCT attribute FROM {values}")).map_err(backend)?;
         let rows = statement.query_map([], |row| row.get(0)).map_err(backend)?;
         rows.collect::<rusqlite::Result<_>>().map_err(backend)?
     };
+    let kept_references = if space == Space::Connector { " AND substr(folded, 1, 2) <> 'r:'" } else { "" };
     for attribute in present.iter().filter(|attribute| !after.contains(*attribute)) {
-        let sql = format!("DELETE FROM {values} WHERE attribute = ?1 AND substr(folded, 1, 2) <> 'r:'");
+        let sql = format!("DELETE FROM {values} WHERE attribute = ?1{kept_references}");
         changed += tx.execute(&sql, params![attribute]).map_err(backend)? as u64;
     }
     // Rows of newly listed attributes come from the stored objects.
@@ -418,13 +422,14 @@ fn reindex(
         tx.prepare(&format!("INSERT INTO {values} ({owner}, attribute, exact, folded) VALUES (?1, ?2, ?3, ?4)")).map_err(backend)?;
     for row in rows {
         let (id, text) = row.map_err(backend)?;
-        let attributes = if owners == "mv_objects" {
-            codec::mv_values(&codec::mv_attributes_from_text(&text)?)
-        } else {
-            codec::attributes_from_text(&text)?
+        let attributes = match space {
+            Space::Metaverse => codec::mv_values(&codec::mv_attributes_from_text(&text)?),
+            Space::Connector => codec::attributes_from_text(&text)?,
         };
         for (name, values) in attributes.iter().filter(|(name, _)| added.contains(*name)) {
-            for value in values.iter().filter(|value| !matches!(value, AttrValue::Reference(_))) {
+            // A connector space's references are there already.
+            let already = |value: &AttrValue| space == Space::Connector && matches!(value, AttrValue::Reference(_));
+            for value in values.iter().filter(|value| !already(value)) {
                 insert
                     .execute(params![id, name, index_key(value, Matching::Exact), index_key(value, Matching::IgnoreCase)])
                     .map_err(backend)?;
@@ -449,8 +454,8 @@ impl store::Store for SqliteStore {
                 if before.as_ref() == Some(&wanted) {
                     return Ok(0);
                 }
-                let changed = reindex(&tx, "cs_values", "cs_objects", "cs_id", before.as_ref(), &wanted)?
-                    + reindex(&tx, "mv_values", "mv_objects", "mv_id", before.as_ref(), &wanted)?;
+                let changed =
+                    reindex(&tx, Space::Connector, before.as_ref(), &wanted)? + reindex(&tx, Space::Metaverse, before.as_ref(), &wanted)?;
                 let bytes = store::codec::name_set_to_bytes(&wanted);
                 tx.execute(
                     "INSERT INTO service_state (service, key, value) VALUES (?1, ?2, ?3) ON CONFLICT (service, key) DO UPDATE SET value = excluded.value",
@@ -651,11 +656,30 @@ impl store::Store for SqliteStore {
         self.call(move |conn, indexed| {
             check_indexed(indexed, &attribute)?;
             let column = if matching == Matching::Exact { "exact" } else { "folded" };
-            let sql = format!(
-                "SELECT DISTINCT o.id FROM cs_values v JOIN cs_objects o ON o.id = v.cs_id \
-                 WHERE o.connector = ?1 AND o.object_type = ?2 AND o.link IS NULL AND v.attribute = ?3 AND v.{column} = ?4"
-            );
-            Ok(find_ids(conn, &sql, &[&connector, &object_type, &attribute], &values, matching)?.into_iter().map(CsId).collect())
+            // The attribute lookups hold no references (schema step 5): those go through the
+            // reference index, by folded key, then compared as asked.
+            let (references, others): (Vec<AttrValue>, Vec<AttrValue>) =
+                values.into_iter().partition(|value| matches!(value, AttrValue::Reference(_)));
+            let from = "SELECT DISTINCT o.id FROM cs_values v JOIN cs_objects o ON o.id = v.cs_id \
+                 WHERE o.connector = ?1 AND o.object_type = ?2 AND o.link IS NULL AND v.attribute = ?3";
+            let fixed: [&dyn rusqlite::ToSql; 3] = [&connector, &object_type, &attribute];
+            let mut ids =
+                find_ids(conn, &format!("{from} AND substr(v.folded, 1, 2) <> 'r:' AND v.{column} = ?4"), &fixed, &others, matching)?;
+            let mut statement = conn
+                .prepare_cached(&format!("{from} AND substr(v.folded, 1, 2) = 'r:' AND v.folded = ?4 AND v.{column} = ?5"))
+                .map_err(backend)?;
+            for value in &references {
+                let (folded, key) = (index_key(value, Matching::IgnoreCase), index_key(value, matching));
+                let rows = statement
+                    .query_map(params![connector, object_type, attribute, folded, key], |row| row.get::<_, i64>(0))
+                    .map_err(backend)?;
+                for row in rows {
+                    ids.push(row.map_err(backend)?);
+                }
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            Ok(ids.into_iter().map(CsId).collect())
         })
         .await
     }
@@ -845,9 +869,7 @@ impl store::Store for SqliteStore {
             if previous != attributes {
                 let (old, new) = (codec::mv_values(&codec::mv_attributes_from_text(&previous)?), codec::mv_values(&object.attributes));
                 let (removed, added) = codec::value_changes(&old, &new);
-                let listed = |name: &str, value: &AttrValue| {
-                    indexed.is_none_or(|set| set.contains(name)) || matches!(value, AttrValue::Reference(_))
-                };
+                let listed = |name: &str, value: &AttrValue| codec::indexes(Space::Metaverse, indexed, name, value);
                 let mut delete =
                     tx.prepare_cached("DELETE FROM mv_values WHERE mv_id = ?1 AND attribute = ?2 AND exact = ?3").map_err(backend)?;
                 for (name, value) in removed.into_iter().filter(|(name, value)| listed(name, value)) {

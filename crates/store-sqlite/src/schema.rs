@@ -2,7 +2,7 @@
 //! its number; a database from a newer program is refused rather than touched.
 
 use model::AttrValue;
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use store::codec::{self, index_key};
 use store::{Matching, Result, StoreError};
 
@@ -78,6 +78,13 @@ const STEPS: &[&str] = &[
     // ORDER BY id LIMIT n`) is an index range, not a sort of every remaining row per page
     // (quadratic in the connector space's size).
     "CREATE INDEX cs_objects_connector ON cs_objects(connector, id);",
+    // 5: reference rows (a group's members: most rows of a large directory) leave the
+    // attribute lookups, which never search them: a connector space finds referrers through
+    // `cs_values_reference`, and the metaverse keeps none unless its attribute is listed.
+    "DROP INDEX cs_values_exact;
+     DROP INDEX cs_values_folded;
+     CREATE INDEX cs_values_exact ON cs_values(attribute, exact) WHERE substr(folded, 1, 2) <> 'r:';
+     CREATE INDEX cs_values_folded ON cs_values(attribute, folded) WHERE substr(folded, 1, 2) <> 'r:';",
 ];
 
 /// The newest schema version this program knows.
@@ -95,8 +102,32 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
         if index + 1 == 2 {
             backfill_references(&tx)?;
         }
+        if index + 1 == 5 {
+            drop_unlisted_metaverse_references(&tx)?;
+        }
         tx.execute("INSERT INTO schema_version (version) VALUES (?1)", params![index as i64 + 1]).map_err(backend)?;
         tx.commit().map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Removes the metaverse's reference rows of attributes the store's index list leaves out
+/// (schema step 5); with no list, every attribute stays indexed.
+fn drop_unlisted_metaverse_references(tx: &Transaction<'_>) -> Result<()> {
+    let (service, key) = crate::INDEX_STATE;
+    let stored: Option<Vec<u8>> = tx
+        .query_row("SELECT value FROM service_state WHERE service = ?1 AND key = ?2", params![service, key], |row| row.get(0))
+        .optional()
+        .map_err(backend)?;
+    let Some(stored) = stored else { return Ok(()) };
+    let listed = codec::name_set_from_bytes(&stored);
+    let present: Vec<String> = {
+        let mut statement = tx.prepare("SELECT DISTINCT attribute FROM mv_values WHERE substr(folded, 1, 2) = 'r:'").map_err(backend)?;
+        let rows = statement.query_map([], |row| row.get(0)).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)?
+    };
+    for attribute in present.iter().filter(|attribute| !listed.contains(*attribute)) {
+        tx.execute("DELETE FROM mv_values WHERE attribute = ?1 AND substr(folded, 1, 2) = 'r:'", params![attribute]).map_err(backend)?;
     }
     Ok(())
 }

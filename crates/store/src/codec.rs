@@ -261,6 +261,23 @@ pub fn index_key(value: &AttrValue, matching: Matching) -> String {
     }
 }
 
+/// Which lookup index a value row is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Space {
+    /// `cs_values`: the listed attributes, and every reference (an imported rename finds the
+    /// objects that name the old DN by it).
+    Connector,
+    /// `mv_values`: the listed attributes only (nothing looks metaverse references up by
+    /// target; a group's members would otherwise be a row each).
+    Metaverse,
+}
+
+/// Whether the lookup index of `space` holds a row for `name`'s `value`, given the store's
+/// index list (`None`: every attribute).
+pub fn indexes(space: Space, listed: Option<&std::collections::BTreeSet<String>>, name: &str, value: &AttrValue) -> bool {
+    listed.is_none_or(|set| set.contains(name)) || (space == Space::Connector && matches!(value, AttrValue::Reference(_)))
+}
+
 /// An attribute name and one of its values.
 pub type NamedValue<'a> = (&'a str, &'a AttrValue);
 

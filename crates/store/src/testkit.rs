@@ -471,6 +471,30 @@ pub async fn disconnector_lookup(store: &impl Store) {
             .expect("find")
             .is_empty()
     );
+
+    // A reference value is found through the reference index, exactly or ignoring case, and a
+    // text value that spells the same name is not a reference.
+    let report = store
+        .cs_insert(NewCsObject {
+            connector: cloud.clone(),
+            anchor: Some(anchor(3)),
+            dn: "CN=3".into(),
+            object_type: "user".into(),
+            attributes: Attributes::new().with("manager", AttrValue::Reference("CN=Boss,OU=A".into())),
+            pending_import: None,
+            pending_export: None,
+            link: None,
+        })
+        .await
+        .expect("cs");
+    let cloud = &cloud;
+    let by = |value: AttrValue, matching: Matching| async move {
+        store.cs_find(cloud, "user", "manager", &[AttrValue::string("unrelated"), value], matching).await.expect("find")
+    };
+    assert_eq!(by(AttrValue::Reference("CN=Boss,OU=A".into()), Matching::Exact).await, vec![report]);
+    assert_eq!(by(AttrValue::Reference("cn=boss,ou=a".into()), Matching::IgnoreCase).await, vec![report]);
+    assert_eq!(by(AttrValue::Reference("cn=boss,ou=a".into()), Matching::Exact).await, vec![], "case counts when asked");
+    assert_eq!(by(AttrValue::string("CN=Boss,OU=A"), Matching::IgnoreCase).await, vec![], "a text value is not a reference");
 }
 
 /// An update changes the lookup index in exactly the values that changed: old values are no
