@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use model::{
     AttrChange, AttrValue, Attributes, ConnectorId, CsId, ErrorStage, Lineage, MvAttribute, ObjectError, PendingExport, PendingImport,
 };
-use serde_json::{Map, Value as Json, json};
 
 use crate::{Matching, Result, StoreError};
 
@@ -29,71 +28,138 @@ fn unhex(text: &str) -> Result<Vec<u8>> {
         .collect()
 }
 
-/// One value as JSON: `{"s": text}`, `{"i": n}`, `{"b": flag}`, `{"x": hex}`, `{"r": target}`.
-pub fn value_to_json(value: &AttrValue) -> Json {
-    match value {
-        AttrValue::String(text) => json!({ "s": text }),
-        AttrValue::Integer(number) => json!({ "i": number }),
-        AttrValue::Boolean(flag) => json!({ "b": flag }),
-        AttrValue::Binary(bytes) => json!({ "x": hex(bytes) }),
-        AttrValue::Reference(target) => json!({ "r": target }),
+/// The stored JSON shapes, written and read through serde without an intermediate tree (a
+/// large directory's attributes are most of a sync's allocations otherwise). Keys are in
+/// sorted order, as the text has always been written.
+mod wire {
+    use serde::{Deserialize, Serialize};
+
+    /// One value: `{"s": text}`, `{"i": n}`, `{"b": flag}`, `{"x": hex}`, `{"r": target}`.
+    #[derive(Serialize, Deserialize)]
+    pub(super) enum Value<S> {
+        #[serde(rename = "s")]
+        String(S),
+        #[serde(rename = "i")]
+        Integer(i64),
+        #[serde(rename = "b")]
+        Boolean(bool),
+        #[serde(rename = "x")]
+        Binary(S),
+        #[serde(rename = "r")]
+        Reference(S),
+    }
+
+    /// An MV attribute: lineage and values.
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct MvAttribute<S> {
+        pub(super) l: Vec<Lineage<S>>,
+        pub(super) v: Vec<Value<S>>,
+    }
+
+    /// One contributor of an MV attribute.
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct Lineage<S> {
+        pub(super) c: S,
+        pub(super) cs: i64,
+        pub(super) p: i32,
+        pub(super) rule: S,
+    }
+
+    /// An attribute change: exactly one of the names, and the values unless it clears.
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct Change<S> {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub(super) add: Option<S>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub(super) clear: Option<S>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub(super) delete: Option<S>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub(super) replace: Option<S>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub(super) values: Option<Vec<Value<S>>>,
+    }
+
+    /// A pending export.
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct Export<S> {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub(super) changes: Option<Vec<Change<S>>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub(super) dn: Option<S>,
+        pub(super) op: S,
     }
 }
 
-/// Decodes [`value_to_json`].
-pub fn value_from_json(json: &Json) -> Result<AttrValue> {
-    let object =
-        json.as_object().filter(|object| object.len() == 1).ok_or_else(|| corrupt(format!("value {json} is not a one-key object")))?;
-    let (kind, inner) = object.iter().next().ok_or_else(|| corrupt("empty value"))?;
-    let text = || inner.as_str().map(str::to_string).ok_or_else(|| corrupt(format!("value {json} should hold text")));
-    Ok(match kind.as_str() {
-        "s" => AttrValue::String(text()?),
-        "r" => AttrValue::Reference(text()?),
-        "x" => AttrValue::Binary(unhex(&text()?)?),
-        "i" => AttrValue::Integer(inner.as_i64().ok_or_else(|| corrupt(format!("value {json} should hold a whole number")))?),
-        "b" => AttrValue::Boolean(inner.as_bool().ok_or_else(|| corrupt(format!("value {json} should hold true or false")))?),
-        other => return Err(corrupt(format!("unknown value kind \"{other}\""))),
+type Text<'a> = std::borrow::Cow<'a, str>;
+
+fn value_out(value: &AttrValue) -> wire::Value<Text<'_>> {
+    match value {
+        AttrValue::String(text) => wire::Value::String(Text::Borrowed(text)),
+        AttrValue::Integer(number) => wire::Value::Integer(*number),
+        AttrValue::Boolean(flag) => wire::Value::Boolean(*flag),
+        AttrValue::Binary(bytes) => wire::Value::Binary(Text::Owned(hex(bytes))),
+        AttrValue::Reference(target) => wire::Value::Reference(Text::Borrowed(target)),
+    }
+}
+
+fn value_in(value: wire::Value<String>) -> Result<AttrValue> {
+    Ok(match value {
+        wire::Value::String(text) => AttrValue::String(text),
+        wire::Value::Integer(number) => AttrValue::Integer(number),
+        wire::Value::Boolean(flag) => AttrValue::Boolean(flag),
+        wire::Value::Binary(text) => AttrValue::Binary(unhex(&text)?),
+        wire::Value::Reference(target) => AttrValue::Reference(target),
     })
 }
 
-fn values_to_json(values: &[AttrValue]) -> Json {
-    Json::Array(values.iter().map(value_to_json).collect())
+fn values_out(values: &[AttrValue]) -> Vec<wire::Value<Text<'_>>> {
+    values.iter().map(value_out).collect()
 }
 
-fn values_from_json(json: &Json) -> Result<Vec<AttrValue>> {
-    json.as_array().ok_or_else(|| corrupt(format!("{json} is not a list of values")))?.iter().map(value_from_json).collect()
+fn values_in(values: Vec<wire::Value<String>>) -> Result<Vec<AttrValue>> {
+    values.into_iter().map(value_in).collect()
+}
+
+fn to_text(value: &impl serde::Serialize) -> String {
+    // Serializing these shapes (strings, numbers, maps with string keys) cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 /// An attribute set as JSON text.
 pub fn attributes_to_text(attributes: &Attributes) -> String {
-    let map: Map<String, Json> = attributes.iter().map(|(name, values)| (name.to_string(), values_to_json(values))).collect();
-    Json::Object(map).to_string()
+    let map: BTreeMap<&str, Vec<wire::Value<Text<'_>>>> = attributes.iter().map(|(name, values)| (name, values_out(values))).collect();
+    to_text(&map)
 }
 
 /// Decodes [`attributes_to_text`].
 pub fn attributes_from_text(text: &str) -> Result<Attributes> {
-    let json: Json = serde_json::from_str(text).map_err(|err| corrupt(format!("attributes: {err}")))?;
-    let map = json.as_object().ok_or_else(|| corrupt("attributes are not an object"))?;
-    map.iter().map(|(name, values)| Ok((name.clone(), values_from_json(values)?))).collect()
+    let map: BTreeMap<String, Vec<wire::Value<String>>> =
+        serde_json::from_str(text).map_err(|err| corrupt(format!("attributes: {err}")))?;
+    map.into_iter().map(|(name, values)| Ok((name, values_in(values)?))).collect()
 }
 
 /// MV attributes with lineage as JSON text.
 pub fn mv_attributes_to_text(attributes: &BTreeMap<String, MvAttribute>) -> String {
-    let map: Map<String, Json> = attributes
+    let map: BTreeMap<&str, wire::MvAttribute<Text<'_>>> = attributes
         .iter()
         .map(|(name, attribute)| {
-            let lineage: Vec<Json> = attribute
+            let lineage = attribute
                 .lineage
                 .iter()
-                .map(|lineage| json!({ "rule": lineage.rule, "p": lineage.precedence, "c": lineage.connector.0, "cs": lineage.cs_id.0 }))
+                .map(|lineage| wire::Lineage {
+                    c: Text::Borrowed(lineage.connector.0.as_str()),
+                    cs: lineage.cs_id.0,
+                    p: lineage.precedence,
+                    rule: Text::Borrowed(lineage.rule.as_str()),
+                })
                 .collect();
-            (name.clone(), json!({ "v": values_to_json(&attribute.values), "l": lineage }))
+            (name.as_str(), wire::MvAttribute { l: lineage, v: values_out(&attribute.values) })
         })
         .collect();
-    Json::Object(map).to_string()
+    to_text(&map)
 }
 
-/// Decodes [`mv_attributes_to_text`].
 /// An MV object's values without their lineage (what its lookup index holds).
 pub fn mv_values(attributes: &BTreeMap<String, MvAttribute>) -> Attributes {
     let mut values = Attributes::new();
@@ -105,82 +171,73 @@ pub fn mv_values(attributes: &BTreeMap<String, MvAttribute>) -> Attributes {
 
 /// MV attributes from [`mv_attributes_to_text`].
 pub fn mv_attributes_from_text(text: &str) -> Result<BTreeMap<String, MvAttribute>> {
-    let json: Json = serde_json::from_str(text).map_err(|err| corrupt(format!("MV attributes: {err}")))?;
-    let map = json.as_object().ok_or_else(|| corrupt("MV attributes are not an object"))?;
-    let mut attributes = BTreeMap::new();
-    for (name, entry) in map {
-        let values = values_from_json(&entry["v"])?;
-        let mut lineage = Vec::new();
-        for item in entry["l"].as_array().ok_or_else(|| corrupt(format!("lineage of {name} is not a list")))? {
-            lineage.push(Lineage {
-                rule: item["rule"].as_str().ok_or_else(|| corrupt("lineage rule"))?.to_string(),
-                precedence: item["p"].as_i64().and_then(|p| i32::try_from(p).ok()).ok_or_else(|| corrupt("lineage precedence"))?,
-                connector: ConnectorId(item["c"].as_str().ok_or_else(|| corrupt("lineage connector"))?.to_string()),
-                cs_id: CsId(item["cs"].as_i64().ok_or_else(|| corrupt("lineage cs id"))?),
-            });
-        }
-        attributes.insert(name.clone(), MvAttribute { values, lineage });
-    }
-    Ok(attributes)
+    let map: BTreeMap<String, wire::MvAttribute<String>> =
+        serde_json::from_str(text).map_err(|err| corrupt(format!("MV attributes: {err}")))?;
+    map.into_iter()
+        .map(|(name, attribute)| {
+            let lineage = attribute
+                .l
+                .into_iter()
+                .map(|item| Lineage { rule: item.rule, precedence: item.p, connector: ConnectorId(item.c), cs_id: CsId(item.cs) })
+                .collect();
+            Ok((name, MvAttribute { values: values_in(attribute.v)?, lineage }))
+        })
+        .collect()
 }
 
-fn change_to_json(change: &AttrChange) -> Json {
+fn change_out(change: &AttrChange) -> wire::Change<Text<'_>> {
+    let mut out = wire::Change { add: None, clear: None, delete: None, replace: None, values: None };
     match change {
-        AttrChange::Replace(name, values) => json!({ "replace": name, "values": values_to_json(values) }),
-        AttrChange::Add(name, values) => json!({ "add": name, "values": values_to_json(values) }),
-        AttrChange::Delete(name, values) => json!({ "delete": name, "values": values_to_json(values) }),
-        AttrChange::Clear(name) => json!({ "clear": name }),
+        AttrChange::Replace(name, values) => (out.replace, out.values) = (Some(Text::Borrowed(name)), Some(values_out(values))),
+        AttrChange::Add(name, values) => (out.add, out.values) = (Some(Text::Borrowed(name)), Some(values_out(values))),
+        AttrChange::Delete(name, values) => (out.delete, out.values) = (Some(Text::Borrowed(name)), Some(values_out(values))),
+        AttrChange::Clear(name) => out.clear = Some(Text::Borrowed(name)),
     }
+    out
 }
 
-fn change_from_json(json: &Json) -> Result<AttrChange> {
-    let name = |key: &str| json[key].as_str().map(str::to_string);
-    if let Some(name) = name("replace") {
-        return Ok(AttrChange::Replace(name, values_from_json(&json["values"])?));
-    }
-    if let Some(name) = name("add") {
-        return Ok(AttrChange::Add(name, values_from_json(&json["values"])?));
-    }
-    if let Some(name) = name("delete") {
-        return Ok(AttrChange::Delete(name, values_from_json(&json["values"])?));
-    }
-    if let Some(name) = name("clear") {
-        return Ok(AttrChange::Clear(name));
-    }
-    Err(corrupt(format!("unknown attribute change {json}")))
+fn change_in(change: wire::Change<String>) -> Result<AttrChange> {
+    let values = |values: Option<Vec<wire::Value<String>>>| values_in(values.ok_or_else(|| corrupt("a change without values"))?);
+    Ok(match change {
+        wire::Change { replace: Some(name), values: list, .. } => AttrChange::Replace(name, values(list)?),
+        wire::Change { add: Some(name), values: list, .. } => AttrChange::Add(name, values(list)?),
+        wire::Change { delete: Some(name), values: list, .. } => AttrChange::Delete(name, values(list)?),
+        wire::Change { clear: Some(name), .. } => AttrChange::Clear(name),
+        _ => return Err(corrupt("an attribute change names no attribute")),
+    })
 }
 
-fn changes_to_json(changes: &[AttrChange]) -> Json {
-    Json::Array(changes.iter().map(change_to_json).collect())
-}
-
-fn changes_from_json(json: &Json) -> Result<Vec<AttrChange>> {
-    json.as_array().ok_or_else(|| corrupt("changes are not a list"))?.iter().map(change_from_json).collect()
+fn changes_out(changes: &[AttrChange]) -> Option<Vec<wire::Change<Text<'_>>>> {
+    Some(changes.iter().map(change_out).collect())
 }
 
 /// A pending export as JSON text.
 pub fn export_to_text(export: &PendingExport) -> String {
-    match export {
-        PendingExport::Add(changes) => json!({ "op": "add", "changes": changes_to_json(changes) }),
-        PendingExport::Update(changes) => json!({ "op": "update", "changes": changes_to_json(changes) }),
-        PendingExport::Rename { new_dn, changes } => json!({ "op": "rename", "dn": new_dn, "changes": changes_to_json(changes) }),
-        PendingExport::Delete => json!({ "op": "delete" }),
-    }
-    .to_string()
+    let out = match export {
+        PendingExport::Add(list) => wire::Export { changes: changes_out(list), dn: None, op: Text::Borrowed("add") },
+        PendingExport::Update(list) => wire::Export { changes: changes_out(list), dn: None, op: Text::Borrowed("update") },
+        PendingExport::Rename { new_dn, changes: list } => {
+            wire::Export { changes: changes_out(list), dn: Some(Text::Borrowed(new_dn)), op: Text::Borrowed("rename") }
+        }
+        PendingExport::Delete => wire::Export { changes: None, dn: None, op: Text::Borrowed("delete") },
+    };
+    to_text(&out)
 }
 
 /// Decodes [`export_to_text`].
 pub fn export_from_text(text: &str) -> Result<PendingExport> {
-    let json: Json = serde_json::from_str(text).map_err(|err| corrupt(format!("pending export: {err}")))?;
-    Ok(match json["op"].as_str() {
-        Some("add") => PendingExport::Add(changes_from_json(&json["changes"])?),
-        Some("update") => PendingExport::Update(changes_from_json(&json["changes"])?),
-        Some("rename") => PendingExport::Rename {
-            new_dn: json["dn"].as_str().ok_or_else(|| corrupt("rename without dn"))?.to_string(),
-            changes: changes_from_json(&json["changes"])?,
-        },
-        Some("delete") => PendingExport::Delete,
-        _ => return Err(corrupt(format!("unknown pending export {json}"))),
+    let export: wire::Export<String> = serde_json::from_str(text).map_err(|err| corrupt(format!("pending export: {err}")))?;
+    let changes = |changes: Option<Vec<wire::Change<String>>>| -> Result<Vec<AttrChange>> {
+        changes.ok_or_else(|| corrupt("changes are not a list"))?.into_iter().map(change_in).collect()
+    };
+    Ok(match export.op.as_str() {
+        "add" => PendingExport::Add(changes(export.changes)?),
+        "update" => PendingExport::Update(changes(export.changes)?),
+        "rename" => {
+            PendingExport::Rename { new_dn: export.dn.ok_or_else(|| corrupt("rename without dn"))?, changes: changes(export.changes)? }
+        }
+        "delete" => PendingExport::Delete,
+        other => return Err(corrupt(format!("unknown pending export \"{other}\""))),
     })
 }
 
@@ -367,6 +424,75 @@ mod tests {
         assert_eq!(mv_attributes_from_text(&mv_attributes_to_text(&mv)).unwrap(), mv);
     }
 
+    /// The text is what earlier versions wrote (keys sorted), so stored rows read back and an
+    /// unchanged object encodes to the same text (which lets updates skip index work).
+    #[test]
+    fn the_stored_text_keeps_its_shape() {
+        let mut attributes = Attributes::new().with("b", AttrValue::Binary(vec![1, 171]));
+        attributes.set(
+            "a",
+            vec![AttrValue::string("x\"y"), AttrValue::Integer(-3), AttrValue::Boolean(true), AttrValue::Reference("CN=R".into())],
+        );
+        assert_eq!(attributes_to_text(&attributes), r#"{"a":[{"s":"x\"y"},{"i":-3},{"b":true},{"r":"CN=R"}],"b":[{"x":"01ab"}]}"#);
+        let mut mv = BTreeMap::new();
+        let lineage = vec![Lineage { rule: "In".into(), precedence: 7, connector: ConnectorId("ad".into()), cs_id: CsId(3) }];
+        mv.insert("mail".to_string(), MvAttribute { values: vec![AttrValue::string("m")], lineage });
+        assert_eq!(mv_attributes_to_text(&mv), r#"{"mail":{"l":[{"c":"ad","cs":3,"p":7,"rule":"In"}],"v":[{"s":"m"}]}}"#);
+        let rename = PendingExport::Rename {
+            new_dn: "CN=N".into(),
+            changes: vec![AttrChange::Replace("a".into(), vec![AttrValue::Integer(1)]), AttrChange::Clear("b".into())],
+        };
+        assert_eq!(export_to_text(&rename), r#"{"changes":[{"replace":"a","values":[{"i":1}]},{"clear":"b"}],"dn":"CN=N","op":"rename"}"#);
+        assert_eq!(export_to_text(&PendingExport::Delete), r#"{"op":"delete"}"#);
+        assert_eq!(
+            export_to_text(&PendingExport::Add(vec![AttrChange::Add("m".into(), vec![]), AttrChange::Delete("n".into(), vec![])])),
+            r#"{"changes":[{"add":"m","values":[]},{"delete":"n","values":[]}],"op":"add"}"#
+        );
+    }
+
+    fn any_value() -> impl proptest::strategy::Strategy<Value = AttrValue> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<String>().prop_map(AttrValue::String),
+            any::<i64>().prop_map(AttrValue::Integer),
+            any::<bool>().prop_map(AttrValue::Boolean),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(AttrValue::Binary),
+            any::<String>().prop_map(AttrValue::Reference),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_attributes_round_trip(entries in proptest::collection::btree_map(".{0,8}", proptest::collection::vec(any_value(), 0..4), 0..5)) {
+            let mut attributes = Attributes::new();
+            for (name, values) in entries {
+                attributes.set(name, values);
+            }
+            proptest::prop_assert_eq!(attributes_from_text(&attributes_to_text(&attributes)).unwrap(), attributes);
+        }
+
+        #[test]
+        fn any_export_round_trips(name in ".{0,8}", dn in ".{0,12}", values in proptest::collection::vec(any_value(), 0..4), kind in 0u8..4) {
+            let changes = vec![AttrChange::Add(name.clone(), values.clone()), AttrChange::Clear(name.clone())];
+            let export = match kind {
+                0 => PendingExport::Add(changes),
+                1 => PendingExport::Update(changes),
+                2 => PendingExport::Rename { new_dn: dn, changes },
+                _ => PendingExport::Delete,
+            };
+            proptest::prop_assert_eq!(export_from_text(&export_to_text(&export)).unwrap(), export);
+        }
+
+        #[test]
+        fn any_text_decodes_or_is_corrupt(text in ".{0,40}") {
+            for result in [attributes_from_text(&text).map(|_| ()), mv_attributes_from_text(&text).map(|_| ()), export_from_text(&text).map(|_| ())] {
+                if let Err(err) = result {
+                    proptest::prop_assert!(matches!(err, StoreError::Corrupt(_)));
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_input_is_corrupt_not_a_panic() {
         for text in [
@@ -384,6 +510,12 @@ mod tests {
         assert!(export_from_text("{\"op\":\"explode\"}").unwrap_err().to_string().contains("unknown pending export"));
         assert!(import_from_code("maybe").is_err());
         assert!(mv_attributes_from_text("{\"a\": {\"v\": [], \"l\": [{\"rule\": 1}]}}").is_err());
+        assert!(
+            mv_attributes_from_text("{\"a\": {\"v\": [], \"l\": [{\"c\": \"ad\", \"cs\": 1, \"p\": 4294967296, \"rule\": \"r\"}]}}")
+                .is_err()
+        );
+        assert!(export_from_text("{\"op\":\"add\",\"changes\":[{\"values\":[]}]}").is_err(), "a change naming nothing");
+        assert!(export_from_text("{\"op\":\"add\",\"changes\":[{\"add\":\"m\"}]}").is_err(), "an add without values");
     }
 
     #[test]
