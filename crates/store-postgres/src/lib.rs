@@ -753,48 +753,48 @@ impl store::Store for PostgresStore {
     }
 
     async fn mv_update(&self, object: &MvObject) -> Result<()> {
+        let attributes = codec::mv_attributes_to_text(&object.attributes);
+        // The index rows it should hold (few: the listed attributes).
+        let mut wanted: std::collections::BTreeMap<(&str, String), String> = std::collections::BTreeMap::new();
+        for (name, attribute) in &object.attributes {
+            for value in attribute.values.iter().filter(|value| self.statements.indexes(Space::Metaverse, name, value)) {
+                wanted.insert((name.as_str(), index_key(value, Matching::Exact)), index_key(value, Matching::IgnoreCase));
+            }
+        }
+        let names: Vec<&str> = wanted.keys().map(|(name, _)| *name).collect();
+        let exact: Vec<&str> = wanted.keys().map(|(_, exact)| exact.as_str()).collect();
+        let folded: Vec<&str> = wanted.values().map(String::as_str).collect();
         let mut client = self.client.lock().await;
         let st = &self.statements;
         atomically!(self, client, |tx| {
-            let attributes = codec::mv_attributes_to_text(&object.attributes);
-            // One round trip: updated, with the attributes it had.
-            let update = st
+            let update = st.get(tx, "UPDATE mv_objects SET object_type = $2, attributes = $3 WHERE id = $1").await?;
+            let delete = st
                 .get(
                     tx,
-                    "UPDATE mv_objects m SET object_type = $2, attributes = $3 \
-                     FROM (SELECT id, attributes FROM mv_objects WHERE id = $1 FOR UPDATE) AS before \
-                     WHERE m.id = before.id RETURNING before.attributes",
+                    "DELETE FROM mv_values v WHERE v.mv_id = $1 AND NOT EXISTS \
+                     (SELECT 1 FROM UNNEST($2::text[], $3::text[]) AS w(attribute, exact) WHERE w.attribute = v.attribute AND w.exact = v.exact)",
                 )
                 .await?;
-            let previous = tx
-                .query_opt(&update, &[&object.id.0, &object.object_type, &attributes])
-                .await
-                .map_err(backend)?
-                .map(|row| row.get::<_, String>(0));
-            let Some(previous) = previous else { return Err(StoreError::NotFound(object.id.to_string())) };
-            // Only the values that differ touch the lookup index.
-            if previous == attributes {
-                return Ok(());
+            let insert = st
+                .get(
+                    tx,
+                    "INSERT INTO mv_values (mv_id, attribute, exact, folded) \
+                     SELECT $1, w.attribute, w.exact, w.folded FROM UNNEST($2::text[], $3::text[], $4::text[]) AS w(attribute, exact, folded) \
+                     WHERE NOT EXISTS (SELECT 1 FROM mv_values v WHERE v.mv_id = $1 AND v.attribute = w.attribute AND v.exact = w.exact)",
+                )
+                .await?;
+            // One round trip: the three statements go pipelined, in order; only the rows that
+            // differ change and the previous attributes are never read back.
+            let update_args: [&(dyn ToSql + Sync); 3] = [&object.id.0, &object.object_type, &attributes];
+            let delete_args: [&(dyn ToSql + Sync); 3] = [&object.id.0, &names, &exact];
+            let insert_args: [&(dyn ToSql + Sync); 4] = [&object.id.0, &names, &exact, &folded];
+            let (updated, deleted, inserted) =
+                tokio::join!(tx.execute(&update, &update_args), tx.execute(&delete, &delete_args), tx.execute(&insert, &insert_args));
+            if updated.map_err(backend)? == 0 {
+                return Err(StoreError::NotFound(object.id.to_string()));
             }
-            let (old, new) = (codec::mv_values(&codec::mv_attributes_from_text(&previous)?), codec::mv_values(&object.attributes));
-            let (removed, added) = codec::value_changes(&old, &new);
-            let removed: Vec<_> = removed.into_iter().filter(|(name, value)| st.indexes(Space::Metaverse, name, value)).collect();
-            let added: Vec<_> = added.into_iter().filter(|(name, value)| st.indexes(Space::Metaverse, name, value)).collect();
-            if !removed.is_empty() {
-                let names: Vec<&str> = removed.iter().map(|(name, _)| *name).collect();
-                let exact: Vec<String> = removed.iter().map(|(_, value)| index_key(value, Matching::Exact)).collect();
-                let sql = "DELETE FROM mv_values v USING UNNEST($2::text[], $3::text[]) AS gone(attribute, exact) \
-                           WHERE v.mv_id = $1 AND v.attribute = gone.attribute AND v.exact = gone.exact";
-                tx.execute(&st.get(tx, sql).await?, &[&object.id.0, &names, &exact]).await.map_err(backend)?;
-            }
-            if !added.is_empty() {
-                let names: Vec<&str> = added.iter().map(|(name, _)| *name).collect();
-                let exact: Vec<String> = added.iter().map(|(_, value)| index_key(value, Matching::Exact)).collect();
-                let folded: Vec<String> = added.iter().map(|(_, value)| index_key(value, Matching::IgnoreCase)).collect();
-                let sql =
-                    "INSERT INTO mv_values (mv_id, attribute, exact, folded) SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[])";
-                tx.execute(&st.get(tx, sql).await?, &[&object.id.0, &names, &exact, &folded]).await.map_err(backend)?;
-            }
+            deleted.map_err(backend)?;
+            inserted.map_err(backend)?;
             Ok(())
         })
     }

@@ -6,7 +6,7 @@
 
 mod schema;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -102,10 +102,7 @@ impl SqliteStore {
     /// Runs `work` on the connection, inline. SQLite calls here are short (an indexed lookup or a
     /// small transaction), so they run on the calling task: measured, handing each call to
     /// tokio's blocking pool cost more in thread wake-ups than the queries themselves.
-    async fn call<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut Connection, Option<&BTreeSet<String>>) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    async fn call<T: Send>(&self, work: impl FnOnce(&mut Connection, Option<&BTreeSet<String>>) -> Result<T> + Send) -> Result<T> {
         let indexed = self.indexed.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         let mut guard = self.conn.lock().map_err(|_| StoreError::Backend("the SQLite connection lock is poisoned".into()))?;
         work(&mut guard, indexed.as_deref())
@@ -545,10 +542,9 @@ impl store::Store for SqliteStore {
     }
 
     async fn cs_update(&self, object: &CsObject) -> Result<()> {
-        let object = object.clone();
         self.call(move |conn, indexed| {
             let tx = conn.savepoint().map_err(backend)?;
-            update_cs(&tx, &object, indexed)?;
+            update_cs(&tx, object, indexed)?;
             tx.commit().map_err(backend)
         })
         .await
@@ -724,16 +720,9 @@ impl store::Store for SqliteStore {
         changes: &[ImportChange],
         watermark: Option<&[u8]>,
     ) -> Result<ImportCounts> {
-        let (connector, changes, watermark) = (connector.clone(), changes.to_vec(), watermark.map(<[u8]>::to_vec));
         self.call(move |conn, indexed| {
             let tx = conn.savepoint().map_err(backend)?;
-            let counts = run_now(store::import::apply_page(
-                &mut SqliteImport { tx: &tx, indexed },
-                &connector,
-                run,
-                &changes,
-                watermark.as_deref(),
-            ))?;
+            let counts = run_now(store::import::apply_page(&mut SqliteImport { tx: &tx, indexed }, connector, run, changes, watermark))?;
             tx.commit().map_err(backend)?;
             Ok(counts)
         })
@@ -849,42 +838,45 @@ impl store::Store for SqliteStore {
     }
 
     async fn mv_update(&self, object: &MvObject) -> Result<()> {
-        let object = object.clone();
+        let attributes = codec::mv_attributes_to_text(&object.attributes);
         self.call(move |conn, indexed| {
             let tx = conn.savepoint().map_err(backend)?;
-            let attributes = codec::mv_attributes_to_text(&object.attributes);
-            let previous: Option<String> = tx
-                .prepare_cached("SELECT attributes FROM mv_objects WHERE id = ?1")
-                .map_err(backend)?
-                .query_row(params![object.id.0], |row| row.get(0))
-                .optional()
-                .map_err(backend)?;
-            let Some(previous) = previous else { return Err(StoreError::NotFound(object.id.to_string())) };
-            tx.prepare_cached("UPDATE mv_objects SET object_type = ?2, attributes = ?3 WHERE id = ?1")
+            let changed = tx
+                .prepare_cached("UPDATE mv_objects SET object_type = ?2, attributes = ?3 WHERE id = ?1")
                 .map_err(backend)?
                 .execute(params![object.id.0, object.object_type, attributes])
                 .map_err(backend)?;
-            // Only the values that differ touch the lookup index (a group's members: the
-            // changed ones, not all of them).
-            if previous != attributes {
-                let (old, new) = (codec::mv_values(&codec::mv_attributes_from_text(&previous)?), codec::mv_values(&object.attributes));
-                let (removed, added) = codec::value_changes(&old, &new);
-                let listed = |name: &str, value: &AttrValue| codec::indexes(Space::Metaverse, indexed, name, value);
+            if changed == 0 {
+                return Err(StoreError::NotFound(object.id.to_string()));
+            }
+            // The lookup index holds few rows per MV object (the listed attributes): compared
+            // with the rows it should hold, only those that differ change, and the previous
+            // attributes are never read back.
+            let mut wanted: BTreeMap<(&str, String), String> = BTreeMap::new();
+            for (name, attribute) in &object.attributes {
+                for value in attribute.values.iter().filter(|value| codec::indexes(Space::Metaverse, indexed, name, value)) {
+                    wanted.insert((name.as_str(), index_key(value, Matching::Exact)), index_key(value, Matching::IgnoreCase));
+                }
+            }
+            let present: BTreeSet<(String, String)> = {
+                let mut select = tx.prepare_cached("SELECT attribute, exact FROM mv_values WHERE mv_id = ?1").map_err(backend)?;
+                let rows = select.query_map(params![object.id.0], |row| Ok((row.get(0)?, row.get(1)?))).map_err(backend)?;
+                rows.collect::<rusqlite::Result<_>>().map_err(backend)?
+            };
+            {
                 let mut delete =
                     tx.prepare_cached("DELETE FROM mv_values WHERE mv_id = ?1 AND attribute = ?2 AND exact = ?3").map_err(backend)?;
-                for (name, value) in removed.into_iter().filter(|(name, value)| listed(name, value)) {
-                    delete.execute(params![object.id.0, name, index_key(value, Matching::Exact)]).map_err(backend)?;
+                for (name, exact) in &present {
+                    if wanted.remove(&(name.as_str(), exact.clone())).is_none() {
+                        delete.execute(params![object.id.0, name, exact]).map_err(backend)?;
+                    }
                 }
-                drop(delete);
                 let mut insert = tx
                     .prepare_cached("INSERT INTO mv_values (mv_id, attribute, exact, folded) VALUES (?1, ?2, ?3, ?4)")
                     .map_err(backend)?;
-                for (name, value) in added.into_iter().filter(|(name, value)| listed(name, value)) {
-                    insert
-                        .execute(params![object.id.0, name, index_key(value, Matching::Exact), index_key(value, Matching::IgnoreCase)])
-                        .map_err(backend)?;
+                for ((name, exact), folded) in &wanted {
+                    insert.execute(params![object.id.0, name, exact, folded]).map_err(backend)?;
                 }
-                drop(insert);
             }
             tx.commit().map_err(backend)
         })
