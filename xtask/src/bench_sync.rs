@@ -33,14 +33,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "sqlite" => {
                 let dir = tempfile_dir()?;
                 let store = store_sqlite::SqliteStore::open(&dir.join("bench.db"))?;
-                bench(args, store).await?;
+                bench(args, store, StoreKind::File(dir.clone())).await?;
                 std::fs::remove_dir_all(&dir).ok();
                 Ok(())
             }
             "postgres" => {
                 let server = testkit::postgres::Postgres::start()?;
                 let store = store_postgres::PostgresStore::connect(server.url()).await?;
-                bench(args, store).await
+                bench(args, store, StoreKind::Postgres(server.url().to_string())).await
             }
             other => anyhow::bail!("--store must be sqlite or postgres, not {other}"),
         }
@@ -53,7 +53,35 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-async fn bench<S: Store>(args: &Args, store: S) -> anyhow::Result<()> {
+/// Where the store keeps its data, for its size on disk.
+enum StoreKind {
+    /// A folder holding the SQLite database and its WAL.
+    File(std::path::PathBuf),
+    /// A PostgreSQL server's URL.
+    Postgres(String),
+}
+
+impl StoreKind {
+    async fn size(&self) -> anyhow::Result<String> {
+        Ok(match self {
+            StoreKind::File(dir) => {
+                let mut bytes = 0u64;
+                for entry in std::fs::read_dir(dir)? {
+                    bytes += entry?.metadata()?.len();
+                }
+                format!("{} MiB (the database file and its WAL)", bytes / (1024 * 1024))
+            }
+            StoreKind::Postgres(url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                let bytes: i64 = client.query_one("SELECT pg_database_size(current_database())", &[]).await?.get(0);
+                format!("{} MiB (pg_database_size)", bytes / (1024 * 1024))
+            }
+        })
+    }
+}
+
+async fn bench<S: Store>(args: &Args, store: S, kind: StoreKind) -> anyhow::Result<()> {
     store.migrate().await?;
     let started = Instant::now();
     let directory = dirgen::generate(&dirgen::GenConfig {
@@ -92,8 +120,12 @@ async fn bench<S: Store>(args: &Args, store: S) -> anyhow::Result<()> {
     let objects = (args.users + args.groups) as f64;
     let ad_id = model::ConnectorId("corp.example.test".into());
     let tenant_id = model::ConnectorId("tenant".into());
-    println!("| step | seconds | objects/s |");
-    println!("|---|---|---|");
+    // What the generator and both in-memory directories hold before any step: each step's
+    // peak above it is the runner's and the store's.
+    let baseline = rss_kib("VmRSS");
+    eprintln!("resident before the first step (generator and directories): {} MiB", baseline / 1024);
+    println!("| step | seconds | objects/s | peak RSS above the directories (MiB) |");
+    println!("|---|---|---|---|");
     let total = Instant::now();
     for (connector, step) in [
         (&ad_id, Step::FullImport),
@@ -103,27 +135,29 @@ async fn bench<S: Store>(args: &Args, store: S) -> anyhow::Result<()> {
         (&tenant_id, Step::Export),
         (&tenant_id, Step::DeltaImport),
     ] {
+        reset_peak_rss();
         let started = Instant::now();
         let report = runner.run_step(connector, step).await?;
         let seconds = started.elapsed().as_secs_f64();
         anyhow::ensure!(report.counts.errors == 0, "{} {}: {} errors ({})", connector.0, step.name(), report.counts.errors, report.detail);
-        println!("| {} {} | {seconds:.1} | {:.0} |", connector.0, step.name(), objects / seconds.max(0.001));
+        let above = rss_kib("VmHWM").saturating_sub(baseline) / 1024;
+        println!("| {} {} | {seconds:.1} | {:.0} | {above} |", connector.0, step.name(), objects / seconds.max(0.001));
     }
     let seconds = total.elapsed().as_secs_f64();
-    println!("| whole cycle | {seconds:.1} | {:.0} |", objects / seconds);
+    println!("| whole cycle | {seconds:.1} | {:.0} | |", objects / seconds);
     anyhow::ensure!(
         cloud.len() == args.users + args.groups,
         "the cloud holds {} objects, expected {}",
         cloud.len(),
         args.users + args.groups
     );
-    println!("peak RSS after the first cycle: {} MiB", peak_rss_kib() / 1024);
+    println!("peak RSS of the process during the first cycle's last step: {} MiB", rss_kib("VmHWM") / 1024);
     // The first export leaves references to objects created in the same export (managers,
     // members in chunks still in flight) for the next cycle, as Entra's export does.
     let started = Instant::now();
     let reports = runner.run_cycle(false).await?;
     let settled: u64 = reports.iter().filter(|report| report.step == Step::Export).map(|report| report.counts.updates).sum();
-    println!("| second cycle (delta: {settled} references left by the first export) | {:.1} | |", started.elapsed().as_secs_f64());
+    println!("| second cycle (delta: {settled} references left by the first export) | {:.1} | | |", started.elapsed().as_secs_f64());
     // A delta cycle after 100 users changed on-premises: it must cost what changed, not the store.
     for anchor in &users {
         ad.modify(anchor, &[model::AttrChange::Replace("title".into(), vec![model::AttrValue::string("Changed by the benchmark")])]);
@@ -133,19 +167,24 @@ async fn bench<S: Store>(args: &Args, store: S) -> anyhow::Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     let exported: u64 = reports.iter().filter(|report| report.step == Step::Export).map(|report| report.counts.updates).sum();
     anyhow::ensure!(exported == users.len() as u64, "the delta cycle exported {exported} updates, expected {}", users.len());
-    println!("| delta cycle, {} users changed | {seconds:.2} | |", users.len());
-    println!("peak RSS: {} MiB", peak_rss_kib() / 1024);
+    println!("| delta cycle, {} users changed | {seconds:.2} | | |", users.len());
+    println!("store on disk: {}", kind.size().await?);
     Ok(())
 }
 
-/// The process's peak resident set (VmHWM), in KiB.
-fn peak_rss_kib() -> u64 {
+/// Starts a new peak-RSS (VmHWM) measurement (Linux: `clear_refs` 5).
+fn reset_peak_rss() {
+    std::fs::write("/proc/self/clear_refs", "5").ok();
+}
+
+/// A resident-set figure of the process from /proc (`VmRSS` now, `VmHWM` peak), in KiB.
+fn rss_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find(|line| line.starts_with("VmHWM:"))
+                .find(|line| line.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))
                 .and_then(|line| line.split_whitespace().nth(1))
                 .and_then(|kib| kib.parse().ok())
         })

@@ -640,6 +640,19 @@ impl store::Store for PostgresStore {
         Ok(ids.into_iter().map(CsId).collect())
     }
 
+    async fn cs_pending_exports(&self, connector: &ConnectorId) -> Result<Vec<store::PendingSummary>> {
+        let client = self.client.lock().await;
+        let sql =
+            "SELECT id, anchor IS NOT NULL, pending_export FROM cs_objects WHERE connector = $1 AND pending_export IS NOT NULL ORDER BY id";
+        let rows = client.query(&self.statements.get(&*client, sql).await?, &[&connector.0]).await.map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let text: &str = row.get(2);
+                Ok(store::PendingSummary { id: CsId(row.get(0)), kind: codec::export_kind(text)?, anchored: row.get(1) })
+            })
+            .collect()
+    }
+
     async fn cs_clear_pending_import(&self, ids: &[CsId]) -> Result<()> {
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
         let client = self.client.lock().await;

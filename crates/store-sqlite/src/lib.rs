@@ -680,6 +680,27 @@ impl store::Store for SqliteStore {
         .await
     }
 
+    async fn cs_pending_exports(&self, connector: &ConnectorId) -> Result<Vec<store::PendingSummary>> {
+        self.call(move |conn, _| {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT id, anchor IS NOT NULL, pending_export FROM cs_objects \
+                     WHERE connector = ?1 AND pending_export IS NOT NULL ORDER BY id",
+                )
+                .map_err(backend)?;
+            let rows = statement
+                .query_map(params![connector.0], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, bool>(1)?, row.get::<_, String>(2)?)))
+                .map_err(backend)?;
+            let mut summaries = Vec::new();
+            for row in rows {
+                let (id, anchored, text) = row.map_err(backend)?;
+                summaries.push(store::PendingSummary { id: CsId(id), kind: codec::export_kind(&text)?, anchored });
+            }
+            Ok(summaries)
+        })
+        .await
+    }
+
     async fn cs_clear_pending_import(&self, ids: &[CsId]) -> Result<()> {
         let ids = ids.to_vec();
         self.call(move |conn, _| {

@@ -241,6 +241,24 @@ pub fn export_from_text(text: &str) -> Result<PendingExport> {
     })
 }
 
+/// What the pending export [`export_to_text`] wrote does, reading only its `op` (the changes
+/// are skipped, not decoded).
+pub fn export_kind(text: &str) -> Result<crate::ExportKind> {
+    #[derive(serde::Deserialize)]
+    struct Op<'a> {
+        #[serde(borrow)]
+        op: std::borrow::Cow<'a, str>,
+    }
+    let parsed: Op<'_> = serde_json::from_str(text).map_err(|err| corrupt(format!("pending export: {err}")))?;
+    Ok(match parsed.op.as_ref() {
+        "add" => crate::ExportKind::Add,
+        "update" => crate::ExportKind::Update,
+        "rename" => crate::ExportKind::Rename,
+        "delete" => crate::ExportKind::Delete,
+        other => return Err(corrupt(format!("unknown pending export \"{other}\""))),
+    })
+}
+
 /// A pending import as a short code.
 pub fn import_to_code(pending: PendingImport) -> &'static str {
     match pending {
@@ -412,6 +430,12 @@ mod tests {
         };
         assert_eq!(export_from_text(&export_to_text(&export)).unwrap(), export);
         assert_eq!(export_from_text(&export_to_text(&PendingExport::Delete)).unwrap(), PendingExport::Delete);
+        assert_eq!(export_kind(&export_to_text(&export)).unwrap(), crate::ExportKind::Rename);
+        assert_eq!(export_kind(&export_to_text(&PendingExport::Delete)).unwrap(), crate::ExportKind::Delete);
+        assert_eq!(export_kind(&export_to_text(&PendingExport::Add(vec![]))).unwrap(), crate::ExportKind::Add);
+        assert_eq!(export_kind(&export_to_text(&PendingExport::Update(vec![]))).unwrap(), crate::ExportKind::Update);
+        assert!(export_kind("{\"op\":\"explode\"}").is_err());
+        assert!(export_kind("{\"changes\":[]}").is_err());
 
         let mut mv = BTreeMap::new();
         mv.insert(

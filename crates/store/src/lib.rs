@@ -136,6 +136,31 @@ pub struct RunCounts {
     pub errors: u64,
 }
 
+/// What a pending export does, without its changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportKind {
+    /// Create the object.
+    Add,
+    /// Change values.
+    Update,
+    /// Rename (and maybe change values).
+    Rename,
+    /// Delete the object.
+    Delete,
+}
+
+/// One pending export as an export plans it: which object, what kind, and whether the object
+/// exists in the directory (has an anchor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingSummary {
+    /// The CS object.
+    pub id: CsId,
+    /// What its export does.
+    pub kind: ExportKind,
+    /// The directory has it (it has an anchor).
+    pub anchored: bool,
+}
+
 /// How a join lookup compares values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Matching {
@@ -205,6 +230,9 @@ pub trait Store: Send + Sync {
         values: &[AttrValue],
         matching: Matching,
     ) -> impl Future<Output = Result<Vec<CsId>>> + Send;
+    /// Every pending export of a connector, summarized, in id order (an export counts and
+    /// orders its work without holding every change in memory).
+    fn cs_pending_exports(&self, connector: &ConnectorId) -> impl Future<Output = Result<Vec<PendingSummary>>> + Send;
     /// Marks CS objects' pending imports as processed (the end of a sync page).
     fn cs_clear_pending_import(&self, ids: &[CsId]) -> impl Future<Output = Result<()>> + Send;
     /// Sets or clears a CS object's error.

@@ -18,7 +18,7 @@ use crate::{CsQuery, ImportChange, Matching, NewCsObject, RunCounts, Store, Stor
 macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@tests $make; cs_objects, import_pages, import_modify, renames_follow_references, import_confirms_export_object, failed_page_changes_nothing,
-            obsoletion, metaverse, disconnector_lookup, updates_keep_the_lookup_index, run_history, run_history_retention, service_state, units_of_work, reference_lookups, index_attributes, interrupted_runs, migrate_is_idempotent);
+            obsoletion, metaverse, disconnector_lookup, updates_keep_the_lookup_index, pending_export_summaries, run_history, run_history_retention, service_state, units_of_work, reference_lookups, index_attributes, interrupted_runs, migrate_is_idempotent);
     };
     (@tests $make:expr; $($check:ident),*) => {
         $(
@@ -495,6 +495,45 @@ pub async fn disconnector_lookup(store: &impl Store) {
     assert_eq!(by(AttrValue::Reference("cn=boss,ou=a".into()), Matching::IgnoreCase).await, vec![report]);
     assert_eq!(by(AttrValue::Reference("cn=boss,ou=a".into()), Matching::Exact).await, vec![], "case counts when asked");
     assert_eq!(by(AttrValue::string("CN=Boss,OU=A"), Matching::IgnoreCase).await, vec![], "a text value is not a reference");
+}
+
+/// An export's plan: every pending export of the connector, in id order, with its kind and
+/// whether the object exists in the directory; other connectors and settled objects are not in it.
+pub async fn pending_export_summaries(store: &impl Store) {
+    let cloud = ConnectorId("cloud".into());
+    let put = |byte: u8, connector: &ConnectorId, anchored: bool, pending: Option<PendingExport>| NewCsObject {
+        connector: connector.clone(),
+        anchor: anchored.then(|| anchor(byte)),
+        dn: format!("CN={byte}"),
+        object_type: "user".into(),
+        attributes: Attributes::new(),
+        pending_import: None,
+        pending_export: pending,
+        link: None,
+    };
+    let change = || vec![model::AttrChange::Replace("mail".into(), vec![AttrValue::string("m@x")])];
+    let add = store.cs_insert(put(1, &cloud, false, Some(PendingExport::Add(change())))).await.expect("add");
+    let update = store.cs_insert(put(2, &cloud, true, Some(PendingExport::Update(change())))).await.expect("update");
+    store.cs_insert(put(3, &cloud, true, None)).await.expect("settled");
+    let rename = store
+        .cs_insert(put(4, &cloud, true, Some(PendingExport::Rename { new_dn: "CN=New".into(), changes: change() })))
+        .await
+        .expect("rename");
+    let delete = store.cs_insert(put(5, &cloud, true, Some(PendingExport::Delete))).await.expect("delete");
+    let never_created = store.cs_insert(put(6, &cloud, false, Some(PendingExport::Delete))).await.expect("delete unanchored");
+    store.cs_insert(put(7, &ad(), true, Some(PendingExport::Delete))).await.expect("other connector");
+    let summary = |id, kind, anchored| crate::PendingSummary { id, kind, anchored };
+    assert_eq!(
+        store.cs_pending_exports(&cloud).await.expect("summaries"),
+        vec![
+            summary(add, crate::ExportKind::Add, false),
+            summary(update, crate::ExportKind::Update, true),
+            summary(rename, crate::ExportKind::Rename, true),
+            summary(delete, crate::ExportKind::Delete, true),
+            summary(never_created, crate::ExportKind::Delete, false),
+        ]
+    );
+    assert_eq!(store.cs_pending_exports(&ConnectorId("nobody".into())).await.expect("none"), vec![]);
 }
 
 /// An update changes the lookup index in exactly the values that changed: old values are no

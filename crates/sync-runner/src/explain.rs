@@ -252,6 +252,10 @@ impl<S: Store> Store for Overlay<'_, S> {
         }))
     }
 
+    async fn cs_pending_exports(&self, _connector: &ConnectorId) -> Result<Vec<store::PendingSummary>, StoreError> {
+        Err(refused("plan an export"))
+    }
+
     async fn cs_clear_pending_import(&self, ids: &[CsId]) -> Result<(), StoreError> {
         for id in ids {
             if let Some(mut object) = self.cs_get(*id).await? {

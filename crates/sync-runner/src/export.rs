@@ -4,7 +4,7 @@
 use connector_api::{ConnectorError, ExportRequest, Unapplied, UnappliedReason};
 use futures_util::StreamExt as _;
 use model::{AttrChange, AttrValue, Attributes, ConnectorId, CsObject, ErrorStage, ObjectError, PendingExport, PendingImport};
-use store::{CsQuery, RunCounts, Store};
+use store::{CsQuery, ExportKind, RunCounts, Store};
 
 use crate::{Runner, RunnerError};
 
@@ -15,24 +15,15 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Resul
     let Some(export) = &connector.export else {
         return Err(RunnerError::Unsupported { connector: id.0.clone(), step: "export", why: "it is read-only".into() });
     };
-    let mut pending = Vec::new();
-    let mut after = None;
-    loop {
-        let page = runner.store.cs_list(id, &CsQuery { pending_export: true, after, limit: PAGE, ..CsQuery::default() }).await?;
-        after = page.last().map(|cs| cs.id);
-        let done = page.len() < PAGE;
-        pending.extend(page);
-        if done {
-            break;
-        }
-    }
+    // Planned from summaries (kind and whether the object exists there); the changes are read
+    // page by page as they go out, so memory does not grow with the backlog.
+    let pending = runner.store.cs_pending_exports(id).await?;
     let mut planned = RunCounts::default();
-    for cs in &pending {
-        match cs.pending_export {
-            Some(PendingExport::Add(_)) => planned.adds += 1,
-            Some(PendingExport::Delete) => planned.deletes += 1,
-            Some(_) => planned.updates += 1,
-            None => {}
+    for summary in &pending {
+        match summary.kind {
+            ExportKind::Add => planned.adds += 1,
+            ExportKind::Delete => planned.deletes += 1,
+            ExportKind::Update | ExportKind::Rename => planned.updates += 1,
         }
     }
     if runner.config.staging {
@@ -57,58 +48,45 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Resul
         return Ok((crate::StepStatus::StoppedDeletionThreshold, RunCounts::default(), detail));
     }
     let mut counts = RunCounts::default();
-    // Exports go in chunks (a connector may send a chunk in one request); results are applied
-    // in order, each object on its own.
-    let mut queue: Vec<(CsObject, PendingExport)> = Vec::new();
-    for cs in pending {
-        let Some(change) = cs.pending_export.clone() else { continue };
-        if change == PendingExport::Delete && cs.anchor.is_none() {
+    let mut deletes = Vec::new();
+    for summary in pending.iter().filter(|summary| summary.kind == ExportKind::Delete) {
+        if summary.anchored {
+            deletes.push(summary.id);
+        } else {
             // Never created in the directory: nothing to delete there.
-            runner.store.cs_delete(cs.id).await?;
-            continue;
+            runner.store.cs_delete(summary.id).await?;
         }
-        queue.push((cs, change));
     }
+    runner.progress.total((deletes.len() + pending.iter().filter(|summary| summary.kind != ExportKind::Delete).count()) as u64);
     // Deletes go first (all of them), so an add that reuses a deleted object's unique values
-    // (a UPN, an address) finds them free; within each phase several chunks are in flight.
-    runner.progress.total(queue.len() as u64);
-    let (deletes, others): (Vec<_>, Vec<_>) = queue.into_iter().partition(|(_, change)| *change == PendingExport::Delete);
-    let concurrency = runner.config.export_concurrency.max(1);
-    for phase in [deletes, others] {
-        let mut chunks = phase.chunks(EXPORT_CHUNK);
-        let mut in_flight = futures_util::stream::FuturesOrdered::new();
-        let mut failure = None;
-        loop {
-            // Keep `concurrency` chunks in flight until a failure; after one, start no more.
-            while failure.is_none() && in_flight.len() < concurrency {
-                let Some(chunk) = chunks.next() else { break };
-                let requests: Vec<ExportRequest> = chunk
-                    .iter()
-                    .map(|(cs, change)| ExportRequest {
-                        dn: cs.dn.clone(),
-                        object_type: cs.object_type.clone(),
-                        anchor: cs.anchor.clone(),
-                        change: change.clone(),
-                    })
-                    .collect();
-                in_flight.push_back(async move { (chunk, export.export_many(&requests).await) });
+    // (a UPN, an address) finds them free; then the rest, a page at a time.
+    for ids in deletes.chunks(PAGE) {
+        let mut queue = Vec::new();
+        for cs_id in ids {
+            if let Some(cs) = runner.store.cs_get(*cs_id).await?
+                && let Some(change @ PendingExport::Delete) = cs.pending_export.clone()
+            {
+                queue.push((cs, change));
             }
-            // Every result is recorded, in order (what reached the directory must reach the
-            // store), and the chunks in flight finish, before a failure of the step is reported.
-            let Some((chunk, outcomes)) = in_flight.next().await else { break };
-            runner.progress.advanced(chunk.len() as u64);
-            // One chunk's results are one unit of work (each object's record still on its own
-            // within it: a failed one does not undo the others).
-            runner.store.begin_unit().await?;
-            for ((cs, change), result) in chunk.iter().cloned().zip(outcomes) {
-                if let Err(err) = apply_result(runner, id, cs, change, result, &mut counts).await {
-                    failure.get_or_insert(err);
-                }
-            }
-            runner.store.commit_unit().await?;
         }
-        if let Some(err) = failure {
-            return Err(err);
+        export_queue(runner, id, export.as_ref(), &queue, &mut counts).await?;
+    }
+    let mut after = None;
+    loop {
+        let page = runner.store.cs_list(id, &CsQuery { pending_export: true, after, limit: PAGE, ..CsQuery::default() }).await?;
+        after = page.last().map(|cs| cs.id);
+        let done = page.len() < PAGE;
+        let queue: Vec<(CsObject, PendingExport)> = page
+            .into_iter()
+            .filter_map(|cs| match cs.pending_export.clone() {
+                // A delete the first phase did not manage stays for the next run.
+                Some(PendingExport::Delete) | None => None,
+                Some(change) => Some((cs, change)),
+            })
+            .collect();
+        export_queue(runner, id, export.as_ref(), &queue, &mut counts).await?;
+        if done {
+            break;
         }
     }
     Ok((
@@ -116,6 +94,54 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Resul
         counts,
         format!("{} exported, {} rejected", counts.adds + counts.updates + counts.deletes, counts.errors),
     ))
+}
+
+/// Exports `queue` in chunks, several in flight (a connector may send a chunk in one request);
+/// results are recorded in order, each object on its own. After a failure no new chunk
+/// starts, those in flight are recorded, and the failure is returned.
+async fn export_queue<S: Store>(
+    runner: &Runner<S>,
+    id: &ConnectorId,
+    export: &dyn connector_api::Export,
+    queue: &[(CsObject, PendingExport)],
+    counts: &mut RunCounts,
+) -> Result<(), RunnerError> {
+    let concurrency = runner.config.export_concurrency.max(1);
+    let mut chunks = queue.chunks(EXPORT_CHUNK);
+    let mut in_flight = futures_util::stream::FuturesOrdered::new();
+    let mut failure = None;
+    loop {
+        while failure.is_none() && in_flight.len() < concurrency {
+            let Some(chunk) = chunks.next() else { break };
+            let requests: Vec<ExportRequest> = chunk
+                .iter()
+                .map(|(cs, change)| ExportRequest {
+                    dn: cs.dn.clone(),
+                    object_type: cs.object_type.clone(),
+                    anchor: cs.anchor.clone(),
+                    change: change.clone(),
+                })
+                .collect();
+            in_flight.push_back(async move { (chunk, export.export_many(&requests).await) });
+        }
+        // Every result is recorded, in order (what reached the directory must reach the
+        // store), and the chunks in flight finish, before a failure of the step is reported.
+        let Some((chunk, outcomes)) = in_flight.next().await else { break };
+        runner.progress.advanced(chunk.len() as u64);
+        // One chunk's results are one unit of work (each object's record still on its own
+        // within it: a failed one does not undo the others).
+        runner.store.begin_unit().await?;
+        for ((cs, change), result) in chunk.iter().cloned().zip(outcomes) {
+            if let Err(err) = apply_result(runner, id, cs, change, result, counts).await {
+                failure.get_or_insert(err);
+            }
+        }
+        runner.store.commit_unit().await?;
+    }
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
 }
 
 /// Most exports handed to a connector at once (Graph's `$batch` limit).
