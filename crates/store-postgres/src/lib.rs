@@ -323,39 +323,30 @@ async fn insert_cs(client: &impl GenericClient, st: &Statements, object: &NewCsO
     Ok(CsId(id))
 }
 
+/// The state columns' parameters, in their order (dn_folded, link, pending import and export,
+/// error stage, code, message).
+fn state_args(state: &codec::StateColumns) -> [&(dyn ToSql + Sync); 7] {
+    [&state.dn_folded, &state.link, &state.pending_import, &state.pending_export, &state.error.0, &state.error.1, &state.error.2]
+}
+
 async fn update_cs(client: &impl GenericClient, st: &Statements, object: &CsObject) -> Result<()> {
     let attributes = codec::attributes_to_text(&object.attributes);
+    let state = codec::state_columns(object);
     // One round trip: the row is updated and its attributes before the update come back (the
     // sub-select reads the row as it was).
-    let sql = "UPDATE cs_objects o SET anchor = $2, dn = $3, dn_folded = $4, object_type = $5, attributes = $6, link = $7, \
+    let sql = "UPDATE cs_objects o SET anchor = $2, dn = $3, object_type = $4, attributes = $5, dn_folded = $6, link = $7, \
                pending_import = $8, pending_export = $9, error_stage = $10, error_code = $11, error_message = $12 \
                FROM (SELECT id, attributes FROM cs_objects WHERE id = $1 FOR UPDATE) AS before \
                WHERE o.id = before.id RETURNING before.attributes";
-    let previous = client
-        .query_opt(
-            &st.get(client, sql).await?,
-            &[
-                &object.id.0,
-                &object.anchor.as_ref().map(|anchor| anchor.0.clone()),
-                &object.dn,
-                &object.dn.to_lowercase(),
-                &object.object_type,
-                &attributes,
-                &object.link.map(|mv| mv.0),
-                &object.pending_import.map(codec::import_to_code),
-                &object.pending_export.as_ref().map(codec::export_to_text),
-                &object.error.as_ref().map(codec::error_stage_text),
-                &object.error.as_ref().map(|error| error.code.clone()),
-                &object.error.as_ref().map(|error| error.message.clone()),
-            ],
-        )
-        .await
-        .map_err(|err| match err.code() {
-            Some(code) if *code == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => {
-                StoreError::Conflict(format!("another object of {} has the anchor of {}", object.connector, object.dn))
-            }
-            _ => backend(err),
-        })?;
+    let anchor = object.anchor.as_ref().map(|anchor| anchor.0.clone());
+    let mut args: Vec<&(dyn ToSql + Sync)> = vec![&object.id.0, &anchor, &object.dn, &object.object_type, &attributes];
+    args.extend(state_args(&state));
+    let previous = client.query_opt(&st.get(client, sql).await?, &args).await.map_err(|err| match err.code() {
+        Some(code) if *code == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => {
+            StoreError::Conflict(format!("another object of {} has the anchor of {}", object.connector, object.dn))
+        }
+        _ => backend(err),
+    })?;
     let Some(previous) = previous.map(|row| row.get::<_, String>(0)) else { return Err(StoreError::NotFound(object.id.to_string())) };
     // The lookup index only changes with the attributes (most updates are links and flags), and
     // then only in the values that differ.
@@ -540,6 +531,17 @@ impl store::Store for PostgresStore {
     async fn cs_update(&self, object: &CsObject) -> Result<()> {
         let mut client = self.client.lock().await;
         atomically!(self, client, |tx| update_cs(tx, &self.statements, object).await)
+    }
+
+    async fn cs_update_state(&self, object: &CsObject) -> Result<()> {
+        let state = codec::state_columns(object);
+        let client = self.client.lock().await;
+        let sql = "UPDATE cs_objects SET dn = $2, dn_folded = $3, link = $4, pending_import = $5, pending_export = $6, \
+                   error_stage = $7, error_code = $8, error_message = $9 WHERE id = $1";
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&object.id.0, &object.dn];
+        args.extend(state_args(&state));
+        let changed = client.execute(&self.statements.get(&*client, sql).await?, &args).await.map_err(backend)?;
+        if changed == 0 { Err(StoreError::NotFound(object.id.to_string())) } else { Ok(()) }
     }
 
     async fn cs_delete(&self, id: CsId) -> Result<()> {

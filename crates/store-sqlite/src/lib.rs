@@ -202,7 +202,12 @@ fn cs_from_row(row: &Row<'_>) -> rusqlite::Result<Result<CsObject>> {
 }
 
 fn query_cs(conn: &Connection, sql_where: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<CsObject>> {
-    let sql = format!("SELECT {CS_COLUMNS} FROM cs_objects WHERE {sql_where}");
+    query_cs_from(conn, "cs_objects", sql_where, args)
+}
+
+/// [`query_cs`] from `table` (`cs_objects`, perhaps with an `INDEXED BY`).
+fn query_cs_from(conn: &Connection, table: &str, sql_where: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<CsObject>> {
+    let sql = format!("SELECT {CS_COLUMNS} FROM {table} WHERE {sql_where}");
     let mut statement = conn.prepare_cached(&sql).map_err(backend)?;
     let rows = statement.query_map(args, cs_from_row).map_err(backend)?;
     let mut objects = Vec::new();
@@ -310,6 +315,7 @@ fn insert_cs(tx: &Connection, object: &NewCsObject, seen_run: Option<i64>, index
 
 fn update_cs(tx: &Connection, object: &CsObject, indexed: Option<&BTreeSet<String>>) -> Result<()> {
     let attributes = codec::attributes_to_text(&object.attributes);
+    let state = codec::state_columns(object);
     let previous: Option<String> = tx
         .prepare_cached("SELECT attributes FROM cs_objects WHERE id = ?1")
         .map_err(backend)?
@@ -322,15 +328,15 @@ fn update_cs(tx: &Connection, object: &CsObject, indexed: Option<&BTreeSet<Strin
                 object.id.0,
                 object.anchor.as_ref().map(|anchor| anchor.0.clone()),
                 object.dn,
-                object.dn.to_lowercase(),
+                state.dn_folded,
                 object.object_type,
                 attributes,
-                object.link.map(|mv| mv.0),
-                object.pending_import.map(codec::import_to_code),
-                object.pending_export.as_ref().map(codec::export_to_text),
-                object.error.as_ref().map(codec::error_stage_text),
-                object.error.as_ref().map(|error| error.code.clone()),
-                object.error.as_ref().map(|error| error.message.clone()),
+                state.link,
+                state.pending_import,
+                state.pending_export,
+                state.error.0,
+                state.error.1,
+                state.error.2,
             ],
         )
         .map_err(backend)?;
@@ -550,6 +556,32 @@ impl store::Store for SqliteStore {
         .await
     }
 
+    async fn cs_update_state(&self, object: &CsObject) -> Result<()> {
+        let state = codec::state_columns(object);
+        self.call(move |conn, _| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE cs_objects SET dn = ?2, dn_folded = ?3, link = ?4, pending_import = ?5, pending_export = ?6, \
+                     error_stage = ?7, error_code = ?8, error_message = ?9 WHERE id = ?1",
+                )
+                .map_err(backend)?
+                .execute(params![
+                    object.id.0,
+                    object.dn,
+                    state.dn_folded,
+                    state.link,
+                    state.pending_import,
+                    state.pending_export,
+                    state.error.0,
+                    state.error.1,
+                    state.error.2
+                ])
+                .map_err(backend)?;
+            if changed == 0 { Err(StoreError::NotFound(object.id.to_string())) } else { Ok(()) }
+        })
+        .await
+    }
+
     async fn cs_delete(&self, id: CsId) -> Result<()> {
         self.call(move |conn, _| {
             match conn.prepare_cached("DELETE FROM cs_objects WHERE id = ?1").map_err(backend)?.execute(params![id.0]).map_err(backend)? {
@@ -578,7 +610,16 @@ impl store::Store for SqliteStore {
                 sql_where.push_str(&format!(" LIMIT {}", query.limit));
             }
             let after = query.after.map_or(0, |id| id.0);
-            query_cs(conn, &sql_where, &[&connector, &after])
+            // A pending list reads its partial index, whose size is the work pending (the
+            // planner would otherwise walk every object of the connector in id order).
+            let table = if query.pending_import {
+                "cs_objects INDEXED BY cs_objects_pending_import"
+            } else if query.pending_export {
+                "cs_objects INDEXED BY cs_objects_pending_export"
+            } else {
+                "cs_objects"
+            };
+            query_cs_from(conn, table, &sql_where, &[&connector, &after])
         })
         .await
     }
@@ -684,7 +725,7 @@ impl store::Store for SqliteStore {
         self.call(move |conn, _| {
             let mut statement = conn
                 .prepare_cached(
-                    "SELECT id, anchor IS NOT NULL, pending_export FROM cs_objects \
+                    "SELECT id, anchor IS NOT NULL, pending_export FROM cs_objects INDEXED BY cs_objects_pending_export \
                      WHERE connector = ?1 AND pending_export IS NOT NULL ORDER BY id",
                 )
                 .map_err(backend)?;

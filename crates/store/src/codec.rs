@@ -259,6 +259,36 @@ pub fn export_kind(text: &str) -> Result<crate::ExportKind> {
     })
 }
 
+/// The columns that hold what a sync decides about a CS object, as adapters store them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateColumns {
+    /// The DN folded to lower case (for lookups by DN).
+    pub dn_folded: String,
+    /// The MV object's id.
+    pub link: Option<i64>,
+    /// [`import_to_code`].
+    pub pending_import: Option<&'static str>,
+    /// [`export_to_text`].
+    pub pending_export: Option<String>,
+    /// [`error_stage_text`], the error's code and message.
+    pub error: (Option<String>, Option<String>, Option<String>),
+}
+
+/// [`StateColumns`] of `object`.
+pub fn state_columns(object: &model::CsObject) -> StateColumns {
+    StateColumns {
+        dn_folded: object.dn.to_lowercase(),
+        link: object.link.map(|mv| mv.0),
+        pending_import: object.pending_import.map(import_to_code),
+        pending_export: object.pending_export.as_ref().map(export_to_text),
+        error: (
+            object.error.as_ref().map(error_stage_text),
+            object.error.as_ref().map(|error| error.code.clone()),
+            object.error.as_ref().map(|error| error.message.clone()),
+        ),
+    }
+}
+
 /// A pending import as a short code.
 pub fn import_to_code(pending: PendingImport) -> &'static str {
     match pending {

@@ -205,6 +205,10 @@ pub trait Store: Send + Sync {
     fn cs_insert(&self, object: NewCsObject) -> impl Future<Output = Result<CsId>> + Send;
     /// Replaces a CS object's state (all fields but id and connector).
     fn cs_update(&self, object: &CsObject) -> impl Future<Output = Result<()>> + Send;
+    /// Writes what a sync decides about a CS object — DN, link, pending import and export,
+    /// error — and leaves its anchor, type and attributes as stored (a sync never changes
+    /// imported values, so it neither encodes nor compares them).
+    fn cs_update_state(&self, object: &CsObject) -> impl Future<Output = Result<()>> + Send;
     /// Deletes a CS object.
     fn cs_delete(&self, id: CsId) -> impl Future<Output = Result<()>> + Send;
     /// Lists a connector's CS objects by id.

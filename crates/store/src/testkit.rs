@@ -7,8 +7,8 @@
 #![allow(clippy::expect_used, reason = "a test suite: failing loudly is its job")]
 
 use model::{
-    Anchor, AttrChange, AttrValue, Attributes, ConnectorId, CsId, ErrorStage, Lineage, MvAttribute, MvId, ObjectError, PendingExport,
-    PendingImport,
+    Anchor, AttrChange, AttrValue, Attributes, ConnectorId, CsId, CsObject, ErrorStage, Lineage, MvAttribute, MvId, ObjectError,
+    PendingExport, PendingImport,
 };
 
 use crate::{CsQuery, ImportChange, Matching, NewCsObject, RunCounts, Store, StoreError};
@@ -87,8 +87,27 @@ pub async fn cs_objects(store: &impl Store) {
     assert_eq!(store.cs_get(id).await.expect("get"), Some(changed.clone()));
     let error = ObjectError { stage: ErrorStage::Sync, code: "flow-error".into(), message: "boom".into(), target: None };
     store.cs_set_error(id, Some(&error)).await.expect("set error");
-    assert_eq!(store.cs_get(id).await.expect("get").expect("present").error, Some(error));
+    assert_eq!(store.cs_get(id).await.expect("get").expect("present").error, Some(error.clone()));
     assert_eq!(store.cs_linked_to(mv).await.expect("linked").len(), 1);
+    // A sync's write: its decisions land, the stored anchor, type and values stay.
+    let mut decided = changed.clone();
+    decided.link = None;
+    decided.dn = "CN=Ann,OU=Again,DC=corp".into();
+    decided.pending_export = Some(PendingExport::Delete);
+    decided.pending_import = Some(PendingImport::Update);
+    decided.error = None;
+    decided.attributes = Attributes::new().with("cn", AttrValue::string("not stored by a sync"));
+    decided.object_type = "contact".into();
+    store.cs_update_state(&decided).await.expect("update state");
+    let stored = store.cs_get(id).await.expect("get").expect("present");
+    assert_eq!(
+        (stored.link, stored.dn.as_str(), &stored.pending_export, stored.pending_import, &stored.error),
+        (None, "CN=Ann,OU=Again,DC=corp", &Some(PendingExport::Delete), Some(PendingImport::Update), &None)
+    );
+    assert_eq!((&stored.attributes, stored.object_type.as_str(), &stored.anchor), (&changed.attributes, "user", &changed.anchor));
+    assert!(store.cs_by_dn(&ad(), "cn=ann,ou=again,dc=corp").await.expect("by dn").is_some(), "the new DN is found");
+    assert!(matches!(store.cs_update_state(&CsObject { id: CsId(id.0 + 999), ..decided.clone() }).await, Err(StoreError::NotFound(_))));
+    store.cs_update(&CsObject { error: Some(error.clone()), ..changed.clone() }).await.expect("restore");
 
     for byte in 2..=5u8 {
         store

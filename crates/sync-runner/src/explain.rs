@@ -175,6 +175,16 @@ impl<S: Store> Store for Overlay<'_, S> {
         Ok(())
     }
 
+    async fn cs_update_state(&self, object: &CsObject) -> Result<(), StoreError> {
+        let mut current = self.cs_get(object.id).await?.ok_or_else(|| StoreError::NotFound(object.id.to_string()))?;
+        current.dn = object.dn.clone();
+        current.link = object.link;
+        current.pending_import = object.pending_import;
+        current.pending_export = object.pending_export.clone();
+        current.error = object.error.clone();
+        self.cs_update(&current).await
+    }
+
     async fn cs_delete(&self, id: CsId) -> Result<(), StoreError> {
         self.with(|changes| changes.cs.insert(id, None));
         Ok(())

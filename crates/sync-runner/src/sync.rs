@@ -176,6 +176,9 @@ impl<S: Store> Context<'_, S> {
             self.counts.deletes += 1;
             return Ok(false);
         }
+        // What a sync may change; an object whose link and error stay as they were is not
+        // written again (a full sync of a settled connector space writes nothing here).
+        let before = (cs.link, cs.error.clone());
         if cs.error.as_ref().is_some_and(|error| error.stage == model::ErrorStage::Sync) {
             cs.error = None;
         }
@@ -199,7 +202,7 @@ impl<S: Store> Context<'_, S> {
                 match inbound::decide_join(&plan, &candidates) {
                     JoinDecision::Join(mv) => {
                         cs.link = Some(mv);
-                        store.cs_update(&cs).await?;
+                        store.cs_update_state(&cs).await?;
                         affected.insert(mv);
                         self.counts.updates += 1;
                         // Flow now, so objects later in this run can join on the values.
@@ -209,7 +212,7 @@ impl<S: Store> Context<'_, S> {
                     JoinDecision::Project(mv_type) => {
                         let mv = store.mv_insert(&mv_type).await?;
                         cs.link = Some(mv);
-                        store.cs_update(&cs).await?;
+                        store.cs_update_state(&cs).await?;
                         affected.insert(mv);
                         projected.insert(mv);
                         self.counts.adds += 1;
@@ -223,7 +226,9 @@ impl<S: Store> Context<'_, S> {
                 }
             }
         }
-        store.cs_update(&cs).await?;
+        if (cs.link, cs.error.clone()) != before {
+            store.cs_update_state(&cs).await?;
+        }
         Ok(true)
     }
 
@@ -288,7 +293,7 @@ impl<S: Store> Context<'_, S> {
                     }
                     cs.pending_export = Some(PendingExport::Delete);
                 }
-                store.cs_update(&cs).await?;
+                store.cs_update_state(&cs).await?;
             }
             store.mv_delete(mv_id).await?;
             self.counts.deletes += 1;
@@ -463,7 +468,7 @@ impl<S: Store> Context<'_, S> {
         if let OutboundDecision::Join { cs, .. } = decision {
             let Some(mut found) = store.cs_get(cs).await? else { return Ok(()) };
             found.link = Some(mv.id);
-            store.cs_update(&found).await?;
+            store.cs_update_state(&found).await?;
             self.counts.updates += 1;
             decision = decide(Some(&found), &[], seed);
             target_cs = Some(found);
@@ -490,7 +495,7 @@ impl<S: Store> Context<'_, S> {
                     && cs.anchor.is_some()
                 {
                     cs.pending_export = None;
-                    store.cs_update(&cs).await?;
+                    store.cs_update_state(&cs).await?;
                 }
             }
             OutboundDecision::Provision { object_type, dn, attributes, .. } => {
@@ -522,7 +527,7 @@ impl<S: Store> Context<'_, S> {
                 };
                 if cs.pending_export.as_ref() != Some(&export) {
                     cs.pending_export = Some(export);
-                    store.cs_update(&cs).await?;
+                    store.cs_update_state(&cs).await?;
                     self.counts.updates += 1;
                 }
             }
@@ -533,7 +538,7 @@ impl<S: Store> Context<'_, S> {
                 } else {
                     cs.link = None;
                     cs.pending_export = Some(PendingExport::Delete);
-                    store.cs_update(&cs).await?;
+                    store.cs_update_state(&cs).await?;
                 }
                 self.counts.deletes += 1;
             }
