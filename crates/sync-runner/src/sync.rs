@@ -26,6 +26,14 @@ struct Context<'r, S: Store> {
     /// CS objects whose delete this page is processing: left out of their MV object's
     /// computation, removed from the store only after the page's metaverse work.
     deleting: BTreeSet<CsId>,
+    /// MV objects this page's inbound work flowed (after a join or projection) with every
+    /// reference resolved: their metaverse work does not compute the same flow again, unless
+    /// `links_removed`. (Later objects of the page can only add links; a link added turns an
+    /// unresolved reference into a resolved one, which such a flow did not have.)
+    flowed: BTreeSet<MvId>,
+    /// A link went away in this page (an MV object deleted, an object deprovisioned): a
+    /// reference resolved earlier may not resolve now, so every flow is computed again.
+    links_removed: bool,
 }
 
 pub(crate) async fn run<S: Store>(
@@ -49,6 +57,8 @@ pub(crate) async fn run<S: Store>(
         counts: RunCounts::default(),
         random_state: runner.clock.unix_seconds() as u64 | 1,
         deleting: BTreeSet::new(),
+        flowed: BTreeSet::new(),
+        links_removed: false,
     };
     context.memberships = crate::Memberships::load(&runner.store, &runner.rules).await?;
 
@@ -97,6 +107,8 @@ pub(crate) async fn run<S: Store>(
 /// ones removed. Returns (objects processed, MV objects touched).
 async fn sync_page<S: Store>(context: &mut Context<'_, S>, page: Vec<CsObject>) -> Result<(u64, usize), RunnerError> {
     let store = &context.runner.store;
+    context.flowed.clear();
+    context.links_removed = false;
     let mut affected: BTreeSet<MvId> = BTreeSet::new();
     let mut projected: BTreeSet<MvId> = BTreeSet::new();
     let mut kept = Vec::new();
@@ -218,7 +230,9 @@ impl<S: Store> Context<'_, S> {
                         self.counts.adds += 1;
                         // Just created: empty, and this object is the only one joined to it.
                         let object = model::MvObject { id: mv, object_type: mv_type, attributes: BTreeMap::new() };
-                        self.flow_inbound_for(object, vec![cs], true).await?;
+                        if self.flow_inbound_for(object, vec![cs], true).await?.2 {
+                            self.flowed.insert(mv);
+                        }
                         return Ok(true);
                     }
                     JoinDecision::Disconnector => {}
@@ -296,13 +310,19 @@ impl<S: Store> Context<'_, S> {
                 store.cs_update_state(&cs).await?;
             }
             store.mv_delete(mv_id).await?;
+            self.links_removed = true;
             self.counts.deletes += 1;
             return Ok(());
         }
 
-        // Inbound attribute flow.
-        let (updated, joined) = self.flow_inbound_for(mv, joined, is_new).await?;
-        let mv = updated;
+        // Inbound attribute flow, unless this page's inbound work already computed it with every
+        // reference resolved and no link has gone since (then it would come out the same).
+        let (mv, joined) = if !self.links_removed && self.flowed.remove(&mv_id) {
+            (mv, joined)
+        } else {
+            let (updated, joined, _) = self.flow_inbound_for(mv, joined, is_new).await?;
+            (updated, joined)
+        };
 
         // Outbound to every connector with outbound rules for this MV type.
         let targets: Vec<ConnectorId> =
@@ -319,7 +339,9 @@ impl<S: Store> Context<'_, S> {
         let Some(mv) = store.mv_get(mv_id).await? else { return Ok(()) };
         let mut joined = store.cs_linked_to(mv_id).await?;
         joined.retain(|cs| !self.deleting.contains(&cs.id));
-        self.flow_inbound_for(mv, joined, is_new).await?;
+        if self.flow_inbound_for(mv, joined, is_new).await?.2 {
+            self.flowed.insert(mv_id);
+        }
         Ok(())
     }
 
@@ -329,19 +351,28 @@ impl<S: Store> Context<'_, S> {
         mut mv: model::MvObject,
         mut joined: Vec<CsObject>,
         is_new: bool,
-    ) -> Result<(model::MvObject, Vec<CsObject>), RunnerError> {
+    ) -> Result<(model::MvObject, Vec<CsObject>, bool), RunnerError> {
         let store = &self.runner.store;
         let references = self.inbound_references(&joined).await?;
-        let resolve = |connector: &ConnectorId, dn: &str| references.get(&(connector.clone(), dn.to_lowercase())).copied();
         let mut random_state = self.next_random();
         let mut random = move || {
             random_state = random_state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             random_state
         };
-        let result = {
+        let (result, complete) = {
+            // Whether every reference resolved: then nothing later in the page can change this
+            // flow's result unless a link goes away (see `Context::flowed`).
+            let misses = std::cell::Cell::new(0usize);
+            let resolve = |connector: &ConnectorId, dn: &str| {
+                let found = references.get(&(connector.clone(), dn.to_lowercase())).copied();
+                if found.is_none() {
+                    misses.set(misses.get() + 1);
+                }
+                found
+            };
             let refs: Vec<&CsObject> = joined.iter().collect();
             let member_of = self.member_of();
-            inbound::flow_inbound(InboundInput {
+            let result = inbound::flow_inbound(InboundInput {
                 rules: &self.runner.rules,
                 mv: &mv,
                 is_new,
@@ -351,7 +382,8 @@ impl<S: Store> Context<'_, S> {
                 resolve_reference: &resolve,
                 now: self.now,
                 random: &mut random,
-            })
+            });
+            (result, misses.get() == 0)
         };
         for (cs_id, error) in &result.errors {
             if let Some(cs) = joined.iter_mut().find(|cs| cs.id == *cs_id) {
@@ -371,7 +403,7 @@ impl<S: Store> Context<'_, S> {
                 self.counts.updates += 1;
             }
         }
-        Ok((mv, joined))
+        Ok((mv, joined, complete))
     }
 
     fn has_outbound_rules(&self, connector: &ConnectorId, mv_type: &str) -> bool {
@@ -532,6 +564,7 @@ impl<S: Store> Context<'_, S> {
                 }
             }
             OutboundDecision::Deprovision(cs_id) => {
+                self.links_removed = true;
                 let Some(mut cs) = store.cs_get(cs_id).await? else { return Ok(()) };
                 if cs.anchor.is_none() {
                     store.cs_delete(cs_id).await?;
@@ -606,6 +639,8 @@ pub(crate) async fn explain<S: Store>(
         counts: RunCounts::default(),
         random_state: runner.clock.unix_seconds() as u64 | 1,
         deleting: BTreeSet::new(),
+        flowed: BTreeSet::new(),
+        links_removed: false,
     };
     let rules_in_scope = {
         let member_of = context.member_of();

@@ -884,3 +884,30 @@ async fn explain_says_what_a_sync_would_do_and_changes_nothing() {
     let missing = world.runner.explain(&src, "CN=Nobody", Default::default()).await.expect_err("no such object");
     assert!(missing.to_string().contains("has no object CN=Nobody"), "{missing}");
 }
+
+/// A reference to an object projected later in the same sync page resolves in that sync: a
+/// flow that met an unresolved reference during the page's inbound work is computed again in
+/// its metaverse work (a flow with every reference resolved is not).
+#[tokio::test]
+async fn a_reference_to_an_object_later_in_the_page_resolves_in_the_same_sync() {
+    let world = world(RunnerConfig::default()).await;
+    world.src.put("CN=E2,OU=Staff", "user", person("E2", "Bob Report", Some("CN=E9,OU=Staff")));
+    world.src.put("CN=E9,OU=Staff", "user", person("E9", "Zed Boss", None));
+    let src = ConnectorId("src".into());
+    world.runner.run_step(&src, Step::FullImport).await.expect("import");
+    let report_cs = world.runner.store().cs_by_dn(&src, "CN=E2,OU=Staff").await.expect("read").expect("imported");
+    let boss_cs = world.runner.store().cs_by_dn(&src, "CN=E9,OU=Staff").await.expect("read").expect("imported");
+    assert!(report_cs.id < boss_cs.id, "the report comes first in the page, so its first flow cannot resolve its manager");
+    world.runner.run_step(&src, Step::FullSync).await.expect("sync");
+    let link = |dn: &'static str| {
+        let store = world.runner.store();
+        let src = src.clone();
+        async move { store.cs_by_dn(&src, dn).await.expect("read").and_then(|cs| cs.link).expect("joined") }
+    };
+    let (report_mv, boss_mv) = (link("CN=E2,OU=Staff").await, link("CN=E9,OU=Staff").await);
+    let report = world.runner.store().mv_get(report_mv).await.expect("read").expect("projected");
+    assert_eq!(
+        report.attributes.get("manager").map(|attribute| attribute.values.clone()),
+        Some(vec![AttrValue::Reference(boss_mv.0.to_string())])
+    );
+}
