@@ -475,6 +475,9 @@ impl<S: Store> Context<'_, S> {
                 join_candidates.push(intersect(per_clause).into_iter().map(CsId).collect());
             }
         }
+        // Each outbound decision draws its own seed from the run's source (both decisions of a
+        // join below use the same one), so Guid()/RandomNum() differ from object to object.
+        let seed = self.next_random();
         let empty = BTreeMap::new();
         let parameters = self.parameters.get(target).unwrap_or(&empty);
         let decide = |joined_cs: Option<&CsObject>, candidates: &[Vec<CsId>], seed: u64| {
@@ -495,7 +498,6 @@ impl<S: Store> Context<'_, S> {
                 random: &mut random,
             })
         };
-        let seed = self.random_state;
         let mut decision = decide(target_cs.as_ref(), &join_candidates, seed);
         if let OutboundDecision::Join { cs, .. } = decision {
             let Some(mut found) = store.cs_get(cs).await? else { return Ok(()) };

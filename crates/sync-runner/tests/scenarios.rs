@@ -911,3 +911,42 @@ async fn a_reference_to_an_object_later_in_the_page_resolves_in_the_same_sync() 
         Some(vec![AttrValue::Reference(boss_mv.0.to_string())])
     );
 }
+
+/// `Guid()` in an outbound flow gives each provisioned object its own value within one run
+/// (each outbound decision draws its own seed from the run's random source).
+#[tokio::test]
+async fn an_outbound_guid_differs_from_object_to_object() {
+    let rules = RULES.replacen(
+        "[[rule.flow]]\ntarget = \"employeeNumber\"\ndirect = \"employeeID\"",
+        "[[rule.flow]]\ntarget = \"employeeNumber\"\ndirect = \"employeeID\"\n[[rule.flow]]\ntarget = \"initialSecret\"\nexpression = 'Guid()'",
+        1,
+    );
+    assert_ne!(rules, RULES, "the outbound rule gained a Guid() flow");
+    let store = SqliteStore::memory().expect("store");
+    store.migrate().await.expect("migrate");
+    let mut runner = Runner::new(store, RuleSet::parse(&rules).expect("rules"), RunnerConfig::default());
+    let (src, dst) = (MemoryDirectory::new(), MemoryDirectory::new());
+    runner.add_connector(src.connector("src", Role::Source, 2));
+    runner.add_connector(dst.connector("dst", Role::Target, 2));
+    seed(&src);
+    // One sync of the source: its outbound decisions provision the three (no later sync redoes them).
+    let source = ConnectorId("src".into());
+    runner.run_step(&source, Step::FullImport).await.expect("import");
+    runner.run_step(&source, Step::FullSync).await.expect("sync");
+    let provisioned = runner.store().cs_list(&ConnectorId("dst".into()), &CsQuery::default()).await.expect("list");
+    let secrets: std::collections::BTreeSet<Vec<AttrValue>> = provisioned
+        .iter()
+        .map(|cs| match &cs.pending_export {
+            Some(model::PendingExport::Add(changes)) => changes
+                .iter()
+                .find_map(|change| match change {
+                    AttrChange::Replace(name, values) if name == "initialSecret" => Some(values.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default(),
+            other => panic!("{} should be a pending add, not {other:?}", cs.dn),
+        })
+        .collect();
+    assert_eq!((provisioned.len(), secrets.len()), (3, 3), "three objects, three values: {secrets:?}");
+    assert!(secrets.iter().all(|values| values.len() == 1), "each has one: {secrets:?}");
+}
