@@ -203,6 +203,11 @@ impl<C: GenericClient + Sync> store::import::ImportTx for PostgresImport<'_, C> 
         Ok(query_cs(self.client, self.st, "connector = $1 AND anchor = $2", &[&connector.0, &anchor.0]).await?.pop())
     }
 
+    async fn has_export_objects(&mut self, connector: &ConnectorId) -> Result<bool> {
+        let sql = "SELECT EXISTS (SELECT 1 FROM cs_objects WHERE connector = $1 AND anchor IS NULL)";
+        Ok(self.client.query_one(&self.st.get(self.client, sql).await?, &[&connector.0]).await.map_err(backend)?.get(0))
+    }
+
     async fn export_object_by_dn(&mut self, connector: &ConnectorId, dn: &str) -> Result<Option<CsObject>> {
         let sql = "connector = $1 AND dn_folded = $2 AND anchor IS NULL";
         Ok(query_cs(self.client, self.st, sql, &[&connector.0, &dn.to_lowercase()]).await?.pop())

@@ -129,6 +129,16 @@ impl store::import::ImportTx for SqliteImport<'_> {
         Ok(query_cs(self.tx, "connector = ?1 AND anchor = ?2", &[&connector.0, &anchor.0])?.pop())
     }
 
+    async fn has_export_objects(&mut self, connector: &ConnectorId) -> Result<bool> {
+        self.tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM cs_objects INDEXED BY cs_objects_unanchored WHERE connector = ?1 AND anchor IS NULL)",
+            )
+            .map_err(backend)?
+            .query_row(params![connector.0], |row| row.get(0))
+            .map_err(backend)
+    }
+
     async fn export_object_by_dn(&mut self, connector: &ConnectorId, dn: &str) -> Result<Option<CsObject>> {
         Ok(query_cs(self.tx, "connector = ?1 AND dn_folded = ?2 AND anchor IS NULL", &[&connector.0, &dn.to_lowercase()])?.pop())
     }

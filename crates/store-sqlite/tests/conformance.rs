@@ -87,7 +87,7 @@ async fn upgrading_a_version_1_database_indexes_its_references() {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
             "DELETE FROM cs_values WHERE attribute = 'member'; DROP INDEX cs_values_reference; \
-             DROP TABLE service_state; DROP INDEX cs_objects_connector; DELETE FROM schema_version WHERE version >= 2;",
+             DROP TABLE service_state; DROP INDEX cs_objects_connector; DROP INDEX cs_objects_unanchored; DELETE FROM schema_version WHERE version >= 2;",
         )
         .unwrap();
     }

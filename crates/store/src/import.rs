@@ -186,6 +186,10 @@ pub fn rename_references(referring: &CsObject, old_dn: &str, new_dn: &str) -> Op
 pub trait ImportTx {
     /// The connector's object with this anchor.
     fn by_anchor(&mut self, connector: &ConnectorId, anchor: &Anchor) -> impl Future<Output = Result<Option<CsObject>>>;
+    /// Whether the connector has any unconfirmed export object (no anchor yet): asked once per
+    /// page, so a connector that has none (a source's full import) is not searched by DN for
+    /// every new object.
+    fn has_export_objects(&mut self, connector: &ConnectorId) -> impl Future<Output = Result<bool>>;
     /// The connector's unconfirmed export object (no anchor yet) with this DN.
     fn export_object_by_dn(&mut self, connector: &ConnectorId, dn: &str) -> impl Future<Output = Result<Option<CsObject>>>;
     /// Creates an object seen by import run `run`.
@@ -247,6 +251,9 @@ pub async fn apply_page<T: ImportTx>(
 ) -> Result<ImportCounts> {
     let mut counts = ImportCounts::default();
     let mut renames = PageRenames::default();
+    // Asked when first needed; an import never adds an object without an anchor, so the
+    // answer holds for the page (a confirmation only makes it pessimistic).
+    let mut export_objects: Option<bool> = None;
     for change in changes {
         match change {
             ImportChange::Upsert { anchor, dn, object_type, attributes } => {
@@ -256,10 +263,17 @@ pub async fn apply_page<T: ImportTx>(
                 let existing = match tx.by_anchor(connector, anchor).await? {
                     Some(existing) => Some(existing),
                     // An unconfirmed export object with this DN is confirmed by the import.
-                    None => tx.export_object_by_dn(connector, dn).await?.map(|mut export_object| {
-                        export_object.anchor = Some(anchor.clone());
-                        export_object
-                    }),
+                    None => {
+                        let any = match export_objects {
+                            Some(any) => any,
+                            None => *export_objects.insert(tx.has_export_objects(connector).await?),
+                        };
+                        let found = if any { tx.export_object_by_dn(connector, dn).await? } else { None };
+                        found.map(|mut export_object| {
+                            export_object.anchor = Some(anchor.clone());
+                            export_object
+                        })
+                    }
                 };
                 let Some(existing) = existing else {
                     let new = NewCsObject {
