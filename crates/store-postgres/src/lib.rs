@@ -87,14 +87,17 @@ impl Statements {
         codec::indexes(space, listed.as_deref(), name, value)
     }
 
-    /// Refuses a lookup on an attribute the index does not hold.
+    /// Refuses a lookup on an attribute the index does not hold ([`codec::check_indexed`]).
     fn check_indexed(&self, attribute: &str) -> Result<()> {
-        match self.1.read().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref() {
-            Some(set) if !set.contains(attribute) => {
-                Err(StoreError::Conflict(format!("attribute {attribute} is not indexed for lookups; add it to the store's index list")))
-            }
-            _ => Ok(()),
-        }
+        codec::check_indexed(self.1.read().unwrap_or_else(|poisoned| poisoned.into_inner()).as_deref(), attribute)
+    }
+
+    /// The lookup-index rows an MV object should have ([`codec::mv_index_rows`]).
+    fn mv_index_rows<'a>(
+        &self,
+        attributes: &'a std::collections::BTreeMap<String, model::MvAttribute>,
+    ) -> std::collections::BTreeMap<(&'a str, String), String> {
+        codec::mv_index_rows(attributes, self.1.read().unwrap_or_else(|poisoned| poisoned.into_inner()).as_deref())
     }
 
     async fn get(&self, client: &impl GenericClient, sql: &str) -> Result<tokio_postgres::Statement> {
@@ -109,6 +112,12 @@ impl Statements {
 
 /// Where the indexed attribute set is kept (`Store::service_state`).
 pub(crate) const INDEX_STATE: (&str, &str) = ("store", "indexed-attributes");
+
+/// An MV object from a row of (id, object_type, attributes).
+fn mv_from_row(row: &Row) -> Result<MvObject> {
+    let attributes: &str = row.get(2);
+    Ok(MvObject { id: MvId(row.get(0)), object_type: row.get(1), attributes: codec::mv_attributes_from_text(attributes)? })
+}
 
 fn backend(err: tokio_postgres::Error) -> StoreError {
     if let Some(db) = err.as_db_error()
@@ -463,32 +472,23 @@ impl store::Store for PostgresStore {
                 changed += tx.execute(sql, &[&listed]).await.map_err(backend)?;
             }
             // Rows of newly listed attributes come from the stored objects.
-            let added: Vec<String> = match &stored {
+            let added: BTreeSet<String> = match &stored {
                 Some(before) => wanted.difference(before).cloned().collect(),
-                None => Vec::new(),
+                None => BTreeSet::new(),
             };
             if !added.is_empty() {
-                for (owners, values, owner) in [("cs_objects", "cs_values", "cs_id"), ("mv_objects", "mv_values", "mv_id")] {
+                for (space, owners, values, owner) in
+                    [(Space::Connector, "cs_objects", "cs_values", "cs_id"), (Space::Metaverse, "mv_objects", "mv_values", "mv_id")]
+                {
                     let rows = tx.query(&format!("SELECT id, attributes FROM {owners}"), &[]).await.map_err(backend)?;
                     for row in rows {
-                        let (id, text): (i64, String) = (row.get(0), row.get(1));
-                        let parsed = if owners == "mv_objects" {
-                            codec::mv_values(&codec::mv_attributes_from_text(&text)?)
-                        } else {
-                            codec::attributes_from_text(&text)?
-                        };
-                        let (mut names, mut exact, mut folded) = (Vec::new(), Vec::new(), Vec::new());
-                        for (name, values_of) in parsed.iter().filter(|(name, _)| added.iter().any(|added| added == name)) {
-                            // A connector space's references are there already.
-                            let already = |value: &AttrValue| values == "cs_values" && matches!(value, AttrValue::Reference(_));
-                            for value in values_of.iter().filter(|value| !already(value)) {
-                                names.push(name.to_string());
-                                exact.push(index_key(value, Matching::Exact));
-                                folded.push(index_key(value, Matching::IgnoreCase));
-                            }
-                        }
-                        if !names.is_empty() {
-                            changed += names.len() as u64;
+                        let (id, text): (i64, &str) = (row.get(0), row.get(1));
+                        let new_rows = codec::rows_for_newly_listed(space, text, &added)?;
+                        if !new_rows.is_empty() {
+                            changed += new_rows.len() as u64;
+                            let names: Vec<&str> = new_rows.iter().map(|(name, _, _)| name.as_str()).collect();
+                            let exact: Vec<&str> = new_rows.iter().map(|(_, exact, _)| exact.as_str()).collect();
+                            let folded: Vec<&str> = new_rows.iter().map(|(_, _, folded)| folded.as_str()).collect();
                             let sql = format!(
                                 "INSERT INTO {values} ({owner}, attribute, exact, folded) SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[])"
                             );
@@ -739,13 +739,9 @@ impl store::Store for PostgresStore {
 
     async fn mv_get(&self, id: MvId) -> Result<Option<MvObject>> {
         let client = self.client.lock().await;
-        let sql = "SELECT object_type, attributes FROM mv_objects WHERE id = $1";
+        let sql = "SELECT id, object_type, attributes FROM mv_objects WHERE id = $1";
         let row = client.query_opt(&self.statements.get(&*client, sql).await?, &[&id.0]).await.map_err(backend)?;
-        row.map(|row| {
-            let attributes: String = row.get(1);
-            Ok(MvObject { id, object_type: row.get(0), attributes: codec::mv_attributes_from_text(&attributes)? })
-        })
-        .transpose()
+        row.as_ref().map(mv_from_row).transpose()
     }
 
     async fn mv_get_many(&self, ids: &[MvId]) -> Result<Vec<MvObject>> {
@@ -756,12 +752,7 @@ impl store::Store for PostgresStore {
         let client = self.client.lock().await;
         let sql = "SELECT id, object_type, attributes FROM mv_objects WHERE id = ANY($1) ORDER BY id";
         let rows = client.query(&self.statements.get(&*client, sql).await?, &[&ids]).await.map_err(backend)?;
-        rows.iter()
-            .map(|row| {
-                let attributes: String = row.get(2);
-                Ok(MvObject { id: MvId(row.get(0)), object_type: row.get(1), attributes: codec::mv_attributes_from_text(&attributes)? })
-            })
-            .collect()
+        rows.iter().map(mv_from_row).collect()
     }
 
     async fn mv_insert(&self, object_type: &str) -> Result<MvId> {
@@ -775,12 +766,7 @@ impl store::Store for PostgresStore {
     async fn mv_update(&self, object: &MvObject) -> Result<()> {
         let attributes = codec::mv_attributes_to_text(&object.attributes);
         // The index rows it should hold (few: the listed attributes).
-        let mut wanted: std::collections::BTreeMap<(&str, String), String> = std::collections::BTreeMap::new();
-        for (name, attribute) in &object.attributes {
-            for value in attribute.values.iter().filter(|value| self.statements.indexes(Space::Metaverse, name, value)) {
-                wanted.insert((name.as_str(), index_key(value, Matching::Exact)), index_key(value, Matching::IgnoreCase));
-            }
-        }
+        let wanted = self.statements.mv_index_rows(&object.attributes);
         let names: Vec<&str> = wanted.keys().map(|(name, _)| *name).collect();
         let exact: Vec<&str> = wanted.keys().map(|(_, exact)| exact.as_str()).collect();
         let folded: Vec<&str> = wanted.values().map(String::as_str).collect();

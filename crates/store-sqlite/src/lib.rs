@@ -6,7 +6,7 @@
 
 mod schema;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -375,13 +375,16 @@ fn update_cs(tx: &Connection, object: &CsObject, indexed: Option<&BTreeSet<Strin
     Ok(())
 }
 
-fn check_indexed(indexed: Option<&BTreeSet<String>>, attribute: &str) -> Result<()> {
-    match indexed {
-        Some(set) if !set.contains(attribute) => {
-            Err(StoreError::Conflict(format!("attribute {attribute} is not indexed for lookups; add it to the store's index list")))
-        }
-        _ => Ok(()),
-    }
+/// An MV object by id, decoded.
+fn get_mv(conn: &Connection, id: MvId) -> Result<Option<MvObject>> {
+    let row: Option<(String, String)> = conn
+        .prepare_cached("SELECT object_type, attributes FROM mv_objects WHERE id = ?1")
+        .map_err(backend)?
+        .query_row(params![id.0], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()
+        .map_err(backend)?;
+    row.map(|(object_type, attributes)| Ok(MvObject { id, object_type, attributes: codec::mv_attributes_from_text(&attributes)? }))
+        .transpose()
 }
 
 fn find_ids(conn: &Connection, sql: &str, fixed: &[&dyn rusqlite::ToSql], values: &[AttrValue], matching: Matching) -> Result<Vec<i64>> {
@@ -435,19 +438,9 @@ fn reindex(tx: &Connection, space: Space, before: Option<&BTreeSet<String>>, aft
         tx.prepare(&format!("INSERT INTO {values} ({owner}, attribute, exact, folded) VALUES (?1, ?2, ?3, ?4)")).map_err(backend)?;
     for row in rows {
         let (id, text) = row.map_err(backend)?;
-        let attributes = match space {
-            Space::Metaverse => codec::mv_values(&codec::mv_attributes_from_text(&text)?),
-            Space::Connector => codec::attributes_from_text(&text)?,
-        };
-        for (name, values) in attributes.iter().filter(|(name, _)| added.contains(*name)) {
-            // A connector space's references are there already.
-            let already = |value: &AttrValue| space == Space::Connector && matches!(value, AttrValue::Reference(_));
-            for value in values.iter().filter(|value| !already(value)) {
-                insert
-                    .execute(params![id, name, index_key(value, Matching::Exact), index_key(value, Matching::IgnoreCase)])
-                    .map_err(backend)?;
-                changed += 1;
-            }
+        for (name, exact, folded) in codec::rows_for_newly_listed(space, &text, &added)? {
+            insert.execute(params![id, name, exact, folded]).map_err(backend)?;
+            changed += 1;
         }
     }
     Ok(changed)
@@ -677,12 +670,9 @@ impl store::Store for SqliteStore {
     }
 
     async fn cs_linked_to_many(&self, mvs: &[MvId]) -> Result<Vec<CsObject>> {
-        let mut mvs = mvs.to_vec();
-        mvs.sort_unstable();
-        mvs.dedup();
         self.call(move |conn, _| {
             let mut linked = Vec::new();
-            for mv in mvs {
+            for mv in store::ids_in_order(mvs) {
                 linked.extend(query_cs(conn, "link = ?1 ORDER BY id", &[&mv.0])?);
             }
             Ok(linked)
@@ -701,7 +691,7 @@ impl store::Store for SqliteStore {
         let (connector, object_type, attribute, values) =
             (connector.0.clone(), object_type.to_string(), attribute.to_string(), values.to_vec());
         self.call(move |conn, indexed| {
-            check_indexed(indexed, &attribute)?;
+            codec::check_indexed(indexed, &attribute)?;
             let column = if matching == Matching::Exact { "exact" } else { "folded" };
             // The attribute lookups hold no references (schema step 5): those go through the
             // reference index, by folded key, then compared as asked.
@@ -865,32 +855,14 @@ impl store::Store for SqliteStore {
     }
 
     async fn mv_get(&self, id: MvId) -> Result<Option<MvObject>> {
-        self.call(move |conn, _| {
-            let row: Option<(String, String)> = conn
-                .prepare_cached("SELECT object_type, attributes FROM mv_objects WHERE id = ?1")
-                .map_err(backend)?
-                .query_row(params![id.0], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()
-                .map_err(backend)?;
-            row.map(|(object_type, attributes)| Ok(MvObject { id, object_type, attributes: codec::mv_attributes_from_text(&attributes)? }))
-                .transpose()
-        })
-        .await
+        self.call(move |conn, _| get_mv(conn, id)).await
     }
 
     async fn mv_get_many(&self, ids: &[MvId]) -> Result<Vec<MvObject>> {
-        let mut ids = ids.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
         self.call(move |conn, _| {
-            let mut statement = conn.prepare_cached("SELECT object_type, attributes FROM mv_objects WHERE id = ?1").map_err(backend)?;
             let mut found = Vec::new();
-            for id in ids {
-                let row: Option<(String, String)> =
-                    statement.query_row(params![id.0], |row| Ok((row.get(0)?, row.get(1)?))).optional().map_err(backend)?;
-                if let Some((object_type, attributes)) = row {
-                    found.push(MvObject { id, object_type, attributes: codec::mv_attributes_from_text(&attributes)? });
-                }
+            for id in store::ids_in_order(ids) {
+                found.extend(get_mv(conn, id)?);
             }
             Ok(found)
         })
@@ -924,12 +896,7 @@ impl store::Store for SqliteStore {
             // The lookup index holds few rows per MV object (the listed attributes): compared
             // with the rows it should hold, only those that differ change, and the previous
             // attributes are never read back.
-            let mut wanted: BTreeMap<(&str, String), String> = BTreeMap::new();
-            for (name, attribute) in &object.attributes {
-                for value in attribute.values.iter().filter(|value| codec::indexes(Space::Metaverse, indexed, name, value)) {
-                    wanted.insert((name.as_str(), index_key(value, Matching::Exact)), index_key(value, Matching::IgnoreCase));
-                }
-            }
+            let mut wanted = codec::mv_index_rows(&object.attributes, indexed);
             let present: BTreeSet<(String, String)> = {
                 let mut select = tx.prepare_cached("SELECT attribute, exact FROM mv_values WHERE mv_id = ?1").map_err(backend)?;
                 let rows = select.query_map(params![object.id.0], |row| Ok((row.get(0)?, row.get(1)?))).map_err(backend)?;
@@ -968,7 +935,7 @@ impl store::Store for SqliteStore {
     async fn mv_find(&self, object_type: &str, attribute: &str, values: &[AttrValue], matching: Matching) -> Result<Vec<MvId>> {
         let (object_type, attribute, values) = (object_type.to_string(), attribute.to_string(), values.to_vec());
         self.call(move |conn, indexed| {
-            check_indexed(indexed, &attribute)?;
+            codec::check_indexed(indexed, &attribute)?;
             let column = if matching == Matching::Exact { "exact" } else { "folded" };
             let sql = format!(
                 "SELECT DISTINCT m.id FROM mv_values v JOIN mv_objects m ON m.id = v.mv_id WHERE m.object_type = ?1 AND v.attribute = ?2 AND v.{column} = ?3"

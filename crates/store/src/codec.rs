@@ -8,7 +8,7 @@ use model::{
     AttrChange, AttrValue, Attributes, ConnectorId, CsId, ErrorStage, Lineage, MvAttribute, ObjectError, PendingExport, PendingImport,
 };
 
-use crate::{Matching, Result, StoreError};
+use crate::{ExportKind, Matching, Result, StoreError};
 
 fn corrupt(what: impl Into<String>) -> StoreError {
     StoreError::Corrupt(what.into())
@@ -230,31 +230,35 @@ pub fn export_from_text(text: &str) -> Result<PendingExport> {
     let changes = |changes: Option<Vec<wire::Change<String>>>| -> Result<Vec<AttrChange>> {
         changes.ok_or_else(|| corrupt("changes are not a list"))?.into_iter().map(change_in).collect()
     };
-    Ok(match export.op.as_str() {
-        "add" => PendingExport::Add(changes(export.changes)?),
-        "update" => PendingExport::Update(changes(export.changes)?),
-        "rename" => {
+    Ok(match kind_of_op(&export.op)? {
+        ExportKind::Add => PendingExport::Add(changes(export.changes)?),
+        ExportKind::Update => PendingExport::Update(changes(export.changes)?),
+        ExportKind::Rename => {
             PendingExport::Rename { new_dn: export.dn.ok_or_else(|| corrupt("rename without dn"))?, changes: changes(export.changes)? }
         }
-        "delete" => PendingExport::Delete,
-        other => return Err(corrupt(format!("unknown pending export \"{other}\""))),
+        ExportKind::Delete => PendingExport::Delete,
     })
 }
 
 /// What the pending export [`export_to_text`] wrote does, reading only its `op` (the changes
 /// are skipped, not decoded).
-pub fn export_kind(text: &str) -> Result<crate::ExportKind> {
+pub fn export_kind(text: &str) -> Result<ExportKind> {
     #[derive(serde::Deserialize)]
     struct Op<'a> {
         #[serde(borrow)]
         op: std::borrow::Cow<'a, str>,
     }
     let parsed: Op<'_> = serde_json::from_str(text).map_err(|err| corrupt(format!("pending export: {err}")))?;
-    Ok(match parsed.op.as_ref() {
-        "add" => crate::ExportKind::Add,
-        "update" => crate::ExportKind::Update,
-        "rename" => crate::ExportKind::Rename,
-        "delete" => crate::ExportKind::Delete,
+    kind_of_op(&parsed.op)
+}
+
+/// A stored export's `op`, read.
+fn kind_of_op(op: &str) -> Result<ExportKind> {
+    Ok(match op {
+        "add" => ExportKind::Add,
+        "update" => ExportKind::Update,
+        "rename" => ExportKind::Rename,
+        "delete" => ExportKind::Delete,
         other => return Err(corrupt(format!("unknown pending export \"{other}\""))),
     })
 }
@@ -405,6 +409,52 @@ pub fn value_changes<'a>(old: &'a Attributes, new: &'a Attributes) -> (Vec<Named
         added.extend(values.iter().filter(|value| !had.contains(&index_key(value, Matching::Exact))).map(|value| (name, value)));
     }
     (removed, added)
+}
+
+/// Refuses a lookup on an attribute the store's index list (`None`: every attribute) leaves out.
+pub fn check_indexed(listed: Option<&std::collections::BTreeSet<String>>, attribute: &str) -> Result<()> {
+    match listed {
+        Some(set) if !set.contains(attribute) => {
+            Err(StoreError::Conflict(format!("attribute {attribute} is not indexed for lookups; add it to the store's index list")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The lookup-index rows an MV object should have, as (attribute, exact key) → folded key.
+pub fn mv_index_rows<'a>(
+    attributes: &'a BTreeMap<String, MvAttribute>,
+    listed: Option<&std::collections::BTreeSet<String>>,
+) -> BTreeMap<(&'a str, String), String> {
+    let mut rows = BTreeMap::new();
+    for (name, attribute) in attributes {
+        for value in attribute.values.iter().filter(|value| indexes(Space::Metaverse, listed, name, value)) {
+            rows.insert((name.as_str(), index_key(value, Matching::Exact)), index_key(value, Matching::IgnoreCase));
+        }
+    }
+    rows
+}
+
+/// The lookup-index rows (attribute, exact key, folded key) that attributes newly added to the
+/// index list need for one stored object (`text` as the adapter keeps it); a connector
+/// space's references are there already.
+pub fn rows_for_newly_listed(
+    space: Space,
+    text: &str,
+    added: &std::collections::BTreeSet<String>,
+) -> Result<Vec<(String, String, String)>> {
+    let attributes = match space {
+        Space::Metaverse => mv_values(&mv_attributes_from_text(text)?),
+        Space::Connector => attributes_from_text(text)?,
+    };
+    let mut rows = Vec::new();
+    for (name, values) in attributes.iter().filter(|(name, _)| added.contains(*name)) {
+        let already = |value: &AttrValue| space == Space::Connector && matches!(value, AttrValue::Reference(_));
+        for value in values.iter().filter(|value| !already(value)) {
+            rows.push((name.to_string(), index_key(value, Matching::Exact), index_key(value, Matching::IgnoreCase)));
+        }
+    }
+    Ok(rows)
 }
 
 /// A set of attribute names as stored (one per line).

@@ -136,6 +136,15 @@ pub struct RunCounts {
     pub errors: u64,
 }
 
+/// `ids` in order, each once: how the set-based reads (`mv_get_many`, `cs_linked_to_many`) go
+/// through what they are asked.
+pub fn ids_in_order(ids: &[MvId]) -> Vec<MvId> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// What a pending export does, without its changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportKind {

@@ -44,14 +44,6 @@ pub struct Overlay<'s, S: Store> {
     changes: Mutex<Changes>,
 }
 
-/// `ids` in order, each once (how the set-based reads answer).
-fn unique(ids: &[MvId]) -> Vec<MvId> {
-    let mut ids = ids.to_vec();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
 fn refused(what: &str) -> StoreError {
     StoreError::Conflict(format!("a preview does not {what}"))
 }
@@ -238,7 +230,7 @@ impl<S: Store> Store for Overlay<'_, S> {
 
     async fn cs_linked_to_many(&self, mvs: &[MvId]) -> Result<Vec<CsObject>, StoreError> {
         let mut linked = Vec::new();
-        for mv in unique(mvs) {
+        for mv in store::ids_in_order(mvs) {
             linked.extend(self.cs_linked_to(mv).await?);
         }
         Ok(linked)
@@ -323,7 +315,7 @@ impl<S: Store> Store for Overlay<'_, S> {
 
     async fn mv_get_many(&self, ids: &[MvId]) -> Result<Vec<MvObject>, StoreError> {
         let mut found = Vec::new();
-        for id in unique(ids) {
+        for id in store::ids_in_order(ids) {
             found.extend(self.mv_get(id).await?);
         }
         Ok(found)

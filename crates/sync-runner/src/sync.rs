@@ -480,7 +480,7 @@ impl<S: Store> Context<'_, S> {
         let seed = self.next_random();
         let empty = BTreeMap::new();
         let parameters = self.parameters.get(target).unwrap_or(&empty);
-        let decide = |joined_cs: Option<&CsObject>, candidates: &[Vec<CsId>], seed: u64| {
+        let decide = |joined_cs: Option<&CsObject>, candidates: &[Vec<CsId>]| {
             let mut state = seed;
             let mut random = move || {
                 state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
@@ -498,13 +498,13 @@ impl<S: Store> Context<'_, S> {
                 random: &mut random,
             })
         };
-        let mut decision = decide(target_cs.as_ref(), &join_candidates, seed);
+        let mut decision = decide(target_cs.as_ref(), &join_candidates);
         if let OutboundDecision::Join { cs, .. } = decision {
             let Some(mut found) = store.cs_get(cs).await? else { return Ok(()) };
             found.link = Some(mv.id);
             store.cs_update_state(&found).await?;
             self.counts.updates += 1;
-            decision = decide(Some(&found), &[], seed);
+            decision = decide(Some(&found), &[]);
             target_cs = Some(found);
         }
         // An outbound error recorded by an earlier run for this target is over once outbound
