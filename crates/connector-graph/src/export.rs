@@ -28,6 +28,8 @@ fn json_of(value: &AttrValue) -> Value {
         AttrValue::Integer(number) => json!(number),
         AttrValue::Boolean(flag) => Value::Bool(*flag),
         AttrValue::Binary(bytes) => Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        // Outbound flows turn the metaverse's references into DNs before a connector sees them.
+        AttrValue::MvReference(id) => json!(id.0),
     }
 }
 

@@ -204,6 +204,8 @@ pub fn wire(value: &AttrValue) -> Vec<u8> {
             }
         }
         AttrValue::Binary(bytes) => bytes.clone(),
+        // Outbound flows turn the metaverse's references into DNs before a connector sees them.
+        AttrValue::MvReference(id) => id.0.to_string().into_bytes(),
     }
 }
 

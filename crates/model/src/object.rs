@@ -52,8 +52,12 @@ pub enum AttrValue {
     Boolean(bool),
     /// Bytes, kept exact (objectGUID, objectSid, mS-DS-ConsistencyGuid).
     Binary(Vec<u8>),
-    /// A reference to another object: a DN in a connector space, an MV id (as text) in the metaverse.
+    /// A connector space's reference to another object of the same space: its DN.
     Reference(String),
+    /// The metaverse's reference to another metaverse object. Flows translate between the two
+    /// (an inbound flow's DN to the MV object its CS object is joined to, an outbound flow's MV
+    /// object to the DN of the object joined to it in the target space).
+    MvReference(MvId),
 }
 
 impl AttrValue {
@@ -68,6 +72,7 @@ impl fmt::Display for AttrValue {
         match self {
             AttrValue::String(text) | AttrValue::Reference(text) => f.write_str(text),
             AttrValue::Integer(number) => write!(f, "{number}"),
+            AttrValue::MvReference(id) => write!(f, "{}", id.0),
             AttrValue::Boolean(flag) => write!(f, "{flag}"),
             AttrValue::Binary(bytes) => bytes.iter().try_for_each(|byte| write!(f, "{byte:02x}")),
         }

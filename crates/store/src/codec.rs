@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use model::{
-    AttrChange, AttrValue, Attributes, ConnectorId, CsId, ErrorStage, Lineage, MvAttribute, ObjectError, PendingExport, PendingImport,
+    AttrChange, AttrValue, Attributes, ConnectorId, CsId, ErrorStage, Lineage, MvAttribute, MvId, ObjectError, PendingExport, PendingImport,
 };
 
 use crate::{ExportKind, Matching, Result, StoreError};
@@ -34,7 +34,8 @@ fn unhex(text: &str) -> Result<Vec<u8>> {
 mod wire {
     use serde::{Deserialize, Serialize};
 
-    /// One value: `{"s": text}`, `{"i": n}`, `{"b": flag}`, `{"x": hex}`, `{"r": target}`.
+    /// One value: `{"s": text}`, `{"i": n}`, `{"b": flag}`, `{"x": hex}`, `{"r": target DN}`,
+    /// `{"m": MV id}` (the metaverse's references; earlier versions wrote them as `{"r": "id"}`).
     #[derive(Serialize, Deserialize)]
     pub(super) enum Value<S> {
         #[serde(rename = "s")]
@@ -47,6 +48,8 @@ mod wire {
         Binary(S),
         #[serde(rename = "r")]
         Reference(S),
+        #[serde(rename = "m")]
+        MvReference(i64),
     }
 
     /// An MV attribute: lineage and values.
@@ -100,16 +103,25 @@ fn value_out(value: &AttrValue) -> wire::Value<Text<'_>> {
         AttrValue::Boolean(flag) => wire::Value::Boolean(*flag),
         AttrValue::Binary(bytes) => wire::Value::Binary(Text::Owned(hex(bytes))),
         AttrValue::Reference(target) => wire::Value::Reference(Text::Borrowed(target)),
+        AttrValue::MvReference(id) => wire::Value::MvReference(id.0),
     }
 }
 
-fn value_in(value: wire::Value<String>) -> Result<AttrValue> {
-    Ok(match value {
-        wire::Value::String(text) => AttrValue::String(text),
-        wire::Value::Integer(number) => AttrValue::Integer(number),
-        wire::Value::Boolean(flag) => AttrValue::Boolean(flag),
-        wire::Value::Binary(text) => AttrValue::Binary(unhex(&text)?),
-        wire::Value::Reference(target) => AttrValue::Reference(target),
+fn value_in(value: wire::Value<String>, space: Space) -> Result<AttrValue> {
+    Ok(match (value, space) {
+        (wire::Value::String(text), _) => AttrValue::String(text),
+        (wire::Value::Integer(number), _) => AttrValue::Integer(number),
+        (wire::Value::Boolean(flag), _) => AttrValue::Boolean(flag),
+        (wire::Value::Binary(text), _) => AttrValue::Binary(unhex(&text)?),
+        (wire::Value::Reference(target), Space::Connector) => AttrValue::Reference(target),
+        (wire::Value::MvReference(id), Space::Metaverse) => AttrValue::MvReference(MvId(id)),
+        // Written by versions that kept the metaverse's references as text.
+        (wire::Value::Reference(id), Space::Metaverse) => {
+            AttrValue::MvReference(MvId(id.parse().map_err(|_| corrupt(format!("a metaverse reference {id:?} is not an MV id")))?))
+        }
+        (wire::Value::MvReference(id), Space::Connector) => {
+            return Err(corrupt(format!("a metaverse reference (MV id {id}) in a connector space's values")));
+        }
     })
 }
 
@@ -117,8 +129,8 @@ fn values_out(values: &[AttrValue]) -> Vec<wire::Value<Text<'_>>> {
     values.iter().map(value_out).collect()
 }
 
-fn values_in(values: Vec<wire::Value<String>>) -> Result<Vec<AttrValue>> {
-    values.into_iter().map(value_in).collect()
+fn values_in(values: Vec<wire::Value<String>>, space: Space) -> Result<Vec<AttrValue>> {
+    values.into_iter().map(|value| value_in(value, space)).collect()
 }
 
 fn to_text(value: &impl serde::Serialize) -> String {
@@ -136,7 +148,7 @@ pub fn attributes_to_text(attributes: &Attributes) -> String {
 pub fn attributes_from_text(text: &str) -> Result<Attributes> {
     let map: BTreeMap<String, Vec<wire::Value<String>>> =
         serde_json::from_str(text).map_err(|err| corrupt(format!("attributes: {err}")))?;
-    map.into_iter().map(|(name, values)| Ok((name, values_in(values)?))).collect()
+    map.into_iter().map(|(name, values)| Ok((name, values_in(values, Space::Connector)?))).collect()
 }
 
 /// MV attributes with lineage as JSON text.
@@ -180,7 +192,7 @@ pub fn mv_attributes_from_text(text: &str) -> Result<BTreeMap<String, MvAttribut
                 .into_iter()
                 .map(|item| Lineage { rule: item.rule, precedence: item.p, connector: ConnectorId(item.c), cs_id: CsId(item.cs) })
                 .collect();
-            Ok((name, MvAttribute { values: values_in(attribute.v)?, lineage }))
+            Ok((name, MvAttribute { values: values_in(attribute.v, Space::Metaverse)?, lineage }))
         })
         .collect()
 }
@@ -197,7 +209,8 @@ fn change_out(change: &AttrChange) -> wire::Change<Text<'_>> {
 }
 
 fn change_in(change: wire::Change<String>) -> Result<AttrChange> {
-    let values = |values: Option<Vec<wire::Value<String>>>| values_in(values.ok_or_else(|| corrupt("a change without values"))?);
+    let values =
+        |values: Option<Vec<wire::Value<String>>>| values_in(values.ok_or_else(|| corrupt("a change without values"))?, Space::Connector);
     Ok(match change {
         wire::Change { replace: Some(name), values: list, .. } => AttrChange::Replace(name, values(list)?),
         wire::Change { add: Some(name), values: list, .. } => AttrChange::Add(name, values(list)?),
@@ -364,6 +377,7 @@ pub fn index_key(value: &AttrValue, matching: Matching) -> String {
         AttrValue::String(text) => format!("s:{text}"),
         AttrValue::Reference(target) if fold => format!("r:{}", target.to_lowercase()),
         AttrValue::Reference(target) => format!("r:{target}"),
+        AttrValue::MvReference(id) => format!("r:{}", id.0),
         AttrValue::Integer(number) => format!("i:{number}"),
         AttrValue::Boolean(flag) => format!("b:{flag}"),
         AttrValue::Binary(bytes) => format!("x:{}", hex(bytes)),
@@ -552,6 +566,26 @@ mod tests {
             export_to_text(&PendingExport::Add(vec![AttrChange::Add("m".into(), vec![]), AttrChange::Delete("n".into(), vec![])])),
             r#"{"changes":[{"add":"m","values":[]},{"delete":"n","values":[]}],"op":"add"}"#
         );
+    }
+
+    /// The metaverse's references are MV ids (`{"m": id}`); earlier versions wrote them as
+    /// text (`{"r": "id"}`), which still reads as the same reference. A connector space holds
+    /// DNs only: an MV id there, or a text reference in the metaverse that is no id, is
+    /// reported as corrupt rather than read as something else.
+    #[test]
+    fn metaverse_references_are_ids_and_earlier_text_ones_still_read() {
+        let lineage = vec![Lineage { rule: "In".into(), precedence: 7, connector: ConnectorId("ad".into()), cs_id: CsId(3) }];
+        let mut mv = BTreeMap::new();
+        mv.insert("manager".to_string(), MvAttribute { values: vec![AttrValue::MvReference(MvId(42))], lineage });
+        let text = mv_attributes_to_text(&mv);
+        assert_eq!(text, r#"{"manager":{"l":[{"c":"ad","cs":3,"p":7,"rule":"In"}],"v":[{"m":42}]}}"#);
+        assert_eq!(mv_attributes_from_text(&text).unwrap(), mv);
+        let earlier = r#"{"manager":{"l":[{"c":"ad","cs":3,"p":7,"rule":"In"}],"v":[{"r":"42"}]}}"#;
+        assert_eq!(mv_attributes_from_text(earlier).unwrap(), mv, "written by an earlier version");
+        let not_an_id = r#"{"manager":{"l":[],"v":[{"r":"CN=Boss,DC=x"}]}}"#;
+        assert!(matches!(mv_attributes_from_text(not_an_id), Err(StoreError::Corrupt(_))));
+        assert!(matches!(attributes_from_text(r#"{"manager":[{"m":42}]}"#), Err(StoreError::Corrupt(_))));
+        assert_eq!(index_key(&AttrValue::MvReference(MvId(42)), Matching::Exact), "r:42", "the key earlier rows were indexed by");
     }
 
     fn any_value() -> impl proptest::strategy::Strategy<Value = AttrValue> {

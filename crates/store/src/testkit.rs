@@ -426,7 +426,7 @@ pub async fn metaverse(store: &impl Store) {
     );
     // Values changed in part (a group's members): the index holds exactly the new ones, and
     // an update with the same values (lineage only) keeps them.
-    let member = |n: u8| AttrValue::Reference(format!("{n}"));
+    let member = |n: u8| AttrValue::MvReference(MvId(i64::from(n)));
     let lineage = vec![Lineage { rule: "r".into(), precedence: 1, connector: ad(), cs_id: CsId(3) }];
     mv.attributes.insert("member".into(), MvAttribute { values: vec![member(1), member(2), member(3)], lineage: lineage.clone() });
     store.mv_update(&mv).await.expect("members");

@@ -270,7 +270,7 @@ pub fn flow_inbound(input: InboundInput<'_>) -> InboundResult {
     InboundResult { attributes, errors }
 }
 
-/// CS references (DNs) become MV references (MV ids as text); unresolved ones are dropped until
+/// CS references (DNs) become MV references; unresolved ones are dropped until
 /// the referenced object is joined (like Entra's placeholders).
 fn translate_references(
     produced: crate::values::Produced,
@@ -282,7 +282,7 @@ fn translate_references(
     let translated: Vec<AttrValue> = values
         .into_iter()
         .filter_map(|value| match value {
-            AttrValue::Reference(dn) => resolve(connector, &dn).map(|mv| AttrValue::Reference(mv.0.to_string())),
+            AttrValue::Reference(dn) => resolve(connector, &dn).map(AttrValue::MvReference),
             other => Some(other),
         })
         .collect();

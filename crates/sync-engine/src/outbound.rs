@@ -252,9 +252,13 @@ fn desired(input: &mut OutboundInput<'_>, in_scope: &[&Rule], creating: bool) ->
                     let translated: Vec<AttrValue> = values
                         .into_iter()
                         .filter_map(|value| match value {
+                            // A reference an outbound flow produced names an MV object (the id
+                            // expressions see as text); it becomes the DN of that object's
+                            // counterpart in the target space, or waits until there is one.
                             AttrValue::Reference(mv_id) => {
                                 mv_id.parse::<i64>().ok().and_then(|id| (input.resolve_reference)(MvId(id))).map(AttrValue::Reference)
                             }
+                            AttrValue::MvReference(id) => (input.resolve_reference)(id).map(AttrValue::Reference),
                             other => Some(other),
                         })
                         .collect();

@@ -203,7 +203,7 @@ fn precedence_merge_lineage_and_errors_across_two_connectors() {
         "case-insensitive merge keeps the first spelling"
     );
     assert_eq!(result.attributes["proxyAddresses"].lineage.len(), 2);
-    assert_eq!(value("manager"), Some(vec![AttrValue::Reference("99".into())]), "resolved reference kept, unresolved dropped");
+    assert_eq!(value("manager"), Some(vec![AttrValue::MvReference(MvId(99))]), "resolved reference kept, unresolved dropped");
     assert_eq!(value("hireDate"), Some(vec![s("2020-01-01")]), "apply-once flows run on creation");
     assert_eq!(value("mail"), None, "the failing flow contributes nothing");
     assert_eq!(result.errors.len(), 1);

@@ -20,6 +20,9 @@ fn one_to_expr(value: &AttrValue) -> Value {
         AttrValue::Boolean(flag) => Value::Bool(*flag),
         AttrValue::Binary(bytes) => Value::Bin(bytes.clone()),
         AttrValue::Reference(target) => Value::Ref(target.clone()),
+        // Expressions see references as text: an MV reference as its id, which an outbound
+        // flow's result turns back into the target's DN (`outbound::desired`).
+        AttrValue::MvReference(id) => Value::Ref(id.0.to_string()),
     }
 }
 

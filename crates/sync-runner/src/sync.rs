@@ -446,7 +446,7 @@ impl<S: Store> Context<'_, S> {
             .values()
             .flat_map(|attribute| attribute.values.iter())
             .filter_map(|value| match value {
-                AttrValue::Reference(id) => id.parse::<i64>().ok().map(MvId),
+                AttrValue::MvReference(id) => Some(*id),
                 _ => None,
             })
             .collect();

@@ -906,10 +906,7 @@ async fn a_reference_to_an_object_later_in_the_page_resolves_in_the_same_sync() 
     };
     let (report_mv, boss_mv) = (link("CN=E2,OU=Staff").await, link("CN=E9,OU=Staff").await);
     let report = world.runner.store().mv_get(report_mv).await.expect("read").expect("projected");
-    assert_eq!(
-        report.attributes.get("manager").map(|attribute| attribute.values.clone()),
-        Some(vec![AttrValue::Reference(boss_mv.0.to_string())])
-    );
+    assert_eq!(report.attributes.get("manager").map(|attribute| attribute.values.clone()), Some(vec![AttrValue::MvReference(boss_mv)]));
 }
 
 /// `Guid()` in an outbound flow gives each provisioned object its own value within one run
