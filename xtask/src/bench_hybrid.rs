@@ -1,9 +1,11 @@
 //! `cargo xtask bench-hybrid`: the whole hybrid path, timed. A Samba AD DC (a bulk-loaded
 //! template, or the test kit's small one with a few people added), the tenant in this process
 //! (HTTPS, SQLite), and the release `isthmus` binary syncing the forest into it with the default
-//! rules: the initial sync's wall time, objects/s and the sync process's peak RSS; then
-//! `isthmus sync serve` in near-real-time mode and the latency from an AD change to its arrival
-//! in the tenant over a series of changes (median, p99).
+//! rules: the initial sync's wall time, objects/s and the sync process's peak RSS, each step
+//! against the floor (`ldapsearch` paging through the same entries from the same DC, measured in
+//! the same run); a delta cycle after a batch of changes, end to end; then `isthmus sync serve`
+//! in near-real-time mode and the latency from an AD change to its arrival in the tenant over a
+//! series of changes (median, p99).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,6 +28,9 @@ pub struct Args {
     /// Changes to time in near-real-time mode (0 skips that part).
     #[arg(long, default_value_t = 100)]
     changes: usize,
+    /// Users changed at once before the timed delta cycle (0 skips that part).
+    #[arg(long, default_value_t = 100)]
+    delta_changes: usize,
     /// Near-real-time polling interval in seconds.
     #[arg(long, default_value_t = 1)]
     poll_seconds: u64,
@@ -75,7 +80,7 @@ async fn bench(args: &Args, isthmus: &Path) -> anyhow::Result<()> {
     let mut ad = dc.admin().await?;
     let ou = ad.create_ou(&format!("Bench-{}", std::process::id()), None).await?;
     let mut probes = Vec::new();
-    let probe_count = if args.samba_template.is_some() { 1 } else { args.people.max(1) };
+    let probe_count = if args.samba_template.is_some() { 1 } else { args.people.max(1) }.max(args.delta_changes);
     for n in 0..probe_count {
         let user = AdUser { parent_dn: Some(ou.clone()), ..AdUser::with_password(&format!("probe{n}"), &domain, "Str0ng!Pass.1") };
         probes.push(ad.create_user(&user).await?);
@@ -145,6 +150,10 @@ ca_file = "{tenant_ca}"
     )?;
     let config_arg = config_path.to_str().context("a UTF-8 path")?;
 
+    // The floor: the entries the connector imports, paged over LDAPS from the same DC.
+    let login = ["-D", &dc.admin_dn(), "-w", &config.admin_password, "-b", &dc.base_dn()].map(String::from);
+    let floor = crate::bench_import::ldapsearch(&dc.ldaps_url(), dc.ca_pem(), &login, crate::bench_import::AD_FILTER, &["*"], 1000)?;
+
     // The initial sync: a full cycle, and the delta cycle that exports the group members.
     let (ok, out, err, full_seconds, full_rss) = timed(isthmus, &["sync", "run", "--config", config_arg, "--full"])?;
     anyhow::ensure!(ok, "the initial cycle failed:\n{out}\n{err}");
@@ -163,6 +172,33 @@ ca_file = "{tenant_ca}"
         second_rss / 1024,
         own_peak_rss_kib() / 1024
     );
+    print_against_floor(isthmus, config_arg, floor, full_seconds + second_seconds)?;
+
+    if args.delta_changes > 0 {
+        // A batch of changes, then one delta cycle timed from its start to the last change
+        // readable through Graph.
+        for (n, probe) in probes.iter().take(args.delta_changes).enumerate() {
+            ad.conn().replace(probe, "title", &[format!("Delta {n}").as_str()]).await?;
+        }
+        let started = Instant::now();
+        let (ok, out, err, seconds, rss) = timed(isthmus, &["sync", "run", "--config", config_arg])?;
+        anyhow::ensure!(ok, "the delta cycle failed:\n{out}\n{err}");
+        for (n, probe) in probes.iter().take(args.delta_changes).enumerate() {
+            let sam = probe.split(',').next().and_then(|rdn| rdn.strip_prefix("CN=")).unwrap_or("probe0");
+            let user: Value =
+                http.get(format!("{base}/v1.0/users/{sam}@{domain}?$select=jobTitle")).bearer_auth(&token).send().await?.json().await?;
+            anyhow::ensure!(
+                user["jobTitle"] == format!("Delta {n}").as_str(),
+                "change {n} is not in the tenant after the delta cycle: {user}"
+            );
+        }
+        println!(
+            "delta cycle after {} changed users: {seconds:.2} s for `isthmus sync run` (peak RSS {} MiB), {:.2} s until every change was read back through Graph",
+            args.delta_changes.min(probes.len()),
+            rss / 1024,
+            started.elapsed().as_secs_f64()
+        );
+    }
 
     if args.changes == 0 {
         return Ok(());
@@ -213,6 +249,30 @@ ca_file = "{tenant_ca}"
         latencies[0],
         latencies[latencies.len() - 1]
     );
+    Ok(())
+}
+
+/// Each step of the initial sync (from `isthmus history`, 1-second resolution) against the floor.
+fn print_against_floor(isthmus: &Path, config: &str, floor: f64, initial: f64) -> anyhow::Result<()> {
+    let output = Command::new(isthmus).args(["history", "--config", config, "--json", "--limit", "100"]).output()?;
+    anyhow::ensure!(output.status.success(), "isthmus history failed: {}", String::from_utf8_lossy(&output.stderr));
+    let history: Value = serde_json::from_slice(&output.stdout)?;
+    let mut runs: Vec<&Value> = history["value"].as_array().context("a history")?.iter().collect();
+    runs.reverse();
+    println!("{:<22} {:<13} {:>8} {:>8} {:>8} {:>9}", "connector", "step", "adds", "updates", "seconds", "× floor");
+    for run in runs {
+        let seconds = run["finished"].as_i64().unwrap_or(0) - run["started"].as_i64().unwrap_or(0);
+        println!(
+            "{:<22} {:<13} {:>8} {:>8} {:>8} {:>9.2}",
+            run["connector"].as_str().unwrap_or("?"),
+            run["step"].as_str().unwrap_or("?"),
+            run["adds"],
+            run["updates"],
+            seconds,
+            seconds as f64 / floor
+        );
+    }
+    println!("initial sync (both cycles) {initial:.1} s = {:.2} × the ldapsearch floor ({floor:.1} s)", initial / floor);
     Ok(())
 }
 

@@ -52,10 +52,13 @@ fn samba(args: &Args, template: &std::path::Path) -> anyhow::Result<()> {
     connector_import("AD connector", settings)?;
 
     // The floor: the same filter and every attribute, paged, over LDAPS, output discarded.
-    let filter = "(&(|(objectClass=user)(objectClass=group)(objectClass=contact)(objectClass=inetOrgPerson))(!(objectClass=computer)))";
     let login = ["-D", &dc.admin_dn(), "-w", &config.admin_password, "-b", &dc.base_dn()].map(String::from);
-    ldapsearch(&dc.ldaps_url(), dc.ca_pem(), &login, filter, &["*"], args.page_size)
+    ldapsearch(&dc.ldaps_url(), dc.ca_pem(), &login, AD_FILTER, &["*"], args.page_size).map(|_| ())
 }
+
+/// What the AD connector imports, as an LDAP filter (the floor's search).
+pub(crate) const AD_FILTER: &str =
+    "(&(|(objectClass=user)(objectClass=group)(objectClass=contact)(objectClass=inetOrgPerson))(!(objectClass=computer)))";
 
 fn openldap(args: &Args, ldif: &std::path::Path) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -73,7 +76,7 @@ fn openldap(args: &Args, ldif: &std::path::Path) -> anyhow::Result<()> {
 
     let filter = "(|(objectClass=inetOrgPerson)(objectClass=posixAccount)(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))";
     let login = ["-D", testkit::slapd::ADMIN_DN, "-w", testkit::slapd::ADMIN_PASSWORD, "-b", testkit::slapd::SUFFIX].map(String::from);
-    ldapsearch(&slapd.ldaps_url(), slapd.ca_pem(), &login, filter, &["*", "entryUUID"], args.page_size)
+    ldapsearch(&slapd.ldaps_url(), slapd.ca_pem(), &login, filter, &["*", "entryUUID"], args.page_size).map(|_| ())
 }
 
 /// Two syncrepl deltas after the full import: 100 people changed (the session log names the
@@ -145,8 +148,15 @@ fn connector_import_on(runtime: &tokio::runtime::Runtime, name: &str, settings: 
     Ok(watermark)
 }
 
-/// `ldapsearch` paging through `filter` over LDAPS, output counted and discarded.
-fn ldapsearch(url: &str, ca: &std::path::Path, login: &[String], filter: &str, attributes: &[&str], page_size: u32) -> anyhow::Result<()> {
+/// `ldapsearch` paging through `filter` over LDAPS, output counted and discarded: the seconds it took.
+pub(crate) fn ldapsearch(
+    url: &str,
+    ca: &std::path::Path,
+    login: &[String],
+    filter: &str,
+    attributes: &[&str],
+    page_size: u32,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let output = Command::new("ldapsearch")
         .env("LDAPTLS_CACERT", ca)
@@ -160,5 +170,5 @@ fn ldapsearch(url: &str, ca: &std::path::Path, login: &[String], filter: &str, a
     anyhow::ensure!(output.status.success(), "ldapsearch failed: {}", String::from_utf8_lossy(&output.stderr));
     let entries = output.stdout.split(|&byte| byte == b'\n').filter(|line| line.starts_with(b"dn:")).count();
     println!("ldapsearch paging: {entries} entries, {seconds:.1} s ({:.0} entries/s)", entries as f64 / seconds);
-    Ok(())
+    Ok(seconds)
 }
