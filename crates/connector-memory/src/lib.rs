@@ -7,6 +7,7 @@
 //! Tests change the directory through the handle while the connector reads it.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use connector_api::{BoxFuture, Connector, ConnectorError, ConnectorInfo, Export, ExportOutcome, ExportRequest, Import, ImportPage, Role};
@@ -26,6 +27,8 @@ struct State {
     by_dn: BTreeMap<String, Vec<u8>>,
     /// (sequence, anchor) of every change, in order.
     log: Vec<(u64, Vec<u8>)>,
+    /// Anchor → the sequence of its last change (a delta names an object once, at its last change).
+    last_change: BTreeMap<Vec<u8>, u64>,
     sequence: u64,
     next_anchor: u64,
     rejected: BTreeMap<String, (String, String)>,
@@ -37,6 +40,7 @@ impl State {
     fn touch(&mut self, anchor: &[u8]) {
         self.sequence += 1;
         self.log.push((self.sequence, anchor.to_vec()));
+        self.last_change.insert(anchor.to_vec(), self.sequence);
     }
 
     fn insert(&mut self, anchor: Vec<u8>, entry: Entry) {
@@ -202,8 +206,10 @@ impl Import for MemoryConnector {
             if state.unavailable {
                 return Err(ConnectorError::Unavailable("the memory directory is marked unavailable".into()));
             }
-            let start = cursor.map(<[u8]>::to_vec);
-            let mut items = state.objects.iter().filter(|(anchor, _)| start.as_ref().is_none_or(|start| *anchor > start));
+            // From just after the cursor's anchor (a range, not a scan from the first object:
+            // paging through a million objects would otherwise be quadratic).
+            let from = cursor.map_or(Bound::Unbounded, |start| Bound::Excluded(start.to_vec()));
+            let mut items = state.objects.range((from, Bound::Unbounded));
             let page: Vec<(&Vec<u8>, &Entry)> = items.by_ref().take(self.page_size).collect();
             let more = items.next().is_some();
             Ok(ImportPage {
@@ -228,15 +234,15 @@ impl Import for MemoryConnector {
             if since > state.sequence {
                 return Err(ConnectorError::WatermarkExpired(format!("watermark {since} is ahead of the directory ({})", state.sequence)));
             }
-            // Each changed anchor once, at its last change, in change order.
-            let mut last: BTreeMap<&Vec<u8>, u64> = BTreeMap::new();
-            for (sequence, anchor) in state.log.iter().filter(|(sequence, _)| *sequence > since) {
-                last.insert(anchor, *sequence);
-            }
-            let mut ordered: Vec<(u64, &Vec<u8>)> = last.into_iter().map(|(anchor, sequence)| (sequence, anchor)).collect();
-            ordered.sort();
-            let page: Vec<(u64, &Vec<u8>)> = ordered.iter().take(self.page_size).copied().collect();
-            let more = ordered.len() > page.len();
+            // Each changed anchor once, at its last change, in change order: the log from just
+            // after `since` (the log is in sequence order), skipping changes made again later.
+            let start = state.log.partition_point(|(sequence, _)| *sequence <= since);
+            let mut changed = state.log[start..]
+                .iter()
+                .filter(|(sequence, anchor)| state.last_change.get(anchor) == Some(sequence))
+                .map(|(sequence, anchor)| (*sequence, anchor));
+            let page: Vec<(u64, &Vec<u8>)> = changed.by_ref().take(self.page_size).collect();
+            let more = changed.next().is_some();
             let reached = if more { page.last().map_or(since, |(sequence, _)| *sequence) } else { state.sequence };
             let changes = page
                 .iter()
