@@ -44,6 +44,12 @@ enum Command {
     BenchPta(bench_pta::Args),
 }
 
+/// mimalloc instead of glibc's allocator: a sync allocates and frees many small values per
+/// object (attribute values, decoded rows), where glibc's malloc and free were a fifth of the
+/// process's time and its arenas kept growing (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Tidy => {
