@@ -52,15 +52,35 @@ mod wire {
         MvReference(i64),
     }
 
-    /// An MV attribute: lineage and values.
+    /// An MV attribute as earlier versions wrote it: its lineage in full, and values.
     #[derive(Serialize, Deserialize)]
     pub(super) struct MvAttribute<S> {
         pub(super) l: Vec<Lineage<S>>,
         pub(super) v: Vec<Value<S>>,
     }
 
-    /// One contributor of an MV attribute.
+    /// An MV object's attributes: each contributor once (`$by`), each attribute naming its
+    /// contributors by position (`l`) beside its values. An object's 30-odd attributes come
+    /// from two or three rules, so this is a quarter of the size of writing the lineage out.
     #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct MvObject<S: Ord> {
+        #[serde(rename = "$a")]
+        pub(super) attributes: std::collections::BTreeMap<S, MvValues<S>>,
+        #[serde(rename = "$by")]
+        pub(super) contributors: Vec<Lineage<S>>,
+    }
+
+    /// An MV attribute's contributors (positions in `$by`) and values.
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct MvValues<S> {
+        pub(super) l: Vec<u32>,
+        pub(super) v: Vec<Value<S>>,
+    }
+
+    /// One contributor of an MV attribute.
+    #[derive(Serialize, Deserialize, PartialEq)]
     pub(super) struct Lineage<S> {
         pub(super) c: S,
         pub(super) cs: i64,
@@ -151,25 +171,33 @@ pub fn attributes_from_text(text: &str) -> Result<Attributes> {
     map.into_iter().map(|(name, values)| Ok((name, values_in(values, Space::Connector)?))).collect()
 }
 
-/// MV attributes with lineage as JSON text.
+/// MV attributes with lineage as JSON text ([`wire::MvObject`]: each contributor once).
 pub fn mv_attributes_to_text(attributes: &BTreeMap<String, MvAttribute>) -> String {
-    let map: BTreeMap<&str, wire::MvAttribute<Text<'_>>> = attributes
+    let mut contributors: Vec<wire::Lineage<Text<'_>>> = Vec::new();
+    let attributes: BTreeMap<Text<'_>, wire::MvValues<Text<'_>>> = attributes
         .iter()
         .map(|(name, attribute)| {
-            let lineage = attribute
+            let l = attribute
                 .lineage
                 .iter()
-                .map(|lineage| wire::Lineage {
-                    c: Text::Borrowed(lineage.connector.0.as_str()),
-                    cs: lineage.cs_id.0,
-                    p: lineage.precedence,
-                    rule: Text::Borrowed(lineage.rule.as_str()),
+                .map(|lineage| {
+                    let contributor = wire::Lineage {
+                        c: Text::Borrowed(lineage.connector.0.as_str()),
+                        cs: lineage.cs_id.0,
+                        p: lineage.precedence,
+                        rule: Text::Borrowed(lineage.rule.as_str()),
+                    };
+                    let at = contributors.iter().position(|known| *known == contributor).unwrap_or_else(|| {
+                        contributors.push(contributor);
+                        contributors.len() - 1
+                    });
+                    u32::try_from(at).unwrap_or(u32::MAX)
                 })
                 .collect();
-            (name.as_str(), wire::MvAttribute { l: lineage, v: values_out(&attribute.values) })
+            (Text::Borrowed(name.as_str()), wire::MvValues { l, v: values_out(&attribute.values) })
         })
         .collect();
-    to_text(&map)
+    to_text(&wire::MvObject { attributes, contributors })
 }
 
 /// An MV object's values without their lineage (what its lookup index holds).
@@ -181,8 +209,33 @@ pub fn mv_values(attributes: &BTreeMap<String, MvAttribute>) -> Attributes {
     values
 }
 
-/// MV attributes from [`mv_attributes_to_text`].
+/// MV attributes from [`mv_attributes_to_text`], or from the shape earlier versions wrote (each
+/// attribute with its lineage in full).
 pub fn mv_attributes_from_text(text: &str) -> Result<BTreeMap<String, MvAttribute>> {
+    if let Ok(object) = serde_json::from_str::<wire::MvObject<String>>(text) {
+        let contributors: Vec<Lineage> = object
+            .contributors
+            .into_iter()
+            .map(|item| Lineage { rule: item.rule, precedence: item.p, connector: ConnectorId(item.c), cs_id: CsId(item.cs) })
+            .collect();
+        return object
+            .attributes
+            .into_iter()
+            .map(|(name, attribute)| {
+                let lineage = attribute
+                    .l
+                    .iter()
+                    .map(|at| {
+                        usize::try_from(*at)
+                            .ok()
+                            .and_then(|at| contributors.get(at).cloned())
+                            .ok_or_else(|| corrupt(format!("MV attribute {name}: contributor {at} of {}", contributors.len())))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((name, MvAttribute { values: values_in(attribute.v, Space::Metaverse)?, lineage }))
+            })
+            .collect();
+    }
     let map: BTreeMap<String, wire::MvAttribute<String>> =
         serde_json::from_str(text).map_err(|err| corrupt(format!("MV attributes: {err}")))?;
     map.into_iter()
@@ -554,8 +607,22 @@ mod tests {
         assert_eq!(attributes_to_text(&attributes), r#"{"a":[{"s":"x\"y"},{"i":-3},{"b":true},{"r":"CN=R"}],"b":[{"x":"01ab"}]}"#);
         let mut mv = BTreeMap::new();
         let lineage = vec![Lineage { rule: "In".into(), precedence: 7, connector: ConnectorId("ad".into()), cs_id: CsId(3) }];
-        mv.insert("mail".to_string(), MvAttribute { values: vec![AttrValue::string("m")], lineage });
-        assert_eq!(mv_attributes_to_text(&mv), r#"{"mail":{"l":[{"c":"ad","cs":3,"p":7,"rule":"In"}],"v":[{"s":"m"}]}}"#);
+        mv.insert("mail".to_string(), MvAttribute { values: vec![AttrValue::string("m")], lineage: lineage.clone() });
+        let other = Lineage { rule: "Other".into(), precedence: 9, connector: ConnectorId("hr".into()), cs_id: CsId(4) };
+        mv.insert("title".to_string(), MvAttribute { values: vec![AttrValue::string("t")], lineage: vec![other, lineage[0].clone()] });
+        let text = mv_attributes_to_text(&mv);
+        assert_eq!(
+            text,
+            r#"{"$a":{"mail":{"l":[0],"v":[{"s":"m"}]},"title":{"l":[1,0],"v":[{"s":"t"}]}},"$by":[{"c":"ad","cs":3,"p":7,"rule":"In"},{"c":"hr","cs":4,"p":9,"rule":"Other"}]}"#,
+            "each contributor once"
+        );
+        assert_eq!(mv_attributes_from_text(&text).unwrap(), mv);
+        // The shape earlier versions wrote: every attribute with its lineage in full.
+        let earlier = r#"{"mail":{"l":[{"c":"ad","cs":3,"p":7,"rule":"In"}],"v":[{"s":"m"}]},"title":{"l":[{"c":"hr","cs":4,"p":9,"rule":"Other"},{"c":"ad","cs":3,"p":7,"rule":"In"}],"v":[{"s":"t"}]}}"#;
+        assert_eq!(mv_attributes_from_text(earlier).unwrap(), mv, "read as written by an earlier version");
+        assert_eq!(mv_attributes_from_text("{}").unwrap(), BTreeMap::new());
+        let out_of_range = r#"{"$a":{"mail":{"l":[2],"v":[{"s":"m"}]}},"$by":[]}"#;
+        assert!(matches!(mv_attributes_from_text(out_of_range), Err(StoreError::Corrupt(_))), "a contributor that is not there");
         let rename = PendingExport::Rename {
             new_dn: "CN=N".into(),
             changes: vec![AttrChange::Replace("a".into(), vec![AttrValue::Integer(1)]), AttrChange::Clear("b".into())],
@@ -578,7 +645,7 @@ mod tests {
         let mut mv = BTreeMap::new();
         mv.insert("manager".to_string(), MvAttribute { values: vec![AttrValue::MvReference(MvId(42))], lineage });
         let text = mv_attributes_to_text(&mv);
-        assert_eq!(text, r#"{"manager":{"l":[{"c":"ad","cs":3,"p":7,"rule":"In"}],"v":[{"m":42}]}}"#);
+        assert_eq!(text, r#"{"$a":{"manager":{"l":[0],"v":[{"m":42}]}},"$by":[{"c":"ad","cs":3,"p":7,"rule":"In"}]}"#);
         assert_eq!(mv_attributes_from_text(&text).unwrap(), mv);
         let earlier = r#"{"manager":{"l":[{"c":"ad","cs":3,"p":7,"rule":"In"}],"v":[{"r":"42"}]}}"#;
         assert_eq!(mv_attributes_from_text(earlier).unwrap(), mv, "written by an earlier version");
@@ -607,6 +674,25 @@ mod tests {
                 attributes.set(name, values);
             }
             proptest::prop_assert_eq!(attributes_from_text(&attributes_to_text(&attributes)).unwrap(), attributes);
+        }
+
+        #[test]
+        fn any_metaverse_object_round_trips(
+            entries in proptest::collection::btree_map(".{0,8}", (proptest::collection::vec(0usize..4, 0..3), proptest::collection::vec(proptest::prelude::any::<i64>(), 0..3), ".{0,4}"), 0..5)
+        ) {
+            // Contributors from a small pool, so that several attributes share one.
+            let pool: Vec<Lineage> = (0..4)
+                .map(|n| Lineage { rule: format!("rule {}", n % 2), precedence: n, connector: ConnectorId(format!("c{n}")), cs_id: CsId(i64::from(n)) })
+                .collect();
+            let mv: BTreeMap<String, MvAttribute> = entries
+                .into_iter()
+                .map(|(name, (contributors, ids, text))| {
+                    let mut values: Vec<AttrValue> = ids.into_iter().map(|id| AttrValue::MvReference(MvId(id))).collect();
+                    values.push(AttrValue::String(text));
+                    (name, MvAttribute { values, lineage: contributors.into_iter().map(|n| pool[n].clone()).collect() })
+                })
+                .collect();
+            proptest::prop_assert_eq!(mv_attributes_from_text(&mv_attributes_to_text(&mv)).unwrap(), mv);
         }
 
         #[test]
