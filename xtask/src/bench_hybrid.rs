@@ -178,6 +178,8 @@ ca_file = "{tenant_ca}"
     );
     let initial_runs = print_against_floor(isthmus, config_arg, floor, full_seconds + second_seconds + third_seconds, 0)?;
 
+    // The DC may have closed the admin connection while it sat idle through the initial sync.
+    let mut ad = dc.admin().await?;
     if args.delta_changes > 0 {
         // A batch of changes, then one delta cycle timed from its start to the last change
         // readable through Graph.
