@@ -378,7 +378,8 @@ pub fn ad_objects(dir: &Directory, base_dn: &str, seed: u64) -> Vec<(String, Str
     for (index, group) in dir.groups.iter().enumerate() {
         let mut attributes = Attributes::new()
             .with("objectGUID", guid(2, index))
-            .with("objectSid", sid(500_000 + index as u32))
+            // Far above the users' RIDs, so that no user and group share a SID at any size.
+            .with("objectSid", sid(1_000_000_000 + index as u32))
             .with("sAMAccountName", text(&group.name.replace(' ', "_")))
             .with("cn", text(&group.name))
             .with("groupType", AttrValue::Integer(if group.distribution { 8 } else { -2_147_483_646 }));
