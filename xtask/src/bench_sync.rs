@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use connector_api::Role;
 use connector_memory::MemoryDirectory;
-use store::Store;
+use store::{CsQuery, Store};
 use sync_runner::{Runner, RunnerConfig, Step};
 
 /// Options of `bench-sync`.
@@ -148,12 +148,43 @@ async fn bench<S: Store>(args: &Args, store: S, kind: StoreKind) -> anyhow::Resu
     }
     let seconds = total.elapsed().as_secs_f64();
     println!("| whole cycle | {seconds:.1} | {:.0} | | |", objects / seconds);
-    anyhow::ensure!(
-        cloud.len() == args.users + args.groups,
-        "the cloud holds {} objects, expected {}",
-        cloud.len(),
-        args.users + args.groups
-    );
+    if cloud.len() != args.users + args.groups {
+        // What the store says about the difference: the cloud's objects still pending export
+        // or in error, and how many objects each side holds.
+        for (label, query) in [
+            ("pending export", CsQuery { pending_export: true, limit: 10, ..CsQuery::default() }),
+            ("with an error", CsQuery { with_error: true, limit: 10, ..CsQuery::default() }),
+        ] {
+            for cs in runner.store().cs_list(&tenant_id, &query).await? {
+                eprintln!(
+                    "tenant object {label}: {} {} link {:?} export {:?} error {:?}",
+                    cs.id.0,
+                    cs.dn,
+                    cs.link,
+                    cs.pending_export.map(|export| format!("{export:?}").chars().take(200).collect::<String>()),
+                    cs.error
+                );
+            }
+        }
+        let (mut ad_objects, mut unlinked, mut after) = (0usize, 0usize, None);
+        loop {
+            let page = runner.store().cs_list(&ad_id, &CsQuery { after, limit: 10_000, ..CsQuery::default() }).await?;
+            after = page.last().map(|cs| cs.id);
+            ad_objects += page.len();
+            for cs in page.iter().filter(|cs| cs.link.is_none()) {
+                unlinked += 1;
+                eprintln!("AD object without an MV object: {} {} ({})", cs.id.0, cs.dn, cs.object_type);
+            }
+            if page.len() < 10_000 {
+                break;
+            }
+        }
+        anyhow::bail!(
+            "the cloud holds {} objects, expected {}; the AD connector space holds {ad_objects}, {unlinked} of them without an MV object",
+            cloud.len(),
+            args.users + args.groups
+        );
+    }
     println!("peak RSS of the process during the first cycle's last step: {} MiB", rss_kib("VmHWM") / 1024);
     // The first export leaves references to objects created in the same export (managers,
     // members in chunks still in flight) for the next cycle, as Entra's export does.
