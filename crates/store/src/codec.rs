@@ -209,15 +209,22 @@ pub fn mv_values(attributes: &BTreeMap<String, MvAttribute>) -> Attributes {
     values
 }
 
+fn lineage_in(item: wire::Lineage<String>) -> Lineage {
+    Lineage { rule: item.rule, precedence: item.p, connector: ConnectorId(item.c), cs_id: CsId(item.cs) }
+}
+
 /// MV attributes from [`mv_attributes_to_text`], or from the shape earlier versions wrote (each
-/// attribute with its lineage in full).
+/// attribute with its lineage in full). Text in the current shape (it opens with `{"$a":`, which
+/// no attribute is named) that does not parse is reported as such, not as the earlier shape.
 pub fn mv_attributes_from_text(text: &str) -> Result<BTreeMap<String, MvAttribute>> {
-    if let Ok(object) = serde_json::from_str::<wire::MvObject<String>>(text) {
-        let contributors: Vec<Lineage> = object
-            .contributors
-            .into_iter()
-            .map(|item| Lineage { rule: item.rule, precedence: item.p, connector: ConnectorId(item.c), cs_id: CsId(item.cs) })
-            .collect();
+    let parsed = serde_json::from_str::<wire::MvObject<String>>(text);
+    if let Err(err) = &parsed
+        && text.starts_with(r#"{"$a":"#)
+    {
+        return Err(corrupt(format!("MV attributes: {err}")));
+    }
+    if let Ok(object) = parsed {
+        let contributors: Vec<Lineage> = object.contributors.into_iter().map(lineage_in).collect();
         return object
             .attributes
             .into_iter()
@@ -240,11 +247,7 @@ pub fn mv_attributes_from_text(text: &str) -> Result<BTreeMap<String, MvAttribut
         serde_json::from_str(text).map_err(|err| corrupt(format!("MV attributes: {err}")))?;
     map.into_iter()
         .map(|(name, attribute)| {
-            let lineage = attribute
-                .l
-                .into_iter()
-                .map(|item| Lineage { rule: item.rule, precedence: item.p, connector: ConnectorId(item.c), cs_id: CsId(item.cs) })
-                .collect();
+            let lineage = attribute.l.into_iter().map(lineage_in).collect();
             Ok((name, MvAttribute { values: values_in(attribute.v, Space::Metaverse)?, lineage }))
         })
         .collect()
@@ -623,6 +626,11 @@ mod tests {
         assert_eq!(mv_attributes_from_text("{}").unwrap(), BTreeMap::new());
         let out_of_range = r#"{"$a":{"mail":{"l":[2],"v":[{"s":"m"}]}},"$by":[]}"#;
         assert!(matches!(mv_attributes_from_text(out_of_range), Err(StoreError::Corrupt(_))), "a contributor that is not there");
+        let bad_value = r#"{"$a":{"mail":{"l":[0],"v":[{"q":1}]}},"$by":[{"c":"ad","cs":3,"p":7,"rule":"In"}]}"#;
+        match mv_attributes_from_text(bad_value) {
+            Err(StoreError::Corrupt(message)) => assert!(message.contains("unknown variant `q`"), "the current shape's error: {message}"),
+            other => panic!("a bad value in the current shape: {other:?}"),
+        }
         let rename = PendingExport::Rename {
             new_dn: "CN=N".into(),
             changes: vec![AttrChange::Replace("a".into(), vec![AttrValue::Integer(1)]), AttrChange::Clear("b".into())],
