@@ -192,12 +192,10 @@ ca_file = "{tenant_ca}"
         println!("{out}");
         print_against_floor(isthmus, config_arg, floor, seconds, initial_runs)?;
         for (n, probe) in probes.iter().take(args.delta_changes).enumerate() {
-            let sam = probe.split(',').next().and_then(|rdn| rdn.strip_prefix("CN=")).unwrap_or("probe0");
-            let user: Value =
-                http.get(format!("{base}/v1.0/users/{sam}@{domain}?$select=jobTitle")).bearer_auth(&token).send().await?.json().await?;
+            let title = job_title(&http, &base, &token, probe, &domain).await?;
             anyhow::ensure!(
-                user["jobTitle"] == format!("Delta {n}").as_str(),
-                "change {n} is not in the tenant after the delta cycle: {user}"
+                title == format!("Delta {n}").as_str(),
+                "change {n} is not in the tenant after the delta cycle: jobTitle {title}"
             );
         }
         println!(
@@ -220,23 +218,30 @@ ca_file = "{tenant_ca}"
         .stdout(std::fs::File::create(&log)?)
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    // Its first cycle is a full one; wait for it before timing changes.
+    // Its first cycle is a full one; wait for it (as `isthmus sync status` reports it) before
+    // timing changes.
     let deadline = Instant::now() + Duration::from_secs(3600);
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("cycle done") {
-        anyhow::ensure!(Instant::now() < deadline, "sync serve never finished its first cycle");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    loop {
+        let status = Command::new(isthmus).args(["sync", "status", "--config", config_arg, "--json"]).output()?;
+        let cycles = serde_json::from_slice::<Value>(&status.stdout).ok().and_then(|status| status["cycles"].as_u64()).unwrap_or(0);
+        if cycles >= 1 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "sync serve never finished its first cycle:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let mut latencies = Vec::new();
     for n in 0..args.changes {
         let probe = &probes[n % probes.len()];
-        let sam = probe.split(',').next().and_then(|rdn| rdn.strip_prefix("CN=")).unwrap_or("probe0").to_string();
         let title = format!("Title {n}");
         let started = Instant::now();
         ad.conn().replace(probe, "title", &[title.as_str()]).await?;
         loop {
-            let user: Value =
-                http.get(format!("{base}/v1.0/users/{sam}@{domain}?$select=jobTitle")).bearer_auth(&token).send().await?.json().await?;
-            if user["jobTitle"] == title.as_str() {
+            if job_title(&http, &base, &token, probe, &domain).await? == title.as_str() {
                 break;
             }
             anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "change {n} never arrived");
@@ -258,6 +263,14 @@ ca_file = "{tenant_ca}"
         latencies[latencies.len() - 1]
     );
     Ok(())
+}
+
+/// A probe user's `jobTitle` as Graph returns it (the user named by its DN's CN, `probe<n>`).
+async fn job_title(http: &reqwest::Client, base: &str, token: &str, probe_dn: &str, domain: &str) -> anyhow::Result<Value> {
+    let sam = probe_dn.split(',').next().and_then(|rdn| rdn.strip_prefix("CN=")).unwrap_or("probe0");
+    let user: Value =
+        http.get(format!("{base}/v1.0/users/{sam}@{domain}?$select=jobTitle")).bearer_auth(token).send().await?.json().await?;
+    Ok(user["jobTitle"].clone())
 }
 
 /// Each step run after the first `skip` (from `isthmus history`, 1-second resolution) against
