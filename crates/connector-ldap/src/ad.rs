@@ -181,6 +181,16 @@ impl AdImport {
         }
     }
 
+    /// The filter of a delta's DirSync search: [`Self::filter`] negated twice, which selects the
+    /// same entries. Samba's directory answers an indexed `objectClass` term by reading every
+    /// object of the class (a second per 25,000 users) even when DirSync's cookie leaves only a
+    /// few changed ones; a negated term is not indexed, so the server walks the changed objects
+    /// alone (by uSNChanged) and tests the filter on them. A delta with nothing to return went
+    /// from 4.8 s to under 1 s at 110,000 objects (docs/benchmarks.md).
+    fn dirsync_filter(&self) -> String {
+        format!("(!(!{}))", self.filter())
+    }
+
     fn attributes(&self) -> Vec<String> {
         let mut attributes = self.session.config.requested_attributes(&["objectGUID", "objectClass"]);
         if let Some(size) = self.session.config.range_size {
@@ -349,7 +359,7 @@ impl AdImport {
                 (more, next_cookie)
             }
             None => {
-                let (entries, more, next_cookie) = self.dirsync(&stream, &cookie, &self.filter(), &self.attributes()).await?;
+                let (entries, more, next_cookie) = self.dirsync(&stream, &cookie, &self.dirsync_filter(), &self.attributes()).await?;
                 for entry in entries {
                     let pilot =
                         self.pilot().filter(|pilot| raw_values(&entry, "objectGUID").first().is_some_and(|guid| *guid == pilot.guid));

@@ -88,6 +88,13 @@ const STEPS: &[&str] = &[
     // 6: objects without an anchor (exports not yet confirmed), few at any time: an import
     // asks whether the connector has any before searching one by DN for each new object.
     "CREATE INDEX cs_objects_unanchored ON cs_objects(connector, dn_folded) WHERE anchor IS NULL;",
+    // 7: the reference lookups of a sync (a member's DN → its MV object, an MV object → the
+    // target's DN; about three million of each at 100,000 users) answered from the index
+    // alone, without reading the row, whose attributes come before `link` and, for a large
+    // group, spill into overflow pages. The link index becomes (link, connector, id, dn).
+    "CREATE INDEX cs_objects_dn_link ON cs_objects(connector, dn_folded, link) WHERE link IS NOT NULL;
+     DROP INDEX cs_objects_link;
+     CREATE INDEX cs_objects_link ON cs_objects(link, connector, id, dn);",
 ];
 
 /// The newest schema version this program knows.

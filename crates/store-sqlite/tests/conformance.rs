@@ -87,7 +87,8 @@ async fn upgrading_a_version_1_database_indexes_its_references() {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
             "DELETE FROM cs_values WHERE attribute = 'member'; DROP INDEX cs_values_reference; \
-             DROP TABLE service_state; DROP INDEX cs_objects_connector; DROP INDEX cs_objects_unanchored; DELETE FROM schema_version WHERE version >= 2;",
+             DROP TABLE service_state; DROP INDEX cs_objects_connector; DROP INDEX cs_objects_unanchored; DROP INDEX cs_objects_dn_link; DROP INDEX cs_objects_link; \
+             CREATE INDEX cs_objects_link ON cs_objects(link); DELETE FROM schema_version WHERE version >= 2;",
         )
         .unwrap();
     }

@@ -242,6 +242,11 @@ fn default_rules() -> RuleSet {
 }
 
 fn run_default_inbound(user: &CsObject) -> BTreeMap<String, MvAttribute> {
+    run_default_inbound_into(user, "person")
+}
+
+/// The default rules' inbound flow of one AD object into a new MV object of `mv_type`.
+fn run_default_inbound_into(object: &CsObject, mv_type: &str) -> BTreeMap<String, MvAttribute> {
     let rules = default_rules();
     let mut parameters = BTreeMap::new();
     let mut corp = BTreeMap::new();
@@ -253,12 +258,12 @@ fn run_default_inbound(user: &CsObject) -> BTreeMap<String, MvAttribute> {
     parameters.insert(ConnectorId("corp".into()), corp);
     let resolve = |_: &ConnectorId, _: &str| None;
     let mut random = || 1u64;
-    let mv = empty_mv();
+    let mv = MvObject { object_type: mv_type.into(), ..empty_mv() };
     let result = inbound::flow_inbound(InboundInput {
         rules: &rules,
         mv: &mv,
         is_new: true,
-        joined: &[user],
+        joined: &[object],
         member_of: &no_member,
         parameters: &parameters,
         resolve_reference: &resolve,
@@ -311,6 +316,27 @@ fn default_rules_filter_and_disable() {
         JoinPlan::NotInScope,
         "critical system objects are not joined or projected"
     );
+}
+
+#[test]
+fn default_rules_keep_groups_of_250000_members_out_of_the_cloud() {
+    // Entra's limit: a group of 250,000 members or more is not synchronized.
+    let group = |members: usize| {
+        let attributes = Attributes::new()
+            .with("objectGUID", AttrValue::Binary((0u8..16).collect()))
+            .with("sAMAccountName", s("all-staff"))
+            .with("groupType", AttrValue::Integer(-2_147_483_646))
+            .with("objectSid", AttrValue::Binary(vec![1, 1, 0, 0, 0, 0, 0, 5, 32, 0, 0, 0]));
+        let mut group = cs(1, "corp", "group", "CN=all-staff,OU=Groups,DC=corp,DC=example", attributes);
+        group
+            .attributes
+            .set("member", (0..members).map(|n| AttrValue::Reference(format!("CN=u{n},OU=Staff,DC=corp,DC=example"))).collect());
+        group
+    };
+    let filtered =
+        |members: usize| run_default_inbound_into(&group(members), "group").get("cloudFiltered").map(|attribute| attribute.values.clone());
+    assert_eq!(filtered(249_999), None, "under the limit: synchronized");
+    assert_eq!(filtered(250_000), Some(vec![AttrValue::Boolean(true)]), "at the limit: filtered");
 }
 
 #[test]
