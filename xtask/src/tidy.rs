@@ -37,6 +37,7 @@ pub const LAYERS: &[(&str, Layer)] = &[
     ("sync-engine", Layer::PureCore),
     ("phs", Layer::PureCore),
     ("pta", Layer::PureCore),
+    ("health", Layer::PureCore),
     ("store", Layer::Port),
     ("connector-api", Layer::Port),
     ("connector-memory", Layer::Adapter),

@@ -203,6 +203,19 @@ pub async fn app_token(config: &GraphConfig) -> Result<zeroize::Zeroizing<String
     client::Client::new(config.clone())?.token().await
 }
 
+/// Sends a finished cycle's report to the tenant (`POST /isthmus/v1/syncReports`); returns the
+/// ids of the active servers reporting to it when there is more than one (empty otherwise).
+pub async fn send_sync_report(config: &GraphConfig, report: &health::SyncReport) -> Result<Vec<String>, ConnectorError> {
+    let client = client::Client::new(config.clone())?;
+    let url = format!("{}/isthmus/v1/syncReports", config.authority.trim_end_matches('/'));
+    let body = serde_json::to_value(report).map_err(|err| ConnectorError::Config(format!("a sync report: {err}")))?;
+    let answer = client.send(reqwest::Method::POST, &url, Some(&body)).await?;
+    if !answer.status.is_success() {
+        return Err(client::error_of(&format!("POST {url}"), &answer));
+    }
+    Ok(answer.body["competingActiveServers"].as_array().into_iter().flatten().filter_map(|id| id.as_str().map(str::to_string)).collect())
+}
+
 /// One user's credential for password hash sync.
 #[derive(Debug, Clone)]
 pub struct CredentialUpdate {

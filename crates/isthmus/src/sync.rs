@@ -99,6 +99,55 @@ impl<S: Store + Sync> sync_runner::scheduler::SideTask for PasswordSync<S> {
     }
 }
 
+/// This sync server's identity for its reports to the tenant: an id generated once and kept in
+/// the store (a rebuilt server on a new store is a new server), the host name, the version.
+async fn server_identity<S: Store>(store: &S) -> anyhow::Result<health::Server> {
+    const SERVICE: &str = "sync-server";
+    let id = match store.service_state(SERVICE, "id").await.context("read the server id")? {
+        Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        None => {
+            let mut bytes = [0u8; 16];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                .map_err(|_| anyhow::anyhow!("no randomness for the server id"))?;
+            let id: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+            store.set_service_state(SERVICE, "id", id.as_bytes()).await.context("keep the server id")?;
+            id
+        }
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_string()).unwrap_or_default();
+    Ok(health::Server { id, host, product_version: env!("CARGO_PKG_VERSION").to_string() })
+}
+
+/// Reports each finished cycle to the tenant (`onPremisesLastSyncDateTime`, health).
+struct TenantReporter {
+    graph: connector_graph::GraphConfig,
+    server: health::Server,
+}
+
+impl TenantReporter {
+    async fn send(&self, cycle: sync_runner::scheduler::FinishedCycle<'_>) {
+        let report = cycle.report(self.server.clone());
+        match connector_graph::send_sync_report(&self.graph, &report).await {
+            Ok(competing) if competing.is_empty() => tracing::debug!("cycle reported to the tenant"),
+            Ok(competing) => eprintln!(
+                "warning: {} active sync servers report to this tenant ({}); only one may export — put the others in staging mode",
+                competing.len(),
+                competing.join(", ")
+            ),
+            Err(err) => eprintln!("warning: the cycle's report to the tenant failed: {err}"),
+        }
+    }
+}
+
+impl sync_runner::scheduler::CycleObserver for TenantReporter {
+    fn finished<'a>(
+        &'a self,
+        cycle: sync_runner::scheduler::FinishedCycle<'a>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(self.send(cycle))
+    }
+}
+
 /// The interval and threshold from the tenant's sync settings, read before every cycle.
 struct TenantSettings {
     graph: connector_graph::GraphConfig,
@@ -188,6 +237,15 @@ async fn serve_with<S: Store + Sync + 'static, H: Store + Sync + 'static>(
         println!("   password hash sync every {} min", args.password_sync_minutes.max(1));
     }
     schedule.on_cycle = Some(print_reports);
+    if let Some(graph) = config.graphs.first() {
+        let server = server_identity(runner.store()).await?;
+        println!(
+            "   sync server {} ({}), reporting each cycle to the tenant",
+            server.id,
+            if config.sync.staging { "staging" } else { "active" }
+        );
+        schedule.observers.push(std::sync::Arc::new(TenantReporter { graph: graph.clone(), server }));
+    }
     let (requests, receiver) = tokio::sync::mpsc::channel(8);
     let connectors: Vec<model::ConnectorId> =
         config.connectors.iter().map(|c| c.id.clone()).chain(config.graphs.iter().map(|g| g.id.clone())).map(model::ConnectorId).collect();
@@ -309,7 +367,26 @@ async fn cycle<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet, 
         }
         _ => {
             println!("== {} cycle", if args.full { "full" } else { "delta" });
-            runner.run_cycle(args.full).await.context("sync cycle")?
+            let begun = runner.now();
+            let result = runner.run_cycle(args.full).await;
+            // A whole cycle is reported to the tenant, as `sync serve`'s are.
+            if let Some(graph) = config.graphs.first() {
+                let failure = result.as_ref().err().map(ToString::to_string);
+                let cycle = sync_runner::scheduler::FinishedCycle {
+                    kind: if args.full { sync_runner::status::CycleKind::Full } else { sync_runner::status::CycleKind::Delta },
+                    started: begun,
+                    finished: runner.now(),
+                    interval: sync_runner::scheduler::DEFAULT_INTERVAL,
+                    deletion_threshold: runner.deletion_threshold(),
+                    staging: runner.staging(),
+                    result: match (&result, &failure) {
+                        (Ok(reports), _) => Ok(reports.as_slice()),
+                        (Err(_), failure) => Err(failure.as_deref().unwrap_or("the cycle failed")),
+                    },
+                };
+                TenantReporter { graph: graph.clone(), server: server_identity(runner.store()).await? }.send(cycle).await;
+            }
+            result.context("sync cycle")?
         }
     };
     print_reports(&reports);

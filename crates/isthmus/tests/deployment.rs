@@ -96,7 +96,7 @@ from msgraph import GraphServiceClient, GraphRequestAdapter
 from msgraph.graph_request_adapter import options as graph_options
 from msgraph_core import GraphClientFactory
 
-base, tenant, client_id, secret, ca = sys.argv[1:6]
+base, tenant, client_id, secret, ca, what = sys.argv[1:7]
 async def main():
     credential = ClientSecretCredential(tenant, client_id, secret, authority=base, disable_instance_discovery=True, connection_verify=ca)
     auth = AzureIdentityAuthenticationProvider(credential, scopes=["https://graph.microsoft.com/.default"])
@@ -105,6 +105,11 @@ async def main():
     adapter = GraphRequestAdapter(auth, client=http)
     adapter.base_url = f"{base}/v1.0"
     client = GraphServiceClient(request_adapter=adapter)
+    if what == "organization":
+        orgs = (await client.organization.get()).value
+        last = orgs[0].on_premises_last_sync_date_time
+        print(json.dumps([last.isoformat() if last else None, orgs[0].on_premises_sync_enabled]))
+        return
     page = await client.users.get()
     users = list(page.value)
     while page.odata_next_link:
@@ -343,6 +348,17 @@ async fn deployment(kind: SyncStore) {
     wait_for("the initial cycle", Duration::from_secs(120), || status().is_some_and(|status| status["cycles"].as_u64() >= Some(1)));
     let first = status().unwrap();
     assert_eq!(first["last"]["outcome"], "success", "{first}\n{}", serve.log());
+    // The cycle was reported to the tenant: msgraph-sdk reads the organization's sync fields.
+    let organization = || -> Value {
+        let read = Command::new(&python)
+            .args(["-c", GRAPH_SCRIPT, &base, &initial, &admin_id, &admin_secret, &text(&ca), "organization"])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&read.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&read.stderr)))
+    };
+    let after_first = organization();
+    assert_eq!(after_first[1], true, "onPremisesSyncEnabled: {after_first}");
+    let first_sync = after_first[0].as_str().unwrap_or_else(|| panic!("no onPremisesLastSyncDateTime: {after_first}")).to_string();
     assert_eq!(first["last"]["kind"], "full");
     assert_eq!(
         (first["interval_seconds"].as_u64(), first["deletion_threshold"].as_u64()),
@@ -362,10 +378,67 @@ async fn deployment(kind: SyncStore) {
     assert!(human.contains("scheduler:   enabled") && human.contains("last cycle:  Full"), "{human}");
     assert!(ok(&["sync", "scheduler", "disable", "--config", &config_arg], &[]).contains("disabled"));
     assert_eq!(status().unwrap()["scheduler_enabled"], false);
+    // (The report's time has a one-second resolution.)
+    std::thread::sleep(Duration::from_millis(1100));
     let started = ok(&["sync", "start", "--config", &config_arg], &[]);
     assert!(started.contains("delta cycle"), "{started}");
     wait_for("the requested cycle", Duration::from_secs(60), || status().is_some_and(|status| status["cycles"].as_u64() >= Some(2)));
     assert_eq!(status().unwrap()["last"]["kind"], "delta");
+    let second_sync = organization()[0].as_str().unwrap().to_string();
+    assert!(second_sync > first_sync, "onPremisesLastSyncDateTime advances with each cycle: {first_sync} then {second_sync}");
+
+    // The report endpoint from the attacker's side: the administrator's app is not the sync
+    // service; the sync app's malformed or oversized reports are refused and change nothing.
+    let report_url = format!("{base}/isthmus/v1/syncReports");
+    let server_id = serve
+        .log()
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("sync server ").and_then(|rest| rest.split_whitespace().next()).map(str::to_string))
+        .unwrap_or_else(|| panic!("no server id in {}", serve.log()));
+    let report = |id: &str, mode: &str| {
+        serde_json::json!({"version": 1, "server": {"id": id, "host": "rogue", "productVersion": "0"}, "mode": mode,
+            "intervalSeconds": 1800, "deletionThreshold": null,
+            "cycle": {"kind": "delta", "started": 1, "finished": 2, "outcome": "success", "steps": []}})
+    };
+    let refused = http.post(&report_url).bearer_auth(&token).json(&report("rogue", "active")).send().await.unwrap();
+    assert_eq!(refused.status(), 403, "the administrator is not the sync service");
+    let sync_token =
+        testkit::client_credentials_token(&http, &format!("{base}/{initial}/oauth2/v2.0/token"), &sync_id, &sync_secret).await.unwrap();
+    for (body, why) in [
+        (serde_json::json!({"version": 1}), "fields missing"),
+        (report("rogue", "both"), "an unknown mode"),
+        (report(&"x".repeat(2000), "active"), "an oversized server id"),
+        (
+            {
+                let mut later = report("rogue", "active");
+                later["version"] = 2.into();
+                later
+            },
+            "a later version",
+        ),
+        (
+            {
+                let mut backwards = report("rogue", "active");
+                backwards["cycle"]["finished"] = 0.into();
+                backwards
+            },
+            "time running backwards",
+        ),
+    ] {
+        let answer = http.post(&report_url).bearer_auth(&sync_token).json(&body).send().await.unwrap();
+        assert_eq!(answer.status(), 400, "{why}: {:?}", answer.text().await);
+    }
+    assert_eq!(organization()[0].as_str(), Some(second_sync.as_str()), "refused reports changed nothing");
+    // A second active server reporting to the same tenant is named, with this one, to both.
+    let answer: Value =
+        http.post(&report_url).bearer_auth(&sync_token).json(&report("rogue", "active")).send().await.unwrap().json().await.unwrap();
+    let mut expected = vec![server_id.clone(), "rogue".to_string()];
+    expected.sort();
+    assert_eq!(answer["competingActiveServers"], serde_json::json!(expected), "{answer}");
+    // Staging servers do not compete.
+    let answer: Value =
+        http.post(&report_url).bearer_auth(&sync_token).json(&report("rogue", "staging")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["competingActiveServers"], serde_json::json!([]), "{answer}");
     let (refused, _, err) = isthmus(&["sync", "start", "--config", &config_arg, "--connector", "nope"], &[]);
     assert!(!refused && err.contains("no connector \"nope\""), "{err}");
     ok(&["sync", "scheduler", "enable", "--config", &config_arg], &[]);
@@ -394,7 +467,8 @@ async fn deployment(kind: SyncStore) {
     wait_for("password hash sync", Duration::from_secs(60), || {
         msal(&python, &base, &initial, &public_id, &ca, &upn, "Hana!Pass.1")["user"] == upn.as_str()
     });
-    let listed = Command::new(&python).args(["-c", GRAPH_SCRIPT, &base, &initial, &admin_id, &admin_secret, &text(&ca)]).output().unwrap();
+    let listed =
+        Command::new(&python).args(["-c", GRAPH_SCRIPT, &base, &initial, &admin_id, &admin_secret, &text(&ca), "users"]).output().unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
     assert!(listed.contains(&format!("[\"hana@{domain}\", true]")) && listed.contains(&format!("[\"ivo@{domain}\", true]")), "{listed}");
 

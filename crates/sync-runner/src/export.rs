@@ -90,7 +90,7 @@ pub(crate) async fn run<S: Store>(runner: &Runner<S>, id: &ConnectorId) -> Resul
         }
     }
     Ok((
-        crate::StepStatus::of(counts),
+        crate::status_of(counts),
         counts,
         format!("{} exported, {} rejected", counts.adds + counts.updates + counts.deletes, counts.errors),
     ))

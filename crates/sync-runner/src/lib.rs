@@ -75,48 +75,12 @@ impl Default for RunnerConfig {
     }
 }
 
-/// How a step ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepStatus {
-    /// Every object went through.
-    Success,
-    /// It ran to the end; some objects were rejected (per-object errors).
-    CompletedErrors,
-    /// Staging mode: the export was held.
-    StagingNoExport,
-    /// The export would delete more than the threshold allows: nothing exported.
-    StoppedDeletionThreshold,
-    /// The directory could not be reached; the last committed page stays, the next run goes on.
-    StoppedConnectorUnavailable,
-}
+/// How a step ended: the run history's vocabulary, shared with the reports to the tenant.
+pub use health::StepStatus;
 
-impl StepStatus {
-    /// The name in run history, the CLI and the status channel.
-    pub fn name(self) -> &'static str {
-        match self {
-            StepStatus::Success => "success",
-            StepStatus::CompletedErrors => "completed-errors",
-            StepStatus::StagingNoExport => "staging-no-export",
-            StepStatus::StoppedDeletionThreshold => "stopped-deletion-threshold-exceeded",
-            StepStatus::StoppedConnectorUnavailable => "stopped-connector-unavailable",
-        }
-    }
-
-    /// Whether the step stopped before doing its work (a cycle reports it, a command fails).
-    pub fn stopped(self) -> bool {
-        matches!(self, StepStatus::StoppedDeletionThreshold | StepStatus::StoppedConnectorUnavailable)
-    }
-
-    /// Success, or completed with per-object errors.
-    fn of(counts: RunCounts) -> StepStatus {
-        if counts.errors > 0 { StepStatus::CompletedErrors } else { StepStatus::Success }
-    }
-}
-
-impl std::fmt::Display for StepStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
+/// Success, or completed with per-object errors.
+fn status_of(counts: RunCounts) -> StepStatus {
+    if counts.errors > 0 { StepStatus::CompletedErrors } else { StepStatus::Success }
 }
 
 /// The outcome of one step.
@@ -280,6 +244,16 @@ impl<S: Store> Runner<S> {
             threshold,
             parameters_kept: std::sync::Mutex::default(),
         }
+    }
+
+    /// Whether the runner is in staging mode (exports held).
+    pub fn staging(&self) -> bool {
+        self.config.staging
+    }
+
+    /// The clock's reading, Unix seconds.
+    pub fn now(&self) -> i64 {
+        self.clock.unix_seconds()
     }
 
     /// The accidental-delete threshold in force (`None`: off).

@@ -47,6 +47,85 @@ pub trait Settings: Send + Sync {
     fn refresh(&self) -> Pin<Box<dyn Future<Output = Option<Timing>> + Send + '_>>;
 }
 
+/// A finished cycle, as the scheduler tells its observers.
+#[derive(Debug)]
+pub struct FinishedCycle<'a> {
+    /// Full or delta.
+    pub kind: CycleKind,
+    /// When it started and finished, Unix seconds (the runner's clock).
+    pub started: i64,
+    /// See `started`.
+    pub finished: i64,
+    /// The interval between scheduled cycles now.
+    pub interval: Duration,
+    /// The deletion threshold in force.
+    pub deletion_threshold: Option<u64>,
+    /// Staging mode.
+    pub staging: bool,
+    /// Its steps, or why it failed.
+    pub result: Result<&'a [crate::StepReport], &'a str>,
+}
+
+impl FinishedCycle<'_> {
+    /// The report a sync server sends the tenant (`health::SyncReport`) for this cycle.
+    pub fn report(&self, server: health::Server) -> health::SyncReport {
+        let steps: Vec<health::StepSummary> = self
+            .result
+            .map(|reports| {
+                reports
+                    .iter()
+                    .map(|report| health::StepSummary {
+                        connector: report.connector.0.clone(),
+                        step: match report.step {
+                            Step::FullImport => health::StepKind::FullImport,
+                            Step::DeltaImport => health::StepKind::DeltaImport,
+                            Step::FullSync => health::StepKind::FullSync,
+                            Step::DeltaSync => health::StepKind::DeltaSync,
+                            Step::Export => health::StepKind::Export,
+                        },
+                        status: report.status,
+                        adds: report.counts.adds,
+                        updates: report.counts.updates,
+                        deletes: report.counts.deletes,
+                        errors: report.counts.errors,
+                    })
+                    .take(health::MAX_STEPS)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let outcome = match self.result {
+            Err(_) => health::CycleOutcome::Failed,
+            Ok(reports) if reports.iter().all(|report| report.status == crate::StepStatus::Success) => health::CycleOutcome::Success,
+            Ok(_) => health::CycleOutcome::CompletedWithIssues,
+        };
+        health::SyncReport {
+            version: health::REPORT_VERSION,
+            server,
+            mode: if self.staging { health::Mode::Staging } else { health::Mode::Active },
+            interval_seconds: self.interval.as_secs().max(1),
+            deletion_threshold: self.deletion_threshold,
+            cycle: health::Cycle {
+                kind: match self.kind {
+                    CycleKind::Full => health::CycleKind::Full,
+                    CycleKind::Delta => health::CycleKind::Delta,
+                },
+                started: self.started,
+                finished: self.finished.max(self.started),
+                outcome,
+                message: self.result.err().map(|message| message.chars().take(health::MAX_TEXT).collect()),
+                steps,
+            },
+        }
+    }
+}
+
+/// Told of every finished cycle (to report it to the tenant). Failures are the observer's to
+/// log; a cycle never fails because of one.
+pub trait CycleObserver: Send + Sync {
+    /// After `cycle`.
+    fn finished<'a>(&'a self, cycle: FinishedCycle<'a>) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
 /// How the scheduler runs.
 pub struct Schedule {
     /// Between scheduled delta cycles.
@@ -60,12 +139,14 @@ pub struct Schedule {
     pub settings: Option<Arc<dyn Settings>>,
     /// Told every finished cycle's reports (to print them).
     pub on_cycle: Option<fn(&[crate::StepReport])>,
+    /// Told of every finished cycle, after it (to report it to the tenant).
+    pub observers: Vec<Arc<dyn CycleObserver>>,
 }
 
 impl Schedule {
     /// Cycles every `interval`, nothing else.
     pub fn every(interval: Duration) -> Self {
-        Schedule { interval, near_real_time: None, side_tasks: Vec::new(), settings: None, on_cycle: None }
+        Schedule { interval, near_real_time: None, side_tasks: Vec::new(), settings: None, on_cycle: None, observers: Vec::new() }
     }
 }
 
@@ -175,6 +256,7 @@ pub async fn run<S: Store>(
         let initial = request.initial || cycles == 0;
         let kind = if initial { CycleKind::Full } else { CycleKind::Delta };
         board.cycle_started(kind, request.connector.clone());
+        let started = runner.now();
         let result = match &request.connector {
             Some(connector) => runner.run_connector_cycle(connector, initial).await,
             None => runner.run_cycle(initial).await,
@@ -188,6 +270,23 @@ pub async fn run<S: Store>(
                 tracing::info!(cycle = cycles + 1, initial, steps = reports.len(), errors, "cycle finished");
             }
             Err(err) => tracing::error!(cycle = cycles + 1, "cycle failed: {err}"),
+        }
+        let failure = result.as_ref().err().map(ToString::to_string);
+        for observer in &schedule.observers {
+            let cycle = FinishedCycle {
+                kind,
+                started,
+                finished: runner.now(),
+                interval: schedule.interval,
+                deletion_threshold: runner.deletion_threshold(),
+                staging: runner.staging(),
+                result: match (&result, &failure) {
+                    (Ok(reports), _) => Ok(reports.as_slice()),
+                    (Err(_), Some(message)) => Err(message.as_str()),
+                    (Err(_), None) => Err("the cycle failed"),
+                },
+            };
+            observer.finished(cycle).await;
         }
         board.cycle_finished(result.as_deref().map_err(ToString::to_string));
         if cycles == 0 {

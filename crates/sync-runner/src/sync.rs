@@ -99,7 +99,7 @@ pub(crate) async fn run<S: Store>(
         }
     }
     let counts = context.counts;
-    Ok((crate::StepStatus::of(counts), counts, format!("{processed} connector-space objects, {touched} metaverse objects")))
+    Ok((crate::status_of(counts), counts, format!("{processed} connector-space objects, {touched} metaverse objects")))
 }
 
 /// One page of a sync step: inbound for its CS objects, then every MV object they touched

@@ -81,8 +81,10 @@ pub async fn organization(state: AppState, access: Access, headers: HeaderMap) -
         .await?
         .and_then(|value| String::from_utf8(value).ok()?.parse::<i64>().ok())
         .map(crate::rfc3339);
+    let (last_sync, sync_enabled) = crate::sync_reports::organization_fields(&state).await?;
     let org = json!({"id": state.identity.tenant_id, "displayName": state.identity.initial_domain, "verifiedDomains": domains,
-                     "onPremisesSyncEnabled": null, "onPremisesLastPasswordSyncDateTime": last_password_sync, "tenantType": "AAD"});
+                     "onPremisesSyncEnabled": sync_enabled, "onPremisesLastSyncDateTime": last_sync,
+                     "onPremisesLastPasswordSyncDateTime": last_password_sync, "tenantType": "AAD"});
     Ok(Json(json!({"@odata.context": format!("{}/v1.0/$metadata#organization", crate::graph::base_url(&headers)), "value": [org]}))
         .into_response())
 }

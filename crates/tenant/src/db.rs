@@ -208,6 +208,7 @@ CREATE TABLE IF NOT EXISTS domain_settings (name TEXT PRIMARY KEY COLLATE NOCASE
 CREATE TABLE IF NOT EXISTS pta_agents (id TEXT PRIMARY KEY, machine TEXT NOT NULL, version TEXT NOT NULL, encryption_key TEXT NOT NULL,
     registered_at INTEGER NOT NULL, registered_by TEXT NOT NULL, not_after INTEGER NOT NULL, revoked_at INTEGER);
 CREATE TABLE IF NOT EXISTS pta_certs (fingerprint TEXT PRIMARY KEY, agent_id TEXT NOT NULL, not_after INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sync_servers (id TEXT PRIMARY KEY, report TEXT NOT NULL, received INTEGER NOT NULL);
 ";
 
 const POSTGRES_SCHEMA: &str = r#"
@@ -281,6 +282,7 @@ CREATE TABLE IF NOT EXISTS domain_settings (name TEXT PRIMARY KEY, method TEXT, 
 CREATE TABLE IF NOT EXISTS pta_agents (id TEXT PRIMARY KEY, machine TEXT NOT NULL, version TEXT NOT NULL, encryption_key TEXT NOT NULL,
     registered_at BIGINT NOT NULL, registered_by TEXT NOT NULL, not_after BIGINT NOT NULL, revoked_at BIGINT);
 CREATE TABLE IF NOT EXISTS pta_certs (fingerprint TEXT PRIMARY KEY, agent_id TEXT NOT NULL, not_after BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS sync_servers (id TEXT PRIMARY KEY, report TEXT NOT NULL, received BIGINT NOT NULL);
 "#;
 
 /// Creates `path` with mode 0600 when missing, and narrows it and SQLite's companion files to

@@ -35,6 +35,7 @@ pub use service_principals::GRAPH_APP_ID;
 pub mod signin;
 pub mod sql;
 pub mod state;
+mod sync_reports;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -831,6 +832,10 @@ impl Tenant {
             .route(
                 "/isthmus/v1/passwordHashSync",
                 post(|State(state): State<AppState>, access: Access, body: graph::Body| hashsync::receive(state, access, body)),
+            )
+            .route(
+                "/isthmus/v1/syncReports",
+                post(|State(state): State<AppState>, access: Access, body: graph::Body| sync_reports::receive(state, access, body)),
             )
             .route(
                 "/isthmus/v1/passThroughAuthentication",

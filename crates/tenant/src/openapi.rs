@@ -130,6 +130,12 @@ pub fn document() -> Value {
                "responses": with_errors(json!({"200": {"description": "A status per user: Success, NoTargetConnection, FilteredByTarget"}}))}}),
     );
     paths.insert(
+        "/isthmus/v1/syncReports".into(),
+        json!({"post": {"summary": "A sync server's report of a finished cycle (health::SyncReport: server, mode, interval, the cycle's steps and counts); sync service only. Sets the organization's onPremisesLastSyncDateTime and onPremisesSyncEnabled",
+               "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["version", "server", "mode", "intervalSeconds", "cycle"]}}}},
+               "responses": with_errors(json!({"200": {"description": "competingActiveServers: the ids of the active servers reporting to the tenant when there is more than one"}}))}}),
+    );
+    paths.insert(
         "/isthmus/v1/leakedCredentials/range/{prefix}".into(),
         json!({"parameters": [{"name": "prefix", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{5}$"}}],
                "get": {"summary": "k-anonymity range of the leaked NT-hash list: suffixes and counts under a 5-hex-digit prefix (sync service only; 404 without a list)",

@@ -59,6 +59,8 @@ pub enum Area {
     RiskyUsersRead,
     /// Send password hashes and read the leaked-credential ranges (the sync service).
     PasswordHashSync,
+    /// Report a finished sync cycle (the sync service).
+    SyncReports,
     /// List pass-through agents and settings.
     AgentsRead,
     /// Register and revoke pass-through agents, change their settings.
@@ -91,6 +93,7 @@ pub const PERMISSIONS: &[(Area, &[&str])] = &[
     (Area::AuditLogsRead, &["AuditLog.Read.All", WRITE_ALL]),
     (Area::RiskyUsersRead, &["IdentityRiskyUser.Read.All", WRITE_ALL]),
     (Area::PasswordHashSync, &[SYNC_ROLE]),
+    (Area::SyncReports, &[SYNC_ROLE]),
     (Area::AgentsRead, &[READ_ALL, WRITE_ALL]),
     (Area::AgentsWrite, &[WRITE_ALL]),
 ];
@@ -168,6 +171,7 @@ pub const ROUTES: &[(&str, &str, Area)] = &[
     ("GET", "/v1.0/identityProtection/riskyUsers", Area::RiskyUsersRead),
     ("POST", "/isthmus/v1/passwordHashSync", Area::PasswordHashSync),
     ("GET", "/isthmus/v1/leakedCredentials/range/{id}", Area::PasswordHashSync),
+    ("POST", "/isthmus/v1/syncReports", Area::SyncReports),
     ("GET", "/isthmus/v1/passThroughAuthentication", Area::AgentsRead),
     ("PATCH", "/isthmus/v1/passThroughAuthentication", Area::AgentsWrite),
     ("GET", "/isthmus/v1/passThroughAuthentication/agents", Area::AgentsRead),

@@ -1581,3 +1581,57 @@ async fn pass_through_outcomes_reach_the_token_endpoint() {
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_reports_set_the_organizations_sync_fields_and_stay_bounded() {
+    let tenant = start().await;
+    let (admin, sync) = (tenant.token(&tenant.admin).await, tenant.token(&tenant.sync).await);
+    use reqwest::Method;
+    let report = |id: &str, mode: &str| {
+        json!({"version": 1, "server": {"id": id, "host": "h", "productVersion": "0"}, "mode": mode, "intervalSeconds": 1800,
+               "deletionThreshold": 500, "cycle": {"kind": "full", "started": 10, "finished": 20, "outcome": "success",
+               "steps": [{"connector": "ad", "step": "fullImport", "status": "success", "adds": 1, "updates": 0, "deletes": 0, "errors": 0}]}})
+    };
+    let fields = |org: &Value| (org["value"][0]["onPremisesSyncEnabled"].clone(), org["value"][0]["onPremisesLastSyncDateTime"].clone());
+    let (_, org) = tenant.call(Method::GET, "/v1.0/organization", &admin, None).await;
+    assert_eq!(fields(&org), (Value::Null, Value::Null), "nothing reported yet: {org}");
+
+    // A staging server's report does not make sync "on".
+    let (status, answer) = tenant.call(Method::POST, "/isthmus/v1/syncReports", &sync, Some(report("standby", "staging"))).await;
+    assert_eq!((status, &answer["competingActiveServers"]), (StatusCode::OK, &json!([])), "{answer}");
+    let (_, org) = tenant.call(Method::GET, "/v1.0/organization", &admin, None).await;
+    assert_eq!(fields(&org), (Value::Null, Value::Null), "{org}");
+
+    // An active one does, at the time the tenant received it.
+    let before = tenant::now_rfc3339();
+    let (status, _) = tenant.call(Method::POST, "/isthmus/v1/syncReports", &sync, Some(report("primary", "active"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let after = tenant::now_rfc3339();
+    let (_, org) = tenant.call(Method::GET, "/v1.0/organization", &admin, None).await;
+    let (enabled, last) = fields(&org);
+    let last = last.as_str().unwrap_or_default().to_string();
+    assert!(enabled == json!(true) && before <= last && last <= after, "between {before} and {after}: {org}");
+
+    // Another role cannot report; a report with a step the contract does not know is refused.
+    let (status, _) = tenant.call(Method::POST, "/isthmus/v1/syncReports", &admin, Some(report("x", "active"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let mut odd = report("primary", "active");
+    odd["cycle"]["steps"][0]["step"] = json!("teleport");
+    let (status, _) = tenant.call(Method::POST, "/isthmus/v1/syncReports", &sync, Some(odd)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // A flood of made-up active servers does not grow the table past its cap (64): each answer
+    // names every competing server the tenant remembers, the reporter always among them.
+    let mut remembered = 0;
+    for n in 0..70 {
+        let id = format!("flood-{n:02}");
+        let (status, answer) = tenant.call(Method::POST, "/isthmus/v1/syncReports", &sync, Some(report(&id, "active"))).await;
+        assert_eq!(status, StatusCode::OK);
+        let competing = answer["competingActiveServers"].as_array().unwrap();
+        assert!(competing.iter().any(|known| known == &json!(id)), "{answer}");
+        remembered = competing.len();
+    }
+    // 64 remembered: the 63 or 64 newest active ones, and the staging standby if it was not the
+    // one replaced (all reported within the same second here, so ties go by id).
+    assert!((63..=64).contains(&remembered), "the cap holds: {remembered} competing");
+}
