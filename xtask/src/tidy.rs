@@ -44,6 +44,7 @@ pub const LAYERS: &[(&str, Layer)] = &[
     ("connector-ldap", Layer::Adapter),
     ("connector-graph", Layer::Adapter),
     ("drsr", Layer::Adapter),
+    ("telemetry", Layer::Adapter),
     ("sync-runner", Layer::Service),
     ("tenant", Layer::Service),
     ("pta-agent", Layer::Service),

@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// until `isthmus sync scheduler enable`).
     #[arg(long)]
     pub scheduler_disabled: bool,
+    /// Serve metrics (OpenMetrics text, `GET /metrics`, for Prometheus) on this address, for
+    /// example 127.0.0.1:9464; off unless given. Plain HTTP on its own listener: keep it on
+    /// loopback or a monitoring network.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 /// `isthmus sync serve`: an initial cycle, then delta cycles on schedule (and on change in
@@ -246,6 +251,16 @@ async fn serve_with<S: Store + Sync + 'static, H: Store + Sync + 'static>(
         );
         schedule.observers.push(std::sync::Arc::new(TenantReporter { graph: graph.clone(), server }));
     }
+    let metrics = match &args.metrics_listen {
+        Some(address) => {
+            let mut registry = telemetry::registry();
+            schedule.observers.push(sync_runner::metrics::SyncMetrics::register(&mut registry));
+            let listener = telemetry::bind(address).await?;
+            println!("   metrics on http://{}/metrics", listener.local_addr().context("the metrics listener's address")?);
+            Some(tokio::spawn(telemetry::serve(listener, std::sync::Arc::new(registry))))
+        }
+        None => None,
+    };
     let (requests, receiver) = tokio::sync::mpsc::channel(8);
     let connectors: Vec<model::ConnectorId> =
         config.connectors.iter().map(|c| c.id.clone()).chain(config.graphs.iter().map(|g| g.id.clone())).map(model::ConnectorId).collect();
@@ -283,6 +298,9 @@ async fn serve_with<S: Store + Sync + 'static, H: Store + Sync + 'static>(
         () = retention => {}
     }
     control.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     println!("stopped");
     Ok(())

@@ -340,7 +340,12 @@ async fn deployment(kind: SyncStore) {
 
     // 6. sync serve; status, start, the scheduler switch; a second writer is refused.
     let config_arg = text(&config);
-    let serve = Service::start(&["sync", "serve", "--config", &config_arg, "--password-sync-minutes", "60"], &[], dir("serve.log"));
+    let Some(promtool) = testkit::available(testkit::promtool()) else { return };
+    let serve = Service::start(
+        &["sync", "serve", "--config", &config_arg, "--password-sync-minutes", "60", "--metrics-listen", &format!("{}:0", address.ip())],
+        &[],
+        dir("serve.log"),
+    );
     let status = || -> Option<Value> {
         let (success, out, _) = isthmus(&["sync", "status", "--config", &config_arg, "--json"], &[]);
         success.then(|| serde_json::from_str(&out).unwrap())
@@ -385,6 +390,24 @@ async fn deployment(kind: SyncStore) {
     wait_for("the requested cycle", Duration::from_secs(60), || status().is_some_and(|status| status["cycles"].as_u64() >= Some(2)));
     assert_eq!(status().unwrap()["last"]["kind"], "delta");
     let second_sync = organization()[0].as_str().unwrap().to_string();
+    // The server's metrics: valid for promtool, counting both cycles and the steps' objects.
+    let metrics_url = serve
+        .log()
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("metrics on ").map(str::to_string))
+        .unwrap_or_else(|| panic!("no metrics address in {}", serve.log()));
+    let metrics = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+    testkit::promtool_check_metrics(&promtool, &metrics).unwrap_or_else(|complaint| panic!("promtool: {complaint}\n{metrics}"));
+    let sample = |prefix: &str| -> f64 {
+        metrics.lines().find(|line| line.starts_with(prefix)).and_then(|line| line.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+    };
+    assert_eq!(sample("isthmus_sync_cycles_total{kind=\"full\",outcome=\"success\"}"), 1.0, "{metrics}");
+    assert_eq!(sample("isthmus_sync_cycles_total{kind=\"delta\",outcome=\"success\"}"), 1.0, "{metrics}");
+    assert!(sample("isthmus_sync_objects_total{connector=\"ad\",step=\"full-import\",change=\"add\"}") >= 2.0, "hana and ivo: {metrics}");
+    assert_eq!(sample("isthmus_sync_deletion_threshold "), 250.0, "{metrics}");
+    assert_eq!(sample("isthmus_sync_interval_seconds "), 2700.0, "{metrics}");
+    assert!(sample("isthmus_sync_last_success_end_seconds ") > 1.7e9, "{metrics}");
+    assert!(sample("process_resident_memory_bytes ") > 1e6, "{metrics}");
     assert!(second_sync > first_sync, "onPremisesLastSyncDateTime advances with each cycle: {first_sync} then {second_sync}");
 
     // The report endpoint from the attacker's side: the administrator's app is not the sync

@@ -11,6 +11,7 @@ pub mod control;
 mod explain;
 mod export;
 mod import;
+pub mod metrics;
 pub mod scheduler;
 pub mod status;
 mod sync;
@@ -96,6 +97,8 @@ pub struct StepReport {
     pub counts: RunCounts,
     /// A line for people, e.g. why the step stopped.
     pub detail: String,
+    /// How long it ran (wall time).
+    pub elapsed: std::time::Duration,
 }
 
 /// Why a step could not run at all (per-object problems are counted, not raised).
@@ -362,6 +365,7 @@ impl<S: Store> Runner<S> {
         self.claim().await?;
         self.keep_parameters(connector).await?;
         let started = self.clock.unix_seconds();
+        let timer = std::time::Instant::now();
         let run = self.store.run_start(connector, step.name(), started).await?;
         tracing::info!(connector = %connector, step = step.name(), "step started");
         self.progress.step_started(connector, step);
@@ -373,8 +377,9 @@ impl<S: Store> Runner<S> {
             Step::Export => export::run(self, connector).await,
         };
         let finished = self.clock.unix_seconds();
-        let report = self.finish_step(connector, step, run, finished, result).await;
-        if let Ok(report) = &report {
+        let mut report = self.finish_step(connector, step, run, finished, result).await;
+        if let Ok(report) = &mut report {
+            report.elapsed = timer.elapsed();
             self.progress.step_finished(report);
         }
         report
@@ -392,7 +397,7 @@ impl<S: Store> Runner<S> {
             Ok((status, counts, detail)) => {
                 self.store.run_finish(run, finished, status.name(), counts).await?;
                 tracing::info!(connector = %connector, step = step.name(), status = status.name(), adds = counts.adds, updates = counts.updates, deletes = counts.deletes, errors = counts.errors, "step finished");
-                Ok(StepReport { connector: connector.clone(), step, status, counts, detail })
+                Ok(StepReport { connector: connector.clone(), step, status, counts, detail, elapsed: std::time::Duration::ZERO })
             }
             Err(RunnerError::Connector { connector: name, source: ConnectorError::Unavailable(why) }) => {
                 // The last committed page and its watermark stay; the next run continues.
@@ -403,6 +408,7 @@ impl<S: Store> Runner<S> {
                     status: StepStatus::StoppedConnectorUnavailable,
                     counts: RunCounts::default(),
                     detail: format!("{name}: {why}"),
+                    elapsed: std::time::Duration::ZERO,
                 })
             }
             Err(err) => {

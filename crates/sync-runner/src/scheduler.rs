@@ -67,6 +67,15 @@ pub struct FinishedCycle<'a> {
 }
 
 impl FinishedCycle<'_> {
+    /// Success (every step succeeded), completed with issues, or failed.
+    pub fn outcome(&self) -> health::CycleOutcome {
+        match self.result {
+            Err(_) => health::CycleOutcome::Failed,
+            Ok(reports) if reports.iter().all(|report| report.status == crate::StepStatus::Success) => health::CycleOutcome::Success,
+            Ok(_) => health::CycleOutcome::CompletedWithIssues,
+        }
+    }
+
     /// The report a sync server sends the tenant (`health::SyncReport`) for this cycle.
     pub fn report(&self, server: health::Server) -> health::SyncReport {
         let steps: Vec<health::StepSummary> = self
@@ -93,11 +102,7 @@ impl FinishedCycle<'_> {
                     .collect()
             })
             .unwrap_or_default();
-        let outcome = match self.result {
-            Err(_) => health::CycleOutcome::Failed,
-            Ok(reports) if reports.iter().all(|report| report.status == crate::StepStatus::Success) => health::CycleOutcome::Success,
-            Ok(_) => health::CycleOutcome::CompletedWithIssues,
-        };
+        let outcome = self.outcome();
         health::SyncReport {
             version: health::REPORT_VERSION,
             server,

@@ -131,6 +131,35 @@ pub fn shared_dir() -> PathBuf {
     std::env::var_os("ISTHMUS_TESTKIT_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("isthmus-testkit"))
 }
 
+/// Prometheus's `promtool` (Debian's `prometheus` package). An error (the server-missing kind,
+/// for [`available`]) when it is not installed.
+pub fn promtool() -> Result<PathBuf> {
+    let candidate = PathBuf::from("/usr/bin/promtool");
+    match std::process::Command::new(&candidate).arg("--version").output() {
+        Ok(output) if output.status.success() => Ok(candidate),
+        _ => Err(Error::MissingTool("no /usr/bin/promtool (Debian's prometheus package; scripts/test-all installs it)".into())),
+    }
+}
+
+/// Runs `promtool check metrics` on an exposition body; `Err` with promtool's complaint.
+pub fn promtool_check_metrics(promtool: &std::path::Path, body: &str) -> std::result::Result<(), String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|err| err.to_string())?;
+    child.stdin.take().ok_or("no stdin")?.write_all(body.as_bytes()).map_err(|err| err.to_string())?;
+    let output = child.wait_with_output().map_err(|err| err.to_string())?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
+    }
+}
+
 /// The Python interpreter that has Microsoft's client libraries (`msal`, `azure-identity`,
 /// `msgraph-sdk`): `ISTHMUS_PYTHON`, else the virtualenv `scripts/test-all` makes in
 /// `target/pyclients`. An error (the server-missing kind, for [`available`]) when neither has them.
