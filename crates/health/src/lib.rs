@@ -11,6 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod alerts;
+
 /// The report format this build writes. A tenant refuses reports of a later version.
 pub const REPORT_VERSION: u32 = 1;
 

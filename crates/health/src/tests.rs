@@ -140,3 +140,107 @@ proptest! {
         let _ = serde_json::from_str::<SyncReport>(&text);
     }
 }
+
+mod alerting {
+    use super::*;
+    use crate::alerts::{self, Change, Condition, Signals};
+
+    fn active(id: &str, received: i64) -> Received {
+        Received { report: report(id, Mode::Active), received }
+    }
+
+    fn ids(conditions: &[Condition]) -> Vec<(&str, &str)> {
+        conditions.iter().map(|condition| (condition.id, condition.subject.as_str())).collect()
+    }
+
+    #[test]
+    fn every_condition_names_a_catalog_entry_with_a_remedy() {
+        let mut seen = std::collections::BTreeSet::new();
+        for kind in alerts::CATALOG {
+            assert!(seen.insert(kind.id), "{} twice", kind.id);
+            assert!(!kind.remedy.is_empty() && !kind.title.is_empty(), "{}", kind.id);
+        }
+        assert!(alerts::kind("sync-not-reporting").is_some() && alerts::kind("nope").is_none());
+    }
+
+    #[test]
+    fn conditions_from_what_the_tenant_knows() {
+        let quiet = Signals { now: 10_000, servers: &[], last_password_sync: None };
+        assert!(alerts::conditions(&quiet).is_empty(), "nothing known, nothing wrong");
+
+        // A healthy server reporting on time.
+        let healthy = [active("a", 9_000)];
+        assert!(alerts::conditions(&Signals { now: 10_000, servers: &healthy, last_password_sync: Some(9_500) }).is_empty());
+
+        // Silent for more than two intervals (2 × 1800 s): not reporting (and nothing else about it).
+        let silent = [active("a", 10_000 - 3_601)];
+        let found = alerts::conditions(&Signals { now: 10_000, servers: &silent, last_password_sync: None });
+        assert_eq!(ids(&found), vec![("sync-not-reporting", "a")]);
+
+        // A long interval (3 h): reporting, but the data is older than 2 hours.
+        let mut slow = active("a", 10_000 - 7_300);
+        slow.report.interval_seconds = 3 * 3600;
+        let found = alerts::conditions(&Signals { now: 10_000, servers: &[slow], last_password_sync: None });
+        assert_eq!(ids(&found), vec![("health-data-stale", "a")]);
+
+        // The last cycle's steps: an unreachable AD on import, the cloud export at the threshold.
+        let mut troubled = active("a", 9_900);
+        let step = |connector: &str, step: StepKind, status: StepStatus| StepSummary {
+            connector: connector.into(),
+            step,
+            status,
+            adds: 0,
+            updates: 0,
+            deletes: 0,
+            errors: 0,
+        };
+        troubled.report.cycle.outcome = CycleOutcome::CompletedWithIssues;
+        troubled.report.cycle.steps = vec![
+            step("ad", StepKind::DeltaImport, StepStatus::StoppedConnectorUnavailable),
+            step("tenant", StepKind::Export, StepStatus::StoppedDeletionThreshold),
+            step("ldap", StepKind::Export, StepStatus::StoppedConnectorUnavailable),
+            step("hr", StepKind::FullSync, StepStatus::CompletedErrors),
+        ];
+        let found = alerts::conditions(&Signals { now: 10_000, servers: &[troubled], last_password_sync: None });
+        assert_eq!(ids(&found), vec![("deletion-threshold-reached", "tenant"), ("export-failed", "ldap"), ("import-failed", "ad")]);
+
+        // A failed cycle; two active servers; a staging one is neither.
+        let mut failed = active("a", 9_900);
+        failed.report.cycle.outcome = CycleOutcome::Failed;
+        failed.report.cycle.message = Some("store unreachable".into());
+        let standby = Received { report: report("s", Mode::Staging), received: 1 };
+        let found = alerts::conditions(&Signals { now: 10_000, servers: &[failed, active("b", 9_950), standby], last_password_sync: None });
+        assert_eq!(ids(&found), vec![("competing-active-servers", "a, b"), ("cycle-failed", "a")]);
+        assert_eq!(found[1].detail, "store unreachable");
+
+        // Password hash sync silent for more than 120 minutes after it had called.
+        let found = alerts::conditions(&Signals { now: 10_000, servers: &healthy, last_password_sync: Some(10_000 - 7_201) });
+        assert_eq!(ids(&found), vec![("password-sync-heartbeat-skipped", "")]);
+    }
+
+    #[test]
+    fn alerts_raise_once_stay_open_and_resolve_when_the_cause_goes() {
+        let holding = |detail: &str| vec![Condition { id: "import-failed", subject: "ad".into(), detail: detail.into() }];
+        let (open, changes) = alerts::advance(&[], &holding("first"), 100);
+        assert_eq!(open.len(), 1);
+        assert!(matches!(&changes[..], [Change::Raised(alert)] if alert.title == "Import from ad failed" && alert.raised == 100));
+
+        // Still holding: no new change (no notification storm), last seen and detail move on.
+        let (open, changes) = alerts::advance(&open, &holding("again"), 200);
+        assert!(changes.is_empty());
+        assert_eq!((open[0].raised, open[0].last_seen, open[0].detail.as_str()), (100, 200, "again"));
+
+        // Gone: resolved at that time, and no longer open.
+        let (after, changes) = alerts::advance(&open, &[], 300);
+        assert!(after.is_empty());
+        assert!(matches!(&changes[..], [Change::Resolved(alert)] if alert.resolved == Some(300) && alert.raised == 100));
+
+        // Back again later: a new alert.
+        let (_, changes) = alerts::advance(&after, &holding("third"), 400);
+        assert!(matches!(&changes[..], [Change::Raised(alert)] if alert.raised == 400));
+
+        // A condition of an unknown kind is ignored rather than raised half-described.
+        let unknown = [Condition { id: "made-up", subject: String::new(), detail: String::new() }];
+        assert_eq!(alerts::advance(&[], &unknown, 1), (vec![], vec![]));
+    }
+}
