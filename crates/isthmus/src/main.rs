@@ -98,6 +98,9 @@ enum Command {
         #[command(subcommand)]
         command: pta_agent::AdminCommand,
     },
+    /// Health alerts the tenant raised (sync not reporting, imports or exports failed, the
+    /// deletion threshold, competing servers, password sync silent), as its administrator sees them.
+    Health(tenant_admin::HealthArgs),
     /// The cloud tenant (Graph-compatible API and sign-in) over HTTPS.
     Tenant {
         #[command(subcommand)]
@@ -250,6 +253,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::PtaAgent { command: PtaAgentCommand::Register(args) } => pta_agent::register(&args).await,
         Command::PtaAgent { command: PtaAgentCommand::Run(args) } => pta_agent::run(&args).await,
         Command::Pta { command } => pta_agent::admin(&command).await,
+        Command::Health(args) => tenant_admin::health(&args).await,
         Command::History { store, limit } => with_store!(store.open().await?, |opened| ops::history(&opened, limit, store.json).await),
         Command::Cs { command: CsCommand::Search { store, args } } => {
             with_store!(store.open().await?, |opened| ops::cs_search(&opened, &args, store.json).await)

@@ -222,3 +222,50 @@ pub async fn domain(command: &DomainCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `isthmus health`.
+#[derive(Debug, clap::Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub tenant: TenantArgs,
+    /// Resolved alerts of the last 90 days too.
+    #[arg(long)]
+    pub all: bool,
+    /// Print the tenant's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `isthmus health`: the open alerts (evaluated by the tenant now), one line each with its
+/// remedy; `--all` adds the resolved ones. Exits 0 whatever the alerts (a monitor reads them).
+pub async fn health(args: &HealthArgs) -> anyhow::Result<()> {
+    let admin = Admin::sign_in(&args.tenant).await?;
+    let path = if args.all { "/isthmus/v1/health/alerts?state=all" } else { "/isthmus/v1/health/alerts" };
+    let alerts = admin.call(reqwest::Method::GET, path, None).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&alerts)?);
+        return Ok(());
+    }
+    let listed = alerts["value"].as_array().cloned().unwrap_or_default();
+    if listed.is_empty() {
+        println!("no {}alerts", if args.all { "" } else { "open " });
+        return Ok(());
+    }
+    for alert in &listed {
+        println!(
+            "{:<8} {:<8} {}  (since {}{})",
+            text(alert, "state"),
+            text(alert, "severity"),
+            text(alert, "title"),
+            text(alert, "raisedDateTime"),
+            alert["resolvedDateTime"].as_str().map(|at| format!(", resolved {at}")).unwrap_or_default()
+        );
+        if alert["state"] == "open" {
+            if let Some(detail) = alert["detail"].as_str().filter(|detail| !detail.is_empty()) {
+                println!("         {detail}");
+            }
+            println!("         what to do: {}", text(alert, "remedy"));
+        }
+    }
+    Ok(())
+}

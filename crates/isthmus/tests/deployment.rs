@@ -458,10 +458,19 @@ async fn deployment(kind: SyncStore) {
     let mut expected = vec![server_id.clone(), "rogue".to_string()];
     expected.sort();
     assert_eq!(answer["competingActiveServers"], serde_json::json!(expected), "{answer}");
-    // Staging servers do not compete.
+    // ... and an alert the administrator sees with `isthmus health`.
+    let alerts = admin(&["health"]);
+    assert!(
+        alerts.contains("open     error    More than one active sync server reports to this tenant") && alerts.contains("what to do:"),
+        "{alerts}"
+    );
+    // Staging servers do not compete: the alert resolves.
     let answer: Value =
         http.post(&report_url).bearer_auth(&sync_token).json(&report("rogue", "staging")).send().await.unwrap().json().await.unwrap();
     assert_eq!(answer["competingActiveServers"], serde_json::json!([]), "{answer}");
+    assert_eq!(admin(&["health"]).trim(), "no open alerts");
+    let history = admin(&["health", "--all"]);
+    assert!(history.contains("resolved error    More than one active sync server"), "{history}");
     let (refused, _, err) = isthmus(&["sync", "start", "--config", &config_arg, "--connector", "nope"], &[]);
     assert!(!refused && err.contains("no connector \"nope\""), "{err}");
     ok(&["sync", "scheduler", "enable", "--config", &config_arg], &[]);

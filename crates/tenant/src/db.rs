@@ -209,6 +209,8 @@ CREATE TABLE IF NOT EXISTS pta_agents (id TEXT PRIMARY KEY, machine TEXT NOT NUL
     registered_at INTEGER NOT NULL, registered_by TEXT NOT NULL, not_after INTEGER NOT NULL, revoked_at INTEGER);
 CREATE TABLE IF NOT EXISTS pta_certs (fingerprint TEXT PRIMARY KEY, agent_id TEXT NOT NULL, not_after INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sync_servers (id TEXT PRIMARY KEY, report TEXT NOT NULL, received INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS health_alerts (id TEXT NOT NULL, subject TEXT NOT NULL, raised INTEGER NOT NULL, severity TEXT NOT NULL,
+    title TEXT NOT NULL, detail TEXT NOT NULL, last_seen INTEGER NOT NULL, resolved INTEGER, PRIMARY KEY (id, subject, raised));
 ";
 
 const POSTGRES_SCHEMA: &str = r#"
@@ -283,6 +285,8 @@ CREATE TABLE IF NOT EXISTS pta_agents (id TEXT PRIMARY KEY, machine TEXT NOT NUL
     registered_at BIGINT NOT NULL, registered_by TEXT NOT NULL, not_after BIGINT NOT NULL, revoked_at BIGINT);
 CREATE TABLE IF NOT EXISTS pta_certs (fingerprint TEXT PRIMARY KEY, agent_id TEXT NOT NULL, not_after BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS sync_servers (id TEXT PRIMARY KEY, report TEXT NOT NULL, received BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS health_alerts (id TEXT NOT NULL, subject TEXT NOT NULL, raised BIGINT NOT NULL, severity TEXT NOT NULL,
+    title TEXT NOT NULL, detail TEXT NOT NULL, last_seen BIGINT NOT NULL, resolved BIGINT, PRIMARY KEY (id, subject, raised));
 "#;
 
 /// Creates `path` with mode 0600 when missing, and narrows it and SQLite's companion files to

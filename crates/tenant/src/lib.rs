@@ -32,6 +32,7 @@ pub mod resilience;
 mod roles;
 mod service_principals;
 pub use service_principals::GRAPH_APP_ID;
+mod health_alerts;
 pub mod signin;
 pub mod sql;
 pub mod state;
@@ -832,6 +833,12 @@ impl Tenant {
             .route(
                 "/isthmus/v1/passwordHashSync",
                 post(|State(state): State<AppState>, access: Access, body: graph::Body| hashsync::receive(state, access, body)),
+            )
+            .route(
+                "/isthmus/v1/health/alerts",
+                get(|State(state): State<AppState>, access: Access, Query(query): Query<std::collections::HashMap<String, String>>| {
+                    health_alerts::list(state, access, query)
+                }),
             )
             .route(
                 "/isthmus/v1/syncReports",

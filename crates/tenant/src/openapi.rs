@@ -130,6 +130,12 @@ pub fn document() -> Value {
                "responses": with_errors(json!({"200": {"description": "A status per user: Success, NoTargetConnection, FilteredByTarget"}}))}}),
     );
     paths.insert(
+        "/isthmus/v1/health/alerts".into(),
+        json!({"get": {"summary": "Health alerts (Entra Connect Health's sync catalog), evaluated now: the open ones, or with state=all the resolved ones of the last 90 days too",
+               "parameters": [{"name": "state", "in": "query", "required": false, "schema": {"type": "string", "enum": ["open", "all"]}}],
+               "responses": with_errors(json!({"200": {"description": "value: id, subject, severity, title, detail, remedy, state, raisedDateTime, lastSeenDateTime, resolvedDateTime"}}))}}),
+    );
+    paths.insert(
         "/isthmus/v1/syncReports".into(),
         json!({"post": {"summary": "A sync server's report of a finished cycle (health::SyncReport: server, mode, interval, the cycle's steps and counts); sync service only. Sets the organization's onPremisesLastSyncDateTime and onPremisesSyncEnabled",
                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["version", "server", "mode", "intervalSeconds", "cycle"]}}}},

@@ -61,6 +61,8 @@ pub enum Area {
     PasswordHashSync,
     /// Report a finished sync cycle (the sync service).
     SyncReports,
+    /// Read health alerts.
+    HealthRead,
     /// List pass-through agents and settings.
     AgentsRead,
     /// Register and revoke pass-through agents, change their settings.
@@ -94,6 +96,7 @@ pub const PERMISSIONS: &[(Area, &[&str])] = &[
     (Area::RiskyUsersRead, &["IdentityRiskyUser.Read.All", WRITE_ALL]),
     (Area::PasswordHashSync, &[SYNC_ROLE]),
     (Area::SyncReports, &[SYNC_ROLE]),
+    (Area::HealthRead, &[READ_ALL, WRITE_ALL]),
     (Area::AgentsRead, &[READ_ALL, WRITE_ALL]),
     (Area::AgentsWrite, &[WRITE_ALL]),
 ];
@@ -172,6 +175,7 @@ pub const ROUTES: &[(&str, &str, Area)] = &[
     ("POST", "/isthmus/v1/passwordHashSync", Area::PasswordHashSync),
     ("GET", "/isthmus/v1/leakedCredentials/range/{id}", Area::PasswordHashSync),
     ("POST", "/isthmus/v1/syncReports", Area::SyncReports),
+    ("GET", "/isthmus/v1/health/alerts", Area::HealthRead),
     ("GET", "/isthmus/v1/passThroughAuthentication", Area::AgentsRead),
     ("PATCH", "/isthmus/v1/passThroughAuthentication", Area::AgentsWrite),
     ("GET", "/isthmus/v1/passThroughAuthentication/agents", Area::AgentsRead),

@@ -110,6 +110,14 @@ impl Row {
         }
     }
 
+    /// An integer column that may be NULL.
+    pub fn opt_int(&self, index: usize) -> Result<Option<i64>, DbError> {
+        match self.at(index)? {
+            SqlValue::Null => Ok(None),
+            _ => self.int(index).map(Some),
+        }
+    }
+
     /// A 0/1 column.
     pub fn bool(&self, index: usize) -> Result<bool, DbError> {
         self.int(index).map(|value| value != 0)

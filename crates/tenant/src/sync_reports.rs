@@ -62,6 +62,7 @@ pub async fn receive(state: AppState, access: Access, body: crate::graph::Body) 
         .db
         .call(move |sql| {
             keep(sql, &report, now)?;
+            crate::health_alerts::evaluate(sql, now)?;
             Ok(health::SyncServers::of(&servers(sql)?, now))
         })
         .await?;

@@ -1635,3 +1635,60 @@ async fn sync_reports_set_the_organizations_sync_fields_and_stay_bounded() {
     // one replaced (all reported within the same second here, so ties go by id).
     assert!((63..=64).contains(&remembered), "the cap holds: {remembered} competing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_alerts_raise_from_sync_reports_and_resolve_when_the_cause_goes() {
+    let tenant = start().await;
+    let (admin, sync) = (tenant.token(&tenant.admin).await, tenant.token(&tenant.sync).await);
+    use reqwest::Method;
+    let report = |status: &str, interval: u64| {
+        json!({"version": 1, "server": {"id": "sync-1", "host": "h", "productVersion": "0"}, "mode": "active", "intervalSeconds": interval,
+               "deletionThreshold": 500, "cycle": {"kind": "delta", "started": 10, "finished": 20,
+               "outcome": if status == "success" { "success" } else { "completedWithIssues" },
+               "steps": [{"connector": "corp", "step": "deltaImport", "status": status, "adds": 0, "updates": 0, "deletes": 0, "errors": 0}]}})
+    };
+    let alerts = |state: &'static str| {
+        let tenant = &tenant;
+        let admin = admin.clone();
+        async move { tenant.call(Method::GET, &format!("/isthmus/v1/health/alerts?state={state}"), &admin, None).await }
+    };
+    let (status, listed) = alerts("open").await;
+    assert_eq!((status, &listed["value"]), (StatusCode::OK, &json!([])), "{listed}");
+
+    // AD unreachable in the last cycle: "Import from corp failed", with its remedy.
+    let (status, _) = tenant.call(Method::POST, "/isthmus/v1/syncReports", &sync, Some(report("stoppedConnectorUnavailable", 1800))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, listed) = alerts("open").await;
+    let open = listed["value"].as_array().unwrap();
+    assert_eq!(open.len(), 1, "{listed}");
+    assert_eq!((&open[0]["id"], &open[0]["subject"], &open[0]["severity"], &open[0]["state"]), (&json!("import-failed"), &json!("corp"), &json!("error"), &json!("open")));
+    assert_eq!(open[0]["title"], "Import from corp failed");
+    assert!(open[0]["remedy"].as_str().unwrap().contains("could not be reached"), "{listed}");
+    let raised = open[0]["raisedDateTime"].clone();
+
+    // The same fault again: still one alert, raised when it was first seen.
+    tenant.call(Method::POST, "/isthmus/v1/syncReports", &sync, Some(report("stoppedConnectorUnavailable", 1800))).await;
+    let (_, listed) = alerts("open").await;
+    assert_eq!(listed["value"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["value"][0]["raisedDateTime"], raised);
+
+    // Fixed: resolved, in the history only.
+    tenant.call(Method::POST, "/isthmus/v1/syncReports", &sync, Some(report("success", 1800))).await;
+    let (_, listed) = alerts("open").await;
+    assert_eq!(listed["value"], json!([]), "{listed}");
+    let (_, history) = alerts("all").await;
+    assert_eq!((&history["value"][0]["id"], &history["value"][0]["state"]), (&json!("import-failed"), &json!("resolved")), "{history}");
+    assert!(history["value"][0]["resolvedDateTime"].is_string(), "{history}");
+
+    // A server that stops reporting (interval 1 s: silent for more than 2 s) shows at the next read.
+    tenant.call(Method::POST, "/isthmus/v1/syncReports", &sync, Some(report("success", 1))).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    let (_, listed) = alerts("open").await;
+    assert_eq!((&listed["value"][0]["id"], &listed["value"][0]["subject"]), (&json!("sync-not-reporting"), &json!("sync-1")), "{listed}");
+
+    // Only readers of the directory see alerts; a bad state is a 400.
+    let (status, _) = tenant.call(Method::GET, "/isthmus/v1/health/alerts", &sync, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the sync service does not read alerts");
+    let (status, _) = alerts("everything").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
