@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// forests no public DNS serves. Every such verification is audited as a lab override.
     #[arg(long = "lab-verify-domain")]
     pub lab_verify_domains: Vec<String>,
+    /// Serve metrics (`GET /metrics`, for Prometheus) on this address, e.g. 127.0.0.1:9465; off
+    /// unless given. Plain HTTP on its own listener: keep it on loopback or a monitoring network.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 /// Runs the tenant.
@@ -130,6 +134,16 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         );
         println!("new tenant: public client {public} for user sign-ins (no secret: MSAL's PublicClientApplication, native apps)");
     }
+    let metrics = match &args.metrics_listen {
+        Some(address) => {
+            let mut registry = telemetry::registry();
+            tenant.metrics().register(&mut registry);
+            let listener = telemetry::bind(address).await?;
+            println!("metrics on http://{}/metrics", listener.local_addr().context("the metrics listener's address")?);
+            Some(tokio::spawn(telemetry::serve(listener, std::sync::Arc::new(registry))))
+        }
+        None => None,
+    };
     let domain = tenant.initial_domain().to_string();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("watch SIGTERM")?;
     let (bound, serve) = tenant
@@ -144,6 +158,9 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         println!("listening on https://{addr}  (authority https://{addr}/{domain}, Graph https://{addr}/v1.0)");
     }
     serve.await;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     println!("stopped");
     Ok(())
 }

@@ -71,6 +71,23 @@ impl Drop for Service {
     }
 }
 
+/// The metrics a service serves at the address it printed ("metrics on URL"), checked by promtool.
+async fn scrape(service: &Service, promtool: &Path) -> String {
+    let url = service
+        .log()
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("metrics on ").map(str::to_string))
+        .unwrap_or_else(|| panic!("no metrics address in {}", service.log()));
+    let metrics = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    testkit::promtool_check_metrics(promtool, &metrics).unwrap_or_else(|complaint| panic!("promtool: {complaint}\n{metrics}"));
+    metrics
+}
+
+/// The value of the first sample whose line starts with `prefix` (0 when there is none).
+fn sample(metrics: &str, prefix: &str) -> f64 {
+    metrics.lines().find(|line| line.starts_with(prefix)).and_then(|line| line.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+}
+
 fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
@@ -152,6 +169,8 @@ async fn deployment(kind: SyncStore) {
             &dns.addr().to_string(),
             "--lab-verify-domain",
             "lab.example",
+            "--metrics-listen",
+            &format!("{}:0", address.ip()),
         ],
         &[],
         dir("tenant.log"),
@@ -391,23 +410,15 @@ async fn deployment(kind: SyncStore) {
     assert_eq!(status().unwrap()["last"]["kind"], "delta");
     let second_sync = organization()[0].as_str().unwrap().to_string();
     // The server's metrics: valid for promtool, counting both cycles and the steps' objects.
-    let metrics_url = serve
-        .log()
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("metrics on ").map(str::to_string))
-        .unwrap_or_else(|| panic!("no metrics address in {}", serve.log()));
-    let metrics = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
-    testkit::promtool_check_metrics(&promtool, &metrics).unwrap_or_else(|complaint| panic!("promtool: {complaint}\n{metrics}"));
-    let sample = |prefix: &str| -> f64 {
-        metrics.lines().find(|line| line.starts_with(prefix)).and_then(|line| line.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
-    };
-    assert_eq!(sample("isthmus_sync_cycles_total{kind=\"full\",outcome=\"success\"}"), 1.0, "{metrics}");
-    assert_eq!(sample("isthmus_sync_cycles_total{kind=\"delta\",outcome=\"success\"}"), 1.0, "{metrics}");
-    assert!(sample("isthmus_sync_objects_total{connector=\"ad\",step=\"full-import\",change=\"add\"}") >= 2.0, "hana and ivo: {metrics}");
-    assert_eq!(sample("isthmus_sync_deletion_threshold "), 250.0, "{metrics}");
-    assert_eq!(sample("isthmus_sync_interval_seconds "), 2700.0, "{metrics}");
-    assert!(sample("isthmus_sync_last_success_end_seconds ") > 1.7e9, "{metrics}");
-    assert!(sample("process_resident_memory_bytes ") > 1e6, "{metrics}");
+    let metrics = scrape(&serve, &promtool).await;
+    let value = |prefix: &str| sample(&metrics, prefix);
+    assert_eq!(value("isthmus_sync_cycles_total{kind=\"full\",outcome=\"success\"}"), 1.0, "{metrics}");
+    assert_eq!(value("isthmus_sync_cycles_total{kind=\"delta\",outcome=\"success\"}"), 1.0, "{metrics}");
+    assert!(value("isthmus_sync_objects_total{connector=\"ad\",step=\"full-import\",change=\"add\"}") >= 2.0, "hana and ivo: {metrics}");
+    assert_eq!(value("isthmus_sync_deletion_threshold "), 250.0, "{metrics}");
+    assert_eq!(value("isthmus_sync_interval_seconds "), 2700.0, "{metrics}");
+    assert!(value("isthmus_sync_last_success_end_seconds ") > 1.7e9, "{metrics}");
+    assert!(value("process_resident_memory_bytes ") > 1e6, "{metrics}");
     assert!(second_sync > first_sync, "onPremisesLastSyncDateTime advances with each cycle: {first_sync} then {second_sync}");
 
     // The report endpoint from the attacker's side: the administrator's app is not the sync
@@ -528,6 +539,16 @@ async fn deployment(kind: SyncStore) {
     assert!(agent["requestsServed"].as_u64() >= Some(2), "both sign-ins went through the agent: {agents}");
     let back = admin(&["tenant", "domain", "set-authentication", &domain, "managed"]);
     assert!(back.contains("PasswordHashSync"), "{back}");
+
+    // The tenant's metrics: valid for promtool, counting what happened above.
+    let metrics = scrape(&tenant_serve, &promtool).await;
+    let value = |prefix: &str| sample(&metrics, prefix);
+    assert!(value("isthmus_tenant_token_requests_total{grant=\"password\",outcome=\"issued\"}") >= 2.0, "{metrics}");
+    assert!(value("isthmus_tenant_token_requests_total{grant=\"password\",outcome=\"invalid_grant\"}") >= 1.0, "{metrics}");
+    assert!(value("isthmus_tenant_token_requests_total{grant=\"client_credentials\",outcome=\"issued\"}") >= 5.0, "{metrics}");
+    assert!(value("isthmus_tenant_sign_in_failures_total{code=") >= 1.0, "{metrics}");
+    assert!(value("isthmus_tenant_password_sync_calls_total ") >= 1.0, "{metrics}");
+    assert!(value("isthmus_tenant_sync_reports_total ") >= 2.0, "{metrics}");
     drop(serve);
     drop(tenant_serve);
 }

@@ -160,6 +160,7 @@ pub async fn receive(state: AppState, access: Access, body: crate::graph::Body) 
         })
         .await?;
     let stored = statuses.iter().filter(|status| status["status"] == "Success").count();
+    state.metrics.password_sync(count, now);
     state
         .record("Directory", format!("password hash sync ({stored} of {count} users)"), access.caller.clone(), String::new(), "success")
         .await;

@@ -33,6 +33,7 @@ mod roles;
 mod service_principals;
 pub use service_principals::GRAPH_APP_ID;
 mod health_alerts;
+pub mod metrics;
 pub mod signin;
 pub mod sql;
 pub mod state;
@@ -202,6 +203,8 @@ pub struct Shared {
     audit_retention: std::time::Duration,
     /// The authority (`https://host[:port]`, no trailing slash), fixed when the listeners bind.
     authority: std::sync::OnceLock<String>,
+    /// Counters for the metrics listener (kept whether or not one serves them).
+    metrics: Arc<metrics::TenantMetrics>,
 }
 
 /// A token bucket for directory writes.
@@ -683,6 +686,7 @@ impl Tenant {
                 failures: limits::FailureLimits::default(),
                 audit_retention: std::time::Duration::from_secs(u64::from(config.audit_retention_days.max(1)) * 86_400),
                 authority: std::sync::OnceLock::new(),
+                metrics: Arc::default(),
             }),
         };
         if app.db.is_postgres() {
@@ -785,6 +789,11 @@ impl Tenant {
     /// pass-through …); without a choice a domain follows its authentication type.
     pub fn set_sign_in_method(&self, domain: &str, method: Arc<dyn signin::SignInMethod>) {
         self.app.methods.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(domain.to_lowercase(), method);
+    }
+
+    /// The tenant's metric families, to register in a metrics listener's registry.
+    pub fn metrics(&self) -> Arc<metrics::TenantMetrics> {
+        self.app.metrics.clone()
     }
 
     /// The tenant id.

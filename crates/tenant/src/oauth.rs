@@ -160,13 +160,16 @@ pub async fn token(
     Form(form): Form<TokenForm>,
 ) -> Response {
     let (source, now) = (peer.map(|peer| peer.0.0.ip()), crate::unix_now());
+    let grant = form.grant_type.clone().unwrap_or_default();
     if let Some(wait) = state.failures.blocked(source, now) {
+        state.metrics.token(&grant, Some(("temporarily_unavailable", 50196)));
         return too_many_failures(wait);
     }
     let answer = match check_identifiers(&form) {
         Ok(()) => issue(&state, &headers, &tenant, form).await,
         Err(err) => Err(err),
     };
+    state.metrics.token(&grant, answer.as_ref().err().map(|err| (err.error, err.code)));
     match answer {
         Ok(body) => {
             let mut response = Json(body).into_response();

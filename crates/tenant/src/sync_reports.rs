@@ -57,6 +57,7 @@ pub async fn receive(state: AppState, access: Access, body: crate::graph::Body) 
     let report: health::SyncReport = serde_json::from_value(Value::Object(crate::graph::body_object(body)?))
         .map_err(|err| GraphError::bad_request(format!("Not a sync report: {err}")))?;
     report.check().map_err(|problem| GraphError::bad_request(format!("Invalid sync report: {problem}.")))?;
+    state.metrics.sync_report();
     let now = crate::unix_now();
     let view = state
         .db
