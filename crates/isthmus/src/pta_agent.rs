@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// Seconds to wait for a domain controller before trying the next.
     #[arg(long, default_value_t = 5)]
     pub dc_timeout_seconds: u64,
+    /// Serve metrics (`GET /metrics`, for Prometheus) on this address, e.g. 127.0.0.1:9466; off
+    /// unless given (the agent takes no other inbound connection). Plain HTTP: keep it on loopback.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 /// `isthmus pta …` (administrator).
@@ -143,12 +147,33 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
     let checker = connector_ldap::PasswordChecker::new(args.dcs.clone(), &args.dc_ca, Duration::from_secs(args.dc_timeout_seconds.max(1)))?;
     let id = pta_agent::agent_id(&args.state_dir)?;
     eprintln!("pass-through agent {id}: {} workers, domain controllers {}", args.workers.max(1), args.dcs.join(", "));
+    let mut check: Arc<dyn pta_agent::PasswordCheck> = Arc::new(LdapCheck(checker));
+    let _metrics = match &args.metrics_listen {
+        Some(address) => {
+            let mut registry = telemetry::registry();
+            let metrics = pta_agent::metrics::AgentMetrics::register(&mut registry);
+            check = Arc::new(pta_agent::metrics::Measured { inner: check, metrics });
+            let listener = telemetry::bind(address).await?;
+            eprintln!("metrics on http://{}/metrics", listener.local_addr().context("the metrics listener's address")?);
+            Some(AbortOnDrop(tokio::spawn(telemetry::serve(listener, Arc::new(registry)))))
+        }
+        None => None,
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {
             eprintln!("stopping");
             Ok(())
         }
-        err = pta_agent::run(&args.state_dir, Arc::new(LdapCheck(checker)), args.workers) => Err(err.into()),
+        err = pta_agent::run(&args.state_dir, check, args.workers) => Err(err.into()),
+    }
+}
+
+/// Stops a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

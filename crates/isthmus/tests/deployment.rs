@@ -88,6 +88,16 @@ fn sample(metrics: &str, prefix: &str) -> f64 {
     metrics.lines().find(|line| line.starts_with(prefix)).and_then(|line| line.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
 }
 
+/// A child process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
@@ -521,8 +531,19 @@ async fn deployment(kind: SyncStore) {
         isthmus(&[&["tenant", "domain", "set-authentication", &domain, "pass-through"][..], tenant_args.as_ref()].concat(), &admin_env);
     assert!(!early && err.contains("no active pass-through agent"), "{err}");
     admin(&["pta-agent", "register", "--state-dir", &text(&agent_dir), "--machine-name", "agent-1"]);
-    let _agent = Service::start(
-        &["pta-agent", "run", "--state-dir", &text(&agent_dir), "--dc", &dc.ldaps_url(), "--dc-ca", &text(dc.ca_pem())],
+    let agent_service = Service::start(
+        &[
+            "pta-agent",
+            "run",
+            "--state-dir",
+            &text(&agent_dir),
+            "--dc",
+            &dc.ldaps_url(),
+            "--dc-ca",
+            &text(dc.ca_pem()),
+            "--metrics-listen",
+            &format!("{}:0", address.ip()),
+        ],
         &[],
         dir("agent.log"),
     );
@@ -549,6 +570,64 @@ async fn deployment(kind: SyncStore) {
     assert!(value("isthmus_tenant_sign_in_failures_total{code=") >= 1.0, "{metrics}");
     assert!(value("isthmus_tenant_password_sync_calls_total ") >= 1.0, "{metrics}");
     assert!(value("isthmus_tenant_sync_reports_total ") >= 2.0, "{metrics}");
+    let metrics = scrape(&agent_service, &promtool).await;
+    let value = |prefix: &str| sample(&metrics, prefix);
+    assert_eq!(value("isthmus_pta_agent_checks_total{outcome=\"valid\"}"), 1.0, "{metrics}");
+    assert_eq!(value("isthmus_pta_agent_checks_total{outcome=\"badPassword\"}"), 1.0, "{metrics}");
+    assert_eq!(value("isthmus_pta_agent_check_duration_seconds_count "), 2.0, "{metrics}");
+
+    // Debian's Prometheus scrapes the three services: every target up.
+    let targets: Vec<String> = [&serve, &tenant_serve, &agent_service]
+        .iter()
+        .map(|service| {
+            let log = service.log();
+            let url = log.lines().find_map(|line| line.trim().strip_prefix("metrics on http://")).unwrap().to_string();
+            url.trim_end_matches("/metrics").to_string()
+        })
+        .collect();
+    let config = dir("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: isthmus\n    static_configs:\n      - targets: [{}]\n",
+            targets.iter().map(|target| format!("'{target}'")).collect::<Vec<_>>().join(", ")
+        ),
+    )
+    .unwrap();
+    let prometheus_at = format!("{}:9090", address.ip());
+    let prometheus = Command::new("/usr/bin/prometheus")
+        .args([
+            &format!("--config.file={}", text(&config)),
+            &format!("--storage.tsdb.path={}", text(&dir("prometheus-data"))),
+            &format!("--web.listen-address={prometheus_at}"),
+        ])
+        .stdout(std::fs::File::create(dir("prometheus.log")).unwrap())
+        .stderr(std::fs::File::create(dir("prometheus.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let prometheus = Killed(prometheus);
+    let query = format!("http://{prometheus_at}/api/v1/query?query=up");
+    let mut up = Value::Null;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if let Ok(answer) = reqwest::get(&query).await
+            && let Ok(body) = answer.json::<Value>().await
+        {
+            up = body;
+            let results = up["data"]["result"].as_array().cloned().unwrap_or_default();
+            if results.len() == 3 && results.iter().all(|series| series["value"][1] == "1") {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let results = up["data"]["result"].as_array().cloned().unwrap_or_default();
+    assert!(
+        results.len() == 3 && results.iter().all(|series| series["value"][1] == "1"),
+        "Prometheus scrapes all three: {up}\n{}",
+        std::fs::read_to_string(dir("prometheus.err")).unwrap_or_default()
+    );
+    drop(prometheus);
     drop(serve);
     drop(tenant_serve);
 }

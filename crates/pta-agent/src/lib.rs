@@ -419,6 +419,8 @@ pub fn agent_id(dir: &Path) -> Result<String, AgentError> {
     Ok(load_identity(dir)?.file.agent_id)
 }
 
+pub mod metrics;
+
 /// Takes sign-ins with `workers` long-polls at once until the tenant refuses the agent (the
 /// error says why); the caller stops it earlier by dropping the future.
 pub async fn run(dir: &Path, checker: Arc<dyn PasswordCheck>, workers: usize) -> AgentError {

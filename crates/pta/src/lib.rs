@@ -66,6 +66,25 @@ impl Outcome {
         Outcome::AgentError,
     ];
 
+    /// The name on the wire (and in metrics), e.g. `badPassword`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Valid => "valid",
+            Outcome::BadPassword => "badPassword",
+            Outcome::Disabled => "disabled",
+            Outcome::LockedOut => "lockedOut",
+            Outcome::PasswordExpired => "passwordExpired",
+            Outcome::MustChangePassword => "mustChangePassword",
+            Outcome::AccountExpired => "accountExpired",
+            Outcome::LogonHours => "logonHours",
+            Outcome::Workstation => "workstation",
+            Outcome::DcUnreachable => "dcUnreachable",
+            Outcome::DecryptFailed => "decryptFailed",
+            Outcome::InvalidRequest => "invalidRequest",
+            Outcome::AgentError => "agentError",
+        }
+    }
+
     /// The AADSTS code the token endpoint answers with (0 for [`Outcome::Valid`]). Entra's
     /// codes where Entra has one; 80016 (account expired) and 80017 (workstation restriction)
     /// are Isthmus's, in Entra's pass-through range.
@@ -365,6 +384,13 @@ mod tests {
 
     fn key(byte: u8) -> AgentKey {
         AgentKey::from_bytes([byte; 32])
+    }
+
+    #[test]
+    fn outcome_names_are_the_wire_names() {
+        for outcome in Outcome::ALL {
+            assert_eq!(serde_json::to_value(outcome).unwrap_or_default(), serde_json::json!(outcome.name()), "{outcome:?}");
+        }
     }
 
     #[test]
