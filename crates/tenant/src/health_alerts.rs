@@ -1,8 +1,8 @@
 //! Health alerts in the tenant: the `health` crate's conditions evaluated over what the tenant
 //! knows (each sync server's last report, the password hash sync heartbeat), the open alerts and
 //! their history kept in `health_alerts`, and `GET /isthmus/v1/health/alerts`. Evaluated after
-//! every sync report and at every read, so a server that stopped reporting shows as such when
-//! anyone looks.
+//! every sync report, at every read and every minute, so a server that stopped reporting shows
+//! as such when anyone looks.
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};

@@ -335,6 +335,14 @@ impl Shared {
         *self.sync_settings.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = settings;
     }
 
+    /// Evaluates the health alerts now (raised and resolved ones are logged).
+    pub(crate) async fn evaluate_health(&self) {
+        let now = unix_now();
+        if let Err(err) = self.db.call(move |sql| health_alerts::evaluate(sql, now)).await {
+            tracing::error!("evaluating health alerts failed: {err}");
+        }
+    }
+
     /// Applies retention: audit records older than the retention, locks that have run out.
     pub(crate) async fn prune(&self) {
         let now = unix_now();
@@ -1104,13 +1112,16 @@ impl Tenant {
             (self.config.header_timeout, Arc::new(tokio::sync::Semaphore::new(self.config.max_connections.max(1))));
         let serve = async move {
             let mut tasks = Vec::new();
-            // Retention, at start and every ten minutes.
+            // Retention, at start and every ten minutes; health alerts evaluated every minute (a
+            // server that stops reporting raises its alert even when nobody looks).
             let mut stop = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
                 let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
+                let mut health = tokio::time::interval(std::time::Duration::from_secs(60));
                 loop {
                     tokio::select! {
                         _ = every.tick() => app.prune().await,
+                        _ = health.tick() => app.evaluate_health().await,
                         _ = stop.changed() => break,
                     }
                 }
