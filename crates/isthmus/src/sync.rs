@@ -397,6 +397,7 @@ async fn cycle<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet, 
                     interval: sync_runner::scheduler::DEFAULT_INTERVAL,
                     deletion_threshold: runner.deletion_threshold(),
                     staging: runner.staging(),
+                    pending_exports: Vec::new(),
                     result: match (&result, &failure) {
                         (Ok(reports), _) => Ok(reports.as_slice()),
                         (Err(_), failure) => Err(failure.as_deref().unwrap_or("the cycle failed")),

@@ -249,6 +249,19 @@ impl<S: Store> Runner<S> {
         }
     }
 
+    /// Each connector's objects waiting to be exported (held in staging mode, in error, or left
+    /// by a stopped export); a connector whose count cannot be read is left out (logged).
+    pub async fn pending_exports(&self) -> Vec<(ConnectorId, u64)> {
+        let mut counts = Vec::new();
+        for id in self.connectors.keys() {
+            match self.store.cs_pending_exports(id).await {
+                Ok(pending) => counts.push((id.clone(), pending.len() as u64)),
+                Err(err) => tracing::warn!(connector = %id, "counting pending exports: {err}"),
+            }
+        }
+        counts
+    }
+
     /// Whether the runner is in staging mode (exports held).
     pub fn staging(&self) -> bool {
         self.config.staging

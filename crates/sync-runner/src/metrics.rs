@@ -27,6 +27,11 @@ struct CycleLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectorLabels {
+    connector: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StepLabels {
     connector: String,
     step: &'static str,
@@ -53,6 +58,7 @@ pub struct SyncMetrics {
     steps: Family<StatusLabels, Counter>,
     objects: Family<ChangeLabels, Counter>,
     durations: Family<StepLabels, Histogram>,
+    pending: Family<ConnectorLabels, Gauge>,
     last_cycle: Gauge,
     last_success: Gauge,
     interval: Gauge,
@@ -74,6 +80,7 @@ impl SyncMetrics {
             steps: Family::default(),
             objects: Family::default(),
             durations: Family::new_with_constructor(|| Histogram::new(duration_buckets())),
+            pending: Family::default(),
             last_cycle: Gauge::default(),
             last_success: Gauge::default(),
             interval: Gauge::default(),
@@ -88,6 +95,11 @@ impl SyncMetrics {
             "objects",
             "Objects a step changed, by connector, step and change (add, update, delete, error)",
             metrics.objects.clone(),
+        );
+        sync.register(
+            "pending_exports",
+            "Objects waiting to be exported after the last cycle, by connector (held in staging mode, in error, or left by a stopped export)",
+            metrics.pending.clone(),
         );
         sync.register_with_unit(
             "step_duration",
@@ -149,6 +161,9 @@ impl SyncMetrics {
             self.durations.get_or_create(&StepLabels { connector, step: name }).observe(step.elapsed.as_secs_f64());
         }
         self.threshold_exceeded.set(i64::from(exceeded));
+        for (connector, count) in &cycle.pending_exports {
+            self.pending.get_or_create(&ConnectorLabels { connector: connector.0.clone() }).set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
     }
 }
 

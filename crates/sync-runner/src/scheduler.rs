@@ -62,6 +62,8 @@ pub struct FinishedCycle<'a> {
     pub deletion_threshold: Option<u64>,
     /// Staging mode.
     pub staging: bool,
+    /// Each connector's objects waiting to be exported after the cycle.
+    pub pending_exports: Vec<(ConnectorId, u64)>,
     /// Its steps, or why it failed.
     pub result: Result<&'a [crate::StepReport], &'a str>,
 }
@@ -277,6 +279,7 @@ pub async fn run<S: Store>(
             Err(err) => tracing::error!(cycle = cycles + 1, "cycle failed: {err}"),
         }
         let failure = result.as_ref().err().map(ToString::to_string);
+        let pending_exports = if schedule.observers.is_empty() { Vec::new() } else { runner.pending_exports().await };
         for observer in &schedule.observers {
             let cycle = FinishedCycle {
                 kind,
@@ -285,6 +288,7 @@ pub async fn run<S: Store>(
                 interval: schedule.interval,
                 deletion_threshold: runner.deletion_threshold(),
                 staging: runner.staging(),
+                pending_exports: pending_exports.clone(),
                 result: match (&result, &failure) {
                     (Ok(reports), _) => Ok(reports.as_slice()),
                     (Err(_), Some(message)) => Err(message.as_str()),

@@ -947,3 +947,33 @@ async fn an_outbound_guid_differs_from_object_to_object() {
     assert_eq!((provisioned.len(), secrets.len()), (3, 3), "three objects, three values: {secrets:?}");
     assert!(secrets.iter().all(|values| values.len() == 1), "each has one: {secrets:?}");
 }
+
+#[tokio::test]
+async fn the_metrics_count_exports_held_in_staging_mode_until_they_go() {
+    let mut world = world(RunnerConfig { staging: true, ..RunnerConfig::default() }).await;
+    seed(&world.src);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = sync_runner::metrics::SyncMetrics::register(&mut registry);
+    let pending_dst = |registry: &prometheus_client::registry::Registry| -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+        text.lines().find(|line| line.starts_with("isthmus_sync_pending_exports{connector=\"dst\"}")).unwrap_or_default().to_string()
+    };
+    for (staging, expected) in [(true, "3"), (false, "0")] {
+        world.runner.config_mut().staging = staging;
+        let reports = world.runner.run_cycle(staging).await.expect("cycle");
+        let cycle = sync_runner::scheduler::FinishedCycle {
+            kind: sync_runner::status::CycleKind::Delta,
+            started: 1,
+            finished: 2,
+            interval: std::time::Duration::from_secs(60),
+            deletion_threshold: None,
+            staging,
+            pending_exports: world.runner.pending_exports().await,
+            result: Ok(&reports),
+        };
+        sync_runner::scheduler::CycleObserver::finished(&*metrics, cycle).await;
+        assert_eq!(pending_dst(&registry), format!("isthmus_sync_pending_exports{{connector=\"dst\"}} {expected}"), "staging {staging}");
+    }
+    assert_eq!(world.dst.len(), 3);
+}
