@@ -76,6 +76,12 @@ pub const CATALOG: &[AlertKind] = &[
         remedy: "Only one server may export: put the others in staging mode (`[sync] staging = true`) or stop them.",
     },
     AlertKind {
+        id: "tenant-authentication-failed",
+        severity: Severity::Error,
+        title: "The sync service could not sign in to the tenant ({subject})",
+        remedy: "The sync app's credential was refused: check the secret the sync server uses (ISTHMUS_CLIENT_SECRET or its certificate) against the app's credentials (`isthmus tenant app list`).",
+    },
+    AlertKind {
         id: "password-sync-heartbeat-skipped",
         severity: Severity::Error,
         title: "Password hash synchronization heartbeat was skipped in the last 120 minutes",
@@ -114,6 +120,19 @@ pub struct Signals<'a> {
     pub servers: &'a [Received],
     /// The last password hash sync call (heartbeat), Unix seconds.
     pub last_password_sync: Option<i64>,
+    /// The sync app's sign-ins: its client id, its last refused and last accepted sign-in.
+    pub sync_sign_in: Option<SignIns>,
+}
+
+/// An app's last refused and last accepted sign-in, Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignIns {
+    /// The app's client id.
+    pub client_id: String,
+    /// The last refused sign-in.
+    pub refused: Option<i64>,
+    /// The last accepted sign-in.
+    pub accepted: Option<i64>,
 }
 
 /// The conditions that hold at `signals.now`, sorted.
@@ -149,6 +168,13 @@ pub fn conditions(signals: &Signals<'_>) -> Vec<Condition> {
     let view = SyncServers::of(signals.servers, signals.now);
     if !view.competing_active.is_empty() {
         add("competing-active-servers", &view.competing_active.join(", "), String::new());
+    }
+    // The sync app refused since it last signed in: its credential no longer works.
+    if let Some(sign_ins) = &signals.sync_sign_in
+        && let Some(refused) = sign_ins.refused
+        && sign_ins.accepted.is_none_or(|accepted| refused > accepted)
+    {
+        add("tenant-authentication-failed", &sign_ins.client_id, format!("refused {} s ago", signals.now.saturating_sub(refused)));
     }
     // Password hash sync is expected once it has called at all: silence after that is the alert.
     if let Some(last) = signals.last_password_sync

@@ -165,22 +165,24 @@ mod alerting {
 
     #[test]
     fn conditions_from_what_the_tenant_knows() {
-        let quiet = Signals { now: 10_000, servers: &[], last_password_sync: None };
+        let quiet = Signals { now: 10_000, servers: &[], last_password_sync: None, sync_sign_in: None };
         assert!(alerts::conditions(&quiet).is_empty(), "nothing known, nothing wrong");
 
         // A healthy server reporting on time.
         let healthy = [active("a", 9_000)];
-        assert!(alerts::conditions(&Signals { now: 10_000, servers: &healthy, last_password_sync: Some(9_500) }).is_empty());
+        assert!(
+            alerts::conditions(&Signals { now: 10_000, servers: &healthy, last_password_sync: Some(9_500), sync_sign_in: None }).is_empty()
+        );
 
         // Silent for more than two intervals (2 × 1800 s): not reporting (and nothing else about it).
         let silent = [active("a", 10_000 - 3_601)];
-        let found = alerts::conditions(&Signals { now: 10_000, servers: &silent, last_password_sync: None });
+        let found = alerts::conditions(&Signals { now: 10_000, servers: &silent, last_password_sync: None, sync_sign_in: None });
         assert_eq!(ids(&found), vec![("sync-not-reporting", "a")]);
 
         // A long interval (3 h): reporting, but the data is older than 2 hours.
         let mut slow = active("a", 10_000 - 7_300);
         slow.report.interval_seconds = 3 * 3600;
-        let found = alerts::conditions(&Signals { now: 10_000, servers: &[slow], last_password_sync: None });
+        let found = alerts::conditions(&Signals { now: 10_000, servers: &[slow], last_password_sync: None, sync_sign_in: None });
         assert_eq!(ids(&found), vec![("health-data-stale", "a")]);
 
         // The last cycle's steps: an unreachable AD on import, the cloud export at the threshold.
@@ -201,7 +203,7 @@ mod alerting {
             step("ldap", StepKind::Export, StepStatus::StoppedConnectorUnavailable),
             step("hr", StepKind::FullSync, StepStatus::CompletedErrors),
         ];
-        let found = alerts::conditions(&Signals { now: 10_000, servers: &[troubled], last_password_sync: None });
+        let found = alerts::conditions(&Signals { now: 10_000, servers: &[troubled], last_password_sync: None, sync_sign_in: None });
         assert_eq!(ids(&found), vec![("deletion-threshold-reached", "tenant"), ("export-failed", "ldap"), ("import-failed", "ad")]);
 
         // A failed cycle; two active servers; a staging one is neither.
@@ -209,13 +211,29 @@ mod alerting {
         failed.report.cycle.outcome = CycleOutcome::Failed;
         failed.report.cycle.message = Some("store unreachable".into());
         let standby = Received { report: report("s", Mode::Staging), received: 1 };
-        let found = alerts::conditions(&Signals { now: 10_000, servers: &[failed, active("b", 9_950), standby], last_password_sync: None });
+        let found = alerts::conditions(&Signals {
+            now: 10_000,
+            servers: &[failed, active("b", 9_950), standby],
+            last_password_sync: None,
+            sync_sign_in: None,
+        });
         assert_eq!(ids(&found), vec![("competing-active-servers", "a, b"), ("cycle-failed", "a")]);
         assert_eq!(found[1].detail, "store unreachable");
 
         // Password hash sync silent for more than 120 minutes after it had called.
-        let found = alerts::conditions(&Signals { now: 10_000, servers: &healthy, last_password_sync: Some(10_000 - 7_201) });
+        let found =
+            alerts::conditions(&Signals { now: 10_000, servers: &healthy, last_password_sync: Some(10_000 - 7_201), sync_sign_in: None });
         assert_eq!(ids(&found), vec![("password-sync-heartbeat-skipped", "")]);
+
+        // The sync app refused after its last accepted sign-in; accepted again, nothing.
+        let sign_ins = |refused, accepted| Some(alerts::SignIns { client_id: "app".into(), refused, accepted });
+        let check = |sign_in_state| {
+            alerts::conditions(&Signals { now: 10_000, servers: &healthy, last_password_sync: None, sync_sign_in: sign_in_state })
+        };
+        assert_eq!(ids(&check(sign_ins(Some(9_000), Some(8_000)))), vec![("tenant-authentication-failed", "app")]);
+        assert_eq!(ids(&check(sign_ins(Some(9_000), None))), vec![("tenant-authentication-failed", "app")]);
+        assert!(check(sign_ins(Some(9_000), Some(9_500))).is_empty());
+        assert!(check(sign_ins(None, Some(9_500))).is_empty());
     }
 
     #[test]

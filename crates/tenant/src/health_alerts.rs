@@ -14,6 +14,40 @@ use crate::odata::GraphError;
 use crate::sql::Sql;
 use crate::{Access, AppState};
 
+/// The setting holding the sync app's last refused and accepted sign-ins (JSON).
+const SYNC_SIGN_IN: &str = "syncSignIn";
+
+/// Records a sign-in of an app holding the sync role, refused or accepted, at `now` (the
+/// condition of "the sync service could not sign in").
+pub(crate) async fn record_sync_sign_in(state: &AppState, client_id: String, accepted: bool, now: i64) {
+    let recorded = state
+        .db
+        .call(move |sql| {
+            let stored = crate::db::setting(sql, SYNC_SIGN_IN)?.and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+            let mut entry = match stored {
+                Some(entry) if entry["clientId"] == client_id.as_str() => entry,
+                _ => json!({"clientId": client_id}),
+            };
+            entry[if accepted { "accepted" } else { "refused" }] = json!(now);
+            crate::db::set_setting(sql, SYNC_SIGN_IN, entry.to_string().as_bytes())
+        })
+        .await;
+    if let Err(err) = recorded {
+        tracing::warn!("recording the sync app's sign-in: {err}");
+    }
+}
+
+fn sync_sign_ins(sql: &mut dyn Sql) -> Result<Option<alerts::SignIns>, DbError> {
+    let Some(entry) = crate::db::setting(sql, SYNC_SIGN_IN)?.and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok()) else {
+        return Ok(None);
+    };
+    Ok(entry["clientId"].as_str().map(|client_id| alerts::SignIns {
+        client_id: client_id.to_string(),
+        refused: entry["refused"].as_i64(),
+        accepted: entry["accepted"].as_i64(),
+    }))
+}
+
 /// Resolved alerts are kept this long (seconds).
 const HISTORY: i64 = 90 * 86_400;
 
@@ -51,7 +85,8 @@ pub(crate) fn evaluate(sql: &mut dyn Sql, now: i64) -> Result<Vec<Change>, DbErr
     let servers = crate::sync_reports::servers(sql)?;
     let last_password_sync =
         crate::db::setting(sql, crate::hashsync::LAST_PASSWORD_SYNC)?.and_then(|value| String::from_utf8(value).ok()?.parse::<i64>().ok());
-    let holding = alerts::conditions(&Signals { now, servers: &servers, last_password_sync });
+    let sync_sign_in = sync_sign_ins(sql)?;
+    let holding = alerts::conditions(&Signals { now, servers: &servers, last_password_sync, sync_sign_in });
     let open: Vec<Alert> = sql
         .query(&format!("SELECT {COLUMNS} FROM health_alerts WHERE resolved IS NULL"), &[])?
         .iter()

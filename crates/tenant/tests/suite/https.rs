@@ -1686,6 +1686,28 @@ async fn health_alerts_raise_from_sync_reports_and_resolve_when_the_cause_goes()
     let (_, listed) = alerts("open").await;
     assert_eq!((&listed["value"][0]["id"], &listed["value"][0]["subject"]), (&json!("sync-not-reporting"), &json!("sync-1")), "{listed}");
 
+    // The sync app's secret refused: "could not sign in"; its right secret again: resolved.
+    let refused = tenant
+        .client
+        .post(format!("{}/{}/oauth2/v2.0/token", tenant.base, tenant.domain))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", tenant.sync.0.as_str()),
+            ("client_secret", "not-the-secret"),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let (_, listed) = alerts("open").await;
+    let failed = listed["value"].as_array().unwrap().iter().find(|alert| alert["id"] == "tenant-authentication-failed").cloned();
+    assert_eq!(failed.map(|alert| alert["subject"].clone()), Some(json!(tenant.sync.0)), "{listed}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    tenant.token(&tenant.sync).await;
+    let (_, listed) = alerts("open").await;
+    assert!(!listed["value"].as_array().unwrap().iter().any(|alert| alert["id"] == "tenant-authentication-failed"), "{listed}");
+
     // Only readers of the directory see alerts; a bad state is a 400.
     let (status, _) = tenant.call(Method::GET, "/isthmus/v1/health/alerts", &sync, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "the sync service does not read alerts");
