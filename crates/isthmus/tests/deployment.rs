@@ -628,6 +628,24 @@ async fn deployment(kind: SyncStore) {
         std::fs::read_to_string(dir("prometheus.err")).unwrap_or_default()
     );
     drop(prometheus);
+
+    // A real fault: the domain controller stops (only one this test started: an attached,
+    // shared DC is not ours to stop). The next cycle's AD import cannot reach it, and the
+    // administrator sees "Import from ad failed" with what to do.
+    drop(ad);
+    if let Some(pid) = dc.pid() {
+        assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+        let (_, out, err) = isthmus(&["sync", "status", "--config", &config_arg, "--json"], &[]);
+        let before = serde_json::from_str::<Value>(&out).unwrap_or_else(|_| panic!("sync status: {out}\n{err}\n{}", serve.log()))["cycles"]
+            .as_u64()
+            .unwrap_or(0);
+        ok(&["sync", "start", "--config", &config_arg], &[]);
+        wait_for("the cycle without the DC", Duration::from_secs(120), || {
+            status().is_some_and(|status| status["cycles"].as_u64() > Some(before))
+        });
+        let alerts = admin(&["health"]);
+        assert!(alerts.contains("open     error    Import from ad failed") && alerts.contains("what to do:"), "{alerts}\n{}", serve.log());
+    }
     drop(serve);
     drop(tenant_serve);
 }
