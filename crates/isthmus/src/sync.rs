@@ -389,20 +389,16 @@ async fn cycle<S: Store>(store: S, config: &Config, rules: sync_rules::RuleSet, 
             let result = runner.run_cycle(args.full).await;
             // A whole cycle is reported to the tenant, as `sync serve`'s are.
             if let Some(graph) = config.graphs.first() {
-                let failure = result.as_ref().err().map(ToString::to_string);
-                let cycle = sync_runner::scheduler::FinishedCycle {
-                    kind: if args.full { sync_runner::status::CycleKind::Full } else { sync_runner::status::CycleKind::Delta },
-                    started: begun,
-                    finished: runner.now(),
-                    interval: sync_runner::scheduler::DEFAULT_INTERVAL,
-                    deletion_threshold: runner.deletion_threshold(),
-                    staging: runner.staging(),
-                    pending_exports: Vec::new(),
-                    result: match (&result, &failure) {
-                        (Ok(reports), _) => Ok(reports.as_slice()),
-                        (Err(_), failure) => Err(failure.as_deref().unwrap_or("the cycle failed")),
-                    },
-                };
+                let finished = result.as_deref().map_err(ToString::to_string);
+                let kind = if args.full { sync_runner::status::CycleKind::Full } else { sync_runner::status::CycleKind::Delta };
+                let cycle = sync_runner::scheduler::FinishedCycle::new(
+                    &runner,
+                    kind,
+                    begun,
+                    sync_runner::scheduler::DEFAULT_INTERVAL,
+                    &[],
+                    finished.as_deref().map_err(String::as_str),
+                );
                 TenantReporter { graph: graph.clone(), server: server_identity(runner.store()).await? }.send(cycle).await;
             }
             result.context("sync cycle")?

@@ -48,7 +48,7 @@ fn the_rules_name_only_series_the_sync_server_exports() {
         interval: std::time::Duration::from_secs(1800),
         deletion_threshold: Some(500),
         staging: false,
-        pending_exports: vec![(model::ConnectorId("ad".into()), 0)],
+        pending_exports: &[(model::ConnectorId("ad".into()), 0)],
         result: Ok(&reports),
     };
     futures_executor(sync_runner::scheduler::CycleObserver::finished(&*metrics, cycle));

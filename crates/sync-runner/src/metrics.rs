@@ -161,13 +161,17 @@ impl SyncMetrics {
             self.durations.get_or_create(&StepLabels { connector, step: name }).observe(step.elapsed.as_secs_f64());
         }
         self.threshold_exceeded.set(i64::from(exceeded));
-        for (connector, count) in &cycle.pending_exports {
+        for (connector, count) in cycle.pending_exports {
             self.pending.get_or_create(&ConnectorLabels { connector: connector.0.clone() }).set(i64::try_from(*count).unwrap_or(i64::MAX));
         }
     }
 }
 
 impl CycleObserver for SyncMetrics {
+    fn counts_pending_exports(&self) -> bool {
+        true
+    }
+
     fn finished<'a>(&'a self, cycle: FinishedCycle<'a>) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         self.record(&cycle);
         Box::pin(async {})

@@ -62,13 +62,36 @@ pub struct FinishedCycle<'a> {
     pub deletion_threshold: Option<u64>,
     /// Staging mode.
     pub staging: bool,
-    /// Each connector's objects waiting to be exported after the cycle.
-    pub pending_exports: Vec<(ConnectorId, u64)>,
+    /// Each connector's objects waiting to be exported after the cycle (counted only when an
+    /// observer asks for them: see [`CycleObserver::counts_pending_exports`]).
+    pub pending_exports: &'a [(ConnectorId, u64)],
     /// Its steps, or why it failed.
     pub result: Result<&'a [crate::StepReport], &'a str>,
 }
 
-impl FinishedCycle<'_> {
+impl<'a> FinishedCycle<'a> {
+    /// A cycle `runner` just ran from `started` (its clock): finished now, with the runner's
+    /// threshold and staging mode as they are.
+    pub fn new<S: Store>(
+        runner: &Runner<S>,
+        kind: CycleKind,
+        started: i64,
+        interval: Duration,
+        pending_exports: &'a [(ConnectorId, u64)],
+        result: Result<&'a [crate::StepReport], &'a str>,
+    ) -> FinishedCycle<'a> {
+        FinishedCycle {
+            kind,
+            started,
+            finished: runner.now(),
+            interval,
+            deletion_threshold: runner.deletion_threshold(),
+            staging: runner.staging(),
+            pending_exports,
+            result,
+        }
+    }
+
     /// Success (every step succeeded), completed with issues, or failed.
     pub fn outcome(&self) -> health::CycleOutcome {
         match self.result {
@@ -112,10 +135,7 @@ impl FinishedCycle<'_> {
             interval_seconds: self.interval.as_secs().max(1),
             deletion_threshold: self.deletion_threshold,
             cycle: health::Cycle {
-                kind: match self.kind {
-                    CycleKind::Full => health::CycleKind::Full,
-                    CycleKind::Delta => health::CycleKind::Delta,
-                },
+                kind: self.kind,
                 started: self.started,
                 finished: self.finished.max(self.started),
                 outcome,
@@ -129,6 +149,12 @@ impl FinishedCycle<'_> {
 /// Told of every finished cycle (to report it to the tenant). Failures are the observer's to
 /// log; a cycle never fails because of one.
 pub trait CycleObserver: Send + Sync {
+    /// Whether it needs [`FinishedCycle::pending_exports`] (counting them reads every pending
+    /// export's summary, so it is done only for an observer that asks).
+    fn counts_pending_exports(&self) -> bool {
+        false
+    }
+
     /// After `cycle`.
     fn finished<'a>(&'a self, cycle: FinishedCycle<'a>) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 }
@@ -278,26 +304,18 @@ pub async fn run<S: Store>(
             }
             Err(err) => tracing::error!(cycle = cycles + 1, "cycle failed: {err}"),
         }
-        let failure = result.as_ref().err().map(ToString::to_string);
-        let pending_exports = if schedule.observers.is_empty() { Vec::new() } else { runner.pending_exports().await };
+        let finished = result.as_deref().map_err(ToString::to_string);
+        let pending_exports = if schedule.observers.iter().any(|observer| observer.counts_pending_exports()) {
+            runner.pending_exports().await
+        } else {
+            Vec::new()
+        };
         for observer in &schedule.observers {
-            let cycle = FinishedCycle {
-                kind,
-                started,
-                finished: runner.now(),
-                interval: schedule.interval,
-                deletion_threshold: runner.deletion_threshold(),
-                staging: runner.staging(),
-                pending_exports: pending_exports.clone(),
-                result: match (&result, &failure) {
-                    (Ok(reports), _) => Ok(reports.as_slice()),
-                    (Err(_), Some(message)) => Err(message.as_str()),
-                    (Err(_), None) => Err("the cycle failed"),
-                },
-            };
+            let cycle =
+                FinishedCycle::new(runner, kind, started, schedule.interval, &pending_exports, finished.as_deref().map_err(String::as_str));
             observer.finished(cycle).await;
         }
-        board.cycle_finished(result.as_deref().map_err(ToString::to_string));
+        board.cycle_finished(finished);
         if cycles == 0 {
             for (task, next) in schedule.side_tasks.iter().zip(next_side.iter_mut()) {
                 task.run("initial").await;

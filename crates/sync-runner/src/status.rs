@@ -12,15 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Progress, Step, StepReport};
 
-/// Full or delta.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CycleKind {
-    /// Full imports and full syncs.
-    Full,
-    /// Delta imports and delta syncs.
-    Delta,
-}
+/// Full or delta (the same type the reports to the tenant carry).
+pub use health::CycleKind;
 
 /// The step running now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -962,16 +962,15 @@ async fn the_metrics_count_exports_held_in_staging_mode_until_they_go() {
     for (staging, expected) in [(true, "3"), (false, "0")] {
         world.runner.config_mut().staging = staging;
         let reports = world.runner.run_cycle(staging).await.expect("cycle");
-        let cycle = sync_runner::scheduler::FinishedCycle {
-            kind: sync_runner::status::CycleKind::Delta,
-            started: 1,
-            finished: 2,
-            interval: std::time::Duration::from_secs(60),
-            deletion_threshold: None,
-            staging,
-            pending_exports: world.runner.pending_exports().await,
-            result: Ok(&reports),
-        };
+        let pending = world.runner.pending_exports().await;
+        let cycle = sync_runner::scheduler::FinishedCycle::new(
+            &world.runner,
+            sync_runner::status::CycleKind::Delta,
+            1,
+            std::time::Duration::from_secs(60),
+            &pending,
+            Ok(&reports),
+        );
         sync_runner::scheduler::CycleObserver::finished(&*metrics, cycle).await;
         assert_eq!(pending_dst(&registry), format!("isthmus_sync_pending_exports{{connector=\"dst\"}} {expected}"), "staging {staging}");
     }

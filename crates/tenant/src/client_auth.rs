@@ -145,7 +145,8 @@ pub fn presented(headers: &HeaderMap, fields: &ClientFields<'_>) -> Result<Prese
     Ok(presented)
 }
 
-/// Authenticates the presented client for `grant`.
+/// Authenticates the presented client for `grant`. An app holding the sync role has its
+/// accepted and refused sign-ins recorded for the health alert on them.
 pub async fn authenticate(state: &AppState, presented: &Presented, grant: &str) -> Result<Client, TokenEndpointError> {
     let lookup = presented.id.clone();
     let app = state.db.read(move |conn| crate::db::app(conn, &lookup)).await.map_err(|err| TokenEndpointError::unavailable(&err))?;
@@ -156,6 +157,28 @@ pub async fn authenticate(state: &AppState, presented: &Presented, grant: &str) 
             format!("Application with identifier '{}' was not found in the directory.", presented.id),
         ));
     };
+    let sync_app = app.roles.iter().any(|role| role == crate::SYNC_ROLE);
+    let result = check_credential(state, presented, grant, app).await;
+    if sync_app {
+        match &result {
+            Ok(_) => crate::health_alerts::record_sync_sign_in(state, presented.id.clone(), true, crate::unix_now()).await,
+            // A refused credential (not a malformed request) is the alert's signal.
+            Err(err) if err.error == "invalid_client" => {
+                crate::health_alerts::record_sync_sign_in(state, presented.id.clone(), false, crate::unix_now()).await
+            }
+            Err(_) => {}
+        }
+    }
+    result
+}
+
+/// Checks the credential `presented` for the registered `app`.
+async fn check_credential(
+    state: &AppState,
+    presented: &Presented,
+    grant: &str,
+    app: crate::db::AppRecord,
+) -> Result<Client, TokenEndpointError> {
     let client = Client { id: presented.id.clone(), roles: app.roles.clone(), public: app.public_client };
     if app.public_client {
         if presented.secret.is_some() || presented.assertion.is_some() {

@@ -236,22 +236,8 @@ async fn issue(state: &AppState, headers: &HeaderMap, tenant: &str, form: TokenF
     };
     let presented = crate::client_auth::presented(headers, &fields)?;
     let client = match crate::client_auth::authenticate(state, &presented, grant).await {
-        Ok(client) => {
-            if client.roles.iter().any(|role| role == crate::SYNC_ROLE) {
-                crate::health_alerts::record_sync_sign_in(state, client.id.clone(), true, crate::unix_now()).await;
-            }
-            client
-        }
+        Ok(client) => client,
         Err(err) => {
-            // A sync app whose credential is refused: the health alert's signal.
-            if err.error == "invalid_client" {
-                let lookup = presented.id.clone();
-                if let Ok(Some(app)) = state.db.read(move |conn| crate::db::app(conn, &lookup)).await
-                    && app.roles.iter().any(|role| role == crate::SYNC_ROLE)
-                {
-                    crate::health_alerts::record_sync_sign_in(state, presented.id.clone(), false, crate::unix_now()).await;
-                }
-            }
             state
                 .record("SignIn", format!("client authentication ({grant})"), presented.id.clone(), presented.id.clone(), "client refused")
                 .await;
