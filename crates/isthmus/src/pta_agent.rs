@@ -153,9 +153,9 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
             let mut registry = telemetry::registry();
             let metrics = pta_agent::metrics::AgentMetrics::register(&mut registry);
             check = Arc::new(pta_agent::metrics::Measured { inner: check, metrics });
-            let listener = telemetry::bind(address).await?;
-            eprintln!("metrics on http://{}/metrics", listener.local_addr().context("the metrics listener's address")?);
-            Some(AbortOnDrop(tokio::spawn(telemetry::serve(listener, Arc::new(registry)))))
+            let listening = telemetry::start(address, registry).await?;
+            eprintln!("metrics on http://{}/metrics", listening.address);
+            Some(listening)
         }
         None => None,
     };
@@ -165,15 +165,6 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
             Ok(())
         }
         err = pta_agent::run(&args.state_dir, check, args.workers) => Err(err.into()),
-    }
-}
-
-/// Stops a spawned task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

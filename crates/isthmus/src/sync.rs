@@ -255,9 +255,9 @@ async fn serve_with<S: Store + Sync + 'static, H: Store + Sync + 'static>(
         Some(address) => {
             let mut registry = telemetry::registry();
             schedule.observers.push(sync_runner::metrics::SyncMetrics::register(&mut registry));
-            let listener = telemetry::bind(address).await?;
-            println!("   metrics on http://{}/metrics", listener.local_addr().context("the metrics listener's address")?);
-            Some(tokio::spawn(telemetry::serve(listener, std::sync::Arc::new(registry))))
+            let listening = telemetry::start(address, registry).await?;
+            println!("   metrics on http://{}/metrics", listening.address);
+            Some(listening)
         }
         None => None,
     };
@@ -298,9 +298,7 @@ async fn serve_with<S: Store + Sync + 'static, H: Store + Sync + 'static>(
         () = retention => {}
     }
     control.abort();
-    if let Some(metrics) = metrics {
-        metrics.abort();
-    }
+    drop(metrics);
     let _ = std::fs::remove_file(&socket);
     println!("stopped");
     Ok(())

@@ -138,9 +138,9 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         Some(address) => {
             let mut registry = telemetry::registry();
             tenant.metrics().register(&mut registry);
-            let listener = telemetry::bind(address).await?;
-            println!("metrics on http://{}/metrics", listener.local_addr().context("the metrics listener's address")?);
-            Some(tokio::spawn(telemetry::serve(listener, std::sync::Arc::new(registry))))
+            let listening = telemetry::start(address, registry).await?;
+            println!("metrics on http://{}/metrics", listening.address);
+            Some(listening)
         }
         None => None,
     };
@@ -158,9 +158,7 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         println!("listening on https://{addr}  (authority https://{addr}/{domain}, Graph https://{addr}/v1.0)");
     }
     serve.await;
-    if let Some(metrics) = metrics {
-        metrics.abort();
-    }
+    drop(metrics);
     println!("stopped");
     Ok(())
 }

@@ -88,6 +88,27 @@ pub async fn bind(address: &str) -> Result<tokio::net::TcpListener, TelemetryErr
     tokio::net::TcpListener::bind(address).await.map_err(|source| TelemetryError::Listen { address: address.to_string(), source })
 }
 
+/// A metrics listener running in its own task; dropping it stops the listener.
+#[derive(Debug)]
+pub struct Listening {
+    /// Where it listens (the port chosen when the address asked for 0).
+    pub address: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `address` and serves `registry` there until the returned [`Listening`] is dropped.
+pub async fn start(address: &str, registry: Registry) -> Result<Listening, TelemetryError> {
+    let listener = bind(address).await?;
+    let bound = listener.local_addr().map_err(|source| TelemetryError::Listen { address: address.to_string(), source })?;
+    Ok(Listening { address: bound, task: tokio::spawn(serve(listener, Arc::new(registry))) })
+}
+
 /// Serves `GET /metrics` (and nothing else) on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, registry: Arc<Registry>) {
     let app = axum::Router::new().route(
